@@ -1,0 +1,7 @@
+//! The embedding stage, the stream stage, and what the `embedstream` binary shares between
+//! its subcommands (telemetry, shutdown).
+//!
+//! The embedding engine and the stream stage arrive with their issues; today this crate holds
+//! the process plumbing every service uses.
+
+pub mod telemetry;

@@ -1,0 +1,184 @@
+//! `embedstream`: one binary, one subcommand per service or tool.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use embedstream_pipeline::telemetry;
+use embedstream_schemas::registry::{self, RegistryConfig};
+use embedstream_topics::admin::{Admin, Ensured, Layout, platform_topics};
+use embedstream_topics::{ModelRef, catalog, names};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "embedstream", version, about = "Streaming embeddings platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Confluent-compatible schema registry (state in the `_schemas` topic).
+    Registry {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Address to serve the registry API and `/metrics` on.
+        #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Topic that stores the schemas.
+        #[arg(long, default_value = names::SCHEMAS)]
+        topic: String,
+        /// How long a write may take to be acknowledged and read back, in seconds.
+        #[arg(long, default_value_t = 10)]
+        write_timeout_secs: u64,
+    },
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// The model-version catalog.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the platform's topics that do not exist (idempotent).
+    Ensure {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Partitions of `items` and the embedding topics.
+        #[arg(long, env = "EMBEDSTREAM_PARTITIONS", default_value_t = Layout::default().partitions)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+        /// Model versions whose embedding topics to create (`id@version`, comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "minilm-l6-v2@1")]
+        models: Vec<ModelRef>,
+    },
+    /// List the broker's topics; exits non-zero when the broker does not answer.
+    List {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// How long to wait for the broker, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Print the built-in catalog as JSON lines.
+    List,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logs();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Registry {
+            kafka,
+            listen,
+            topic,
+            write_timeout_secs,
+        } => {
+            let shutdown = shutdown_on_signal();
+            let config = RegistryConfig {
+                listen,
+                bootstrap: kafka.bootstrap,
+                topic,
+                write_timeout: Duration::from_secs(write_timeout_secs),
+            };
+            registry::run(config, telemetry::metrics_router()?, shutdown)
+                .await
+                .context("schema registry failed")?;
+        }
+        Command::Topics { command } => topics(command).await?,
+        Command::Models {
+            command: ModelsCommand::List,
+        } => {
+            for spec in catalog::builtin() {
+                println!("{}", serde_json::to_string(&spec)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
+    match command {
+        TopicsCommand::Ensure {
+            kafka,
+            partitions,
+            replication,
+            models,
+        } => {
+            let admin = Admin::new(&kafka.bootstrap, Duration::from_secs(10))?;
+            let layout = Layout {
+                partitions,
+                replication,
+            };
+            for ensured in admin.ensure(&platform_topics(layout, &models)).await? {
+                match ensured {
+                    Ensured::Created(name) => println!("created {name}"),
+                    Ensured::Existed { name, partitions } => {
+                        println!("exists  {name} ({partitions} partitions)");
+                    }
+                }
+            }
+        }
+        TopicsCommand::List {
+            kafka,
+            timeout_secs,
+        } => {
+            let admin = Admin::new(&kafka.bootstrap, Duration::from_secs(timeout_secs))?;
+            let topics = tokio::task::spawn_blocking(move || admin.list()).await??;
+            for t in topics {
+                println!("{}\t{}", t.name, t.partitions);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on SIGINT or SIGTERM: signals are handled here only.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Shutting down.");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,15 @@
+//! Avro schemas of embedstream, their typed Rust records, Confluent wire framing through a
+//! schema registry, and a small Confluent-compatible schema registry.
+//!
+//! - [`records`]: the records of `schemas/*.avsc` as Rust types (pure, no I/O).
+//! - [`wire`]: the Confluent framing (magic byte, 4-byte schema id) (pure).
+//! - [`codec`]: encode and decode records through a registry (`schema_registry_converter`).
+//! - [`registry`]: the registry server, storing its state in the compacted `_schemas` topic.
+
+pub mod codec;
+pub mod records;
+pub mod registry;
+pub mod wire;
+
+pub use codec::{Codec, CodecError};
+pub use records::AvroRecord;

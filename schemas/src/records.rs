@@ -1,0 +1,335 @@
+//! Typed Rust records for the Avro schemas in `schemas/*.avsc`.
+//!
+//! Field names match the `.avsc` files exactly so that `serde` maps them one to one; the
+//! schema text is compiled into the binary, parsed once, and checked against a round trip of
+//! every record in the unit tests below. Nothing here does I/O: framing with a registry id is
+//! in [`crate::codec`].
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
+
+/// A record type with a fixed Avro schema.
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> + Send + Sync {
+    /// The schema's JSON text, as registered with the registry.
+    const SCHEMA_JSON: &'static str;
+    /// The schema's full name (namespace + name).
+    const FULL_NAME: &'static str;
+    /// The parsed schema (parsed once per process).
+    fn schema() -> &'static Schema;
+}
+
+macro_rules! avro_record {
+    ($ty:ty, $file:literal, $full:literal) => {
+        impl AvroRecord for $ty {
+            const SCHEMA_JSON: &'static str = include_str!(concat!("../", $file));
+            const FULL_NAME: &'static str = $full;
+            fn schema() -> &'static Schema {
+                static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+                    #[allow(clippy::expect_used)]
+                    Schema::parse_str(<$ty as AvroRecord>::SCHEMA_JSON)
+                        .expect(concat!($file, " is valid Avro (checked by unit tests)"))
+                });
+                &SCHEMA
+            }
+        }
+    };
+}
+
+/// What an item event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ItemOp {
+    /// Embed (or re-embed) the item's text.
+    Upsert,
+    /// Remove the item from every index.
+    Delete,
+}
+
+/// Who produced an item event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducerMetadata {
+    /// Which upstream system wrote the event.
+    pub source: String,
+    /// Correlation id for tracing.
+    pub request_id: Option<String>,
+}
+
+/// Value of the `items` topic (`item_event.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemEvent {
+    /// Stable item id; also the Kafka key.
+    pub item_id: String,
+    /// Upsert or delete.
+    pub op: ItemOp,
+    /// Text to embed; required for upserts.
+    pub text: Option<String>,
+    /// Optional title.
+    pub title: Option<String>,
+    /// Free-form attributes, carried through and never embedded.
+    pub attributes: HashMap<String, String>,
+    /// Event time at the producer, milliseconds since the Unix epoch.
+    pub event_time: i64,
+    /// Producer metadata.
+    pub producer: Option<ProducerMetadata>,
+}
+
+/// Kafka coordinates of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCoordinates {
+    /// Topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+/// Value of `embeddings.<model>.v<N>` (`embedding_record.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingRecord {
+    /// Item id; also the Kafka key.
+    pub item_id: String,
+    /// Catalog id of the model.
+    pub model_id: String,
+    /// Model version (the N of the topic name).
+    pub model_version: i32,
+    /// Length of `vector`.
+    pub dimension: i32,
+    /// The embedding.
+    pub vector: Vec<f32>,
+    /// Whether `vector` has unit L2 norm.
+    pub normalized: bool,
+    /// Where the item event came from.
+    pub source: SourceCoordinates,
+    /// Event time of the item event, ms since the epoch.
+    pub event_time: i64,
+    /// When the vector was computed, ms since the epoch.
+    pub embed_time: i64,
+}
+
+/// Value of `items.dlq` (`dead_letter.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The key of the failed record, as it was.
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub original_key: Option<Vec<u8>>,
+    /// The value of the failed record, as it was.
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub original_value: Option<Vec<u8>>,
+    /// Where the failed record was read.
+    pub source: SourceCoordinates,
+    /// Machine-readable reason (a small fixed set, also a metrics label).
+    pub error_kind: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The stage that dead-lettered it.
+    pub stage: String,
+    /// When, ms since the epoch.
+    pub failed_at: i64,
+}
+
+/// Which comparison a drift report is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DriftKind {
+    /// Live model against its own reference vectors.
+    #[serde(rename = "SELF")]
+    SelfCheck,
+    /// Old model against new model during a migration.
+    CrossVersion,
+}
+
+/// Value of `drift.reports` (`drift_report.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// Self or cross-version.
+    pub kind: DriftKind,
+    /// Model scored.
+    pub model_id: String,
+    /// Its version.
+    pub model_version: i32,
+    /// For cross-version reports, the other model.
+    pub compared_model_id: Option<String>,
+    /// Its version.
+    pub compared_model_version: Option<i32>,
+    /// Adapter used to map between spaces.
+    pub adapter: Option<String>,
+    /// Number of canaries scored.
+    pub canary_count: i32,
+    /// Mean cosine to the reference.
+    pub mean_cosine: f64,
+    /// Minimum cosine to the reference.
+    pub min_cosine: f64,
+    /// When, ms since the epoch.
+    pub report_time: i64,
+}
+
+/// Which payload a control record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ControlKind {
+    /// `model` is set.
+    ModelVersion,
+    /// `migration` is set.
+    Migration,
+    /// `read_plan` is set.
+    ReadPlan,
+    /// `gate` is set.
+    GateResult,
+}
+
+/// Lifecycle of a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ModelState {
+    /// Known, not written to.
+    Registered,
+    /// Written by the embed stage.
+    Active,
+    /// No longer written or read.
+    Retired,
+}
+
+/// A model version in the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersionRecord {
+    /// Catalog id, e.g. `minilm-l6-v2`.
+    pub model_id: String,
+    /// Version number.
+    pub version: i32,
+    /// `bert` | `mpnet`.
+    pub architecture: String,
+    /// Output dimension.
+    pub dimension: i32,
+    /// `mean` | `cls`.
+    pub pooling: String,
+    /// Whether output vectors are L2-normalized.
+    pub normalized: bool,
+    /// Max tokens including special tokens.
+    pub max_seq_length: i32,
+    /// Where the weights come from.
+    pub weights: String,
+    /// Lifecycle state.
+    pub state: ModelState,
+}
+
+/// Phase of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MigrationPhase {
+    /// New version written beside the old.
+    DualWrite,
+    /// Replaying `items` into the new version.
+    Backfill,
+    /// Consumers read a weighted blend.
+    Blended,
+    /// Consumers read the new version.
+    Cutover,
+    /// Returned to the old version.
+    RolledBack,
+    /// Old version removed.
+    Decommissioned,
+}
+
+/// A migration between two model versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    /// Migration id.
+    pub migration_id: String,
+    /// `model_id@version` migrated from.
+    pub from_model: String,
+    /// `model_id@version` migrated to.
+    pub to_model: String,
+    /// Current phase.
+    pub phase: MigrationPhase,
+    /// Start time, ms since the epoch.
+    pub started_at: i64,
+}
+
+/// One version in a consumer's read plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadPlanEntry {
+    /// `model_id@version`.
+    pub model: String,
+    /// Blend weight.
+    pub weight: f64,
+    /// Adapter artifact applied to queries first.
+    pub adapter: Option<String>,
+}
+
+/// What one consumer reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadPlan {
+    /// Consumer name (search, recsys, ads, dedup, ...).
+    pub consumer: String,
+    /// Versions and weights.
+    pub entries: Vec<ReadPlanEntry>,
+    /// Set when an operator overrode a failed gate.
+    pub forced: bool,
+}
+
+/// Result of a cutover gate for one consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    /// Migration gated.
+    pub migration_id: String,
+    /// Consumer gated.
+    pub consumer: String,
+    /// Metric name, e.g. `recall@10`.
+    pub metric: String,
+    /// Old version's value.
+    pub old_value: f64,
+    /// New version's value.
+    pub new_value: f64,
+    /// Lower bound of the CI of new - old.
+    pub ci_low: f64,
+    /// Upper bound of the CI of new - old.
+    pub ci_high: f64,
+    /// Coverage of the new index.
+    pub coverage: f64,
+    /// Whether the gate passed.
+    pub passed: bool,
+}
+
+/// Value of `embedstream.control` (`control_record.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    /// Which payload is set.
+    pub kind: ControlKind,
+    /// Set for `ModelVersion`.
+    pub model: Option<ModelVersionRecord>,
+    /// Set for `Migration`.
+    pub migration: Option<MigrationRecord>,
+    /// Set for `ReadPlan`.
+    pub read_plan: Option<ReadPlan>,
+    /// Set for `GateResult`.
+    pub gate: Option<GateResult>,
+    /// When, ms since the epoch.
+    pub updated_at: i64,
+    /// Operator or process that made the change.
+    pub updated_by: String,
+}
+
+avro_record!(ItemEvent, "item_event.avsc", "io.embedstream.ItemEvent");
+avro_record!(
+    EmbeddingRecord,
+    "embedding_record.avsc",
+    "io.embedstream.EmbeddingRecord"
+);
+avro_record!(DeadLetter, "dead_letter.avsc", "io.embedstream.DeadLetter");
+avro_record!(
+    DriftReport,
+    "drift_report.avsc",
+    "io.embedstream.DriftReport"
+);
+avro_record!(
+    ControlRecord,
+    "control_record.avsc",
+    "io.embedstream.ControlRecord"
+);
+
+#[cfg(test)]
+mod tests;

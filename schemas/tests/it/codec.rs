@@ -1,0 +1,150 @@
+use std::time::Duration;
+
+use embedstream_schemas::records::{DriftKind, DriftReport, ItemEvent, ItemOp};
+use embedstream_schemas::{Codec, CodecError, wire};
+use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::testing::{bootstrap, unique};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::common::TestRegistry;
+
+fn event(i: usize) -> ItemEvent {
+    ItemEvent {
+        item_id: format!("item-{i}"),
+        op: if i % 3 == 0 {
+            ItemOp::Delete
+        } else {
+            ItemOp::Upsert
+        },
+        text: (i % 3 != 0).then(|| format!("text number {i} — ünïcødé")),
+        title: None,
+        attributes: [("i".to_owned(), i.to_string())].into(),
+        event_time: 1_700_000_000_000 + i as i64,
+        producer: None,
+    }
+}
+
+#[tokio::test]
+async fn records_round_trip_through_the_registry_and_the_broker() {
+    let registry = TestRegistry::start().await;
+    let codec = Codec::new(&registry.url);
+    let topic = unique("it-items");
+    Admin::new(&bootstrap(), Duration::from_secs(10))
+        .unwrap()
+        .ensure(&[TopicSpec::compacted(&topic, 2, 1)])
+        .await
+        .unwrap();
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let sent: Vec<ItemEvent> = (0..20).map(event).collect();
+    for e in &sent {
+        let bytes = codec.encode(&topic, e).await.unwrap();
+        // Registered under the topic name strategy's subject.
+        let (id, _) = wire::split(&bytes).unwrap();
+        assert!(id > 0);
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&e.item_id).payload(&bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let (_, subjects) = registry.call(reqwest::Method::GET, "/subjects", None).await;
+    assert_eq!(subjects, serde_json::json!([format!("{topic}-value")]));
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("it-group"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("records arrive")
+            .unwrap();
+        let e: ItemEvent = codec.decode(m.payload().unwrap()).await.unwrap();
+        assert_eq!(m.key(), Some(e.item_id.as_bytes()));
+        received.push(e);
+    }
+    received.sort_by_key(|e| e.event_time);
+    assert_eq!(received, sent);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn decode_failures_are_classified_against_a_real_registry() {
+    let registry = TestRegistry::start().await;
+    let codec = Codec::new(&registry.url);
+    let topic = unique("it-misc");
+
+    let err = codec
+        .decode::<ItemEvent>(&wire::frame(987_654, b"\x02"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::UnknownSchemaId { id: 987_654, .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    let report = DriftReport {
+        kind: DriftKind::SelfCheck,
+        model_id: "m".into(),
+        model_version: 1,
+        compared_model_id: None,
+        compared_model_version: None,
+        adapter: None,
+        canary_count: 1,
+        mean_cosine: 1.0,
+        min_cosine: 1.0,
+        report_time: 0,
+    };
+    let bytes = codec.encode(&topic, &report).await.unwrap();
+    let err = codec.decode::<ItemEvent>(&bytes).await.unwrap_err();
+    assert_eq!(err.kind(), "wrong_schema", "{err}");
+
+    let good = codec.encode(&topic, &event(1)).await;
+    // Registering an ItemEvent under a subject holding DriftReport is refused (BACKWARD).
+    assert!(
+        matches!(
+            good,
+            Err(CodecError::Register {
+                retryable: false,
+                ..
+            })
+        ),
+        "{good:?}"
+    );
+
+    let err = codec.decode::<ItemEvent>(b"plain text").await.unwrap_err();
+    assert_eq!(err.kind(), "malformed_framing");
+
+    let mut truncated = bytes.clone();
+    truncated.truncate(bytes.len() - 3);
+    let err = codec.decode::<DriftReport>(&truncated).await.unwrap_err();
+    assert_eq!(err.kind(), "malformed_avro", "{err}");
+    registry.stop().await;
+
+    // The registry is gone: an id not yet cached is an outage, which is retryable.
+    let fresh = Codec::new(&registry_url_that_refuses());
+    let err = fresh.decode::<DriftReport>(&bytes).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}
+
+fn registry_url_that_refuses() -> String {
+    // Bind and drop: the port is closed when the codec connects.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}

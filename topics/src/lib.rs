@@ -1,0 +1,15 @@
+//! Topic naming and versioning, topic administration, and the model-version catalog.
+//!
+//! Naming and the catalog are pure (no Kafka needed to use them); [`admin`] talks to the
+//! broker. Every topic the platform uses is declared in [`admin::platform_topics`], with its
+//! partition count and configs, so that creating them is one idempotent call.
+
+pub mod admin;
+pub mod catalog;
+mod error;
+pub mod names;
+
+pub use catalog::{ModelRef, ModelSpec};
+pub use error::{Error, Result};
+#[cfg(feature = "testing")]
+pub mod testing;

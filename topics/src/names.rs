@@ -1,0 +1,79 @@
+//! Topic names. All names the platform writes are built here, so that a rename is one change.
+
+use crate::catalog::ModelRef;
+
+/// Upstream item events (compacted, keyed by item id).
+pub const ITEMS: &str = "items";
+/// Records the embed stage could not process, with the reason.
+pub const ITEMS_DLQ: &str = "items.dlq";
+/// The control log: model catalog, migration phases, read plans, gate results (compacted).
+pub const CONTROL: &str = "embedstream.control";
+/// Drift reports of the canary scorer.
+pub const DRIFT_REPORTS: &str = "drift.reports";
+/// The schema registry's storage (compacted, one partition), named as Confluent's.
+pub const SCHEMAS: &str = "_schemas";
+
+const EMBEDDINGS_PREFIX: &str = "embeddings.";
+
+/// The versioned embedding topic of one model version: `embeddings.<model>.v<N>`.
+pub fn embeddings_topic(model: &ModelRef) -> String {
+    format!("{EMBEDDINGS_PREFIX}{}.v{}", model.id, model.version)
+}
+
+/// The model version an embedding topic belongs to, or `None` if `topic` is not one.
+pub fn parse_embeddings_topic(topic: &str) -> Option<ModelRef> {
+    let rest = topic.strip_prefix(EMBEDDINGS_PREFIX)?;
+    let (id, version) = rest.rsplit_once(".v")?;
+    let version: u32 = version.parse().ok()?;
+    ModelRef::new(id, version).ok()
+}
+
+/// Whether `name` is a legal Kafka topic name (the broker's own rule: 1–249 characters of
+/// `[a-zA-Z0-9._-]`, and not `.` or `..`).
+pub fn is_legal_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_topic_round_trips() {
+        let m = ModelRef::new("minilm-l6-v2", 1).unwrap();
+        let t = embeddings_topic(&m);
+        assert_eq!(t, "embeddings.minilm-l6-v2.v1");
+        assert_eq!(parse_embeddings_topic(&t), Some(m));
+        let m2 = ModelRef::new("mpnet-base-v2", 12).unwrap();
+        assert_eq!(parse_embeddings_topic(&embeddings_topic(&m2)), Some(m2));
+    }
+
+    #[test]
+    fn non_embedding_topics_are_rejected() {
+        for t in [
+            ITEMS,
+            ITEMS_DLQ,
+            CONTROL,
+            "embeddings.",
+            "embeddings.x.vx",
+            "embeddings.x",
+        ] {
+            assert_eq!(parse_embeddings_topic(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn legal_names() {
+        assert!(is_legal_topic_name("embeddings.minilm-l6-v2.v1"));
+        assert!(is_legal_topic_name(SCHEMAS));
+        assert!(!is_legal_topic_name("a b"));
+        assert!(!is_legal_topic_name(".."));
+        assert!(!is_legal_topic_name(&"x".repeat(250)));
+    }
+}

@@ -1,0 +1,3 @@
+//! Topic admin against the real broker (`KAFKA_BOOTSTRAP`).
+
+mod admin;
