@@ -258,31 +258,6 @@ impl Admin {
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(topics)
     }
-
-    /// Deletes topics (tests and `compose/dev` clean-up).
-    pub async fn delete(&self, topics: &[&str]) -> Result<()> {
-        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
-        let results = self
-            .client
-            .delete_topics(topics, &opts)
-            .await
-            .map_err(|source| Error::Admin {
-                topic: "*".to_owned(),
-                source,
-            })?;
-        for r in results {
-            if let Err((topic, code)) = r
-                && code != RDKafkaErrorCode::UnknownTopicOrPartition
-            {
-                return Err(Error::TopicRefused {
-                    operation: "delete",
-                    topic,
-                    code,
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ impl RegistryState {
             }
             (LogKey::Config { subject, .. }, value) => {
                 let level = value
-                    .map(|v| serde_json::from_slice::<ConfigValue>(v))
+                    .map(serde_json::from_slice::<ConfigValue>)
                     .transpose()
                     .map_err(|e| format!("bad config value: {e}"))?
                     .map(|c| c.compatibility_level);

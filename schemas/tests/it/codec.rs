@@ -14,12 +14,12 @@ use crate::common::TestRegistry;
 fn event(i: usize) -> ItemEvent {
     ItemEvent {
         item_id: format!("item-{i}"),
-        op: if i % 3 == 0 {
+        op: if i.is_multiple_of(3) {
             ItemOp::Delete
         } else {
             ItemOp::Upsert
         },
-        text: (i % 3 != 0).then(|| format!("text number {i} — ünïcødé")),
+        text: (!i.is_multiple_of(3)).then(|| format!("text number {i} — ünïcødé")),
         title: None,
         attributes: [("i".to_owned(), i.to_string())].into(),
         event_time: 1_700_000_000_000 + i as i64,

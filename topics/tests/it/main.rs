@@ -1,3 +1,4 @@
 //! Topic admin against the real broker (`KAFKA_BOOTSTRAP`).
 
 mod admin;
+mod broker;
