@@ -1,0 +1,77 @@
+"""Checks of the production-like stack that can be made without a Docker engine: the compose
+file parses and names the right images, its ports and variables match what compose/dev and
+the embedstream binary use, its commands parse, and the Prometheus configs are valid."""
+
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+COMPOSE = pathlib.Path(__file__).resolve().parents[1]
+ROOT = COMPOSE.parent
+BIN = ROOT / "target" / "release" / "embedstream"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+
+
+def test_services_use_the_real_components(stack):
+    images = {name: svc.get("image", "") for name, svc in stack["services"].items()}
+    assert images["kafka"].startswith("apache/kafka:")
+    assert images["schema-registry"].startswith("confluentinc/cp-schema-registry:")
+    assert images["prometheus"].startswith("prom/prometheus:")
+    assert images["grafana"].startswith("grafana/grafana:")
+    assert stack["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_ports_match_the_local_stack(stack):
+    dev = (COMPOSE / "dev").read_text()
+    kafka_default = re.search(r"KAFKA_BOOTSTRAP:-127\.0\.0\.1:(\d+)", dev).group(1)
+    registry_default = re.search(r"SCHEMA_REGISTRY_URL:-http://127\.0\.0\.1:(\d+)", dev).group(1)
+    prometheus_default = re.search(r"PROMETHEUS_PORT=\$\{PROMETHEUS_PORT:-(\d+)\}", dev).group(1)
+    published = lambda svc: {p.split(":")[0] for p in stack["services"][svc]["ports"]}
+    assert kafka_default in published("kafka")
+    assert registry_default in published("schema-registry")
+    assert prometheus_default in published("prometheus")
+    assert stack["services"]["schema-registry"]["environment"]["SCHEMA_REGISTRY_KAFKASTORE_TOPIC"] == "_schemas"
+
+
+def test_embedstream_services_use_variables_the_binary_reads(stack):
+    main = (ROOT / "pipeline" / "src" / "main.rs").read_text()
+    read_by_binary = set(re.findall(r'env = "([A-Z_]+)"', main))
+    for name, svc in stack["services"].items():
+        if svc.get("image") != "embedstream:latest":
+            continue
+        for var in svc.get("environment", {}):
+            assert var in read_by_binary, f"{name} sets {var}, which embedstream does not read"
+
+
+def test_embedstream_commands_parse(stack):
+    assert BIN.exists(), "build first: cargo build --release --bin embedstream"
+    for name, svc in stack["services"].items():
+        if svc.get("image") != "embedstream:latest":
+            continue
+        result = subprocess.run([BIN, *svc["command"], "--help"], capture_output=True, text=True)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+def test_dockerfile_builds_the_binary_it_runs():
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    assert "--bin embedstream" in dockerfile
+    assert 'name = "embedstream"' in (ROOT / "pipeline" / "Cargo.toml").read_text()
+
+
+@pytest.mark.parametrize("config", ["prometheus.local.yml", "prometheus.docker.yml"])
+def test_prometheus_configs_are_valid(config, tmp_path):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package (compose/dev installs it)"
+    text = (COMPOSE / "prometheus" / config).read_text().replace("@REGISTRY@", "127.0.0.1:8081")
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
+    result = subprocess.run([promtool, "check", "config", path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,94 @@
+"""compose/dev as an operator uses it: start, status, stop, and failing cleanly when a port is
+taken or a component does not come up (a clear message, a non-zero exit, nothing left
+running). Runs the real script with its own state folder and ports."""
+
+import os
+import pathlib
+import socket
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEV = ROOT / "compose" / "dev"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def env(tmp_path):
+    ports = {"kafka": free_port(), "registry": free_port(), "prometheus": free_port()}
+    e = dict(os.environ)
+    e.update(
+        EMBEDSTREAM_DEV_DIR=str(tmp_path),
+        KAFKA_BOOTSTRAP=f"127.0.0.1:{ports['kafka']}",
+        SCHEMA_REGISTRY_URL=f"http://127.0.0.1:{ports['registry']}",
+        PROMETHEUS_PORT=str(ports["prometheus"]),
+    )
+    yield e, ports, tmp_path
+    subprocess.run([DEV, "down"], env=e, capture_output=True)
+
+
+def dev(env, *args):
+    return subprocess.run([DEV, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def nothing_running(state):
+    run = state / "local" / "run"
+    return not run.exists() or not any(run.iterdir())
+
+
+def test_infra_status_down(env):
+    e, ports, state = env
+    r = dev(e, "infra")
+    assert r.returncode == 0, r.stderr
+    for port in ports.values():
+        assert listening(port)
+    status = dev(e, "status")
+    assert status.returncode == 0
+    for component in ("broker", "registry", "prometheus"):
+        assert any(line.startswith(component) and line.endswith("healthy") for line in status.stdout.splitlines()), status.stdout
+    # Running it again is safe: nothing is started twice.
+    again = dev(e, "infra")
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stderr
+    assert dev(e, "down").returncode == 0
+    for port in ports.values():
+        assert not listening(port)
+    assert nothing_running(state)
+    # The broker's data is kept for the next start.
+    assert (state / "local" / "data" / "tansu.db").exists()
+
+
+def test_a_taken_broker_port_fails_with_a_clear_message(env):
+    e, ports, state = env
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports["kafka"]))
+        blocker.listen()
+        r = dev(e, "infra")
+    assert r.returncode != 0
+    assert f"port {ports['kafka']} is already taken" in r.stderr
+    assert nothing_running(state)
+    assert not listening(ports["registry"])
+
+
+def test_a_failing_registry_stops_the_broker_it_started(env):
+    e, ports, state = env
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports["registry"]))
+        blocker.listen()
+        r = dev(e, "infra")
+    assert r.returncode != 0
+    assert f"port {ports['registry']} is already taken, so registry cannot start" in r.stderr
+    assert "stopping what was started: broker" in r.stderr
+    assert not listening(ports["kafka"])
+    assert nothing_running(state)
