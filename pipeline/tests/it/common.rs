@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+use embedstream_pipeline::models;
+use embedstream_topics::{ModelSpec, catalog};
+use serde::Deserialize;
+
+pub const MODELS: [&str; 2] = ["minilm-l6-v2@1", "mpnet-base-v2@1"];
+
+/// The model's folder, fetched if it is not there yet.
+pub fn model_dir(model: &str) -> (ModelSpec, PathBuf) {
+    let spec = catalog::lookup(&model.parse().unwrap()).unwrap();
+    let dir = models::fetch(&spec, &models::home()).expect("model weights are fetched");
+    (spec, dir)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub max_seq_length: usize,
+    pub dimension: usize,
+    pub texts: Vec<ReferenceText>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReferenceText {
+    pub name: String,
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    pub vector: Vec<f32>,
+}
+
+pub fn reference(spec: &ModelSpec) -> Reference {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/reference")
+        .join(format!("{}.json", spec.model.id));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}

@@ -1,0 +1,6 @@
+//! Embedding engine tests with the real models (fetched into `EMBEDSTREAM_HOME` by
+//! `compose/dev test`) against reference vectors made by sentence-transformers
+//! (`pipeline/scripts/reference_vectors.py`).
+
+mod common;
+mod tokenize;
