@@ -5,6 +5,7 @@
 //! the process plumbing every service uses.
 
 pub mod embed;
+pub mod encoder;
 mod error;
 pub mod models;
 pub mod telemetry;

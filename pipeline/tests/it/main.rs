@@ -3,4 +3,5 @@
 //! (`pipeline/scripts/reference_vectors.py`).
 
 mod common;
+mod parity;
 mod tokenize;

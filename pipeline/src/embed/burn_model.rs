@@ -1,0 +1,112 @@
+//! The Burn encoders as an [`Embedder`], on the CPU backend or (feature `cuda`) on CUDA.
+//!
+//! The CPU backend is `burn-flex` with rayon and SIMD (see the README for the measurements
+//! that chose it). The CUDA backend is chosen at run time only: building with `cuda` does not
+//! make the CPU path touch CUDA, so a CUDA build still runs where there is no GPU.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+use super::engine::Embedder;
+use crate::encoder::{self, Batch, Encoder};
+use crate::error::{Error, Result};
+use crate::models::ModelConfig;
+
+/// The CPU backend.
+pub type Cpu = burn::backend::Flex;
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU backend.
+    #[default]
+    Cpu,
+    /// The CUDA backend (needs the `cuda` feature and a GPU).
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device {other:?} (cpu, cuda)")),
+        }
+    }
+}
+
+/// A loaded encoder on one device.
+#[derive(Debug)]
+pub struct BurnEmbedder<B: Backend> {
+    encoder: Encoder<B>,
+    config: ModelConfig,
+    device: B::Device,
+}
+
+impl<B: Backend> BurnEmbedder<B> {
+    /// Loads the model folder `dir` onto `device`.
+    pub fn load(dir: &Path, device: B::Device) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let encoder = encoder::load::<B>(&config, dir, &device)?;
+        Ok(Self {
+            encoder,
+            config,
+            device,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+}
+
+impl<B: Backend> Embedder for BurnEmbedder<B>
+where
+    B::Device: Send,
+    Encoder<B>: Send,
+{
+    fn dimension(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn embed(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let input = Batch::<B>::new(batch, self.config.pad_token_id as u32, &self.device);
+        let out = self.encoder.embed(&self.config, &input);
+        let flat: Vec<f32> = out
+            .into_data()
+            .to_vec()
+            .unwrap_or_else(|e| panic!("the encoder's output is f32: {e:?}"));
+        flat.chunks(self.config.hidden_size)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+}
+
+/// Loads a model folder onto the requested device.
+pub fn load_embedder(dir: &Path, device: Device) -> Result<(Box<dyn Embedder>, ModelConfig)> {
+    match device {
+        Device::Cpu => {
+            let m = BurnEmbedder::<Cpu>::load(dir, Default::default())?;
+            let config = m.config().clone();
+            Ok((Box::new(m), config))
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let m = BurnEmbedder::<burn::backend::Cuda>::load(dir, Default::default())?;
+            let config = m.config().clone();
+            Ok((Box::new(m), config))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(Error::Config {
+            path: dir.to_owned(),
+            reason: "this build has no CUDA backend; rebuild with `--features cuda`".to_owned(),
+        }),
+    }
+}

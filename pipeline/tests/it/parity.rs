@@ -1,0 +1,73 @@
+//! The Burn encoders against sentence-transformers' own vectors, and batch invariance.
+
+use embedstream_pipeline::embed::burn_model::{BurnEmbedder, Cpu};
+use embedstream_pipeline::embed::engine::Embedder;
+
+use crate::common::*;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn check(model: &str) {
+    let (spec, dir) = model_dir(model);
+    let reference = reference(&spec);
+    let mut embedder = BurnEmbedder::<Cpu>::load(&dir, Default::default()).unwrap();
+    assert_eq!(embedder.dimension(), reference.dimension);
+
+    // Each text alone, as the reference was made.
+    let alone: Vec<Vec<f32>> = reference
+        .texts
+        .iter()
+        .map(|t| embedder.embed(&[t.input_ids.as_slice()]).remove(0))
+        .collect();
+    let mut sum = 0.0;
+    for (t, v) in reference.texts.iter().zip(&alone) {
+        let c = cosine(v, &t.vector);
+        eprintln!("{model} {:<20} cosine {c:.7}", t.name);
+        assert!(c >= 0.999, "{model} {}: cosine {c}", t.name);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{model} {}: norm {norm}", t.name);
+        sum += c;
+    }
+    let mean = sum / reference.texts.len() as f64;
+    eprintln!("{model} mean cosine {mean:.7}");
+    assert!(mean >= 0.9999, "{model}: mean cosine {mean}");
+
+    // All texts in one padded batch (lengths 3..max): same vectors as alone.
+    let ids: Vec<&[u32]> = reference
+        .texts
+        .iter()
+        .map(|t| t.input_ids.as_slice())
+        .collect();
+    let batched = embedder.embed(&ids);
+    for ((t, a), b) in reference.texts.iter().zip(&alone).zip(&batched) {
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-5,
+            "{model} {}: batched differs from alone by {diff}",
+            t.name
+        );
+    }
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    check("minilm-l6-v2@1");
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers() {
+    check("mpnet-base-v2@1");
+}
