@@ -1,5 +1,7 @@
 //! `embedstream`: one binary, one subcommand per service or tool.
 
+mod cmd;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         write_timeout_secs: u64,
     },
+    /// Embed JSON lines `{"id", "text"}` into `{"id", "vector"}` (stdin to stdout by default).
+    Embed(cmd::embed::EmbedArgs),
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -114,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
                 .context("schema registry failed")?;
         }
         Command::Topics { command } => topics(command).await?,
+        Command::Embed(args) => {
+            tokio::task::spawn_blocking(move || cmd::embed::run(args)).await??
+        }
         Command::Models { command } => models(command)?,
     }
     Ok(())

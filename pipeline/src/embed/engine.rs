@@ -99,6 +99,17 @@ struct Request {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
 }
 
+/// Vectors of a submitted request, not yet received.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Vec<Vec<f32>>, EngineError>>);
+
+impl Pending {
+    /// Waits for the vectors (from a plain thread).
+    pub fn wait(self) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.0.blocking_recv().map_err(|_| EngineError::Stopped)?
+    }
+}
+
 /// A handle to a running engine. Cheap to clone; the engine stops when every handle is gone.
 #[derive(Clone)]
 pub struct Engine {
@@ -189,13 +200,19 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Embeds texts from a plain thread (no runtime needed).
-    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// Queues texts from a plain thread (waiting while the queue is full) and returns where
+    /// the vectors will arrive, so a caller can keep several requests in flight.
+    pub fn submit(&self, texts: Vec<String>) -> Result<Pending, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request { texts, reply })
             .map_err(|_| EngineError::Stopped)?;
-        rx.blocking_recv().map_err(|_| EngineError::Stopped)?
+        Ok(Pending(rx))
+    }
+
+    /// Embeds texts from a plain thread (no runtime needed).
+    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.submit(texts)?.wait()
     }
 
     /// Phase times so far.

@@ -3,3 +3,24 @@
 pub mod burn_model;
 pub mod engine;
 pub mod tokenize;
+
+use embedstream_topics::{ModelRef, catalog};
+
+use self::burn_model::{Device, load_embedder};
+use self::engine::{Engine, EngineConfig, EngineThreads};
+use self::tokenize::TextTokenizer;
+use crate::error::Result;
+use crate::models;
+
+/// Fetches (if needed) and loads a catalog model, and starts an engine serving it.
+pub fn open(
+    model: &ModelRef,
+    device: Device,
+    config: EngineConfig,
+) -> Result<(Engine, EngineThreads)> {
+    let spec = catalog::lookup(model)?;
+    let dir = models::fetch(&spec, &models::home())?;
+    let (embedder, model_config) = load_embedder(&dir, device)?;
+    let tokenizer = TextTokenizer::load(&dir, model_config.max_seq_length)?;
+    Ok(Engine::start(embedder, tokenizer, config))
+}

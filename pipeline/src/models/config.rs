@@ -122,7 +122,7 @@ impl ModelConfig {
                 format!("hidden_act {:?} is not supported (gelu)", hf.hidden_act),
             ));
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size % hf.num_attention_heads != 0 {
+        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {
             return Err(bad(
                 &hf_path,
                 "hidden_size is not a multiple of the heads".to_owned(),

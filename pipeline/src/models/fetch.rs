@@ -43,14 +43,15 @@ pub fn verify(spec: &ModelSpec, dir: &Path) -> Result<()> {
 /// Returns the folder.
 pub fn fetch(spec: &ModelSpec, home: &Path) -> Result<PathBuf> {
     let dir = model_dir(home, spec);
-    match verify(spec, &dir) {
+    let why = match verify(spec, &dir) {
         Ok(()) => return Ok(dir),
-        Err(Error::MissingFile { .. } | Error::Checksum { .. }) => {}
+        Err(Error::MissingFile { .. }) if !dir.exists() => "it is not downloaded yet".to_owned(),
+        Err(e @ (Error::MissingFile { .. } | Error::Checksum { .. })) => e.to_string(),
         Err(e) => return Err(e),
-    }
+    };
     let fail = |reason: String| Error::Fetch {
         model: spec.model.to_string(),
-        reason,
+        reason: format!("{reason} (fetching because {why})"),
     };
     let work = home.join(format!(
         "tmp-fetch-{}-{}",

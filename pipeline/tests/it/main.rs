@@ -2,6 +2,7 @@
 //! `compose/dev test`) against reference vectors made by sentence-transformers
 //! (`pipeline/scripts/reference_vectors.py`).
 
+mod cli;
 mod common;
 mod parity;
 mod tokenize;

@@ -1,0 +1,67 @@
+"""Turns Debian's package catalog (`apt-cache dumpavail`) into JSON lines of item texts.
+
+  python3 loadtest/debian_catalog.py [--limit N] [--out FILE]
+
+Each line is {"id": "pkg:<name>", "title": <synopsis>, "text": "<synopsis>. <long description>"}
+for one binary package (first occurrence of a name wins; order is the catalog's, so a run is
+repeatable on one machine). Needs `apt-get update` to have run once.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+
+def packages(dump):
+    pkg = {}
+    field = None
+    for line in dump.splitlines():
+        if not line:
+            if pkg:
+                yield pkg
+            pkg, field = {}, None
+        elif line[0] in " \t":
+            if field == "Description":
+                body = line.strip()
+                pkg["long"].append("" if body == "." else body)
+        else:
+            key, _, value = line.partition(":")
+            field = key
+            if key == "Package":
+                pkg["name"] = value.strip()
+            elif key in ("Description", "Description-en"):
+                field = "Description"
+                pkg["synopsis"] = value.strip()
+                pkg["long"] = []
+    if pkg:
+        yield pkg
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--out", default="-")
+    args = parser.parse_args()
+    dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+    out = sys.stdout if args.out == "-" else open(args.out, "w")
+    seen = set()
+    n = 0
+    for p in packages(dump):
+        name = p.get("name")
+        if not name or name in seen or not p.get("synopsis"):
+            continue
+        seen.add(name)
+        long = " ".join(x for x in p.get("long", []) if x)
+        text = p["synopsis"] + (". " + long if long else "")
+        out.write(json.dumps({"id": f"pkg:{name}", "title": p["synopsis"], "text": text}) + "\n")
+        n += 1
+        if args.limit and n >= args.limit:
+            break
+    if out is not sys.stdout:
+        out.close()
+    print(f"{n} items", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
