@@ -4,13 +4,29 @@
 
 Each line is {"id": "pkg:<name>", "title": <synopsis>, "text": "<synopsis>. <long description>"}
 for one binary package (first occurrence of a name wins; order is the catalog's, so a run is
-repeatable on one machine). Needs `apt-get update` to have run once.
+repeatable on one machine). Long descriptions come from apt's Translation-en lists, which
+Debian's container images skip: fetch them once with
+`apt-get update -o Acquire::Languages=en` (compose/dev does).
 """
 
 import argparse
+import glob
 import json
 import subprocess
 import sys
+
+
+def translations():
+    """Package name -> long description, from apt's Translation-en lists."""
+    long = {}
+    for path in glob.glob("/var/lib/apt/lists/*_i18n_Translation-en*"):
+        text = subprocess.run(
+            ["/usr/lib/apt/apt-helper", "cat-file", path], capture_output=True, text=True, check=True
+        ).stdout
+        for pkg in packages(text):
+            if pkg.get("name") and pkg.get("long") and pkg["name"] not in long:
+                long[pkg["name"]] = pkg["long"]
+    return long
 
 
 def packages(dump):
@@ -44,6 +60,7 @@ def main():
     parser.add_argument("--out", default="-")
     args = parser.parse_args()
     dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+    long_descriptions = translations()
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     seen = set()
     n = 0
@@ -52,7 +69,7 @@ def main():
         if not name or name in seen or not p.get("synopsis"):
             continue
         seen.add(name)
-        long = " ".join(x for x in p.get("long", []) if x)
+        long = " ".join(x for x in (p.get("long") or long_descriptions.get(name, [])) if x)
         text = p["synopsis"] + (". " + long if long else "")
         out.write(json.dumps({"id": f"pkg:{name}", "title": p["synopsis"], "text": text}) + "\n")
         n += 1

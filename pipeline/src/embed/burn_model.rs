@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 
 use super::engine::Embedder;
 use crate::encoder::{self, Batch, Encoder};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::ModelConfig;
 
 /// The CPU backend.
@@ -104,7 +104,7 @@ pub fn load_embedder(dir: &Path, device: Device) -> Result<(Box<dyn Embedder>, M
             Ok((Box::new(m), config))
         }
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(Error::Config {
+        Device::Cuda => Err(crate::error::Error::Config {
             path: dir.to_owned(),
             reason: "this build has no CUDA backend; rebuild with `--features cuda`".to_owned(),
         }),

@@ -1,0 +1,47 @@
+//! The serving engine with the real MiniLM: concurrent requests of mixed lengths come back
+//! complete, in order, and equal to embedding each text alone.
+
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::embed::engine::EngineConfig;
+use embedstream_pipeline::embed::open;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_come_back_in_order() {
+    let (spec, _) = model_dir("minilm-l6-v2@1");
+    let reference = reference(&spec);
+    let config = EngineConfig {
+        max_batch_tokens: 512,
+        max_batch_size: 5,
+        ..EngineConfig::default()
+    };
+    let (engine, threads) = open(&spec.model, Device::Cpu, config).unwrap();
+    let texts: Vec<String> = reference.texts.iter().map(|t| t.text.clone()).collect();
+
+    // Eight requests at once, each a rotation of the fixture texts.
+    let mut tasks = Vec::new();
+    for r in 0..8 {
+        let engine = engine.clone();
+        let mut mine = texts.clone();
+        mine.rotate_left(r);
+        tasks.push(tokio::spawn(async move { (r, engine.embed(mine).await) }));
+    }
+    for task in tasks {
+        let (r, vectors) = task.await.unwrap();
+        let vectors = vectors.unwrap();
+        assert_eq!(vectors.len(), texts.len());
+        for (i, v) in vectors.iter().enumerate() {
+            let t = &reference.texts[(i + r) % texts.len()];
+            let dot: f32 = v.iter().zip(&t.vector).map(|(a, b)| a * b).sum();
+            assert!(dot > 0.9999, "request {r} text {i} ({}): cosine {dot}", t.name);
+        }
+    }
+    assert!(engine.embed(Vec::new()).await.unwrap().is_empty());
+    let times = engine.times();
+    assert_eq!(times.texts, 8 * texts.len() as u64);
+    assert!(times.batches >= times.texts / 5);
+    assert!(times.padded_tokens >= times.tokens);
+    drop(engine);
+    threads.join();
+}
