@@ -56,6 +56,8 @@ pub struct Batch<B: Backend> {
     pub padding: Tensor<B, 2, Bool>,
     /// 1.0 at real tokens, 0.0 at padding `[batch, len, 1]`.
     pub real: Tensor<B, 3>,
+    /// `true` where a query may not look: padded keys, `[batch, 1, len, len]`.
+    pub attention_mask: Tensor<B, 4, Bool>,
 }
 
 impl<B: Backend> Batch<B> {
@@ -74,7 +76,17 @@ impl<B: Backend> Batch<B> {
                 real.push(if is_real { 1.0f32 } else { 0.0 });
             }
         }
+        let mut attention_mask = Vec::with_capacity(batch * len * len);
+        for t in texts {
+            for _query in 0..len {
+                attention_mask.extend((0..len).map(|key| key >= t.len()));
+            }
+        }
         Self {
+            attention_mask: Tensor::from_data(
+                TensorData::new(attention_mask, [batch, 1, len, len]),
+                device,
+            ),
             ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
             padding: Tensor::from_data(TensorData::new(padding, [batch, len]), device),
             real: Tensor::from_data(TensorData::new(real, [batch, len, 1]), device),
@@ -170,11 +182,9 @@ impl<B: Backend> Encoder<B> {
         }
         let mut x = self.embeddings_norm.forward(x);
 
-        let mask = batch
-            .padding
-            .clone()
-            .reshape([n, 1, 1, len])
-            .expand([n, c.num_heads, len, len]);
+        // [n, 1, len, len]: one contiguous mask shared by the heads (broadcast, not copied,
+        // by the CPU backend's attention) and by every layer.
+        let mask = batch.attention_mask.clone();
         let bias = self.relative_attention_bias.as_ref().map(|table| {
             let buckets = mpnet::bucket_matrix(len, c.relative_attention_num_buckets);
             let buckets =

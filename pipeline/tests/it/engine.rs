@@ -34,7 +34,11 @@ async fn concurrent_requests_come_back_in_order() {
         for (i, v) in vectors.iter().enumerate() {
             let t = &reference.texts[(i + r) % texts.len()];
             let dot: f32 = v.iter().zip(&t.vector).map(|(a, b)| a * b).sum();
-            assert!(dot > 0.9999, "request {r} text {i} ({}): cosine {dot}", t.name);
+            assert!(
+                dot > 0.9999,
+                "request {r} text {i} ({}): cosine {dot}",
+                t.name
+            );
         }
     }
     assert!(engine.embed(Vec::new()).await.unwrap().is_empty());
