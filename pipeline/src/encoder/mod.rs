@@ -7,12 +7,12 @@
 //! attention and padded tokens out of pooling, so a text's vector does not depend on its
 //! batch (checked by the parity tests).
 
+pub mod activation;
 mod load;
 pub mod mpnet;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -136,7 +136,7 @@ impl<B: Backend> EncoderLayer<B> {
         let x = self
             .attention_norm
             .forward(self.attention_out.forward(context) + x);
-        let inner = gelu(self.intermediate.forward(x.clone()));
+        let inner = activation::gelu(self.intermediate.forward(x.clone()));
         self.output_norm.forward(self.output.forward(inner) + x)
     }
 }
