@@ -113,7 +113,7 @@ def main():
                      "items_s": rows[-1]["items_s"] / rows[-2]["items_s"]})
 
     lines = [
-        f"# Embedding throughput, {len(sample)} Debian package texts ({tokens_note(rows)}), "
+        f"# Embedding throughput, {len(sample)} Debian package texts (same texts and token ids for both), "
         f"{args.threads} threads, batch {args.batch}",
         "",
         f"Command: `python3 loadtest/embed_bench.py --python <venv with sentence-transformers> "
@@ -131,10 +131,6 @@ def main():
     report = "\n".join(lines) + "\n"
     (ROOT / "loadtest" / "reports" / "embed.md").write_text(report)
     print(report)
-
-
-def tokens_note(rows):
-    return "same texts and token ids for both"
 
 
 if __name__ == "__main__":
