@@ -42,6 +42,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The requested device cannot be used here (no CUDA in the build, or no driver). Fatal.
+    #[error("device unavailable: {reason}")]
+    Device {
+        /// Why.
+        reason: String,
+    },
     /// I/O on a local file. Fatal for the operation.
     #[error("{}: {source}", path.display())]
     Io {

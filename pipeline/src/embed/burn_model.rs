@@ -103,14 +103,40 @@ pub fn load_embedder(dir: &Path, device: Device) -> Result<(Box<dyn Embedder>, M
         }
         #[cfg(feature = "cuda")]
         Device::Cuda => {
+            // Without the driver library the CUDA runtime panics on its own thread and the
+            // process then crashes, so look for the library before touching the backend.
+            if !cuda_driver_present() {
+                return Err(crate::error::Error::Device {
+                    reason: "--device cuda needs the NVIDIA driver (libcuda.so), which this machine does not have".to_owned(),
+                });
+            }
             let m = BurnEmbedder::<burn::backend::Cuda>::load(dir, Default::default())?;
             let config = m.config().clone();
             Ok((Box::new(m), config))
         }
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(crate::error::Error::Config {
-            path: dir.to_owned(),
+        Device::Cuda => Err(crate::error::Error::Device {
             reason: "this build has no CUDA backend; rebuild with `--features cuda`".to_owned(),
         }),
     }
+}
+
+/// Whether the NVIDIA driver library can be found (the dynamic loader's cache, or a folder of
+/// `LD_LIBRARY_PATH`).
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> bool {
+    let in_cache = std::process::Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("libcuda.so"))
+        .unwrap_or(false);
+    in_cache
+        || std::env::var("LD_LIBRARY_PATH")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .any(|d| {
+                std::path::Path::new(d).join("libcuda.so.1").exists()
+                    || std::path::Path::new(d).join("libcuda.so").exists()
+            })
 }

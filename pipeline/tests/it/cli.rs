@@ -91,6 +91,22 @@ fn good_lines_are_embedded_in_order_and_bad_lines_reported() {
 }
 
 #[test]
+fn an_unavailable_device_is_a_clear_error() {
+    let out = embed(
+        &["--model", "minilm-l6-v2@1", "--device", "cuda"],
+        "{\"id\": 1, \"text\": \"a\"}\n",
+        None,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // This build has no CUDA backend; a CUDA build on a machine without a GPU names the driver.
+    assert!(stderr.contains("device unavailable"), "{stderr}");
+    let out = embed(&["--model", "minilm-l6-v2@1", "--device", "tpu"], "", None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device \"tpu\""));
+}
+
+#[test]
 fn unknown_models_and_corrupt_weights_are_clear_errors() {
     let out = embed(&["--model", "nope@1"], "", None);
     assert!(!out.status.success());
