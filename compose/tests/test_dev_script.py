@@ -69,12 +69,17 @@ def test_infra_status_down(env):
     assert (state / "local" / "data" / "tansu.db").exists()
 
 
+def infra_with_port_taken(env, port):
+    """Runs `infra` while something else listens on `port`."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        return dev(env, "infra")
+
+
 def test_a_taken_broker_port_fails_with_a_clear_message(env):
     e, ports, state = env
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", ports["kafka"]))
-        blocker.listen()
-        r = dev(e, "infra")
+    r = infra_with_port_taken(e, ports["kafka"])
     assert r.returncode != 0
     assert f"port {ports['kafka']} is already taken" in r.stderr
     assert nothing_running(state)
@@ -83,10 +88,7 @@ def test_a_taken_broker_port_fails_with_a_clear_message(env):
 
 def test_a_failing_registry_stops_the_broker_it_started(env):
     e, ports, state = env
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", ports["registry"]))
-        blocker.listen()
-        r = dev(e, "infra")
+    r = infra_with_port_taken(e, ports["registry"])
     assert r.returncode != 0
     assert f"port {ports['registry']} is already taken, so registry cannot start" in r.stderr
     assert "stopping what was started: broker" in r.stderr
