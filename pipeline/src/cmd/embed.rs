@@ -152,7 +152,6 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         flush(&mut ids, &mut texts)?;
         Ok(bad)
     });
-    let engine_times = engine;
 
     let progress = std::io::stderr().is_terminal();
     let start = Instant::now();
@@ -176,7 +175,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     output.flush()?;
-    let t = engine_times.times();
+    let t = engine.times();
     tracing::info!(
         texts = t.texts,
         tokens = t.tokens,
@@ -187,7 +186,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         wall_s = start.elapsed().as_secs_f64(),
         "Embedded."
     );
-    drop(engine_times);
+    // The engine's threads end once its last handle (this one; the reader's is gone) drops.
+    drop(engine);
     let bad = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;

@@ -7,7 +7,7 @@
 //! are embedded; every queue is bounded, so a caller that outruns the model waits. Not
 //! guaranteed: fairness between concurrent requests beyond arrival order within a window.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -190,13 +190,11 @@ impl Engine {
 
     /// Embeds texts; vectors come back in the same order. Waits when the queue is full.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        let requests = self.requests.clone();
+        let engine = self.clone();
         // The queue is bounded and std: block a blocking-pool thread, never a runtime worker.
-        tokio::task::spawn_blocking(move || requests.send(Request { texts, reply }))
+        let Pending(rx) = tokio::task::spawn_blocking(move || engine.submit(texts))
             .await
-            .map_err(|_| EngineError::Stopped)?
-            .map_err(|_| EngineError::Stopped)?;
+            .map_err(|_| EngineError::Stopped)??;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
@@ -302,22 +300,14 @@ fn model_loop(
     times: Arc<Mutex<PhaseTimes>>,
 ) {
     let mut pending: Vec<Item> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match items.recv() {
-                Ok(item) => pending.push(item),
-                Err(_) => return,
-            }
-        }
+    // Block for the first item; the loop ends when every sender is gone.
+    while let Ok(first) = items.recv() {
+        pending.push(first);
         // Take what is queued now (a short wait lets a request's texts arrive together).
         while pending.len() < config.sort_window {
-            match items.try_recv() {
+            match items.recv_timeout(Duration::from_micros(200)) {
                 Ok(item) => pending.push(item),
-                Err(TryRecvError::Empty) => match items.recv_timeout(Duration::from_micros(200)) {
-                    Ok(item) => pending.push(item),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                },
-                Err(TryRecvError::Disconnected) => break,
+                Err(_) => break,
             }
         }
         pending.sort_by_key(|i| i.ids.len());

@@ -52,8 +52,6 @@ pub struct Encoder<B: Backend> {
 pub struct Batch<B: Backend> {
     /// Token ids `[batch, len]`, padded.
     pub ids: Tensor<B, 2, Int>,
-    /// `true` at padding `[batch, len]`.
-    pub padding: Tensor<B, 2, Bool>,
     /// 1.0 at real tokens, 0.0 at padding `[batch, len, 1]`.
     pub real: Tensor<B, 3>,
     /// `true` where a query may not look: padded keys, `[batch, 1, len, len]`.
@@ -66,13 +64,11 @@ impl<B: Backend> Batch<B> {
         let batch = texts.len();
         let len = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(batch * len);
-        let mut padding = Vec::with_capacity(batch * len);
         let mut real = Vec::with_capacity(batch * len);
         for t in texts {
             for i in 0..len {
                 let is_real = i < t.len();
                 ids.push(i64::from(if is_real { t[i] } else { pad_id }));
-                padding.push(!is_real);
                 real.push(if is_real { 1.0f32 } else { 0.0 });
             }
         }
@@ -88,7 +84,6 @@ impl<B: Backend> Batch<B> {
                 device,
             ),
             ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
-            padding: Tensor::from_data(TensorData::new(padding, [batch, len]), device),
             real: Tensor::from_data(TensorData::new(real, [batch, len, 1]), device),
         }
     }
