@@ -10,6 +10,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use apache_avro::Schema;
+use apache_avro::error::Details;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
@@ -63,6 +64,12 @@ pub enum CodecError {
         /// What the decoder said.
         message: String,
     },
+    /// A string in the datum is not valid UTF-8. Poison.
+    #[error("invalid UTF-8 in a string field: {message}")]
+    InvalidUtf8 {
+        /// What the decoder said.
+        message: String,
+    },
     /// The registry refused to register the schema (e.g. incompatible). Fatal.
     #[error("could not register schema for {subject}: {message}")]
     Register {
@@ -84,6 +91,7 @@ impl CodecError {
             Self::RegistryUnavailable { .. } => "registry_unavailable",
             Self::WrongSchema { .. } => "wrong_schema",
             Self::MalformedAvro { .. } => "malformed_avro",
+            Self::InvalidUtf8 { .. } => "invalid_utf8",
             Self::Register { .. } => "register_failed",
         }
     }
@@ -183,11 +191,14 @@ pub fn decode_datum<T: AvroRecord>(writer: &Schema, datum: &mut &[u8]) -> Result
     let reader = GenericDatumReader::builder(writer)
         .build()
         .map_err(|e| wrong(e.to_string()))?;
-    let value = reader
-        .read_value(datum)
-        .map_err(|e| CodecError::MalformedAvro {
+    let value = reader.read_value(datum).map_err(|e| match e.details() {
+        Details::ConvertToUtf8(_) | Details::ConvertToUtf8Error(_) => CodecError::InvalidUtf8 {
             message: e.to_string(),
-        })?;
+        },
+        _ => CodecError::MalformedAvro {
+            message: e.to_string(),
+        },
+    })?;
     let mut rest = Vec::new();
     let trailing = datum.read_to_end(&mut rest).unwrap_or(0);
     if trailing > 0 {

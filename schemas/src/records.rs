@@ -46,6 +46,9 @@ pub enum ItemOp {
     Upsert,
     /// Remove the item from every index.
     Delete,
+    /// A symbol this build does not know (written by a newer producer's schema); the Avro
+    /// enum default. The embed stage dead-letters it as `unknown_op`.
+    Unknown,
 }
 
 /// Who produced an item event.

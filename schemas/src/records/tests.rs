@@ -252,3 +252,40 @@ fn decode_errors_are_classified() {
     assert_eq!(err.kind(), "wrong_schema", "{err}");
     assert!(!err.is_retryable());
 }
+
+#[test]
+fn an_op_added_by_a_newer_writer_reads_as_unknown() {
+    let newer = Schema::parse_str(&ItemEvent::SCHEMA_JSON.replace(
+        r#""symbols": ["UPSERT", "DELETE", "UNKNOWN"]"#,
+        r#""symbols": ["UPSERT", "DELETE", "UNKNOWN", "ARCHIVE"]"#,
+    ))
+    .unwrap();
+    assert_ne!(&newer, ItemEvent::schema(), "the replacement must have applied");
+    let mut event = item_event();
+    event.op = ItemOp::Upsert;
+    let mut value = apache_avro::to_value(&event).unwrap();
+    if let apache_avro::types::Value::Record(fields) = &mut value {
+        fields[1].1 = apache_avro::types::Value::Enum(3, "ARCHIVE".into());
+    }
+    let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&newer)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let back: ItemEvent = decode_datum(&newer, &mut bytes.as_slice()).unwrap();
+    assert_eq!(back.op, ItemOp::Unknown);
+    assert_eq!(back.item_id, event.item_id);
+}
+
+#[test]
+fn invalid_utf8_in_a_string_is_its_own_kind() {
+    let mut event = item_event();
+    event.item_id = "ab".into();
+    let mut bytes = encode_datum(&event).unwrap();
+    // The datum starts with item_id: zigzag length 2 (= 4), then its bytes.
+    assert_eq!(&bytes[..3], &[4, b'a', b'b']);
+    bytes[1] = 0xff;
+    bytes[2] = 0xfe;
+    let err = decode_datum::<ItemEvent>(ItemEvent::schema(), &mut bytes.as_slice()).unwrap_err();
+    assert_eq!(err.kind(), "invalid_utf8", "{err}");
+}
