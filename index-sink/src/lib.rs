@@ -1,5 +1,37 @@
 //! Index sinks: hot shards, main HNSW indexes (`instant-distance`), compaction with atomic
-//! swap, snapshots and recovery, and query serving.
+//! swap, snapshots and recovery — the pure core, with no Kafka and no HTTP.
 //!
-//! Not built yet: this crate is the place the index-sink issue fills. It is a workspace
-//! member today so that the layout, the lints and CI cover it from the start.
+//! [`ShardedIndex`] is the one entry point: [`ShardedIndex::open`] a snapshot directory,
+//! seek the consumer to [`ShardedIndex::resume_offsets`], [`ShardedIndex::apply`] each record
+//! in partition order, [`ShardedIndex::search`] from any thread, run compaction in the
+//! background with [`ShardedIndex::spawn_maintenance`], read [`ShardedIndex::stats`].
+//!
+//! Guarantees: a write is visible to the next query once `apply` returns; a query sees each
+//! shard in one consistent state (hot, deletes and main together); compaction never loses a
+//! write nor lets an older one win; a snapshot is either complete and checksummed or
+//! ignored. Not guaranteed: HNSW results in main are approximate (exact in hot).
+
+mod compaction;
+mod config;
+mod error;
+mod graph;
+mod hash;
+mod hot;
+mod index;
+mod main_index;
+mod metrics;
+mod shard;
+mod snapshot;
+mod topk;
+mod types;
+mod vector;
+
+pub use compaction::{CompactionPolicy, CompactionReason, HotShare, Interval, Planner, Tombstones};
+pub use config::{CompactionConfig, HotConfig, IndexConfig, MainConfig, SnapshotConfig};
+pub use error::{Error, GraphBridgeError, Result};
+pub use hash::{fnv1a64, shard_of};
+pub use index::{Maintenance, ShardedIndex};
+pub use metrics::{DURATION_BUCKETS, names as metric_names};
+pub use shard::{CompactionRecord, ShardStats};
+pub use types::{Applied, Delete, Hit, ItemId, Query, Upsert, Version, Write};
+pub use vector::{dot, normalized};

@@ -57,6 +57,29 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A Kafka client could not be created or a Kafka call failed. Retryable for a running
+    /// stage (the client reconnects); fatal at start-up.
+    #[error("Kafka at {bootstrap}: {source}")]
+    Kafka {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// The error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Encoding or decoding through the registry failed (see its kind).
+    #[error(transparent)]
+    Codec {
+        /// The error.
+        #[from]
+        source: embedstream_schemas::CodecError,
+    },
+    /// The control log could not be read or written. Retryable.
+    #[error("control log: {reason}")]
+    Control {
+        /// What failed.
+        reason: String,
+    },
     /// The catalog or a model reference is wrong. Fatal.
     #[error(transparent)]
     Catalog(#[from] embedstream_topics::Error),

@@ -4,10 +4,12 @@
 //! The embedding engine and the stream stage arrive with their issues; today this crate holds
 //! the process plumbing every service uses.
 
+pub mod control;
 pub mod embed;
 pub mod encoder;
 mod error;
 pub mod models;
+pub mod stage;
 pub mod telemetry;
 
 pub use error::{Error, Result};

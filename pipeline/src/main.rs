@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::telemetry;
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{ModelState, ModelVersionRecord};
 use embedstream_schemas::registry::{self, RegistryConfig};
 use embedstream_topics::admin::{Admin, Ensured, Layout, platform_topics};
 use embedstream_topics::{ModelRef, catalog, names};
@@ -45,6 +48,13 @@ enum Command {
     },
     /// Embed JSON lines `{"id", "text"}` into `{"id", "vector"}` (stdin to stdout by default).
     Embed(cmd::embed::EmbedArgs),
+    /// The stream stage: `items` → every active model version → `embeddings.<model>.v<N>`.
+    EmbedStage(cmd::stage::StageArgs),
+    /// Every service of the platform in one process (today: the embed stage; the sinks, the
+    /// query API and the drift consumer join as they land).
+    Up(cmd::stage::StageArgs),
+    /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
+    Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -93,6 +103,28 @@ enum ModelsCommand {
         /// Model versions (`id@version`); all of the catalog when none.
         models: Vec<ModelRef>,
     },
+    /// Mark model versions ACTIVE in the control log: the embed stage starts writing them
+    /// (dual-write when another is active) without a restart.
+    Activate {
+        #[command(flatten)]
+        platform: cmd::stage::PlatformArgs,
+        /// Model versions (`id@version`).
+        #[arg(required = true)]
+        models: Vec<ModelRef>,
+    },
+    /// Mark model versions RETIRED in the control log: the embed stage stops writing them.
+    Retire {
+        #[command(flatten)]
+        platform: cmd::stage::PlatformArgs,
+        /// Model versions (`id@version`).
+        #[arg(required = true)]
+        models: Vec<ModelRef>,
+    },
+    /// Print the model versions of the control log as JSON lines.
+    Status {
+        #[command(flatten)]
+        platform: cmd::stage::PlatformArgs,
+    },
 }
 
 #[tokio::main]
@@ -121,7 +153,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Embed(args) => {
             tokio::task::spawn_blocking(move || cmd::embed::run(args)).await??
         }
-        Command::Models { command } => models(command)?,
+        Command::EmbedStage(args) | Command::Up(args) => {
+            let shutdown = shutdown_on_signal();
+            cmd::stage::run(args, telemetry::metrics_router()?, shutdown).await?;
+        }
+        Command::Produce(args) => cmd::produce::run(args).await?,
+        Command::Models { command } => models(command).await?,
     }
     Ok(())
 }
@@ -162,7 +199,7 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn models(command: ModelsCommand) -> anyhow::Result<()> {
+async fn models(command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::List => {
             for spec in catalog::builtin() {
@@ -184,8 +221,63 @@ fn models(command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}\t{}", spec.model, dir.display());
             }
         }
+        ModelsCommand::Activate { platform, models } => {
+            set_state(&platform, &models, ModelState::Active).await?;
+        }
+        ModelsCommand::Retire { platform, models } => {
+            set_state(&platform, &models, ModelState::Retired).await?;
+        }
+        ModelsCommand::Status { platform } => {
+            let token = CancellationToken::new();
+            let log = open_control(&platform, token.clone()).await?;
+            for m in log.state().models() {
+                println!("{}", serde_json::to_string(&model_json(m))?);
+            }
+            token.cancel();
+        }
     }
     Ok(())
+}
+
+async fn open_control(
+    platform: &cmd::stage::PlatformArgs,
+    token: CancellationToken,
+) -> anyhow::Result<ControlLog> {
+    ControlLog::open(
+        &platform.bootstrap,
+        Codec::new(&platform.registry_url),
+        &platform.names().control(),
+        token,
+    )
+    .await
+    .context("cannot open the control log")
+}
+
+async fn set_state(
+    platform: &cmd::stage::PlatformArgs,
+    models: &[ModelRef],
+    state: ModelState,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let log = open_control(platform, token.clone()).await?;
+    let by = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    for model in models {
+        let spec = catalog::lookup(model)?;
+        log.set_model_state(&spec, state, &by).await?;
+        println!("{model}\t{state:?}");
+    }
+    token.cancel();
+    Ok(())
+}
+
+fn model_json(m: &ModelVersionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "model": format!("{}@{}", m.model_id, m.version),
+        "state": format!("{:?}", m.state).to_uppercase(),
+        "architecture": m.architecture,
+        "dimension": m.dimension,
+        "weights": m.weights,
+    })
 }
 
 /// A token cancelled on SIGINT or SIGTERM: signals are handled here only.

@@ -14,6 +14,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// Size buckets for every `*_items` histogram (batch sizes): 1 to 4096.
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
 /// Starts `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -28,6 +33,7 @@ pub fn init_logs() {
 pub fn metrics_router() -> anyhow::Result<Router> {
     let handle: PrometheusHandle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_items".to_owned()), SIZE_BUCKETS)?
         .install_recorder()?;
     Ok(Router::new().route(
         "/metrics",

@@ -94,20 +94,29 @@ const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// beginning yields the current state of every item (backfill and index recovery rely on it).
 /// The control log and `_schemas` are compacted with one partition, so their order is total.
 pub fn platform_topics(layout: Layout, models: &[ModelRef]) -> Vec<TopicSpec> {
+    named_platform_topics(&names::TopicNames::default(), layout, models)
+}
+
+/// [`platform_topics`] under a prefix.
+pub fn named_platform_topics(
+    names: &names::TopicNames,
+    layout: Layout,
+    models: &[ModelRef],
+) -> Vec<TopicSpec> {
     let Layout {
         partitions,
         replication,
     } = layout;
     let mut topics = vec![
-        TopicSpec::compacted(names::ITEMS, partitions, replication),
-        TopicSpec::retained(names::ITEMS_DLQ, 1, replication, 4 * WEEK),
-        TopicSpec::compacted(names::CONTROL, 1, replication),
-        TopicSpec::retained(names::DRIFT_REPORTS, 1, replication, 4 * WEEK),
+        TopicSpec::compacted(names.items(), partitions, replication),
+        TopicSpec::retained(names.items_dlq(), 1, replication, 4 * WEEK),
+        TopicSpec::compacted(names.control(), 1, replication),
+        TopicSpec::retained(names.drift_reports(), 1, replication, 4 * WEEK),
     ];
     topics.extend(
         models
             .iter()
-            .map(|m| TopicSpec::compacted(m.topic(), partitions, replication)),
+            .map(|m| TopicSpec::compacted(names.embeddings(m), partitions, replication)),
     );
     topics
 }

@@ -28,6 +28,57 @@ pub fn parse_embeddings_topic(topic: &str) -> Option<ModelRef> {
     ModelRef::new(id, version).ok()
 }
 
+/// The platform's topic names under an optional prefix (`<prefix>.items`, …), so that several
+/// platforms (environments, tenants, or tests running side by side) share one cluster.
+/// The empty prefix gives the plain names above.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    /// Names under `prefix` (none when empty).
+    pub fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('.');
+        Self {
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}.")
+            },
+        }
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    /// Upstream item events.
+    pub fn items(&self) -> String {
+        self.name(ITEMS)
+    }
+
+    /// The embed stage's dead letters.
+    pub fn items_dlq(&self) -> String {
+        self.name(ITEMS_DLQ)
+    }
+
+    /// The control log.
+    pub fn control(&self) -> String {
+        self.name(CONTROL)
+    }
+
+    /// Drift reports.
+    pub fn drift_reports(&self) -> String {
+        self.name(DRIFT_REPORTS)
+    }
+
+    /// The embedding topic of one model version.
+    pub fn embeddings(&self, model: &ModelRef) -> String {
+        self.name(&embeddings_topic(model))
+    }
+}
+
 /// Whether `name` is a legal Kafka topic name (the broker's own rule: 1–249 characters of
 /// `[a-zA-Z0-9._-]`, and not `.` or `..`).
 pub fn is_legal_topic_name(name: &str) -> bool {
@@ -66,6 +117,19 @@ mod tests {
         ] {
             assert_eq!(parse_embeddings_topic(t), None, "{t}");
         }
+    }
+
+    #[test]
+    fn prefixed_names() {
+        let m = ModelRef::new("minilm-l6-v2", 1).unwrap();
+        assert_eq!(TopicNames::default().items(), ITEMS);
+        assert_eq!(TopicNames::new("").embeddings(&m), embeddings_topic(&m));
+        let t = TopicNames::new("staging.");
+        assert_eq!(t.items(), "staging.items");
+        assert_eq!(t.items_dlq(), "staging.items.dlq");
+        assert_eq!(t.control(), "staging.embedstream.control");
+        assert_eq!(t.embeddings(&m), "staging.embeddings.minilm-l6-v2.v1");
+        assert_eq!(TopicNames::new("staging"), t);
     }
 
     #[test]

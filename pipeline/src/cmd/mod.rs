@@ -1,3 +1,5 @@
 //! Subcommands with enough code to want a file of their own.
 
 pub mod embed;
+pub mod produce;
+pub mod stage;

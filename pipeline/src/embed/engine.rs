@@ -16,6 +16,17 @@ use tokio::sync::oneshot;
 
 use super::tokenize::TextTokenizer;
 
+/// Tokenizing one request (a batch of the stage).
+pub const TOKENIZE_SECONDS: &str = "embedstream_embed_tokenize_seconds";
+/// One forward pass, pooling included.
+pub const INFER_SECONDS: &str = "embedstream_embed_infer_seconds";
+/// Texts per forward pass.
+pub const BATCH_ITEMS: &str = "embedstream_embed_batch_items";
+/// Tokens computed, padding included.
+pub const PADDED_TOKENS: &str = "embedstream_embed_padded_tokens_total";
+/// Real tokens embedded.
+pub const TOKENS: &str = "embedstream_embed_tokens_total";
+
 /// A model that embeds a batch of tokenized texts. Implementations own their weights and run
 /// on the engine's model thread only.
 pub trait Embedder: Send {
@@ -108,6 +119,11 @@ impl Pending {
     pub fn wait(self) -> Result<Vec<Vec<f32>>, EngineError> {
         self.0.blocking_recv().map_err(|_| EngineError::Stopped)?
     }
+
+    /// Waits for the vectors (from async code).
+    pub async fn recv(self) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.0.await.map_err(|_| EngineError::Stopped)?
+    }
 }
 
 /// A handle to a running engine. Cheap to clone; the engine stops when every handle is gone.
@@ -149,20 +165,31 @@ impl Engine {
         tokenizer: TextTokenizer,
         config: EngineConfig,
     ) -> (Self, EngineThreads) {
+        Self::start_named(model, tokenizer, config, "unnamed")
+    }
+
+    /// [`Engine::start`], with the `model_version` label its metrics carry.
+    pub fn start_named(
+        model: Box<dyn Embedder>,
+        tokenizer: TextTokenizer,
+        config: EngineConfig,
+        name: &str,
+    ) -> (Self, EngineThreads) {
         let dimension = model.dimension();
         let max_seq_length = tokenizer.max_seq_length();
         let (req_tx, req_rx) = mpsc::sync_channel::<Request>(64);
         let (item_tx, item_rx) = mpsc::sync_channel::<Item>(config.queue_capacity);
         let times = Arc::new(Mutex::new(PhaseTimes::default()));
         let t1 = times.clone();
+        let (n1, n2) = (name.to_owned(), name.to_owned());
         let tokenizer_thread = std::thread::Builder::new()
             .name("embed-tokenize".into())
-            .spawn(move || tokenize_loop(tokenizer, req_rx, item_tx, t1))
+            .spawn(move || tokenize_loop(tokenizer, req_rx, item_tx, t1, n1))
             .unwrap_or_else(|e| panic!("cannot spawn the tokenizer thread: {e}"));
         let t2 = times.clone();
         let model_thread = std::thread::Builder::new()
             .name("embed-model".into())
-            .spawn(move || model_loop(model, item_rx, config, t2))
+            .spawn(move || model_loop(model, item_rx, config, t2, n2))
             .unwrap_or_else(|e| panic!("cannot spawn the model thread: {e}"));
         (
             Self {
@@ -227,7 +254,9 @@ fn tokenize_loop(
     requests: Receiver<Request>,
     items: SyncSender<Item>,
     times: Arc<Mutex<PhaseTimes>>,
+    name: String,
 ) {
+    let tokenize_seconds = metrics::histogram!(TOKENIZE_SECONDS, "model_version" => name);
     for Request { texts, reply } in requests {
         let start = Instant::now();
         let mut tokenized = Vec::with_capacity(texts.len());
@@ -241,6 +270,7 @@ fn tokenize_loop(
                 }
             }
         }
+        tokenize_seconds.record(start.elapsed().as_secs_f64());
         if let Ok(mut t) = times.lock() {
             t.tokenize += start.elapsed();
         }
@@ -298,7 +328,12 @@ fn model_loop(
     items: Receiver<Item>,
     config: EngineConfig,
     times: Arc<Mutex<PhaseTimes>>,
+    name: String,
 ) {
+    let infer_seconds = metrics::histogram!(INFER_SECONDS, "model_version" => name.clone());
+    let batch_items = metrics::histogram!(BATCH_ITEMS, "model_version" => name.clone());
+    let padded = metrics::counter!(PADDED_TOKENS, "model_version" => name.clone());
+    let real = metrics::counter!(TOKENS, "model_version" => name);
     let mut pending: Vec<Item> = Vec::new();
     // Block for the first item; the loop ends when every sender is gone.
     while let Ok(first) = items.recv() {
@@ -317,6 +352,10 @@ fn model_loop(
             let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
             let start = Instant::now();
             let vectors = model.embed(&ids);
+            infer_seconds.record(start.elapsed().as_secs_f64());
+            batch_items.record(batch.len() as f64);
+            real.increment(ids.iter().map(|i| i.len() as u64).sum::<u64>());
+            padded.increment((ids.len() * ids.last().map_or(0, |i| i.len())) as u64);
             if let Ok(mut t) = times.lock() {
                 t.forward += start.elapsed();
                 t.batches += 1;

@@ -18,9 +18,19 @@ pub fn open(
     device: Device,
     config: EngineConfig,
 ) -> Result<(Engine, EngineThreads)> {
+    open_named(model, device, config, &model.to_string())
+}
+
+/// [`open`], with the name its metrics carry.
+pub fn open_named(
+    model: &ModelRef,
+    device: Device,
+    config: EngineConfig,
+    name: &str,
+) -> Result<(Engine, EngineThreads)> {
     let spec = catalog::lookup(model)?;
     let dir = models::fetch(&spec, &models::home())?;
     let (embedder, model_config) = load_embedder(&dir, device)?;
     let tokenizer = TextTokenizer::load(&dir, model_config.max_seq_length)?;
-    Ok(Engine::start(embedder, tokenizer, config))
+    Ok(Engine::start_named(embedder, tokenizer, config, name))
 }

@@ -1,0 +1,198 @@
+//! Compaction planning: each reason to rebuild a shard's main is a named policy that looks
+//! at the shard's stats and says yes or no. The planner only decides; doing it (capture,
+//! build on the compaction pool, swap, snapshot) is `Shard::compact`, driven by
+//! [`crate::ShardedIndex::compact`] or its maintenance thread.
+//!
+//! Guarantees: a shard with nothing to merge (empty hot, no pending deletes) is never
+//! planned; a shard already being compacted is never planned twice; policies are asked in a
+//! fixed order (hot share, tombstones, interval) and the first that fires is the reason.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::CompactionConfig;
+use crate::shard::ShardStats;
+
+/// Why a shard was rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactionReason {
+    /// Hot reached its configured share of main ([`HotShare`]).
+    HotShare,
+    /// Too many of main's points are hidden ([`Tombstones`]).
+    Tombstones,
+    /// The last rebuild is older than the interval ([`Interval`]).
+    Interval,
+    /// Asked for by the caller.
+    Manual,
+}
+
+impl CompactionReason {
+    /// The label value in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HotShare => "hot_share",
+            Self::Tombstones => "tombstones",
+            Self::Interval => "interval",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for CompactionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reason to rebuild a shard.
+pub trait CompactionPolicy: fmt::Debug + Send + Sync {
+    /// The reason this policy gives when it fires.
+    fn reason(&self) -> CompactionReason;
+    /// Whether the shard should be rebuilt now (`now_ms`: Unix milliseconds). Only asked
+    /// for shards that have something to merge.
+    fn fires(&self, stats: &ShardStats, now_ms: i64) -> bool;
+}
+
+/// Rebuild when hot holds at least `fraction` of main's size and at least `min_hot` vectors.
+#[derive(Debug, Clone, Copy)]
+pub struct HotShare {
+    /// Share of main's size.
+    pub fraction: f64,
+    /// Least hot size; with an empty main this alone decides the first build.
+    pub min_hot: usize,
+}
+
+impl CompactionPolicy for HotShare {
+    fn reason(&self) -> CompactionReason {
+        CompactionReason::HotShare
+    }
+    fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
+        s.hot_vectors >= self.min_hot && s.hot_vectors as f64 >= self.fraction * s.main_vectors as f64
+    }
+}
+
+/// Rebuild when more than `max_ratio` of main's points are hidden.
+#[derive(Debug, Clone, Copy)]
+pub struct Tombstones {
+    /// Largest tolerated tombstone ratio.
+    pub max_ratio: f64,
+}
+
+impl CompactionPolicy for Tombstones {
+    fn reason(&self) -> CompactionReason {
+        CompactionReason::Tombstones
+    }
+    fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
+        s.main_vectors > 0 && s.tombstone_ratio > self.max_ratio
+    }
+}
+
+/// Rebuild when main was swapped in (or the index opened) longer than `every` ago.
+#[derive(Debug, Clone, Copy)]
+pub struct Interval {
+    /// The interval.
+    pub every: Duration,
+}
+
+impl CompactionPolicy for Interval {
+    fn reason(&self) -> CompactionReason {
+        CompactionReason::Interval
+    }
+    fn fires(&self, s: &ShardStats, now_ms: i64) -> bool {
+        now_ms.saturating_sub(s.since_ms) >= self.every.as_millis() as i64
+    }
+}
+
+/// Asks the policies, in order, for every shard.
+#[derive(Debug)]
+pub struct Planner {
+    policies: Vec<Box<dyn CompactionPolicy>>,
+}
+
+impl Planner {
+    /// The policies of `config`, in the fixed order.
+    pub fn from_config(config: &CompactionConfig) -> Self {
+        let mut policies: Vec<Box<dyn CompactionPolicy>> = vec![
+            Box::new(HotShare {
+                fraction: config.hot_fraction,
+                min_hot: config.min_hot,
+            }),
+            Box::new(Tombstones {
+                max_ratio: config.max_tombstone_ratio,
+            }),
+        ];
+        if let Some(every) = config.interval {
+            policies.push(Box::new(Interval { every }));
+        }
+        Self { policies }
+    }
+
+    /// Own policies, asked in the given order.
+    pub fn new(policies: Vec<Box<dyn CompactionPolicy>>) -> Self {
+        Self { policies }
+    }
+
+    /// The shards to rebuild and why.
+    pub fn plan(&self, shards: &[ShardStats], now_ms: i64) -> Vec<(usize, CompactionReason)> {
+        shards
+            .iter()
+            .filter(|s| !s.compacting && (s.hot_vectors > 0 || s.pending_deletes > 0))
+            .filter_map(|s| {
+                self.policies
+                    .iter()
+                    .find(|p| p.fires(s, now_ms))
+                    .map(|p| (s.shard, p.reason()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(hot: usize, main: usize, tomb: usize, deletes: usize, since_ms: i64) -> ShardStats {
+        ShardStats {
+            shard: 0,
+            hot_vectors: hot,
+            main_vectors: main,
+            main_tombstones: tomb,
+            tombstone_ratio: crate::metrics::ratio(tomb, main),
+            pending_deletes: deletes,
+            covered_offsets: Default::default(),
+            since_ms,
+            compacting: false,
+            last_compaction: None,
+        }
+    }
+
+    #[test]
+    fn each_policy_fires_on_its_own_condition() {
+        let config = CompactionConfig {
+            interval: Some(Duration::from_secs(60)),
+            ..CompactionConfig::default()
+        };
+        let p = Planner::from_config(&config);
+        let now = 1_000_000;
+        let plan = |s: ShardStats| p.plan(&[s], now).first().map(|x| x.1);
+        // Empty main: the first build waits for min_hot (1000).
+        assert_eq!(plan(stats(999, 0, 0, 0, now)), None);
+        assert_eq!(plan(stats(1000, 0, 0, 0, now)), Some(CompactionReason::HotShare));
+        // 5% of 100k is 5000.
+        assert_eq!(plan(stats(4999, 100_000, 0, 0, now)), None);
+        assert_eq!(plan(stats(5000, 100_000, 0, 0, now)), Some(CompactionReason::HotShare));
+        // Tombstones above 8%.
+        assert_eq!(plan(stats(0, 100_000, 8000, 10, now)), None);
+        assert_eq!(plan(stats(0, 100_000, 8001, 10, now)), Some(CompactionReason::Tombstones));
+        // Interval, only with something to merge.
+        assert_eq!(plan(stats(1, 100_000, 0, 0, now - 59_999)), None);
+        assert_eq!(plan(stats(1, 100_000, 0, 0, now - 60_000)), Some(CompactionReason::Interval));
+        assert_eq!(plan(stats(0, 100_000, 0, 0, now - 600_000)), None);
+        let mut busy = stats(5000, 0, 0, 0, now);
+        busy.compacting = true;
+        assert_eq!(plan(busy), None);
+    }
+}

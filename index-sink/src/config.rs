@@ -1,0 +1,351 @@
+//! Configuration, one struct per component. Unknown fields are errors; every field has a
+//! default, so `{}` is a valid configuration except for `dim`, which must be set. Durations
+//! are written as strings with a unit: `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole index of one embedding topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Name of the index in metrics labels and logs, usually the embedding topic.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Vector dimension of the model version this index serves (384 for MiniLM).
+    pub dim: usize,
+    /// Number of shards; an item's shard is FNV-1a-64(item id) mod shards. Changing it
+    /// invalidates the snapshots (they are refused, and the topic must be replayed).
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Largest `k` a query may ask for.
+    #[serde(default = "default_max_k")]
+    pub max_k: usize,
+    /// The hot parts.
+    #[serde(default)]
+    pub hot: HotConfig,
+    /// The main (HNSW) parts.
+    #[serde(default)]
+    pub main: MainConfig,
+    /// When and how main parts are rebuilt.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+    /// Snapshots written at each swap.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+}
+
+/// The hot part of each shard: exact search over recent writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotConfig {
+    /// Most vectors one shard's hot part holds; writes beyond are refused (retryable) until
+    /// a compaction drains it, which bounds memory and exact-search time.
+    #[serde(default = "default_hot_max_vectors")]
+    pub max_vectors: usize,
+}
+
+/// The main part of each shard: an HNSW graph built by `instant-distance` (M = 32, fixed by
+/// that crate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    /// `efConstruction`: candidate list size while building; higher is better recall and a
+    /// slower build.
+    #[serde(default = "default_ef_construction")]
+    pub ef_construction: usize,
+    /// Default `ef` for queries that do not bring their own; never below `k`.
+    #[serde(default = "default_ef_search")]
+    pub ef_search: usize,
+    /// Seed of the layer assignment, for repeatable builds. The neighbour lists still depend
+    /// on thread scheduling when the build uses more than one thread.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+/// Compaction: planning (the policies below) and doing (a rebuild on its own threads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Threads of the dedicated rebuild pool: the CPU budget of compaction. Queries and
+    /// writes do not run on it.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Policy `hot-share`: rebuild when hot holds at least this fraction of main's size...
+    #[serde(default = "default_hot_fraction")]
+    pub hot_fraction: f64,
+    /// ...and at least this many vectors (so that an empty main gets its first build once
+    /// hot has this many, and a tiny main is not rebuilt on every write).
+    #[serde(default = "default_min_hot")]
+    pub min_hot: usize,
+    /// Policy `interval`: rebuild a shard whose last rebuild is older than this, if it has
+    /// anything to merge. `null` turns the policy off.
+    #[serde(default = "default_interval", with = "opt_duration")]
+    pub interval: Option<Duration>,
+    /// Policy `tombstones`: rebuild when more than this fraction of main's points are hidden
+    /// (deleted or replaced since the build). Seed 003's runbook says 8%.
+    #[serde(default = "default_max_tombstone_ratio")]
+    pub max_tombstone_ratio: f64,
+    /// How often the background maintenance thread asks the policies.
+    #[serde(default = "default_check_every", with = "duration")]
+    pub check_every: Duration,
+}
+
+/// Snapshots and recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Write a snapshot of the shard after each swap.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How many valid snapshots to keep per shard (at least 2, so that a corrupt newest one
+    /// has a fallback).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_name() -> String {
+    "index".to_owned()
+}
+const fn default_shards() -> usize {
+    4
+}
+const fn default_max_k() -> usize {
+    1000
+}
+const fn default_hot_max_vectors() -> usize {
+    1_000_000
+}
+const fn default_ef_construction() -> usize {
+    100
+}
+const fn default_ef_search() -> usize {
+    100
+}
+const fn default_seed() -> u64 {
+    0x5eed_0001
+}
+const fn default_threads() -> usize {
+    1
+}
+const fn default_hot_fraction() -> f64 {
+    0.05
+}
+const fn default_min_hot() -> usize {
+    1000
+}
+const fn default_interval() -> Option<Duration> {
+    Some(Duration::from_secs(3600))
+}
+const fn default_max_tombstone_ratio() -> f64 {
+    0.08
+}
+const fn default_check_every() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_keep() -> usize {
+    2
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        Self {
+            max_vectors: default_hot_max_vectors(),
+        }
+    }
+}
+
+impl Default for MainConfig {
+    fn default() -> Self {
+        Self {
+            ef_construction: default_ef_construction(),
+            ef_search: default_ef_search(),
+            seed: default_seed(),
+        }
+    }
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            hot_fraction: default_hot_fraction(),
+            min_hot: default_min_hot(),
+            interval: default_interval(),
+            max_tombstone_ratio: default_max_tombstone_ratio(),
+            check_every: default_check_every(),
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_true(),
+            keep: default_keep(),
+        }
+    }
+}
+
+impl IndexConfig {
+    /// A configuration with every default and the given dimension.
+    pub fn with_dim(dim: usize) -> Self {
+        Self {
+            name: default_name(),
+            dim,
+            shards: default_shards(),
+            max_k: default_max_k(),
+            hot: HotConfig::default(),
+            main: MainConfig::default(),
+            compaction: CompactionConfig::default(),
+            snapshot: SnapshotConfig::default(),
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
+        if self.dim == 0 {
+            return bad("dim", "must be at least 1");
+        }
+        if self.shards == 0 || self.shards > u32::MAX as usize {
+            return bad("shards", "must be between 1 and 2^32 - 1");
+        }
+        if self.max_k == 0 {
+            return bad("max_k", "must be at least 1");
+        }
+        if self.main.ef_construction == 0 || self.main.ef_search == 0 {
+            return bad("main.ef_*", "must be at least 1");
+        }
+        if self.compaction.threads == 0 {
+            return bad("compaction.threads", "must be at least 1");
+        }
+        if !(self.compaction.hot_fraction.is_finite() && self.compaction.hot_fraction >= 0.0) {
+            return bad("compaction.hot_fraction", "must be a finite number >= 0");
+        }
+        if !(0.0..=1.0).contains(&self.compaction.max_tombstone_ratio) {
+            return bad("compaction.max_tombstone_ratio", "must be in [0, 1]");
+        }
+        if self.snapshot.keep < 2 {
+            return bad("snapshot.keep", "must be at least 2");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s)
+            .ok_or_else(|| D::Error::custom(format!("bad duration {s:?}, want e.g. \"30s\"")))
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_duration(&s)
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("bad duration {s:?}, want e.g. \"30s\""))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c: IndexConfig = serde_json::from_str(r#"{"dim": 384}"#).unwrap();
+        assert_eq!(c, IndexConfig::with_dim(384));
+        assert_eq!(c.compaction.interval, Some(Duration::from_secs(3600)));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_and_unknown_fields() {
+        let c: IndexConfig = serde_json::from_str(
+            r#"{"dim": 8, "compaction": {"interval": "5m", "check_every": "250ms"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.compaction.interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.compaction.check_every, Duration::from_millis(250));
+        let back: IndexConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let off: IndexConfig =
+            serde_json::from_str(r#"{"dim": 8, "compaction": {"interval": null}}"#).unwrap();
+        assert_eq!(off.compaction.interval, None);
+        assert!(serde_json::from_str::<IndexConfig>(r#"{"dim": 8, "shard": 3}"#).is_err());
+        assert!(
+            serde_json::from_str::<IndexConfig>(r#"{"dim": 8, "main": {"m": 16}}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<IndexConfig>(
+                r#"{"dim": 8, "compaction": {"interval": "5 parsecs"}}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        let mut c = IndexConfig::with_dim(0);
+        assert!(c.validate().is_err());
+        c.dim = 4;
+        c.snapshot.keep = 1;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The main part of a shard: an immutable HNSW graph over the items merged at the last
+//! compaction, with each item's row (id, version, event time).
+//!
+//! Immutable once built: the shard never changes a main, it swaps in a new one. Items
+//! written after the build are shadowed rather than removed: the shard passes a `hidden`
+//! predicate (true for items deleted or replaced in hot since the build), and the search
+//! widens `ef` until it has `k` visible results or has seen the whole reachable graph, so
+//! tombstones cost latency, not results. Recall is HNSW's (approximate); scores are exact
+//! dot products recomputed with the same function hot uses.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::config::MainConfig;
+use crate::error::Result;
+use crate::graph::{self, Graph, Scratch};
+use crate::hot::Row;
+use crate::topk::TopK;
+use crate::types::{Hit, ItemId};
+use crate::vector::dot;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+#[derive(Debug)]
+pub(crate) struct MainIndex {
+    graph: Graph,
+    /// By pid.
+    rows: Vec<Row>,
+    by_id: HashMap<ItemId, u32>,
+}
+
+impl MainIndex {
+    pub(crate) fn empty(dim: usize) -> Self {
+        Self {
+            graph: Graph {
+                dim,
+                vectors: Vec::new(),
+                zero: Vec::new(),
+                layers: Vec::new(),
+            },
+            rows: Vec::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Builds on the current rayon pool. `vectors` holds `rows.len() * dim` normalized values;
+    /// ids must be unique.
+    pub(crate) fn build(
+        rows: Vec<Row>,
+        vectors: &[f32],
+        dim: usize,
+        config: &MainConfig,
+    ) -> Result<Self> {
+        let built = graph::build(vectors, dim, config)?;
+        let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+        let rows: Vec<Row> = built
+            .input_row
+            .iter()
+            .map(|&r| slots[r as usize].take().expect("input_row is a permutation"))
+            .collect();
+        Ok(Self::from_parts(built.graph, rows))
+    }
+
+    /// Assembles a main from a graph and its rows in pid order (a snapshot's content).
+    pub(crate) fn from_parts(graph: Graph, rows: Vec<Row>) -> Self {
+        let by_id = rows
+            .iter()
+            .enumerate()
+            .map(|(pid, r)| (r.id.clone(), pid as u32))
+            .collect();
+        Self {
+            graph,
+            rows,
+            by_id,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<&Row> {
+        self.by_id.get(id).map(|&pid| &self.rows[pid as usize])
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Rows by pid.
+    pub(crate) fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    pub(crate) fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The top `k` items not `hidden`, searching with width `ef` (at least `k`) and widening
+    /// it while hidden items crowd the results out.
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        hidden: impl Fn(&str) -> bool,
+    ) -> Vec<Hit> {
+        let n = self.len();
+        if n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let mut ef = ef.max(k).min(n);
+        SCRATCH.with_borrow_mut(|scratch| {
+            loop {
+                let found = self.graph.search(query, ef, scratch);
+                let mut top = TopK::new(k);
+                let mut visible = 0;
+                for c in found {
+                    let row = &self.rows[c.pid as usize];
+                    if !hidden(&row.id) {
+                        visible += 1;
+                        top.offer(dot(query, self.graph.vector(c.pid)), &row.id);
+                    }
+                }
+                // Fewer than `ef` found: the search saw everything it can reach.
+                if visible >= k || found.len() < ef || ef >= n {
+                    return top.into_hits();
+                }
+                ef = (ef * 2).min(n);
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Version;
+
+    #[test]
+    fn hidden_items_are_skipped_and_search_widens() {
+        let dim = 4;
+        let n = 200;
+        let mut vectors = Vec::new();
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let a = i as f32 * 0.01;
+            vectors.extend(crate::vector::normalized(&[a.cos(), a.sin(), 0.1, 0.0], dim).unwrap());
+            rows.push(Row {
+                id: format!("i{i:03}"),
+                version: Version {
+                    partition: 0,
+                    offset: i as i64,
+                },
+                event_time_ms: 0,
+            });
+        }
+        let main = MainIndex::build(rows, &vectors, dim, &MainConfig::default()).unwrap();
+        assert_eq!(main.len(), n);
+        assert_eq!(main.get("i007").unwrap().version.offset, 7);
+        let q = &vectors[..dim];
+        let plain = main.search(q, 5, 5, |_| false);
+        assert_eq!(plain[0].item_id, "i000");
+        // Hide the 150 nearest: the search has to widen far past ef = 5 to find 5 more.
+        let hits = main.search(q, 5, 5, |id| id < "i150");
+        let ids: Vec<_> = hits.iter().map(|h| h.item_id.as_str()).collect();
+        assert_eq!(ids, ["i150", "i151", "i152", "i153", "i154"]);
+        assert!(main.search(q, 5, 5, |_| true).is_empty());
+    }
+}

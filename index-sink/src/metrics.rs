@@ -1,0 +1,126 @@
+//! Metric names, buckets and handles. Names follow `embedstream_index_<thing>_<unit>`;
+//! labels are the index name (`index`, usually the topic), the shard number (`shard`) and,
+//! for counters of outcomes, a small fixed set (`outcome`, `reason`). Never an item id.
+//!
+//! The crate only records through the `metrics` facade; the binary installs the exporter and
+//! should give every `*_seconds` histogram [`DURATION_BUCKETS`].
+
+use std::fmt;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+/// Histogram buckets (seconds) for every duration this crate records: 50 µs to 10 min.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Every metric name the crate records.
+pub mod names {
+    /// Gauge: vectors in the shard's hot part.
+    pub const HOT_VECTORS: &str = "embedstream_index_hot_vectors";
+    /// Gauge: points in the shard's main part (hidden ones included).
+    pub const MAIN_VECTORS: &str = "embedstream_index_main_vectors";
+    /// Gauge: points of main hidden by a later delete or update.
+    pub const MAIN_TOMBSTONES: &str = "embedstream_index_main_tombstones";
+    /// Gauge: tombstones / main points.
+    pub const TOMBSTONE_RATIO: &str = "embedstream_index_tombstone_ratio";
+    /// Counter: writes applied, by `outcome` (upserted, deleted, already_covered, stale).
+    pub const WRITES_TOTAL: &str = "embedstream_index_writes_total";
+    /// Histogram: one query over all shards, seconds.
+    pub const QUERY_DURATION_SECONDS: &str = "embedstream_index_query_duration_seconds";
+    /// Histogram: one compaction (capture, build, swap; snapshot excluded), seconds.
+    pub const COMPACTION_DURATION_SECONDS: &str = "embedstream_index_compaction_duration_seconds";
+    /// Counter: compactions finished, by `reason`.
+    pub const COMPACTIONS_TOTAL: &str = "embedstream_index_compactions_total";
+    /// Gauge: Unix time (seconds) the shard's last compaction finished.
+    pub const LAST_COMPACTION_TIMESTAMP_SECONDS: &str =
+        "embedstream_index_last_compaction_timestamp_seconds";
+    /// Histogram: writing one shard snapshot, seconds.
+    pub const SNAPSHOT_WRITE_DURATION_SECONDS: &str =
+        "embedstream_index_snapshot_write_duration_seconds";
+    /// Gauge: size of the shard's newest snapshot, bytes.
+    pub const SNAPSHOT_BYTES: &str = "embedstream_index_snapshot_bytes";
+    /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
+    pub const SNAPSHOT_CORRUPT_TOTAL: &str = "embedstream_index_snapshot_corrupt_total";
+}
+
+/// Handles of one shard, registered once.
+#[derive(Clone)]
+pub(crate) struct ShardMetrics {
+    pub(crate) hot: Gauge,
+    pub(crate) main: Gauge,
+    pub(crate) tombstones: Gauge,
+    pub(crate) ratio: Gauge,
+    pub(crate) upserted: Counter,
+    pub(crate) deleted: Counter,
+    pub(crate) covered: Counter,
+    pub(crate) stale: Counter,
+    pub(crate) compaction: Histogram,
+    pub(crate) last_compaction: Gauge,
+    pub(crate) snapshot_write: Histogram,
+    pub(crate) snapshot_bytes: Gauge,
+    index: String,
+    shard: String,
+}
+
+impl fmt::Debug for ShardMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardMetrics")
+            .field("index", &self.index)
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardMetrics {
+    pub(crate) fn new(index: &str, shard: usize) -> Self {
+        let (i, s) = (index.to_owned(), shard.to_string());
+        let writes = |outcome: &'static str| {
+            counter!(names::WRITES_TOTAL, "index" => i.clone(), "shard" => s.clone(), "outcome" => outcome)
+        };
+        Self {
+            hot: gauge!(names::HOT_VECTORS, "index" => i.clone(), "shard" => s.clone()),
+            main: gauge!(names::MAIN_VECTORS, "index" => i.clone(), "shard" => s.clone()),
+            tombstones: gauge!(names::MAIN_TOMBSTONES, "index" => i.clone(), "shard" => s.clone()),
+            ratio: gauge!(names::TOMBSTONE_RATIO, "index" => i.clone(), "shard" => s.clone()),
+            upserted: writes("upserted"),
+            deleted: writes("deleted"),
+            covered: writes("already_covered"),
+            stale: writes("stale"),
+            compaction: histogram!(names::COMPACTION_DURATION_SECONDS, "index" => i.clone(), "shard" => s.clone()),
+            last_compaction: gauge!(names::LAST_COMPACTION_TIMESTAMP_SECONDS, "index" => i.clone(), "shard" => s.clone()),
+            snapshot_write: histogram!(names::SNAPSHOT_WRITE_DURATION_SECONDS, "index" => i.clone(), "shard" => s.clone()),
+            snapshot_bytes: gauge!(names::SNAPSHOT_BYTES, "index" => i.clone(), "shard" => s.clone()),
+            index: i,
+            shard: s,
+        }
+    }
+
+    pub(crate) fn compactions(&self, reason: &'static str) -> Counter {
+        counter!(names::COMPACTIONS_TOTAL, "index" => self.index.clone(), "shard" => self.shard.clone(), "reason" => reason)
+    }
+
+    pub(crate) fn sizes(&self, hot: usize, main: usize, tombstones: usize) {
+        self.hot.set(hot as f64);
+        self.main.set(main as f64);
+        self.tombstones.set(tombstones as f64);
+        self.ratio.set(ratio(tombstones, main));
+    }
+}
+
+pub(crate) fn ratio(tombstones: usize, main: usize) -> f64 {
+    if main == 0 {
+        0.0
+    } else {
+        tombstones as f64 / main as f64
+    }
+}
+
+pub(crate) fn query_duration(index: &str) -> Histogram {
+    histogram!(names::QUERY_DURATION_SECONDS, "index" => index.to_owned())
+}
+
+pub(crate) fn snapshot_corrupt(index: &str, shard: usize) -> Counter {
+    counter!(names::SNAPSHOT_CORRUPT_TOTAL, "index" => index.to_owned(), "shard" => shard.to_string())
+}

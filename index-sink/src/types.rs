@@ -1,0 +1,141 @@
+//! The records the index applies and the hits it returns.
+//!
+//! A write's [`Version`] is the Kafka position of the record that carried it. Within one
+//! partition positions are totally ordered, and that order is the order of the writes: an
+//! upsert or delete whose version is not newer than what the index holds for the item is a
+//! replay and is ignored. Records of one item always arrive on one partition while the topic
+//! is keyed by item id; if an item shows up on another partition (the topic was
+//! re-partitioned), the versions cannot be compared and the record that arrives last wins.
+
+use std::fmt;
+
+/// An item's id, as the key of the embedding topic.
+pub type ItemId = String;
+
+/// Where a write came from: the Kafka (partition, offset) of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version {
+    /// The record's partition.
+    pub partition: i32,
+    /// The record's offset in its partition.
+    pub offset: i64,
+}
+
+impl Version {
+    /// Whether a write at `self` replaces what a write at `held` left. Same partition: only a
+    /// larger offset does. Different partitions: the arriving write wins (see module docs).
+    pub fn supersedes(self, held: Version) -> bool {
+        self.partition != held.partition || self.offset > held.offset
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.partition, self.offset)
+    }
+}
+
+/// Insert or replace an item's vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upsert {
+    /// The item.
+    pub item_id: ItemId,
+    /// Its embedding; normalized by the index (L2), so any non-zero finite vector is fine.
+    pub vector: Vec<f32>,
+    /// Kafka partition of the record.
+    pub partition: i32,
+    /// Kafka offset of the record.
+    pub offset: i64,
+    /// The record's event time, milliseconds since the Unix epoch (kept for freshness).
+    pub event_time_ms: i64,
+}
+
+/// Remove an item (a delete event or a Kafka tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delete {
+    /// The item.
+    pub item_id: ItemId,
+    /// Kafka partition of the record.
+    pub partition: i32,
+    /// Kafka offset of the record.
+    pub offset: i64,
+}
+
+/// One record for the index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// See [`Upsert`].
+    Upsert(Upsert),
+    /// See [`Delete`].
+    Delete(Delete),
+}
+
+impl Write {
+    /// The item the write is about.
+    pub fn item_id(&self) -> &str {
+        match self {
+            Self::Upsert(u) => &u.item_id,
+            Self::Delete(d) => &d.item_id,
+        }
+    }
+
+    /// The write's version.
+    pub fn version(&self) -> Version {
+        match self {
+            Self::Upsert(u) => Version {
+                partition: u.partition,
+                offset: u.offset,
+            },
+            Self::Delete(d) => Version {
+                partition: d.partition,
+                offset: d.offset,
+            },
+        }
+    }
+}
+
+impl From<Upsert> for Write {
+    fn from(u: Upsert) -> Self {
+        Self::Upsert(u)
+    }
+}
+
+impl From<Delete> for Write {
+    fn from(d: Delete) -> Self {
+        Self::Delete(d)
+    }
+}
+
+/// What applying a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The item's vector was inserted or replaced; queries see it now.
+    Upserted,
+    /// The item was removed; queries no longer return it.
+    Deleted,
+    /// A replay: the shard's snapshot already covers this record's offset.
+    AlreadyCovered,
+    /// A replay: the index holds a newer (or the same) version of the item.
+    Stale,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// The item.
+    pub item_id: ItemId,
+    /// Cosine similarity with the query (dot product of normalized vectors), in [-1, 1].
+    pub score: f32,
+}
+
+/// A query: the vector, how many results, and optionally a search width for main.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The query vector; normalized by the index.
+    pub vector: &'a [f32],
+    /// How many results.
+    pub k: usize,
+    /// HNSW search width for main parts (the consumer's profile); `None`: the configured
+    /// default. Raised to `k` when smaller.
+    pub ef_search: Option<usize>,
+}

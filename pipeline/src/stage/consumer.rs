@@ -1,0 +1,230 @@
+//! The consumer side of the stage: one OS thread polls the group consumer, cuts batches (by
+//! count or linger time) and hands them to the async side through a bounded channel; the
+//! rebalance callback drains a revoked partition's in-flight events and commits before the
+//! partition goes to another member.
+//!
+//! Polling on a thread of its own keeps the rebalance callback, which must block until the
+//! drain is done, off the async runtime's workers (they are the ones that finish the drain).
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics as m;
+use super::offsets::OffsetTracker;
+
+/// In-flight events and the assignment epoch, shared by the consumer thread, the rebalance
+/// callback and the acknowledging task.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    state: Mutex<TrackerState>,
+    drained: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    offsets: OffsetTracker,
+    /// Bumped on every revoke: a batch cut before it may hold events of partitions this
+    /// process no longer owns, and is dropped (they are re-delivered to their new owner).
+    epoch: u64,
+}
+
+impl Tracker {
+    fn lock(&self) -> MutexGuard<'_, TrackerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks events done, stores the offsets that moved, and wakes a waiting drain.
+    pub fn complete<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        events: impl IntoIterator<Item = (String, i32, i64)>,
+    ) {
+        let mut state = self.lock();
+        for (topic, partition, point) in state.offsets.complete(events) {
+            // librdkafka commits the stored offset + 1, the next event to consume.
+            if let Err(e) = consumer.store_offset(&topic, partition, point - 1) {
+                tracing::debug!(error = %e, topic, partition, "Offset not stored (partition no longer assigned).");
+            }
+        }
+        metrics::gauge!(m::IN_FLIGHT).set(state.offsets.total_in_flight() as f64);
+        drop(state);
+        self.drained.notify_all();
+    }
+
+    /// Events in flight in every partition.
+    pub fn total_in_flight(&self) -> usize {
+        self.lock().offsets.total_in_flight()
+    }
+
+    /// Waits until no event is in flight, at most `timeout`; returns whether it drained.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .drained
+            .wait_timeout_while(state, timeout, |s| s.offsets.total_in_flight() > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.offsets.total_in_flight() == 0
+    }
+}
+
+/// The consumer's context: drains on revoke, exports lag.
+#[derive(Debug)]
+pub struct StageContext {
+    /// Shared with the acknowledging task.
+    pub tracker: Arc<Tracker>,
+    /// The consumed topic (for lag).
+    pub topic: String,
+    /// How long a revoke waits for in-flight events (shorter than the session timeout).
+    pub drain_timeout: Duration,
+}
+
+impl ClientContext for StageContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let start = Instant::now();
+        let mut state = self.tracker.lock();
+        state.epoch += 1;
+        let pending = |s: &TrackerState| -> usize {
+            revoked
+                .iter()
+                .map(|(t, p)| s.offsets.in_flight(t, *p))
+                .sum()
+        };
+        let (mut state, _) = self
+            .tracker
+            .drained
+            .wait_timeout_while(state, self.drain_timeout, |s| pending(s) > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let left = pending(&state);
+        for (t, p) in &revoked {
+            state.offsets.forget(t, *p);
+        }
+        drop(state);
+        // Commit what is stored now, so the next owner starts right after the drained events.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "Nothing to commit on revoke.");
+        }
+        if left > 0 {
+            tracing::warn!(
+                partitions = revoked.len(),
+                left,
+                "Revoke drain timed out; those events will be re-delivered to the next owner."
+            );
+        } else {
+            tracing::info!(
+                partitions = revoked.len(),
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "Drained revoked partitions."
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "Partitions assigned.");
+        }
+    }
+}
+
+/// A cut of consumed records, in consumption order.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records.
+    pub messages: Vec<OwnedMessage>,
+    /// When the first of them was consumed.
+    pub first_at: Instant,
+}
+
+/// How the consumer thread cuts batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Records per batch, at most.
+    pub max_events: usize,
+    /// How long the first record of a batch waits for more.
+    pub linger: Duration,
+}
+
+/// Polls until `shutdown`, sending batches to `out`. Returns when cancelled or when the
+/// receiving side is gone.
+pub fn consume_loop(
+    consumer: &BaseConsumer<StageContext>,
+    batching: Batching,
+    out: &mpsc::Sender<Batch>,
+    shutdown: &CancellationToken,
+) {
+    let tracker = consumer.context().tracker.clone();
+    let mut buffer: Vec<OwnedMessage> = Vec::new();
+    let mut buffer_epoch = 0;
+    let mut first_at = Instant::now();
+    while !shutdown.is_cancelled() {
+        let wait = if buffer.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            batching.linger.saturating_sub(first_at.elapsed())
+        };
+        match consumer.poll(wait) {
+            Some(Ok(msg)) => {
+                metrics::counter!(m::CONSUMED).increment(1);
+                let epoch = tracker.lock().epoch;
+                if buffer.is_empty() || epoch != buffer_epoch {
+                    buffer.clear();
+                    buffer_epoch = epoch;
+                    first_at = Instant::now();
+                }
+                buffer.push(msg.detach());
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error; continuing."),
+            None => {}
+        }
+        let full = buffer.len() >= batching.max_events;
+        let due = !buffer.is_empty() && first_at.elapsed() >= batching.linger;
+        if full || due {
+            let messages = std::mem::take(&mut buffer);
+            {
+                let mut state = tracker.lock();
+                if state.epoch != buffer_epoch {
+                    // Cut before a revoke: these go to the partitions' next owner.
+                    continue;
+                }
+                state.offsets.submit(
+                    messages
+                        .iter()
+                        .map(|m| (m.topic().to_owned(), m.partition(), m.offset())),
+                );
+                metrics::gauge!(m::IN_FLIGHT).set(state.offsets.total_in_flight() as f64);
+            }
+            if out.blocking_send(Batch { messages, first_at }).is_err() {
+                return;
+            }
+        }
+    }
+}

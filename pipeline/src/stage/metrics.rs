@@ -1,0 +1,27 @@
+//! The stream stage's metric names, in one place. Labels are small fixed sets: the model
+//! version (`model_version` = `id@v`), the DLQ reason (`error_type`), the partition.
+
+/// Records consumed from `items`.
+pub const CONSUMED: &str = "embedstream_stage_consumed_total";
+/// Output records acknowledged (`result` = ok) or failed (`result` = error), per version.
+pub const PRODUCED: &str = "embedstream_stage_produced_total";
+/// Records dead-lettered, per reason.
+pub const DEAD_LETTERS: &str = "embedstream_stage_dead_letters_total";
+/// Events per batch.
+pub const BATCH_ITEMS: &str = "embedstream_stage_batch_items";
+/// From consumed to the start of processing.
+pub const QUEUE_SECONDS: &str = "embedstream_stage_queue_seconds";
+/// Decoding a batch through the registry.
+pub const DECODE_SECONDS: &str = "embedstream_stage_decode_seconds";
+/// From submitting a batch's texts to having every version's vectors (tokenize + infer + wait).
+pub const EMBED_SECONDS: &str = "embedstream_stage_embed_seconds";
+/// From sending a batch's output records to their acknowledgement.
+pub const PRODUCE_SECONDS: &str = "embedstream_stage_produce_seconds";
+/// From the event's `event_time` to the acknowledgement of its last output record.
+pub const END_TO_END_SECONDS: &str = "embedstream_stage_end_to_end_seconds";
+/// Records behind the partition's end, per partition (from the consumer's statistics).
+pub const CONSUMER_LAG: &str = "embedstream_stage_consumer_lag_records";
+/// Events in flight (consumed, not yet acknowledged).
+pub const IN_FLIGHT: &str = "embedstream_stage_in_flight_events";
+/// Active model versions.
+pub const ACTIVE_VERSIONS: &str = "embedstream_stage_active_versions";

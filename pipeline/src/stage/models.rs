@@ -1,0 +1,134 @@
+//! The model versions the stage writes, following the control log: a version that becomes
+//! ACTIVE gets its embedding topic created and its model loaded; one that stops being active is
+//! dropped after the batches already holding it finish.
+
+use std::collections::BTreeMap;
+
+use embedstream_schemas::control::ControlState;
+use embedstream_topics::admin::{Admin, Layout, TopicSpec};
+use embedstream_topics::names::TopicNames;
+use embedstream_topics::{ModelRef, catalog};
+
+use crate::embed::burn_model::Device;
+use crate::embed::engine::{Engine, EngineConfig};
+use crate::error::Result;
+
+/// One active version.
+#[derive(Debug, Clone)]
+pub struct ActiveModel {
+    /// The version.
+    pub model: ModelRef,
+    /// `id@v`, the metrics label.
+    pub label: String,
+    /// Its embedding topic.
+    pub topic: String,
+    /// Whether its vectors are L2-normalized.
+    pub normalized: bool,
+    /// The engine serving it.
+    pub engine: Engine,
+}
+
+/// The set of active versions.
+#[derive(Debug)]
+pub struct ActiveModels {
+    active: BTreeMap<ModelRef, ActiveModel>,
+    /// Versions the control log names that this build cannot serve (logged once).
+    refused: BTreeMap<ModelRef, String>,
+    device: Device,
+    engine: EngineConfig,
+    admin: Admin,
+    names: TopicNames,
+    layout: Layout,
+}
+
+impl ActiveModels {
+    /// An empty set.
+    pub fn new(
+        device: Device,
+        engine: EngineConfig,
+        admin: Admin,
+        names: TopicNames,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            active: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            device,
+            engine,
+            admin,
+            names,
+            layout,
+        }
+    }
+
+    /// The active versions, in a fixed order.
+    pub fn current(&self) -> Vec<ActiveModel> {
+        self.active.values().cloned().collect()
+    }
+
+    /// Whether no version is active.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Brings the set in line with the control log.
+    pub async fn sync(&mut self, state: &ControlState) -> Result<()> {
+        let wanted: Vec<ModelRef> = state
+            .active_models()
+            .iter()
+            .filter_map(|m| {
+                let version = u32::try_from(m.version).ok()?;
+                ModelRef::new(&m.model_id, version).ok()
+            })
+            .collect();
+        let before = self.active.len();
+        self.active.retain(|m, _| wanted.contains(m));
+        if self.active.len() != before {
+            tracing::info!(active = ?self.active.keys().collect::<Vec<_>>(), "A model version stopped being written.");
+        }
+        for model in wanted {
+            if self.active.contains_key(&model) || self.refused.contains_key(&model) {
+                continue;
+            }
+            let spec = match catalog::lookup(&model) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(error = %e, %model, "The control log activates a model this build does not know; not writing it.");
+                    self.refused.insert(model, e.to_string());
+                    continue;
+                }
+            };
+            let topic = self.names.embeddings(&model);
+            self.admin
+                .ensure(&[TopicSpec::compacted(
+                    topic.clone(),
+                    self.layout.partitions,
+                    self.layout.replication,
+                )])
+                .await?;
+            let (device, config, m) = (self.device, self.engine, model.clone());
+            let label = model.to_string();
+            let name = label.clone();
+            let (engine, _threads) = tokio::task::spawn_blocking(move || {
+                crate::embed::open_named(&m, device, config, &name)
+            })
+            .await
+            .map_err(|e| crate::Error::Control {
+                reason: format!("loading {model} panicked: {e}"),
+            })??;
+            tracing::info!(%model, topic, "Writing a new model version.");
+            self.active.insert(
+                model.clone(),
+                ActiveModel {
+                    model,
+                    label,
+                    topic,
+                    normalized: spec.normalized,
+                    engine,
+                },
+            );
+        }
+        metrics::gauge!(super::metrics::ACTIVE_VERSIONS).set(self.active.len() as f64);
+        Ok(())
+    }
+}
