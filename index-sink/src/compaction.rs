@@ -70,7 +70,8 @@ impl CompactionPolicy for HotShare {
         CompactionReason::HotShare
     }
     fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
-        s.hot_vectors >= self.min_hot && s.hot_vectors as f64 >= self.fraction * s.main_vectors as f64
+        s.hot_vectors >= self.min_hot
+            && s.hot_vectors as f64 >= self.fraction * s.main_vectors as f64
     }
 }
 
@@ -180,16 +181,28 @@ mod tests {
         let plan = |s: ShardStats| p.plan(&[s], now).first().map(|x| x.1);
         // Empty main: the first build waits for min_hot (1000).
         assert_eq!(plan(stats(999, 0, 0, 0, now)), None);
-        assert_eq!(plan(stats(1000, 0, 0, 0, now)), Some(CompactionReason::HotShare));
+        assert_eq!(
+            plan(stats(1000, 0, 0, 0, now)),
+            Some(CompactionReason::HotShare)
+        );
         // 5% of 100k is 5000.
         assert_eq!(plan(stats(4999, 100_000, 0, 0, now)), None);
-        assert_eq!(plan(stats(5000, 100_000, 0, 0, now)), Some(CompactionReason::HotShare));
+        assert_eq!(
+            plan(stats(5000, 100_000, 0, 0, now)),
+            Some(CompactionReason::HotShare)
+        );
         // Tombstones above 8%.
         assert_eq!(plan(stats(0, 100_000, 8000, 10, now)), None);
-        assert_eq!(plan(stats(0, 100_000, 8001, 10, now)), Some(CompactionReason::Tombstones));
+        assert_eq!(
+            plan(stats(0, 100_000, 8001, 10, now)),
+            Some(CompactionReason::Tombstones)
+        );
         // Interval, only with something to merge.
         assert_eq!(plan(stats(1, 100_000, 0, 0, now - 59_999)), None);
-        assert_eq!(plan(stats(1, 100_000, 0, 0, now - 60_000)), Some(CompactionReason::Interval));
+        assert_eq!(
+            plan(stats(1, 100_000, 0, 0, now - 60_000)),
+            Some(CompactionReason::Interval)
+        );
         assert_eq!(plan(stats(0, 100_000, 0, 0, now - 600_000)), None);
         let mut busy = stats(5000, 0, 0, 0, now);
         busy.compacting = true;

@@ -256,7 +256,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)
@@ -329,9 +329,7 @@ mod tests {
             serde_json::from_str(r#"{"dim": 8, "compaction": {"interval": null}}"#).unwrap();
         assert_eq!(off.compaction.interval, None);
         assert!(serde_json::from_str::<IndexConfig>(r#"{"dim": 8, "shard": 3}"#).is_err());
-        assert!(
-            serde_json::from_str::<IndexConfig>(r#"{"dim": 8, "main": {"m": 16}}"#).is_err()
-        );
+        assert!(serde_json::from_str::<IndexConfig>(r#"{"dim": 8, "main": {"m": 16}}"#).is_err());
         assert!(
             serde_json::from_str::<IndexConfig>(
                 r#"{"dim": 8, "compaction": {"interval": "5 parsecs"}}"#

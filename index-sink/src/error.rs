@@ -41,7 +41,8 @@ pub enum Error {
         /// The largest k the index serves.
         max: usize,
     },
-    /// Retryable: the hot shard is full; compaction drains it. Nothing was applied.
+    /// Retryable: the hot shard is full; compaction drains it. Nothing was applied: pause the
+    /// partition and retry this same record before any later one of its partition.
     #[error("hot part of shard {shard} holds {len} vectors, its limit")]
     HotFull {
         /// The shard.

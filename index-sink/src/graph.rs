@@ -281,12 +281,12 @@ impl Graph {
     /// Internal consistency, used after the bridge and after reading a snapshot.
     pub(crate) fn check(&self) -> Result<(), &'static str> {
         let n = self.len();
-        if self.zero.len() % M0 != 0 || self.vectors.len() != n * self.dim {
+        if !self.zero.len().is_multiple_of(M0) || self.vectors.len() != n * self.dim {
             return Err("sizes of vectors and layer 0 differ");
         }
         let mut below = n;
         for layer in &self.layers {
-            if layer.len() % M != 0 || layer.len() / M > below || layer.is_empty() {
+            if !layer.len().is_multiple_of(M) || layer.len() / M > below || layer.is_empty() {
                 return Err("upper layer larger than the one below");
             }
             below = layer.len() / M;
@@ -370,7 +370,10 @@ mod tests {
             seed: 3,
         };
         // One thread: the build is deterministic, so both copies are the same graph.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let built = pool.install(|| build(&data, dim, &config)).unwrap();
         let points: Vec<BuildPoint> = data
             .chunks_exact(dim)
@@ -411,7 +414,10 @@ mod tests {
         assert_eq!(built.graph.search(q, 10, &mut s).len(), 10);
         assert_eq!(built.graph.search(q, 300, &mut s).len(), 300);
         let top = built.graph.search(q, 1, &mut s)[0];
-        assert_eq!(built.input_row[top.pid as usize], 0, "a point is its own nearest");
+        assert_eq!(
+            built.input_row[top.pid as usize], 0,
+            "a point is its own nearest"
+        );
         let empty = build(&[], dim, &MainConfig::default()).unwrap();
         assert!(empty.graph.search(q, 10, &mut s).is_empty());
     }

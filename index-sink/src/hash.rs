@@ -41,6 +41,9 @@ mod tests {
         for i in 0..8000 {
             counts[shard_of(&format!("item-{i}"), 8)] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

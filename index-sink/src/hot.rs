@@ -128,7 +128,11 @@ mod tests {
         assert!(h.remove("a").is_none());
         // "c" moved into a's slot; its vector must have moved with it.
         for (i, r) in h.rows().iter().enumerate() {
-            let want: &[f32] = if r.id == "b" { &[0.0, 1.0] } else { &[0.6, 0.8] };
+            let want: &[f32] = if r.id == "b" {
+                &[0.0, 1.0]
+            } else {
+                &[0.6, 0.8]
+            };
             assert_eq!(h.vector(i), want, "{}", r.id);
             assert_eq!(h.get(&r.id), Some(r));
         }

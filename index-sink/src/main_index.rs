@@ -58,7 +58,11 @@ impl MainIndex {
         let rows: Vec<Row> = built
             .input_row
             .iter()
-            .map(|&r| slots[r as usize].take().expect("input_row is a permutation"))
+            .map(|&r| {
+                slots[r as usize]
+                    .take()
+                    .expect("input_row is a permutation")
+            })
             .collect();
         Ok(Self::from_parts(built.graph, rows))
     }
@@ -70,15 +74,15 @@ impl MainIndex {
             .enumerate()
             .map(|(pid, r)| (r.id.clone(), pid as u32))
             .collect();
-        Self {
-            graph,
-            rows,
-            by_id,
-        }
+        Self { graph, rows, by_id }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    pub(crate) fn distinct_ids(&self) -> usize {
+        self.by_id.len()
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&Row> {

@@ -11,8 +11,8 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 /// Histogram buckets (seconds) for every duration this crate records: 50 µs to 10 min.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
 /// Every metric name the crate records.
@@ -76,9 +76,7 @@ impl fmt::Debug for ShardMetrics {
 impl ShardMetrics {
     pub(crate) fn new(index: &str, shard: usize) -> Self {
         let (i, s) = (index.to_owned(), shard.to_string());
-        let writes = |outcome: &'static str| {
-            counter!(names::WRITES_TOTAL, "index" => i.clone(), "shard" => s.clone(), "outcome" => outcome)
-        };
+        let writes = |outcome: &'static str| counter!(names::WRITES_TOTAL, "index" => i.clone(), "shard" => s.clone(), "outcome" => outcome);
         Self {
             hot: gauge!(names::HOT_VECTORS, "index" => i.clone(), "shard" => s.clone()),
             main: gauge!(names::MAIN_VECTORS, "index" => i.clone(), "shard" => s.clone()),

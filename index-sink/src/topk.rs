@@ -94,7 +94,14 @@ mod tests {
     #[test]
     fn keeps_best_with_id_tie_break() {
         let mut t = TopK::new(3);
-        for (s, id) in [(0.5, "e"), (0.9, "b"), (0.9, "a"), (0.1, "z"), (0.5, "c"), (0.7, "d")] {
+        for (s, id) in [
+            (0.5, "e"),
+            (0.9, "b"),
+            (0.9, "a"),
+            (0.1, "z"),
+            (0.5, "c"),
+            (0.7, "d"),
+        ] {
             t.offer(s, id);
         }
         let ids: Vec<_> = t.into_hits().into_iter().map(|h| h.item_id).collect();
@@ -112,6 +119,9 @@ mod tests {
         let m1 = merge(vec![a.clone(), b.clone()], 3);
         let m2 = merge(vec![b, a], 3);
         assert_eq!(m1, m2);
-        assert_eq!(m1.iter().map(|h| h.item_id.as_str()).collect::<Vec<_>>(), ["w", "x", "v"]);
+        assert_eq!(
+            m1.iter().map(|h| h.item_id.as_str()).collect::<Vec<_>>(),
+            ["w", "x", "v"]
+        );
     }
 }

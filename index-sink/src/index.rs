@@ -1,0 +1,300 @@
+//! The sharded index of one embedding topic: routing, parallel query and merge, background
+//! compaction, snapshots and recovery. This is the API the Kafka consumer and the HTTP
+//! server call.
+//!
+//! Caller contract: records of one partition are applied in offset order (one consumer
+//! thread per partition is the natural way); different partitions may be applied
+//! concurrently, and queries may run from any number of threads at any time.
+//!
+//! Guarantees: after [`ShardedIndex::open`], seeking the consumer to
+//! [`ShardedIndex::resume_offsets`] (partitions not listed: from the beginning) and applying
+//! from there yields the topic's compacted state — records the snapshots already cover come
+//! back as [`Applied::AlreadyCovered`] or [`Applied::Stale`] and change nothing. Compaction
+//! runs on its own thread pool (`compaction.threads`), never on the caller's or on rayon's
+//! global pool, which queries use.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use metrics::Histogram;
+use rayon::prelude::*;
+
+use crate::compaction::{CompactionReason, Planner};
+use crate::config::IndexConfig;
+use crate::error::{Error, Result};
+use crate::hash::shard_of;
+use crate::metrics::{query_duration, snapshot_corrupt};
+use crate::shard::{CompactionRecord, Offsets, Shard, ShardStats, header, now_ms};
+use crate::snapshot;
+use crate::topk::merge;
+use crate::types::{Applied, Hit, Query, Version, Write};
+use crate::vector::normalized;
+
+/// See the module docs.
+pub struct ShardedIndex {
+    config: IndexConfig,
+    shards: Vec<Shard>,
+    offsets: Offsets,
+    dir: Option<PathBuf>,
+    pool: rayon::ThreadPool,
+    planner: Planner,
+    query_duration: Histogram,
+}
+
+impl std::fmt::Debug for ShardedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedIndex")
+            .field("name", &self.config.name)
+            .field("shards", &self.shards.len())
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardedIndex {
+    /// An empty index that writes no snapshots.
+    pub fn new(config: IndexConfig) -> Result<Self> {
+        config.validate()?;
+        let shards = (0..config.shards)
+            .map(|i| Shard::new(i, &config, None))
+            .collect();
+        Self::assemble(config, shards, None)
+    }
+
+    /// Opens the index persisted in `dir` (created if missing): each shard from its newest
+    /// valid snapshot, falling back past corrupt ones to older ones or to empty. A valid
+    /// snapshot of another layout (shard count, dimension, routing, format) is an error.
+    pub fn open(dir: impl AsRef<Path>, config: IndexConfig) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot directory", dir, e))?;
+        let mut shards = Vec::with_capacity(config.shards);
+        for i in 0..config.shards {
+            let loaded = snapshot::load_newest(dir, header(i, &config), |path, error| {
+                tracing::warn!(shard = i, path = %path.display(), error = %error, "Snapshot is corrupt; trying an older one.");
+                snapshot_corrupt(&config.name, i).increment(1);
+            })?;
+            match &loaded {
+                Some(l) => {
+                    tracing::info!(shard = i, path = %l.path.display(), seq = l.seq, "Loaded shard snapshot.")
+                }
+                None => tracing::info!(shard = i, "No valid snapshot; the shard starts empty."),
+            }
+            let shard = Shard::new(i, &config, loaded);
+            shard.set_seq_floor(snapshot::max_seq(dir, i as u32)?);
+            shards.push(shard);
+        }
+        let index = Self::assemble(config, shards, Some(dir.to_owned()))?;
+        *index.offsets.lock().unwrap_or_else(PoisonError::into_inner) = index.resume_offsets();
+        Ok(index)
+    }
+
+    fn assemble(config: IndexConfig, shards: Vec<Shard>, dir: Option<PathBuf>) -> Result<Self> {
+        let name = config.name.clone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.compaction.threads)
+            .thread_name(move |i| format!("compact-{name}-{i}"))
+            .build()
+            .map_err(|source| Error::ThreadPool { source })?;
+        Ok(Self {
+            planner: Planner::from_config(&config.compaction),
+            query_duration: query_duration(&config.name),
+            dir: dir.filter(|_| config.snapshot.enabled),
+            config,
+            shards,
+            offsets: Mutex::new(BTreeMap::new()),
+            pool,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// The shard an item belongs to.
+    pub fn shard_of(&self, item_id: &str) -> usize {
+        shard_of(item_id, self.shards.len())
+    }
+
+    /// Applies one record; visible to queries when this returns. Errors: poison for a bad
+    /// vector or empty id, retryable [`Error::HotFull`]. Nothing is changed on error.
+    pub fn apply(&self, write: impl Into<Write>) -> Result<Applied> {
+        let write = write.into();
+        let shard = &self.shards[self.shard_of(write.item_id())];
+        shard.apply(write, &self.offsets, self.config.hot.max_vectors)
+    }
+
+    /// The global top `k`: every shard's hot and main searched in parallel (rayon's global
+    /// pool, or the pool the caller runs in), merged by score, ties by item id.
+    pub fn search(&self, query: Query<'_>) -> Result<Vec<Hit>> {
+        let started = Instant::now();
+        if query.k == 0 || query.k > self.config.max_k {
+            return Err(Error::KOutOfRange {
+                k: query.k,
+                max: self.config.max_k,
+            });
+        }
+        let q = normalized(query.vector, self.config.dim)?;
+        let ef = query.ef_search.unwrap_or(self.config.main.ef_search);
+        let lists: Vec<Vec<Hit>> = self
+            .shards
+            .par_iter()
+            .map(|s| s.search(&q, query.k, ef))
+            .collect();
+        let hits = merge(lists, query.k);
+        self.query_duration.record(started.elapsed().as_secs_f64());
+        Ok(hits)
+    }
+
+    /// Where the consumer must resume: per partition, the smallest next offset any shard's
+    /// state covers. A partition not in the map must be read from the beginning (some shard
+    /// has no snapshot covering it).
+    pub fn resume_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut shards = self.shards.iter().map(Shard::covered);
+        let Some(mut min) = shards.next() else {
+            return BTreeMap::new();
+        };
+        for covered in shards {
+            min.retain(|p, next| match covered.get(p) {
+                Some(&c) => {
+                    *next = (*next).min(c);
+                    true
+                }
+                None => false,
+            });
+        }
+        min
+    }
+
+    /// Per partition, the next offset after the highest record applied so far (or the
+    /// resume offset right after `open`).
+    pub fn applied_offsets(&self) -> BTreeMap<i32, i64> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The version of `item_id` that queries see, or `None` if it is absent or deleted.
+    pub fn lookup(&self, item_id: &str) -> Option<Version> {
+        self.shards[self.shard_of(item_id)].lookup(item_id)
+    }
+
+    /// How many items queries can return.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(Shard::visible).sum()
+    }
+
+    /// Whether no item is visible.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per-shard statistics.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(Shard::stats).collect()
+    }
+
+    /// Which shards the policies want rebuilt now.
+    pub fn plan(&self) -> Vec<(usize, CompactionReason)> {
+        self.planner.plan(&self.stats(), now_ms())
+    }
+
+    /// Rebuilds one shard's main now on the compaction pool (blocking the caller until the
+    /// swap and its snapshot are done). `None` if that shard is already being compacted.
+    pub fn compact(
+        &self,
+        shard: usize,
+        reason: CompactionReason,
+    ) -> Result<Option<CompactionRecord>> {
+        self.shards[shard].compact(
+            reason,
+            &self.config,
+            &self.pool,
+            &self.offsets,
+            self.dir.as_deref(),
+        )
+    }
+
+    /// Plans and runs what is due, one shard after another; returns how many ran.
+    pub fn compact_due(&self) -> Result<usize> {
+        let mut ran = 0;
+        for (shard, reason) in self.plan() {
+            if self.compact(shard, reason)?.is_some() {
+                ran += 1;
+            }
+        }
+        Ok(ran)
+    }
+
+    /// Snapshots every shard as it is, without rebuilding (for a clean shutdown: restart
+    /// then replays nothing that was applied). No-op without a snapshot directory.
+    pub fn persist(&self) -> Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        for shard in &self.shards {
+            shard.persist(&self.config, &self.offsets, dir)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a thread that runs [`Self::compact_due`] every `compaction.check_every` until
+    /// the returned handle is stopped or dropped. Errors are logged and retried next round.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> Maintenance {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let index = Arc::clone(self);
+        let every = self.config.compaction.check_every;
+        let handle = std::thread::Builder::new()
+            .name(format!("maintain-{}", self.config.name))
+            .spawn(move || {
+                loop {
+                    match stopped.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {
+                            if let Err(error) = index.compact_due() {
+                                tracing::error!(error = %error, "Compaction failed; retrying next round.");
+                            }
+                        }
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Maintenance {
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+}
+
+/// The maintenance thread; stopping waits for a running compaction to finish.
+#[derive(Debug)]
+pub struct Maintenance {
+    stop: Option<mpsc::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Maintenance {
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

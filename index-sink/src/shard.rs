@@ -1,0 +1,494 @@
+//! One shard: hot part, pending deletes and main part behind one lock, plus compaction and
+//! snapshots of that state.
+//!
+//! Guarantees:
+//! - **Visibility**: a write is searchable when `apply` returns; a query reads hot, deletes
+//!   and main under one read lock, so it never sees a half-applied write or half a swap.
+//! - **Shadowing**: an item in hot or in the pending deletes hides its copy in main.
+//! - **Ordering**: a write whose version is not newer than the item's current one, or whose
+//!   offset the shard's last swap already covers, is ignored; so replays and at-least-once
+//!   re-deliveries are harmless.
+//! - **Compaction keeps newer writes**: the build works on a copy taken at its start; at the
+//!   swap, only hot rows and delete markers still at the copied version are dropped —
+//!   anything written during the build stays and keeps shadowing the new main.
+//! - **Coverage**: `covered[p]` is the partition's global next offset, read under this shard's
+//!   write lock. The caller applies each partition's records in order, and the global offset
+//!   moves under the lock of the shard a record goes to, so every record of `p` below
+//!   `covered[p]` that routes here is in this state. Snapshots store it; the consumer resumes
+//!   from the minimum over shards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::compaction::CompactionReason;
+use crate::config::IndexConfig;
+use crate::error::{Error, Result};
+use crate::hot::{Hot, Row};
+use crate::main_index::MainIndex;
+use crate::metrics::{ShardMetrics, ratio};
+use crate::snapshot::{self, Content, Header, Loaded};
+use crate::topk::merge;
+use crate::types::{Applied, Hit, ItemId, Version, Write};
+use crate::vector::normalized;
+
+/// The last compaction of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompactionRecord {
+    /// Compactions of this shard so far (survives restarts through snapshots).
+    pub count: u64,
+    /// When the last one swapped its main in, Unix milliseconds.
+    pub finished_at_ms: i64,
+    /// How long it took from capture to swap (the snapshot write is not included).
+    pub duration_ms: u64,
+    /// Why it ran.
+    pub reason: CompactionReason,
+}
+
+/// What one shard holds; `GET /v1/stats` material.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardStats {
+    /// The shard number.
+    pub shard: usize,
+    /// Vectors in hot.
+    pub hot_vectors: usize,
+    /// Points in main, hidden ones included.
+    pub main_vectors: usize,
+    /// Points in main hidden by a later update or delete.
+    pub main_tombstones: usize,
+    /// `main_tombstones / main_vectors` (0 for an empty main).
+    pub tombstone_ratio: f64,
+    /// Deletes not yet merged into main.
+    pub pending_deletes: usize,
+    /// Per partition, the next offset the shard's last swap (or loaded snapshot) covers.
+    pub covered_offsets: BTreeMap<i32, i64>,
+    /// When main was last swapped in, or the shard was opened if never; Unix ms.
+    pub since_ms: i64,
+    /// Whether a compaction of this shard is running.
+    pub compacting: bool,
+    /// The last compaction, if any.
+    pub last_compaction: Option<CompactionRecord>,
+}
+
+#[derive(Debug)]
+struct State {
+    hot: Hot,
+    deletes: HashMap<ItemId, Version>,
+    main: Arc<MainIndex>,
+    /// Items of main that are in hot or in `deletes`.
+    tombstones: usize,
+    covered: BTreeMap<i32, i64>,
+    since_ms: i64,
+    last: Option<CompactionRecord>,
+    /// Last snapshot sequence number used.
+    seq: u64,
+}
+
+impl State {
+    fn shadows(&self, id: &str) -> bool {
+        self.hot.contains(id) || self.deletes.contains_key(id)
+    }
+
+    fn count_tombstones(&self) -> usize {
+        let hot = self.hot.rows().iter().filter(|r| self.main.contains(&r.id));
+        let deleted = self.deletes.keys().filter(|id| self.main.contains(id));
+        hot.count() + deleted.count()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    id: usize,
+    dim: usize,
+    state: RwLock<State>,
+    /// Held for a whole compaction or snapshot: one at a time per shard, in order.
+    busy: Mutex<()>,
+    metrics: ShardMetrics,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The global next offset per partition.
+pub(crate) type Offsets = Mutex<BTreeMap<i32, i64>>;
+
+impl Shard {
+    pub(crate) fn new(id: usize, config: &IndexConfig, loaded: Option<Loaded>) -> Self {
+        let metrics = ShardMetrics::new(&config.name, id);
+        let state = match loaded {
+            None => State {
+                hot: Hot::new(config.dim),
+                deletes: HashMap::new(),
+                main: Arc::new(MainIndex::empty(config.dim)),
+                tombstones: 0,
+                covered: BTreeMap::new(),
+                since_ms: now_ms(),
+                last: None,
+                seq: 0,
+            },
+            Some(l) => {
+                let mut s = State {
+                    hot: l.hot,
+                    deletes: l.deletes,
+                    main: Arc::new(l.main),
+                    tombstones: 0,
+                    covered: l.covered,
+                    since_ms: l.last.as_ref().map_or(l.created_ms, |r| r.finished_at_ms),
+                    last: l.last,
+                    seq: l.seq,
+                };
+                s.tombstones = s.count_tombstones();
+                s
+            }
+        };
+        metrics.sizes(state.hot.len(), state.main.len(), state.tombstones);
+        Self {
+            id,
+            dim: config.dim,
+            state: RwLock::new(state),
+            busy: Mutex::new(()),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_seq_floor(&self, seq: u64) {
+        let mut st = self.write();
+        st.seq = st.seq.max(seq);
+    }
+
+    pub(crate) fn covered(&self) -> BTreeMap<i32, i64> {
+        self.read().covered.clone()
+    }
+
+    pub(crate) fn apply(&self, write: Write, offsets: &Offsets, max_hot: usize) -> Result<Applied> {
+        if write.item_id().is_empty() {
+            return Err(Error::EmptyItemId);
+        }
+        let version = write.version();
+        // Validate before taking the lock: a poison record costs no contention.
+        let vector = match &write {
+            Write::Upsert(u) => Some(normalized(&u.vector, self.dim)?),
+            Write::Delete(_) => None,
+        };
+        let mut st = self.write();
+        let outcome = self.apply_locked(&mut st, write, vector, max_hot)?;
+        {
+            let mut offsets = lock(offsets);
+            let next = offsets.entry(version.partition).or_insert(0);
+            *next = (*next).max(version.offset.saturating_add(1));
+        }
+        match outcome {
+            Applied::Upserted => self.metrics.upserted.increment(1),
+            Applied::Deleted => self.metrics.deleted.increment(1),
+            Applied::AlreadyCovered => self.metrics.covered.increment(1),
+            Applied::Stale => self.metrics.stale.increment(1),
+        }
+        self.metrics
+            .sizes(st.hot.len(), st.main.len(), st.tombstones);
+        Ok(outcome)
+    }
+
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        write: Write,
+        vector: Option<Vec<f32>>,
+        max_hot: usize,
+    ) -> Result<Applied> {
+        let version = write.version();
+        if st
+            .covered
+            .get(&version.partition)
+            .is_some_and(|&next| version.offset < next)
+        {
+            return Ok(Applied::AlreadyCovered);
+        }
+        let id = write.item_id();
+        let held = st
+            .hot
+            .get(id)
+            .map(|r| r.version)
+            .or_else(|| st.deletes.get(id).copied())
+            .or_else(|| st.main.get(id).map(|r| r.version));
+        if held.is_some_and(|held| !version.supersedes(held)) {
+            return Ok(Applied::Stale);
+        }
+        let newly_shadowed = !st.shadows(id) && st.main.contains(id);
+        let outcome = match write {
+            Write::Upsert(u) => {
+                if !st.hot.contains(&u.item_id) && st.hot.len() >= max_hot {
+                    return Err(Error::HotFull {
+                        shard: self.id,
+                        len: st.hot.len(),
+                    });
+                }
+                st.deletes.remove(&u.item_id);
+                let vector = vector.expect("validated above");
+                st.hot.upsert(
+                    Row {
+                        id: u.item_id,
+                        version,
+                        event_time_ms: u.event_time_ms,
+                    },
+                    &vector,
+                );
+                Applied::Upserted
+            }
+            Write::Delete(d) => {
+                st.hot.remove(&d.item_id);
+                st.deletes.insert(d.item_id, version);
+                Applied::Deleted
+            }
+        };
+        if newly_shadowed {
+            st.tombstones += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Hot and main searched in parallel under one read lock; `query` normalized.
+    pub(crate) fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<Hit> {
+        let st = self.read();
+        let (hot, main) = rayon::join(
+            || st.hot.search(query, k),
+            || st.main.search(query, k, ef, |id| st.shadows(id)),
+        );
+        merge(vec![hot, main], k)
+    }
+
+    /// The version of the item queries see, if any.
+    pub(crate) fn lookup(&self, id: &str) -> Option<Version> {
+        let st = self.read();
+        if let Some(row) = st.hot.get(id) {
+            return Some(row.version);
+        }
+        if st.deletes.contains_key(id) {
+            return None;
+        }
+        st.main.get(id).map(|r| r.version)
+    }
+
+    /// Items queries can return.
+    pub(crate) fn visible(&self) -> usize {
+        let st = self.read();
+        st.hot.len() + st.main.len() - st.tombstones
+    }
+
+    pub(crate) fn stats(&self) -> ShardStats {
+        let compacting = self.busy.try_lock().is_err();
+        let st = self.read();
+        ShardStats {
+            shard: self.id,
+            hot_vectors: st.hot.len(),
+            main_vectors: st.main.len(),
+            main_tombstones: st.tombstones,
+            tombstone_ratio: ratio(st.tombstones, st.main.len()),
+            pending_deletes: st.deletes.len(),
+            covered_offsets: st.covered.clone(),
+            since_ms: st.since_ms,
+            compacting,
+            last_compaction: st.last.clone(),
+        }
+    }
+
+    /// Rebuilds main from main ∪ hot − deleted on `pool`, swaps it in and, if `dir` is
+    /// given, writes a snapshot. `None` if a compaction of this shard is already running.
+    pub(crate) fn compact(
+        &self,
+        reason: CompactionReason,
+        config: &IndexConfig,
+        pool: &rayon::ThreadPool,
+        offsets: &Offsets,
+        dir: Option<&Path>,
+    ) -> Result<Option<CompactionRecord>> {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let (main, hot, deletes) = {
+            let st = self.read();
+            (st.main.clone(), st.hot.clone(), st.deletes.clone())
+        };
+        let dim = self.dim;
+        let new_main = pool.install(|| {
+            let keep = |id: &str| !hot.contains(id) && !deletes.contains_key(id);
+            let graph = main.graph();
+            let mut rows = Vec::with_capacity(main.len() + hot.len());
+            let mut vectors = Vec::with_capacity((main.len() + hot.len()) * dim);
+            for (pid, row) in main.rows().iter().enumerate() {
+                if keep(&row.id) {
+                    rows.push(row.clone());
+                    vectors.extend_from_slice(graph.vector(pid as u32));
+                }
+            }
+            for (i, row) in hot.rows().iter().enumerate() {
+                rows.push(row.clone());
+                vectors.extend_from_slice(hot.vector(i));
+            }
+            MainIndex::build(rows, &vectors, dim, &config.main)
+        })?;
+        drop(main);
+
+        let (record, snapshot) = {
+            let mut st = self.write();
+            for row in hot.rows() {
+                if st
+                    .hot
+                    .get(&row.id)
+                    .is_some_and(|now| now.version == row.version)
+                {
+                    st.hot.remove(&row.id);
+                }
+            }
+            for (id, version) in &deletes {
+                if st.deletes.get(id) == Some(version) {
+                    st.deletes.remove(id);
+                }
+            }
+            st.main = Arc::new(new_main);
+            st.tombstones = st.count_tombstones();
+            raise_covered(&mut st.covered, &lock(offsets));
+            let finished = now_ms();
+            st.since_ms = finished;
+            let record = CompactionRecord {
+                count: st.last.as_ref().map_or(0, |r| r.count) + 1,
+                finished_at_ms: finished,
+                duration_ms: started.elapsed().as_millis() as u64,
+                reason,
+            };
+            st.last = Some(record.clone());
+            self.metrics
+                .sizes(st.hot.len(), st.main.len(), st.tombstones);
+            let snapshot = dir.map(|_| {
+                st.seq += 1;
+                (
+                    st.seq,
+                    st.main.clone(),
+                    st.hot.clone(),
+                    st.deletes.clone(),
+                    st.covered.clone(),
+                )
+            });
+            (record, snapshot)
+        };
+        self.metrics
+            .compaction
+            .record(Duration::from_millis(record.duration_ms).as_secs_f64());
+        self.metrics.compactions(reason.as_str()).increment(1);
+        self.metrics
+            .last_compaction
+            .set(record.finished_at_ms as f64 / 1000.0);
+        tracing::info!(
+            shard = self.id,
+            reason = reason.as_str(),
+            duration_ms = record.duration_ms,
+            merged_hot = hot.len(),
+            merged_deletes = deletes.len(),
+            "Compacted shard."
+        );
+        if let (Some(dir), Some((seq, main, hot, deletes, covered))) = (dir, snapshot) {
+            let content = Content {
+                main: &main,
+                hot: &hot,
+                deletes: &deletes,
+                covered: &covered,
+                last: Some(&record),
+            };
+            self.write_snapshot(dir, config, seq, &content)?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Writes a snapshot of the current state without rebuilding main (e.g. at shutdown),
+    /// waiting for a running compaction of the shard to finish first.
+    pub(crate) fn persist(
+        &self,
+        config: &IndexConfig,
+        offsets: &Offsets,
+        dir: &Path,
+    ) -> Result<()> {
+        let _busy = lock(&self.busy);
+        let (seq, main, hot, deletes, covered, last) = {
+            let mut st = self.write();
+            st.seq += 1;
+            // Under the write lock no write to this shard is half-applied, so the global
+            // offsets are covered here; taking them as `covered` also lets replays skip.
+            raise_covered(&mut st.covered, &lock(offsets));
+            (
+                st.seq,
+                st.main.clone(),
+                st.hot.clone(),
+                st.deletes.clone(),
+                st.covered.clone(),
+                st.last.clone(),
+            )
+        };
+        let content = Content {
+            main: &main,
+            hot: &hot,
+            deletes: &deletes,
+            covered: &covered,
+            last: last.as_ref(),
+        };
+        self.write_snapshot(dir, config, seq, &content)
+    }
+
+    fn write_snapshot(
+        &self,
+        dir: &Path,
+        config: &IndexConfig,
+        seq: u64,
+        content: &Content<'_>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let (path, bytes) = snapshot::write(dir, header(self.id, config), seq, now_ms(), content)?;
+        snapshot::prune(dir, self.id as u32, config.snapshot.keep)?;
+        let took = started.elapsed();
+        self.metrics.snapshot_write.record(took.as_secs_f64());
+        self.metrics.snapshot_bytes.set(bytes as f64);
+        tracing::info!(
+            shard = self.id,
+            path = %path.display(),
+            bytes,
+            duration_ms = took.as_millis() as u64,
+            "Wrote shard snapshot."
+        );
+        Ok(())
+    }
+}
+
+/// Coverage only grows: what the shard covered stays in its state through swaps, and after a
+/// restart the global offsets start at the minimum over shards, below this shard's own.
+fn raise_covered(covered: &mut BTreeMap<i32, i64>, global: &BTreeMap<i32, i64>) {
+    for (&p, &next) in global {
+        let c = covered.entry(p).or_insert(next);
+        *c = (*c).max(next);
+    }
+}
+
+pub(crate) fn header(shard: usize, config: &IndexConfig) -> Header {
+    Header {
+        shard: shard as u32,
+        shards: config.shards as u32,
+        dim: config.dim as u32,
+        routing: crate::hash::ROUTING_FNV1A64,
+    }
+}

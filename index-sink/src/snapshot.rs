@@ -1,0 +1,604 @@
+//! Snapshot files: one shard's whole state (main's graph, rows and vectors; hot; pending
+//! deletes; the per-partition offsets the state covers; the last compaction) in one file.
+//!
+//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32), shard, shard count,
+//! dimension, routing function (u32 each), sequence number (u64), creation time (i64 ms);
+//! the body; then a footer: the byte length of everything before it (u64), CRC-32 of
+//! everything before it (u32), and `ESSNAPOK`. The main graph is stored as built — reading it
+//! back costs I/O, not a rebuild.
+//!
+//! Guarantees: a file is written to a temporary name, fsynced, renamed into place and the
+//! directory fsynced, so a crash leaves either the old set of files or the new one, never a
+//! half-written `.snap`. A truncated file, a flipped byte or a wrong length is rejected by
+//! the footer and checksum before any of its content is used; length fields are bounded by
+//! the file size, so a corrupt one cannot make the reader allocate wildly. A corrupt file is
+//! renamed to `*.corrupt` (kept for inspection, never loaded again) and the next older one
+//! is tried. The newest `keep` valid files are kept, older ones deleted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use crate::compaction::CompactionReason;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, M, M0};
+use crate::hot::{Hot, Row};
+use crate::main_index::MainIndex;
+use crate::shard::CompactionRecord;
+use crate::types::{ItemId, Version};
+
+const MAGIC: &[u8; 8] = b"ESSNAP\r\n";
+const MAGIC_END: &[u8; 8] = b"ESSNAPOK";
+/// Version of the layout above; bump on any change.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const FOOTER_LEN: u64 = 8 + 4 + 8;
+
+/// Who a snapshot belongs to; a valid file with other values is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) shard: u32,
+    pub(crate) shards: u32,
+    pub(crate) dim: u32,
+    pub(crate) routing: u32,
+}
+
+/// What a snapshot holds, borrowed for writing.
+#[derive(Debug)]
+pub(crate) struct Content<'a> {
+    pub(crate) main: &'a MainIndex,
+    pub(crate) hot: &'a Hot,
+    pub(crate) deletes: &'a HashMap<ItemId, Version>,
+    pub(crate) covered: &'a BTreeMap<i32, i64>,
+    pub(crate) last: Option<&'a CompactionRecord>,
+}
+
+/// What a snapshot held, read back.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) path: PathBuf,
+    pub(crate) seq: u64,
+    pub(crate) created_ms: i64,
+    pub(crate) main: MainIndex,
+    pub(crate) hot: Hot,
+    pub(crate) deletes: HashMap<ItemId, Version>,
+    pub(crate) covered: BTreeMap<i32, i64>,
+    pub(crate) last: Option<CompactionRecord>,
+}
+
+fn file_name(shard: u32, seq: u64) -> String {
+    format!("shard-{shard:05}-{seq:016}.snap")
+}
+
+/// `(seq, path)` of this shard's `.snap` files, newest first.
+pub(crate) fn list(dir: &Path, shard: u32) -> Result<Vec<(u64, PathBuf)>> {
+    let prefix = format!("shard-{shard:05}-");
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("list snapshot directory", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list snapshot directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".snap"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
+    Ok(out)
+}
+
+/// Highest sequence number ever used by this shard, including corrupt and temporary files.
+pub(crate) fn max_seq(dir: &Path, shard: u32) -> Result<u64> {
+    let prefix = format!("shard-{shard:05}-");
+    let mut max = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let name = name.trim_start_matches('.');
+        if let Some(seq) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.get(..16))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            max = max.max(seq);
+        }
+    }
+    Ok(max)
+}
+
+/// Writes snapshot `seq` of a shard atomically; returns its path and size.
+pub(crate) fn write(
+    dir: &Path,
+    header: Header,
+    seq: u64,
+    created_ms: i64,
+    content: &Content<'_>,
+) -> Result<(PathBuf, u64)> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot directory", dir, e))?;
+    let name = file_name(header.shard, seq);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = (|| -> io::Result<u64> {
+        let file = File::create(&tmp)?;
+        let mut w = CrcWriter::new(BufWriter::with_capacity(1 << 20, file));
+        write_all(&mut w, header, seq, created_ms, content)?;
+        let (len, crc) = (w.len, w.hasher.clone().finalize());
+        let mut inner = w.inner;
+        inner.write_all(&len.to_le_bytes())?;
+        inner.write_all(&crc.to_le_bytes())?;
+        inner.write_all(MAGIC_END)?;
+        let file = inner.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        Ok(len)
+    })();
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("write snapshot", &tmp, e));
+        }
+    };
+    fs::rename(&tmp, &path).map_err(|e| Error::io("rename snapshot into place", &path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync snapshot directory", dir, e))?;
+    Ok((path, len + FOOTER_LEN))
+}
+
+/// Deletes all but the newest `keep` snapshots of the shard, and its leftover temp files.
+pub(crate) fn prune(dir: &Path, shard: u32, keep: usize) -> Result<()> {
+    for (_, path) in list(dir, shard)?.into_iter().skip(keep) {
+        fs::remove_file(&path).map_err(|e| Error::io("delete old snapshot", &path, e))?;
+    }
+    let prefix = format!(".shard-{shard:05}-");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the newest valid snapshot of the shard. Corrupt files are reported through
+/// `on_corrupt`, renamed to `*.corrupt` and skipped; a valid file of another layout is an
+/// error.
+pub(crate) fn load_newest(
+    dir: &Path,
+    expect: Header,
+    mut on_corrupt: impl FnMut(&Path, &Error),
+) -> Result<Option<Loaded>> {
+    for (seq, path) in list(dir, expect.shard)? {
+        match read(&path, expect) {
+            Ok(loaded) => return Ok(Some(Loaded { seq, ..loaded })),
+            Err(e @ Error::SnapshotCorrupt { .. }) => {
+                on_corrupt(&path, &e);
+                let aside = path.with_extension("snap.corrupt");
+                fs::rename(&path, &aside)
+                    .map_err(|e| Error::io("move corrupt snapshot aside", &path, e))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn write_all<W: io::Write>(
+    w: &mut CrcWriter<W>,
+    h: Header,
+    seq: u64,
+    created_ms: i64,
+    c: &Content<'_>,
+) -> io::Result<()> {
+    w.bytes(MAGIC)?;
+    for v in [FORMAT_VERSION, h.shard, h.shards, h.dim, h.routing] {
+        w.u32(v)?;
+    }
+    w.u64(seq)?;
+    w.i64(created_ms)?;
+
+    w.u64(c.covered.len() as u64)?;
+    for (&p, &o) in c.covered {
+        w.i32(p)?;
+        w.i64(o)?;
+    }
+    match c.last {
+        None => w.bytes(&[0])?,
+        Some(r) => {
+            w.bytes(&[1])?;
+            w.u64(r.count)?;
+            w.i64(r.finished_at_ms)?;
+            w.u64(r.duration_ms)?;
+            w.bytes(&[reason_code(r.reason)])?;
+        }
+    }
+
+    let graph = c.main.graph();
+    w.u64(c.main.len() as u64)?;
+    for row in c.main.rows() {
+        w.row(row)?;
+    }
+    w.f32s(&graph.vectors)?;
+    w.u32s(&graph.zero)?;
+    w.u64(graph.layers.len() as u64)?;
+    for layer in &graph.layers {
+        w.u64((layer.len() / M) as u64)?;
+        w.u32s(layer)?;
+    }
+
+    w.u64(c.hot.len() as u64)?;
+    for (i, row) in c.hot.rows().iter().enumerate() {
+        w.row(row)?;
+        w.f32s(c.hot.vector(i))?;
+    }
+
+    // Sorted, so that the same state always gives the same bytes.
+    let mut deletes: Vec<_> = c.deletes.iter().collect();
+    deletes.sort();
+    w.u64(deletes.len() as u64)?;
+    for (id, v) in deletes {
+        w.str(id)?;
+        w.i32(v.partition)?;
+        w.i64(v.offset)?;
+    }
+    Ok(())
+}
+
+fn reason_code(r: CompactionReason) -> u8 {
+    match r {
+        CompactionReason::HotShare => 1,
+        CompactionReason::Tombstones => 2,
+        CompactionReason::Interval => 3,
+        CompactionReason::Manual => 4,
+    }
+}
+
+fn reason_from(code: u8) -> Option<CompactionReason> {
+    Some(match code {
+        1 => CompactionReason::HotShare,
+        2 => CompactionReason::Tombstones,
+        3 => CompactionReason::Interval,
+        4 => CompactionReason::Manual,
+        _ => return None,
+    })
+}
+
+fn read(path: &Path, expect: Header) -> Result<Loaded> {
+    let corrupt = |reason| Error::SnapshotCorrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let io = |e| Error::io("read snapshot", path, e);
+    let mut file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size < FOOTER_LEN + 8 {
+        return Err(corrupt("shorter than header and footer"));
+    }
+    file.seek(SeekFrom::Start(size - FOOTER_LEN)).map_err(io)?;
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact(&mut footer).map_err(io)?;
+    if &footer[12..] != MAGIC_END {
+        return Err(corrupt("footer missing (truncated or partial write)"));
+    }
+    let body_len = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    let want_crc = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
+    if body_len != size - FOOTER_LEN {
+        return Err(corrupt("length in footer does not match file size"));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut r = CrcReader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+        left: body_len,
+    };
+    let parsed = parse(&mut r, path);
+    // Checksum first: a parse error in a file whose checksum fails is corruption, whatever
+    // the parser said.
+    let mut rest = Vec::new();
+    let tail = r.by_ref_take_rest(&mut rest);
+    if tail.is_err() || r.hasher.clone().finalize() != want_crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let (header, loaded) = parsed?;
+    if header != expect {
+        return Err(Error::SnapshotIncompatible {
+            path: path.to_owned(),
+            reason: format!("snapshot has {header:?}, the index is {expect:?}"),
+        });
+    }
+    Ok(loaded)
+}
+
+fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)> {
+    let corrupt = |reason| Error::SnapshotCorrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let short = |_| corrupt("content ends early or a length is out of range");
+    let mut magic = [0u8; 8];
+    r.exact(&mut magic).map_err(short)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a snapshot (magic)"));
+    }
+    let version = r.u32().map_err(short)?;
+    if version != FORMAT_VERSION {
+        return Err(Error::SnapshotIncompatible {
+            path: path.to_owned(),
+            reason: format!("format version {version}, this build reads {FORMAT_VERSION}"),
+        });
+    }
+    let header = Header {
+        shard: r.u32().map_err(short)?,
+        shards: r.u32().map_err(short)?,
+        dim: r.u32().map_err(short)?,
+        routing: r.u32().map_err(short)?,
+    };
+    let seq = r.u64().map_err(short)?;
+    let created_ms = r.i64().map_err(short)?;
+    let dim = header.dim as usize;
+    let body = (|| -> io::Result<_> {
+        let mut covered = BTreeMap::new();
+        for _ in 0..r.count(12)? {
+            covered.insert(r.i32()?, r.i64()?);
+        }
+        let mut flag = [0u8];
+        r.exact(&mut flag)?;
+        let last = match flag[0] {
+            0 => None,
+            _ => {
+                let (count, finished_at_ms, duration_ms) = (r.u64()?, r.i64()?, r.u64()?);
+                r.exact(&mut flag)?;
+                Some((count, finished_at_ms, duration_ms, flag[0]))
+            }
+        };
+        let n = r.count(24 + 4 * dim + 4 * M0)?;
+        let rows = (0..n).map(|_| r.row()).collect::<io::Result<Vec<_>>>()?;
+        let vectors = r.f32s(n * dim)?;
+        let zero = r.u32s(n * M0)?;
+        let mut layers = Vec::new();
+        for _ in 0..r.count(8)? {
+            let len = r.count(4 * M)?;
+            layers.push(r.u32s(len * M)?);
+        }
+        let mut hot = Hot::new(dim);
+        for _ in 0..r.count(24 + 4 * dim)? {
+            let row = r.row()?;
+            let v = r.f32s(dim)?;
+            hot.upsert(row, &v);
+        }
+        let mut deletes = HashMap::new();
+        for _ in 0..r.count(16)? {
+            let id = r.str()?;
+            deletes.insert(
+                id,
+                Version {
+                    partition: r.i32()?,
+                    offset: r.i64()?,
+                },
+            );
+        }
+        Ok((covered, last, rows, vectors, zero, layers, hot, deletes))
+    })();
+    let (covered, last, rows, vectors, zero, layers, hot, deletes) = body.map_err(short)?;
+    if r.left != 0 {
+        return Err(corrupt("bytes after the content"));
+    }
+    let last = match last {
+        None => None,
+        Some((count, finished_at_ms, duration_ms, code)) => Some(CompactionRecord {
+            count,
+            finished_at_ms,
+            duration_ms,
+            reason: reason_from(code).ok_or_else(|| corrupt("unknown compaction reason"))?,
+        }),
+    };
+    let graph = Graph {
+        dim,
+        vectors,
+        zero,
+        layers,
+    };
+    graph.check().map_err(corrupt)?;
+    let n = rows.len();
+    let main = MainIndex::from_parts(graph, rows);
+    if main.distinct_ids() != n {
+        return Err(corrupt("duplicate item ids in main"));
+    }
+    Ok((
+        header,
+        Loaded {
+            path: path.to_owned(),
+            seq,
+            created_ms,
+            main,
+            hot,
+            deletes,
+            covered,
+            last,
+        },
+    ))
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl<W: io::Write> CrcWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            len: 0,
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        self.inner.write_all(b)
+    }
+    fn u32(&mut self, v: u32) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn i32(&mut self, v: i32) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn i64(&mut self, v: i64) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn str(&mut self, s: &str) -> io::Result<()> {
+        self.u32(s.len() as u32)?;
+        self.bytes(s.as_bytes())
+    }
+    fn row(&mut self, r: &Row) -> io::Result<()> {
+        self.str(&r.id)?;
+        self.i32(r.version.partition)?;
+        self.i64(r.version.offset)?;
+        self.i64(r.event_time_ms)
+    }
+    fn f32s(&mut self, v: &[f32]) -> io::Result<()> {
+        for chunk in v.chunks(1 << 14) {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            let res = self.bytes(&buf);
+            self.buf = buf;
+            res?;
+        }
+        Ok(())
+    }
+    fn u32s(&mut self, v: &[u32]) -> io::Result<()> {
+        for chunk in v.chunks(1 << 14) {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            let res = self.bytes(&buf);
+            self.buf = buf;
+            res?;
+        }
+        Ok(())
+    }
+}
+
+struct CrcReader<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    /// Bytes of content not read yet.
+    left: u64,
+}
+
+fn out_of_range() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "length out of range")
+}
+
+impl<R: Read> CrcReader<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if buf.len() as u64 > self.left {
+            return Err(out_of_range());
+        }
+        self.inner.read_exact(buf)?;
+        self.hasher.update(buf);
+        self.left -= buf.len() as u64;
+        Ok(())
+    }
+    fn arr<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.exact(&mut b)?;
+        Ok(b)
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        self.arr().map(u32::from_le_bytes)
+    }
+    fn i32(&mut self) -> io::Result<i32> {
+        self.arr().map(i32::from_le_bytes)
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        self.arr().map(u64::from_le_bytes)
+    }
+    fn i64(&mut self) -> io::Result<i64> {
+        self.arr().map(i64::from_le_bytes)
+    }
+    /// A count of items of at least `min_size` bytes each, bounded by what is left.
+    fn count(&mut self, min_size: usize) -> io::Result<usize> {
+        let n = self.u64()?;
+        if n.saturating_mul(min_size.max(1) as u64) > self.left {
+            return Err(out_of_range());
+        }
+        Ok(n as usize)
+    }
+    fn str(&mut self) -> io::Result<String> {
+        let len = self.u32()? as usize;
+        if len as u64 > self.left {
+            return Err(out_of_range());
+        }
+        let mut b = vec![0u8; len];
+        self.exact(&mut b)?;
+        String::from_utf8(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+    }
+    fn row(&mut self) -> io::Result<Row> {
+        Ok(Row {
+            id: self.str()?,
+            version: Version {
+                partition: self.i32()?,
+                offset: self.i64()?,
+            },
+            event_time_ms: self.i64()?,
+        })
+    }
+    fn f32s(&mut self, n: usize) -> io::Result<Vec<f32>> {
+        self.words(n, f32::from_le_bytes)
+    }
+    fn u32s(&mut self, n: usize) -> io::Result<Vec<u32>> {
+        self.words(n, u32::from_le_bytes)
+    }
+    fn words<T>(&mut self, n: usize, f: fn([u8; 4]) -> T) -> io::Result<Vec<T>> {
+        if (n as u64).saturating_mul(4) > self.left {
+            return Err(out_of_range());
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut buf = vec![0u8; 4 * n.min(1 << 14)];
+        let mut todo = n;
+        while todo > 0 {
+            let take = todo.min(1 << 14);
+            let b = &mut buf[..4 * take];
+            self.exact(b)?;
+            out.extend(b.chunks_exact(4).map(|c| f(c.try_into().expect("4 bytes"))));
+            todo -= take;
+        }
+        Ok(out)
+    }
+    /// Hashes whatever content the parser left unread (after a parse error).
+    fn by_ref_take_rest(&mut self, scratch: &mut Vec<u8>) -> io::Result<()> {
+        scratch.resize(1 << 16, 0);
+        while self.left > 0 {
+            let take = (self.left as usize).min(scratch.len());
+            let b = &mut scratch[..take];
+            self.inner.read_exact(b)?;
+            self.hasher.update(b);
+            self.left -= take as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the index core. Scenarios are written once and run against each
+//! [`common::Stage`]: everything still in hot, and everything merged into main.
+
+mod common;
+mod compaction;
+mod recall;
+mod scenarios;
+mod snapshots;
