@@ -81,7 +81,10 @@ impl ControlLog {
             .map_err(kafka(bootstrap))?;
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("embedstream-control-{}", uuid::Uuid::new_v4()))
+            .set(
+                "group.id",
+                format!("embedstream-control-{}", uuid::Uuid::new_v4()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -126,7 +129,10 @@ impl ControlLog {
         )
         .await
         .map_err(|_| Error::Control {
-            reason: format!("offset {offset} of {} was not read back in time", self.topic),
+            reason: format!(
+                "offset {offset} of {} was not read back in time",
+                self.topic
+            ),
         })?
         .map_err(|_| Error::Control {
             reason: "the control log follower stopped".to_owned(),
@@ -252,10 +258,10 @@ async fn follow(
             },
         };
         // An undecodable record is skipped rather than read as a tombstone.
-        if msg.payload().is_none() || record.is_some() {
-            if let Err(e) = state.apply(&key, record) {
-                tracing::error!(error = %e, offset, "Skipping a control record.");
-            }
+        if (msg.payload().is_none() || record.is_some())
+            && let Err(e) = state.apply(&key, record)
+        {
+            tracing::error!(error = %e, offset, "Skipping a control record.");
         }
         tx.send_replace(ControlView {
             state: Arc::new(state.clone()),

@@ -89,6 +89,18 @@ fn parse(line: &str, source: &str) -> Result<ItemEvent, String> {
 /// Runs `produce`.
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let topic = args.platform.names().items();
+    // Kafka producers do not create topics; make sure the platform's exist (idempotent).
+    embedstream_topics::admin::Admin::new(&args.platform.bootstrap, Duration::from_secs(30))?
+        .ensure(&embedstream_topics::admin::named_platform_topics(
+            &args.platform.names(),
+            embedstream_topics::admin::Layout {
+                partitions: args.platform.partitions,
+                replication: 1,
+            },
+            &[],
+        ))
+        .await
+        .context("cannot create the platform's topics")?;
     let codec = Codec::new(&args.platform.registry_url);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &args.platform.bootstrap)
@@ -138,9 +150,12 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         let delivery = loop {
             match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
                 Ok(d) => break d,
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     if let Some(r) = in_flight.next().await {
                         acked += ack(r)?;
                     }
@@ -178,7 +193,12 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ack(r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>) -> anyhow::Result<usize> {
+fn ack(
+    r: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> anyhow::Result<usize> {
     match r {
         Ok(Ok(_)) => Ok(1),
         Ok(Err((e, _))) => bail!("an event was not delivered: {e}"),
@@ -192,12 +212,25 @@ mod tests {
 
     #[test]
     fn lines_become_events() {
-        let e = parse(r#"{"id":"a","text":"t","title":"T","attributes":{"k":"v"},"event_time":5}"#, "s").unwrap();
-        assert_eq!((e.item_id.as_str(), e.op, e.event_time), ("a", ItemOp::Upsert, 5));
+        let e = parse(
+            r#"{"id":"a","text":"t","title":"T","attributes":{"k":"v"},"event_time":5}"#,
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.item_id.as_str(), e.op, e.event_time),
+            ("a", ItemOp::Upsert, 5)
+        );
         assert_eq!(e.attributes["k"], "v");
         let d = parse(r#"{"item_id":"b","op":"delete"}"#, "s").unwrap();
         assert_eq!(d.op, ItemOp::Delete);
-        for bad in [r#"{"text":"x"}"#, r#"{"id":"a","op":"merge"}"#, r#"{"id":" "}"#, "nope", r#"{"id":"a","colour":1}"#] {
+        for bad in [
+            r#"{"text":"x"}"#,
+            r#"{"id":"a","op":"merge"}"#,
+            r#"{"id":" "}"#,
+            "nope",
+            r#"{"id":"a","colour":1}"#,
+        ] {
             assert!(parse(bad, "s").is_err(), "{bad}");
         }
     }

@@ -21,7 +21,11 @@ pub struct PlatformArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
     /// Schema registry URL.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry_url: String,
     /// Prefix of every topic name (`<prefix>.items`, …); empty for the plain names.
     #[arg(long, env = "EMBEDSTREAM_TOPIC_PREFIX", default_value = "")]
@@ -44,10 +48,18 @@ pub struct StageArgs {
     #[command(flatten)]
     pub platform: PlatformArgs,
     /// Consumer group; processes of one group split the partitions of `items`.
-    #[arg(long, env = "EMBEDSTREAM_STAGE_GROUP", default_value = "embedstream-embed-stage")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_STAGE_GROUP",
+        default_value = "embedstream-embed-stage"
+    )]
     group: String,
     /// Address serving `/metrics`.
-    #[arg(long, env = "EMBEDSTREAM_STAGE_LISTEN", default_value = "127.0.0.1:9301")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_STAGE_LISTEN",
+        default_value = "127.0.0.1:9301"
+    )]
     listen: SocketAddr,
     /// cpu or cuda.
     #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
@@ -68,7 +80,11 @@ pub struct StageArgs {
     #[arg(long, default_value_t = 65_536)]
     max_text_bytes: usize,
     /// Registered as ACTIVE when the control log has no model version at all ("" for none).
-    #[arg(long, env = "EMBEDSTREAM_INITIAL_MODEL", default_value = "minilm-l6-v2@1")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_INITIAL_MODEL",
+        default_value = "minilm-l6-v2@1"
+    )]
     initial_model: String,
     /// How long a revoke or a shutdown waits for in-flight events, in seconds.
     #[arg(long, default_value_t = 30)]

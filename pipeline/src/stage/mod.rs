@@ -148,6 +148,9 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         // Eager assignors only: the revoke logic drops batches cut before a revoke, which is
         // right only when every partition is revoked (cooperative-sticky would lose them).
         .set("partition.assignment.strategy", "range,roundrobin")
+        // Kafka's default. A crashed member's partitions move after this long. (With 10 s,
+        // tansu 0.6 once handed the surviving member an empty assignment for good when the
+        // crashed member expired mid-join; 45 s has not shown it.)
         .set("session.timeout.ms", "45000")
         .set("statistics.interval.ms", "5000")
         .create_with_context(StageContext {
@@ -576,9 +579,12 @@ async fn send_raw(
         }
         match producer.send_result(record) {
             Ok(d) => return Ok(d),
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), _)) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err((e, _)) => {
                 return Err(Error::Control {
                     reason: format!("cannot produce to {topic}: {e}"),

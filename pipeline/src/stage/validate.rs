@@ -69,8 +69,12 @@ pub struct Limits {
 /// A Kafka tombstone on `items` (no value): a delete of the item named by the key.
 pub fn tombstone(key: Option<&[u8]>) -> Result<Work, Poison> {
     let key = key.ok_or_else(|| Poison::new("missing_key", "a tombstone without a key"))?;
-    let item_id = std::str::from_utf8(key)
-        .map_err(|e| Poison::new("invalid_utf8", format!("the tombstone's key is not UTF-8: {e}")))?;
+    let item_id = std::str::from_utf8(key).map_err(|e| {
+        Poison::new(
+            "invalid_utf8",
+            format!("the tombstone's key is not UTF-8: {e}"),
+        )
+    })?;
     if item_id.trim().is_empty() {
         return Err(Poison::new("missing_key", "a tombstone with an empty key"));
     }
@@ -172,8 +176,14 @@ mod tests {
     fn bad_events_are_poison_with_their_kind() {
         let kind = |e: ItemEvent| event(e, LIMITS).unwrap_err().kind;
         assert_eq!(kind(ev(ItemOp::Upsert, None, None)), "empty_text");
-        assert_eq!(kind(ev(ItemOp::Upsert, Some(" \n\t"), Some("t"))), "empty_text");
-        assert_eq!(kind(ev(ItemOp::Upsert, Some(&"x".repeat(21)), None)), "text_too_long");
+        assert_eq!(
+            kind(ev(ItemOp::Upsert, Some(" \n\t"), Some("t"))),
+            "empty_text"
+        );
+        assert_eq!(
+            kind(ev(ItemOp::Upsert, Some(&"x".repeat(21)), None)),
+            "text_too_long"
+        );
         assert_eq!(kind(ev(ItemOp::Unknown, Some("x"), None)), "unknown_op");
         let mut no_id = ev(ItemOp::Upsert, Some("x"), None);
         no_id.item_id = " ".into();
@@ -190,6 +200,9 @@ mod tests {
             })
         );
         assert_eq!(tombstone(None).unwrap_err().kind, "missing_key");
-        assert_eq!(tombstone(Some(&[0xff, 0xfe])).unwrap_err().kind, "invalid_utf8");
+        assert_eq!(
+            tombstone(Some(&[0xff, 0xfe])).unwrap_err().kind,
+            "invalid_utf8"
+        );
     }
 }

@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod engine;
 mod parity;
+mod stage;
 mod tokenize;

@@ -260,7 +260,11 @@ fn an_op_added_by_a_newer_writer_reads_as_unknown() {
         r#""symbols": ["UPSERT", "DELETE", "UNKNOWN", "ARCHIVE"]"#,
     ))
     .unwrap();
-    assert_ne!(&newer, ItemEvent::schema(), "the replacement must have applied");
+    assert_ne!(
+        &newer,
+        ItemEvent::schema(),
+        "the replacement must have applied"
+    );
     let mut event = item_event();
     event.op = ItemOp::Upsert;
     let mut value = apache_avro::to_value(&event).unwrap();

@@ -1,0 +1,192 @@
+//! Nothing committed is lost: kill -9 mid-stream, a broker restart, a rebalance between two
+//! stage processes — each ends with exactly the live ids on the embedding topic, each with the
+//! vector of its last text, and no deleted id alive.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::*;
+
+const N: usize = 1200;
+
+async fn produce_scenario(p: &Platform) -> HashMap<String, String> {
+    p.ensure_topics().await;
+    let (events, tombstones, live) = scenario(N);
+    p.produce_events(&events).await;
+    p.produce_raw(&tombstones).await;
+    live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let p = Platform::new("kill9");
+    let live = produce_scenario(&p).await;
+    let mut stage = p.spawn_stage("first");
+    p.wait_records(300, Duration::from_secs(120)).await;
+    kill9(&mut stage);
+    let lag = p.group_lag();
+    assert!(
+        lag > 0,
+        "the kill came after the stage had finished; the test proves nothing"
+    );
+    let mut stage = p.spawn_stage("second");
+    p.wait_caught_up(Duration::from_secs(180)).await;
+    assert!(terminate(&mut stage).success());
+    assert_state(&p, &live).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_between_two_stage_processes_loses_nothing() {
+    let p = Platform::new("rebalance");
+    let live = produce_scenario(&p).await;
+    let (mut a, a_log) = p.spawn_stage_logged("a");
+    p.wait_records(100, Duration::from_secs(120)).await;
+    // B joins while A is busy: the group rebalances, A drains what it gives up.
+    let (mut b, b_log) = p.spawn_stage_logged("b");
+    wait_log(&b_log, "Partitions assigned", Duration::from_secs(90)).await;
+    wait_log(
+        &a_log,
+        "Drained revoked partitions",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        p.group_lag() > 0,
+        "A finished before B joined; the test proves nothing (make the scenario bigger)"
+    );
+    // A leaves: B takes its partitions over.
+    assert!(terminate(&mut a).success(), "A drains and exits cleanly");
+    p.wait_caught_up(Duration::from_secs(180)).await;
+    assert!(terminate(&mut b).success());
+    assert_state(&p, &live).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_broker(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    // tansu takes the SQLite path relative to where it runs.
+    Command::new("tansu")
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://data/tansu.db",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("tansu is installed (compose/dev test installs it)")
+}
+
+async fn wait_http(url: &str) {
+    for _ in 0..240 {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+fn wait_broker(bootstrap: &str) {
+    let admin = embedstream_topics::admin::Admin::new(bootstrap, Duration::from_secs(2)).unwrap();
+    for _ in 0..120 {
+        if admin.list().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("the broker at {bootstrap} did not come up");
+}
+
+/// A broker of the test's own (its storage kept across the restart) and a registry on it.
+struct OwnStack {
+    dir: std::path::PathBuf,
+    port: u16,
+    broker: Child,
+    registry: Child,
+}
+
+impl Drop for OwnStack {
+    fn drop(&mut self) {
+        let _ = self.registry.kill();
+        let _ = self.broker.kill();
+        let _ = self.registry.wait();
+        let _ = self.broker.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_while_running_loses_nothing() {
+    let dir = std::env::temp_dir()
+        .join("embedstream-tests")
+        .join(embedstream_topics::testing::unique("own-broker"));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let (port, registry_port) = (free_port(), free_port());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let registry = format!("http://127.0.0.1:{registry_port}");
+    let broker = start_broker(&dir, port);
+    wait_broker(&bootstrap);
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let registry_child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args([
+            "registry",
+            "--bootstrap",
+            &bootstrap,
+            "--listen",
+            &format!("127.0.0.1:{registry_port}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut stack = OwnStack {
+        dir: dir.clone(),
+        port,
+        broker,
+        registry: registry_child,
+    };
+    wait_http(&format!("{registry}/subjects")).await;
+
+    let p = Platform::on(&bootstrap, &registry, "broker-restart");
+    let live = produce_scenario(&p).await;
+    let mut stage = p.spawn_stage("stage");
+    p.wait_records(300, Duration::from_secs(120)).await;
+
+    // The broker dies hard and comes back on the same storage and port.
+    stack.broker.kill().unwrap();
+    stack.broker.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.broker = start_broker(&stack.dir, stack.port);
+    wait_broker(&bootstrap);
+
+    p.wait_caught_up(Duration::from_secs(240)).await;
+    assert!(
+        stage.try_wait().unwrap().is_none(),
+        "the stage rode out the restart instead of exiting"
+    );
+    assert!(terminate(&mut stage).success());
+    assert_state(&p, &live).await;
+}

@@ -1,0 +1,480 @@
+//! The stream stage against the real broker and registry: dead letters per kind, kill -9 and
+//! restart, a broker restart, a rebalance between two stage processes. Each test works under
+//! its own topic prefix and consumer group, so tests share the broker.
+
+mod dead_letters;
+mod faults;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::embed::engine::{Engine, EngineConfig};
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, ItemEvent, ItemOp};
+use embedstream_topics::ModelRef;
+use embedstream_topics::names::TopicNames;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub const MINILM: &str = "minilm-l6-v2@1";
+
+/// A raw record: key and value, either may be absent.
+pub type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// A record read back: key, value, partition, offset.
+pub type ReadBack = (Option<Vec<u8>>, Option<Vec<u8>>, i32, i64);
+
+/// One test's platform: the shared broker and registry (or its own), a unique prefix.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub bootstrap: String,
+    pub registry: String,
+    pub prefix: String,
+    pub names: TopicNames,
+    pub group: String,
+}
+
+impl Platform {
+    pub fn new(test: &str) -> Self {
+        Self::on(
+            &embedstream_topics::testing::bootstrap(),
+            &registry_url(),
+            test,
+        )
+    }
+
+    pub fn on(bootstrap: &str, registry: &str, test: &str) -> Self {
+        let prefix = embedstream_topics::testing::unique(test);
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            registry: registry.to_owned(),
+            names: TopicNames::new(&prefix),
+            group: format!("{prefix}-stage"),
+            prefix,
+        }
+    }
+
+    pub fn embeddings(&self) -> String {
+        self.names.embeddings(&MINILM.parse::<ModelRef>().unwrap())
+    }
+
+    /// Creates the platform's topics (as `embedstream produce` would).
+    pub async fn ensure_topics(&self) {
+        embedstream_topics::admin::Admin::new(&self.bootstrap, Duration::from_secs(30))
+            .unwrap()
+            .ensure(&embedstream_topics::admin::named_platform_topics(
+                &self.names,
+                embedstream_topics::admin::Layout {
+                    partitions: 3,
+                    replication: 1,
+                },
+                &[MINILM.parse().unwrap()],
+            ))
+            .await
+            .unwrap();
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces raw records to `items`, in order.
+    pub async fn produce_raw(&self, records: &[Raw]) {
+        let producer = self.producer();
+        let topic = self.names.items();
+        for (key, value) in records {
+            let mut r = FutureRecord::<[u8], [u8]>::to(&topic);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            if let Some(v) = value {
+                r = r.payload(v);
+            }
+            producer
+                .send(r, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+
+    /// Encodes and produces item events, keyed by item id, in order.
+    pub async fn produce_events(&self, events: &[ItemEvent]) {
+        let codec = Codec::new(&self.registry);
+        let topic = self.names.items();
+        let mut raw = Vec::with_capacity(events.len());
+        for e in events {
+            let bytes = codec.encode(&topic, e).await.unwrap();
+            raw.push((Some(e.item_id.as_bytes().to_vec()), Some(bytes)));
+        }
+        self.produce_raw(&raw).await;
+    }
+
+    /// The stage binary's command line for this platform.
+    pub fn stage_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+        cmd.args([
+            "embed-stage",
+            "--bootstrap",
+            &self.bootstrap,
+            "--registry-url",
+            &self.registry,
+            "--topic-prefix",
+            &self.prefix,
+            "--group",
+            &self.group,
+            "--partitions",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--batch-size",
+            "32",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn spawn_stage(&self, log_name: &str) -> Child {
+        self.spawn_stage_logged(log_name).0
+    }
+
+    /// Starts a stage process; its log goes to the returned file.
+    pub fn spawn_stage_logged(&self, log_name: &str) -> (Child, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join("embedstream-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}-{log_name}.log", self.prefix));
+        let log = std::fs::File::create(&path).unwrap();
+        let child = self
+            .stage_command()
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (child, path)
+    }
+
+    /// Reads a topic from the beginning to its current end: every record, in partition order.
+    pub fn read_all(&self, topic: &str) -> Vec<ReadBack> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", embedstream_topics::testing::unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        let mut out = Vec::new();
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            if high <= low {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let offset = m.offset();
+                        out.push((
+                            m.key().map(<[u8]>::to_vec),
+                            m.payload().map(<[u8]>::to_vec),
+                            p,
+                            offset,
+                        ));
+                        if offset + 1 >= high {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => panic!("reading {topic}: {e}"),
+                    None => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The compacted view of the embedding topic: the last record per key, tombstones removed.
+    pub async fn embedding_state(&self) -> HashMap<String, EmbeddingRecord> {
+        let codec = Codec::new(&self.registry);
+        let mut state = HashMap::new();
+        for (key, value, _, _) in self.read_all(&self.embeddings()) {
+            let key = String::from_utf8(key.expect("embedding records are keyed")).unwrap();
+            match value {
+                None => {
+                    state.remove(&key);
+                }
+                Some(v) => {
+                    let r: EmbeddingRecord = codec.decode(&v).await.unwrap();
+                    assert_eq!(r.item_id, key, "key and item_id agree");
+                    state.insert(key, r);
+                }
+            }
+        }
+        state
+    }
+
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let codec = Codec::new(&self.registry);
+        let mut out = Vec::new();
+        for (_, value, _, _) in self.read_all(&self.names.items_dlq()) {
+            out.push(codec.decode(&value.unwrap()).await.unwrap());
+        }
+        out
+    }
+
+    /// Records behind the end of `items` for the stage's group (committed offsets).
+    pub fn group_lag(&self) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let topic = self.names.items();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition(&topic, p);
+        }
+        let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+            return i64::MAX;
+        };
+        let mut lag = 0;
+        for e in committed.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            lag += (high - at).max(0);
+        }
+        lag
+    }
+
+    /// Waits until the group has committed everything on `items`.
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lag = self.group_lag();
+            if lag == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stage did not catch up within {timeout:?} (lag {lag}); logs in {}",
+                std::env::temp_dir().join("embedstream-tests").display()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until the embedding topic holds at least `n` records.
+    pub async fn wait_records(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .create()
+                .unwrap();
+            let topic = self.embeddings();
+            let total: i64 = (0..3)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                        .map_or(0, |(l, h)| h - l)
+                })
+                .sum();
+            if total as usize >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {total} of {n} records within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| {
+        panic!("SCHEMA_REGISTRY_URL is not set: run the tests with `compose/dev test`")
+    })
+}
+
+pub fn upsert(id: &str, text: &str) -> ItemEvent {
+    ItemEvent {
+        item_id: id.to_owned(),
+        op: ItemOp::Upsert,
+        text: Some(text.to_owned()),
+        title: None,
+        attributes: HashMap::new(),
+        event_time: 1_700_000_000_000,
+        producer: None,
+    }
+}
+
+pub fn delete(id: &str) -> ItemEvent {
+    ItemEvent {
+        op: ItemOp::Delete,
+        text: None,
+        ..upsert(id, "")
+    }
+}
+
+/// A catalog with updates and deletes, and the state it must end in (id → final text).
+pub fn scenario(n: usize) -> (Vec<ItemEvent>, Vec<Raw>, HashMap<String, String>) {
+    // Texts of a few dozen tokens, like a package description, so the stage has work enough
+    // for a kill or a rebalance to land mid-stream.
+    let text = |i: usize, rev: usize| {
+        let (a, b, c) = (
+            WORDS[i % WORDS.len()],
+            WORDS[(i * 7 + rev) % WORDS.len()],
+            WORDS[(i / 3 + 5) % WORDS.len()],
+        );
+        format!(
+            "Package {i}, revision {rev}: a collection of tools for {a} and {b}. It ships \
+             command-line programs, a shared library and documentation for working with {c}, \
+             and integrates with the desktop for {a}; maintained by the {b} team."
+        )
+    };
+    let mut events: Vec<ItemEvent> = (0..n)
+        .map(|i| upsert(&format!("item-{i}"), &text(i, 0)))
+        .collect();
+    let mut live: HashMap<String, String> =
+        (0..n).map(|i| (format!("item-{i}"), text(i, 0))).collect();
+    // Every 7th item is updated, every 11th deleted by an event, every 13th by a tombstone.
+    for i in (0..n).step_by(7) {
+        events.push(upsert(&format!("item-{i}"), &text(i, 1)));
+        live.insert(format!("item-{i}"), text(i, 1));
+    }
+    for i in (3..n).step_by(11) {
+        events.push(delete(&format!("item-{i}")));
+        live.remove(&format!("item-{i}"));
+    }
+    let mut tombstones = Vec::new();
+    for i in (5..n).step_by(13) {
+        tombstones.push((Some(format!("item-{i}").into_bytes()), None));
+        live.remove(&format!("item-{i}"));
+    }
+    (events, tombstones, live)
+}
+
+const WORDS: [&str; 12] = [
+    "compression",
+    "networking",
+    "image editing",
+    "spreadsheets",
+    "music playback",
+    "kernel modules",
+    "fonts",
+    "databases",
+    "email",
+    "version control",
+    "games",
+    "scientific computing",
+];
+
+pub fn engine() -> Engine {
+    embedstream_pipeline::embed::open(
+        &MINILM.parse().unwrap(),
+        Device::Cpu,
+        EngineConfig::default(),
+    )
+    .unwrap()
+    .0
+}
+
+/// Checks the final state: exactly the live ids, each with the vector of its final text.
+pub async fn assert_state(platform: &Platform, live: &HashMap<String, String>) {
+    let state = platform.embedding_state().await;
+    let mut missing: Vec<&String> = live.keys().filter(|k| !state.contains_key(*k)).collect();
+    missing.sort();
+    let mut extra: Vec<&String> = state.keys().filter(|k| !live.contains_key(*k)).collect();
+    extra.sort();
+    assert!(
+        missing.is_empty(),
+        "ids missing from the embedding topic: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "deleted ids alive on the embedding topic: {extra:?}"
+    );
+    let ids: Vec<&String> = live.keys().collect();
+    let texts: Vec<String> = ids.iter().map(|id| live[*id].clone()).collect();
+    let expected = engine().embed(texts).await.unwrap();
+    for (id, want) in ids.iter().zip(expected) {
+        let got = &state[*id];
+        assert_eq!(got.dimension, 384);
+        assert_eq!(got.model_id, "minilm-l6-v2");
+        assert!(got.normalized);
+        let cos: f32 = got.vector.iter().zip(&want).map(|(a, b)| a * b).sum();
+        assert!(
+            cos > 0.9999,
+            "{id}: the vector is not its final text's (cosine {cos})"
+        );
+    }
+}
+
+/// Waits until a stage's log contains `needle`.
+pub async fn wait_log(path: &std::path::Path, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {needle:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills a child with SIGKILL (no chance to commit or drain).
+pub fn kill9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Stops a child with SIGTERM and waits for it.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stage did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
