@@ -64,9 +64,13 @@ pub struct StageArgs {
     /// cpu or cuda.
     #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
     device: Device,
-    /// Events per batch taken from Kafka.
-    #[arg(long, default_value_t = 64)]
+    /// Events per batch taken from Kafka. The engine sorts a batch's texts by length and cuts
+    /// it into forward passes, so a bigger batch wastes less on padding.
+    #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Max texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    model_batch_size: usize,
     /// How long the first event of a batch waits for more, in milliseconds.
     #[arg(long, default_value_t = 20)]
     linger_ms: u64,
@@ -110,7 +114,7 @@ impl StageArgs {
             device: self.device,
             engine: EngineConfig {
                 max_batch_tokens: self.batch_tokens,
-                max_batch_size: self.batch_size.max(1),
+                max_batch_size: self.model_batch_size.max(1),
                 ..EngineConfig::default()
             },
             batching: Batching {

@@ -1,0 +1,193 @@
+"""The Kafka path's cost: sustained items/s through `embedstream embed-stage` for MiniLM versus
+the bare `embedstream embed` on the same texts, and the event-to-produced latency at 50% of
+the stage's capacity. Runs against a running broker and registry (`compose/dev infra`).
+
+  .dev/venv/bin/python loadtest/stage_bench.py [--items 2000] [--latency-secs 60]
+
+1. Bare model: `embedstream embed` over the catalog (load excluded: timed from its first
+   output line to its last).
+2. Stage backlog: all items produced first under a fresh topic prefix, then the stage started
+   and left alone until its group has committed them all; throughput = items / (last output
+   record's time - first output record's time), from the broker timestamps on the embedding
+   topic (read afterwards, so the reader does not compete for the CPU).
+3. Latency: a fresh prefix, the stage running, items produced at 50% of (2)'s rate with
+   event_time = now; latency = the embedding record's broker timestamp - its event_time.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/embedstream")
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+REGISTRY = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081")
+PARTITIONS = 6
+
+
+def catalog(n, path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "loadtest/debian_catalog.py"), "--limit", str(n)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    with open(path, "w") as f:
+        for line in out:
+            item = json.loads(line)
+            # The same text `embed` gets (no title: the stage would prepend it).
+            f.write(json.dumps({"id": item["id"], "text": item["text"]}) + "\n")
+    return len(out)
+
+
+def bare(path, n):
+    proc = subprocess.Popen(
+        [BIN, "embed", "--model", "minilm-l6-v2@1", "--input", path, "--batch-size", "64"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    first = last = None
+    count = 0
+    for _ in proc.stdout:
+        last = time.monotonic()
+        first = first or last
+        count += 1
+    proc.wait()
+    assert count == n, f"embed wrote {count} of {n}"
+    return (count - 1) / (last - first)
+
+
+def env(prefix):
+    return dict(os.environ, KAFKA_BOOTSTRAP=BOOTSTRAP, SCHEMA_REGISTRY_URL=REGISTRY,
+                EMBEDSTREAM_TOPIC_PREFIX=prefix, EMBEDSTREAM_PARTITIONS=str(PARTITIONS))
+
+
+def produce(prefix, path, rate=None):
+    cmd = [BIN, "produce", "--input", path]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    subprocess.run(cmd, env=env(prefix), check=True, stderr=subprocess.DEVNULL)
+
+
+def start_stage(prefix):
+    log = open(os.path.join(tempfile.gettempdir(), f"stage-bench-{prefix}.log"), "w")
+    return subprocess.Popen(
+        [BIN, "embed-stage", "--listen", "127.0.0.1:0", "--group", f"{prefix}-stage"],
+        env=env(prefix), stdout=log, stderr=log,
+    )
+
+
+def read_embeddings(prefix, n, timeout):
+    """(broker timestamp ms, event_time ms) of the first n embedding records."""
+    topic = f"{prefix}.embeddings.minilm-l6-v2.v1"
+    deser = AvroDeserializer(SchemaRegistryClient({"url": REGISTRY}))
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"bench-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+            break
+        except Exception:
+            time.sleep(0.5)
+    out = []
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} records in {timeout}s"
+        m = c.poll(0.5)
+        if m is None or m.error() or m.value() is None:
+            continue
+        rec = deser(m.value(), SerializationContext(topic, MessageField.VALUE))
+        event_time = rec["event_time"]
+        if hasattr(event_time, "timestamp"):
+            event_time = int(event_time.timestamp() * 1000)
+        out.append((m.timestamp()[1], event_time))
+    c.close()
+    return out
+
+
+def wait_caught_up(prefix, n, timeout):
+    """Waits (cheaply: committed offsets only) until the stage's group has committed n items."""
+    topic = f"{prefix}.items"
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"{prefix}-stage",
+                  "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
+    while True:
+        done = sum(max(tp.offset, 0) for tp in
+                   c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10))
+        if done >= n:
+            c.close()
+            return
+        assert time.monotonic() < deadline, f"stage committed {done} of {n} in {timeout}s"
+        time.sleep(2)
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--latency-secs", type=int, default=60)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "items.jsonl")
+    n = catalog(args.items, path)
+    print(f"catalog: {n} Debian packages", flush=True)
+
+    bare_rate = bare(path, n)
+    print(f"bare embed: {bare_rate:.1f} items/s", flush=True)
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    produce(prefix, path)
+    stage = start_stage(prefix)
+    try:
+        # Nothing else runs on the machine meanwhile: the records are read afterwards, their
+        # broker timestamps say when each was produced.
+        wait_caught_up(prefix, n, timeout=1800)
+    finally:
+        stage.terminate()
+        stage.wait()
+    recs = read_embeddings(prefix, n, timeout=300)
+    ts = sorted(t for t, _ in recs)
+    stage_rate = (n - 1) / ((ts[-1] - ts[0]) / 1000)
+    print(f"stage (backlog): {stage_rate:.1f} items/s = {stage_rate / bare_rate:.3f} of bare "
+          f"(Kafka path cost {100 * (1 - stage_rate / bare_rate):.1f}%)", flush=True)
+
+    rate = stage_rate / 2
+    m = min(n, int(rate * args.latency_secs))
+    sub = os.path.join(tmp, "latency.jsonl")
+    with open(path) as f, open(sub, "w") as g:
+        for i, line in zip(range(m), f):
+            g.write(line)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    stage = start_stage(prefix)
+    try:
+        time.sleep(8)  # model load and group join, before the clock starts
+        produce(prefix, sub, rate=rate)
+        recs = read_embeddings(prefix, m, timeout=600)
+    finally:
+        stage.terminate()
+        stage.wait()
+    lat = [t - e for t, e in recs]
+    print(f"latency at {rate:.1f} items/s (50% of capacity), {m} items: "
+          f"p50 {pct(lat, 50)} ms, p99 {pct(lat, 99)} ms, max {max(lat)} ms", flush=True)
+    print(json.dumps({"items": n, "bare_items_per_s": round(bare_rate, 1),
+                      "stage_items_per_s": round(stage_rate, 1),
+                      "ratio": round(stage_rate / bare_rate, 3),
+                      "latency_rate": round(rate, 1), "latency_items": m,
+                      "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                      "mean_ms": round(statistics.mean(lat), 1)}))
+
+
+if __name__ == "__main__":
+    main()
