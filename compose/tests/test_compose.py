@@ -42,8 +42,8 @@ def test_ports_match_the_local_stack(stack):
 
 
 def test_embedstream_services_use_variables_the_binary_reads(stack):
-    main = (ROOT / "pipeline" / "src" / "main.rs").read_text()
-    read_by_binary = set(re.findall(r'env = "([A-Z_]+)"', main))
+    sources = "".join(p.read_text() for p in (ROOT / "pipeline" / "src").rglob("*.rs"))
+    read_by_binary = set(re.findall(r'env = "([A-Z_]+)"', sources))
     for name, svc in stack["services"].items():
         if svc.get("image") != "embedstream:latest":
             continue
@@ -70,7 +70,7 @@ def test_dockerfile_builds_the_binary_it_runs():
 def test_prometheus_configs_are_valid(config, tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool comes with Debian's prometheus package (compose/dev installs it)"
-    text = (COMPOSE / "prometheus" / config).read_text().replace("@REGISTRY@", "127.0.0.1:8081")
+    text = (COMPOSE / "prometheus" / config).read_text().replace("@REGISTRY@", "127.0.0.1:8081").replace("@PLATFORM@", "127.0.0.1:9301")
     path = tmp_path / "prometheus.yml"
     path.write_text(text)
     result = subprocess.run([promtool, "check", "config", path], capture_output=True, text=True)

@@ -94,3 +94,28 @@ def test_a_failing_registry_stops_the_broker_it_started(env):
     assert "stopping what was started: broker" in r.stderr
     assert not listening(ports["kafka"])
     assert nothing_running(state)
+
+
+def test_up_runs_the_platform_and_down_stops_it(env):
+    e, ports, state = env
+    platform = free_port()
+    e["PLATFORM_PORT"] = str(platform)
+    r = dev(e, "up")
+    assert r.returncode == 0, r.stderr
+    assert listening(platform)
+    status = dev(e, "status")
+    assert any(line.startswith("platform") and line.endswith("healthy") for line in status.stdout.splitlines()), status.stdout
+    # The embed stage is running: it registered the initial model in the control log.
+    models = subprocess.run(
+        [ROOT / "target" / "release" / "embedstream", "models", "status",
+         "--bootstrap", e["KAFKA_BOOTSTRAP"], "--registry-url", e["SCHEMA_REGISTRY_URL"]],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert models.returncode == 0, models.stderr
+    assert '"model":"minilm-l6-v2@1"' in models.stdout and '"state":"ACTIVE"' in models.stdout, models.stdout
+    again = dev(e, "up")
+    assert again.returncode == 0, again.stderr
+    assert "platform is already running" in again.stderr
+    assert dev(e, "down").returncode == 0
+    assert not listening(platform)
+    assert nothing_running(state)
