@@ -1,5 +1,6 @@
 //! Configuration, one struct per component. Unknown fields are errors; every field has a
-//! default, so `{}` is a valid configuration except for `dim`, which must be set. Durations
+//! default, so `{}` is a valid configuration except for `dim`, which must be set (the sink
+//! service sets it from the model catalog). Durations
 //! are written as strings with a unit: `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
 
 use std::time::Duration;
@@ -15,7 +16,9 @@ pub struct IndexConfig {
     /// Name of the index in metrics labels and logs, usually the embedding topic.
     #[serde(default = "default_name")]
     pub name: String,
-    /// Vector dimension of the model version this index serves (384 for MiniLM).
+    /// Vector dimension of the model version this index serves (384 for MiniLM). The sink
+    /// service fills it in from the model catalog when it is left out (0); the core refuses 0.
+    #[serde(default)]
     pub dim: usize,
     /// Number of shards; an item's shard is FNV-1a-64(item id) mod shards. Changing it
     /// invalidates the snapshots (they are refused, and the topic must be replayed).
@@ -263,16 +266,16 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s)
             .ok_or_else(|| D::Error::custom(format!("bad duration {s:?}, want e.g. \"30s\"")))

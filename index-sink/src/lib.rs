@@ -10,6 +10,9 @@
 //! shard in one consistent state (hot, deletes and main together); compaction never loses a
 //! write nor lets an older one win; a snapshot is either complete and checksummed or
 //! ignored. Not guaranteed: HNSW results in main are approximate (exact in hot).
+//!
+//! [`service`] is the I/O edge on top of it: the Kafka consumer of one embedding topic and
+//! the HTTP query API (`embedstream sink`).
 
 mod compaction;
 mod config;
@@ -20,6 +23,7 @@ mod hot;
 mod index;
 mod main_index;
 mod metrics;
+pub mod service;
 mod shard;
 mod snapshot;
 mod topk;

@@ -53,6 +53,8 @@ enum Command {
     /// Every service of the platform in one process (today: the embed stage; the sinks, the
     /// query API and the drift consumer join as they land).
     Up(cmd::stage::StageArgs),
+    /// Index sink of one embedding topic: hot shards + HNSW, snapshots, the query API.
+    Sink(cmd::sink::SinkArgs),
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
@@ -156,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         Command::EmbedStage(args) | Command::Up(args) => {
             let shutdown = shutdown_on_signal();
             cmd::stage::run(args, telemetry::metrics_router()?, shutdown).await?;
+        }
+        Command::Sink(args) => {
+            let shutdown = shutdown_on_signal();
+            cmd::sink::run(args, telemetry::metrics_router()?, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
         Command::Models { command } => models(command).await?,

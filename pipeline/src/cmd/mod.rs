@@ -2,4 +2,5 @@
 
 pub mod embed;
 pub mod produce;
+pub mod sink;
 pub mod stage;

@@ -1,0 +1,317 @@
+//! The sink service's configuration: what the binary decides ([`SinkConfig`]: where Kafka,
+//! the registry, the snapshots and the HTTP port are) and what an optional file tunes
+//! ([`Settings`]: the index, the per-consumer query profiles, the Kafka client, the HTTP
+//! server). Every field of the file has a default, so no file at all is a working setup.
+//!
+//! The file is TOML (`*.toml`, or any other name) or JSON (`*.json`); unknown fields are
+//! errors; durations are strings with a unit (`"250ms"`, `"30s"`, `"5m"`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use embedstream_topics::{ModelRef, ModelSpec};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ServiceError, ServiceResult};
+use crate::config::IndexConfig;
+
+/// Everything [`super::run`] needs.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Schema registry URL (decoding `EmbeddingRecord`s).
+    pub registry_url: String,
+    /// The model version whose topic this sink serves.
+    pub model: ModelRef,
+    /// Its embedding topic (`[<prefix>.]embeddings.<model>.v<N>`).
+    pub topic: String,
+    /// Consumer group of this replica: used for committed offsets (lag tools), never for
+    /// recovery, which comes from the snapshots.
+    pub group: String,
+    /// Directory of this replica's snapshots.
+    pub data_dir: PathBuf,
+    /// Address of the query API and `/metrics`.
+    pub listen: SocketAddr,
+    /// What the config file says (or the defaults).
+    pub settings: Settings,
+}
+
+/// The config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The index (shards, hot limit, HNSW, compaction, snapshots). `dim` and `name` may be
+    /// left out: they come from the model catalog and the topic.
+    #[serde(default = "default_index")]
+    pub index: IndexConfig,
+    /// Query profiles by consumer name. When given, this map replaces the built-in one
+    /// (`search`, `recsys`, `ads`, `dedup`) entirely.
+    #[serde(default = "default_consumers")]
+    pub consumers: BTreeMap<String, ConsumerProfile>,
+    /// The Kafka consumer.
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    /// The HTTP server.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// How one consumer of the index queries it (seed 003: each consumer has its own `ef_search`
+/// and latency budget).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerProfile {
+    /// HNSW search width in main parts; raised to `k` when smaller.
+    pub ef_search: usize,
+    /// `k` when a request does not say.
+    pub default_k: usize,
+    /// Largest `k` a request may ask for (also bounded by `index.max_k`).
+    pub max_k: usize,
+}
+
+/// The Kafka consumer of the embedding topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// How long a blocked partition (full hot part, registry unreachable) waits before its
+    /// record is tried again.
+    #[serde(default = "default_retry_backoff", with = "crate::config::duration")]
+    pub retry_backoff: Duration,
+    /// How often the topic's partition count is checked, so that added partitions are
+    /// consumed too.
+    #[serde(default = "default_metadata_refresh", with = "crate::config::duration")]
+    pub metadata_refresh: Duration,
+    /// How often consumed offsets are committed to the replica's group (for lag tools only).
+    #[serde(default = "default_commit_every", with = "crate::config::duration")]
+    pub commit_every: Duration,
+    /// How often librdkafka reports statistics (high watermarks, hence the lag gauge).
+    #[serde(default = "default_statistics_every", with = "crate::config::duration")]
+    pub statistics_every: Duration,
+    /// Extra librdkafka properties (`fetch.max.bytes`, `security.protocol`, ...); they override
+    /// the sink's own.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The query API's server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Queries searched at once; more wait for a slot (admission control).
+    #[serde(default = "default_max_concurrent_queries")]
+    pub max_concurrent_queries: usize,
+    /// Largest request body, bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Longest text of a text query, bytes.
+    #[serde(default = "default_max_text_bytes")]
+    pub max_text_bytes: usize,
+}
+
+fn default_index() -> IndexConfig {
+    IndexConfig::with_dim(0)
+}
+
+/// The four consumers of DESIGN.md, with widths chosen for their recall targets: `search`
+/// recall@10 ≥ 0.85, `recsys` recall@50 ≥ 0.75, `ads` recall@5 ≥ 0.90 within 30 ms, `dedup`
+/// precision@1 ≥ 0.95 in batch (so it can afford a wide search).
+pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
+    let p = |ef_search, default_k, max_k| ConsumerProfile {
+        ef_search,
+        default_k,
+        max_k,
+    };
+    BTreeMap::from([
+        ("search".to_owned(), p(100, 10, 100)),
+        ("recsys".to_owned(), p(128, 50, 500)),
+        ("ads".to_owned(), p(64, 5, 50)),
+        ("dedup".to_owned(), p(200, 1, 20)),
+    ])
+}
+
+const fn default_retry_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+const fn default_metadata_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_commit_every() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_statistics_every() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_max_concurrent_queries() -> usize {
+    64
+}
+const fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+const fn default_max_text_bytes() -> usize {
+    64 << 10
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            index: default_index(),
+            consumers: default_consumers(),
+            kafka: KafkaSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            retry_backoff: default_retry_backoff(),
+            metadata_refresh: default_metadata_refresh(),
+            commit_every: default_commit_every(),
+            statistics_every: default_statistics_every(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_queries: default_max_concurrent_queries(),
+            max_body_bytes: default_max_body_bytes(),
+            max_text_bytes: default_max_text_bytes(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads a config file: JSON when the name ends in `.json`, TOML otherwise.
+    pub fn load(path: &Path) -> ServiceResult<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServiceError::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let parsed = if json {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|message| ServiceError::ParseConfig {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Fills in what comes from the model (dimension) and the topic (index name), and checks
+    /// what serde cannot.
+    pub fn resolve(mut self, spec: &ModelSpec, topic: &str) -> ServiceResult<Self> {
+        let dim = spec.dimension as usize;
+        if self.index.dim == 0 {
+            self.index.dim = dim;
+        } else if self.index.dim != dim {
+            return Err(ServiceError::Settings {
+                field: "index.dim".to_owned(),
+                reason: format!(
+                    "is {}, but {} has dimension {dim}",
+                    self.index.dim, spec.model
+                ),
+            });
+        }
+        if self.index.name == default_index().name {
+            topic.clone_into(&mut self.index.name);
+        }
+        self.index
+            .validate()
+            .map_err(|source| ServiceError::Index { source })?;
+        if self.consumers.is_empty() {
+            return Err(ServiceError::Settings {
+                field: "consumers".to_owned(),
+                reason: "at least one consumer profile is needed".to_owned(),
+            });
+        }
+        for (name, p) in &self.consumers {
+            let bad = |reason: String| ServiceError::Settings {
+                field: format!("consumers.{name}"),
+                reason,
+            };
+            if p.ef_search == 0 {
+                return Err(bad("ef_search must be at least 1".to_owned()));
+            }
+            if p.max_k == 0 || p.max_k > self.index.max_k {
+                return Err(bad(format!(
+                    "max_k must be in 1..={} (index.max_k)",
+                    self.index.max_k
+                )));
+            }
+            if p.default_k == 0 || p.default_k > p.max_k {
+                return Err(bad(format!("default_k must be in 1..={}", p.max_k)));
+            }
+        }
+        if self.http.max_concurrent_queries == 0 {
+            return Err(ServiceError::Settings {
+                field: "http.max_concurrent_queries".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ModelSpec {
+        embedstream_topics::catalog::lookup(&"minilm-l6-v2@1".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn no_file_is_a_working_setup() {
+        let s = Settings::default()
+            .resolve(&spec(), "embeddings.minilm-l6-v2.v1")
+            .unwrap();
+        assert_eq!(s.index.dim, 384);
+        assert_eq!(s.index.name, "embeddings.minilm-l6-v2.v1");
+        assert_eq!(s.consumers.len(), 4);
+    }
+
+    #[test]
+    fn toml_file_overrides_and_refuses_unknown_fields() {
+        let s: Settings = toml::from_str(
+            r#"
+            [index]
+            shards = 2
+            [index.compaction]
+            min_hot = 20
+            check_every = "100ms"
+            [consumers.test]
+            ef_search = 500
+            default_k = 10
+            max_k = 50
+            [kafka]
+            retry_backoff = "50ms"
+            properties = { "fetch.wait.max.ms" = "10" }
+            "#,
+        )
+        .unwrap();
+        let s = s.resolve(&spec(), "t").unwrap();
+        assert_eq!(s.index.shards, 2);
+        assert_eq!(s.index.compaction.check_every, Duration::from_millis(100));
+        assert_eq!(s.consumers.keys().collect::<Vec<_>>(), ["test"]);
+        assert_eq!(s.kafka.retry_backoff, Duration::from_millis(50));
+        assert!(toml::from_str::<Settings>("[kafka]\nretry = \"1s\"").is_err());
+        let wrong_dim: Settings = serde_json::from_str(r#"{"index": {"dim": 768}}"#).unwrap();
+        assert!(wrong_dim.resolve(&spec(), "t").is_err());
+        let bad_k: Settings = serde_json::from_str(
+            r#"{"consumers": {"x": {"ef_search": 1, "default_k": 9, "max_k": 5}}}"#,
+        )
+        .unwrap();
+        assert!(bad_k.resolve(&spec(), "t").is_err());
+    }
+}

@@ -1,0 +1,405 @@
+//! The query API (JSON over HTTP):
+//!
+//! - `POST /v1/search` `{"consumer", "vector": [...] | "text": "...", "k"?}` →
+//!   `{"results": [{"item_id", "score", "model_version"}], "consumer", "k", "ef_search",
+//!   "model_version", "took_ms"}`. The consumer's profile sets `ef_search`, the default `k`
+//!   and the largest `k`. A request that cannot succeed gets 400 with
+//!   `{"error": message, "kind": ...}`: malformed JSON (a `NaN` literal included), unknown
+//!   consumer, both or neither of `vector`/`text`, `k` out of range, wrong dimension, a
+//!   non-finite or zero vector, an empty or too long text, text queries without a model.
+//! - `GET /v1/stats`: per shard hot and main sizes, tombstones, covered offsets, last
+//!   compaction; the consumer's positions, lag and poison count.
+//! - `GET /v1/items/{item_id}`: the version (partition, offset) queries see, or 404.
+//!
+//! Searches run on rayon (the index fans out over shards there), never on the runtime's
+//! workers; a semaphore bounds how many run at once. Text queries are embedded by the
+//! [`QueryEmbedder`] the binary passes in (this crate has no model).
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use embedstream_topics::ModelRef;
+use metrics::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::config::{ConsumerProfile, HttpSettings};
+use super::consumer::{Progress, ProgressState};
+use super::metrics as m;
+use crate::{Query, ShardStats, ShardedIndex};
+
+/// What an embedder's failure is: kept whole, never flattened to a string.
+pub type EmbedError = Box<dyn StdError + Send + Sync>;
+
+/// The future of one text embedding.
+pub type EmbedFuture = Pin<Box<dyn Future<Output = Result<Vec<f32>, EmbedError>> + Send>>;
+
+/// Embeds the text of a text query with the index's model version. Implemented by the binary
+/// (which has the models); the embedding must run off the async runtime's workers.
+pub trait QueryEmbedder: Send + Sync {
+    /// The vector of `text`.
+    fn embed(&self, text: String) -> EmbedFuture;
+}
+
+/// Shared by the handlers.
+pub(crate) struct Api {
+    pub(crate) index: Arc<ShardedIndex>,
+    pub(crate) model: ModelRef,
+    pub(crate) topic: String,
+    pub(crate) group: String,
+    pub(crate) consumers: BTreeMap<String, ConsumerProfile>,
+    pub(crate) http: HttpSettings,
+    pub(crate) embedder: Option<Arc<dyn QueryEmbedder>>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) admission: Semaphore,
+    pub(crate) latency: BTreeMap<String, Histogram>,
+}
+
+impl Api {
+    pub(crate) fn latency_histograms(
+        consumers: &BTreeMap<String, ConsumerProfile>,
+        model: &ModelRef,
+    ) -> BTreeMap<String, Histogram> {
+        consumers
+            .keys()
+            .map(|c| {
+                let h = metrics::histogram!(m::QUERY_SECONDS, "consumer" => c.clone(), "model_version" => model.to_string());
+                (c.clone(), h)
+            })
+            .collect()
+    }
+}
+
+/// The routes (without `/metrics`, which the binary adds).
+pub(crate) fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/search", post(search))
+        .route("/v1/stats", get(stats))
+        .route("/v1/items/{item_id}", get(item))
+        .with_state(api)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    consumer: String,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    k: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchResponse {
+    results: Vec<Result1>,
+    consumer: String,
+    k: usize,
+    ef_search: usize,
+    model_version: String,
+    took_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Result1 {
+    item_id: String,
+    score: f32,
+    model_version: String,
+}
+
+/// A refused request: status, a fixed `kind` and a message for people.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.message, "kind": self.kind});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+async fn search(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (consumer, result) = run_search(&api, &body, started).await;
+    let label = if api.consumers.contains_key(&consumer) {
+        consumer.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.status == StatusCode::BAD_REQUEST => "bad_request",
+        Err(_) => "error",
+    };
+    metrics::counter!(m::QUERIES_TOTAL, "consumer" => label, "result" => outcome).increment(1);
+    if let (Ok(_), Some(h)) = (&result, api.latency.get(&consumer)) {
+        h.record(started.elapsed().as_secs_f64());
+    }
+    match result {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_search(
+    api: &Api,
+    body: &[u8],
+    started: Instant,
+) -> (String, Result<SearchResponse, ApiError>) {
+    let request: SearchRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                String::new(),
+                Err(ApiError::bad(
+                    "invalid_json",
+                    format!("the body is not a valid search request: {e}"),
+                )),
+            );
+        }
+    };
+    let consumer = request.consumer.clone();
+    (consumer, answer(api, request, started).await)
+}
+
+async fn answer(
+    api: &Api,
+    request: SearchRequest,
+    started: Instant,
+) -> Result<SearchResponse, ApiError> {
+    let profile = api.consumers.get(&request.consumer).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_consumer",
+            format!(
+                "unknown consumer {:?}; configured: {}",
+                request.consumer,
+                api.consumers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let k = request.k.unwrap_or(profile.default_k);
+    if k == 0 || k > profile.max_k {
+        return Err(ApiError::bad(
+            "k_out_of_range",
+            format!(
+                "k = {k} is out of range 1..={} for consumer {:?}",
+                profile.max_k, request.consumer
+            ),
+        ));
+    }
+    let dim = api.index.config().dim;
+    let vector = match (request.vector, request.text) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "vector_and_text",
+                "give either \"vector\" or \"text\", not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad(
+                "no_query",
+                "give a query: \"vector\" (an array of numbers) or \"text\"",
+            ));
+        }
+        (Some(v), None) => v,
+        (None, Some(text)) => embed(api, text).await?,
+    };
+    if vector.len() != dim {
+        return Err(ApiError::bad(
+            "dimension_mismatch",
+            format!(
+                "the vector has dimension {}, {} has {dim}",
+                vector.len(),
+                api.model
+            ),
+        ));
+    }
+    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(ApiError::bad(
+            "non_finite",
+            format!("vector component {i} is not a finite number (NaN, or out of f32 range)"),
+        ));
+    }
+    let permit = api.admission.acquire().await.map_err(|_| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "shutting_down",
+        message: "the sink is shutting down".to_owned(),
+    })?;
+    let (tx, rx) = oneshot::channel();
+    let index = Arc::clone(&api.index);
+    let ef_search = profile.ef_search.max(k);
+    rayon::spawn(move || {
+        let hits = index.search(Query {
+            vector: &vector,
+            k,
+            ef_search: Some(ef_search),
+        });
+        let _ = tx.send(hits);
+    });
+    let hits = rx.await.map_err(|_| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "internal",
+        message: "the search task was lost".to_owned(),
+    })?;
+    drop(permit);
+    let hits = hits.map_err(|e| {
+        if e.is_poison() {
+            ApiError::bad(poison_kind(&e), e.to_string())
+        } else {
+            ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "internal",
+                message: e.to_string(),
+            }
+        }
+    })?;
+    let model_version = api.model.to_string();
+    Ok(SearchResponse {
+        results: hits
+            .into_iter()
+            .map(|h| Result1 {
+                item_id: h.item_id,
+                score: h.score,
+                model_version: model_version.clone(),
+            })
+            .collect(),
+        consumer: request.consumer,
+        k,
+        ef_search,
+        model_version,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+async fn embed(api: &Api, text: String) -> Result<Vec<f32>, ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::bad("empty_text", "the text is empty"));
+    }
+    if text.len() > api.http.max_text_bytes {
+        return Err(ApiError::bad(
+            "text_too_long",
+            format!(
+                "the text has {} bytes, at most {} are allowed",
+                text.len(),
+                api.http.max_text_bytes
+            ),
+        ));
+    }
+    let Some(embedder) = &api.embedder else {
+        return Err(ApiError::bad(
+            "text_unsupported",
+            format!(
+                "this sink embeds no text queries for {}; send a vector",
+                api.model
+            ),
+        ));
+    };
+    embedder.embed(text).await.map_err(|error| {
+        tracing::error!(error = %error, "Embedding a text query failed.");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "embedding_failed",
+            message: format!("embedding the text failed: {error}"),
+        }
+    })
+}
+
+fn poison_kind(e: &crate::Error) -> &'static str {
+    match e {
+        crate::Error::DimensionMismatch { .. } => "dimension_mismatch",
+        crate::Error::NonFinite { .. } => "non_finite",
+        crate::Error::ZeroVector => "zero_vector",
+        crate::Error::KOutOfRange { .. } => "k_out_of_range",
+        _ => "bad_request",
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct StatsResponse {
+    topic: String,
+    model_version: String,
+    group: String,
+    dim: usize,
+    items: usize,
+    lag: i64,
+    consumer: ProgressState,
+    resume_offsets: BTreeMap<i32, i64>,
+    applied_offsets: BTreeMap<i32, i64>,
+    shards: Vec<ShardStats>,
+}
+
+async fn stats(State(api): State<Arc<Api>>) -> Response {
+    let index = Arc::clone(&api.index);
+    // Counting visible items walks each shard under its read lock: not on a runtime worker.
+    let Ok((items, resume, applied, shards)) = tokio::task::spawn_blocking(move || {
+        (
+            index.len(),
+            index.resume_offsets(),
+            index.applied_offsets(),
+            index.stats(),
+        )
+    })
+    .await
+    else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    metrics::gauge!(m::ITEMS, "index" => api.topic.clone()).set(items as f64);
+    let consumer = api.progress.snapshot();
+    axum::Json(StatsResponse {
+        topic: api.topic.clone(),
+        model_version: api.model.to_string(),
+        group: api.group.clone(),
+        dim: api.index.config().dim,
+        items,
+        lag: consumer.lag(),
+        consumer,
+        resume_offsets: resume,
+        applied_offsets: applied,
+        shards,
+    })
+    .into_response()
+}
+
+async fn item(State(api): State<Arc<Api>>, Path(item_id): Path<String>) -> Response {
+    match api.index.lookup(&item_id) {
+        Some(v) => axum::Json(serde_json::json!({
+            "item_id": item_id,
+            "partition": v.partition,
+            "offset": v.offset,
+            "model_version": api.model.to_string(),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                serde_json::json!({"error": format!("no item {item_id:?}"), "kind": "not_found"}),
+            ),
+        )
+            .into_response(),
+    }
+}

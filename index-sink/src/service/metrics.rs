@@ -1,0 +1,29 @@
+//! Metric names of the sink service (the core's are in [`crate::metric_names`]). Labels:
+//! `index` (the topic), `consumer` and `model_version` for queries, `partition` for lag,
+//! `error_type` and `result` from small fixed sets. Every `*_seconds` histogram gets the
+//! binary's shared buckets.
+
+/// Histogram: one query request (embedding a text query included), by `consumer` and
+/// `model_version`, seconds.
+pub const QUERY_SECONDS: &str = "embedstream_query_seconds";
+/// Counter: query requests by `consumer` (`unknown` for names not configured) and `result`
+/// (`ok`, `bad_request`, `error`).
+pub const QUERIES_TOTAL: &str = "embedstream_queries_total";
+/// Histogram: Kafka record timestamp → searchable in this replica, seconds.
+pub const FRESHNESS_SECONDS: &str = "embedstream_sink_freshness_seconds";
+/// Histogram: the item event's event time → searchable in this replica (the whole pipeline,
+/// embedding included), seconds.
+pub const EVENT_FRESHNESS_SECONDS: &str = "embedstream_sink_event_freshness_seconds";
+/// Gauge: records of the partition not yet applied (high watermark − next offset).
+pub const CONSUMER_LAG: &str = "embedstream_sink_consumer_lag_records";
+/// Counter: records consumed.
+pub const CONSUMED_TOTAL: &str = "embedstream_sink_consumed_total";
+/// Counter: poison records skipped, by `error_type`.
+pub const POISON_TOTAL: &str = "embedstream_sink_poison_records_total";
+/// Counter: times a partition was paused to retry a record, by `error_type`
+/// (`hot_full`, `registry_unavailable`).
+pub const RETRIES_TOTAL: &str = "embedstream_sink_retries_total";
+/// Gauge: partitions paused for a retry right now.
+pub const BLOCKED_PARTITIONS: &str = "embedstream_sink_blocked_partitions";
+/// Gauge: items queries can return.
+pub const ITEMS: &str = "embedstream_sink_items";

@@ -1,0 +1,139 @@
+//! The index sink service: one embedding topic → a [`ShardedIndex`] kept current by a Kafka
+//! consumer, compacted and snapshotted in the background, queried over HTTP.
+//!
+//! [`run`] opens the snapshots, starts the maintenance thread, the consumer thread (see
+//! [`consumer`](self) docs: recovery = snapshots + replay from their offsets, poison skipped,
+//! retryable records retried in order) and the HTTP server, and on `shutdown` stops them and
+//! writes a final snapshot of every shard, so a clean restart replays nothing. A kill -9
+//! loses nothing either: the restart replays from the last snapshots' offsets.
+
+mod config;
+mod consumer;
+mod error;
+mod http;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use embedstream_schemas::Codec;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{
+    ConsumerProfile, HttpSettings, KafkaSettings, Settings, SinkConfig, default_consumers,
+};
+pub use error::{ServiceError, ServiceResult};
+pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
+
+use crate::ShardedIndex;
+
+/// Runs the sink until `shutdown` (or a fatal error), serving the query API and `routes`
+/// (the binary's `/metrics`) on `config.listen`. `embedder` answers text queries; without
+/// one they are refused with 400.
+pub async fn run(
+    config: SinkConfig,
+    embedder: Option<Arc<dyn QueryEmbedder>>,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> ServiceResult<()> {
+    let spec = embedstream_topics::catalog::lookup(&config.model)
+        .map_err(|source| ServiceError::Model { source })?;
+    let settings = config.settings.clone().resolve(&spec, &config.topic)?;
+    let dir = config.data_dir.clone();
+    let index_config = settings.index.clone();
+    let index = tokio::task::spawn_blocking(move || ShardedIndex::open(dir, index_config))
+        .await
+        .map_err(|_| ServiceError::Thread {
+            what: "snapshot load",
+        })?
+        .map_err(|source| ServiceError::Index { source })?;
+    let index = Arc::new(index);
+    tracing::info!(
+        topic = %config.topic,
+        group = %config.group,
+        dir = %config.data_dir.display(),
+        items = index.len(),
+        resume = ?index.resume_offsets(),
+        "Index opened."
+    );
+    let maintenance = index.spawn_maintenance();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServiceError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(config.listen);
+
+    let progress = Arc::new(consumer::Progress::default());
+    let kafka = consumer::create(&config, Arc::clone(&progress))?;
+    let token = shutdown.child_token();
+    let work = consumer::Loop {
+        index: Arc::clone(&index),
+        codec: Codec::new(&config.registry_url),
+        runtime: tokio::runtime::Handle::current(),
+        model: config.model.clone(),
+        topic: config.topic.clone(),
+        retry_backoff: settings.kafka.retry_backoff,
+        metadata_refresh: settings.kafka.metadata_refresh,
+        progress: Arc::clone(&progress),
+        shutdown: token.clone(),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let stop_on_end = token.clone();
+    let consumer_thread = std::thread::Builder::new()
+        .name("sink-consumer".into())
+        .spawn(move || {
+            let result = work.run(&kafka);
+            // Whatever ended the loop ends the service.
+            stop_on_end.cancel();
+            let _ = done_tx.send(result);
+        })
+        .map_err(|_| ServiceError::Thread { what: "consumer" })?;
+
+    let api = Arc::new(http::Api {
+        latency: http::Api::latency_histograms(&settings.consumers, &config.model),
+        index: Arc::clone(&index),
+        model: config.model.clone(),
+        topic: config.topic.clone(),
+        group: config.group.clone(),
+        consumers: settings.consumers.clone(),
+        admission: Semaphore::new(settings.http.max_concurrent_queries),
+        http: settings.http.clone(),
+        embedder,
+        progress,
+    });
+    let app = http::router(api)
+        .merge(routes)
+        .layer(DefaultBodyLimit::max(settings.http.max_body_bytes));
+    tracing::info!(listen = %local, "Serving the query API and /metrics.");
+    let server_token = token.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(server_token.cancelled_owned())
+            .await
+    });
+
+    token.cancelled().await;
+    let consumed = done_rx
+        .await
+        .unwrap_or(Err(ServiceError::Thread { what: "consumer" }));
+    let _ = consumer_thread.join();
+    if let Err(error) = &consumed {
+        tracing::error!(error = %error, "The consumer stopped.");
+    }
+    let _ = server.await;
+    tracing::info!("Stopping compaction and writing the final snapshots.");
+    let persisted = tokio::task::spawn_blocking(move || {
+        maintenance.stop();
+        index.persist()
+    })
+    .await
+    .map_err(|_| ServiceError::Thread { what: "persist" })?;
+    persisted.map_err(|source| ServiceError::Index { source })?;
+    tracing::info!("Sink stopped.");
+    consumed
+}

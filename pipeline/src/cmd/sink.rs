@@ -1,0 +1,149 @@
+//! `embedstream sink`: options, and the text-query embedder the index sink cannot have
+//! itself (it does not depend on the models).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use embedstream_index_sink::service::{self, EmbedFuture, QueryEmbedder, Settings, SinkConfig};
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::embed::engine::{Engine, EngineConfig};
+use embedstream_topics::ModelRef;
+use embedstream_topics::names::parse_embeddings_topic;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::stage::PlatformArgs;
+
+/// Options of `sink`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SinkArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Model version to serve (`id@version`); its topic is `[<prefix>.]embeddings.<id>.v<N>`.
+    /// Default `minilm-l6-v2@1`.
+    #[arg(long, env = "EMBEDSTREAM_SINK_MODEL", conflicts_with = "topic")]
+    model: Option<ModelRef>,
+    /// The embedding topic, instead of `--model` (with the prefix, if any).
+    #[arg(long, env = "EMBEDSTREAM_SINK_TOPIC")]
+    topic: Option<String>,
+    /// This serving replica's name: each replica has its own consumer group and snapshots
+    /// and holds the whole index.
+    #[arg(long, env = "EMBEDSTREAM_SINK_REPLICA", default_value = "r0")]
+    replica: String,
+    /// Base directory of snapshots (they go in `<dir>/<topic>/<replica>`); default
+    /// `$EMBEDSTREAM_HOME/sink`, or `.dev/sink`.
+    #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the query API and `/metrics`.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_SINK_LISTEN",
+        default_value = "127.0.0.1:9401"
+    )]
+    listen: SocketAddr,
+    /// Config file (TOML, or JSON if it ends in .json): index, consumer profiles, Kafka, HTTP.
+    #[arg(long, env = "EMBEDSTREAM_SINK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where text queries are embedded: cpu or cuda (the model loads on the first one).
+    #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+    device: Device,
+}
+
+impl SinkArgs {
+    fn sink_config(&self) -> anyhow::Result<SinkConfig> {
+        let names = self.platform.names();
+        let model = match (&self.topic, &self.model) {
+            (Some(topic), _) => {
+                let prefix = self.platform.topic_prefix.trim_end_matches('.');
+                let bare = if prefix.is_empty() {
+                    Some(topic.as_str())
+                } else {
+                    topic.strip_prefix(&format!("{prefix}."))
+                };
+                bare.and_then(parse_embeddings_topic).with_context(|| {
+                    format!("{topic:?} is not an embedding topic under the prefix {prefix:?}")
+                })?
+            }
+            (None, Some(model)) => model.clone(),
+            (None, None) => ModelRef::new("minilm-l6-v2", 1)?,
+        };
+        let topic = names.embeddings(&model);
+        let base = self.data_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("EMBEDSTREAM_HOME")
+                .map_or_else(|| PathBuf::from(".dev"), PathBuf::from)
+                .join("sink")
+        });
+        let prefix = self.platform.topic_prefix.trim_end_matches('.');
+        let model_part = format!("{}-v{}", model.id, model.version);
+        let group = if prefix.is_empty() {
+            format!("embedstream-sink-{model_part}-{}", self.replica)
+        } else {
+            format!("embedstream-sink-{prefix}-{model_part}-{}", self.replica)
+        };
+        let settings = match &self.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        Ok(SinkConfig {
+            bootstrap: self.platform.bootstrap.clone(),
+            registry_url: self.platform.registry_url.clone(),
+            data_dir: base.join(&topic).join(&self.replica),
+            model,
+            topic,
+            group,
+            listen: self.listen,
+            settings,
+        })
+    }
+}
+
+/// Embeds text queries with the serving engine, loaded on the first text query (a sink that
+/// only gets vectors never loads the model).
+struct LazyEngine {
+    model: ModelRef,
+    device: Device,
+    engine: Arc<OnceCell<Engine>>,
+}
+
+impl QueryEmbedder for LazyEngine {
+    fn embed(&self, text: String) -> EmbedFuture {
+        let (model, device, cell) = (self.model.clone(), self.device, Arc::clone(&self.engine));
+        Box::pin(async move {
+            let engine = cell
+                .get_or_try_init(|| async move {
+                    tokio::task::spawn_blocking(move || {
+                        embedstream_pipeline::embed::open(&model, device, EngineConfig::default())
+                    })
+                    .await?
+                    // The engine's threads stop when its last handle is dropped.
+                    .map(|(engine, _threads)| engine)
+                    .map_err(Into::into)
+                })
+                .await
+                .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e)?;
+            let mut vectors = engine.embed(vec![text]).await?;
+            vectors
+                .pop()
+                .ok_or_else(|| "the engine returned no vector".into())
+        })
+    }
+}
+
+/// Runs the sink with `metrics` (the process's `/metrics` route) until `shutdown`.
+pub async fn run(
+    args: SinkArgs,
+    metrics: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = args.sink_config()?;
+    let embedder: Arc<dyn QueryEmbedder> = Arc::new(LazyEngine {
+        model: config.model.clone(),
+        device: args.device,
+        engine: Arc::new(OnceCell::new()),
+    });
+    service::run(config, Some(embedder), metrics, shutdown)
+        .await
+        .context("the index sink failed")
+}
