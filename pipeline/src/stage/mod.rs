@@ -328,7 +328,27 @@ async fn prepare_loop(
     let mut view = control.subscribe();
     let state = view.borrow_and_update().state.clone();
     models.sync(&state).await?;
-    while let Some(batch) = batches.recv().await {
+    let mut control_open = true;
+    loop {
+        // Control-log changes are applied as they come, also while no event arrives, so a
+        // version activated now writes every event consumed after its model is loaded.
+        let batch = tokio::select! {
+            biased;
+            changed = view.changed(), if control_open => {
+                // The follower stops at shutdown; the batches already taken still finish.
+                if changed.is_err() {
+                    control_open = false;
+                    continue;
+                }
+                let state = view.borrow_and_update().state.clone();
+                models.sync(&state).await?;
+                continue;
+            }
+            batch = batches.recv() => match batch {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+        };
         histogram!(m::QUEUE_SECONDS).record(batch.first_at.elapsed().as_secs_f64());
         histogram!(m::BATCH_ITEMS).record(batch.messages.len() as f64);
         // Follow the control log between batches; with no active version, wait for one.
@@ -376,7 +396,6 @@ async fn prepare_loop(
             return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Queues `texts` on every model (the engines' queues are bounded std channels: wait on a

@@ -1,8 +1,9 @@
-//! The stream stage against the real broker and registry: dead letters per kind, kill -9 and
-//! restart, a broker restart, a rebalance between two stage processes. Each test works under
+//! The stream stage against the real broker and registry: dead letters per kind, dual-write,
+//! kill -9 and restart, a broker restart, a rebalance between two stage processes. Each test works under
 //! its own topic prefix and consumer group, so tests share the broker.
 
 mod dead_letters;
+mod dual_write;
 mod faults;
 
 use std::collections::HashMap;
@@ -133,8 +134,6 @@ impl Platform {
             &self.group,
             "--partitions",
             "3",
-            "--listen",
-            "127.0.0.1:0",
             "--batch-size",
             "32",
         ])
@@ -155,6 +154,7 @@ impl Platform {
         let log = std::fs::File::create(&path).unwrap();
         let child = self
             .stage_command()
+            .args(["--listen", "127.0.0.1:0"])
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -441,9 +441,14 @@ pub async fn assert_state(platform: &Platform, live: &HashMap<String, String>) {
 
 /// Waits until a stage's log contains `needle`.
 pub async fn wait_log(path: &std::path::Path, needle: &str, timeout: Duration) {
+    wait_log_count(path, needle, 1, timeout).await;
+}
+
+/// Waits until a stage's log contains `needle` at least `n` times.
+pub async fn wait_log_count(path: &std::path::Path, needle: &str, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.matches(needle).count() >= n) {
             return;
         }
         assert!(

@@ -1,0 +1,145 @@
+//! Dual-write: activating a second model version in the control log makes the running stage
+//! write every later event to both versions, each counted on its own.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{EmbeddingRecord, ItemEvent};
+
+use super::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn models_command(p: &Platform, action: &str, model: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args([
+            "models",
+            action,
+            model,
+            "--bootstrap",
+            &p.bootstrap,
+            "--registry-url",
+            &p.registry,
+            "--topic-prefix",
+            &p.prefix,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "models {action} {model}");
+}
+
+fn metric(body: &str, name_and_labels: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
+    let p = Platform::new("dual-write");
+    p.ensure_topics().await;
+    let port = free_port();
+    let log_path = std::env::temp_dir()
+        .join("embedstream-tests")
+        .join(format!("{}-stage.log", p.prefix));
+    std::fs::create_dir_all(log_path.parent().unwrap()).unwrap();
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut stage = p
+        .stage_command()
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("NO_COLOR", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let before: Vec<ItemEvent> = (0..8)
+        .map(|i| {
+            upsert(
+                &format!("old-{i}"),
+                &format!("An item from before the migration, number {i}"),
+            )
+        })
+        .collect();
+    p.produce_events(&before).await;
+    p.wait_caught_up(Duration::from_secs(120)).await;
+
+    models_command(&p, "activate", "mpnet-base-v2@1");
+    // The running stage follows the control log: it loads MPNet, and events from then on go
+    // to both versions.
+    wait_log_count(
+        &log_path,
+        "Writing a new model version",
+        2,
+        Duration::from_secs(120),
+    )
+    .await;
+    let after: Vec<ItemEvent> = (0..6)
+        .map(|i| {
+            upsert(
+                &format!("new-{i}"),
+                &format!("An item written during the migration, number {i}"),
+            )
+        })
+        .collect();
+    p.produce_events(&after).await;
+    p.produce_raw(&[(Some(b"old-0".to_vec()), None)]).await;
+    p.wait_caught_up(Duration::from_secs(180)).await;
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(terminate(&mut stage).success());
+
+    let mpnet = p.names.embeddings(&"mpnet-base-v2@1".parse().unwrap());
+    let mut on_mpnet: Vec<(String, Option<usize>)> = Vec::new();
+    let codec = Codec::new(&p.registry);
+    for (key, value, _, _) in p.read_all(&mpnet) {
+        let key = String::from_utf8(key.unwrap()).unwrap();
+        let dim = match value {
+            Some(v) => Some(
+                codec
+                    .decode::<EmbeddingRecord>(&v)
+                    .await
+                    .unwrap()
+                    .vector
+                    .len(),
+            ),
+            None => None,
+        };
+        on_mpnet.push((key, dim));
+    }
+    on_mpnet.sort();
+    let mut want: Vec<(String, Option<usize>)> =
+        (0..6).map(|i| (format!("new-{i}"), Some(768))).collect();
+    want.push(("old-0".to_owned(), None));
+    want.sort();
+    assert_eq!(
+        on_mpnet, want,
+        "only events after the activation, 768-d, and the delete"
+    );
+    let minilm = p.embedding_state().await;
+    assert_eq!(minilm.len(), 8 + 6 - 1, "MiniLM kept getting every event");
+    assert!(minilm.values().all(|r| r.vector.len() == 384));
+    // Each version's writes are counted on their own.
+    let ok = |v: &str| {
+        metric(
+            &metrics,
+            &format!("embedstream_stage_produced_total{{model_version=\"{v}\",result=\"ok\"}}"),
+        )
+    };
+    assert_eq!(ok("minilm-l6-v2@1"), 15.0, "{metrics}");
+    assert_eq!(ok("mpnet-base-v2@1"), 7.0, "{metrics}");
+}
