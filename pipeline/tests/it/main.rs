@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod engine;
 mod parity;
+mod sink;
 mod stage;
 mod tokenize;

@@ -1,0 +1,128 @@
+//! Upserts, updates, deletes, tombstones and poison records through the real topic into the
+//! sink binary; exact answers over HTTP before and after compactions.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{
+    Oracle, Put, Sink, assert_exact_search, assert_items, config, produce, record, test_dir,
+    unit_vector,
+};
+use crate::stage::Platform;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_are_exact_over_hot_and_main_with_updates_deletes_and_poison() {
+    let platform = Platform::new("sink-serve");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let mut oracle = Oracle::default();
+
+    // Phase 1: 300 items; enough for each of the 2 shards to build its first main.
+    let puts = (0..300)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let sink = Sink::start(&platform, &dir, &config(100, 0.08), "sink").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    let stats = sink.wait_compactions(1, Duration::from_secs(30)).await;
+    assert!(
+        stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["main_vectors"].as_u64().unwrap() > 0),
+        "every shard has a main: {stats}"
+    );
+    assert_items(&sink, &oracle).await;
+    assert_exact_search(&sink, &oracle, "exact", &[1000, 1001, 1002, 1003, 1004]).await;
+
+    // Phase 2, on items now in main: updates (new vectors), deletes by tombstone, new items,
+    // and poison: wrong dimension, NaN, undecodable bytes, key ≠ item id, zero vector.
+    let mut puts = Vec::new();
+    for i in (0..300).step_by(7) {
+        puts.push(Put::Record(record(
+            &format!("item-{i}"),
+            unit_vector(10_000 + i),
+        )));
+    }
+    for i in (3..300).step_by(11) {
+        puts.push(Put::Tombstone(format!("item-{i}")));
+    }
+    for i in 300..340 {
+        puts.push(Put::Record(record(&format!("item-{i}"), unit_vector(i))));
+    }
+    puts.push(Put::Record(record("item-1", vec![0.5; 3])));
+    let mut nan = unit_vector(2);
+    nan[17] = f32::NAN;
+    puts.push(Put::Record(record("item-2", nan)));
+    puts.push(Put::Raw(
+        "item-4".into(),
+        vec![0xff, 0x01, 0x02, 0x03, 0x04, 0x05],
+    ));
+    puts.push(Put::Record(record("item-5", vec![0.0; 384])));
+    let mut mismatched = record("item-6", unit_vector(6));
+    mismatched.item_id = "someone-else".into();
+    let mismatched_bytes = embedstream_schemas::Codec::new(&platform.registry)
+        .encode(&platform.embeddings(), &mismatched)
+        .await
+        .unwrap();
+    puts.push(Put::Raw("item-6".into(), mismatched_bytes));
+    // A good record after the poison on the same keys: the partition kept going.
+    puts.push(Put::Record(record("item-1", unit_vector(20_001))));
+    produce(&platform, &mut oracle, puts).await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+
+    assert_items(&sink, &oracle).await;
+    assert_exact_search(&sink, &oracle, "exact", &[2000, 2001, 2002, 2003, 2004]).await;
+    // An updated item is found by its new vector and no longer by its old one.
+    let top = sink.top_k("exact", &unit_vector(10_007), 1).await;
+    assert_eq!(top[0].0, "item-7");
+    assert!(top[0].1 > 0.9999);
+    let old = sink.top_k("exact", &unit_vector(7), 1).await;
+    assert_ne!(
+        old[0].0, "item-7",
+        "the stale vector of item-7 is still served"
+    );
+    for gone in ["item-2", "item-3", "item-4", "item-5", "item-6"] {
+        assert_eq!(sink.item(gone).await, None, "{gone} must be gone");
+    }
+    let metrics = reqwest::get(sink.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in [
+        "dimension_mismatch",
+        "non_finite",
+        "malformed_framing",
+        "zero_vector",
+        "key_mismatch",
+    ] {
+        assert!(
+            metrics.contains(&format!("error_type=\"{kind}\"")),
+            "no poison count for {kind} in /metrics"
+        );
+    }
+    for name in [
+        "embedstream_query_seconds_bucket{consumer=\"exact\"",
+        "embedstream_sink_freshness_seconds",
+        "embedstream_sink_consumer_lag_records",
+        "embedstream_index_hot_vectors",
+        "embedstream_index_compactions_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // After the next compactions (triggered by the phase 2 writes) answers stay exact.
+    let (status, body) = sink
+        .search(json!({"consumer": "search", "vector": unit_vector(3000)}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["k"], 10, "the profile's default k");
+    assert_eq!(body["results"].as_array().unwrap().len(), 10);
+    drop(sink);
+}
