@@ -126,3 +126,38 @@ async fn queries_are_exact_over_hot_and_main_with_updates_deletes_and_poison() {
     assert_eq!(body["results"].as_array().unwrap().len(), 10);
     drop(sink);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_queries_are_embedded_with_the_topics_model() {
+    let platform = Platform::new("sink-text");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let texts = [
+        "GNU Bourne Again SHell",
+        "lossless data compression with the LZMA algorithm",
+        "a free office suite with a word processor and spreadsheets",
+    ];
+    let vectors = crate::stage::engine()
+        .embed(texts.iter().map(|t| (*t).to_owned()).collect())
+        .await
+        .unwrap();
+    let mut oracle = Oracle::default();
+    let puts = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| Put::Record(record(&format!("pkg-{i}"), v)))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let sink = Sink::start(&platform, &dir, &config(1000, 0.08), "sink").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    for (i, text) in texts.iter().enumerate() {
+        let (status, body) = sink
+            .search(json!({"consumer": "search", "text": text, "k": 3}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let top = &body["results"][0];
+        assert_eq!(top["item_id"], format!("pkg-{i}"), "{body}");
+        assert!(top["score"].as_f64().unwrap() > 0.9999, "{body}");
+    }
+}
