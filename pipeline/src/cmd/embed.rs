@@ -37,6 +37,10 @@ pub struct EmbedArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Model replicas on their own threads (CPU only; a GPU runs one). Two keep both cores
+    /// of a 2-core machine busy.
+    #[arg(long, env = "EMBEDSTREAM_REPLICAS", default_value_t = 2)]
+    replicas: usize,
     /// Texts longer than this many bytes are refused (they would be truncated anyway).
     #[arg(long, default_value_t = 1 << 20)]
     max_text_bytes: usize,
@@ -89,6 +93,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         max_batch_size: args.batch_size.max(1),
         max_batch_tokens: args.batch_tokens.max(1),
+        replicas: args.replicas.max(1),
         ..EngineConfig::default()
     };
     let (engine, threads) = embedstream_pipeline::embed::open(&model, args.device, config)

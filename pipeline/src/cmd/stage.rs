@@ -64,6 +64,10 @@ pub struct StageArgs {
     /// cpu or cuda.
     #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
     device: Device,
+    /// Model replicas on their own threads (CPU only; a GPU runs one). Two keep both cores
+    /// of a 2-core machine busy.
+    #[arg(long, env = "EMBEDSTREAM_REPLICAS", default_value_t = 2)]
+    replicas: usize,
     /// Events per batch taken from Kafka. The engine sorts a batch's texts by length and cuts
     /// it into forward passes, so a bigger batch wastes less on padding.
     #[arg(long, default_value_t = 256)]
@@ -115,6 +119,7 @@ impl StageArgs {
             engine: EngineConfig {
                 max_batch_tokens: self.batch_tokens,
                 max_batch_size: self.model_batch_size.max(1),
+                replicas: self.replicas.max(1),
                 ..EngineConfig::default()
             },
             batching: Batching {

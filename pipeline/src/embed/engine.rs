@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// How many queued texts the model thread sorts together.
     pub sort_window: usize,
+    /// Model replicas, each on its own thread, taking batches from one queue. On a CPU, two
+    /// replicas keep both cores busy where one forward pass alone leaves a core idle in its
+    /// serial parts; on a GPU, one.
+    pub replicas: usize,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +60,7 @@ impl Default for EngineConfig {
             max_batch_size: 64,
             queue_capacity: 4096,
             sort_window: 1024,
+            replicas: 1,
         }
     }
 }
@@ -148,6 +153,7 @@ impl std::fmt::Debug for Engine {
 pub struct EngineThreads {
     tokenizer: JoinHandle<()>,
     model: JoinHandle<()>,
+    replicas: Vec<JoinHandle<()>>,
 }
 
 impl EngineThreads {
@@ -155,6 +161,9 @@ impl EngineThreads {
     pub fn join(self) {
         let _ = self.tokenizer.join();
         let _ = self.model.join();
+        for r in self.replicas {
+            let _ = r.join();
+        }
     }
 }
 
@@ -175,22 +184,69 @@ impl Engine {
         config: EngineConfig,
         name: &str,
     ) -> (Self, EngineThreads) {
-        let dimension = model.dimension();
+        Self::start_replicated(vec![model], tokenizer, config, name)
+    }
+
+    /// Starts the engine with one thread per model replica (all of the same weights).
+    ///
+    /// # Panics
+    /// When `models` is empty, or a thread cannot be spawned.
+    pub fn start_replicated(
+        models: Vec<Box<dyn Embedder>>,
+        tokenizer: TextTokenizer,
+        config: EngineConfig,
+        name: &str,
+    ) -> (Self, EngineThreads) {
+        assert!(!models.is_empty(), "an engine needs a model");
+        let dimension = models[0].dimension();
         let max_seq_length = tokenizer.max_seq_length();
         let (req_tx, req_rx) = mpsc::sync_channel::<Request>(64);
         let (item_tx, item_rx) = mpsc::sync_channel::<Item>(config.queue_capacity);
+        // One batch per replica waits while each replica computes one.
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Item>>(models.len());
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
         let times = Arc::new(Mutex::new(PhaseTimes::default()));
-        let t1 = times.clone();
-        let (n1, n2) = (name.to_owned(), name.to_owned());
-        let tokenizer_thread = std::thread::Builder::new()
-            .name("embed-tokenize".into())
-            .spawn(move || tokenize_loop(tokenizer, req_rx, item_tx, t1, n1))
-            .unwrap_or_else(|e| panic!("cannot spawn the tokenizer thread: {e}"));
-        let t2 = times.clone();
-        let model_thread = std::thread::Builder::new()
-            .name("embed-model".into())
-            .spawn(move || model_loop(model, item_rx, config, t2, n2))
-            .unwrap_or_else(|e| panic!("cannot spawn the model thread: {e}"));
+        let spawn = |thread: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(thread.clone())
+                .spawn(f)
+                .unwrap_or_else(|e| panic!("cannot spawn the {thread} thread: {e}"))
+        };
+        let (t1, n1) = (times.clone(), name.to_owned());
+        let tokenizer_thread = spawn(
+            "embed-tokenize".into(),
+            Box::new(move || tokenize_loop(tokenizer, req_rx, item_tx, t1, n1)),
+        );
+        let model_thread = spawn(
+            "embed-batcher".into(),
+            Box::new(move || batch_loop(item_rx, config, batch_tx)),
+        );
+        // With several replicas, each gets its own share of the cores as a rayon pool of its
+        // own: replicas sharing the global pool oversubscribe it (its idle workers spin), and
+        // measured no faster than one.
+        let count = models.len();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let replicas = models
+            .into_iter()
+            .enumerate()
+            .map(|(i, model)| {
+                let (rx, t, n) = (batch_rx.clone(), times.clone(), name.to_owned());
+                let pool = (count > 1).then(|| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads((cores / count).max(1))
+                        .thread_name(move |j| format!("embed-model-{i}-{j}"))
+                        .build()
+                        .unwrap_or_else(|e| panic!("cannot start a rayon pool: {e}"))
+                });
+                spawn(
+                    format!("embed-model-{i}"),
+                    Box::new(move || match pool {
+                        Some(pool) => pool.install(|| model_loop(model, rx, t, n)),
+                        None => model_loop(model, rx, t, n),
+                    }),
+                )
+            })
+            .collect();
         (
             Self {
                 requests: req_tx,
@@ -201,6 +257,7 @@ impl Engine {
             EngineThreads {
                 tokenizer: tokenizer_thread,
                 model: model_thread,
+                replicas,
             },
         )
     }
@@ -323,17 +380,9 @@ pub(crate) fn cut_batches(
     batches
 }
 
-fn model_loop(
-    mut model: Box<dyn Embedder>,
-    items: Receiver<Item>,
-    config: EngineConfig,
-    times: Arc<Mutex<PhaseTimes>>,
-    name: String,
-) {
-    let infer_seconds = metrics::histogram!(INFER_SECONDS, "model_version" => name.clone());
-    let batch_items = metrics::histogram!(BATCH_ITEMS, "model_version" => name.clone());
-    let padded = metrics::counter!(PADDED_TOKENS, "model_version" => name.clone());
-    let real = metrics::counter!(TOKENS, "model_version" => name);
+/// Takes what is queued (up to the sort window), sorts it by length and cuts it into batches
+/// under the token budget, for the replicas to take.
+fn batch_loop(items: Receiver<Item>, config: EngineConfig, batches: SyncSender<Vec<Item>>) {
     let mut pending: Vec<Item> = Vec::new();
     // Block for the first item; the loop ends when every sender is gone.
     while let Ok(first) = items.recv() {
@@ -347,41 +396,65 @@ fn model_loop(
         }
         pending.sort_by_key(|i| i.ids.len());
         let lengths: Vec<usize> = pending.iter().map(|i| i.ids.len()).collect();
+        let mut rest = std::mem::take(&mut pending).into_iter();
         for range in cut_batches(&lengths, config.max_batch_tokens, config.max_batch_size) {
-            let batch = &pending[range];
-            let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
-            let start = Instant::now();
-            let vectors = model.embed(&ids);
-            infer_seconds.record(start.elapsed().as_secs_f64());
-            batch_items.record(batch.len() as f64);
-            real.increment(ids.iter().map(|i| i.len() as u64).sum::<u64>());
-            padded.increment((ids.len() * ids.last().map_or(0, |i| i.len())) as u64);
-            if let Ok(mut t) = times.lock() {
-                t.forward += start.elapsed();
-                t.batches += 1;
-                t.texts += batch.len() as u64;
-                t.tokens += ids.iter().map(|i| i.len() as u64).sum::<u64>();
-                t.padded_tokens += (ids.len() * ids.last().map_or(0, |i| i.len())) as u64;
-            }
-            for (item, vector) in batch.iter().zip(vectors) {
-                let mut state = item
-                    .request
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                state.vectors[item.index] = Some(vector);
-                state.remaining -= 1;
-                if state.remaining == 0
-                    && let Some(reply) = state.reply.take()
-                {
-                    let vectors = std::mem::take(&mut state.vectors)
-                        .into_iter()
-                        .map(Option::unwrap_or_default)
-                        .collect();
-                    let _ = reply.send(Ok(vectors));
-                }
+            let batch: Vec<Item> = rest.by_ref().take(range.len()).collect();
+            if batches.send(batch).is_err() {
+                return;
             }
         }
-        pending.clear();
+    }
+}
+
+fn model_loop(
+    mut model: Box<dyn Embedder>,
+    batches: Arc<Mutex<Receiver<Vec<Item>>>>,
+    times: Arc<Mutex<PhaseTimes>>,
+    name: String,
+) {
+    let infer_seconds = metrics::histogram!(INFER_SECONDS, "model_version" => name.clone());
+    let batch_items = metrics::histogram!(BATCH_ITEMS, "model_version" => name.clone());
+    let padded = metrics::counter!(PADDED_TOKENS, "model_version" => name.clone());
+    let real = metrics::counter!(TOKENS, "model_version" => name);
+    loop {
+        let next = batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv();
+        let Ok(batch) = next else { return };
+        let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
+        let start = Instant::now();
+        let vectors = model.embed(&ids);
+        infer_seconds.record(start.elapsed().as_secs_f64());
+        batch_items.record(batch.len() as f64);
+        let tokens = ids.iter().map(|i| i.len() as u64).sum::<u64>();
+        let padded_tokens = (ids.len() * ids.last().map_or(0, |i| i.len())) as u64;
+        real.increment(tokens);
+        padded.increment(padded_tokens);
+        if let Ok(mut t) = times.lock() {
+            t.forward += start.elapsed();
+            t.batches += 1;
+            t.texts += batch.len() as u64;
+            t.tokens += tokens;
+            t.padded_tokens += padded_tokens;
+        }
+        for (item, vector) in batch.iter().zip(vectors) {
+            let mut state = item
+                .request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.vectors[item.index] = Some(vector);
+            state.remaining -= 1;
+            if state.remaining == 0
+                && let Some(reply) = state.reply.take()
+            {
+                let vectors = std::mem::take(&mut state.vectors)
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
+                let _ = reply.send(Ok(vectors));
+            }
+        }
     }
 }
 

@@ -31,6 +31,13 @@ pub fn open_named(
     let spec = catalog::lookup(model)?;
     let dir = models::fetch(&spec, &models::home())?;
     let (embedder, model_config) = load_embedder(&dir, device)?;
+    let mut replicas = vec![embedder];
+    // A GPU runs one replica; CPU replicas share the cores (see `EngineConfig::replicas`).
+    if device == Device::Cpu {
+        for _ in 1..config.replicas.max(1) {
+            replicas.push(load_embedder(&dir, device)?.0);
+        }
+    }
     let tokenizer = TextTokenizer::load(&dir, model_config.max_seq_length)?;
-    Ok(Engine::start_named(embedder, tokenizer, config, name))
+    Ok(Engine::start_replicated(replicas, tokenizer, config, name))
 }

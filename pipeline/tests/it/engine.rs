@@ -14,6 +14,8 @@ async fn concurrent_requests_come_back_in_order() {
     let config = EngineConfig {
         max_batch_tokens: 512,
         max_batch_size: 5,
+        // Two replicas take batches from one queue: order and values must not depend on which.
+        replicas: 2,
         ..EngineConfig::default()
     };
     let (engine, threads) = open(&spec.model, Device::Cpu, config).unwrap();
