@@ -107,7 +107,18 @@ struct RequestState {
 struct Item {
     ids: Vec<u32>,
     index: usize,
+    /// Arrival order, so the oldest text is served first.
+    seq: u64,
     request: Arc<Mutex<RequestState>>,
+}
+
+/// What the batcher receives: texts from the tokenizer, and replicas asking for work.
+enum ToBatcher {
+    Item(Item),
+    /// Replica `n` is idle.
+    Ready(usize),
+    /// The tokenizer is gone: serve what is pending, then stop.
+    Closed,
 }
 
 struct Request {
@@ -201,10 +212,12 @@ impl Engine {
         let dimension = models[0].dimension();
         let max_seq_length = tokenizer.max_seq_length();
         let (req_tx, req_rx) = mpsc::sync_channel::<Request>(64);
-        let (item_tx, item_rx) = mpsc::sync_channel::<Item>(config.queue_capacity);
-        // One batch per replica waits while each replica computes one.
-        let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Item>>(models.len());
-        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        let (item_tx, item_rx) = mpsc::sync_channel::<ToBatcher>(config.queue_capacity);
+        let ready_tx = item_tx.clone();
+        // Each replica gets its batches through a channel of its own, one batch at a time.
+        let (batch_txs, batch_rxs): (Vec<_>, Vec<_>) = (0..models.len())
+            .map(|_| mpsc::sync_channel::<Vec<Item>>(1))
+            .unzip();
         let times = Arc::new(Mutex::new(PhaseTimes::default()));
         let spawn = |thread: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -219,7 +232,7 @@ impl Engine {
         );
         let model_thread = spawn(
             "embed-batcher".into(),
-            Box::new(move || batch_loop(item_rx, config, batch_tx)),
+            Box::new(move || batch_loop(item_rx, config, batch_txs)),
         );
         // With several replicas, each gets its own share of the cores as a rayon pool of its
         // own: replicas sharing the global pool oversubscribe it (its idle workers spin), and
@@ -228,9 +241,10 @@ impl Engine {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let replicas = models
             .into_iter()
+            .zip(batch_rxs)
             .enumerate()
-            .map(|(i, model)| {
-                let (rx, t, n) = (batch_rx.clone(), times.clone(), name.to_owned());
+            .map(|(i, (model, rx))| {
+                let (ready, t, n) = (ready_tx.clone(), times.clone(), name.to_owned());
                 let pool = (count > 1).then(|| {
                     rayon::ThreadPoolBuilder::new()
                         .num_threads((cores / count).max(1))
@@ -241,12 +255,15 @@ impl Engine {
                 spawn(
                     format!("embed-model-{i}"),
                     Box::new(move || match pool {
-                        Some(pool) => pool.install(|| model_loop(model, rx, t, n)),
-                        None => model_loop(model, rx, t, n),
+                        Some(pool) => {
+                            pool.install(move || model_loop(model, i, &ready, &rx, &t, n))
+                        }
+                        None => model_loop(model, i, &ready, &rx, &t, n),
                     }),
                 )
             })
             .collect();
+        drop(ready_tx);
         (
             Self {
                 requests: req_tx,
@@ -309,11 +326,25 @@ impl Engine {
 fn tokenize_loop(
     tokenizer: TextTokenizer,
     requests: Receiver<Request>,
-    items: SyncSender<Item>,
+    items: SyncSender<ToBatcher>,
     times: Arc<Mutex<PhaseTimes>>,
     name: String,
 ) {
-    let tokenize_seconds = metrics::histogram!(TOKENIZE_SECONDS, "model_version" => name);
+    let mut seq = 0u64;
+    tokenize_requests(&tokenizer, requests, &items, &times, &name, &mut seq);
+    let _ = items.send(ToBatcher::Closed);
+}
+
+fn tokenize_requests(
+    tokenizer: &TextTokenizer,
+    requests: Receiver<Request>,
+    items: &SyncSender<ToBatcher>,
+    times: &Arc<Mutex<PhaseTimes>>,
+    name: &str,
+    seq: &mut u64,
+) {
+    let tokenize_seconds =
+        metrics::histogram!(TOKENIZE_SECONDS, "model_version" => name.to_owned());
     for Request { texts, reply } in requests {
         let start = Instant::now();
         let mut tokenized = Vec::with_capacity(texts.len());
@@ -345,12 +376,14 @@ fn tokenize_loop(
             reply: Some(reply),
         }));
         for (index, ids) in tokenized.into_iter().enumerate() {
+            *seq += 1;
             let item = Item {
                 ids,
                 index,
+                seq: *seq,
                 request: state.clone(),
             };
-            if items.send(item).is_err() {
+            if items.send(ToBatcher::Item(item)).is_err() {
                 return;
             }
         }
@@ -380,26 +413,68 @@ pub(crate) fn cut_batches(
     batches
 }
 
-/// Takes what is queued (up to the sort window), sorts it by length and cuts it into batches
-/// under the token budget, for the replicas to take.
-fn batch_loop(items: Receiver<Item>, config: EngineConfig, batches: SyncSender<Vec<Item>>) {
+/// Continuous batching: texts wait here until a replica is idle; then everything pending is
+/// sorted by length, cut under the token budget, and the idle replica gets the batch holding
+/// the oldest text. While the replicas are busy, arrivals pile up and the next batch is cut
+/// from all of them, so batches grow with load instead of being fixed ahead of time.
+fn batch_loop(
+    messages: Receiver<ToBatcher>,
+    config: EngineConfig,
+    replicas: Vec<SyncSender<Vec<Item>>>,
+) {
     let mut pending: Vec<Item> = Vec::new();
-    // Block for the first item; the loop ends when every sender is gone.
-    while let Ok(first) = items.recv() {
-        pending.push(first);
-        // Take what is queued now (a short wait lets a request's texts arrive together).
+    let mut idle: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut closed = false;
+    let handle = |m: ToBatcher,
+                  pending: &mut Vec<Item>,
+                  idle: &mut std::collections::VecDeque<usize>,
+                  closed: &mut bool| match m {
+        ToBatcher::Item(item) => pending.push(item),
+        ToBatcher::Ready(r) => idle.push_back(r),
+        ToBatcher::Closed => *closed = true,
+    };
+    loop {
+        if closed && pending.is_empty() {
+            return;
+        }
+        if idle.is_empty() || pending.is_empty() {
+            match messages.recv() {
+                Ok(m) => handle(m, &mut pending, &mut idle, &mut closed),
+                Err(_) => return,
+            }
+            // A short wait lets a request's texts arrive together.
+            while pending.len() < config.sort_window {
+                match messages.recv_timeout(Duration::from_micros(200)) {
+                    Ok(m) => handle(m, &mut pending, &mut idle, &mut closed),
+                    Err(_) => break,
+                }
+            }
+            continue;
+        }
+        // Take everything queued now.
         while pending.len() < config.sort_window {
-            match items.recv_timeout(Duration::from_micros(200)) {
-                Ok(item) => pending.push(item),
+            match messages.try_recv() {
+                Ok(m) => handle(m, &mut pending, &mut idle, &mut closed),
                 Err(_) => break,
             }
         }
-        pending.sort_by_key(|i| i.ids.len());
-        let lengths: Vec<usize> = pending.iter().map(|i| i.ids.len()).collect();
-        let mut rest = std::mem::take(&mut pending).into_iter();
-        for range in cut_batches(&lengths, config.max_batch_tokens, config.max_batch_size) {
-            let batch: Vec<Item> = rest.by_ref().take(range.len()).collect();
-            if batches.send(batch).is_err() {
+        while !pending.is_empty()
+            && let Some(replica) = idle.pop_front()
+        {
+            pending.sort_by_key(|i| i.ids.len());
+            let lengths: Vec<usize> = pending.iter().map(|i| i.ids.len()).collect();
+            let oldest = pending
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, i)| i.seq)
+                .map_or(0, |(at, _)| at);
+            let ranges = cut_batches(&lengths, config.max_batch_tokens, config.max_batch_size);
+            let range = ranges
+                .into_iter()
+                .find(|r| r.contains(&oldest))
+                .unwrap_or(0..1);
+            let batch: Vec<Item> = pending.drain(range).collect();
+            if replicas[replica].send(batch).is_err() {
                 return;
             }
         }
@@ -408,8 +483,10 @@ fn batch_loop(items: Receiver<Item>, config: EngineConfig, batches: SyncSender<V
 
 fn model_loop(
     mut model: Box<dyn Embedder>,
-    batches: Arc<Mutex<Receiver<Vec<Item>>>>,
-    times: Arc<Mutex<PhaseTimes>>,
+    replica: usize,
+    ready: &SyncSender<ToBatcher>,
+    batches: &Receiver<Vec<Item>>,
+    times: &Arc<Mutex<PhaseTimes>>,
     name: String,
 ) {
     let infer_seconds = metrics::histogram!(INFER_SECONDS, "model_version" => name.clone());
@@ -417,11 +494,10 @@ fn model_loop(
     let padded = metrics::counter!(PADDED_TOKENS, "model_version" => name.clone());
     let real = metrics::counter!(TOKENS, "model_version" => name);
     loop {
-        let next = batches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .recv();
-        let Ok(batch) = next else { return };
+        if ready.send(ToBatcher::Ready(replica)).is_err() {
+            return;
+        }
+        let Ok(batch) = batches.recv() else { return };
         let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
         let start = Instant::now();
         let vectors = model.embed(&ids);
