@@ -109,6 +109,8 @@ struct Item {
     index: usize,
     /// Arrival order, so the oldest text is served first.
     seq: u64,
+    /// When it was queued.
+    queued: Instant,
     request: Arc<Mutex<RequestState>>,
 }
 
@@ -381,6 +383,7 @@ fn tokenize_requests(
                 ids,
                 index,
                 seq: *seq,
+                queued: Instant::now(),
                 request: state.clone(),
             };
             if items.send(ToBatcher::Item(item)).is_err() {
@@ -413,9 +416,12 @@ pub(crate) fn cut_batches(
     batches
 }
 
+/// After this long in the queue, a text's batch is served before fuller ones.
+const OLDEST_FIRST_AFTER: Duration = Duration::from_millis(500);
+
 /// Continuous batching: texts wait here until a replica is idle; then everything pending is
-/// sorted by length, cut under the token budget, and the idle replica gets the batch holding
-/// the oldest text. While the replicas are busy, arrivals pile up and the next batch is cut
+/// sorted by length, cut under the token budget, and the idle replica gets the first (full)
+/// batch, or the one holding the oldest text once that has waited [`OLDEST_FIRST_AFTER`]. While the replicas are busy, arrivals pile up and the next batch is cut
 /// from all of them, so batches grow with load instead of being fixed ahead of time.
 fn batch_loop(
     messages: Receiver<ToBatcher>,
@@ -463,16 +469,20 @@ fn batch_loop(
         {
             pending.sort_by_key(|i| i.ids.len());
             let lengths: Vec<usize> = pending.iter().map(|i| i.ids.len()).collect();
-            let oldest = pending
+            let (oldest, waited) = pending
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, i)| i.seq)
-                .map_or(0, |(at, _)| at);
+                .map_or((0, Duration::ZERO), |(at, i)| (at, i.queued.elapsed()));
             let ranges = cut_batches(&lengths, config.max_batch_tokens, config.max_batch_size);
-            let range = ranges
-                .into_iter()
-                .find(|r| r.contains(&oldest))
-                .unwrap_or(0..1);
+            // The first cut is a full one (the greedy cut starts there), the most efficient
+            // pass; a text that has waited too long goes first instead.
+            let range = if waited >= OLDEST_FIRST_AFTER {
+                ranges.into_iter().find(|r| r.contains(&oldest))
+            } else {
+                ranges.into_iter().next()
+            }
+            .unwrap_or(0..1);
             let batch: Vec<Item> = pending.drain(range).collect();
             if replicas[replica].send(batch).is_err() {
                 return;
