@@ -98,11 +98,16 @@ def test_a_failing_registry_stops_the_broker_it_started(env):
 
 def test_up_runs_the_platform_and_down_stops_it(env):
     e, ports, state = env
-    platform = free_port()
+    platform, query = free_port(), free_port()
     e["PLATFORM_PORT"] = str(platform)
+    e["QUERY_PORT"] = str(query)
     r = dev(e, "up")
     assert r.returncode == 0, r.stderr
-    assert listening(platform)
+    assert listening(platform) and listening(query)
+    import json
+    import urllib.request
+    stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{query}/v1/stats", timeout=10))
+    assert stats, "the query API answers with the index's stats"
     status = dev(e, "status")
     assert any(line.startswith("platform") and line.endswith("healthy") for line in status.stdout.splitlines()), status.stdout
     # The embed stage is running: it registered the initial model in the control log.
@@ -117,5 +122,5 @@ def test_up_runs_the_platform_and_down_stops_it(env):
     assert again.returncode == 0, again.stderr
     assert "platform is already running" in again.stderr
     assert dev(e, "down").returncode == 0
-    assert not listening(platform)
+    assert not listening(platform) and not listening(query)
     assert nothing_running(state)

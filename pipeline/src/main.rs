@@ -50,9 +50,9 @@ enum Command {
     Embed(cmd::embed::EmbedArgs),
     /// The stream stage: `items` → every active model version → `embeddings.<model>.v<N>`.
     EmbedStage(cmd::stage::StageArgs),
-    /// Every service of the platform in one process (today: the embed stage; the sinks, the
-    /// query API and the drift consumer join as they land).
-    Up(cmd::stage::StageArgs),
+    /// Every service of the platform in one process: the embed stage, and the index sink with
+    /// the query API of the initial model version (the drift consumer joins as it lands).
+    Up(cmd::up::UpArgs),
     /// Index sink of one embedding topic: hot shards + HNSW, snapshots, the query API.
     Sink(cmd::sink::SinkArgs),
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
@@ -155,9 +155,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Embed(args) => {
             tokio::task::spawn_blocking(move || cmd::embed::run(args)).await??
         }
-        Command::EmbedStage(args) | Command::Up(args) => {
+        Command::EmbedStage(args) => {
             let shutdown = shutdown_on_signal();
             cmd::stage::run(args, telemetry::metrics_router()?, shutdown).await?;
+        }
+        Command::Up(args) => {
+            let shutdown = shutdown_on_signal();
+            cmd::up::run(args, telemetry::metrics_router()?, shutdown).await?;
         }
         Command::Sink(args) => {
             let shutdown = shutdown_on_signal();

@@ -4,3 +4,4 @@ pub mod embed;
 pub mod produce;
 pub mod sink;
 pub mod stage;
+pub mod up;

@@ -52,6 +52,25 @@ pub struct SinkArgs {
 }
 
 impl SinkArgs {
+    /// A sink of `model` on `platform`, with the defaults of the command line.
+    pub fn for_model(
+        platform: PlatformArgs,
+        model: ModelRef,
+        listen: SocketAddr,
+        data_dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            platform,
+            model: Some(model),
+            topic: None,
+            replica: "r0".to_owned(),
+            data_dir,
+            listen,
+            config: None,
+            device: Device::Cpu,
+        }
+    }
+
     fn sink_config(&self) -> anyhow::Result<SinkConfig> {
         let names = self.platform.names();
         let model = match (&self.topic, &self.model) {

@@ -100,12 +100,17 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
-    fn config(&self) -> anyhow::Result<StageConfig> {
-        let initial_model = if self.initial_model.is_empty() {
+    /// The model registered as active on an empty control log, if any.
+    pub fn initial_model(&self) -> anyhow::Result<Option<ModelRef>> {
+        Ok(if self.initial_model.is_empty() {
             None
         } else {
             Some(self.initial_model.parse::<ModelRef>()?)
-        };
+        })
+    }
+
+    fn config(&self) -> anyhow::Result<StageConfig> {
+        let initial_model = self.initial_model()?;
         Ok(StageConfig {
             bootstrap: self.platform.bootstrap.clone(),
             registry_url: self.platform.registry_url.clone(),
