@@ -479,21 +479,16 @@ impl<W: io::Write> CrcWriter<W> {
         self.i64(r.event_time_ms)
     }
     fn f32s(&mut self, v: &[f32]) -> io::Result<()> {
-        for chunk in v.chunks(1 << 14) {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-            let res = self.bytes(&buf);
-            self.buf = buf;
-            res?;
-        }
-        Ok(())
+        self.words(v, f32::to_le_bytes)
     }
     fn u32s(&mut self, v: &[u32]) -> io::Result<()> {
+        self.words(v, u32::to_le_bytes)
+    }
+    fn words<T: Copy>(&mut self, v: &[T], f: fn(T) -> [u8; 4]) -> io::Result<()> {
         for chunk in v.chunks(1 << 14) {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            buf.extend(chunk.iter().flat_map(|&x| f(x)));
             let res = self.bytes(&buf);
             self.buf = buf;
             res?;

@@ -34,3 +34,12 @@ pub fn reference(spec: &ModelSpec) -> Reference {
         .join(format!("{}.json", spec.model.id));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -22,14 +22,7 @@ use crate::stage::Platform;
 
 pub const DIM: usize = 384;
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 /// A deterministic unit vector per seed (splitmix64 → uniform in [-1, 1], normalized).
 pub fn unit_vector(seed: u64) -> Vec<f32> {

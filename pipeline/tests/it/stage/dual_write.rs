@@ -8,14 +8,7 @@ use embedstream_schemas::Codec;
 use embedstream_schemas::records::{EmbeddingRecord, ItemEvent};
 
 use super::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::free_port;
 
 fn models_command(p: &Platform, action: &str, model: &str) {
     let status = Command::new(env!("CARGO_BIN_EXE_embedstream"))

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
+use crate::common::free_port;
 
 const N: usize = 1200;
 
@@ -60,14 +61,6 @@ async fn a_rebalance_between_two_stage_processes_loses_nothing() {
     p.wait_caught_up(Duration::from_secs(180)).await;
     assert!(terminate(&mut b).success());
     assert_state(&p, &live).await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_broker(dir: &Path, port: u16) -> Child {
