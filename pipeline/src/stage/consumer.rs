@@ -64,16 +64,6 @@ impl Tracker {
     pub fn total_in_flight(&self) -> usize {
         self.lock().offsets.total_in_flight()
     }
-
-    /// Waits until no event is in flight, at most `timeout`; returns whether it drained.
-    pub fn wait_drained(&self, timeout: Duration) -> bool {
-        let state = self.lock();
-        let (state, _) = self
-            .drained
-            .wait_timeout_while(state, timeout, |s| s.offsets.total_in_flight() > 0)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.offsets.total_in_flight() == 0
-    }
 }
 
 /// The consumer's context: drains on revoke, exports lag.

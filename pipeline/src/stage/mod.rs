@@ -351,20 +351,16 @@ async fn prepare_loop(
         };
         histogram!(m::QUEUE_SECONDS).record(batch.first_at.elapsed().as_secs_f64());
         histogram!(m::BATCH_ITEMS).record(batch.messages.len() as f64);
-        // Follow the control log between batches; with no active version, wait for one.
-        loop {
-            if view.has_changed().unwrap_or(false) {
-                let state = view.borrow_and_update().state.clone();
-                models.sync(&state).await?;
-            }
-            if !models.is_empty() {
-                break;
-            }
+        // Control changes are applied by the select above; with no active version, wait for
+        // one (`changed` marks the value seen, so sync on what it brought).
+        while models.is_empty() {
             tracing::warn!("No active model version in the control log; waiting for one.");
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 r = view.changed() => if r.is_err() { return Ok(()) },
             }
+            let state = view.borrow_and_update().state.clone();
+            models.sync(&state).await?;
         }
         let decode_start = Instant::now();
         let mut entries = Vec::with_capacity(batch.messages.len());

@@ -136,3 +136,39 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
     assert_eq!(ok("minilm-l6-v2@1"), 15.0, "{metrics}");
     assert_eq!(ok("mpnet-base-v2@1"), 7.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_while_no_version_is_active_and_flow_once_one_is() {
+    let p = Platform::new("no-active");
+    p.ensure_topics().await;
+    let mut stage = p
+        .stage_command()
+        .args(["--listen", "127.0.0.1:0", "--initial-model", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events: Vec<ItemEvent> = (0..5)
+        .map(|i| {
+            upsert(
+                &format!("w-{i}"),
+                &format!("An item that waits for a model, number {i}"),
+            )
+        })
+        .collect();
+    p.produce_events(&events).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        p.group_lag() > 0,
+        "nothing may be committed while no version is active"
+    );
+    models_command(&p, "activate", MINILM);
+    p.wait_caught_up(Duration::from_secs(120)).await;
+    assert!(terminate(&mut stage).success());
+    let state = p.embedding_state().await;
+    assert_eq!(
+        state.len(),
+        5,
+        "the waiting events were embedded once a version was active"
+    );
+}
