@@ -16,13 +16,13 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use instant_distance::{Builder, Point};
+use instant_distance::{Builder, Heuristic, Point};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::config::MainConfig;
 use crate::error::{Error, GraphBridgeError, Result};
-use crate::vector::dot;
+use crate::vector::{dot, dots};
 
 /// Links per node in upper layers (`M` of instant-distance 0.6.1).
 pub(crate) const M: usize = 32;
@@ -133,6 +133,10 @@ pub(crate) fn build(vectors: &[f32], dim: usize, config: &MainConfig) -> Result<
         .seed(config.seed)
         .ef_construction(config.ef_construction)
         .ef_search(config.ef_search)
+        .select_heuristic(Some(Heuristic {
+            extend_candidates: false,
+            keep_pruned: config.keep_pruned,
+        }))
         .build(points, (0..n as u32).collect());
     let bridge = |source: GraphBridgeError| Error::GraphBridge { source };
     let bytes = bincode::serde::encode_to_vec(&map, bincode::config::standard())
@@ -216,6 +220,8 @@ pub(crate) struct Scratch {
     candidates: BinaryHeap<Reverse<Cand>>,
     nearest: Vec<Cand>,
     ef: usize,
+    batch: Vec<u32>,
+    dists: Vec<f32>,
 }
 
 impl Scratch {
@@ -245,10 +251,30 @@ impl Scratch {
         if !self.visit(pid) {
             return;
         }
-        let c = Cand {
+        self.offer(Cand {
             dist: 1.0 - dot(query, graph.vector(pid)),
             pid,
-        };
+        });
+    }
+
+    /// `push` for every link of a node at once: the unvisited ones are marked, their
+    /// distances computed in one batch, then offered in link order (what pushing them one
+    /// by one does).
+    fn push_links(&mut self, links: &[u32], query: &[f32], graph: &Graph) {
+        let (mut batch, mut dists) = (
+            std::mem::take(&mut self.batch),
+            std::mem::take(&mut self.dists),
+        );
+        batch.clear();
+        batch.extend(links.iter().copied().filter(|&pid| self.visit(pid)));
+        dots(query, &graph.vectors, graph.dim, &batch, &mut dists);
+        for (&pid, &d) in batch.iter().zip(&dists) {
+            self.offer(Cand { dist: 1.0 - d, pid });
+        }
+        (self.batch, self.dists) = (batch, dists);
+    }
+
+    fn offer(&mut self, c: Cand) {
         let idx = match self.nearest.binary_search(&c) {
             Err(idx) if idx < self.ef => idx,
             _ => return,
@@ -326,9 +352,7 @@ impl Graph {
                 {
                     break;
                 }
-                for &pid in self.links(layer, c.pid) {
-                    s.push(pid, query, self);
-                }
+                s.push_links(self.links(layer, c.pid), query, self);
                 s.nearest.truncate(s.ef);
             }
             if layer != 0 {
@@ -368,6 +392,7 @@ mod tests {
             ef_construction: 40,
             ef_search: 30,
             seed: 3,
+            keep_pruned: false,
         };
         // One thread: the build is deterministic, so both copies are the same graph.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -384,6 +409,10 @@ mod tests {
                 .seed(config.seed)
                 .ef_construction(config.ef_construction)
                 .ef_search(config.ef_search)
+                .select_heuristic(Some(Heuristic {
+                    extend_candidates: false,
+                    keep_pruned: config.keep_pruned,
+                }))
                 .build(points, (0..n as u32).collect::<Vec<_>>())
         });
         let mut scratch = Scratch::default();

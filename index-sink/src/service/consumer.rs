@@ -126,6 +126,11 @@ pub(crate) fn create(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // Freshness: Kafka answers a fetch as soon as there is data (fetch.min.bytes 1), so
+        // this costs nothing under load there; tansu 0.6 holds every fetch for the whole
+        // wait, which at librdkafka's 500 ms default put ~400 ms under every write's
+        // freshness (loadtest/sink_bench.py). Idle, it means ~100 fetches/s per broker.
+        .set("fetch.wait.max.ms", "10")
         .set(
             "statistics.interval.ms",
             kafka.statistics_every.as_millis().max(1).to_string(),

@@ -1,0 +1,154 @@
+"""Index core versus hnswlib on the same vectors, queries and exact ground truth, in one run.
+
+  .dev/benchvenv/bin/python loadtest/index_bench.py --data DIR [--part recall,latency,compaction]
+
+DIR is what `loadtest/index_data.py` wrote. Parts (run one after another, never together: the
+machine's cores are the resource being measured):
+
+- recall: recall@10 and single-thread QPS per ef for embedstream's main index (one shard, so
+  one graph like hnswlib's; queries on a one-thread pool) and for hnswlib (`set_num_threads(1)`,
+  all queries in one `knn_query` call so Python's per-call cost is not counted against it),
+  both built on 2 threads. Two hnswlib settings: M=32, ef_construction=100 (instant-distance's
+  fixed M=32 and our ef_construction: the same graph budget) and M=16, ef_construction=200
+  (hnswlib's README settings). QPS compared at the smallest ef reaching recall@10 >= 0.95.
+- latency: the sink's configuration (4 shards searched in parallel on rayon's global pool),
+  p50/p95/p99 per consumer profile's ef, queries one at a time.
+- compaction: one client querying back to back, idle and while every shard's main is rebuilt
+  (hot at 5% of main, compaction on its default 1-thread budget).
+
+Indexes are cached in DIR (hnswlib's saved index, our snapshot directory) so a rerun measures
+queries without rebuilding. Results: JSON lines on stdout, a table on stderr.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target", "release", "index-bench")
+EFS = [16, 24, 32, 48, 64, 100, 150, 200, 300]
+PROFILES = {"ads": 64, "search": 100, "recsys": 128, "dedup": 200}
+
+
+def load(data):
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    dim = meta["dim"]
+    base = np.fromfile(os.path.join(data, "base.f32"), dtype="<f4").reshape(-1, dim)
+    queries = np.fromfile(os.path.join(data, "queries.f32"), dtype="<f4").reshape(-1, dim)
+    truth = np.fromfile(os.path.join(data, "truth.u32"), dtype="<u4").reshape(-1, 100)
+    return meta, base, queries, truth
+
+
+def emit(rec):
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
+def hnswlib_runs(data, base, queries, truth, m, efc, efs):
+    import hnswlib
+
+    dim = base.shape[1]
+    path = os.path.join(data, f"hnswlib-M{m}-efc{efc}.bin")
+    index = hnswlib.Index(space="ip", dim=dim)
+    started = time.time()
+    if os.path.exists(path):
+        index.load_index(path, max_elements=len(base))
+        loaded = True
+    else:
+        index.init_index(max_elements=len(base), M=m, ef_construction=efc, random_seed=1)
+        index.set_num_threads(2)
+        index.add_items(base, np.arange(len(base)))
+        index.save_index(path)
+        loaded = False
+    emit({"kind": "build", "system": "hnswlib", "M": m, "ef_construction": efc, "threads": 2,
+          "seconds": time.time() - started, "loaded_from_file": loaded, "n": len(base)})
+    index.set_num_threads(1)
+    out = []
+    for ef in efs:
+        index.set_ef(max(ef, 10))
+        index.knn_query(queries, k=10)  # warm
+        t = time.perf_counter()
+        labels, _ = index.knn_query(queries, k=10)
+        secs = time.perf_counter() - t
+        recall = np.mean([len(set(labels[i]) & set(truth[i, :10])) / 10 for i in range(len(queries))])
+        lat = []
+        for q in queries:
+            s = time.perf_counter()
+            index.knn_query(q, k=10)
+            lat.append(time.perf_counter() - s)
+        lat = np.sort(np.array(lat)) * 1e6
+        out.append(emit({"kind": "search", "system": f"hnswlib M={m} efc={efc}", "ef": ef,
+                         "recall10": float(recall), "qps": len(queries) / secs,
+                         "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99))}))
+    return out
+
+
+def ours(data, args, *extra):
+    cmd = [BENCH, *args, "--data", data, *map(str, extra)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
+    return [emit(json.loads(line)) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+def at_recall(rows, target=0.95):
+    ok = [r for r in rows if r["recall10"] >= target]
+    return min(ok, key=lambda r: r["ef"]) if ok else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--part", default="recall,latency,compaction")
+    args = ap.parse_args()
+    parts = args.part.split(",")
+    if not os.path.exists(BENCH):
+        sys.exit(f"{BENCH} missing: cargo build --release -p embedstream-loadtest")
+    meta, base, queries, truth = load(args.data)
+    table = []
+    if "recall" in parts:
+        mine = [r for r in ours(args.data, ["search"], "--shards", 1, "--build-threads", 2,
+                                "--snapshot-dir", os.path.join(args.data, "ours-1shard"),
+                                "--efs", ",".join(map(str, EFS))) if r["kind"] == "search"]
+        peers = {
+            "M=32 efc=100": hnswlib_runs(args.data, base, queries, truth, 32, 100, EFS),
+            "M=16 efc=200": hnswlib_runs(args.data, base, queries, truth, 16, 200, EFS),
+        }
+        table.append(f"n={meta['n']} dim={meta['dim']} queries={len(queries)}")
+        table.append("| ef | embedstream recall / QPS | " + " | ".join(f"hnswlib {k} recall / QPS" for k in peers) + " |")
+        for i, ef in enumerate(EFS):
+            cells = [f"{mine[i]['recall10']:.3f} / {mine[i]['qps']:.0f}"]
+            cells += [f"{p[i]['recall10']:.3f} / {p[i]['qps']:.0f}" for p in peers.values()]
+            table.append(f"| {ef} | " + " | ".join(cells) + " |")
+        best = at_recall(mine)
+        for name, p in peers.items():
+            theirs = at_recall(p)
+            if best and theirs:
+                table.append(f"at recall@10 >= 0.95: embedstream ef={best['ef']} {best['qps']:.0f} QPS, "
+                             f"hnswlib {name} ef={theirs['ef']} {theirs['qps']:.0f} QPS: "
+                             f"{best['qps'] / theirs['qps']:.2f}x")
+    if "latency" in parts:
+        rows = [r for r in ours(args.data, ["search"], "--shards", 4, "--build-threads", 2,
+                                "--snapshot-dir", os.path.join(args.data, "ours-4shards"),
+                                "--query-threads", 2,
+                                "--efs", ",".join(map(str, PROFILES.values()))) if r["kind"] == "search"]
+        for (name, ef), r in zip(PROFILES.items(), rows):
+            table.append(f"latency 4 shards, profile {name} (ef {ef}): recall@10 {r['recall10']:.3f}, "
+                         f"p50 {r['p50_us'] / 1000:.2f} ms, p95 {r['p95_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms")
+    if "compaction" in parts:
+        rows = ours(args.data, ["compaction"], "--shards", 4)
+        idle, during = rows[0], rows[1]
+        table.append(f"compaction: idle p50 {idle['p50_us'] / 1000:.2f} ms p99 {idle['p99_us'] / 1000:.2f} ms "
+                     f"({idle['queries']} queries); during {during['seconds']:.1f} s of compaction "
+                     f"p50 {during['p50_us'] / 1000:.2f} ms p99 {during['p99_us'] / 1000:.2f} ms "
+                     f"({during['queries']} queries): p99 ratio {during['p99_us'] / idle['p99_us']:.2f}")
+    print("\n".join(table), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Freshness of an index sink at a sustained write rate, beside a bare Kafka consumer.
+
+  .dev/venv/bin/python loadtest/sink_bench.py --data DIR [--rate 5000] [--secs 30]
+
+Needs the broker and registry (`compose/dev infra`), `cargo build --release --bin embedstream
+-p embedstream-loadtest`, and DIR from `loadtest/index_data.py` (real MiniLM vectors of the
+Debian catalog). Each run uses a fresh topic prefix (`bench<time>.embeddings.minilm-l6-v2.v1`,
+6 partitions) and a fresh `embedstream sink` with the default config (4 shards, compaction
+policy on), so the sink also compacts while it is measured.
+
+`target/release/sink-load` (see its doc) produces at --rate for a warm-up then the
+measured window, and measures (a) the sink: probe records, polled on `GET /v1/items/{id}`
+until searchable, and (b) the peer: a bare librdkafka consumer of the same topic, the floor
+Kafka itself sets on this broker. The sink's own histogram (record timestamp -> searchable,
+every record) is read from its /metrics afterwards.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+
+
+def wait_http(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read()
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} did not answer in {timeout} s")
+
+
+def histogram(metrics_text, name):
+    """Cumulative bucket counts of a Prometheus histogram (summed over label sets)."""
+    buckets = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            le = float("inf") if le == "+Inf" else float(le)
+            buckets[le] = buckets.get(le, 0) + float(line.rsplit(" ", 1)[1])
+    return sorted(buckets.items())
+
+
+def quantile(buckets, q):
+    """Linear interpolation inside the bucket, as Prometheus' histogram_quantile does."""
+    total = buckets[-1][1]
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
+        prev_le, prev_c = le, c
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--secs", type=int, default=30)
+    ap.add_argument("--warmup-secs", type=int, default=10)
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"))
+    ap.add_argument("--listen", default="127.0.0.1:19501")
+    args = ap.parse_args()
+    for b in ("embedstream", "sink-load"):
+        if not os.path.exists(os.path.join(BIN, b)):
+            sys.exit(f"{BIN}/{b} missing: cargo build --release --bin embedstream -p embedstream-loadtest")
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"bench{int(time.time())}"
+    topic = f"{prefix}.embeddings.minilm-l6-v2.v1"
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)]).values():
+        future.result()
+    platform = ["--bootstrap", args.bootstrap]
+    work = tempfile.mkdtemp(prefix="sink-bench-")
+    log = open(os.path.join(work, "sink.log"), "w")
+    sink = subprocess.Popen([os.path.join(BIN, "embedstream"), "sink", *platform,
+                             "--registry-url", args.registry_url, "--topic-prefix", prefix,
+                             "--model", "minilm-l6-v2@1", "--listen", args.listen, "--data-dir", work],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://{args.listen}"
+        wait_http(base + "/v1/stats")
+        run = subprocess.run([os.path.join(BIN, "sink-load"), "--bootstrap", args.bootstrap,
+                              "--registry-url", args.registry_url, "--topic", topic,
+                              "--sink-url", base, "--vectors", os.path.join(args.data, "base.f32"),
+                              "--rate", str(args.rate), "--secs", str(args.secs),
+                              "--warmup-secs", str(args.warmup_secs)],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"sink-load failed:\n{run.stderr[-3000:]}")
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        metrics = wait_http(base + "/metrics").decode()
+        h = histogram(metrics, "embedstream_sink_freshness_seconds")
+        total = h[-1][1] if h else 0
+        le_100ms = next((c for le, c in h if abs(le - 0.1) < 1e-9), float("nan"))
+        result["sink_histogram"] = {
+            "records": total,
+            "p50_ms": quantile(h, 0.5) * 1000 if total else None,
+            "p99_ms": quantile(h, 0.99) * 1000 if total else None,
+            "share_within_100ms": le_100ms / total if total else None,
+            "note": "whole run incl. warm-up; interpolated inside Prometheus buckets",
+        }
+        stats = json.loads(wait_http(base + "/v1/stats"))
+        result["sink_compactions"] = sum((s.get("last_compaction") or {}).get("count", 0)
+                                         for s in stats.get("shards", []))
+    finally:
+        sink.terminate()
+        sink.wait(timeout=60)
+    print(json.dumps(result, indent=2))
+    s, p = result["sink_probe"], result["peer_bare_consumer"]
+    print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s: sink freshness "
+          f"p50 {s.get('p50_ms')} ms p99 {s.get('p99_ms')} ms ({s['count']} probes); bare consumer "
+          f"p50 {p.get('p50_ms')} ms p99 {p.get('p99_ms')} ms ({p['count']} records)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+//! The index core's side of `loadtest/index_bench.py`: builds a [`ShardedIndex`] over the
+//! vectors `loadtest/index_data.py` wrote, then measures what the script asks for. Prints one
+//! JSON object per measurement on stdout.
+//!
+//! - `search`: recall@10 against the exact top-10, and per-query latency and QPS for each
+//!   `ef`, with the queries run on a pool of `--query-threads` threads (1: single-thread QPS,
+//!   the number compared with hnswlib). The built index is snapshotted in `--snapshot-dir`
+//!   and reloaded by a later run instead of rebuilt (what a restarted sink does).
+//! - `compaction`: query latency from one client while idle, then while the maintenance
+//!   policy rebuilds every shard's main (hot at `--hot-share` of main).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use embedstream_index_sink::{CompactionReason, IndexConfig, Query, ShardedIndex, Upsert};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Search(SearchArgs),
+    Compaction(CompactionArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Directory with base.f32, queries.f32, truth.u32, meta.json.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    #[arg(long, default_value_t = 100)]
+    ef_construction: usize,
+    /// Top layer-0 lists up with pruned candidates (instant-distance's default).
+    #[arg(long)]
+    keep_pruned: bool,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Threads of the compaction pool for the initial build.
+    #[arg(long, default_value_t = 2)]
+    build_threads: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,24,32,48,64,100,150,200"
+    )]
+    efs: Vec<usize>,
+    #[arg(long, default_value_t = 1)]
+    query_threads: usize,
+    /// Keep the built index here and reuse it when it holds the same data.
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompactionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Hot share of main when the policy rebuilds (the default policy's threshold).
+    #[arg(long, default_value_t = 0.05)]
+    hot_share: f64,
+    /// Compaction threads: its CPU budget.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value_t = 100)]
+    ef: usize,
+    /// Idle measurement length.
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+}
+
+struct Data {
+    dim: usize,
+    base: Vec<f32>,
+    queries: Vec<f32>,
+    /// Exact top-100 rows per query.
+    truth: Vec<u32>,
+}
+
+impl Data {
+    fn load(dir: &Path) -> Result<Self> {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).context("meta.json")?)?;
+        let dim = meta["dim"].as_u64().context("meta.dim")? as usize;
+        let floats = |name: &str| -> Result<Vec<f32>> {
+            let bytes = std::fs::read(dir.join(name)).with_context(|| name.to_owned())?;
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let (base, queries) = (floats("base.f32")?, floats("queries.f32")?);
+        let truth: Vec<u32> = std::fs::read(dir.join("truth.u32"))?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if base.len() % dim != 0 || truth.len() != queries.len() / dim * 100 {
+            bail!("data files do not match meta.json");
+        }
+        Ok(Self {
+            dim,
+            base,
+            queries,
+            truth,
+        })
+    }
+
+    fn n(&self) -> usize {
+        self.base.len() / self.dim
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.base[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn query(&self, q: usize) -> &[f32] {
+        &self.queries[q * self.dim..(q + 1) * self.dim]
+    }
+
+    fn nq(&self) -> usize {
+        self.queries.len() / self.dim
+    }
+
+    fn upsert(&self, row: usize) -> Upsert {
+        Upsert {
+            item_id: format!("i{row}"),
+            vector: self.row(row).to_vec(),
+            partition: 0,
+            offset: row as i64,
+            event_time_ms: 0,
+        }
+    }
+
+    /// Found rows among the exact top 10.
+    fn hits_in_top10(&self, q: usize, item_ids: &[String]) -> usize {
+        let want = &self.truth[q * 100..q * 100 + 10];
+        item_ids
+            .iter()
+            .filter_map(|id| id.strip_prefix('i')?.parse::<u32>().ok())
+            .filter(|row| want.contains(row))
+            .count()
+    }
+}
+
+fn config(common: &Common, dim: usize, n: usize) -> IndexConfig {
+    let mut config = IndexConfig::with_dim(dim);
+    config.name = "bench".into();
+    config.shards = common.shards;
+    config.main.ef_construction = common.ef_construction;
+    config.main.keep_pruned = common.keep_pruned;
+    config.hot.max_vectors = n + 1;
+    // Compaction only when this program asks for it.
+    config.compaction.interval = None;
+    config.compaction.hot_fraction = 1e9;
+    config.compaction.max_tombstone_ratio = 1.0;
+    config
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// Applies rows `range` and rebuilds every shard's main on the compaction pool.
+fn load_and_build(index: &ShardedIndex, data: &Data, rows: std::ops::Range<usize>) -> Result<()> {
+    for row in rows {
+        index.apply(data.upsert(row))?;
+    }
+    for shard in 0..index.stats().len() {
+        index.compact(shard, CompactionReason::Manual)?;
+    }
+    Ok(())
+}
+
+fn search(args: SearchArgs) -> Result<()> {
+    let data = Data::load(&args.common.data)?;
+    let n = data.n();
+    let mut config = config(&args.common, data.dim, n);
+    config.compaction.threads = args.build_threads;
+    let started = Instant::now();
+    let (index, reused) = match &args.snapshot_dir {
+        Some(dir) => {
+            let index = ShardedIndex::open(dir, config)?;
+            let reused = index.len() == n && index.stats().iter().all(|s| s.hot_vectors == 0);
+            if !reused {
+                if !index.is_empty() {
+                    bail!("{} holds another index; remove it", dir.display());
+                }
+                load_and_build(&index, &data, 0..n)?;
+            }
+            (index, reused)
+        }
+        None => {
+            config.snapshot.enabled = false;
+            let index = ShardedIndex::new(config)?;
+            load_and_build(&index, &data, 0..n)?;
+            (index, false)
+        }
+    };
+    println!(
+        "{}",
+        json!({
+            "kind": "build", "n": n, "dim": data.dim, "shards": args.common.shards,
+            "ef_construction": args.common.ef_construction, "threads": args.build_threads,
+            "seconds": started.elapsed().as_secs_f64(), "loaded_from_snapshot": reused,
+            "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.query_threads)
+        .build()?;
+    for &ef in &args.efs {
+        // One pass to warm caches, one measured.
+        for pass in 0..2 {
+            let mut lat = Vec::with_capacity(data.nq());
+            let mut found = 0;
+            let total = Instant::now();
+            pool.install(|| -> Result<()> {
+                for q in 0..data.nq() {
+                    let t = Instant::now();
+                    let hits = index.search(Query {
+                        vector: data.query(q),
+                        k: 10,
+                        ef_search: Some(ef),
+                    })?;
+                    lat.push(t.elapsed());
+                    let ids: Vec<String> = hits.into_iter().map(|h| h.item_id).collect();
+                    found += data.hits_in_top10(q, &ids);
+                }
+                Ok(())
+            })?;
+            if pass == 1 {
+                let secs = total.elapsed().as_secs_f64();
+                lat.sort();
+                println!(
+                    "{}",
+                    json!({
+                        "kind": "search", "ef": ef, "query_threads": args.query_threads,
+                        "recall10": found as f64 / (10 * data.nq()) as f64,
+                        "qps": data.nq() as f64 / secs,
+                        "p50_us": percentile(&lat, 0.5), "p95_us": percentile(&lat, 0.95),
+                        "p99_us": percentile(&lat, 0.99),
+                    })
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One client querying back to back until `stop`; per-query latencies.
+fn query_loop(index: &ShardedIndex, data: &Data, ef: usize, stop: &AtomicBool) -> Vec<Duration> {
+    let mut lat = Vec::new();
+    let mut q = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let hits = index.search(Query {
+            vector: data.query(q % data.nq()),
+            k: 10,
+            ef_search: Some(ef),
+        });
+        lat.push(t.elapsed());
+        assert!(hits.is_ok_and(|h| h.len() == 10), "a query failed");
+        q += 1;
+    }
+    lat
+}
+
+fn compaction(args: CompactionArgs) -> Result<()> {
+    let data = Arc::new(Data::load(&args.common.data)?);
+    let n = data.n();
+    let mut config = config(&args.common, data.dim, n);
+    config.snapshot.enabled = false;
+    config.compaction.threads = args.threads;
+    let in_main = (n as f64 / (1.0 + args.hot_share)) as usize;
+    let index = Arc::new(ShardedIndex::new(config)?);
+    load_and_build(&index, &data, 0..in_main)?;
+    for row in in_main..n {
+        index.apply(data.upsert(row))?;
+    }
+    let measure = |during: &dyn Fn()| -> Vec<Duration> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = {
+            let (index, data, stop) = (Arc::clone(&index), Arc::clone(&data), Arc::clone(&stop));
+            std::thread::spawn(move || query_loop(&index, &data, args.ef, &stop))
+        };
+        during();
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = client.join().expect("query client");
+        lat.sort();
+        lat
+    };
+    let report = |phase: &str, lat: &[Duration], secs: f64| {
+        println!(
+            "{}",
+            json!({
+                "kind": "compaction", "phase": phase, "queries": lat.len(), "seconds": secs,
+                "shards": args.common.shards, "n": n, "hot": n - in_main,
+                "compaction_threads": args.threads, "ef": args.ef,
+                "p50_us": percentile(lat, 0.5), "p95_us": percentile(lat, 0.95),
+                "p99_us": percentile(lat, 0.99), "max_us": percentile(lat, 1.0),
+            })
+        );
+    };
+    let idle = measure(&|| std::thread::sleep(Duration::from_secs(args.idle_secs)));
+    report("idle", &idle, args.idle_secs as f64);
+    let started = Instant::now();
+    let during = measure(&|| {
+        for shard in 0..args.common.shards {
+            let record = index.compact(shard, CompactionReason::HotShare);
+            assert!(matches!(record, Ok(Some(_))), "compaction failed");
+        }
+    });
+    report(
+        "during_compaction",
+        &during,
+        started.elapsed().as_secs_f64(),
+    );
+    let stats = index.stats();
+    if stats.iter().any(|s| s.hot_vectors != 0) {
+        bail!("compaction left items in hot");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Search(args) => search(args),
+        Command::Compaction(args) => compaction(args),
+    }
+}

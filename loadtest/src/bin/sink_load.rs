@@ -1,0 +1,283 @@
+//! Freshness load for `loadtest/sink_bench.py`: produces embedding records to a topic at a
+//! fixed rate (real vectors from `index_data.py`'s base.f32, Avro through the registry) while
+//! measuring, over the same window:
+//!
+//! - **sink**: a probe record every `--probe-ms` (same producer, so same queue and batches as
+//!   the load), then `GET /v1/items/{id}` on the sink every millisecond until it is there:
+//!   freshness = found − the record's timestamp (CreateTime, set at produce time);
+//! - **peer**: a bare consumer (librdkafka, its own assignment of every partition from the
+//!   end, no processing) on the same topic: received − record timestamp for every record —
+//!   what Kafka itself costs on this broker, the floor under any sink.
+//!
+//! Prints one JSON object.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use embedstream_schemas::codec::{Codec, encode_datum};
+use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::wire;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    #[arg(long)]
+    topic: String,
+    /// The sink's HTTP address; without it only the peer is measured.
+    #[arg(long)]
+    sink_url: Option<String>,
+    /// Vectors to send (cycled): a base.f32 from index_data.py.
+    #[arg(long)]
+    vectors: std::path::PathBuf,
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// Records per second.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Measured window, after the warm-up.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    #[arg(long, default_value_t = 10)]
+    warmup_secs: u64,
+    #[arg(long, default_value_t = 100)]
+    probe_ms: u64,
+    /// The peer's `fetch.wait.max.ms` (keep it equal to the sink's).
+    #[arg(long, default_value_t = 500)]
+    fetch_wait_ms: u64,
+    /// Distinct item ids the load cycles through (updates once they repeat).
+    #[arg(long, default_value_t = 50_000)]
+    ids: usize,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The model the sink serves (its records are checked against it).
+const MODEL_ID: &str = "minilm-l6-v2";
+
+fn record(id: String, vector: Vec<f32>) -> EmbeddingRecord {
+    let now = now_ms();
+    EmbeddingRecord {
+        item_id: id,
+        model_id: MODEL_ID.into(),
+        model_version: 1,
+        dimension: vector.len() as i32,
+        vector,
+        normalized: true,
+        source: SourceCoordinates {
+            topic: "items".into(),
+            partition: 0,
+            offset: 0,
+        },
+        event_time: now,
+        embed_time: now,
+    }
+}
+
+fn summary(mut ms: Vec<f64>) -> serde_json::Value {
+    if ms.is_empty() {
+        return json!({"count": 0});
+    }
+    ms.sort_by(f64::total_cmp);
+    let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    json!({
+        "count": ms.len(), "p50_ms": p(0.5), "p95_ms": p(0.95), "p99_ms": p(0.99),
+        "max_ms": p(1.0), "mean_ms": ms.iter().sum::<f64>() / ms.len() as f64,
+    })
+}
+
+/// The bare consumer: every partition from its current end, latency per record.
+fn peer(args: &Args, measuring: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Result<Vec<f64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", format!("bench-peer-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", args.fetch_wait_ms.to_string())
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .context("topic metadata")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(&args.topic, p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+            let msg = msg?;
+            if measuring.load(Ordering::Relaxed)
+                && let Some(ts) = msg.timestamp().to_millis()
+            {
+                out.push((now_ms() - ts) as f64);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Arc::new(Args::parse());
+    let bytes = std::fs::read(&args.vectors).context("vectors")?;
+    let vectors: Vec<Vec<f32>> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect::<Vec<_>>()
+        .chunks_exact(args.dim)
+        .take(args.ids)
+        .map(<[f32]>::to_vec)
+        .collect();
+    if vectors.is_empty() {
+        bail!("no vectors");
+    }
+    // The schema id once through the registry; then frames are built without it.
+    let codec = Codec::new(&args.registry_url);
+    let first = codec
+        .encode(&args.topic, &record("warm".into(), vectors[0].clone()))
+        .await?;
+    let (schema_id, _) = wire::split(&first)?;
+    let encode = move |id: &str, v: &[f32]| -> Result<Vec<u8>> {
+        Ok(wire::frame(
+            schema_id,
+            &encode_datum(&record(id.to_owned(), v.to_vec()))?,
+        ))
+    };
+
+    let producer: Arc<ThreadedProducer<DefaultProducerContext>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &args.bootstrap)
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()?,
+    );
+    let send = {
+        let (producer, topic) = (Arc::clone(&producer), args.topic.clone());
+        move |key: &str, payload: &[u8]| loop {
+            match producer.send(
+                BaseRecord::<str, [u8]>::to(&topic)
+                    .key(key)
+                    .payload(payload),
+            ) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(anyhow::Error::from(e)),
+            }
+        }
+    };
+
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let peer_thread = {
+        let (args, m, d) = (Arc::clone(&args), Arc::clone(&measuring), Arc::clone(&done));
+        std::thread::spawn(move || peer(&args, m, d))
+    };
+    std::thread::sleep(Duration::from_secs(2)); // let the peer's assignment settle
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let load_thread = {
+        let (args, done, sent) = (Arc::clone(&args), Arc::clone(&done), Arc::clone(&sent));
+        let send = send.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let started = Instant::now();
+            let mut n: u64 = 0;
+            while !done.load(Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+                while n < due {
+                    let row = (n as usize) % vectors.len();
+                    let id = format!("bench-{row}");
+                    send(&id, &encode(&id, &vectors[row])?)?;
+                    n += 1;
+                }
+                sent.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Ok(())
+        })
+    };
+
+    let http = reqwest::Client::new();
+    let probe_vector = {
+        let v: Vec<f32> = (0..args.dim).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
+    };
+    let warmup_end = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let end = warmup_end + Duration::from_secs(args.secs);
+    let (mut probes, mut missed) = (Vec::new(), 0u64);
+    let mut sent_at_start = 0;
+    let mut probe_n = 0u64;
+    let mut started_measuring = None;
+    while Instant::now() < end {
+        let tick = Instant::now();
+        if tick >= warmup_end && started_measuring.is_none() {
+            measuring.store(true, Ordering::Relaxed);
+            sent_at_start = sent.load(Ordering::Relaxed);
+            started_measuring = Some(tick);
+        }
+        let Some(sink_url) = &args.sink_url else {
+            tokio::time::sleep(Duration::from_millis(args.probe_ms)).await;
+            continue;
+        };
+        probe_n += 1;
+        let id = format!("probe-{}-{probe_n}", std::process::id());
+        let payload = encode(&id, &probe_vector)?;
+        send(&id, &payload)?;
+        let produced_ms = now_ms();
+        let url = format!("{sink_url}/v1/items/{id}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while Instant::now() < deadline {
+            if http.get(&url).send().await?.status().is_success() {
+                found = Some(now_ms());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if started_measuring.is_some() {
+            match found {
+                Some(at) => probes.push((at - produced_ms) as f64),
+                None => missed += 1,
+            }
+        }
+        let next = tick + Duration::from_millis(args.probe_ms);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let window = started_measuring.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let sent_in_window = sent.load(Ordering::Relaxed) - sent_at_start;
+    done.store(true, Ordering::Relaxed);
+    load_thread.join().expect("load thread")?;
+    producer.flush(Duration::from_secs(30))?;
+    let peer = peer_thread.join().expect("peer thread")?;
+    println!(
+        "{}",
+        json!({
+            "rate_target": args.rate, "rate_sent": sent_in_window as f64 / window,
+            "window_s": window, "topic": args.topic,
+            "sink_probe": summary(probes), "probes_not_found_in_10s": missed,
+            "peer_bare_consumer": summary(peer),
+        })
+    );
+    Ok(())
+}
