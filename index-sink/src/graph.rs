@@ -1,7 +1,7 @@
 //! The HNSW graph of a main part.
 //!
-//! Built by `instant-distance` (M = 32, its fixed value; `efConstruction` and the layer seed
-//! from config), then copied into this crate's own flat layout: vectors in one `Vec<f32>`,
+//! Built by `instant-distance` (M = 32, its fixed value; `efConstruction`, the layer seed and
+//! whether pruned candidates top up the lists from config), then copied into this crate's own flat layout: vectors in one `Vec<f32>`,
 //! neighbour lists in `Vec<u32>`. The copy is needed because `instant-distance` 0.6.1 fixes
 //! `ef` at build time and keeps the graph private; owning the layout gives us a per-query
 //! `ef` (each consumer's profile), a search that can widen itself when tombstones hide
@@ -10,7 +10,14 @@
 //! the crate's `with-serde` derive and bincode, and is checked on every build: a layout that
 //! does not decode or does not add up is an error, never a silently wrong graph. The search
 //! follows the crate's algorithm step for step (same entry point, layers, link counts and
-//! candidate order), so for the same `ef` it returns what the crate would.
+//! candidate order), so for the same `ef` it returns what the crate would; it computes the
+//! distances to one node's unvisited links as one batch (one SIMD dispatch).
+//!
+//! `keep_pruned` is off by default: `instant-distance`'s own default tops every layer-0 list
+//! up to 2M with the candidates its heuristic rejected, and re-runs the O(M²) heuristic over a
+//! full list for every neighbour of every insert. On 30k real MiniLM vectors that build took
+//! 5x longer and searches touched ~3x more vectors for +0.02 recall@10 at the same `ef`
+//! (loadtest/reports/index.md).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
