@@ -61,6 +61,7 @@ struct BuildPoint(Arc<[f32]>);
 
 impl Point for BuildPoint {
     fn distance(&self, other: &Self) -> f32 {
+        crate::yielding::yield_to_queries();
         1.0 - dot(&self.0, &other.0)
     }
 }

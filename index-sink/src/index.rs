@@ -33,6 +33,7 @@ use crate::snapshot;
 use crate::topk::merge;
 use crate::types::{Applied, Hit, Query, Version, Write};
 use crate::vector::normalized;
+use crate::yielding::QueryInFlight;
 
 /// See the module docs.
 pub struct ShardedIndex {
@@ -99,17 +100,12 @@ impl ShardedIndex {
             .num_threads(config.compaction.threads)
             .thread_name(move |i| format!("compact-{name}-{i}"))
             // Queries preempt compaction: the budget in threads bounds how many cores a
-            // build may take, the priority (nice 19 on Linux) that it takes them only when
-            // queries and ingest leave them idle — query p99 during a rebuild stays close to
-            // idle (loadtest/index_bench.py). It still progresses under load (CFS gives it
-            // a small share), unlike SCHED_IDLE.
-            .start_handler(|_| {
-                if let Err(error) = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                ) {
-                    tracing::warn!(?error, "Could not lower the compaction thread's priority.");
-                }
-            })
+            // build may take, the policy that it takes them only when queries leave them
+            // idle. SCHED_IDLE (Linux) is preempted as soon as a query thread wakes; nice 19
+            // alone still let a running build finish its slice first (p99 x3 during a
+            // rebuild, loadtest/reports/index.md). The build also steps aside by itself
+            // while queries are in flight (`yielding`).
+            .start_handler(|_| lower_compaction_priority())
             .build()
             .map_err(|source| Error::ThreadPool { source })?;
         Ok(Self {
@@ -145,6 +141,8 @@ impl ShardedIndex {
     /// pool, or the pool the caller runs in), merged by score, ties by item id.
     pub fn search(&self, query: Query<'_>) -> Result<Vec<Hit>> {
         let started = Instant::now();
+        // Running compactions pause while this is alive (see `yielding`).
+        let _in_flight = QueryInFlight::enter();
         if query.k == 0 || query.k > self.config.max_k {
             return Err(Error::KOutOfRange {
                 k: query.k,
@@ -282,6 +280,26 @@ impl ShardedIndex {
     }
 }
 
+/// Puts the calling (compaction) thread on the lowest scheduling class the OS has: SCHED_IDLE
+/// on Linux, else the lowest priority of its normal policy.
+fn lower_compaction_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    #[cfg(target_os = "linux")]
+    let idle = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let idle: Result<(), thread_priority::Error> =
+        Err(thread_priority::Error::Priority("not Linux"));
+    if idle.is_err()
+        && let Err(error) = thread_priority::set_current_thread_priority(ThreadPriority::Min)
+    {
+        tracing::warn!(?error, "Could not lower the compaction thread's priority.");
+    }
+}
+
 /// The maintenance thread; stopping waits for a running compaction to finish.
 #[derive(Debug)]
 pub struct Maintenance {
@@ -315,17 +333,20 @@ impl Drop for Maintenance {
 mod tests {
     use super::*;
 
-    /// This thread's nice value, from /proc (field 19 of its stat line).
-    fn nice() -> i32 {
+    /// This thread's scheduling policy, from /proc (field 41 of its stat line).
+    fn policy() -> u32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+        after_name.split(' ').nth(38).unwrap().parse().unwrap()
     }
 
     #[test]
     #[cfg(target_os = "linux")]
-    fn compaction_threads_run_below_query_threads() {
+    fn compaction_threads_run_in_the_idle_class() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
         let index = ShardedIndex::new(IndexConfig::with_dim(4)).unwrap();
-        assert_eq!(index.pool.install(nice), 19);
+        assert_eq!(policy(), SCHED_OTHER);
+        assert_eq!(index.pool.install(policy), SCHED_IDLE);
     }
 }

@@ -29,6 +29,7 @@ mod snapshot;
 mod topk;
 mod types;
 mod vector;
+mod yielding;
 
 pub use compaction::{CompactionPolicy, CompactionReason, HotShare, Interval, Planner, Tombstones};
 pub use config::{CompactionConfig, HotConfig, IndexConfig, MainConfig, SnapshotConfig};

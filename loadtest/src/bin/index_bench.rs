@@ -80,6 +80,10 @@ struct CompactionArgs {
     /// Idle measurement length.
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
+    /// Open-loop query rate as a share of the idle back-to-back capacity (0: back to back
+    /// throughout, which leaves no idle CPU at all on a 2-core machine).
+    #[arg(long, default_value_t = 0.5)]
+    load: f64,
 }
 
 struct Data {
@@ -275,12 +279,29 @@ fn search(args: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One client querying back to back until `stop`; per-query latencies.
-fn query_loop(index: &ShardedIndex, data: &Data, ef: usize, stop: &AtomicBool) -> Vec<Duration> {
+/// One client until `stop`: back to back (`rate` None) or open loop at `rate` queries/s, each
+/// latency counted from its scheduled start (a late query is not forgiven its wait).
+fn query_loop(
+    index: &ShardedIndex,
+    data: &Data,
+    ef: usize,
+    rate: Option<f64>,
+    stop: &AtomicBool,
+) -> Vec<Duration> {
     let mut lat = Vec::new();
     let mut q = 0;
+    let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let t = Instant::now();
+        let t = match rate {
+            None => Instant::now(),
+            Some(rate) => {
+                let due = started + Duration::from_secs_f64(q as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                due
+            }
+        };
         let hits = index.search(Query {
             vector: data.query(q % data.nq()),
             k: 10,
@@ -305,11 +326,11 @@ fn compaction(args: CompactionArgs) -> Result<()> {
     for row in in_main..n {
         index.apply(data.upsert(row))?;
     }
-    let measure = |during: &dyn Fn()| -> Vec<Duration> {
+    let measure = |rate: Option<f64>, during: &dyn Fn()| -> Vec<Duration> {
         let stop = Arc::new(AtomicBool::new(false));
         let client = {
             let (index, data, stop) = (Arc::clone(&index), Arc::clone(&data), Arc::clone(&stop));
-            std::thread::spawn(move || query_loop(&index, &data, args.ef, &stop))
+            std::thread::spawn(move || query_loop(&index, &data, args.ef, rate, &stop))
         };
         during();
         stop.store(true, Ordering::Relaxed);
@@ -323,16 +344,25 @@ fn compaction(args: CompactionArgs) -> Result<()> {
             json!({
                 "kind": "compaction", "phase": phase, "queries": lat.len(), "seconds": secs,
                 "shards": args.common.shards, "n": n, "hot": n - in_main,
-                "compaction_threads": args.threads, "ef": args.ef,
+                "compaction_threads": args.threads, "ef": args.ef, "load": args.load,
                 "p50_us": percentile(lat, 0.5), "p95_us": percentile(lat, 0.95),
                 "p99_us": percentile(lat, 0.99), "max_us": percentile(lat, 1.0),
             })
         );
     };
-    let idle = measure(&|| std::thread::sleep(Duration::from_secs(args.idle_secs)));
+    let capacity = measure(None, &|| std::thread::sleep(Duration::from_secs(5)));
+    let rate = (args.load > 0.0).then(|| capacity.len() as f64 / 5.0 * args.load);
+    println!(
+        "{}",
+        json!({"kind": "compaction", "phase": "capacity", "qps": capacity.len() as f64 / 5.0,
+               "load_qps": rate})
+    );
+    let idle = measure(rate, &|| {
+        std::thread::sleep(Duration::from_secs(args.idle_secs))
+    });
     report("idle", &idle, args.idle_secs as f64);
     let started = Instant::now();
-    let during = measure(&|| {
+    let during = measure(rate, &|| {
         for shard in 0..args.common.shards {
             let record = index.compact(shard, CompactionReason::HotShare);
             assert!(matches!(record, Ok(Some(_))), "compaction failed");
