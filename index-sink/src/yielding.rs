@@ -59,7 +59,7 @@ pub(crate) fn yield_to_queries() -> Duration {
         c.set(n);
         n
     });
-    if calls % CHECK_EVERY != 0 || IN_FLIGHT.load(Ordering::Relaxed) == 0 {
+    if !calls.is_multiple_of(CHECK_EVERY) || IN_FLIGHT.load(Ordering::Relaxed) == 0 {
         return Duration::ZERO;
     }
     let now = Instant::now();
