@@ -10,7 +10,8 @@ machine's cores are the resource being measured):
   all queries in one `knn_query` call so Python's per-call cost is not counted against it),
   both built on 2 threads. Two hnswlib settings: M=32, ef_construction=100 (instant-distance's
   fixed M=32 and our ef_construction: the same graph budget) and M=16, ef_construction=200
-  (hnswlib's README settings). QPS compared at the smallest ef reaching recall@10 >= 0.95.
+  (hnswlib's README settings). QPS compared at recall@10 = 0.95, interpolated between the two
+  efs around it.
 - latency: the sink's configuration (4 shards searched in parallel on rayon's global pool),
   p50/p95/p99 per consumer profile's ef, queries one at a time.
 - compaction: one client querying back to back, idle and while every shard's main is rebuilt
@@ -22,6 +23,7 @@ queries without rebuilding. Results: JSON lines on stdout, a table on stderr.
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +33,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "index-bench")
-EFS = [16, 24, 32, 48, 64, 100, 150, 200, 300]
+EFS = [10, 12, 14, 16, 20, 24, 28, 32, 48, 64, 100, 150, 200]
 PROFILES = {"ads": 64, "search": 100, "recsys": 128, "dedup": 200}
 
 
@@ -97,8 +99,16 @@ def ours(data, args, *extra):
 
 
 def at_recall(rows, target=0.95):
+    """QPS at exactly `target` recall@10: log-linear between the two efs around it (the
+    smallest ef above it when none is below)."""
+    rows = sorted(rows, key=lambda r: r["ef"])
+    for lo, hi in zip(rows, rows[1:]):
+        if lo["recall10"] < target <= hi["recall10"]:
+            f = (target - lo["recall10"]) / (hi["recall10"] - lo["recall10"])
+            qps = math.exp(math.log(lo["qps"]) + f * (math.log(hi["qps"]) - math.log(lo["qps"])))
+            return {"ef": f"{lo['ef']}-{hi['ef']}", "qps": qps}
     ok = [r for r in rows if r["recall10"] >= target]
-    return min(ok, key=lambda r: r["ef"]) if ok else None
+    return {"ef": ok[0]["ef"], "qps": ok[0]["qps"]} if ok else None
 
 
 def main():

@@ -72,6 +72,10 @@ pub struct MainConfig {
     /// in hnswlib — fewer links per node, so cheaper searches and much cheaper builds.
     #[serde(default)]
     pub keep_pruned: bool,
+    /// Whether the built layer-0 links are made two-way where lists have room (see
+    /// `graph.rs`): more recall per `ef` at the same search cost per visited node.
+    #[serde(default = "default_true")]
+    pub reverse_links: bool,
 }
 
 /// Compaction: planning (the policies below) and doing (a rebuild on its own threads).
@@ -176,6 +180,7 @@ impl Default for MainConfig {
             ef_search: default_ef_search(),
             seed: default_seed(),
             keep_pruned: false,
+            reverse_links: true,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! the crate's `with-serde` derive and bincode, and is checked on every build: a layout that
 //! does not decode or does not add up is an error, never a silently wrong graph. The search
 //! follows the crate's algorithm step for step (same entry point, layers, link counts and
-//! candidate order), so for the same `ef` it returns what the crate would; it computes the
+//! candidate order), so for the same `ef` on the same graph it returns what the crate would
+//! (a test checks it with `reverse_links` off, see `add_reverse_links`); it computes the
 //! distances to one node's unvisited links as one batch (one SIMD dispatch).
 //!
 //! `keep_pruned` is off by default: `instant-distance`'s own default tops every layer-0 list
@@ -174,7 +175,7 @@ pub(crate) fn build(vectors: &[f32], dim: usize, config: &MainConfig) -> Result<
         .iter()
         .map(|l| l.iter().flat_map(|u| u.0.map(|p| p.0)).collect())
         .collect();
-    let graph = Graph {
+    let mut graph = Graph {
         dim,
         vectors: graph_vectors,
         zero,
@@ -182,6 +183,9 @@ pub(crate) fn build(vectors: &[f32], dim: usize, config: &MainConfig) -> Result<
     };
     if let Err(what) = graph.check() {
         return layout(what);
+    }
+    if config.reverse_links {
+        graph.add_reverse_links();
     }
     let mut seen = vec![false; n];
     for &v in &values {
@@ -332,6 +336,32 @@ impl Graph {
         Ok(())
     }
 
+    /// Makes layer-0 links two-way where there is room: for each link u → v, u is appended
+    /// to v's list unless it is there or the list is full (2M). The heuristic leaves most
+    /// lists far from full, and a node that many others point to but that points to few
+    /// is hard to leave; hnswlib gets the same effect by appending to a neighbour's list
+    /// until it is full and pruning only then. Appended links come after the heuristic's
+    /// own, in pid order; no distance is computed.
+    fn add_reverse_links(&mut self) {
+        let n = self.len();
+        let original = self.zero.clone();
+        let mut len: Vec<usize> = original
+            .chunks_exact(M0)
+            .map(|l| l.iter().position(|&p| p == INVALID).unwrap_or(M0))
+            .collect();
+        for (u, list) in original.chunks_exact(M0).enumerate() {
+            for &v in list.iter().take_while(|&&p| p != INVALID) {
+                let (v, u) = (v as usize, u as u32);
+                if len[v] == M0 || self.zero[v * M0..v * M0 + len[v]].contains(&u) {
+                    continue;
+                }
+                self.zero[v * M0 + len[v]] = u;
+                len[v] += 1;
+            }
+        }
+        debug_assert!(len.len() == n && self.check().is_ok());
+    }
+
     fn links(&self, layer: usize, pid: u32) -> &[u32] {
         let (nodes, width) = match layer {
             0 => (&self.zero[..], M0),
@@ -401,6 +431,8 @@ mod tests {
             ef_search: 30,
             seed: 3,
             keep_pruned: false,
+            // The crate's graph exactly, to compare searches.
+            reverse_links: false,
         };
         // One thread: the build is deterministic, so both copies are the same graph.
         let pool = rayon::ThreadPoolBuilder::new()
