@@ -151,12 +151,15 @@ def main():
             table.append(f"latency 4 shards, profile {name} (ef {ef}): recall@10 {r['recall10']:.3f}, "
                          f"p50 {r['p50_us'] / 1000:.2f} ms, p95 {r['p95_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms")
     if "compaction" in parts:
-        rows = ours(args.data, ["compaction"], "--shards", 4)
-        idle, during = rows[0], rows[1]
-        table.append(f"compaction: idle p50 {idle['p50_us'] / 1000:.2f} ms p99 {idle['p99_us'] / 1000:.2f} ms "
-                     f"({idle['queries']} queries); during {during['seconds']:.1f} s of compaction "
-                     f"p50 {during['p50_us'] / 1000:.2f} ms p99 {during['p99_us'] / 1000:.2f} ms "
-                     f"({during['queries']} queries): p99 ratio {during['p99_us'] / idle['p99_us']:.2f}")
+        for share in (0.5, 0.0):
+            rows = {r["phase"]: r for r in ours(args.data, ["compaction"], "--shards", 4, "--load", share)}
+            idle, during = rows["idle"], rows["during_compaction"]
+            mode = "open loop at 50% of capacity" if share else "back to back"
+            table.append(f"compaction, queries {mode}: idle p50 {idle['p50_us'] / 1000:.2f} ms "
+                         f"p99 {idle['p99_us'] / 1000:.2f} ms ({idle['queries']} queries); during "
+                         f"{during['seconds']:.1f} s of compaction p50 {during['p50_us'] / 1000:.2f} ms "
+                         f"p99 {during['p99_us'] / 1000:.2f} ms ({during['queries']} queries): "
+                         f"p99 ratio {during['p99_us'] / idle['p99_us']:.2f}")
     print("\n".join(table), file=sys.stderr)
 
 

@@ -97,7 +97,9 @@ def main():
                               "--registry-url", args.registry_url, "--topic", topic,
                               "--sink-url", base, "--vectors", os.path.join(args.data, "base.f32"),
                               "--rate", str(args.rate), "--secs", str(args.secs),
-                              "--warmup-secs", str(args.warmup_secs)],
+                              "--warmup-secs", str(args.warmup_secs),
+                              # the sink's own fetch.wait.max.ms (index-sink consumer.rs)
+                              "--fetch-wait-ms", "10"],
                              capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(f"sink-load failed:\n{run.stderr[-3000:]}")
