@@ -239,9 +239,14 @@ pub(crate) struct Scratch {
 impl Scratch {
     fn reset(&mut self, n: usize) {
         // A search bumps the generation once per layer; leave room for any layer count.
-        if self.visited.len() != n || self.generation > u32::MAX - 1024 {
-            self.visited.clear();
+        // One scratch serves every graph its thread searches (a query visits all shards):
+        // grow only, so alternating between graphs of different sizes never reallocates
+        // and re-zeroes the array. Marks left by other searches are older generations.
+        if self.visited.len() < n {
             self.visited.resize(n, 0);
+        }
+        if self.generation > u32::MAX - 1024 {
+            self.visited.fill(0);
             self.generation = 0;
         }
         self.generation += 1;
