@@ -152,10 +152,6 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         // tansu 0.6 once handed the surviving member an empty assignment for good when the
         // crashed member expired mid-join; 45 s has not shown it.)
         .set("session.timeout.ms", "45000")
-        // Latency: Kafka answers a fetch as soon as data is there, so this costs nothing
-        // under load; tansu 0.6 holds each fetch for the whole wait (librdkafka's default
-        // 500 ms put ~400 ms under every event, loadtest/sink_bench.py's bare consumer).
-        .set("fetch.wait.max.ms", "10")
         .set("statistics.interval.ms", "5000")
         .create_with_context(StageContext {
             tracker: tracker.clone(),
