@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use embedstream_index_sink::{CompactionReason, IndexConfig, Query, ShardedIndex, Upsert};
+use embedstream_loadtest::{at_quantile, read_le_words};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -99,18 +100,9 @@ impl Data {
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("meta.json")).context("meta.json")?)?;
         let dim = meta["dim"].as_u64().context("meta.dim")? as usize;
-        let floats = |name: &str| -> Result<Vec<f32>> {
-            let bytes = std::fs::read(dir.join(name)).with_context(|| name.to_owned())?;
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
-        };
-        let (base, queries) = (floats("base.f32")?, floats("queries.f32")?);
-        let truth: Vec<u32> = std::fs::read(dir.join("truth.u32"))?
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let base = read_le_words(&dir.join("base.f32"), f32::from_le_bytes)?;
+        let queries = read_le_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
+        let truth = read_le_words(&dir.join("truth.u32"), u32::from_le_bytes)?;
         if base.len() % dim != 0 || truth.len() != queries.len() / dim * 100 {
             bail!("data files do not match meta.json");
         }
@@ -188,8 +180,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+    at_quantile(sorted, p).as_secs_f64() * 1e6
 }
 
 /// Applies rows `range` and rebuilds every shard's main on the compaction pool.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use embedstream_loadtest::{at_quantile, read_le_words};
 use embedstream_schemas::codec::{Codec, encode_datum};
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::wire;
@@ -95,7 +96,7 @@ fn summary(mut ms: Vec<f64>) -> serde_json::Value {
         return json!({"count": 0});
     }
     ms.sort_by(f64::total_cmp);
-    let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let p = |q: f64| at_quantile(&ms, q);
     json!({
         "count": ms.len(), "p50_ms": p(0.5), "p95_ms": p(0.95), "p99_ms": p(0.99),
         "max_ms": p(1.0), "mean_ms": ms.iter().sum::<f64>() / ms.len() as f64,
@@ -138,11 +139,7 @@ fn peer(args: &Args, measuring: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Resul
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Arc::new(Args::parse());
-    let bytes = std::fs::read(&args.vectors).context("vectors")?;
-    let vectors: Vec<Vec<f32>> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect::<Vec<_>>()
+    let vectors: Vec<Vec<f32>> = read_le_words(&args.vectors, f32::from_le_bytes)?
         .chunks_exact(args.dim)
         .take(args.ids)
         .map(<[f32]>::to_vec)

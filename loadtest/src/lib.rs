@@ -1,0 +1,35 @@
+//! What the benchmark drivers share: reading the little-endian arrays `index_data.py` writes,
+//! and the nearest-rank quantile of sorted samples.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// A file of little-endian 4-byte words (`base.f32`, `truth.u32`, ...), decoded by `from`
+/// (`f32::from_le_bytes`, `u32::from_le_bytes`).
+pub fn read_le_words<T>(path: &Path, from: fn([u8; 4]) -> T) -> Result<Vec<T>> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| from([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// The sample at quantile `q` (0..=1) of `sorted` (nearest rank, rounded). Panics if empty.
+pub fn at_quantile<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let v: Vec<u32> = (0..=100).collect();
+        assert_eq!(at_quantile(&v, 0.5), 50);
+        assert_eq!(at_quantile(&v, 0.99), 99);
+        assert_eq!(at_quantile(&v, 1.0), 100);
+        assert_eq!(at_quantile(&[7], 0.99), 7);
+    }
+}
