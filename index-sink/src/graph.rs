@@ -4,8 +4,8 @@
 //! whether pruned candidates top up the lists from config), then copied into this crate's own
 //! flat layout: vectors in one `Vec<f32>`, neighbour lists in `Vec<u32>`. The copy is needed
 //! because `instant-distance` 0.6.1 fixes `ef` at build time and keeps the graph private;
-//! owning the layout gives us a per-query `ef` (each consumer's profile), a search that can widen itself when tombstones hide
-//! results, and a graph we can write to and read from a snapshot without rebuilding (a
+//! owning the layout gives us a per-query `ef` (each consumer's profile), a search that can
+//! widen itself when tombstones hide results, and a graph we can write to and read from a snapshot without rebuilding (a
 //! rebuild of 5k × 384 takes seconds; reading it back, milliseconds). The bridge goes through
 //! the crate's `with-serde` derive and bincode, and is checked on every build: a layout that
 //! does not decode or does not add up is an error, never a silently wrong graph. The search
