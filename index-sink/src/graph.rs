@@ -5,14 +5,15 @@
 //! flat layout: vectors in one `Vec<f32>`, neighbour lists in `Vec<u32>`. The copy is needed
 //! because `instant-distance` 0.6.1 fixes `ef` at build time and keeps the graph private;
 //! owning the layout gives us a per-query `ef` (each consumer's profile), a search that can
-//! widen itself when tombstones hide results, and a graph we can write to and read from a snapshot without rebuilding (a
-//! rebuild of 5k × 384 takes seconds; reading it back, milliseconds). The bridge goes through
-//! the crate's `with-serde` derive and bincode, and is checked on every build: a layout that
-//! does not decode or does not add up is an error, never a silently wrong graph. The search
-//! follows the crate's algorithm step for step (same entry point, layers, link counts and
-//! candidate order), so for the same `ef` on the same graph it returns what the crate would
-//! (a test checks it with `reverse_links` off, see `add_reverse_links`); it computes the
-//! distances to one node's unvisited links as one batch (one SIMD dispatch).
+//! widen itself when tombstones hide results, and a graph we can write to and read from a
+//! snapshot without rebuilding (a rebuild of 5k × 384 takes seconds; reading it back,
+//! milliseconds). The bridge goes through the crate's `with-serde` derive and bincode, and is
+//! checked on every build: a layout that does not decode or does not add up is an error, never
+//! a silently wrong graph. The search follows the crate's algorithm step for step (same entry
+//! point, layers, link counts and candidate order), so for the same `ef` on the same graph it
+//! returns what the crate would (a test checks it with `reverse_links` off, see
+//! `add_reverse_links`); it computes the distances to one node's unvisited links as one batch
+//! (one SIMD dispatch).
 //!
 //! `keep_pruned` is off by default: `instant-distance`'s own default tops every layer-0 list
 //! up to 2M with the candidates its heuristic rejected, and re-runs the O(M²) heuristic over a
