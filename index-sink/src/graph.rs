@@ -479,6 +479,39 @@ mod tests {
     }
 
     #[test]
+    fn reverse_links_make_layer_zero_two_way_where_there_is_room() {
+        let dim = 16;
+        let data = random_unit(800, dim, 11);
+        let one_way = MainConfig {
+            reverse_links: false,
+            ..MainConfig::default()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let plain = pool.install(|| build(&data, dim, &one_way)).unwrap().graph;
+        let two_way = pool
+            .install(|| build(&data, dim, &MainConfig::default()))
+            .unwrap()
+            .graph;
+        two_way.check().unwrap();
+        let n = plain.len() as u32;
+        let mut missing_before = 0;
+        for u in 0..n {
+            // The heuristic's own links stay first and unchanged.
+            let before = plain.links(0, u);
+            assert_eq!(&two_way.links(0, u)[..before.len()], before);
+            for &v in before {
+                let back = two_way.links(0, v);
+                assert!(back.contains(&u) || back.len() == M0, "{u} -> {v} has no way back");
+                missing_before += usize::from(!plain.links(0, v).contains(&u));
+            }
+        }
+        assert!(missing_before > 0, "the heuristic alone left every link two-way");
+    }
+
+    #[test]
     fn wider_ef_finds_more_and_empty_graph_is_fine() {
         let dim = 8;
         let data = random_unit(300, dim, 5);
