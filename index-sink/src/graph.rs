@@ -504,11 +504,17 @@ mod tests {
             assert_eq!(&two_way.links(0, u)[..before.len()], before);
             for &v in before {
                 let back = two_way.links(0, v);
-                assert!(back.contains(&u) || back.len() == M0, "{u} -> {v} has no way back");
+                assert!(
+                    back.contains(&u) || back.len() == M0,
+                    "{u} -> {v} has no way back"
+                );
                 missing_before += usize::from(!plain.links(0, v).contains(&u));
             }
         }
-        assert!(missing_before > 0, "the heuristic alone left every link two-way");
+        assert!(
+            missing_before > 0,
+            "the heuristic alone left every link two-way"
+        );
     }
 
     #[test]
