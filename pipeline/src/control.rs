@@ -180,6 +180,7 @@ impl ControlLog {
             migration: None,
             read_plan: None,
             gate: None,
+            backfill: None,
             updated_at: now_ms(),
             updated_by: by.to_owned(),
         };

@@ -83,6 +83,13 @@ pub enum Error {
     /// The catalog or a model reference is wrong. Fatal.
     #[error(transparent)]
     Catalog(#[from] embedstream_topics::Error),
+    /// A migration command the rules refuse; nothing was written. Fatal for that command.
+    #[error(transparent)]
+    Refused {
+        /// Why.
+        #[from]
+        refused: crate::migrate::Refused,
+    },
 }
 
 impl Error {

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::records::{
-    ControlKind, ControlRecord, GateResult, MigrationRecord, ModelState, ModelVersionRecord,
-    ReadPlan,
+    BackfillProgress, ControlKind, ControlRecord, GateResult, MigrationRecord, ModelState,
+    ModelVersionRecord, ReadPlan,
 };
 
 /// Key of a model version's record.
@@ -34,6 +34,11 @@ pub fn gate_key(migration_id: &str, consumer: &str) -> String {
     format!("gate/{migration_id}/{consumer}")
 }
 
+/// Key of a backfill checkpoint.
+pub fn backfill_key(migration_id: &str, partition: i32) -> String {
+    format!("backfill/{migration_id}/{partition}")
+}
+
 /// The key a record must be stored under.
 pub fn key_of(record: &ControlRecord) -> Option<String> {
     match record.kind {
@@ -50,6 +55,10 @@ pub fn key_of(record: &ControlRecord) -> Option<String> {
             .gate
             .as_ref()
             .map(|g| gate_key(&g.migration_id, &g.consumer)),
+        ControlKind::Backfill => record
+            .backfill
+            .as_ref()
+            .map(|b| backfill_key(&b.migration_id, b.partition)),
     }
 }
 
@@ -74,6 +83,7 @@ pub struct ControlState {
     migrations: BTreeMap<String, MigrationRecord>,
     plans: BTreeMap<String, ReadPlan>,
     gates: BTreeMap<String, GateResult>,
+    backfills: BTreeMap<String, BackfillProgress>,
     /// Records applied so far (tombstones included).
     pub applied: u64,
 }
@@ -87,6 +97,7 @@ impl ControlState {
             self.migrations.remove(key);
             self.plans.remove(key);
             self.gates.remove(key);
+            self.backfills.remove(key);
             return Ok(());
         };
         let expected = key_of(&record).ok_or_else(|| ControlError::Inconsistent {
@@ -120,6 +131,11 @@ impl ControlState {
             ControlKind::GateResult => {
                 if let Some(g) = record.gate {
                     self.gates.insert(key, g);
+                }
+            }
+            ControlKind::Backfill => {
+                if let Some(b) = record.backfill {
+                    self.backfills.insert(key, b);
                 }
             }
         }
@@ -163,6 +179,37 @@ impl ControlState {
     pub fn gates(&self) -> impl Iterator<Item = &GateResult> {
         self.gates.values()
     }
+
+    /// One migration.
+    pub fn migration(&self, migration_id: &str) -> Option<&MigrationRecord> {
+        self.migrations.get(&migration_key(migration_id))
+    }
+
+    /// The gate result of a consumer in a migration.
+    pub fn gate(&self, migration_id: &str, consumer: &str) -> Option<&GateResult> {
+        self.gates.get(&gate_key(migration_id, consumer))
+    }
+
+    /// A migration's backfill checkpoints, by partition.
+    pub fn backfill(&self, migration_id: &str) -> Vec<&BackfillProgress> {
+        let prefix = format!("backfill/{migration_id}/");
+        let mut v: Vec<_> = self
+            .backfills
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, b)| b)
+            .collect();
+        v.sort_by_key(|b| b.partition);
+        v
+    }
+
+    /// The migration in progress: the newest one not decommissioned.
+    pub fn current_migration(&self) -> Option<&MigrationRecord> {
+        self.migrations
+            .values()
+            .filter(|m| m.phase != crate::records::MigrationPhase::Decommissioned)
+            .max_by_key(|m| m.started_at)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +233,7 @@ mod tests {
             migration: None,
             read_plan: None,
             gate: None,
+            backfill: None,
             updated_at: 0,
             updated_by: "test".to_owned(),
         }

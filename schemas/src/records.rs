@@ -182,6 +182,8 @@ pub enum ControlKind {
     ReadPlan,
     /// `gate` is set.
     GateResult,
+    /// `backfill` is set.
+    Backfill,
 }
 
 /// Lifecycle of a model version.
@@ -272,6 +274,9 @@ pub struct ReadPlan {
     pub entries: Vec<ReadPlanEntry>,
     /// Set when an operator overrode a failed gate.
     pub forced: bool,
+    /// The plan before the migration that changed it: what rollback restores.
+    #[serde(default)]
+    pub previous: Vec<ReadPlanEntry>,
 }
 
 /// Result of a cutover gate for one consumer.
@@ -295,6 +300,45 @@ pub struct GateResult {
     pub coverage: f64,
     /// Whether the gate passed.
     pub passed: bool,
+    /// Golden queries the metrics were computed on.
+    #[serde(default)]
+    pub queries: i32,
+}
+
+/// Checkpoint of one partition of a backfill: offsets `[next_end, end)` of `items` are done
+/// (the backfill walks newest first); finished when `next_end <= start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillProgress {
+    /// Migration backfilled.
+    pub migration_id: String,
+    /// Partition of `items`.
+    pub partition: i32,
+    /// Low watermark when the backfill began.
+    pub start: i64,
+    /// High watermark when the backfill began (exclusive).
+    pub end: i64,
+    /// Everything at or after this offset (below `end`) is done.
+    pub next_end: i64,
+    /// Upserts embedded and written.
+    pub embedded: i64,
+    /// Events skipped (a newer event of the item exists, or malformed).
+    pub skipped: i64,
+}
+
+impl BackfillProgress {
+    /// Whether the partition is finished.
+    pub fn done(&self) -> bool {
+        self.next_end <= self.start
+    }
+
+    /// Share of the partition's offsets done, in [0, 1].
+    pub fn fraction(&self) -> f64 {
+        let total = (self.end - self.start).max(0);
+        if total == 0 {
+            return 1.0;
+        }
+        ((self.end - self.next_end.max(self.start)) as f64 / total as f64).clamp(0.0, 1.0)
+    }
 }
 
 /// Value of `embedstream.control` (`control_record.avsc`).
@@ -310,6 +354,9 @@ pub struct ControlRecord {
     pub read_plan: Option<ReadPlan>,
     /// Set for `GateResult`.
     pub gate: Option<GateResult>,
+    /// Set for `Backfill`.
+    #[serde(default)]
+    pub backfill: Option<BackfillProgress>,
     /// When, ms since the epoch.
     pub updated_at: i64,
     /// Operator or process that made the change.

@@ -150,6 +150,7 @@ fn control_records_round_trip() {
         migration: None,
         read_plan: None,
         gate: None,
+        backfill: None,
         updated_at: 9,
         updated_by: "test".into(),
     };
@@ -172,6 +173,11 @@ fn control_records_round_trip() {
                 },
             ],
             forced: false,
+            previous: vec![ReadPlanEntry {
+                model: "minilm-l6-v2@1".into(),
+                weight: 1.0,
+                adapter: None,
+            }],
         }),
         ..base.clone()
     });
@@ -195,6 +201,16 @@ fn control_records_round_trip() {
             ci_high: 0.05,
             coverage: 0.995,
             passed: true,
+            queries: 800,
+        }),
+        backfill: Some(BackfillProgress {
+            migration_id: "m1".into(),
+            partition: 2,
+            start: 0,
+            end: 100,
+            next_end: 40,
+            embedded: 55,
+            skipped: 5,
         }),
         ..base
     });

@@ -1,0 +1,271 @@
+use embedstream_schemas::control::key_of;
+
+use super::*;
+
+const OLD: &str = "minilm-l6-v2@1";
+const NEW: &str = "mpnet-base-v2@1";
+
+fn known() -> Vec<String> {
+    ["ads", "search"].map(str::to_owned).to_vec()
+}
+
+fn spec(id: &str, dim: i32, state: ModelState) -> ModelVersionRecord {
+    ModelVersionRecord {
+        model_id: id.to_owned(),
+        version: 1,
+        architecture: "bert".to_owned(),
+        dimension: dim,
+        pooling: "mean".to_owned(),
+        normalized: true,
+        max_seq_length: 256,
+        weights: "pypi:x".to_owned(),
+        state,
+    }
+}
+
+fn apply(state: &mut ControlState, records: Vec<ControlRecord>) {
+    for r in records {
+        let key = key_of(&r).unwrap();
+        state.apply(&key, Some(r)).unwrap();
+    }
+}
+
+/// The old version active, the migration to the new one started.
+fn started() -> ControlState {
+    let mut s = ControlState::default();
+    apply(
+        &mut s,
+        vec![model_record(
+            spec("minilm-l6-v2", 384, ModelState::Active),
+            "t",
+            1,
+        )],
+    );
+    let records = start(
+        &s,
+        &OLD.parse().unwrap(),
+        &NEW.parse().unwrap(),
+        spec("mpnet-base-v2", 768, ModelState::Registered),
+        "t",
+        2,
+    )
+    .unwrap();
+    apply(&mut s, records);
+    s
+}
+
+fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
+    let m = current(s).unwrap().clone();
+    let g = GateResult {
+        migration_id: m.migration_id,
+        consumer: consumer.to_owned(),
+        metric: "recall@10".to_owned(),
+        old_value: 0.8,
+        new_value: 0.8 + ci_high - 0.01,
+        ci_low: ci_high - 0.02,
+        ci_high,
+        coverage,
+        passed: passes(ci_high, coverage),
+        queries: 500,
+    };
+    apply(s, vec![gate_record(g, "t", 3)]);
+}
+
+fn models(entries: &[ReadPlanEntry]) -> Vec<(String, f64)> {
+    entries
+        .iter()
+        .map(|e| (e.model.clone(), e.weight))
+        .collect()
+}
+
+#[test]
+fn start_turns_dual_write_on_and_refuses_a_second_migration() {
+    let s = started();
+    assert_eq!(s.active_models().len(), 2, "the new version is written too");
+    let m = current(&s).unwrap();
+    assert_eq!(m.phase, MigrationPhase::DualWrite);
+    assert_eq!((m.from_model.as_str(), m.to_model.as_str()), (OLD, NEW));
+    let again = start(
+        &s,
+        &OLD.parse().unwrap(),
+        &NEW.parse().unwrap(),
+        spec("mpnet-base-v2", 768, ModelState::Registered),
+        "t",
+        3,
+    );
+    assert!(matches!(again, Err(Refused::InProgress { .. })));
+    // Consumers without a plan read the old version.
+    assert_eq!(
+        models(&effective_plan(&s, "search")),
+        [(OLD.to_owned(), 1.0)]
+    );
+}
+
+#[test]
+fn start_needs_an_active_source_version() {
+    let s = ControlState::default();
+    let r = start(
+        &s,
+        &OLD.parse().unwrap(),
+        &NEW.parse().unwrap(),
+        spec("mpnet-base-v2", 768, ModelState::Registered),
+        "t",
+        1,
+    );
+    assert!(matches!(r, Err(Refused::Model { .. })), "{r:?}");
+}
+
+#[test]
+fn weights_blend_and_keep_the_plan_to_restore() {
+    let mut s = started();
+    let r = weight(&s, "search", 0.1, &known(), "t", 3).unwrap();
+    apply(&mut s, r);
+    let plan = s.plan("search").unwrap();
+    assert_eq!(
+        models(&plan.entries),
+        [(OLD.to_owned(), 0.9), (NEW.to_owned(), 0.1)]
+    );
+    assert_eq!(models(&plan.previous), [(OLD.to_owned(), 1.0)]);
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Blended);
+    let r = weight(&s, "search", 0.5, &known(), "t", 4).unwrap();
+    apply(&mut s, r);
+    assert_eq!(
+        models(&s.plan("search").unwrap().previous),
+        [(OLD.to_owned(), 1.0)],
+        "the saved plan is the one before the migration, not the last blend"
+    );
+    assert!(matches!(
+        weight(&s, "search", 1.0, &known(), "t", 5),
+        Err(Refused::Weight(_))
+    ));
+    assert!(matches!(
+        weight(&s, "nobody", 0.5, &known(), "t", 5),
+        Err(Refused::UnknownConsumer { .. })
+    ));
+    assert!(weight(&s, "search", f64::NAN, &known(), "t", 5).is_err());
+}
+
+#[test]
+fn cutover_is_refused_without_a_passing_gate_and_forced_is_recorded() {
+    let mut s = started();
+    let r = cutover(&s, Some("search"), false, &known(), "t", 3);
+    assert!(
+        matches!(&r, Err(Refused::Gate(v)) if v[0].contains("no gate result")),
+        "{r:?}"
+    );
+    gate(&mut s, "search", -0.01, 1.0);
+    let r = cutover(&s, Some("search"), false, &known(), "t", 3);
+    assert!(
+        matches!(&r, Err(Refused::Gate(v)) if v[0].contains("below 0")),
+        "{r:?}"
+    );
+    gate(&mut s, "search", 0.02, 0.95);
+    let r = cutover(&s, Some("search"), false, &known(), "t", 3);
+    assert!(
+        matches!(&r, Err(Refused::Gate(v)) if v[0].contains("coverage")),
+        "{r:?}"
+    );
+
+    let r = cutover(&s, Some("search"), true, &known(), "t", 3).unwrap();
+    apply(&mut s, r);
+    let plan = s.plan("search").unwrap();
+    assert!(plan.forced);
+    assert_eq!(models(&plan.entries), [(NEW.to_owned(), 1.0)]);
+    // Only one of two consumers is cut over.
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Blended);
+
+    gate(&mut s, "ads", 0.0, 0.995);
+    let r = cutover(&s, Some("ads"), false, &known(), "t", 4).unwrap();
+    apply(&mut s, r);
+    assert!(!s.plan("ads").unwrap().forced);
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Cutover);
+}
+
+#[test]
+fn rollback_restores_the_plan_in_one_record_and_recutover_works() {
+    let mut s = started();
+    gate(&mut s, "search", 0.02, 1.0);
+    gate(&mut s, "ads", 0.02, 1.0);
+    let r = weight(&s, "ads", 0.5, &known(), "t", 3).unwrap();
+    apply(&mut s, r);
+    let r = cutover(&s, None, false, &known(), "t", 4).unwrap();
+    apply(&mut s, r);
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Cutover);
+
+    let r = rollback(&s, Some("ads"), &known(), "t", 5).unwrap();
+    assert_eq!(r.len(), 1, "one record per consumer");
+    apply(&mut s, r);
+    assert_eq!(
+        models(&s.plan("ads").unwrap().entries),
+        [(OLD.to_owned(), 1.0)]
+    );
+    assert_eq!(
+        models(&s.plan("search").unwrap().entries),
+        [(NEW.to_owned(), 1.0)]
+    );
+    assert!(matches!(
+        decommission(&s, &known(), "t", 6),
+        Err(Refused::Decommission(_))
+    ));
+
+    let r = rollback(&s, None, &known(), "t", 6).unwrap();
+    apply(&mut s, r);
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::RolledBack);
+    assert_eq!(
+        s.active_models().len(),
+        2,
+        "dual-write stays on after a rollback"
+    );
+
+    let r = cutover(&s, None, false, &known(), "t", 7).unwrap();
+    apply(&mut s, r);
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Cutover);
+    assert_eq!(
+        models(&s.plan("ads").unwrap().entries),
+        [(NEW.to_owned(), 1.0)]
+    );
+    let r = rollback(&s, Some("ads"), &known(), "t", 8).unwrap();
+    apply(&mut s, r);
+    assert_eq!(
+        models(&s.plan("ads").unwrap().entries),
+        [(OLD.to_owned(), 1.0)],
+        "a second rollback restores the same plan"
+    );
+}
+
+#[test]
+fn decommission_retires_the_version_nobody_reads() {
+    let mut s = started();
+    gate(&mut s, "search", 0.02, 1.0);
+    gate(&mut s, "ads", 0.02, 1.0);
+    let r = cutover(&s, None, false, &known(), "t", 3).unwrap();
+    apply(&mut s, r);
+    let r = decommission(&s, &known(), "t", 4).unwrap();
+    apply(&mut s, r);
+    let active: Vec<_> = s
+        .active_models()
+        .iter()
+        .map(|m| m.model_id.clone())
+        .collect();
+    assert_eq!(active, ["mpnet-base-v2"]);
+    assert!(s.current_migration().is_none());
+    assert!(matches!(
+        decommission(&s, &known(), "t", 5),
+        Err(Refused::NoMigration)
+    ));
+
+    // A migration rolled back everywhere retires its new version.
+    let mut s = started();
+    let r = weight(&s, "ads", 0.5, &known(), "t", 3).unwrap();
+    apply(&mut s, r);
+    let r = rollback(&s, None, &known(), "t", 4).unwrap();
+    apply(&mut s, r);
+    let r = decommission(&s, &known(), "t", 5).unwrap();
+    apply(&mut s, r);
+    let active: Vec<_> = s
+        .active_models()
+        .iter()
+        .map(|m| m.model_id.clone())
+        .collect();
+    assert_eq!(active, ["minilm-l6-v2"]);
+}
