@@ -55,6 +55,13 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Index sink of one embedding topic: hot shards + HNSW, snapshots, the query API.
     Sink(cmd::sink::SinkArgs),
+    /// Model migrations: start, status, weight, cutover, rollback, decommission, backfill.
+    Migrate {
+        #[command(flatten)]
+        target: cmd::migrate::Target,
+        #[command(subcommand)]
+        command: cmd::migrate::MigrateCommand,
+    },
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
@@ -168,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             cmd::sink::run(args, telemetry::metrics_router()?, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
+        Command::Migrate { target, command } => cmd::migrate::run(target, command).await?,
         Command::Models { command } => models(command).await?,
     }
     Ok(())
@@ -291,7 +299,7 @@ fn model_json(m: &ModelVersionRecord) -> serde_json::Value {
 }
 
 /// A token cancelled on SIGINT or SIGTERM: signals are handled here only.
-fn shutdown_on_signal() -> CancellationToken {
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {

@@ -5,6 +5,9 @@
 //! records to write, and appends them; nothing else holds migration state, so any process can
 //! be restarted at any moment and every process sees the same phase, plans and gates.
 
+pub mod admin;
+pub mod backfill;
+pub mod metrics;
 pub mod plan;
 
 use embedstream_schemas::control::ControlState;

@@ -1,0 +1,308 @@
+//! `embedstream migrate …`: the operator's commands. Each one either writes to the control log
+//! directly (the default: the operator has Kafka access) or, with `--admin-url`, goes through
+//! the platform's admin HTTP API with a bearer token.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
+use embedstream_pipeline::control::ControlLog;
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::embed::engine::EngineConfig;
+use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
+use embedstream_pipeline::migrate::{Migrator, Status, default_consumers};
+use embedstream_pipeline::stage::validate::Limits;
+use embedstream_schemas::Codec;
+use embedstream_topics::ModelRef;
+use tokio_util::sync::CancellationToken;
+
+use super::stage::PlatformArgs;
+
+/// Where a command goes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Send the command to this admin API (e.g. http://127.0.0.1:9400) instead of writing the
+    /// control log directly.
+    #[arg(long, env = "EMBEDSTREAM_ADMIN_URL", global = true)]
+    pub admin_url: Option<String>,
+    /// Bearer token of the admin API.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Consumers the migration gates (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = default_consumers(), global = true)]
+    pub consumers: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum MigrateCommand {
+    /// Start a migration: the new version is written beside the old one (dual-write).
+    Start {
+        /// Version migrated from (`id@version`).
+        #[arg(long)]
+        from: ModelRef,
+        /// Version migrated to.
+        #[arg(long)]
+        to: ModelRef,
+    },
+    /// Phase, backfill coverage per partition and ETA, plans and gate results.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing every N seconds until the backfill is complete.
+        #[arg(long)]
+        watch: Option<u64>,
+    },
+    /// Set the share of a consumer's reads that come from the new version.
+    Weight {
+        /// Consumer.
+        #[arg(long)]
+        consumer: String,
+        /// Weight of the new version, 0 <= w < 1.
+        #[arg(long = "new")]
+        new_weight: f64,
+    },
+    /// Move consumers to the new version; refused unless the gate passed.
+    Cutover {
+        /// One consumer (default: all).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Cut over even if the gate refuses (recorded in the control log).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore the plan consumers had before the migration.
+    Rollback {
+        /// One consumer (default: all).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Retire the version no consumer reads any more and close the migration.
+    Decommission,
+    /// Replay `items` with the new model into its topic, newest first (resumes a killed run).
+    Backfill {
+        /// Items/s at most (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        max_rate: f64,
+        /// Offsets per chunk and checkpoint.
+        #[arg(long, default_value_t = 256)]
+        chunk: i64,
+        /// Where the model runs.
+        #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+        device: Device,
+        /// Max padded tokens per forward pass.
+        #[arg(long, default_value_t = 8192)]
+        batch_tokens: usize,
+        /// Same as the stage's: longer texts were dead-lettered there and are skipped here.
+        #[arg(long, default_value_t = 65_536)]
+        max_text_bytes: usize,
+    },
+}
+
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+}
+
+/// Runs one subcommand.
+pub async fn run(target: Target, command: MigrateCommand) -> anyhow::Result<()> {
+    if let Some(url) = &target.admin_url {
+        return remote(url, target.token.as_deref(), &command).await;
+    }
+    let token = CancellationToken::new();
+    let log = ControlLog::open(
+        &target.platform.bootstrap,
+        Codec::new(&target.platform.registry_url),
+        &target.platform.names().control(),
+        token.clone(),
+    )
+    .await
+    .context("cannot open the control log")?;
+    let migrator = Migrator::new(log.clone(), target.consumers.clone(), &operator());
+    let result = local(&target, &migrator, command).await;
+    token.cancel();
+    result
+}
+
+async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow::Result<()> {
+    let applied = match command {
+        MigrateCommand::Start { from, to } => m.start(&from, &to).await?,
+        MigrateCommand::Weight {
+            consumer,
+            new_weight,
+        } => m.weight(&consumer, new_weight).await?,
+        MigrateCommand::Cutover { consumer, force } => {
+            m.cutover(consumer.as_deref(), force).await?
+        }
+        MigrateCommand::Rollback { consumer } => m.rollback(consumer.as_deref()).await?,
+        MigrateCommand::Decommission => m.decommission().await?,
+        MigrateCommand::Status { json, watch } => {
+            loop {
+                let status = m.status();
+                print_status(&status, json)?;
+                let done = status
+                    .migration
+                    .as_ref()
+                    .is_none_or(|s| s.backfill_fraction >= 1.0);
+                match watch {
+                    Some(secs) if !done => tokio::time::sleep(Duration::from_secs(secs)).await,
+                    _ => break,
+                }
+            }
+            return Ok(());
+        }
+        MigrateCommand::Backfill {
+            max_rate,
+            chunk,
+            device,
+            batch_tokens,
+            max_text_bytes,
+        } => {
+            let shutdown = super::super::shutdown_on_signal();
+            let config = BackfillConfig {
+                bootstrap: target.platform.bootstrap.clone(),
+                registry_url: target.platform.registry_url.clone(),
+                names: target.platform.names(),
+                chunk: chunk.max(1),
+                max_rate,
+                device,
+                engine: EngineConfig {
+                    max_batch_tokens: batch_tokens,
+                    ..EngineConfig::default()
+                },
+                limits: Limits { max_text_bytes },
+                by: format!("backfill:{}", operator()),
+            };
+            let report = backfill::run(config, m.log().clone(), shutdown).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+    };
+    for key in applied.keys {
+        println!("wrote {key}");
+    }
+    Ok(())
+}
+
+fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(status)?);
+        return Ok(());
+    }
+    let tty = std::io::stdout().is_terminal();
+    match &status.migration {
+        None => println!("no migration in progress"),
+        Some(m) => {
+            println!(
+                "migration {}  {} -> {}  phase {}",
+                m.id, m.from, m.to, m.phase
+            );
+            let eta = m
+                .backfill_eta_s
+                .map_or_else(String::new, |s| format!("  ETA {:.0} s", s));
+            println!(
+                "backfill {:>5.1}%  {} items embedded{eta}",
+                m.backfill_fraction * 100.0,
+                m.backfill_embedded
+            );
+            for p in &m.backfill {
+                let bar = if tty { bar(p.fraction) } else { String::new() };
+                println!(
+                    "  partition {:>3} {bar} {:>5.1}%  offsets [{}, {}) next_end {}",
+                    p.partition,
+                    p.fraction * 100.0,
+                    p.start,
+                    p.end,
+                    p.next_end
+                );
+            }
+        }
+    }
+    for c in &status.consumers {
+        let plan: Vec<String> = c.plan.iter().map(|(m, w)| format!("{m}={w:.2}")).collect();
+        let gate = c.gate.as_ref().map_or_else(
+            || "gate: not evaluated".to_owned(),
+            |g| {
+                format!(
+                    "gate: {} old {:.3} new {:.3} diff CI [{:+.3}, {:+.3}] coverage {:.1}% n={} {}",
+                    g.metric,
+                    g.old_value,
+                    g.new_value,
+                    g.ci_low,
+                    g.ci_high,
+                    g.coverage * 100.0,
+                    g.queries,
+                    if g.passed { "PASS" } else { "FAIL" }
+                )
+            },
+        );
+        let forced = if c.forced { " (forced)" } else { "" };
+        println!("  {:<8} {}{forced}  {gate}", c.consumer, plan.join(" "));
+    }
+    Ok(())
+}
+
+fn bar(fraction: f64) -> String {
+    let width = 30;
+    let filled = ((fraction.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// Sends a command to the admin API.
+async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> anyhow::Result<()> {
+    let token = token.context("--admin-url needs --token (or EMBEDSTREAM_ADMIN_TOKEN)")?;
+    let (method_get, path, body) = match command {
+        MigrateCommand::Start { from, to } => (
+            false,
+            "start",
+            serde_json::json!({"from": from.to_string(), "to": to.to_string()}),
+        ),
+        MigrateCommand::Weight {
+            consumer,
+            new_weight,
+        } => (
+            false,
+            "weight",
+            serde_json::json!({"consumer": consumer, "new": new_weight}),
+        ),
+        MigrateCommand::Cutover { consumer, force } => (
+            false,
+            "cutover",
+            serde_json::json!({"consumer": consumer, "force": force}),
+        ),
+        MigrateCommand::Rollback { consumer } => {
+            (false, "rollback", serde_json::json!({"consumer": consumer}))
+        }
+        MigrateCommand::Decommission => (false, "decommission", serde_json::json!({})),
+        MigrateCommand::Status { .. } => (true, "status", serde_json::Value::Null),
+        MigrateCommand::Backfill { .. } => {
+            anyhow::bail!("the backfill runs where Kafka is reachable; run it without --admin-url")
+        }
+    };
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/admin/v1/migration/{path}", url.trim_end_matches('/'));
+    let request = if method_get {
+        client.get(&endpoint)
+    } else {
+        client.post(&endpoint).json(&body)
+    };
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{endpoint}: {status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
