@@ -43,15 +43,33 @@ pub fn router(migrator: Migrator, token: Option<String>) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"error": message.into(), "kind": kind});
-    let mut response = (status, axum::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+/// A refused request: status, a fixed kind, a message for people.
+#[derive(Debug)]
+struct AdminError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError {
+        status,
+        kind,
+        message: message.into(),
     }
-    response
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.message, "kind": self.kind});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
+        response
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -59,7 +77,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), AdminError> {
     let Some(expected) = &admin.token else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -88,7 +106,7 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
 
 async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&admin, &headers) {
-        return r;
+        return r.into_response();
     }
     axum::Json(admin.migrator.status()).into_response()
 }
@@ -96,8 +114,8 @@ async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    from: ModelRef,
-    to: ModelRef,
+    from: String,
+    to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +134,7 @@ struct ConsumerBody {
     force: bool,
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -138,14 +156,19 @@ async fn action(
     body: Bytes,
 ) -> Response {
     if let Err(r) = authorize(&admin, &headers) {
-        return r;
+        return r.into_response();
     }
     let m = &admin.migrator;
-    let result: Result<Result<Applied, Error>, Response> = async {
+    let result: Result<Result<Applied, Error>, AdminError> = async {
         Ok(match action.as_str() {
             "start" => {
                 let b: StartBody = parse(&body)?;
-                m.start(&b.from, &b.to).await
+                let model = |s: &str| {
+                    s.parse::<ModelRef>()
+                        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_model", e.to_string()))
+                };
+                let (from, to) = (model(&b.from)?, model(&b.to)?);
+                m.start(&from, &to).await
             }
             "weight" => {
                 let b: WeightBody = parse(&body)?;
@@ -178,14 +201,16 @@ async fn action(
     }
     .await;
     match result {
-        Err(response) => response,
+        Err(e) => e.into_response(),
         Ok(Ok(applied)) => {
             tracing::info!(action, keys = ?applied.keys, "Admin action applied.");
             axum::Json(applied).into_response()
         }
         Ok(Err(Error::Refused { refused })) => {
-            error(StatusCode::CONFLICT, "refused", refused.to_string())
+            error(StatusCode::CONFLICT, "refused", refused.to_string()).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()),
+        Ok(Err(e)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()).into_response()
+        }
     }
 }

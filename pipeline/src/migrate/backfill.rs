@@ -30,6 +30,7 @@ use embedstream_schemas::records::{
     BackfillProgress, ControlKind, EmbeddingRecord, MigrationPhase, MigrationRecord,
     SourceCoordinates,
 };
+use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{ModelRef, catalog};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -150,6 +151,13 @@ pub async fn run(
             reason: format!("{items} has no partitions (does it exist?)"),
         });
     }
+
+    // The stage creates the topic when the version turns ACTIVE; do it here too, so the
+    // backfill does not depend on a stage running.
+    let partition_count = i32::try_from(partitions.len()).unwrap_or(i32::MAX);
+    Admin::new(bootstrap, timeout)?
+        .ensure(&[TopicSpec::compacted(topic.clone(), partition_count, 1)])
+        .await?;
 
     // Checkpoints: resume each partition, or start it at its current watermarks.
     let mut progress: BTreeMap<i32, BackfillProgress> = state

@@ -5,6 +5,7 @@
 mod cli;
 mod common;
 mod engine;
+mod migrate;
 mod parity;
 mod sink;
 mod stage;

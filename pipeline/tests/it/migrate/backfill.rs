@@ -1,0 +1,189 @@
+//! The backfill killed with -9 mid-way and restarted, while the stage dual-writes updates and
+//! deletes: it resumes from its checkpoint, and on the new topic every live item ends with its
+//! newest event, the deleted one with none.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{EmbeddingRecord, ItemEvent};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::stage::{Platform, delete, terminate, upsert, wait_log_count};
+
+fn backfill_command(p: &Platform, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    cmd.args([
+        "migrate",
+        "--bootstrap",
+        &p.bootstrap,
+        "--registry-url",
+        &p.registry,
+        "--topic-prefix",
+        &p.prefix,
+        "backfill",
+        "--chunk",
+        "6",
+    ])
+    .args(extra)
+    .env("NO_COLOR", "1")
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// The last event per item on `items`: `(offset, deleted)`.
+async fn latest_items(p: &Platform) -> HashMap<String, (i32, i64, bool)> {
+    let codec = Codec::new(&p.registry);
+    let mut out = HashMap::new();
+    for (key, value, partition, offset) in p.read_all(&p.names.items()) {
+        let key = String::from_utf8(key.unwrap()).unwrap();
+        let deleted = match value {
+            None => true,
+            Some(v) => {
+                let e: ItemEvent = codec.decode(&v).await.unwrap();
+                e.op == embedstream_schemas::records::ItemOp::Delete
+            }
+        };
+        out.insert(key, (partition, offset, deleted));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
+    let p = Platform::new("backfill-kill");
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    let (mut stage, stage_log) = p.spawn_stage_logged("stage");
+    // The corpus from before the migration; ids 0..10 have an older text first.
+    let older: Vec<ItemEvent> = (0..10)
+        .map(|i| upsert(&format!("b-{i}"), &format!("An outdated text of item {i}.")))
+        .collect();
+    p.produce_events(&older).await;
+    let corpus: Vec<ItemEvent> = (0..60)
+        .map(|i| {
+            upsert(
+                &format!("b-{i}"),
+                &format!("Package {i}: a small utility that does thing number {i}."),
+            )
+        })
+        .collect();
+    p.produce_events(&corpus).await;
+    p.wait_caught_up(Duration::from_secs(180)).await;
+
+    ok(&migrate(
+        &p,
+        &["start", "--from", crate::stage::MINILM, "--to", MPNET],
+    ));
+    // The running stage loads MPNet and dual-writes from now on.
+    wait_log_count(
+        &stage_log,
+        "Writing a new model version",
+        2,
+        Duration::from_secs(180),
+    )
+    .await;
+
+    let token = CancellationToken::new();
+    let log = control(&p, &token).await;
+    let migration = log
+        .state()
+        .current_migration()
+        .unwrap()
+        .migration_id
+        .clone();
+    let mut first = backfill_command(&p, &["--max-rate", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 once some chunks are checkpointed and some are not.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let at_kill = loop {
+        let parts: Vec<_> = log
+            .state()
+            .backfill(&migration)
+            .into_iter()
+            .cloned()
+            .collect();
+        let done: i64 = parts.iter().map(|b| b.end - b.next_end).sum();
+        if parts.len() == 3 && done >= 12 {
+            first.kill().unwrap();
+            first.wait().unwrap();
+            break parts;
+        }
+        if Instant::now() > deadline {
+            let _ = first.kill();
+            let _ = first.wait();
+            panic!("no checkpoint: {parts:?}");
+        }
+        sleep_ms(50).await;
+    };
+    assert!(
+        at_kill.iter().any(|b| !b.done()),
+        "killed before the end: {at_kill:?}"
+    );
+    let done_at_kill: i64 = at_kill.iter().map(|b| b.embedded).sum();
+
+    // Updates and a delete after the backfill's range: the dual-write's to embed; the
+    // backfill must not overwrite them with the older texts it finds further back.
+    let updates: Vec<ItemEvent> = (0..5)
+        .chain(20..25)
+        .map(|i| {
+            upsert(
+                &format!("b-{i}"),
+                &format!("Updated during the migration: {i}."),
+            )
+        })
+        .chain([delete("b-30")])
+        .collect();
+    p.produce_events(&updates).await;
+
+    let out = backfill_command(&p, &[]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(report["complete"], true, "{report}");
+    let resumed = report["embedded"].as_i64().unwrap();
+    assert!(
+        resumed < 60 - done_at_kill + 18,
+        "the second run redid at most one chunk per partition: {resumed} after {done_at_kill}"
+    );
+    p.wait_caught_up(Duration::from_secs(180)).await;
+    assert!(terminate(&mut stage).success());
+
+    let latest = latest_items(&p).await;
+    let codec = Codec::new(&p.registry);
+    let mut on_new: HashMap<String, Option<EmbeddingRecord>> = HashMap::new();
+    for (key, value, _, _) in p.read_all(&p.names.embeddings(&MPNET.parse().unwrap())) {
+        let key = String::from_utf8(key.unwrap()).unwrap();
+        let record = match value {
+            None => None,
+            Some(v) => Some(codec.decode::<EmbeddingRecord>(&v).await.unwrap()),
+        };
+        on_new.insert(key, record);
+    }
+    for (id, (partition, offset, deleted)) in &latest {
+        let got = on_new.get(id).cloned().flatten();
+        if *deleted {
+            assert!(
+                got.is_none(),
+                "{id} was deleted but the new topic has {got:?}"
+            );
+            continue;
+        }
+        let r = got.unwrap_or_else(|| panic!("{id} is missing on the new topic"));
+        assert_eq!(r.vector.len(), 768);
+        assert_eq!(
+            (r.source.partition, r.source.offset),
+            (*partition, *offset),
+            "{id}: the new topic's last record is not of the item's newest event"
+        );
+    }
+    assert_eq!(latest.values().filter(|(_, _, d)| !d).count(), 59);
+    let status: serde_json::Value =
+        serde_json::from_str(ok(&migrate(&p, &["status", "--json"])).trim()).unwrap();
+    assert_eq!(status["migration"]["backfill_fraction"], 1.0, "{status}");
+    token.cancel();
+}

@@ -1,0 +1,82 @@
+//! Migrations against the real broker and registry: the backfill killed with -9 and resumed
+//! beside a dual-writing stage; the gate, forced cutover and rollback as other processes see
+//! them; the admin API's token.
+
+mod backfill;
+mod commands;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use embedstream_pipeline::control::ControlLog;
+use embedstream_schemas::Codec;
+use tokio_util::sync::CancellationToken;
+
+use crate::stage::Platform;
+
+pub const MPNET: &str = "mpnet-base-v2@1";
+
+/// `embedstream migrate <args>` on the platform.
+pub fn migrate(p: &Platform, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .arg("migrate")
+        .args([
+            "--bootstrap",
+            &p.bootstrap,
+            "--registry-url",
+            &p.registry,
+            "--topic-prefix",
+            &p.prefix,
+            "--partitions",
+            "3",
+        ])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .env_remove("EMBEDSTREAM_ADMIN_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh follower of the platform's control log (as any restarted process would read it).
+pub async fn control(p: &Platform, token: &CancellationToken) -> ControlLog {
+    ControlLog::open(
+        &p.bootstrap,
+        Codec::new(&p.registry),
+        &p.names.control(),
+        token.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Registers MiniLM as the active version (what `up` does on a new platform).
+pub async fn activate_minilm(p: &Platform) {
+    let token = CancellationToken::new();
+    let log = control(p, &token).await;
+    let spec = embedstream_topics::catalog::lookup(&crate::stage::MINILM.parse().unwrap()).unwrap();
+    log.set_model_state(
+        &spec,
+        embedstream_schemas::records::ModelState::Active,
+        "test",
+    )
+    .await
+    .unwrap();
+    token.cancel();
+}
+
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
