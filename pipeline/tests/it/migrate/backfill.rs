@@ -34,6 +34,22 @@ fn backfill_command(p: &Platform, extra: &[&str]) -> Command {
     cmd
 }
 
+/// A child killed with SIGKILL (and reaped) when asked, or when the test ends.
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The last event per item on `items`: `(offset, deleted)`.
 async fn latest_items(p: &Platform) -> HashMap<String, (i32, i64, bool)> {
     let codec = Codec::new(&p.registry);
@@ -95,11 +111,13 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
         .unwrap()
         .migration_id
         .clone();
-    let mut first = backfill_command(&p, &["--max-rate", "6"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = Killed(
+        backfill_command(&p, &["--max-rate", "6"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Kill -9 once some chunks are checkpointed and some are not.
     let deadline = Instant::now() + Duration::from_secs(180);
     let at_kill = loop {
@@ -111,15 +129,10 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
             .collect();
         let done: i64 = parts.iter().map(|b| b.end - b.next_end).sum();
         if parts.len() == 3 && done >= 12 {
-            first.kill().unwrap();
-            first.wait().unwrap();
+            first.kill();
             break parts;
         }
-        if Instant::now() > deadline {
-            let _ = first.kill();
-            let _ = first.wait();
-            panic!("no checkpoint: {parts:?}");
-        }
+        assert!(Instant::now() < deadline, "no checkpoint: {parts:?}");
         sleep_ms(50).await;
     };
     assert!(
