@@ -23,6 +23,7 @@ mod hot;
 mod index;
 mod main_index;
 mod metrics;
+pub mod router;
 pub mod service;
 mod shard;
 mod snapshot;

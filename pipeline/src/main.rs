@@ -62,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: cmd::migrate::MigrateCommand,
     },
+    /// Query router: blended reads per consumer over the versions' sinks, following the
+    /// control log; serves the migration admin API.
+    Router(cmd::router::RouterArgs),
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
@@ -175,6 +178,10 @@ async fn main() -> anyhow::Result<()> {
             cmd::sink::run(args, telemetry::metrics_router()?, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
+        Command::Router(args) => {
+            let shutdown = shutdown_on_signal();
+            cmd::router::run(args, telemetry::metrics_router()?, shutdown).await?;
+        }
         Command::Migrate { target, command } => cmd::migrate::run(target, command).await?,
         Command::Models { command } => models(command).await?,
     }

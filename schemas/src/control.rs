@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::records::{
     BackfillProgress, ControlKind, ControlRecord, GateResult, MigrationRecord, ModelState,
-    ModelVersionRecord, ReadPlan,
+    ModelVersionRecord, ReadPlan, ReadPlanEntry,
 };
 
 /// Key of a model version's record.
@@ -201,6 +201,34 @@ impl ControlState {
             .collect();
         v.sort_by_key(|b| b.partition);
         v
+    }
+
+    /// The versions a consumer reads now: its plan, or — without one — the serving version
+    /// at weight 1 (the current migration's `from`, else the newest active version).
+    pub fn read_plan_for(&self, consumer: &str) -> Vec<ReadPlanEntry> {
+        if let Some(plan) = self.plan(consumer) {
+            return plan.entries.clone();
+        }
+        self.serving_default()
+            .map(|model| {
+                vec![ReadPlanEntry {
+                    model,
+                    weight: 1.0,
+                    adapter: None,
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    /// The version a consumer without a plan reads: the current migration's `from`, else the
+    /// newest active version (`id@version`).
+    pub fn serving_default(&self) -> Option<String> {
+        if let Some(m) = self.current_migration() {
+            return Some(m.from_model.clone());
+        }
+        self.active_models()
+            .last()
+            .map(|m| format!("{}@{}", m.model_id, m.version))
     }
 
     /// The migration in progress: the newest one not decommissioned.

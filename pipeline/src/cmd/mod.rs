@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod migrate;
 pub mod produce;
+pub mod router;
 pub mod sink;
 pub mod stage;
 pub mod up;

@@ -65,24 +65,7 @@ pub enum Refused {
 
 /// The read plan a consumer follows now.
 pub fn effective_plan(state: &ControlState, consumer: &str) -> Vec<ReadPlanEntry> {
-    if let Some(plan) = state.plan(consumer) {
-        return plan.entries.clone();
-    }
-    serving_default(state)
-        .map(|m| vec![entry(&m, 1.0)])
-        .unwrap_or_default()
-}
-
-/// The version a consumer without a plan reads: the current migration's `from`, else the
-/// newest active version.
-pub fn serving_default(state: &ControlState) -> Option<String> {
-    if let Some(m) = state.current_migration() {
-        return Some(m.from_model.clone());
-    }
-    state
-        .active_models()
-        .last()
-        .map(|m| format!("{}@{}", m.model_id, m.version))
+    state.read_plan_for(consumer)
 }
 
 fn entry(model: &str, weight: f64) -> ReadPlanEntry {

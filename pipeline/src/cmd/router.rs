@@ -1,0 +1,115 @@
+//! `embedstream router`: the query router (blended reads per consumer, following the control
+//! log) with the migration admin API and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use embedstream_index_sink::router::{self, Blend, RouterConfig};
+use embedstream_index_sink::service::default_consumers;
+use embedstream_pipeline::control::ControlLog;
+use embedstream_pipeline::migrate::{Migrator, admin};
+use embedstream_schemas::Codec;
+use embedstream_schemas::control::ControlState;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::stage::PlatformArgs;
+
+/// Options of `router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Where to serve `/v1/search`, `/v1/plans`, the admin API and `/metrics`.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_ROUTER_LISTEN",
+        default_value = "127.0.0.1:9400"
+    )]
+    pub listen: SocketAddr,
+    /// The sink of a version: `id@version=http://host:port` (repeat for each version).
+    #[arg(long = "backend", value_parser = parse_backend, required = true)]
+    pub backends: Vec<(String, String)>,
+    /// How two versions' lists are merged: rrf or zscore.
+    #[arg(long, default_value = "rrf")]
+    pub blend: Blend,
+    /// Timeout of one sink request, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub backend_timeout_ms: u64,
+    /// Bearer token of the admin API (`/admin/v1/migration/...`); disabled when unset.
+    #[arg(long, env = "EMBEDSTREAM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+fn parse_backend(s: &str) -> Result<(String, String), String> {
+    let (model, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected id@version=http://host:port"))?;
+    model
+        .parse::<embedstream_topics::ModelRef>()
+        .map_err(|e| e.to_string())?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    Ok((model.to_owned(), url.to_owned()))
+}
+
+/// The control state as a watch channel of the state alone.
+pub fn plans(log: &ControlLog, shutdown: CancellationToken) -> watch::Receiver<Arc<ControlState>> {
+    let mut view = log.subscribe();
+    let (tx, rx) = watch::channel(view.borrow_and_update().state.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let state = view.borrow_and_update().state.clone();
+                    tx.send_replace(state);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the router until `shutdown`.
+pub async fn run(
+    args: RouterArgs,
+    metrics: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let log = ControlLog::open(
+        &args.platform.bootstrap,
+        Codec::new(&args.platform.registry_url),
+        &args.platform.names().control(),
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot open the control log")?;
+    let consumers = default_consumers();
+    let migrator = Migrator::new(
+        log.clone(),
+        consumers.keys().cloned().collect(),
+        "admin-api",
+    );
+    let config = RouterConfig {
+        listen: args.listen,
+        backends: args.backends.into_iter().collect::<BTreeMap<_, _>>(),
+        blend: args.blend,
+        consumers,
+        timeout: Duration::from_millis(args.backend_timeout_ms),
+    };
+    if args.admin_token.is_none() {
+        tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
+    }
+    let extra = admin::router(migrator, args.admin_token).merge(metrics);
+    router::run(config, plans(&log, shutdown.clone()), extra, shutdown)
+        .await
+        .context("the query router failed")
+}
