@@ -2,8 +2,8 @@
 
   python3 loadtest/debian_catalog.py [--limit N] [--out FILE]
 
-Each line is {"id": "pkg:<name>", "title": <synopsis>, "text": "<synopsis>. <long description>"}
-for one binary package (first occurrence of a name wins; order is the catalog's, so a run is
+Each line is {"id": "pkg:<name>", "title": <synopsis>, "text": "<synopsis>. <long description>",
+"attributes": {"source": <source package>, "section": <section>}} for one binary package (first occurrence of a name wins; order is the catalog's, so a run is
 repeatable on one machine). Long descriptions come from apt's Translation-en lists, which
 Debian's container images skip: fetch them once with
 `apt-get update -o Acquire::Languages=en` (compose/dev does).
@@ -46,6 +46,11 @@ def packages(dump):
             field = key
             if key == "Package":
                 pkg["name"] = value.strip()
+            elif key == "Source":
+                # "Source: foo" or "Source: foo (1.2-3)" when the versions differ.
+                pkg["source"] = value.strip().split(" ")[0]
+            elif key == "Section":
+                pkg["section"] = value.strip()
             elif key in ("Description", "Description-en"):
                 field = "Description"
                 pkg["synopsis"] = value.strip()
@@ -71,7 +76,9 @@ def main():
         seen.add(name)
         long = " ".join(x for x in (p.get("long") or long_descriptions.get(name, [])) if x)
         text = p["synopsis"] + (". " + long if long else "")
-        out.write(json.dumps({"id": f"pkg:{name}", "title": p["synopsis"], "text": text}) + "\n")
+        attributes = {"source": p.get("source") or name, "section": p.get("section", "")}
+        line = {"id": f"pkg:{name}", "title": p["synopsis"], "text": text, "attributes": attributes}
+        out.write(json.dumps(line) + "\n")
         n += 1
         if args.limit and n >= args.limit:
             break

@@ -8,6 +8,7 @@ pub mod control;
 pub mod embed;
 pub mod encoder;
 mod error;
+pub mod eval;
 pub mod migrate;
 pub mod models;
 pub mod stage;

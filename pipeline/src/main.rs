@@ -62,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: cmd::migrate::MigrateCommand,
     },
+    /// Evaluate versions (and blends) on per-consumer golden query sets, with confidence
+    /// intervals.
+    Eval(cmd::eval::EvalArgs),
     /// Query router: blended reads per consumer over the versions' sinks, following the
     /// control log; serves the migration admin API.
     Router(cmd::router::RouterArgs),
@@ -178,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             cmd::sink::run(args, telemetry::metrics_router()?, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
+        Command::Eval(args) => cmd::eval::run(args).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();
             cmd::router::run(args, telemetry::metrics_router()?, shutdown).await?;

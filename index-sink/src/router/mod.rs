@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,6 +93,8 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
     Router::new()
         .route("/v1/search", post(search))
         .route("/v1/plans", get(plans_route))
+        .route("/v1/versions", get(versions_route))
+        .route("/v1/items/{item_id}", get(item_route))
         .with_state(shared)
 }
 
@@ -187,6 +189,60 @@ async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     axum::Json(plans).into_response()
+}
+
+/// Each version's sink `GET path`: `{"id@v": body | null}` (null when it failed or 404).
+async fn fan_out_get(shared: &Shared, path: &str) -> BTreeMap<String, serde_json::Value> {
+    let calls: Vec<_> = shared
+        .config
+        .backends
+        .iter()
+        .map(|(model, base)| {
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            (model.clone(), shared.client.get(url).send())
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (model, call) in calls {
+        let value = match call.await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(serde_json::Value::Null),
+            _ => serde_json::Value::Null,
+        };
+        out.insert(model, value);
+    }
+    out
+}
+
+/// `GET /v1/versions`: each version's sink stats (`items`, `lag`, ...), null when it is down.
+async fn versions_route(State(shared): State<Arc<Shared>>) -> Response {
+    let stats = fan_out_get(&shared, "/v1/stats").await;
+    let brief: BTreeMap<String, serde_json::Value> = stats
+        .into_iter()
+        .map(|(m, v)| {
+            let b = if v.is_null() {
+                v
+            } else {
+                serde_json::json!({"items": v["items"], "lag": v["lag"], "topic": v["topic"]})
+            };
+            (m, b)
+        })
+        .collect();
+    axum::Json(brief).into_response()
+}
+
+/// `GET /v1/items/{id}`: where each version has the item (null: not there, or down).
+async fn item_route(State(shared): State<Arc<Shared>>, Path(item_id): Path<String>) -> Response {
+    let encoded: String = item_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    axum::Json(fan_out_get(&shared, &format!("/v1/items/{encoded}")).await).into_response()
 }
 
 async fn search(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
+use embedstream_pipeline::eval;
 use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::{Migrator, Status, default_consumers};
 use embedstream_pipeline::stage::validate::Limits;
@@ -69,6 +70,25 @@ pub enum MigrateCommand {
         /// Weight of the new version, 0 <= w < 1.
         #[arg(long = "new")]
         new_weight: f64,
+    },
+    /// Evaluate old vs new on every consumer's golden set and record the gate results.
+    Gate {
+        /// Golden sets (`golden.json`).
+        #[arg(long)]
+        golden: std::path::PathBuf,
+        /// The query router.
+        #[arg(
+            long,
+            env = "EMBEDSTREAM_ROUTER_URL",
+            default_value = "http://127.0.0.1:9400"
+        )]
+        router: String,
+        /// Where query embeddings run.
+        #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+        device: Device,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move consumers to the new version; refused unless the gate passed.
     Cutover {
@@ -143,6 +163,38 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
         }
         MigrateCommand::Rollback { consumer } => m.rollback(consumer.as_deref()).await?,
         MigrateCommand::Decommission => m.decommission().await?,
+        MigrateCommand::Gate {
+            golden,
+            router,
+            device,
+            json,
+        } => {
+            let state = m.log().state();
+            let migration = embedstream_pipeline::migrate::plan::current(&state)?.clone();
+            let versions = vec![migration.from_model.clone(), migration.to_model.clone()];
+            let consumers: Vec<String> = m.consumers().to_vec();
+            let config = eval::EvalConfig {
+                router,
+                golden,
+                arms: super::eval::arms(&versions, &[], &[]),
+                versions,
+                consumers,
+                concurrency: 8,
+                device,
+            };
+            let evaluation = eval::evaluate(&config).await?;
+            super::eval::print(&evaluation, json)?;
+            let gates = eval::gate_results(&evaluation, &migration.migration_id);
+            for g in &gates {
+                eprintln!(
+                    "gate {}: {} {}",
+                    g.consumer,
+                    g.metric,
+                    if g.passed { "PASS" } else { "FAIL" }
+                );
+            }
+            m.record_gates(gates).await?
+        }
         MigrateCommand::Status { json, watch } => {
             loop {
                 let status = m.status();
@@ -282,6 +334,9 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
         }
         MigrateCommand::Decommission => (false, "decommission", serde_json::json!({})),
         MigrateCommand::Status { .. } => (true, "status", serde_json::Value::Null),
+        MigrateCommand::Gate { .. } => {
+            anyhow::bail!("the gate runs the evaluation here; run it without --admin-url")
+        }
         MigrateCommand::Backfill { .. } => {
             anyhow::bail!("the backfill runs where Kafka is reachable; run it without --admin-url")
         }

@@ -1,0 +1,169 @@
+//! `embedstream eval`: the per-consumer table of old vs new (and blends) on the golden sets.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use embedstream_pipeline::control::ControlLog;
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::eval::{self, Arm, EvalConfig, Evaluation};
+use embedstream_schemas::Codec;
+use tokio_util::sync::CancellationToken;
+
+use super::stage::PlatformArgs;
+
+/// Options of `eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Golden sets (`golden.json` from `loadtest/golden_sets.py`).
+    #[arg(long)]
+    pub golden: PathBuf,
+    /// The query router.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_ROUTER_URL",
+        default_value = "http://127.0.0.1:9400"
+    )]
+    pub router: String,
+    /// Versions, baseline first (default: the current migration's from and to).
+    #[arg(long, value_delimiter = ',')]
+    pub versions: Vec<String>,
+    /// Blending methods to evaluate as well (rrf, zscore).
+    #[arg(long, value_delimiter = ',')]
+    pub blends: Vec<String>,
+    /// Weights of the new version in the blends.
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    pub weights: Vec<f64>,
+    /// Consumers (default: every consumer in the golden file).
+    #[arg(long, value_delimiter = ',')]
+    pub consumers: Vec<String>,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Where query embeddings run.
+    #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only embed (and cache) the golden queries' vectors with each version, then exit.
+    #[arg(long)]
+    pub prepare: bool,
+}
+
+/// The versions to compare: given, or the current migration's.
+pub async fn versions(
+    platform: &PlatformArgs,
+    given: &[String],
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    if !given.is_empty() {
+        return Ok((given.to_vec(), None));
+    }
+    let token = CancellationToken::new();
+    let log = ControlLog::open(
+        &platform.bootstrap,
+        Codec::new(&platform.registry_url),
+        &platform.names().control(),
+        token.clone(),
+    )
+    .await
+    .context("cannot open the control log")?;
+    let state = log.state();
+    token.cancel();
+    let m = state
+        .current_migration()
+        .context("no migration in progress: give --versions old,new")?;
+    Ok((
+        vec![m.from_model.clone(), m.to_model.clone()],
+        Some(m.migration_id.clone()),
+    ))
+}
+
+/// The arms: old, new, then each blend at each weight.
+pub fn arms(versions: &[String], blends: &[String], weights: &[f64]) -> Vec<Arm> {
+    let mut arms: Vec<Arm> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Arm {
+            name: match i {
+                0 => "old".to_owned(),
+                1 => "new".to_owned(),
+                _ => v.clone(),
+            },
+            plan: vec![(v.clone(), 1.0)],
+            blend: None,
+        })
+        .collect();
+    if versions.len() == 2 {
+        for b in blends {
+            for w in weights {
+                arms.push(Arm {
+                    name: format!("{b}@{w}"),
+                    plan: vec![(versions[0].clone(), 1.0 - w), (versions[1].clone(), *w)],
+                    blend: Some(b.clone()),
+                });
+            }
+        }
+    }
+    arms
+}
+
+/// Runs `eval`.
+pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let (versions, _) = versions(&args.platform, &args.versions).await?;
+    if args.prepare {
+        let golden = eval::load_golden(&args.golden)?;
+        let cache = args
+            .golden
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("vectors");
+        for v in &versions {
+            let n = eval::query_vectors(&golden, &cache, v, args.device)
+                .await?
+                .len();
+            println!("{v}\t{n} query vectors in {}", cache.display());
+        }
+        return Ok(());
+    }
+    let config = EvalConfig {
+        router: args.router.clone(),
+        golden: args.golden.clone(),
+        arms: arms(&versions, &args.blends, &args.weights),
+        versions,
+        consumers: args.consumers.clone(),
+        concurrency: args.concurrency,
+        device: args.device,
+    };
+    let evaluation = eval::evaluate(&config).await?;
+    print(&evaluation, args.json)?;
+    Ok(())
+}
+
+/// Prints the table (or JSON).
+pub fn print(e: &Evaluation, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+        return Ok(());
+    }
+    let items: Vec<String> = e.items.iter().map(|(v, n)| format!("{v}: {n}")).collect();
+    println!(
+        "items {}  coverage {:.2}%",
+        items.join(", "),
+        e.coverage * 100.0
+    );
+    for c in &e.consumers {
+        println!(
+            "{:<7} {:<12} n={:<4} (dropped {}, failed {})",
+            c.consumer, c.metric, c.queries, c.dropped, c.failed
+        );
+        for a in &c.arms {
+            println!(
+                "    {:<10} {:.3}   diff vs old {:+.3}  95% CI [{:+.3}, {:+.3}]",
+                a.arm, a.mean, a.diff, a.ci_low, a.ci_high
+            );
+        }
+    }
+    Ok(())
+}

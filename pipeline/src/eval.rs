@@ -1,0 +1,519 @@
+//! The eval harness: golden query sets per consumer, run against the live indexes through the
+//! query router, old version against new on the same items, with confidence intervals.
+//!
+//! - **Golden sets** (`loadtest/golden_sets.py`): per consumer a metric (`recall@k` or
+//!   `precision@1`), `k`, and queries `{id, text, relevant, exclude}` whose relevance comes
+//!   from the catalog, not from a model.
+//! - **Same items.** A query's relevant items are cut to those present in every evaluated
+//!   version's index (asked through the router's `/v1/items/{id}`); a query left with none is
+//!   dropped and counted. Coverage is reported on its own (items in the new index ÷ items in
+//!   the old one, from the sinks' stats), so "is the model better" and "is the index complete"
+//!   are not mixed up.
+//! - **Query vectors** are embedded here, in batches, with each version's model, and cached
+//!   in `<golden dir>/vectors/<id@v>.jsonl`, so repeated evaluations (and the drill's probes)
+//!   do not embed again.
+//! - **Confidence.** For each arm against the baseline (the old version), a paired bootstrap
+//!   over queries (2,000 resamples, fixed seed) gives a 95% interval of the mean difference;
+//!   the gate passes when its upper bound is ≥ 0 (the new version is not worse beyond noise)
+//!   and coverage ≥ 99%.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::burn_model::Device;
+use crate::embed::engine::EngineConfig;
+use crate::error::{Error, Result};
+use crate::migrate::plan::passes;
+
+/// One consumer's golden set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenSet {
+    /// `recall@k` or `precision@1`.
+    pub metric: String,
+    /// Results cut.
+    pub k: usize,
+    /// Queries.
+    pub queries: Vec<GoldenQuery>,
+}
+
+/// One golden query.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenQuery {
+    /// Id (also the cache key of its vectors).
+    pub id: String,
+    /// Query text.
+    pub text: String,
+    /// Relevant item ids.
+    pub relevant: Vec<String>,
+    /// Ids removed from the results first (the query item itself).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// Reads `golden.json`.
+pub fn load_golden(path: &Path) -> Result<BTreeMap<String, GoldenSet>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Control {
+        reason: format!("{} is not a golden-set file: {e}", path.display()),
+    })
+}
+
+/// An arm: a read plan to evaluate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Arm {
+    /// Name in the table (`old`, `new`, `rrf@0.5`, ...).
+    pub name: String,
+    /// `(version, weight)`.
+    pub plan: Vec<(String, f64)>,
+    /// Blending method, for blends.
+    pub blend: Option<String>,
+}
+
+/// A metric with its interval against the baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmResult {
+    /// Arm name.
+    pub arm: String,
+    /// Mean metric.
+    pub mean: f64,
+    /// Mean of (this − baseline).
+    pub diff: f64,
+    /// 95% bootstrap interval of the difference.
+    pub ci_low: f64,
+    /// Upper bound.
+    pub ci_high: f64,
+}
+
+/// One consumer's evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerEval {
+    /// Consumer.
+    pub consumer: String,
+    /// Metric name.
+    pub metric: String,
+    /// Queries evaluated.
+    pub queries: usize,
+    /// Queries dropped (no relevant item present in every version).
+    pub dropped: usize,
+    /// Per arm, the first being the baseline.
+    pub arms: Vec<ArmResult>,
+    /// Queries whose request failed (should be 0).
+    pub failed: usize,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// Items in each version's index.
+    pub items: BTreeMap<String, i64>,
+    /// Items in the last version's index ÷ items in the first's (at most 1).
+    pub coverage: f64,
+    /// Per consumer.
+    pub consumers: Vec<ConsumerEval>,
+}
+
+/// Where the evaluation runs.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Router base URL.
+    pub router: String,
+    /// Golden sets file.
+    pub golden: PathBuf,
+    /// Versions: baseline first.
+    pub versions: Vec<String>,
+    /// Arms (plans) to evaluate; the first is the baseline.
+    pub arms: Vec<Arm>,
+    /// Consumers to evaluate (all in the file when empty).
+    pub consumers: Vec<String>,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Where query embeddings run.
+    pub device: Device,
+}
+
+/// The vectors of every golden query for `version`, from the cache or embedded now.
+pub async fn query_vectors(
+    golden: &BTreeMap<String, GoldenSet>,
+    cache_dir: &Path,
+    version: &str,
+    device: Device,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let path = cache_dir.join(format!("{version}.jsonl"));
+    let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
+    if let Ok(file) = std::fs::File::open(&path) {
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(Error::io(&path))?;
+            #[derive(Deserialize)]
+            struct Cached {
+                id: String,
+                vector: Vec<f32>,
+            }
+            if let Ok(c) = serde_json::from_str::<Cached>(&line) {
+                vectors.insert(c.id, c.vector);
+            }
+        }
+    }
+    let missing: Vec<(String, String)> = golden
+        .values()
+        .flat_map(|g| &g.queries)
+        .filter(|q| !vectors.contains_key(&q.id))
+        .map(|q| (q.id.clone(), q.text.clone()))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok(vectors);
+    }
+    tracing::info!(
+        version,
+        queries = missing.len(),
+        "Embedding golden queries."
+    );
+    let model: embedstream_topics::ModelRef = version.parse()?;
+    let (engine, _threads) = tokio::task::spawn_blocking(move || {
+        crate::embed::open_named(&model, device, EngineConfig::default(), "eval")
+    })
+    .await
+    .map_err(|e| Error::Control {
+        reason: format!("loading the model panicked: {e}"),
+    })??;
+    let texts: Vec<String> = missing.iter().map(|(_, t)| t.clone()).collect();
+    let embedded = engine.embed(texts).await.map_err(|e| Error::Control {
+        reason: format!("embedding golden queries: {e}"),
+    })?;
+    std::fs::create_dir_all(cache_dir).map_err(Error::io(cache_dir))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(Error::io(&path))?;
+    for ((id, _), vector) in missing.into_iter().zip(embedded) {
+        let line = serde_json::json!({"id": id, "vector": vector});
+        writeln!(file, "{line}").map_err(Error::io(&path))?;
+        vectors.insert(id, vector);
+    }
+    Ok(vectors)
+}
+
+fn http(e: impl std::fmt::Display) -> Error {
+    Error::Control {
+        reason: format!("router: {e}"),
+    }
+}
+
+/// Per consumer, the metric of one query's result list.
+pub fn metric_value(metric: &str, k: usize, relevant: &BTreeSet<&str>, results: &[String]) -> f64 {
+    let top: Vec<&String> = results.iter().take(k).collect();
+    if metric.starts_with("precision") {
+        return top
+            .first()
+            .map_or(0.0, |r| f64::from(u8::from(relevant.contains(r.as_str()))));
+    }
+    let hits = top.iter().filter(|r| relevant.contains(r.as_str())).count();
+    hits as f64 / relevant.len().min(k).max(1) as f64
+}
+
+/// Paired bootstrap: 95% interval of the mean of `diffs`.
+pub fn bootstrap_ci(diffs: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
+    if diffs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut state = seed;
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let n = diffs.len();
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let mut sum = 0.0;
+            for _ in 0..n {
+                sum += diffs[(next() % n as u64) as usize];
+            }
+            sum / n as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    (at(0.025), at(0.975))
+}
+
+#[derive(Debug, Deserialize)]
+struct Routed {
+    results: Vec<RoutedHit>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoutedHit {
+    item_id: String,
+}
+
+/// Runs the evaluation.
+pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
+    let golden = load_golden(&config.golden)?;
+    let cache = config
+        .golden
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("vectors");
+    let mut vectors: BTreeMap<String, HashMap<String, Vec<f32>>> = BTreeMap::new();
+    for v in &config.versions {
+        vectors.insert(
+            v.clone(),
+            query_vectors(&golden, &cache, v, config.device).await?,
+        );
+    }
+    let client = reqwest::Client::new();
+    let router = config.router.trim_end_matches('/').to_owned();
+
+    // Presence of every relevant item in every version.
+    let relevant: BTreeSet<String> = golden
+        .iter()
+        .filter(|(c, _)| config.consumers.is_empty() || config.consumers.contains(c))
+        .flat_map(|(_, g)| g.queries.iter().flat_map(|q| q.relevant.clone()))
+        .collect();
+    let present: HashMap<String, bool> = futures::stream::iter(relevant)
+        .map(|id| {
+            let (client, router, versions) = (&client, &router, &config.versions);
+            async move {
+                let url = format!("{router}/v1/items/{}", encode(&id));
+                let v: serde_json::Value = client
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(http)?
+                    .json()
+                    .await
+                    .map_err(http)?;
+                let all = versions.iter().all(|ver| !v[ver].is_null());
+                Ok::<_, Error>((id, all))
+            }
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+
+    let stats: serde_json::Value = client
+        .get(format!("{router}/v1/versions"))
+        .send()
+        .await
+        .map_err(http)?
+        .json()
+        .await
+        .map_err(http)?;
+    let items: BTreeMap<String, i64> = config
+        .versions
+        .iter()
+        .map(|v| (v.clone(), stats[v]["items"].as_i64().unwrap_or(0)))
+        .collect();
+    let coverage = match (config.versions.first(), config.versions.last()) {
+        (Some(a), Some(b)) if config.versions.len() > 1 => {
+            let (old, new) = (items[a], items[b]);
+            if old == 0 {
+                0.0
+            } else {
+                (new as f64 / old as f64).min(1.0)
+            }
+        }
+        _ => 1.0,
+    };
+
+    let vectors = Arc::new(vectors);
+    let mut consumers = Vec::new();
+    for (consumer, set) in &golden {
+        if !config.consumers.is_empty() && !config.consumers.contains(consumer) {
+            continue;
+        }
+        let kept: Vec<(&GoldenQuery, BTreeSet<&str>)> = set
+            .queries
+            .iter()
+            .map(|q| {
+                let rel: BTreeSet<&str> = q
+                    .relevant
+                    .iter()
+                    .filter(|r| present.get(*r).copied().unwrap_or(false))
+                    .map(String::as_str)
+                    .collect();
+                (q, rel)
+            })
+            .filter(|(_, rel)| !rel.is_empty())
+            .collect();
+        let dropped = set.queries.len() - kept.len();
+        let mut per_arm: Vec<Vec<f64>> = Vec::new();
+        let mut failed = 0;
+        for arm in &config.arms {
+            let values: Vec<Option<f64>> = futures::stream::iter(&kept)
+                .map(|(q, rel)| {
+                    let (client, router, vectors) = (&client, &router, Arc::clone(&vectors));
+                    async move {
+                        let mut map = serde_json::Map::new();
+                        for (v, w) in &arm.plan {
+                            if *w > 0.0 {
+                                let vec = vectors.get(v).and_then(|m| m.get(&q.id))?;
+                                map.insert(v.clone(), serde_json::json!(vec));
+                            }
+                        }
+                        let plan: Vec<_> = arm
+                            .plan
+                            .iter()
+                            .map(|(m, w)| serde_json::json!({"model": m, "weight": w}))
+                            .collect();
+                        let mut body = serde_json::json!({
+                            "consumer": consumer,
+                            "k": set.k + q.exclude.len(),
+                            "vectors": map,
+                            "plan": plan,
+                        });
+                        if let Some(b) = &arm.blend {
+                            body["blend"] = serde_json::json!(b);
+                        }
+                        let r = client
+                            .post(format!("{router}/v1/search"))
+                            .json(&body)
+                            .send()
+                            .await
+                            .ok()?;
+                        if !r.status().is_success() {
+                            tracing::warn!(status = %r.status(), query = q.id, "A golden query failed.");
+                            return None;
+                        }
+                        let routed: Routed = r.json().await.ok()?;
+                        let results: Vec<String> = routed
+                            .results
+                            .into_iter()
+                            .map(|h| h.item_id)
+                            .filter(|id| !q.exclude.contains(id))
+                            .collect();
+                        Some(metric_value(&set.metric, set.k, rel, &results))
+                    }
+                })
+                .buffered(config.concurrency.max(1))
+                .collect()
+                .await;
+            failed += values.iter().filter(|v| v.is_none()).count();
+            per_arm.push(values.into_iter().map(|v| v.unwrap_or(0.0)).collect());
+        }
+        let base = per_arm.first().cloned().unwrap_or_default();
+        let n = base.len().max(1) as f64;
+        let arms = config
+            .arms
+            .iter()
+            .zip(&per_arm)
+            .map(|(arm, values)| {
+                let diffs: Vec<f64> = values.iter().zip(&base).map(|(a, b)| a - b).collect();
+                let (ci_low, ci_high) = bootstrap_ci(&diffs, 2000, 0x5EED);
+                ArmResult {
+                    arm: arm.name.clone(),
+                    mean: values.iter().sum::<f64>() / n,
+                    diff: diffs.iter().sum::<f64>() / n,
+                    ci_low,
+                    ci_high,
+                }
+            })
+            .collect();
+        consumers.push(ConsumerEval {
+            consumer: consumer.clone(),
+            metric: set.metric.clone(),
+            queries: kept.len(),
+            dropped,
+            arms,
+            failed,
+        });
+    }
+    Ok(Evaluation {
+        items,
+        coverage,
+        consumers,
+    })
+}
+
+fn encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The gate results of an old-vs-new evaluation (arms `old` then `new`).
+pub fn gate_results(
+    eval: &Evaluation,
+    migration_id: &str,
+) -> Vec<embedstream_schemas::records::GateResult> {
+    eval.consumers
+        .iter()
+        .filter_map(|c| {
+            let old = c.arms.first()?;
+            let new = c.arms.iter().find(|a| a.arm == "new")?;
+            Some(embedstream_schemas::records::GateResult {
+                migration_id: migration_id.to_owned(),
+                consumer: c.consumer.clone(),
+                metric: c.metric.clone(),
+                old_value: old.mean,
+                new_value: new.mean,
+                ci_low: new.ci_low,
+                ci_high: new.ci_high,
+                coverage: eval.coverage,
+                passed: passes(new.ci_high, eval.coverage) && c.failed == 0 && c.queries > 0,
+                queries: i32::try_from(c.queries).unwrap_or(i32::MAX),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_follow_their_definitions() {
+        let rel: BTreeSet<&str> = ["a", "b", "c"].into_iter().collect();
+        let r = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            metric_value("recall@5", 5, &rel, &r(&["a", "x", "b"])),
+            2.0 / 3.0
+        );
+        // Fewer slots than relevant items: the denominator is k.
+        assert_eq!(metric_value("recall@2", 2, &rel, &r(&["a", "b", "c"])), 1.0);
+        assert_eq!(metric_value("recall@2", 2, &rel, &r(&["x", "a"])), 0.5);
+        assert_eq!(metric_value("precision@1", 1, &rel, &r(&["b", "x"])), 1.0);
+        assert_eq!(metric_value("precision@1", 1, &rel, &r(&["x", "b"])), 0.0);
+        assert_eq!(metric_value("precision@1", 1, &rel, &[]), 0.0);
+    }
+
+    #[test]
+    fn the_bootstrap_interval_covers_the_mean_and_shrinks_with_n() {
+        let diffs: Vec<f64> = (0..400)
+            .map(|i| if i % 10 < 6 { 0.1 } else { -0.1 })
+            .collect();
+        let (lo, hi) = bootstrap_ci(&diffs, 2000, 1);
+        let mean = 0.02;
+        assert!(lo < mean && mean < hi, "[{lo}, {hi}]");
+        assert!(
+            lo > 0.0,
+            "a 0.02 mean on 400 queries with sd 0.1 is distinguishable: {lo}"
+        );
+        let (lo4, hi4) = bootstrap_ci(&diffs[..40], 2000, 1);
+        assert!(hi4 - lo4 > 2.0 * (hi - lo));
+        assert_eq!(
+            bootstrap_ci(&diffs, 2000, 1),
+            (lo, hi),
+            "seeded: repeatable"
+        );
+    }
+}
