@@ -63,6 +63,8 @@ class Drill:
         self.data = os.path.join(ROOT, ".dev", "drill", self.prefix)
         os.makedirs(self.data, exist_ok=True)
         self.procs = {}
+        self.checks = []
+        self.blends = None
         self.events = []
         self.queries = []
         self.lock = threading.Lock()
@@ -239,6 +241,13 @@ class Drill:
             self.event("backfill complete", **self.backfill)
             self.wait_items(NEW, self.items_in(OLD), 300)
             self.event("MPNet index caught up", items=self.items_in(NEW))
+            self.consistency("after backfill", ["--sample", "1", "--settle", "5"])
+            # Which blend makes the two models' results comparable: both, at each weight, on
+            # the same golden queries (the answer is the README's default).
+            r = self.run(["eval", "--golden", os.path.join(self.gdir, "golden.json"), "--router", self.router,
+                          "--blends", "rrf,zscore", "--weights", "0.1,0.5,0.9", "--json"], check=False)
+            self.blends = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+            self.event("blends evaluated", ok=r.returncode == 0)
 
             for w in ("0.1", "0.5", "0.9"):
                 for c in ("search", "recsys", "ads", "dedup"):
@@ -264,6 +273,7 @@ class Drill:
             ok, msg = self.admin("cutover")
             self.event("re-cutover", ok=ok, msg=msg)
             self.wait_rounds(1)
+            self.consistency("after re-cutover", ["--sample", "0.2", "--settle", "5", "--dry-run"])
             ok, msg = self.admin("decommission")
             self.event("decommission", ok=ok, msg=msg)
             self.stop("sink-old")
@@ -277,6 +287,13 @@ class Drill:
                 self.stop(name)
         self.write()
 
+    def consistency(self, when, args):
+        r = self.run(["migrate", "check", "--json", *args], check=False)
+        report = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+        self.checks.append({"when": when, "report": report, "error": None if report else r.stderr[-500:]})
+        brief = {k: report[k] for k in ("sampled", "divergent", "divergence_ratio", "kinds", "requeued")} if report else {}
+        self.event(f"consistency check {when}", ok=report is not None, **brief)
+
     # ---- report -----------------------------------------------------------------------
 
     def write(self):
@@ -286,13 +303,18 @@ class Drill:
         summary = summarize(self.queries, self.rounds, self.events)
         summary["backfill"] = getattr(self, "backfill", None)
         summary["gate"] = getattr(self, "gate", None)
+        summary["checks"] = self.checks
+        summary["blends"] = self.blends
+        summary["events"] = [e for e in self.events if e["event"] != "backfill progress"]
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         try:
             plot(self.queries, self.rounds, self.events, summary, os.path.join(self.out, "timeline.png"))
         except ImportError:
             print("matplotlib is missing: no plot", file=sys.stderr)
-        print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
+        with open(os.path.join(self.out, "report.md"), "w") as f:
+            f.write(report_md(summary, self.args))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "events")}, indent=1))
 
 
 def bootstrap(diffs, n=2000, seed=5):
@@ -332,6 +354,57 @@ def summarize(queries, rounds, events):
         out_rounds.append(row)
     return {"queries": len(queries), "failed": len(failed), "degraded": len(degraded),
             "failed_examples": failed[:5], "rounds_below_baseline": below, "rounds": out_rounds}
+
+
+def report_md(s, args):
+    """The drill's report: what ran, the goals, and the numbers."""
+    out = ["# Migration drill: MiniLM -> MPNet", "",
+           f"Command: `.dev/benchvenv/bin/python loadtest/migration_drill.py --items {args.items}"
+           f" --baseline-rounds {args.baseline_rounds} --update-rate {args.update_rate}`"
+           f" (2-core VM, no GPU; broker and registry from `compose/dev infra`).", "",
+           "![timeline](timeline.png)", "", "## Goals", "",
+           f"- Failed queries (goal 0): **{s['failed']}** of {s['queries']} ({s['degraded']} degraded answers).",
+           f"- Rounds with a consumer below its old-only baseline by more than the 95% CI (goal 0): "
+           f"**{s['rounds_below_baseline']}**."]
+    b = s.get("backfill")
+    if b:
+        rate = b["embedded"] / b["seconds"] if b.get("seconds") else 0
+        out.append(f"- Backfill: {b['embedded']} items embedded with MPNet in {b['seconds']:.0f} s = "
+                   f"**{rate:.2f} items/s** ({b['skipped']} skipped as superseded), beside the live stage.")
+    out += ["", "## Timeline", "", "| t (s) | event |", "|---:|---|"]
+    for e in s.get("events", []):
+        extra = {k: v for k, v in e.items() if k not in ("t", "event", "msg", "gates")}
+        out.append(f"| {e['t']:.0f} | {e['event']} {json.dumps(extra) if extra else ''} |")
+    out += ["", "## Each round", "", "Metric per consumer (mean over its golden queries; 95% CI of the paired "
+            "difference to round 0), query latency through the router.", "",
+            "| round | t (s) | search | recsys | ads | dedup | p50 ms | p99 ms |", "|---:|---:|---|---|---|---|---:|---:|"]
+    for r in s["rounds"]:
+        cells = []
+        for c in ("search", "recsys", "ads", "dedup"):
+            if c in r:
+                lo, hi = r[c]["diff_ci"]
+                cells.append(f"{r[c]['mean']:.3f} [{lo:+.3f}, {hi:+.3f}]" + (" **below**" if r[c]["below_baseline"] else ""))
+            else:
+                cells.append("")
+        out.append(f"| {r['round']} | {r['start']:.0f}-{r['end']:.0f} | " + " | ".join(cells)
+                   + f" | {r.get('p50_ms', '')} | {r.get('p99_ms', '')} |")
+    for key, title in (("gate", "Gate (`migrate gate`: old vs new per consumer)"),
+                       ("blends", "Blends (`embedstream eval --blends rrf,zscore --weights 0.1,0.5,0.9`)")):
+        if s.get(key):
+            out += ["", f"## {title}", "", "| consumer | metric | n | arm | mean | diff vs old [95% CI] |",
+                    "|---|---|---:|---|---:|---|"]
+            for c in s[key].get("consumers", []):
+                for a in c["arms"]:
+                    out.append(f"| {c['consumer']} | {c['metric']} | {c['queries']} | {a['arm']} | {a['mean']:.3f} | "
+                               f"{a['diff']:+.3f} [{a['ci_low']:+.3f}, {a['ci_high']:+.3f}] |")
+    for c in s.get("checks", []):
+        r = c["report"]
+        if r:
+            out += ["", f"## Consistency check {c['when']}", "",
+                    f"{r['sampled']} sampled of {r['items']} items, {r['divergent']} divergent "
+                    f"(ratio {r['divergence_ratio']:.4f}, kinds {json.dumps(r['kinds'])}), {r['settled']} settled, "
+                    f"{r['requeued']} re-queued, in {r['seconds']:.1f} s."]
+    return "\n".join(out) + "\n"
 
 
 def plot(queries, rounds, events, summary, path):

@@ -11,7 +11,8 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval;
 use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
-use embedstream_pipeline::migrate::{Migrator, Status, default_consumers};
+use embedstream_pipeline::migrate::check::{self, CheckConfig, CheckReport};
+use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, default_consumers};
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_schemas::Codec;
 use embedstream_topics::ModelRef;
@@ -61,6 +62,13 @@ pub enum MigrateCommand {
         /// Keep printing every N seconds until the backfill is complete.
         #[arg(long)]
         watch: Option<u64>,
+        /// The stage's `/metrics`, for its write counts per version.
+        #[arg(
+            long,
+            env = "EMBEDSTREAM_STAGE_METRICS",
+            default_value = "http://127.0.0.1:9301/metrics"
+        )]
+        stage_metrics: String,
     },
     /// Set the share of a consumer's reads that come from the new version.
     Weight {
@@ -115,16 +123,71 @@ pub enum MigrateCommand {
         /// Offsets per chunk and checkpoint.
         #[arg(long, default_value_t = 256)]
         chunk: i64,
-        /// Where the model runs.
-        #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
-        device: Device,
-        /// Max padded tokens per forward pass.
-        #[arg(long, default_value_t = 8192)]
-        batch_tokens: usize,
-        /// Same as the stage's: longer texts were dead-lettered there and are skipped here.
-        #[arg(long, default_value_t = 65_536)]
-        max_text_bytes: usize,
+        #[command(flatten)]
+        model: ModelArgs,
     },
+    /// Sample items, compare the two versions' topics, re-queue the items where the new one is
+    /// behind, report (and export) the divergence ratio.
+    Check {
+        /// Share of items sampled, in (0, 1].
+        #[arg(long, default_value_t = 0.1)]
+        sample: f64,
+        /// Seed of the sample (default: a new one each run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds differing items get to converge before they count as divergent.
+        #[arg(long, default_value_t = 10.0)]
+        settle: f64,
+        /// Report only; re-queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Check again every N seconds, serving the divergence ratio on `/metrics`.
+        #[arg(long)]
+        every: Option<u64>,
+        /// Address of `/metrics` with `--every`.
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+/// How the new model runs (backfill and re-queue).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Where the model runs.
+    #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+    device: Device,
+    /// Max padded tokens per forward pass.
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
+    /// Same as the stage's: longer texts were dead-lettered there and are skipped here.
+    #[arg(long, default_value_t = 65_536)]
+    max_text_bytes: usize,
+}
+
+impl ModelArgs {
+    fn replay(&self, target: &Target, chunk: i64, max_rate: f64, by: &str) -> BackfillConfig {
+        BackfillConfig {
+            bootstrap: target.platform.bootstrap.clone(),
+            registry_url: target.platform.registry_url.clone(),
+            names: target.platform.names(),
+            chunk: chunk.max(1),
+            max_rate,
+            device: self.device,
+            engine: EngineConfig {
+                max_batch_tokens: self.batch_tokens,
+                ..EngineConfig::default()
+            },
+            limits: Limits {
+                max_text_bytes: self.max_text_bytes,
+            },
+            by: format!("{by}:{}", operator()),
+        }
+    }
 }
 
 fn operator() -> String {
@@ -195,9 +258,14 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             }
             m.record_gates(gates).await?
         }
-        MigrateCommand::Status { json, watch } => {
+        MigrateCommand::Status {
+            json,
+            watch,
+            stage_metrics,
+        } => {
             loop {
-                let status = m.status();
+                let mut status = m.status();
+                status.versions = writes(target, &status, &stage_metrics).await;
                 print_status(&status, json)?;
                 let done = status
                     .migration
@@ -213,27 +281,64 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
         MigrateCommand::Backfill {
             max_rate,
             chunk,
-            device,
-            batch_tokens,
-            max_text_bytes,
+            model,
         } => {
             let shutdown = super::super::shutdown_on_signal();
-            let config = BackfillConfig {
-                bootstrap: target.platform.bootstrap.clone(),
-                registry_url: target.platform.registry_url.clone(),
-                names: target.platform.names(),
-                chunk: chunk.max(1),
-                max_rate,
-                device,
-                engine: EngineConfig {
-                    max_batch_tokens: batch_tokens,
-                    ..EngineConfig::default()
-                },
-                limits: Limits { max_text_bytes },
-                by: format!("backfill:{}", operator()),
-            };
+            let config = model.replay(target, chunk, max_rate, "backfill");
             let report = backfill::run(config, m.log().clone(), shutdown).await?;
             println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+        MigrateCommand::Check {
+            sample,
+            seed,
+            settle,
+            dry_run,
+            json,
+            every,
+            listen,
+            model,
+        } => {
+            anyhow::ensure!(
+                sample > 0.0 && sample <= 1.0,
+                "--sample must be in (0, 1], not {sample}"
+            );
+            let shutdown = super::super::shutdown_on_signal();
+            let server = match every {
+                Some(_) => Some(
+                    super::stage::serve(
+                        listen,
+                        embedstream_pipeline::telemetry::metrics_router()?,
+                        shutdown.clone(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            loop {
+                let config = CheckConfig {
+                    replay: model.replay(target, 256, 0.0, "check"),
+                    sample,
+                    seed: seed.unwrap_or_else(rand_seed),
+                    settle: Duration::from_secs_f64(settle.max(0.0)),
+                    requeue: !dry_run,
+                };
+                let report = check::run(config, m.log(), shutdown.clone()).await?;
+                print_check(&report, json)?;
+                match every {
+                    Some(secs) if !shutdown.is_cancelled() => {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            shutdown.cancel();
+            if let Some(server) = server {
+                let _ = server.await;
+            }
             return Ok(());
         }
     };
@@ -241,6 +346,76 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
         println!("wrote {key}");
     }
     Ok(())
+}
+
+/// Each version's records on its topic and the stage's write counts (what answers).
+async fn writes(target: &Target, status: &Status, stage_metrics: &str) -> Vec<VersionWrites> {
+    let Some(m) = &status.migration else {
+        return Vec::new();
+    };
+    let exposition = match reqwest::Client::new()
+        .get(stage_metrics)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.text().await.ok(),
+        _ => None,
+    };
+    let names = target.platform.names();
+    let bootstrap = target.platform.bootstrap.clone();
+    let models = [m.from.clone(), m.to.clone()];
+    let topics: Vec<Option<String>> = models
+        .iter()
+        .map(|v| v.parse::<ModelRef>().ok().map(|r| names.embeddings(&r)))
+        .collect();
+    let records = tokio::task::spawn_blocking(move || topic_records(&bootstrap, &topics))
+        .await
+        .unwrap_or_default();
+    models
+        .iter()
+        .zip(records)
+        .map(|(model, topic_records)| {
+            let (stage_ok, stage_failed) = exposition
+                .as_deref()
+                .map_or((None, None), |e| VersionWrites::stage_counts(e, model));
+            VersionWrites {
+                model: model.clone(),
+                topic_records,
+                stage_ok,
+                stage_failed,
+            }
+        })
+        .collect()
+}
+
+/// Sum of each topic's partitions' end offsets (`None` where the broker did not answer).
+fn topic_records(bootstrap: &str, topics: &[Option<String>]) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let timeout = Duration::from_secs(5);
+    let consumer: Option<BaseConsumer> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .ok();
+    topics
+        .iter()
+        .map(|topic| {
+            let (consumer, topic) = (consumer.as_ref()?, topic.as_deref()?);
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return None;
+            }
+            partitions.iter().try_fold(0i64, |sum, &p| {
+                let (_, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+                Some(sum + high)
+            })
+        })
+        .collect()
 }
 
 fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
@@ -277,6 +452,16 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+    for v in &status.versions {
+        let show = |n: Option<i64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        println!(
+            "  {:<18} topic records {}  stage writes ok {} failed {}",
+            v.model,
+            show(v.topic_records),
+            show(v.stage_ok.map(|n| n as i64)),
+            show(v.stage_failed.map(|n| n as i64)),
+        );
+    }
     for c in &status.consumers {
         let plan: Vec<String> = c.plan.iter().map(|(m, w)| format!("{m}={w:.2}")).collect();
         let gate = c.gate.as_ref().map_or_else(
@@ -297,6 +482,35 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
         );
         let forced = if c.forced { " (forced)" } else { "" };
         println!("  {:<8} {}{forced}  {gate}", c.consumer, plan.join(" "));
+    }
+    Ok(())
+}
+
+fn rand_seed() -> u64 {
+    let id = uuid::Uuid::new_v4().as_u64_pair();
+    id.0 ^ id.1
+}
+
+fn print_check(r: &CheckReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    println!(
+        "check {}  {} vs {}  sampled {} of {} items (seed {})",
+        r.migration, r.old, r.new, r.sampled, r.items, r.seed
+    );
+    println!(
+        "divergent {} ({:.2}%)  settled {}  re-queued {}  skipped {}  in {:.1} s",
+        r.divergent,
+        r.divergence_ratio * 100.0,
+        r.settled,
+        r.requeued,
+        r.requeue_skipped,
+        r.seconds
+    );
+    for (kind, n) in &r.kinds {
+        println!("  {kind:<16} {n}");
     }
     Ok(())
 }
@@ -337,8 +551,10 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
         MigrateCommand::Gate { .. } => {
             anyhow::bail!("the gate runs the evaluation here; run it without --admin-url")
         }
-        MigrateCommand::Backfill { .. } => {
-            anyhow::bail!("the backfill runs where Kafka is reachable; run it without --admin-url")
+        MigrateCommand::Backfill { .. } | MigrateCommand::Check { .. } => {
+            anyhow::bail!(
+                "the backfill and the checker run where Kafka is reachable; run them without --admin-url"
+            )
         }
     };
     let client = reqwest::Client::new();

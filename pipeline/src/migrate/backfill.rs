@@ -104,60 +104,10 @@ pub async fn run(
     let state = control.state();
     let migration = plan::current(&state)?.clone();
     let to: ModelRef = migration.to_model.parse()?;
-    let spec = catalog::lookup(&to)?;
-    let topic = config.names.embeddings(&to);
-    let items = config.names.items();
-    let (device, engine_config, m) = (config.device, config.engine, to.clone());
-    let (engine, _threads) = tokio::task::spawn_blocking(move || {
-        crate::embed::open_named(&m, device, engine_config, "backfill")
-    })
-    .await
-    .map_err(|e| Error::Control {
-        reason: format!("loading the model panicked: {e}"),
-    })??;
-
-    let bootstrap = config.bootstrap.as_str();
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("embedstream-backfill-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(kafka(bootstrap))?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .map_err(kafka(bootstrap))?;
-
+    let work = Replayer::open(&config, &to, "backfill").await?;
+    let (reader, bootstrap, items) = (&work.reader, config.bootstrap.as_str(), &work.items);
     let timeout = Duration::from_secs(30);
-    let metadata = reader
-        .fetch_metadata(Some(&items), timeout)
-        .map_err(kafka(bootstrap))?;
-    let mut partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    partitions.sort_unstable();
-    if partitions.is_empty() {
-        return Err(Error::Control {
-            reason: format!("{items} has no partitions (does it exist?)"),
-        });
-    }
-
-    // The stage creates the topic when the version turns ACTIVE; do it here too, so the
-    // backfill does not depend on a stage running.
-    let partition_count = i32::try_from(partitions.len()).unwrap_or(i32::MAX);
-    Admin::new(bootstrap, timeout)?
-        .ensure(&[TopicSpec::compacted(topic.clone(), partition_count, 1)])
-        .await?;
+    let partitions = work.partitions()?;
 
     // Checkpoints: resume each partition, or start it at its current watermarks.
     let mut progress: BTreeMap<i32, BackfillProgress> = state
@@ -170,7 +120,7 @@ pub async fn run(
             continue;
         }
         let (low, high) = reader
-            .fetch_watermarks(&items, p, timeout)
+            .fetch_watermarks(items, p, timeout)
             .map_err(kafka(bootstrap))?;
         let b = BackfillProgress {
             migration_id: migration.migration_id.clone(),
@@ -190,23 +140,11 @@ pub async fn run(
     tracing::info!(
         migration = %migration.migration_id,
         model = %to,
-        topic,
+        topic = %work.topic,
         partitions = ?progress.values().map(|b| (b.partition, b.start, b.next_end, b.end)).collect::<Vec<_>>(),
         "Backfilling newest first."
     );
 
-    let work = Work1 {
-        reader: &reader,
-        producer: &producer,
-        codec: Codec::new(&config.registry_url),
-        items: items.clone(),
-        topic,
-        to: to.clone(),
-        normalized: spec.normalized,
-        engine,
-        limits: config.limits,
-        bootstrap,
-    };
     // Keys of everything after each partition's position: done, or the dual-write's.
     let mut seen: BTreeMap<i32, HashSet<Vec<u8>>> = BTreeMap::new();
     let mut scanned: BTreeMap<i32, i64> = BTreeMap::new();
@@ -326,7 +264,7 @@ impl Throttle {
 }
 
 /// One record of a chunk, decided.
-enum Step {
+pub(super) enum Step {
     Upsert {
         key: Vec<u8>,
         item_id: String,
@@ -340,18 +278,18 @@ enum Step {
     },
 }
 
-struct Embedded {
+pub(super) struct Embedded {
     step: Step,
     vector: Option<Vec<f32>>,
 }
 
 #[derive(Default)]
-struct Count {
-    embedded: i64,
-    skipped: i64,
+pub(super) struct Count {
+    pub(super) embedded: i64,
+    pub(super) skipped: i64,
 }
 
-impl Work1<'_> {
+impl Replayer {
     /// Enqueues a record, waiting while the producer's queue is full.
     async fn send(&self, key: &[u8], payload: Option<&[u8]>) -> Result<DeliveryFuture> {
         loop {
@@ -374,23 +312,129 @@ impl Work1<'_> {
     }
 }
 
-struct Work1<'a> {
-    reader: &'a StreamConsumer,
-    producer: &'a FutureProducer,
-    codec: Codec,
-    items: String,
-    topic: String,
+/// Reads `items` and writes the new version's records: what the backfill and the consistency
+/// checker's re-queue share.
+pub(super) struct Replayer {
+    pub(super) reader: StreamConsumer,
+    producer: FutureProducer,
+    pub(super) codec: Codec,
+    pub(super) items: String,
+    pub(super) topic: String,
     to: ModelRef,
     normalized: bool,
     engine: Engine,
+    _threads: crate::embed::engine::EngineThreads,
     limits: Limits,
-    bootstrap: &'a str,
+    pub(super) bootstrap: String,
 }
 
-impl Work1<'_> {
-    /// Reads `[lo, hi)` of partition `p` (fewer where compaction removed records).
-    async fn read_range(
+impl Replayer {
+    /// Loads `to` and connects; makes sure its topic exists with as many partitions as
+    /// `items` (the stage creates it when the version turns active; the backfill and the
+    /// checker must not depend on a stage running).
+    pub(super) async fn open(config: &BackfillConfig, to: &ModelRef, name: &str) -> Result<Self> {
+        let spec = catalog::lookup(to)?;
+        let (device, engine_config, m, n) = (
+            config.device,
+            config.engine,
+            to.clone(),
+            name.to_owned(),
+        );
+        let (engine, threads) = tokio::task::spawn_blocking(move || {
+            crate::embed::open_named(&m, device, engine_config, &n)
+        })
+        .await
+        .map_err(|e| Error::Control {
+            reason: format!("loading the model panicked: {e}"),
+        })??;
+        let bootstrap = config.bootstrap.as_str();
+        let reader: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set(
+                "group.id",
+                format!("embedstream-{name}-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(kafka(bootstrap))?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            // The stage's partitioner: an item's records from the dual-write and from here
+            // land in the same partition, so compaction and the sinks keep the newest.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .map_err(kafka(bootstrap))?;
+        let replayer = Self {
+            reader,
+            producer,
+            codec: Codec::new(&config.registry_url),
+            items: config.names.items(),
+            topic: config.names.embeddings(to),
+            to: to.clone(),
+            normalized: spec.normalized,
+            engine,
+            _threads: threads,
+            limits: config.limits,
+            bootstrap: bootstrap.to_owned(),
+        };
+        let count = i32::try_from(replayer.partitions()?.len()).unwrap_or(i32::MAX);
+        Admin::new(bootstrap, Duration::from_secs(30))?
+            .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count, 1)])
+            .await?;
+        Ok(replayer)
+    }
+
+    /// The partitions of `items`, sorted.
+    pub(super) fn partitions(&self) -> Result<Vec<i32>> {
+        partitions(&self.reader, &self.items, &self.bootstrap)
+    }
+}
+
+/// The partitions of `topic`, sorted; an error when it has none.
+pub(super) fn partitions(
+    reader: &StreamConsumer,
+    topic: &str,
+    bootstrap: &str,
+) -> Result<Vec<i32>> {
+    let metadata = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(kafka(bootstrap))?;
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        return Err(Error::Control {
+            reason: format!("{topic} has no partitions (does it exist?)"),
+        });
+    }
+    Ok(partitions)
+}
+
+impl Replayer {
+    /// Reads `[lo, hi)` of partition `p` of `items` (fewer where compaction removed records).
+    pub(super) async fn read_range(
         &self,
+        p: i32,
+        lo: i64,
+        hi: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<OwnedMessage>> {
+        self.read_topic_range(&self.items, p, lo, hi, shutdown)
+            .await
+    }
+
+    /// Reads `[lo, hi)` of partition `p` of `topic` (fewer where compaction removed records).
+    pub(super) async fn read_topic_range(
+        &self,
+        topic: &str,
         p: i32,
         lo: i64,
         hi: i64,
@@ -401,9 +445,9 @@ impl Work1<'_> {
             return Ok(out);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.items, p, Offset::Offset(lo))
-            .map_err(kafka(self.bootstrap))?;
-        self.reader.assign(&tpl).map_err(kafka(self.bootstrap))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+            .map_err(kafka(&self.bootstrap))?;
+        self.reader.assign(&tpl).map_err(kafka(&self.bootstrap))?;
         let mut idle = 0;
         loop {
             if shutdown.is_cancelled() {
@@ -422,15 +466,15 @@ impl Work1<'_> {
                     }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, partition = p, "Error reading items; retrying.");
+                    tracing::warn!(error = %e, topic, partition = p, "Read error; retrying.");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(_) => {
                     // Nothing more: the rest of the range was compacted away.
                     let (_, high) = self
                         .reader
-                        .fetch_watermarks(&self.items, p, Duration::from_secs(10))
-                        .map_err(kafka(self.bootstrap))?;
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .map_err(kafka(&self.bootstrap))?;
                     idle += 1;
                     if high <= lo || idle >= 5 {
                         break;
@@ -443,7 +487,7 @@ impl Work1<'_> {
 
     /// Adds to `keys` the keys of partition `p` from `from` to its current end; returns that
     /// end.
-    async fn scan_keys(
+    pub(super) async fn scan_keys(
         &self,
         p: i32,
         from: i64,
@@ -453,7 +497,7 @@ impl Work1<'_> {
         let (_, high) = self
             .reader
             .fetch_watermarks(&self.items, p, Duration::from_secs(10))
-            .map_err(kafka(self.bootstrap))?;
+            .map_err(kafka(&self.bootstrap))?;
         if high <= from {
             return Ok(from.max(high));
         }
@@ -466,7 +510,7 @@ impl Work1<'_> {
     }
 
     /// Newest first; the items already seen are skipped, the rest marked seen.
-    async fn prepare(
+    pub(super) async fn prepare(
         &self,
         mut records: Vec<OwnedMessage>,
         seen: &mut HashSet<Vec<u8>>,
@@ -532,7 +576,7 @@ impl Work1<'_> {
         steps
     }
 
-    async fn embed(&self, steps: Vec<Step>) -> Result<Vec<Embedded>> {
+    pub(super) async fn embed(&self, steps: Vec<Step>) -> Result<Vec<Embedded>> {
         let texts: Vec<String> = steps
             .iter()
             .filter_map(|s| match s {
@@ -574,7 +618,7 @@ impl Work1<'_> {
             .collect())
     }
 
-    async fn produce(
+    pub(super) async fn produce(
         &self,
         chunk: Vec<Embedded>,
         fresh: &HashSet<Vec<u8>>,

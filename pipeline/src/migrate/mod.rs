@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backfill;
+pub mod check;
 pub mod metrics;
 pub mod plan;
 
@@ -142,6 +143,46 @@ pub struct Status {
     pub migration: Option<MigrationStatus>,
     /// Each consumer's read plan.
     pub consumers: Vec<ConsumerStatus>,
+    /// Writes per version of the migration (filled in where Kafka and the stage are reachable).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionWrites>,
+}
+
+/// What was written to one version's topic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VersionWrites {
+    /// `id@version`.
+    pub model: String,
+    /// Records on its topic (sum of the partitions' end offsets), when the broker answered.
+    pub topic_records: Option<i64>,
+    /// Records the stage wrote and had acknowledged, from its `/metrics`, when it answered.
+    pub stage_ok: Option<u64>,
+    /// Records the stage failed to write.
+    pub stage_failed: Option<u64>,
+}
+
+impl VersionWrites {
+    /// The stage's counts of `model` in a Prometheus text exposition.
+    pub fn stage_counts(exposition: &str, model: &str) -> (Option<u64>, Option<u64>) {
+        let label = format!("model_version=\"{model}\"");
+        let mut ok = None;
+        let mut failed = None;
+        for line in exposition.lines() {
+            if !line.starts_with(crate::stage::metrics::PRODUCED) || !line.contains(&label) {
+                continue;
+            }
+            let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            let slot = if line.contains("result=\"ok\"") {
+                &mut ok
+            } else {
+                &mut failed
+            };
+            *slot = Some(slot.unwrap_or(0) + value as u64);
+        }
+        (ok, failed.or(ok.map(|_| 0)))
+    }
 }
 
 /// The migration part of [`Status`].
@@ -255,6 +296,32 @@ impl Status {
         Self {
             migration,
             consumers,
+            versions: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VersionWrites;
+
+    #[test]
+    fn the_stage_counts_are_read_per_version() {
+        let exposition = "\
+# TYPE embedstream_stage_produced_total counter
+embedstream_stage_produced_total{model_version=\"minilm-l6-v2@1\",result=\"ok\"} 120
+embedstream_stage_produced_total{model_version=\"mpnet-base-v2@1\",result=\"ok\"} 40
+embedstream_stage_produced_total{model_version=\"mpnet-base-v2@1\",result=\"error\"} 2
+embedstream_stage_consumed_total 160
+";
+        assert_eq!(
+            VersionWrites::stage_counts(exposition, "minilm-l6-v2@1"),
+            (Some(120), Some(0))
+        );
+        assert_eq!(
+            VersionWrites::stage_counts(exposition, "mpnet-base-v2@1"),
+            (Some(40), Some(2))
+        );
+        assert_eq!(VersionWrites::stage_counts(exposition, "x@1"), (None, None));
     }
 }

@@ -34,22 +34,6 @@ fn backfill_command(p: &Platform, extra: &[&str]) -> Command {
     cmd
 }
 
-/// A child killed with SIGKILL (and reaped) when asked, or when the test ends.
-struct Killed(std::process::Child);
-
-impl Killed {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The last event per item on `items`: `(offset, deleted)`.
 async fn latest_items(p: &Platform) -> HashMap<String, (i32, i64, bool)> {
     let codec = Codec::new(&p.registry);

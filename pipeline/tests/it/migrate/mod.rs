@@ -1,8 +1,9 @@
 //! Migrations against the real broker and registry: the backfill killed with -9 and resumed
 //! beside a dual-writing stage; the gate, forced cutover and rollback as other processes see
-//! them; the admin API's token.
+//! them; the admin API's token; the consistency checker re-queueing what the new version misses.
 
 mod backfill;
+mod check;
 mod commands;
 
 use std::process::{Command, Output, Stdio};
@@ -75,6 +76,22 @@ pub async fn activate_minilm(p: &Platform) {
     .await
     .unwrap();
     token.cancel();
+}
+
+/// A child killed with SIGKILL (and reaped) when asked, or when the test ends.
+pub struct Killed(pub std::process::Child);
+
+impl Killed {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 pub async fn sleep_ms(ms: u64) {
