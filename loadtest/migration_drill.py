@@ -166,6 +166,7 @@ class Drill:
                     self.queries.extend(rows)
                     self.rounds.append({"round": round_no, "start": started, "end": self.now()})
                 round_no += 1
+                stop.wait(self.args.round_pause)
 
     def wait_rounds(self, n):
         """Waits until n more query rounds have finished."""
@@ -218,7 +219,7 @@ class Drill:
             ok, msg = self.admin("start", "--from", OLD, "--to", NEW)
             self.event("migrate start (dual-write on)", ok=ok, msg=msg)
             backfill_started = time.time()
-            self.spawn("backfill", ["migrate", "backfill", "--max-rate", str(a.backfill_rate)])
+            self.spawn("backfill", ["migrate", "backfill", "--max-rate", str(a.backfill_rate), "--chunk", str(a.chunk)])
             # The sink of the new version, once its topic exists.
             for _ in range(120):
                 st = json.loads(self.run(["migrate", "status", "--json"]).stdout)
@@ -299,7 +300,8 @@ class Drill:
     def write(self):
         with open(os.path.join(self.out, "drill.json"), "w") as f:
             json.dump({"events": self.events, "rounds": self.rounds, "queries": self.queries,
-                       "backfill": getattr(self, "backfill", None), "gate": getattr(self, "gate", None)}, f)
+                       "backfill": getattr(self, "backfill", None), "gate": getattr(self, "gate", None),
+                       "checks": self.checks, "blends": self.blends, "args": vars(self.args)}, f)
         summary = summarize(self.queries, self.rounds, self.events)
         summary["backfill"] = getattr(self, "backfill", None)
         summary["gate"] = getattr(self, "gate", None)
@@ -318,11 +320,19 @@ class Drill:
 
 
 def bootstrap(diffs, n=2000, seed=5):
-    rng = random.Random(seed)
+    """95% percentile interval of the mean of paired differences (numpy, which matplotlib
+    brings, or plain Python)."""
     if not diffs:
         return (0.0, 0.0)
-    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n))
-    return means[int(0.025 * (n - 1))], means[int(0.975 * (n - 1))]
+    try:
+        import numpy as np
+        rng = np.random.default_rng(seed)
+        d = np.asarray(diffs, dtype=float)
+        means = np.sort(d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1))
+    except ImportError:
+        rng = random.Random(seed)
+        means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n))
+    return float(means[int(0.025 * (n - 1))]), float(means[int(0.975 * (n - 1))])
 
 
 def summarize(queries, rounds, events):
@@ -343,7 +353,7 @@ def summarize(queries, rounds, events):
             if not pairs:
                 continue
             mean = sum(p[0] for p in pairs) / len(pairs)
-            lo, hi = bootstrap([p[0] - p[1] for p in pairs], n=500)
+            lo, hi = bootstrap([p[0] - p[1] for p in pairs], n=1000)
             worse = hi < 0
             below += worse
             row[c] = {"mean": round(mean, 4), "diff_ci": [round(lo, 4), round(hi, 4)], "below_baseline": worse}
@@ -464,8 +474,20 @@ def main():
     ap.add_argument("--port", type=int, default=9470)
     ap.add_argument("--baseline-rounds", type=int, default=2)
     ap.add_argument("--update-rate", type=float, default=2.0)
+    ap.add_argument("--round-pause", type=float, default=3.0, help="seconds between query rounds")
     ap.add_argument("--backfill-rate", type=float, default=0.0)
-    Drill(ap.parse_args()).main()
+    ap.add_argument("--chunk", type=int, default=64, help="backfill offsets per chunk and checkpoint")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/drill.json")
+    args = ap.parse_args()
+    drill = Drill(args)
+    if args.report_only:
+        saved = json.load(open(os.path.join(args.out, "drill.json")))
+        drill.events, drill.rounds, drill.queries = saved["events"], saved["rounds"], saved["queries"]
+        drill.backfill, drill.gate = saved.get("backfill"), saved.get("gate")
+        drill.checks, drill.blends = saved.get("checks", []), saved.get("blends")
+        drill.write()
+    else:
+        drill.main()
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ pub async fn run(
 
             let lo = (b.next_end - config.chunk).max(b.start);
             let records = work.read_range(p, lo, b.next_end, &shutdown).await?;
+            let records_len = records.len();
             let chunk = work.prepare(records, set, &mut report, &shutdown).await;
             let embedded = work.embed(chunk).await?;
             // Anything that arrived while the chunk was embedded is newer than the chunk.
@@ -192,7 +193,17 @@ pub async fn run(
                 .scan_keys(p, scanned[&p], &mut fresh, &shutdown)
                 .await?;
             scanned.insert(p, upto);
+            let read = records_len;
             let count = work.produce(embedded, &fresh, &mut report).await?;
+            tracing::info!(
+                partition = p,
+                from = lo,
+                to = b.next_end,
+                read,
+                embedded = count.embedded,
+                skipped = count.skipped,
+                "Chunk written."
+            );
             set.extend(fresh);
             b.embedded += count.embedded;
             b.skipped += count.skipped;
@@ -348,17 +359,7 @@ impl Replayer {
             reason: format!("loading the model panicked: {e}"),
         })??;
         let bootstrap = config.bootstrap.as_str();
-        let reader: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "group.id",
-                format!("embedstream-{name}-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(kafka(bootstrap))?;
+        let reader = new_reader(bootstrap, name)?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
@@ -393,6 +394,18 @@ impl Replayer {
     pub(super) fn partitions(&self) -> Result<Vec<i32>> {
         partitions(&self.reader, &self.items, &self.bootstrap)
     }
+}
+
+/// A consumer with no group membership, for metadata and range reads.
+fn new_reader(bootstrap: &str, name: &str) -> Result<StreamConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("embedstream-{name}-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(kafka(bootstrap))
 }
 
 /// The partitions of `topic`, sorted; an error when it has none.
@@ -444,16 +457,28 @@ impl Replayer {
         if hi <= lo {
             return Ok(out);
         }
+        // A consumer of its own for each range: one re-assigned to another position may still
+        // hand out records it fetched for the previous one (seen here: a chunk's read ended at
+        // once on a prefetched record past its end, and the chunk was lost).
+        let reader = new_reader(&self.bootstrap, "range")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(lo))
             .map_err(kafka(&self.bootstrap))?;
-        self.reader.assign(&tpl).map_err(kafka(&self.bootstrap))?;
+        reader.assign(&tpl).map_err(kafka(&self.bootstrap))?;
         let mut idle = 0;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(out);
             }
-            match tokio::time::timeout(Duration::from_secs(1), self.reader.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
+                Ok(Ok(m)) if m.partition() != p || m.topic() != topic || m.offset() < lo => {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "Ignoring a record outside the assigned range."
+                    );
+                }
                 Ok(Ok(m)) => {
                     idle = 0;
                     if m.offset() >= hi {

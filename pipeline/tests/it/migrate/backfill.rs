@@ -182,5 +182,16 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     let status: serde_json::Value =
         serde_json::from_str(ok(&migrate(&p, &["status", "--json"])).trim()).unwrap();
     assert_eq!(status["migration"]["backfill_fraction"], 1.0, "{status}");
+    // The consistency checker agrees: the two versions hold the same events.
+    let check: serde_json::Value = serde_json::from_str(
+        ok(&migrate(
+            &p,
+            &["check", "--sample", "1", "--settle", "2", "--dry-run", "--json"],
+        ))
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(check["sampled"], 60, "{check}");
+    assert_eq!(check["divergent"], 0, "{check}");
     token.cancel();
 }
