@@ -369,8 +369,7 @@ def summarize(queries, rounds, events):
 def report_md(s, args):
     """The drill's report: what ran, the goals, and the numbers."""
     out = ["# Migration drill: MiniLM -> MPNet", "",
-           f"Command: `.dev/benchvenv/bin/python loadtest/migration_drill.py --items {args.items}"
-           f" --baseline-rounds {args.baseline_rounds} --update-rate {args.update_rate}`"
+           f"Command: `.dev/benchvenv/bin/python loadtest/migration_drill.py {' '.join(a for a in sys.argv[1:] if a != '--report-only')}`"
            f" (2-core VM, no GPU; broker and registry from `compose/dev infra`).", "",
            "![timeline](timeline.png)", "", "## Goals", "",
            f"- Failed queries (goal 0): **{s['failed']}** of {s['queries']} ({s['degraded']} degraded answers).",
