@@ -34,7 +34,7 @@ pub struct RouterArgs {
     #[arg(long = "backend", value_parser = parse_backend, required = true)]
     pub backends: Vec<(String, String)>,
     /// How two versions' lists are merged: rrf or zscore.
-    #[arg(long, default_value = "rrf")]
+    #[arg(long, default_value = "zscore")]
     pub blend: Blend,
     /// Timeout of one sink request, in milliseconds.
     #[arg(long, default_value_t = 2000)]
