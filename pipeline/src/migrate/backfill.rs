@@ -345,12 +345,8 @@ impl Replayer {
     /// checker must not depend on a stage running).
     pub(super) async fn open(config: &BackfillConfig, to: &ModelRef, name: &str) -> Result<Self> {
         let spec = catalog::lookup(to)?;
-        let (device, engine_config, m, n) = (
-            config.device,
-            config.engine,
-            to.clone(),
-            name.to_owned(),
-        );
+        let (device, engine_config, m, n) =
+            (config.device, config.engine, to.clone(), name.to_owned());
         let (engine, threads) = tokio::task::spawn_blocking(move || {
             crate::embed::open_named(&m, device, engine_config, &n)
         })
@@ -400,7 +396,10 @@ impl Replayer {
 fn new_reader(bootstrap: &str, name: &str) -> Result<StreamConsumer> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("embedstream-{name}-{}", uuid::Uuid::new_v4()))
+        .set(
+            "group.id",
+            format!("embedstream-{name}-{}", uuid::Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "10")

@@ -186,7 +186,15 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     let check: serde_json::Value = serde_json::from_str(
         ok(&migrate(
             &p,
-            &["check", "--sample", "1", "--settle", "2", "--dry-run", "--json"],
+            &[
+                "check",
+                "--sample",
+                "1",
+                "--settle",
+                "2",
+                "--dry-run",
+                "--json",
+            ],
         ))
         .trim(),
     )
