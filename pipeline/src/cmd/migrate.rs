@@ -11,7 +11,7 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval;
 use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
-use embedstream_pipeline::migrate::check::{self, CheckConfig, CheckReport};
+use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
 use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, default_consumers};
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_schemas::Codec;
@@ -315,15 +315,16 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
                 ),
                 None => None,
             };
+            let mut checker = Checker::new(CheckConfig {
+                replay: model.replay(target, 256, 0.0, "check"),
+                sample,
+                settle: Duration::from_secs_f64(settle.max(0.0)),
+                requeue: !dry_run,
+            });
             loop {
-                let config = CheckConfig {
-                    replay: model.replay(target, 256, 0.0, "check"),
-                    sample,
-                    seed: seed.unwrap_or_else(rand_seed),
-                    settle: Duration::from_secs_f64(settle.max(0.0)),
-                    requeue: !dry_run,
-                };
-                let report = check::run(config, m.log(), shutdown.clone()).await?;
+                let report = checker
+                    .run(seed.unwrap_or_else(rand_seed), m.log(), shutdown.clone())
+                    .await?;
                 print_check(&report, json)?;
                 match every {
                     Some(secs) if !shutdown.is_cancelled() => {

@@ -86,7 +86,7 @@ pub struct BackfillReport {
     pub complete: bool,
 }
 
-fn kafka(bootstrap: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
+pub(super) fn kafka(bootstrap: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
     move |source| Error::Kafka {
         bootstrap: bootstrap.to_owned(),
         source,
@@ -105,6 +105,8 @@ pub async fn run(
     let migration = plan::current(&state)?.clone();
     let to: ModelRef = migration.to_model.parse()?;
     let work = Replayer::open(&config, &to, "backfill").await?;
+    // Loaded now, so a model that cannot load fails the backfill before it writes anything.
+    work.engine().await?;
     let (reader, bootstrap, items) = (&work.reader, config.bootstrap.as_str(), &work.items);
     let timeout = Duration::from_secs(30);
     let partitions = work.partitions()?;
@@ -331,29 +333,23 @@ pub(super) struct Replayer {
     pub(super) codec: Codec,
     pub(super) items: String,
     pub(super) topic: String,
-    to: ModelRef,
+    pub(super) to: ModelRef,
     normalized: bool,
-    engine: Engine,
-    _threads: crate::embed::engine::EngineThreads,
+    /// The new model, loaded on first use (a check that finds nothing to re-queue needs none).
+    model: tokio::sync::OnceCell<(Engine, crate::embed::engine::EngineThreads)>,
+    device: Device,
+    engine_config: EngineConfig,
+    name: String,
     limits: Limits,
     pub(super) bootstrap: String,
 }
 
 impl Replayer {
-    /// Loads `to` and connects; makes sure its topic exists with as many partitions as
-    /// `items` (the stage creates it when the version turns active; the backfill and the
-    /// checker must not depend on a stage running).
+    /// Connects; makes sure `to`'s topic exists with as many partitions as `items` (the stage
+    /// creates it when the version turns active; the backfill and the checker must not depend
+    /// on a stage running). The model loads on first use, or with [`Self::engine`].
     pub(super) async fn open(config: &BackfillConfig, to: &ModelRef, name: &str) -> Result<Self> {
         let spec = catalog::lookup(to)?;
-        let (device, engine_config, m, n) =
-            (config.device, config.engine, to.clone(), name.to_owned());
-        let (engine, threads) = tokio::task::spawn_blocking(move || {
-            crate::embed::open_named(&m, device, engine_config, &n)
-        })
-        .await
-        .map_err(|e| Error::Control {
-            reason: format!("loading the model panicked: {e}"),
-        })??;
         let bootstrap = config.bootstrap.as_str();
         let reader = new_reader(bootstrap, name)?;
         let producer: FutureProducer = ClientConfig::new()
@@ -374,8 +370,10 @@ impl Replayer {
             topic: config.names.embeddings(to),
             to: to.clone(),
             normalized: spec.normalized,
-            engine,
-            _threads: threads,
+            model: tokio::sync::OnceCell::new(),
+            device: config.device,
+            engine_config: config.engine,
+            name: name.to_owned(),
             limits: config.limits,
             bootstrap: bootstrap.to_owned(),
         };
@@ -384,6 +382,29 @@ impl Replayer {
             .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count, 1)])
             .await?;
         Ok(replayer)
+    }
+
+    /// The new model's engine, loading it the first time.
+    pub(super) async fn engine(&self) -> Result<&Engine> {
+        let (engine, _threads) = self
+            .model
+            .get_or_try_init(|| async {
+                let (m, device, config, name) = (
+                    self.to.clone(),
+                    self.device,
+                    self.engine_config,
+                    self.name.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    crate::embed::open_named(&m, device, config, &name)
+                })
+                .await
+                .map_err(|e| Error::Control {
+                    reason: format!("loading the model panicked: {e}"),
+                })?
+            })
+            .await?;
+        Ok(engine)
     }
 
     /// The partitions of `items`, sorted.
@@ -611,19 +632,14 @@ impl Replayer {
         let mut vectors = if texts.is_empty() {
             Vec::new()
         } else {
-            match self.engine.embed(texts.clone()).await {
+            let engine = self.engine().await?;
+            match engine.embed(texts.clone()).await {
                 Ok(v) => v.into_iter().map(Some).collect(),
                 // One bad text fails its batch: embed one by one to skip only it.
                 Err(_) => {
                     let mut one_by_one = Vec::with_capacity(texts.len());
                     for t in texts {
-                        one_by_one.push(
-                            self.engine
-                                .embed(vec![t])
-                                .await
-                                .ok()
-                                .and_then(|mut v| v.pop()),
-                        );
+                        one_by_one.push(engine.embed(vec![t]).await.ok().and_then(|mut v| v.pop()));
                     }
                     one_by_one
                 }

@@ -30,10 +30,10 @@ use rdkafka::consumer::Consumer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, partitions};
+use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, kafka, partitions};
 use super::plan;
 use crate::control::ControlLog;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -42,8 +42,6 @@ pub struct CheckConfig {
     pub replay: BackfillConfig,
     /// Share of items sampled, in (0, 1].
     pub sample: f64,
-    /// Seed of the sample (a different one each run by default).
-    pub seed: u64,
     /// How long differing items are given to converge before they count as divergent.
     pub settle: Duration,
     /// Whether divergent items are re-queued (false: report only).
@@ -175,7 +173,6 @@ struct View {
     topic: String,
     next: BTreeMap<i32, i64>,
     held: HashMap<String, Held>,
-    keys: usize,
 }
 
 impl View {
@@ -184,7 +181,6 @@ impl View {
             topic,
             next: BTreeMap::new(),
             held: HashMap::new(),
-            keys: 0,
         }
     }
 
@@ -202,19 +198,14 @@ impl View {
             let (low, high) = r
                 .reader
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
-                .map_err(|source| Error::Kafka {
-                    bootstrap: r.bootstrap.clone(),
-                    source,
-                })?;
+                .map_err(kafka(&r.bootstrap))?;
             let from = self.next.get(&p).copied().unwrap_or(low).max(low);
             for m in r
                 .read_topic_range(&self.topic, p, from, high, shutdown)
                 .await?
             {
                 let Some(key) = m.key() else { continue };
-                if all_keys.insert(key.to_vec()) {
-                    self.keys += 1;
-                }
+                all_keys.insert(key.to_vec());
                 let Ok(id) = std::str::from_utf8(key) else {
                     continue;
                 };
@@ -244,6 +235,46 @@ impl View {
     }
 }
 
+/// The old and the new version's topics, read side by side.
+struct Views {
+    old: View,
+    new: View,
+    /// Every key on either topic.
+    all_keys: HashSet<Vec<u8>>,
+}
+
+impl Views {
+    /// Reads both topics to their current ends.
+    async fn catch_up(
+        &mut self,
+        r: &Replayer,
+        sampled: &impl Fn(&[u8]) -> bool,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        self.old
+            .catch_up(r, sampled, &mut self.all_keys, shutdown)
+            .await?;
+        self.new
+            .catch_up(r, sampled, &mut self.all_keys, shutdown)
+            .await?;
+        Ok(())
+    }
+
+    /// The item's state on each topic.
+    fn states(&self, id: &str) -> (Option<Held>, Option<Held>) {
+        (
+            self.old.held.get(id).copied(),
+            self.new.held.get(id).copied(),
+        )
+    }
+
+    /// How the item differs, if it does.
+    fn differs(&self, id: &str) -> Option<Divergence> {
+        let (old, new) = self.states(id);
+        compare(old, new)
+    }
+}
+
 /// Whether `key` is in the sample of `seed` at `rate`.
 pub fn in_sample(key: &[u8], seed: u64, rate: f64) -> bool {
     if rate >= 1.0 {
@@ -258,114 +289,128 @@ pub fn in_sample(key: &[u8], seed: u64, rate: f64) -> bool {
     ((h.finish() >> 11) as f64 / (1u64 << 53) as f64) < rate
 }
 
-/// Runs one check of the migration in progress.
-pub async fn run(
+/// Checks the migration in progress, again and again if asked: the connections (and the new
+/// model, once a re-queue needs it) are kept between checks.
+pub struct Checker {
     config: CheckConfig,
-    control: &ControlLog,
-    shutdown: CancellationToken,
-) -> Result<CheckReport> {
-    let started = Instant::now();
-    let state = control.state();
-    let migration = plan::current(&state)?.clone();
-    let old: ModelRef = migration.from_model.parse()?;
-    let new: ModelRef = migration.to_model.parse()?;
-    let names = &config.replay.names;
-    let r = Replayer::open(&config.replay, &new, "check").await?;
-    let (seed, rate) = (config.seed, config.sample.clamp(f64::MIN_POSITIVE, 1.0));
-    let sampled = move |key: &[u8]| in_sample(key, seed, rate);
+    replayer: Option<Replayer>,
+}
 
-    let mut all_keys = HashSet::new();
-    let mut old_view = View::new(names.embeddings(&old));
-    let mut new_view = View::new(names.embeddings(&new));
-    old_view
-        .catch_up(&r, &sampled, &mut all_keys, &shutdown)
-        .await?;
-    new_view
-        .catch_up(&r, &sampled, &mut all_keys, &shutdown)
-        .await?;
-
-    let sample: Vec<String> = {
-        let mut ids: HashSet<&String> = old_view.held.keys().collect();
-        ids.extend(new_view.held.keys());
-        let mut v: Vec<String> = ids.into_iter().cloned().collect();
-        v.sort();
-        v
-    };
-    let differs = |old_view: &View, new_view: &View, id: &str| {
-        compare(
-            old_view.held.get(id).copied(),
-            new_view.held.get(id).copied(),
-        )
-    };
-    let mut candidates: Vec<String> = sample
-        .iter()
-        .filter(|id| differs(&old_view, &new_view, id).is_some())
-        .cloned()
-        .collect();
-    let first = candidates.len();
-    if !candidates.is_empty() && !config.settle.is_zero() {
-        tracing::info!(
-            differing = first,
-            settle_s = config.settle.as_secs_f64(),
-            "Items differ; reading them again after the settle time."
-        );
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(config.settle) => {}
-        }
-        old_view
-            .catch_up(&r, &sampled, &mut all_keys, &shutdown)
-            .await?;
-        new_view
-            .catch_up(&r, &sampled, &mut all_keys, &shutdown)
-            .await?;
-        candidates.retain(|id| differs(&old_view, &new_view, id).is_some());
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("config", &self.config)
+            .field("connected", &self.replayer.is_some())
+            .finish()
     }
+}
 
-    let mut report = CheckReport {
-        migration: migration.migration_id.clone(),
-        old: old.to_string(),
-        new: new.to_string(),
-        seed,
-        items: all_keys.len(),
-        sampled: sample.len(),
-        settled: first - candidates.len(),
-        divergent: candidates.len(),
-        divergence_ratio: if sample.is_empty() {
-            0.0
-        } else {
-            candidates.len() as f64 / sample.len() as f64
-        },
-        ..CheckReport::default()
-    };
-    let mut behind = Vec::new();
-    for id in &candidates {
-        let (o, n) = (
-            old_view.held.get(id).copied(),
-            new_view.held.get(id).copied(),
-        );
-        let Some(kind) = compare(o, n) else { continue };
-        *report.kinds.entry(kind.name().to_owned()).or_default() += 1;
-        if report.examples.len() < 20 {
-            report.examples.push(Divergent {
-                item_id: id.clone(),
-                kind,
-                old: o,
-                new: n,
-            });
-        }
-        if kind.new_is_behind() {
-            behind.push((id.clone(), o));
+impl Checker {
+    /// A checker; it connects on its first check.
+    pub fn new(config: CheckConfig) -> Self {
+        Self {
+            config,
+            replayer: None,
         }
     }
-    metrics::gauge!(super::metrics::DIVERGENCE_RATIO, "migration" => migration.migration_id.clone())
-        .set(report.divergence_ratio);
-    if config.requeue && !behind.is_empty() {
-        requeue(&r, &mut new_view, behind, &mut report, &shutdown).await?;
-        metrics::counter!(super::metrics::REQUEUED).increment(report.requeued as u64);
+
+    /// Runs one check with the sample of `seed`.
+    pub async fn run(
+        &mut self,
+        seed: u64,
+        control: &ControlLog,
+        shutdown: CancellationToken,
+    ) -> Result<CheckReport> {
+        let started = Instant::now();
+        let state = control.state();
+        let migration = plan::current(&state)?.clone();
+        let old: ModelRef = migration.from_model.parse()?;
+        let new: ModelRef = migration.to_model.parse()?;
+        let config = &self.config;
+        // A new migration since the last check writes another topic with another model.
+        if self.replayer.as_ref().is_none_or(|r| r.to != new) {
+            self.replayer = Some(Replayer::open(&config.replay, &new, "check").await?);
+        }
+        let r = self.replayer.as_ref().expect("opened above");
+        let rate = config.sample.clamp(f64::MIN_POSITIVE, 1.0);
+        let sampled = move |key: &[u8]| in_sample(key, seed, rate);
+
+        let names = &config.replay.names;
+        let mut views = Views {
+            old: View::new(names.embeddings(&old)),
+            new: View::new(names.embeddings(&new)),
+            all_keys: HashSet::new(),
+        };
+        views.catch_up(r, &sampled, &shutdown).await?;
+        let sample: Vec<String> = {
+            let mut ids: HashSet<&String> = views.old.held.keys().collect();
+            ids.extend(views.new.held.keys());
+            let mut v: Vec<String> = ids.into_iter().cloned().collect();
+            v.sort();
+            v
+        };
+        let mut candidates: Vec<String> = sample
+            .iter()
+            .filter(|id| views.differs(id).is_some())
+            .cloned()
+            .collect();
+        let first = candidates.len();
+        if !candidates.is_empty() && !config.settle.is_zero() {
+            tracing::info!(
+                differing = first,
+                settle_s = config.settle.as_secs_f64(),
+                "Items differ; reading them again after the settle time."
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(config.settle) => {}
+            }
+            views.catch_up(r, &sampled, &shutdown).await?;
+            candidates.retain(|id| views.differs(id).is_some());
+        }
+
+        let mut report = CheckReport {
+            migration: migration.migration_id.clone(),
+            old: old.to_string(),
+            new: new.to_string(),
+            seed,
+            items: views.all_keys.len(),
+            sampled: sample.len(),
+            settled: first - candidates.len(),
+            divergent: candidates.len(),
+            divergence_ratio: if sample.is_empty() {
+                0.0
+            } else {
+                candidates.len() as f64 / sample.len() as f64
+            },
+            ..CheckReport::default()
+        };
+        let mut behind = Vec::new();
+        for id in &candidates {
+            let (o, n) = views.states(id);
+            let Some(kind) = compare(o, n) else { continue };
+            *report.kinds.entry(kind.name().to_owned()).or_default() += 1;
+            if report.examples.len() < 20 {
+                report.examples.push(Divergent {
+                    item_id: id.clone(),
+                    kind,
+                    old: o,
+                    new: n,
+                });
+            }
+            if kind.new_is_behind() {
+                behind.push((id.clone(), o));
+            }
+        }
+        metrics::gauge!(super::metrics::DIVERGENCE_RATIO, "migration" => migration.migration_id.clone())
+            .set(report.divergence_ratio);
+        if config.requeue && !behind.is_empty() {
+            requeue(r, &mut views.new, behind, &mut report, &shutdown).await?;
+            metrics::counter!(super::metrics::REQUEUED).increment(report.requeued as u64);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 /// Embeds the old version's source event of each item (or deletes it) into the new topic,

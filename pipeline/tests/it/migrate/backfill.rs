@@ -11,26 +11,13 @@ use embedstream_schemas::records::{EmbeddingRecord, ItemEvent};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::stage::{Platform, delete, terminate, upsert, wait_log_count};
+use crate::stage::{Platform, delete, terminate, upsert};
 
 fn backfill_command(p: &Platform, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
-    cmd.args([
-        "migrate",
-        "--bootstrap",
-        &p.bootstrap,
-        "--registry-url",
-        &p.registry,
-        "--topic-prefix",
-        &p.prefix,
-        "backfill",
-        "--chunk",
-        "6",
-    ])
-    .args(extra)
-    .env("NO_COLOR", "1")
-    .env("RUST_LOG", "info")
-    .stdin(Stdio::null());
+    let mut args = vec!["backfill", "--chunk", "6"];
+    args.extend_from_slice(extra);
+    let mut cmd = migrate_command(p, &args);
+    cmd.env("RUST_LOG", "info");
     cmd
 }
 
@@ -74,18 +61,8 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     p.produce_events(&corpus).await;
     p.wait_caught_up(Duration::from_secs(180)).await;
 
-    ok(&migrate(
-        &p,
-        &["start", "--from", crate::stage::MINILM, "--to", MPNET],
-    ));
     // The running stage loads MPNet and dual-writes from now on.
-    wait_log_count(
-        &stage_log,
-        "Writing a new model version",
-        2,
-        Duration::from_secs(180),
-    )
-    .await;
+    start_dual_write(&p, &stage_log).await;
 
     let token = CancellationToken::new();
     let log = control(&p, &token).await;
@@ -151,16 +128,11 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     assert!(terminate(&mut stage).success());
 
     let latest = latest_items(&p).await;
-    let codec = Codec::new(&p.registry);
-    let mut on_new: HashMap<String, Option<EmbeddingRecord>> = HashMap::new();
-    for (key, value, _, _) in p.read_all(&p.names.embeddings(&MPNET.parse().unwrap())) {
-        let key = String::from_utf8(key.unwrap()).unwrap();
-        let record = match value {
-            None => None,
-            Some(v) => Some(codec.decode::<EmbeddingRecord>(&v).await.unwrap()),
-        };
-        on_new.insert(key, record);
-    }
+    let on_new: HashMap<String, Option<EmbeddingRecord>> = version_records(&p, MPNET)
+        .await
+        .into_iter()
+        .map(|(id, mut records)| (id, records.pop().and_then(|(_, r)| r)))
+        .collect();
     for (id, (partition, offset, deleted)) in &latest {
         let got = on_new.get(id).cloned().flatten();
         if *deleted {

@@ -3,8 +3,7 @@
 //! topic late — it finds each kind, re-queues them through the new model, and a second check
 //! finds nothing; the divergence ratio is served on `/metrics`.
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use embedstream_schemas::Codec;
@@ -13,32 +12,13 @@ use rdkafka::producer::FutureRecord;
 
 use super::*;
 use crate::common::free_port;
-use crate::stage::{MINILM, Platform, delete, terminate, upsert, wait_log_count};
+use crate::stage::{MINILM, Platform, delete, terminate, upsert};
 
 fn check(p: &Platform, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["check", "--sample", "1", "--settle", "1", "--json"];
     args.extend_from_slice(extra);
     let out = migrate(p, &args);
     serde_json::from_str(ok(&out).trim()).unwrap()
-}
-
-/// Last record per key of a version's topic: `(partition of the topic, record or tombstone)`.
-async fn topic_state(
-    p: &Platform,
-    model: &str,
-) -> HashMap<String, Vec<(i32, Option<EmbeddingRecord>)>> {
-    let codec = Codec::new(&p.registry);
-    let mut out: HashMap<String, Vec<(i32, Option<EmbeddingRecord>)>> = HashMap::new();
-    for (key, value, partition, _) in p.read_all(&p.names.embeddings(&model.parse().unwrap())) {
-        let record = match value {
-            None => None,
-            Some(v) => Some(codec.decode::<EmbeddingRecord>(&v).await.unwrap()),
-        };
-        out.entry(String::from_utf8(key.unwrap()).unwrap())
-            .or_default()
-            .push((partition, record));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,14 +38,7 @@ async fn the_checker_finds_and_requeues_what_the_new_version_misses() {
     p.produce_events(&before).await;
     p.wait_caught_up(Duration::from_secs(180)).await;
 
-    ok(&migrate(&p, &["start", "--from", MINILM, "--to", MPNET]));
-    wait_log_count(
-        &stage_log,
-        "Writing a new model version",
-        2,
-        Duration::from_secs(180),
-    )
-    .await;
+    start_dual_write(&p, &stage_log).await;
     let during: Vec<_> = (0..4)
         .map(|i| {
             upsert(
@@ -95,7 +68,7 @@ async fn the_checker_finds_and_requeues_what_the_new_version_misses() {
             .map(|(_, p, o)| (*p, *o))
             .unwrap()
     };
-    let new_state = topic_state(&p, MPNET).await;
+    let new_state = version_records(&p, MPNET).await;
     let some_vector = new_state["b-2"].last().unwrap().1.clone().unwrap();
     let codec = Codec::new(&p.registry);
     let new_topic = p.names.embeddings(&MPNET.parse().unwrap());
@@ -134,8 +107,8 @@ async fn the_checker_finds_and_requeues_what_the_new_version_misses() {
 
     // Re-queued through the new model: every item's last record on the new topic is the old
     // version's event (or its delete), in the partition the stage writes that key to.
-    let old_state = topic_state(&p, MINILM).await;
-    let new_state = topic_state(&p, MPNET).await;
+    let old_state = version_records(&p, MINILM).await;
+    let new_state = version_records(&p, MPNET).await;
     for (id, records) in &old_state {
         let (old_partition, old_last) = records.last().unwrap();
         let new_records = &new_state[id];
@@ -168,15 +141,9 @@ async fn the_checker_finds_and_requeues_what_the_new_version_misses() {
     // The periodic checker serves the ratio.
     let port = free_port();
     let mut every = Killed(
-        Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .args([
-                "migrate",
-                "--bootstrap",
-                &p.bootstrap,
-                "--registry-url",
-                &p.registry,
-                "--topic-prefix",
-                &p.prefix,
+        migrate_command(
+            &p,
+            &[
                 "check",
                 "--sample",
                 "1",
@@ -185,13 +152,12 @@ async fn the_checker_finds_and_requeues_what_the_new_version_misses() {
                 "60",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     let line = loop {

@@ -6,21 +6,23 @@ mod backfill;
 mod check;
 mod commands;
 
+use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use embedstream_pipeline::control::ControlLog;
 use embedstream_schemas::Codec;
+use embedstream_schemas::records::EmbeddingRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::Platform;
 
 pub const MPNET: &str = "mpnet-base-v2@1";
 
-/// `embedstream migrate <args>` on the platform.
-pub fn migrate(p: &Platform, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_embedstream"))
-        .arg("migrate")
+/// The command line of `embedstream migrate <args>` on the platform.
+pub fn migrate_command(p: &Platform, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    cmd.arg("migrate")
         .args([
             "--bootstrap",
             &p.bootstrap,
@@ -35,9 +37,49 @@ pub fn migrate(p: &Platform, args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")
         .env_remove("EMBEDSTREAM_ADMIN_URL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `embedstream migrate <args>` on the platform, run to the end.
+pub fn migrate(p: &Platform, args: &[&str]) -> Output {
+    migrate_command(p, args).output().unwrap()
+}
+
+/// `migrate start` to MPNet, then waits until the running stage (logging to `stage_log`)
+/// writes both versions.
+pub async fn start_dual_write(p: &Platform, stage_log: &std::path::Path) {
+    ok(&migrate(
+        p,
+        &["start", "--from", crate::stage::MINILM, "--to", MPNET],
+    ));
+    crate::stage::wait_log_count(
+        stage_log,
+        "Writing a new model version",
+        2,
+        Duration::from_secs(180),
+    )
+    .await;
+}
+
+/// Every record of a version's topic, per key in order: `(partition of the topic, record or
+/// tombstone)`.
+pub async fn version_records(
+    p: &Platform,
+    model: &str,
+) -> HashMap<String, Vec<(i32, Option<EmbeddingRecord>)>> {
+    let codec = Codec::new(&p.registry);
+    let mut out: HashMap<String, Vec<(i32, Option<EmbeddingRecord>)>> = HashMap::new();
+    for (key, value, partition, _) in p.read_all(&p.names.embeddings(&model.parse().unwrap())) {
+        let record = match value {
+            None => None,
+            Some(v) => Some(codec.decode::<EmbeddingRecord>(&v).await.unwrap()),
+        };
+        out.entry(String::from_utf8(key.unwrap()).unwrap())
+            .or_default()
+            .push((partition, record));
+    }
+    out
 }
 
 /// Asserts success and returns stdout.
