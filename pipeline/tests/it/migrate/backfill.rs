@@ -151,9 +151,32 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
         );
     }
     assert_eq!(latest.values().filter(|(_, _, d)| !d).count(), 59);
-    let status: serde_json::Value =
-        serde_json::from_str(ok(&migrate(&p, &["status", "--json"])).trim()).unwrap();
+    let status: serde_json::Value = serde_json::from_str(
+        ok(&migrate(
+            &p,
+            &[
+                "status",
+                "--json",
+                "--stage-metrics",
+                "http://127.0.0.1:1/metrics",
+            ],
+        ))
+        .trim(),
+    )
+    .unwrap();
     assert_eq!(status["migration"]["backfill_fraction"], 1.0, "{status}");
+    // Writes per version: each topic's records as the broker counts them; no stage answers.
+    for (i, model) in [crate::stage::MINILM, MPNET].into_iter().enumerate() {
+        let v = &status["versions"][i];
+        assert_eq!(v["model"], model, "{status}");
+        // End offsets summed: compaction may have removed records before a partition's last.
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for (_, _, partition, offset) in p.read_all(&p.names.embeddings(&model.parse().unwrap())) {
+            ends.insert(partition, offset + 1);
+        }
+        assert_eq!(v["topic_records"], ends.values().sum::<i64>(), "{status}");
+        assert!(v["stage_ok"].is_null(), "{status}");
+    }
     // The consistency checker agrees: the two versions hold the same events.
     let check: serde_json::Value = serde_json::from_str(
         ok(&migrate(
