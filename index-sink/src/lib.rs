@@ -14,6 +14,7 @@
 //! [`service`] is the I/O edge on top of it: the Kafka consumer of one embedding topic and
 //! the HTTP query API (`embedstream sink`).
 
+pub mod adapter;
 mod compaction;
 mod config;
 mod error;

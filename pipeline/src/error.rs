@@ -80,6 +80,16 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// Adapter training or deployment refused its input (too few pairs, mismatched items,
+    /// dimensions, NaN); nothing was written.
+    #[error("adapter: {reason}")]
+    Adapter {
+        /// What is wrong, naming the file and line where there is one.
+        reason: String,
+    },
+    /// An adapter artifact could not be read or written.
+    #[error(transparent)]
+    AdapterArtifact(#[from] embedstream_index_sink::adapter::AdapterError),
     /// The catalog or a model reference is wrong. Fatal.
     #[error(transparent)]
     Catalog(#[from] embedstream_topics::Error),

@@ -4,6 +4,7 @@
 //! The embedding engine and the stream stage arrive with their issues; today this crate holds
 //! the process plumbing every service uses.
 
+pub mod adapter;
 pub mod control;
 pub mod embed;
 pub mod encoder;

@@ -1,0 +1,116 @@
+//! The closed-form kinds: orthogonal Procrustes and reduced-rank (low-rank affine) ridge
+//! regression, in f64 with `nalgebra`.
+
+use embedstream_index_sink::adapter::{Layers, Matrix};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+use super::{Pairs, refused};
+use crate::error::Result;
+
+/// The pairs as centered f64 matrices `X` (n × in), `Y` (n × out) and their column means.
+struct Centered {
+    x: DMatrix<f64>,
+    y: DMatrix<f64>,
+    mean_x: DVector<f64>,
+    mean_y: DVector<f64>,
+}
+
+fn centered(pairs: &Pairs) -> Centered {
+    let n = pairs.len();
+    let x = DMatrix::from_row_iterator(n, pairs.in_dim, pairs.new.iter().map(|&v| f64::from(v)));
+    let y = DMatrix::from_row_iterator(n, pairs.out_dim, pairs.old.iter().map(|&v| f64::from(v)));
+    let mean_x = x.row_mean().transpose();
+    let mean_y = y.row_mean().transpose();
+    let mut x = x;
+    let mut y = y;
+    for mut row in x.row_iter_mut() {
+        row -= mean_x.transpose();
+    }
+    for mut row in y.row_iter_mut() {
+        row -= mean_y.transpose();
+    }
+    Centered {
+        x,
+        y,
+        mean_x,
+        mean_y,
+    }
+}
+
+/// `w` (out × in) as an f32 [`Matrix`] and `b = mean_y − w · mean_x`.
+fn export(w: &DMatrix<f64>, c: &Centered) -> (Matrix, Vec<f32>) {
+    let b = &c.mean_y - w * &c.mean_x;
+    let data = w.transpose().iter().map(|&v| v as f32).collect();
+    (
+        Matrix::new(w.nrows(), w.ncols(), data),
+        b.iter().map(|&v| v as f32).collect(),
+    )
+}
+
+/// Orthogonal Procrustes with scale and translation: `y ≈ s Rᵀ (x − x̄) + ȳ`, `R` (in × out)
+/// with orthonormal columns from the SVD of `Xᵀ Y = U Σ Vᵀ` (`R = U Vᵀ`), `s = tr Σ / ‖X‖²`.
+pub fn procrustes(pairs: &Pairs) -> Result<Layers> {
+    let (w, b) = procrustes_weights(pairs)?;
+    Ok(Layers::Linear { w, b })
+}
+
+/// `s Rᵀ` (out × in).
+fn procrustes_map(c: &Centered) -> Result<DMatrix<f64>> {
+    let m = c.x.tr_mul(&c.y);
+    let svd = m.svd(true, true);
+    let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
+        return Err(refused("the SVD of the cross-covariance did not converge"));
+    };
+    let r = u * v_t;
+    let scale = svd.singular_values.sum() / c.x.norm_squared();
+    if !scale.is_finite() || scale <= 0.0 {
+        return Err(refused(
+            "the new vectors do not vary (every pair has the same new vector?)",
+        ));
+    }
+    Ok(r.transpose() * scale)
+}
+
+/// Reduced-rank ridge regression: `B = (XᵀX + λI)⁻¹ XᵀY`, then `B V_r V_rᵀ` where `V_r` holds
+/// the top `rank` eigenvectors of the fitted values' covariance `Bᵀ XᵀX B`; stored as
+/// `U = (B V_r)ᵀ` (rank × in) and `V = V_r` (out × rank). `λ = ridge · tr(XᵀX) / in`.
+pub fn affine(pairs: &Pairs, rank: usize, ridge: f64) -> Result<Layers> {
+    if rank == 0 {
+        return Err(refused("the rank must be at least 1"));
+    }
+    let c = centered(pairs);
+    let rank = rank.min(pairs.out_dim);
+    let xtx = c.x.tr_mul(&c.x);
+    let lambda = ridge * xtx.trace() / pairs.in_dim as f64;
+    let mut reg = xtx.clone();
+    for i in 0..reg.nrows() {
+        reg[(i, i)] += lambda;
+    }
+    let chol = reg
+        .cholesky()
+        .ok_or_else(|| refused("XᵀX + λI is not positive definite (raise --ridge)"))?;
+    let b = chol.solve(&c.x.tr_mul(&c.y));
+    let fitted = b.transpose() * &xtx * &b;
+    let eig = SymmetricEigen::new(fitted);
+    let mut order: Vec<usize> = (0..eig.eigenvalues.len()).collect();
+    order.sort_by(|&i, &j| eig.eigenvalues[j].total_cmp(&eig.eigenvalues[i]));
+    let v_r = DMatrix::from_fn(pairs.out_dim, rank, |row, k| {
+        eig.eigenvectors[(row, order[k])]
+    });
+    let u = (&b * &v_r).transpose();
+    let w = &v_r * &u;
+    let bias = &c.mean_y - &w * &c.mean_x;
+    let f32s = |m: &DMatrix<f64>| m.transpose().iter().map(|&v| v as f32).collect();
+    Ok(Layers::LowRank {
+        u: Matrix::new(rank, pairs.in_dim, f32s(&u)),
+        v: Matrix::new(pairs.out_dim, rank, f32s(&v_r)),
+        b: bias.iter().map(|&v| v as f32).collect(),
+    })
+}
+
+/// The Procrustes map's weights as `(w: out × in, b)`, for the MLP's starting point.
+pub fn procrustes_weights(pairs: &Pairs) -> Result<(Matrix, Vec<f32>)> {
+    let c = centered(pairs);
+    let w = procrustes_map(&c)?;
+    Ok(export(&w, &c))
+}

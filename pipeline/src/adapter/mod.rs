@@ -1,0 +1,393 @@
+//! Drift-Adapter training (seed 002): fits a map from a new model's space into an old one's
+//! on pairs of embeddings of the same items, and writes it as a versioned artifact
+//! ([`embedstream_index_sink::adapter`], which also applies it at query time).
+//!
+//! Pairs come from a sample of items embedded with both models (`embedstream adapter
+//! train`), or from the user (`--pairs-file`, or two `embed` outputs joined by id). Every
+//! vector is L2-normalized on the way in (the index compares unit vectors), a seeded hash of
+//! the item id holds out a share of the pairs, and the fit is reported as the mean cosine of
+//! mapped new vectors to their old vectors on both parts.
+//!
+//! Kinds ([`linear`], [`mlp`]):
+//! - `procrustes`: orthogonal Procrustes with one scale and a translation. The dimension change
+//!   (768 → 384 for MPNet → MiniLM) is handled explicitly: the map's 768 × 384 matrix has
+//!   orthonormal columns, i.e. it is an orthogonal map of the new space followed by keeping 384
+//!   coordinates — the square Procrustes problem with the old space zero-padded to 768
+//!   dimensions. Its solution is `U Vᵀ` from the SVD of the cross-covariance `Xᵀ Y`.
+//! - `affine`: reduced-rank ridge regression: the ridge solution projected onto the top `rank`
+//!   directions of its fitted values (the least-squares optimum among rank-r maps).
+//! - `mlp`: the Procrustes map plus a residual `W₂ relu(W₁ x + b₁) + b₂` (W₂ starts at zero, so
+//!   training starts from Procrustes), trained with Burn's autodiff on `1 − cos`, keeping the
+//!   epoch with the best held-out cosine.
+
+pub mod linear;
+pub mod mlp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::Path;
+use std::time::Instant;
+
+use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterMeta, AdapterName};
+use embedstream_topics::{ModelRef, catalog};
+
+use crate::error::{Error, Result};
+
+fn refused(reason: impl Into<String>) -> Error {
+    Error::Adapter {
+        reason: reason.into(),
+    }
+}
+
+/// Paired embeddings of the same items: row `i` of `new` and of `old` embed item `ids[i]`.
+#[derive(Debug, Clone, Default)]
+pub struct Pairs {
+    /// Item ids.
+    pub ids: Vec<String>,
+    /// New-model vectors, row-major, `in_dim` each, unit length.
+    pub new: Vec<f32>,
+    /// Old-model vectors, row-major, `out_dim` each, unit length.
+    pub old: Vec<f32>,
+    /// New dimension.
+    pub in_dim: usize,
+    /// Old dimension.
+    pub out_dim: usize,
+}
+
+/// A checked, unit-length copy of `v`, or why not.
+fn unit(v: &[f32]) -> std::result::Result<Vec<f32>, String> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(format!("component {i} is not a finite number"));
+    }
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm < 1e-12 {
+        return Err("the vector is zero".into());
+    }
+    Ok(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+}
+
+impl Pairs {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// No pairs.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Row `i` of the new vectors.
+    pub fn new_row(&self, i: usize) -> &[f32] {
+        &self.new[i * self.in_dim..(i + 1) * self.in_dim]
+    }
+
+    /// Row `i` of the old vectors.
+    pub fn old_row(&self, i: usize) -> &[f32] {
+        &self.old[i * self.out_dim..(i + 1) * self.out_dim]
+    }
+
+    /// Adds one pair; `what` names it in errors (a file and line).
+    pub fn push(&mut self, id: String, new: &[f32], old: &[f32], what: &str) -> Result<()> {
+        if self.ids.is_empty() {
+            self.in_dim = new.len();
+            self.out_dim = old.len();
+        }
+        if new.len() != self.in_dim || old.len() != self.out_dim {
+            return Err(refused(format!(
+                "{what}: item {id:?} has a {}-d new and a {}-d old vector; the pairs before it are {}-d and {}-d",
+                new.len(),
+                old.len(),
+                self.in_dim,
+                self.out_dim
+            )));
+        }
+        let new =
+            unit(new).map_err(|e| refused(format!("{what}: item {id:?}: new vector: {e}")))?;
+        let old =
+            unit(old).map_err(|e| refused(format!("{what}: item {id:?}: old vector: {e}")))?;
+        self.ids.push(id);
+        self.new.extend(new);
+        self.old.extend(old);
+        Ok(())
+    }
+
+    /// Reads JSON lines `{"id", "old": [...], "new": [...]}`.
+    pub fn from_pairs_file(path: &Path) -> Result<Pairs> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Line {
+            id: serde_json::Value,
+            old: Vec<f32>,
+            new: Vec<f32>,
+        }
+        let mut pairs = Pairs::default();
+        let mut seen = std::collections::HashSet::new();
+        for (n, line) in lines(path)? {
+            let what = format!("{}:{n}", path.display());
+            let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+                refused(format!(
+                    "{what}: not a pair line {{\"id\", \"old\", \"new\"}}: {e}"
+                ))
+            })?;
+            let id = id_string(&parsed.id);
+            if !seen.insert(id.clone()) {
+                return Err(refused(format!("{what}: item {id:?} appears twice")));
+            }
+            pairs.push(id, &parsed.new, &parsed.old, &what)?;
+        }
+        Ok(pairs)
+    }
+
+    /// Joins two `embed` outputs (`{"id", "vector"}` lines) by id; the two files must embed
+    /// the same items.
+    pub fn join(old_file: &Path, new_file: &Path) -> Result<Pairs> {
+        let old = vectors(old_file)?;
+        let new = vectors(new_file)?;
+        let only_old: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
+        let only_new: Vec<&String> = new.keys().filter(|k| !old.contains_key(*k)).collect();
+        if !only_old.is_empty() || !only_new.is_empty() {
+            return Err(refused(format!(
+                "the two files embed different items: {} only in {} (e.g. {:?}), {} only in {} (e.g. {:?})",
+                only_old.len(),
+                old_file.display(),
+                only_old.iter().take(3).collect::<Vec<_>>(),
+                only_new.len(),
+                new_file.display(),
+                only_new.iter().take(3).collect::<Vec<_>>(),
+            )));
+        }
+        let mut pairs = Pairs::default();
+        for (id, (line, o)) in old {
+            let (_, n) = &new[&id];
+            let what = format!("{}:{line}", old_file.display());
+            pairs.push(id, n, &o, &what)?;
+        }
+        Ok(pairs)
+    }
+
+    /// Splits off the pairs whose seeded id hash falls in the `holdout` share.
+    pub fn split(&self, holdout: f64, seed: u64) -> (Pairs, Pairs) {
+        let mut fit = Pairs {
+            in_dim: self.in_dim,
+            out_dim: self.out_dim,
+            ..Pairs::default()
+        };
+        let mut held = fit.clone();
+        for i in 0..self.len() {
+            let h = embedstream_index_sink::fnv1a64(format!("{seed}:{}", self.ids[i]).as_bytes());
+            let part = if (h % 10_000) as f64 / 10_000.0 < holdout {
+                &mut held
+            } else {
+                &mut fit
+            };
+            part.ids.push(self.ids[i].clone());
+            part.new.extend_from_slice(self.new_row(i));
+            part.old.extend_from_slice(self.old_row(i));
+        }
+        (fit, held)
+    }
+
+    /// The first `n` pairs in a seeded order (a sample of `n`).
+    pub fn sample(&self, n: usize, seed: u64) -> Pairs {
+        let mut order: Vec<(u64, usize)> = (0..self.len())
+            .map(|i| {
+                (
+                    embedstream_index_sink::fnv1a64(format!("s{seed}:{}", self.ids[i]).as_bytes()),
+                    i,
+                )
+            })
+            .collect();
+        order.sort_unstable();
+        let mut out = Pairs {
+            in_dim: self.in_dim,
+            out_dim: self.out_dim,
+            ..Pairs::default()
+        };
+        for &(_, i) in order.iter().take(n) {
+            out.ids.push(self.ids[i].clone());
+            out.new.extend_from_slice(self.new_row(i));
+            out.old.extend_from_slice(self.old_row(i));
+        }
+        out
+    }
+}
+
+fn id_string(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(Error::io(path))?;
+        if !line.trim().is_empty() {
+            out.push((i + 1, line));
+        }
+    }
+    Ok(out)
+}
+
+/// `{"id", "vector"}` lines by id, with their line numbers.
+fn vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        id: serde_json::Value,
+        vector: Vec<f32>,
+    }
+    let mut out = BTreeMap::new();
+    for (n, line) in lines(path)? {
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+            refused(format!(
+                "{}:{n}: not a vector line {{\"id\", \"vector\"}}: {e}",
+                path.display()
+            ))
+        })?;
+        let id = id_string(&parsed.id);
+        if out.insert(id.clone(), (n, parsed.vector)).is_some() {
+            return Err(refused(format!(
+                "{}:{n}: item {id:?} appears twice",
+                path.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// How to fit.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The kind.
+    pub kind: AdapterKind,
+    /// Share of pairs held out to measure the fit.
+    pub holdout: f64,
+    /// Seed of the hold-out split and of the MLP's initialization and batches.
+    pub seed: u64,
+    /// Affine: rank of the map.
+    pub rank: usize,
+    /// Affine: ridge, relative to the mean eigenvalue of `XᵀX`.
+    pub ridge: f64,
+    /// MLP: hidden units.
+    pub hidden: usize,
+    /// MLP: most epochs.
+    pub epochs: usize,
+    /// MLP: Adam's learning rate.
+    pub lr: f64,
+    /// MLP: pairs per step.
+    pub batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            kind: AdapterKind::Procrustes,
+            holdout: 0.1,
+            seed: 7,
+            rank: 256,
+            ridge: 0.01,
+            hidden: 256,
+            epochs: 40,
+            lr: 1e-3,
+            batch: 128,
+        }
+    }
+}
+
+/// Mean and minimum cosine of `adapter(new)` to `old` over the pairs.
+pub fn cosines(adapter: &Adapter, pairs: &Pairs) -> Result<(f64, f64)> {
+    if pairs.is_empty() {
+        return Ok((f64::NAN, f64::NAN));
+    }
+    let (mut sum, mut min) = (0.0, f64::INFINITY);
+    for i in 0..pairs.len() {
+        let mapped = adapter.apply(pairs.new_row(i))?;
+        let c = f64::from(embedstream_index_sink::dot(&mapped, pairs.old_row(i)));
+        sum += c;
+        min = min.min(c);
+    }
+    Ok((sum / pairs.len() as f64, min))
+}
+
+/// Fits an adapter from `new`'s space into `old`'s. Refuses,
+/// writing nothing: dimensions that are not the two models', fewer training pairs than the
+/// new dimension (the map would be under-determined), a fit that is not finite.
+pub fn train(
+    pairs: &Pairs,
+    old: &ModelRef,
+    new: &ModelRef,
+    name: &AdapterName,
+    source: String,
+    config: &TrainConfig,
+) -> Result<Adapter> {
+    let new_dim = catalog::lookup(new)?.dimension as usize;
+    let old_dim = catalog::lookup(old)?.dimension as usize;
+    if pairs.is_empty() {
+        return Err(refused("no pairs"));
+    }
+    if pairs.in_dim != new_dim || pairs.out_dim != old_dim {
+        return Err(refused(format!(
+            "the pairs are {}-d new and {}-d old, but {new} is {new_dim}-d and {old} is {old_dim}-d (are \"old\" and \"new\" swapped, or the models wrong?)",
+            pairs.in_dim, pairs.out_dim
+        )));
+    }
+    let (fit, held) = pairs.split(config.holdout, config.seed);
+    if fit.len() < new_dim {
+        return Err(refused(format!(
+            "too few pairs: {} to fit on (after holding out {}), need at least {new_dim} (the new model's dimension) for the map to be determined",
+            fit.len(),
+            held.len()
+        )));
+    }
+    let started = Instant::now();
+    let mut params = HashMap::new();
+    let layers = match config.kind {
+        AdapterKind::Procrustes => linear::procrustes(&fit)?,
+        AdapterKind::Affine => {
+            params.insert("rank".into(), config.rank.to_string());
+            params.insert("ridge".into(), config.ridge.to_string());
+            linear::affine(&fit, config.rank, config.ridge)?
+        }
+        AdapterKind::Mlp => {
+            params.insert("hidden".into(), config.hidden.to_string());
+            params.insert("lr".into(), config.lr.to_string());
+            params.insert("batch".into(), config.batch.to_string());
+            let (layers, epochs) = mlp::train(&fit, &held, config, name)?;
+            params.insert("max_epochs".into(), config.epochs.to_string());
+            params.insert("best_epoch".into(), epochs.to_string());
+            layers
+        }
+    };
+    params.insert("seed".into(), config.seed.to_string());
+    let mut adapter = Adapter {
+        meta: AdapterMeta {
+            name: name.to_string(),
+            kind: config.kind,
+            new_model: new.to_string(),
+            old_model: old.to_string(),
+            in_dim: new_dim,
+            out_dim: old_dim,
+            pairs: fit.len(),
+            holdout_pairs: held.len(),
+            train_cosine: 0.0,
+            holdout_cosine: 0.0,
+            params,
+            source,
+            created_at_ms: crate::control::now_ms(),
+            fit_seconds: started.elapsed().as_secs_f64(),
+        },
+        layers,
+    };
+    adapter
+        .validate()
+        .map_err(|e| refused(format!("the fit failed: {e}")))?;
+    adapter.meta.train_cosine = cosines(&adapter, &fit)?.0;
+    adapter.meta.holdout_cosine = cosines(&adapter, &held)?.0;
+    Ok(adapter)
+}
+
+#[cfg(test)]
+mod tests;
