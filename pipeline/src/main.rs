@@ -68,6 +68,12 @@ enum Command {
     /// Query router: blended reads per consumer over the versions' sinks, following the
     /// control log; serves the migration admin API.
     Router(cmd::router::RouterArgs),
+    /// Drift-Adapters: train a map from a new model's space into an old one's, apply it,
+    /// list and evaluate them.
+    Adapter {
+        #[command(subcommand)]
+        command: cmd::adapter::AdapterCommand,
+    },
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
@@ -182,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
         Command::Eval(args) => cmd::eval::run(args).await?,
+        Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();
             cmd::router::run(args, telemetry::metrics_router()?, shutdown).await?;

@@ -1,5 +1,6 @@
 //! Subcommands with enough code to want a file of their own.
 
+pub mod adapter;
 pub mod embed;
 pub mod eval;
 pub mod migrate;

@@ -325,6 +325,41 @@ impl Replayer {
     }
 }
 
+/// A seeded sample of `n` live items of `items` as `(item_id, text)`: the whole topic is read,
+/// the newest event of each item wins, deleted items and records the stage dead-lettered are
+/// left out (what the Drift-Adapter trains on when no pairs are given).
+pub async fn sample_items(
+    config: &BackfillConfig,
+    old: &ModelRef,
+    n: usize,
+    seed: u64,
+    shutdown: &CancellationToken,
+) -> Result<Vec<(String, String)>> {
+    let replayer = Replayer::open(config, old, "adapter-sample").await?;
+    let (mut seen, mut report) = (HashSet::new(), BackfillReport::default());
+    let mut live = Vec::new();
+    for p in replayer.partitions()? {
+        let (low, high) = replayer
+            .reader
+            .fetch_watermarks(&replayer.items, p, Duration::from_secs(10))
+            .map_err(kafka(&replayer.bootstrap))?;
+        let records = replayer.read_range(p, low, high, shutdown).await?;
+        for step in replayer
+            .prepare(records, &mut seen, &mut report, shutdown)
+            .await
+        {
+            if let Step::Upsert { item_id, text, .. } = step {
+                live.push((item_id, text));
+            }
+        }
+    }
+    live.sort_by_cached_key(|(id, _)| {
+        embedstream_index_sink::fnv1a64(format!("{seed}:{id}").as_bytes())
+    });
+    live.truncate(n);
+    Ok(live)
+}
+
 /// Reads `items` and writes the new version's records: what the backfill and the consistency
 /// checker's re-queue share.
 pub(super) struct Replayer {

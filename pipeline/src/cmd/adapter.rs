@@ -1,0 +1,576 @@
+//! `embedstream adapter`: train, apply, list and evaluate Drift-Adapters.
+//!
+//! - `train --from OLD --to NEW --kind K` fits a map from NEW's space into OLD's (so OLD's
+//!   index answers NEW's queries) on pairs: a sample of `--pairs N` live items of the `items`
+//!   topic (or of `--items FILE`) embedded with both models, or pairs the user brings
+//!   (`--pairs-file`, or two `embed` outputs with `--old-vectors` / `--new-vectors`). It
+//!   writes the next version of `<new>_to_<old>.<kind>` into the adapters folder.
+//! - `apply --adapter NAME` maps `{"id", "vector"}` lines from the new space into the old one.
+//! - `list` shows the artifacts and their training metadata.
+//! - `eval` measures, on the golden sets, each adapter's recall against the full re-embed's
+//!   (the recovery ratio) and its added latency per query.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use embedstream_index_sink::adapter::{self, Adapter, AdapterKind};
+use embedstream_pipeline::adapter::{Pairs, TrainConfig};
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_pipeline::embed::engine::EngineConfig;
+use embedstream_pipeline::eval::{load_golden, metric_value};
+use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
+use embedstream_pipeline::stage::validate::Limits;
+use embedstream_topics::ModelRef;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::stage::PlatformArgs;
+
+/// `$EMBEDSTREAM_HOME/adapters`.
+pub fn default_dir() -> PathBuf {
+    embedstream_pipeline::models::home().join("adapters")
+}
+
+/// The adapters folder option.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirArg {
+    /// Folder of adapter artifacts (default `$EMBEDSTREAM_HOME/adapters`).
+    #[arg(long = "adapters-dir", env = "EMBEDSTREAM_ADAPTERS")]
+    pub dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    /// The folder.
+    pub fn path(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(default_dir)
+    }
+}
+
+/// `adapter` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdapterCommand {
+    /// Fit an adapter from the new model's space into the old one's.
+    Train(Box<TrainArgs>),
+    /// Map JSON lines `{"id", "vector"}` from the new space into the old one (stdin → stdout).
+    Apply {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Adapter name (`<new>_to_<old>.<kind>.v<N>`) or file.
+        #[arg(long)]
+        adapter: String,
+        /// Input (stdin when absent).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output (stdout when absent).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// List the adapters and their training metadata.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recovery ratio (adapter recall ÷ full re-embed recall) per consumer on the golden sets,
+    /// and the latency each adapter adds per query.
+    Eval(EvalArgs),
+}
+
+/// Options of `adapter train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[command(flatten)]
+    dir: DirArg,
+    /// The old model (`id@version`): the index that will answer.
+    #[arg(long)]
+    from: ModelRef,
+    /// The new model (`id@version`): whose query vectors are mapped.
+    #[arg(long)]
+    to: ModelRef,
+    /// procrustes, affine or mlp.
+    #[arg(long, default_value = "procrustes")]
+    kind: AdapterKind,
+    /// Pairs to use (a seeded sample of the items, or of the given pairs).
+    #[arg(long, default_value_t = 5000)]
+    pairs: usize,
+    /// Train on these pairs (`{"id", "old", "new"}` lines) instead of embedding a sample.
+    #[arg(long, conflicts_with_all = ["items", "old_vectors", "new_vectors"])]
+    pairs_file: Option<PathBuf>,
+    /// Old-model vectors (`embed` output, `{"id", "vector"}`), joined by id with
+    /// `--new-vectors`.
+    #[arg(long, requires = "new_vectors", conflicts_with = "items")]
+    old_vectors: Option<PathBuf>,
+    /// New-model vectors of the same items.
+    #[arg(long, requires = "old_vectors")]
+    new_vectors: Option<PathBuf>,
+    /// Embed a sample of these items (`{"id", "text"}` lines) instead of the `items` topic.
+    #[arg(long)]
+    items: Option<PathBuf>,
+    /// Share of the pairs held out to measure the fit.
+    #[arg(long, default_value_t = 0.1)]
+    holdout: f64,
+    /// Seed of the sample, the hold-out split and the MLP.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// affine: rank of the map.
+    #[arg(long, default_value_t = TrainConfig::default().rank)]
+    rank: usize,
+    /// affine: ridge, relative to the mean eigenvalue of XᵀX.
+    #[arg(long, default_value_t = TrainConfig::default().ridge)]
+    ridge: f64,
+    /// mlp: hidden units.
+    #[arg(long, default_value_t = TrainConfig::default().hidden)]
+    hidden: usize,
+    /// mlp: most epochs (it stops after 3 without a held-out gain).
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    epochs: usize,
+    /// mlp: learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    /// Where the models run when a sample is embedded.
+    #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+    device: Device,
+    /// Print the artifact's metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `adapter eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Adapters to evaluate (names or files).
+    #[arg(long, value_delimiter = ',', required = true)]
+    adapters: Vec<String>,
+    /// Golden sets (`golden.json` from `loadtest/golden_sets.py`).
+    #[arg(long)]
+    golden: PathBuf,
+    /// The catalog embedded with the old model (`{"id", "vector"}`): the old index.
+    #[arg(long)]
+    old_items: PathBuf,
+    /// The catalog embedded with the new model: the full re-embed.
+    #[arg(long)]
+    new_items: PathBuf,
+    /// The golden queries embedded with the old model.
+    #[arg(long)]
+    old_queries: PathBuf,
+    /// The golden queries embedded with the new model.
+    #[arg(long)]
+    new_queries: PathBuf,
+    /// Timed passes over the queries for the latency.
+    #[arg(long, default_value_t = 20)]
+    passes: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs an `adapter` subcommand.
+pub async fn run(command: AdapterCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command {
+        AdapterCommand::Train(args) => train(*args, shutdown).await,
+        AdapterCommand::Apply {
+            dir,
+            adapter,
+            input,
+            output,
+        } => apply(&dir.path(), &adapter, input, output),
+        AdapterCommand::List { dir, json } => list(&dir.path(), json),
+        AdapterCommand::Eval(args) => eval(&args),
+    }
+}
+
+async fn embed_both(
+    old: &ModelRef,
+    new: &ModelRef,
+    items: Vec<(String, String)>,
+    device: Device,
+) -> anyhow::Result<Pairs> {
+    let texts: Vec<String> = items.iter().map(|(_, t)| t.clone()).collect();
+    let mut vectors = Vec::new();
+    for model in [old, new] {
+        let started = Instant::now();
+        let m = model.clone();
+        let (engine, threads) = tokio::task::spawn_blocking(move || {
+            embedstream_pipeline::embed::open(&m, device, EngineConfig::default())
+        })
+        .await??;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(256) {
+            out.extend(engine.embed(chunk.to_vec()).await?);
+            tracing::info!(model = %model, done = out.len(), of = texts.len(), "Embedding the sample.");
+        }
+        drop(engine);
+        threads.join();
+        tracing::info!(model = %model, items = texts.len(), seconds = started.elapsed().as_secs_f64(), "Embedded the sample.");
+        vectors.push(out);
+    }
+    let mut pairs = Pairs::default();
+    for (i, (id, _)) in items.into_iter().enumerate() {
+        pairs.push(id, &vectors[1][i], &vectors[0][i], "the sample")?;
+    }
+    Ok(pairs)
+}
+
+fn read_items(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut items = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
+        let (Some(id), Some(Value::String(text))) = (v.get("id"), v.get("text")) else {
+            bail!("{}:{}: want {{\"id\", \"text\"}}", path.display(), n + 1);
+        };
+        if !text.trim().is_empty() {
+            let id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
+            items.push((id, text.clone()));
+        }
+    }
+    Ok(items)
+}
+
+async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = args.dir.path();
+    let (pairs, source) = if let Some(file) = &args.pairs_file {
+        let all = Pairs::from_pairs_file(file)?;
+        let n = all.len();
+        (
+            all.sample(args.pairs, args.seed),
+            format!("pairs file {} ({n} pairs)", file.display()),
+        )
+    } else if let (Some(old), Some(new)) = (&args.old_vectors, &args.new_vectors) {
+        let all = Pairs::join(old, new)?;
+        let n = all.len();
+        (
+            all.sample(args.pairs, args.seed),
+            format!("{} + {} ({n} items)", old.display(), new.display()),
+        )
+    } else {
+        let (items, source) = if let Some(file) = &args.items {
+            let mut items = read_items(file)?;
+            let n = items.len();
+            items.sort_by_cached_key(|(id, _)| {
+                embedstream_index_sink::fnv1a64(format!("{}:{id}", args.seed).as_bytes())
+            });
+            items.truncate(args.pairs);
+            (items, format!("items file {} ({n} items)", file.display()))
+        } else {
+            let config = BackfillConfig {
+                bootstrap: args.platform.bootstrap.clone(),
+                registry_url: args.platform.registry_url.clone(),
+                names: args.platform.names(),
+                chunk: 1,
+                max_rate: 0.0,
+                device: args.device,
+                engine: EngineConfig::default(),
+                limits: Limits {
+                    max_text_bytes: 1 << 20,
+                },
+                by: "adapter".into(),
+            };
+            let items =
+                backfill::sample_items(&config, &args.from, args.pairs, args.seed, &shutdown)
+                    .await?;
+            (items, format!("topic {}", args.platform.names().items()))
+        };
+        let n = items.len();
+        (
+            embed_both(&args.from, &args.to, items, args.device).await?,
+            format!("{source}, {n} sampled with seed {}", args.seed),
+        )
+    };
+    if pairs.len() < args.pairs {
+        tracing::warn!(
+            wanted = args.pairs,
+            got = pairs.len(),
+            "Fewer pairs than asked for."
+        );
+    }
+    let name = adapter::next_name(
+        &dir,
+        &args.to.to_string(),
+        &args.from.to_string(),
+        args.kind,
+    )?;
+    let config = TrainConfig {
+        kind: args.kind,
+        holdout: args.holdout,
+        seed: args.seed,
+        rank: args.rank,
+        ridge: args.ridge,
+        hidden: args.hidden,
+        epochs: args.epochs,
+        lr: args.lr,
+        ..TrainConfig::default()
+    };
+    let fitted = tokio::task::spawn_blocking(move || {
+        embedstream_pipeline::adapter::train(&pairs, &args.from, &args.to, &name, source, &config)
+            .map(|a| (a, name))
+    })
+    .await??;
+    let (adapter, name) = fitted;
+    let path = name.path_in(&dir);
+    adapter.save(&path)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&adapter.meta)?);
+    } else {
+        let m = &adapter.meta;
+        println!(
+            "{}: {} pairs ({} held out), cosine to the old vectors {:.4} fitted, {:.4} held out, {:.1} s\n{}",
+            m.name,
+            m.pairs,
+            m.holdout_pairs,
+            m.train_cosine,
+            m.holdout_cosine,
+            m.fit_seconds,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn apply(
+    dir: &Path,
+    name: &str,
+    input: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let adapter = Adapter::load(&adapter::resolve(dir, name)?)?;
+    let reader: Box<dyn BufRead> = match &input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| p.display().to_string())?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut writer: Box<dyn Write> = match &output {
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| p.display().to_string())?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut bad = 0usize;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Result<(Value, Vec<f32>), String> = serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("invalid JSON: {e}"))
+            .and_then(|v| {
+                let id = v.get("id").cloned().ok_or("no \"id\"")?;
+                let vector: Vec<f32> =
+                    serde_json::from_value(v.get("vector").cloned().ok_or("no \"vector\"")?)
+                        .map_err(|e| format!("\"vector\" is not a list of numbers: {e}"))?;
+                Ok((id, vector))
+            });
+        match parsed.and_then(|(id, v)| {
+            adapter
+                .apply(&v)
+                .map(|m| (id.clone(), m))
+                .map_err(|e| format!("id {id}: {e}"))
+        }) {
+            Ok((id, mapped)) => {
+                serde_json::to_writer(
+                    &mut writer,
+                    &serde_json::json!({"id": id, "vector": mapped}),
+                )?;
+                writer.write_all(b"\n")?;
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("line {}: {e}", n + 1);
+            }
+        }
+    }
+    writer.flush()?;
+    if bad > 0 {
+        bail!("{bad} line(s) could not be mapped (see above)");
+    }
+    Ok(())
+}
+
+fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
+    for name in adapter::list(dir)? {
+        let path = name.path_in(dir);
+        match Adapter::load(&path) {
+            Ok(a) if json => println!("{}", serde_json::to_string(&a.meta)?),
+            Ok(a) => println!(
+                "{}  {}→{} dims  {} pairs  held-out cosine {:.4}  {}",
+                a.meta.name,
+                a.meta.in_dim,
+                a.meta.out_dim,
+                a.meta.pairs,
+                a.meta.holdout_cosine,
+                a.meta.source
+            ),
+            Err(e) => println!("{name}  INVALID: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// `{"id", "vector"}` lines by id.
+fn vectors(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        id: Value,
+        vector: Vec<f32>,
+    }
+    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut out = BTreeMap::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line =
+            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        let id =
+            l.id.as_str()
+                .map_or_else(|| l.id.to_string(), str::to_owned);
+        out.insert(id, l.vector);
+    }
+    Ok(out)
+}
+
+/// The ids of the `k` best items by dot product, skipping `exclude`.
+fn top(query: &[f32], items: &[(String, Vec<f32>)], k: usize, exclude: &[String]) -> Vec<String> {
+    let mut scored: Vec<(f32, &String)> = items
+        .iter()
+        .filter(|(id, _)| !exclude.contains(id))
+        .map(|(id, v)| (embedstream_index_sink::dot(query, v), id))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ConsumerRow {
+    consumer: String,
+    metric: String,
+    queries: usize,
+    old: f64,
+    full_reembed: f64,
+    adapter: f64,
+    recovery: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct AdapterRow {
+    adapter: String,
+    kind: AdapterKind,
+    pairs: usize,
+    holdout_cosine: f64,
+    consumers: Vec<ConsumerRow>,
+    mean_recovery: f64,
+    latency_us_p50: f64,
+    latency_us_p99: f64,
+}
+
+fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let dir = args.dir.path();
+    let golden = load_golden(&args.golden)?;
+    let as_list =
+        |m: BTreeMap<String, Vec<f32>>| -> Vec<(String, Vec<f32>)> { m.into_iter().collect() };
+    let old_items = as_list(vectors(&args.old_items)?);
+    let new_items = as_list(vectors(&args.new_items)?);
+    let old_q = vectors(&args.old_queries)?;
+    let new_q = vectors(&args.new_queries)?;
+    let mut rows = Vec::new();
+    for name in &args.adapters {
+        let a = Adapter::load(&adapter::resolve(&dir, name)?)?;
+        let mut consumers = Vec::new();
+        let mut all_queries: Vec<&Vec<f32>> = Vec::new();
+        for (consumer, set) in &golden {
+            let (mut old, mut full, mut mapped) = (0.0, 0.0, 0.0);
+            let mut n = 0usize;
+            for q in &set.queries {
+                let (Some(oq), Some(nq)) = (old_q.get(&q.id), new_q.get(&q.id)) else {
+                    continue;
+                };
+                all_queries.push(nq);
+                let relevant = q.relevant.iter().map(String::as_str).collect();
+                let m =
+                    |results: Vec<String>| metric_value(&set.metric, set.k, &relevant, &results);
+                old += m(top(oq, &old_items, set.k, &q.exclude));
+                full += m(top(nq, &new_items, set.k, &q.exclude));
+                mapped += m(top(&a.apply(nq)?, &old_items, set.k, &q.exclude));
+                n += 1;
+            }
+            if n == 0 {
+                bail!("no query of {consumer} has vectors in both query files");
+            }
+            let n_f = n as f64;
+            consumers.push(ConsumerRow {
+                consumer: consumer.clone(),
+                metric: set.metric.clone(),
+                queries: n,
+                old: old / n_f,
+                full_reembed: full / n_f,
+                adapter: mapped / n_f,
+                recovery: if full > 0.0 { mapped / full } else { f64::NAN },
+            });
+        }
+        let mut times = Vec::with_capacity(all_queries.len() * args.passes);
+        for _ in 0..args.passes.max(1) {
+            for q in &all_queries {
+                let t = Instant::now();
+                let out = a.apply(q)?;
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+                std::hint::black_box(out);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let pct =
+            |p: f64| times[((p * (times.len() - 1) as f64).round() as usize).min(times.len() - 1)];
+        rows.push(AdapterRow {
+            adapter: a.meta.name.clone(),
+            kind: a.meta.kind,
+            pairs: a.meta.pairs + a.meta.holdout_pairs,
+            holdout_cosine: a.meta.holdout_cosine,
+            mean_recovery: consumers.iter().map(|c| c.recovery).sum::<f64>()
+                / consumers.len() as f64,
+            consumers,
+            latency_us_p50: pct(0.5),
+            latency_us_p99: pct(0.99),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in &rows {
+        println!(
+            "{} ({} pairs, held-out cosine {:.4}): mean recovery {:.3}, added latency p50 {:.1} µs p99 {:.1} µs",
+            r.adapter,
+            r.pairs,
+            r.holdout_cosine,
+            r.mean_recovery,
+            r.latency_us_p50,
+            r.latency_us_p99
+        );
+        for c in &r.consumers {
+            println!(
+                "  {:<8} {:<12} old {:.3}  full re-embed {:.3}  adapter {:.3}  recovery {:.3}  ({} queries)",
+                c.consumer, c.metric, c.old, c.full_reembed, c.adapter, c.recovery, c.queries
+            );
+        }
+    }
+    Ok(())
+}
