@@ -206,8 +206,9 @@ pub struct AdapterMeta {
     pub holdout_pairs: usize,
     /// Mean cosine of mapped new vectors to their old vectors, on the fitted pairs.
     pub train_cosine: f64,
-    /// The same on the held-out pairs.
-    pub holdout_cosine: f64,
+    /// The same on the held-out pairs (none when nothing was held out).
+    #[serde(default)]
+    pub holdout_cosine: Option<f64>,
     /// Kind-specific settings (rank, ridge, hidden size, epochs, ...).
     pub params: HashMap<String, String>,
     /// Where the pairs came from.
@@ -638,7 +639,7 @@ mod tests {
             pairs: 10,
             holdout_pairs: 2,
             train_cosine: 0.9,
-            holdout_cosine: 0.8,
+            holdout_cosine: Some(0.8),
             params: HashMap::new(),
             source: "test".into(),
             created_at_ms: 0,

@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod control;
+pub mod drift;
 pub mod embed;
 pub mod encoder;
 mod error;

@@ -68,6 +68,9 @@ enum Command {
     /// Query router: blended reads per consumer over the versions' sinks, following the
     /// control log; serves the migration admin API.
     Router(cmd::router::RouterArgs),
+    /// The drift consumer: scores a canary set against saved references (and old vs new
+    /// during a migration), reports to `drift.reports` and metrics.
+    Drift(cmd::drift::DriftArgs),
     /// Drift-Adapters: train a map from a new model's space into an old one's, apply it,
     /// list and evaluate them.
     Adapter {
@@ -188,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
         Command::Eval(args) => cmd::eval::run(args).await?,
+        Command::Drift(args) => {
+            let metrics = telemetry::metrics_router()?;
+            cmd::drift::run(args, metrics, shutdown_on_signal()).await?;
+        }
         Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();

@@ -166,6 +166,12 @@ pub struct DriftReport {
     pub mean_cosine: f64,
     /// Minimum cosine to the reference.
     pub min_cosine: f64,
+    /// Largest |‖v‖ − 1| of the live vectors (self reports of normalized models).
+    #[serde(default)]
+    pub max_norm_error: f64,
+    /// `ok` / `alert: …` (self), `incremental` / `partial` / `full_backfill` (cross-version).
+    #[serde(default)]
+    pub verdict: String,
     /// When, ms since the epoch.
     pub report_time: i64,
 }

@@ -9,7 +9,9 @@
 //! version passes the sink's scores through unchanged. A version whose sink fails (down,
 //! 5xx, timeout) is left out and named in `degraded`; the query fails (503) only when every
 //! version failed. A sink's 400 is the client's error and is returned as is.
-//! `GET /v1/plans` shows every consumer's effective plan.
+//! `GET /v1/plans` shows every consumer's effective plan (`[{"model", "weight", "adapter"}]`;
+//! an entry with an adapter reads that version's index with the new model's queries mapped by
+//! the adapter, which the version's sink applies).
 
 pub mod blend;
 
@@ -175,7 +177,7 @@ impl IntoResponse for RouteError {
 
 async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
-    let plans: BTreeMap<&String, Vec<(String, f64)>> = shared
+    let plans: BTreeMap<&String, Vec<serde_json::Value>> = shared
         .config
         .consumers
         .keys()
@@ -183,7 +185,7 @@ async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
             let entries = state
                 .read_plan_for(c)
                 .into_iter()
-                .map(|e| (e.model, e.weight))
+                .map(|e| serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter}))
                 .collect();
             (c, entries)
         })
@@ -372,25 +374,33 @@ async fn route(
             ));
             continue;
         };
-        if entry.adapter.is_some() {
-            degraded.push(format!(
-                "{}: adapters are not served by this router",
-                entry.model
-            ));
-            continue;
-        }
+        // "New model via adapter": the query is the new model's, and the old version's sink
+        // maps it into its space with the adapter.
+        let query_model = match &entry.adapter {
+            Some(name) => match name.parse::<crate::adapter::AdapterName>() {
+                Ok(n) => n.new,
+                Err(e) => {
+                    degraded.push(format!("{}: {e}", entry.model));
+                    continue;
+                }
+            },
+            None => entry.model.clone(),
+        };
         let mut forward = serde_json::json!({"consumer": request.consumer, "k": k});
+        if let Some(name) = &entry.adapter {
+            forward["adapter"] = serde_json::json!(name);
+        }
         if let Some(t) = &request.text {
             forward["text"] = serde_json::json!(t);
         } else if let Some(v) = &request.vector {
             forward["vector"] = serde_json::json!(v);
         } else if let Some(vs) = &request.vectors {
-            let Some(v) = vs.get(&entry.model) else {
+            let Some(v) = vs.get(&query_model) else {
                 return Err(RouteError::bad(
                     "missing_vector",
                     format!(
                         "\"vectors\" has no vector for {} (the plan reads {})",
-                        entry.model,
+                        query_model,
                         plan.iter()
                             .map(|e| e.model.as_str())
                             .collect::<Vec<_>>()

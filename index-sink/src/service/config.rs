@@ -35,6 +35,9 @@ pub struct SinkConfig {
     pub data_dir: PathBuf,
     /// Address of the query API and `/metrics`.
     pub listen: SocketAddr,
+    /// Folder of Drift-Adapter artifacts that queries may name (`"adapter"`): new-model
+    /// queries mapped into this version's space.
+    pub adapters_dir: PathBuf,
     /// What the config file says (or the defaults).
     pub settings: Settings,
 }

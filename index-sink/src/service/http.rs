@@ -36,6 +36,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::config::{ConsumerProfile, HttpSettings};
 use super::consumer::{Progress, ProgressState};
 use super::metrics as m;
+use crate::adapter::{self, Adapter, AdapterError};
 use crate::{Query, ShardStats, ShardedIndex};
 
 /// What an embedder's failure is: kept whole, never flattened to a string.
@@ -49,6 +50,69 @@ pub type EmbedFuture = Pin<Box<dyn Future<Output = Result<Vec<f32>, EmbedError>>
 pub trait QueryEmbedder: Send + Sync {
     /// The vector of `text`.
     fn embed(&self, text: String) -> EmbedFuture;
+
+    /// The vector of `text` with another model version (the new model of a Drift-Adapter).
+    fn embed_as(&self, model: &ModelRef, text: String) -> EmbedFuture {
+        let message = format!("this sink embeds no text with {model}; send a vector");
+        drop(text);
+        Box::pin(async move { Err(message.into()) })
+    }
+}
+
+/// The Drift-Adapters queries have named, loaded once each.
+pub(crate) struct Adapters {
+    dir: std::path::PathBuf,
+    loaded: std::sync::Mutex<BTreeMap<String, Arc<Adapter>>>,
+}
+
+impl Adapters {
+    pub(crate) fn new(dir: std::path::PathBuf) -> Self {
+        Adapters {
+            dir,
+            loaded: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The adapter `name`, checked against this index: it must map into `model`'s space and
+    /// `dim` dimensions.
+    fn get(&self, name: &str, model: &ModelRef, dim: usize) -> Result<Arc<Adapter>, ApiError> {
+        let cached = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        let adapter = match cached {
+            Some(a) => a,
+            None => {
+                if name.contains('/') || name.ends_with(".safetensors") {
+                    return Err(ApiError::bad(
+                        "unknown_adapter",
+                        format!("{name:?} is not an adapter name"),
+                    ));
+                }
+                let loaded = adapter::resolve(&self.dir, name)
+                    .and_then(|path| Adapter::load(&path))
+                    .map_err(|e| ApiError::bad("unknown_adapter", e.to_string()))?;
+                let loaded = Arc::new(loaded);
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.to_owned(), Arc::clone(&loaded));
+                loaded
+            }
+        };
+        if adapter.meta.old_model != model.to_string() || adapter.meta.out_dim != dim {
+            return Err(ApiError::bad(
+                "adapter_mismatch",
+                format!(
+                    "adapter {name} maps into {} ({} dimensions); this index is {model} ({dim} dimensions)",
+                    adapter.meta.old_model, adapter.meta.out_dim
+                ),
+            ));
+        }
+        Ok(adapter)
+    }
 }
 
 /// Shared by the handlers.
@@ -63,6 +127,7 @@ pub(crate) struct Api {
     pub(crate) progress: Arc<Progress>,
     pub(crate) admission: Semaphore,
     pub(crate) latency: BTreeMap<String, Histogram>,
+    pub(crate) adapters: Adapters,
 }
 
 impl Api {
@@ -99,6 +164,10 @@ struct SearchRequest {
     text: Option<String>,
     #[serde(default)]
     k: Option<usize>,
+    /// A Drift-Adapter: the query (vector or text) is the new model's and is mapped into
+    /// this index's space first.
+    #[serde(default)]
+    adapter: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +177,8 @@ struct SearchResponse {
     k: usize,
     ef_search: usize,
     model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adapter: Option<String>,
     took_ms: f64,
 }
 
@@ -213,6 +284,10 @@ async fn answer(
         ));
     }
     let dim = api.index.config().dim;
+    let adapter = match &request.adapter {
+        Some(name) => Some(api.adapters.get(name, &api.model, dim)?),
+        None => None,
+    };
     let vector = match (request.vector, request.text) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
@@ -227,7 +302,22 @@ async fn answer(
             ));
         }
         (Some(v), None) => v,
-        (None, Some(text)) => embed(api, text).await?,
+        (None, Some(text)) => embed(api, text, adapter.as_deref()).await?,
+    };
+    let vector = match &adapter {
+        None => vector,
+        Some(a) => {
+            let mapped_at = Instant::now();
+            let mapped = a.apply(&vector).map_err(|e| match e {
+                AdapterError::Dimension { .. } => {
+                    ApiError::bad("dimension_mismatch", e.to_string())
+                }
+                _ => ApiError::bad("non_finite", e.to_string()),
+            })?;
+            metrics::histogram!(m::ADAPTER_SECONDS, "adapter" => a.meta.name.clone())
+                .record(mapped_at.elapsed().as_secs_f64());
+            mapped
+        }
     };
     if vector.len() != dim {
         return Err(ApiError::bad(
@@ -292,11 +382,12 @@ async fn answer(
         k,
         ef_search,
         model_version,
+        adapter: request.adapter,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }
 
-async fn embed(api: &Api, text: String) -> Result<Vec<f32>, ApiError> {
+async fn embed(api: &Api, text: String, adapter: Option<&Adapter>) -> Result<Vec<f32>, ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::bad("empty_text", "the text is empty"));
     }
@@ -319,7 +410,16 @@ async fn embed(api: &Api, text: String) -> Result<Vec<f32>, ApiError> {
             ),
         ));
     };
-    embedder.embed(text).await.map_err(|error| {
+    let embedded = match adapter {
+        Some(a) => match a.meta.new_model.parse::<ModelRef>() {
+            Ok(model) => embedder.embed_as(&model, text),
+            Err(e) => {
+                return Err(ApiError::bad("unknown_adapter", e.to_string()));
+            }
+        },
+        None => embedder.embed(text),
+    };
+    embedded.await.map_err(|error| {
         tracing::error!(error = %error, "Embedding a text query failed.");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,6 +6,8 @@
 /// Histogram: one query request (embedding a text query included), by `consumer` and
 /// `model_version`, seconds.
 pub const QUERY_SECONDS: &str = "embedstream_query_seconds";
+/// Histogram, by adapter: time to map a query through a Drift-Adapter, seconds.
+pub const ADAPTER_SECONDS: &str = "embedstream_query_adapter_seconds";
 /// Counter: query requests by `consumer` (`unknown` for names not configured) and `result`
 /// (`ok`, `bad_request`, `error`).
 pub const QUERIES_TOTAL: &str = "embedstream_queries_total";

@@ -105,6 +105,7 @@ pub async fn run(
         http: settings.http.clone(),
         embedder,
         progress,
+        adapters: http::Adapters::new(config.adapters_dir.clone()),
     });
     let app = http::router(api)
         .merge(routes)

@@ -187,7 +187,7 @@ fn meta_for(name: &AdapterName, in_dim: usize, out_dim: usize) -> AdapterMeta {
         pairs: 0,
         holdout_pairs: 0,
         train_cosine: 0.0,
-        holdout_cosine: 0.0,
+        holdout_cosine: None,
         params: Default::default(),
         source: String::new(),
         created_at_ms: 0,

@@ -258,6 +258,33 @@ fn vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> {
     Ok(out)
 }
 
+/// `$EMBEDSTREAM_ADAPTERS`, else `$EMBEDSTREAM_HOME/adapters`.
+pub fn default_dir() -> std::path::PathBuf {
+    std::env::var_os("EMBEDSTREAM_ADAPTERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::models::home().join("adapters"))
+}
+
+/// Checks that the adapter `name` in `dir` can serve: it loads (checksum, shapes, finite
+/// weights) and its dimensions are its two models' dimensions in the catalog.
+pub fn check_deployable(dir: &Path, name: &str) -> Result<Adapter> {
+    let adapter = Adapter::load(&embedstream_index_sink::adapter::resolve(dir, name)?)?;
+    let dim = |m: &str| -> Result<usize> {
+        Ok(catalog::lookup(&m.parse::<ModelRef>()?)?.dimension as usize)
+    };
+    let (new_dim, old_dim) = (dim(&adapter.meta.new_model)?, dim(&adapter.meta.old_model)?);
+    if adapter.meta.in_dim != new_dim || adapter.meta.out_dim != old_dim {
+        return Err(refused(format!(
+            "{name} maps {}-d vectors to {}-d, but {} is {new_dim}-d and {} is {old_dim}-d: it cannot serve this index",
+            adapter.meta.in_dim,
+            adapter.meta.out_dim,
+            adapter.meta.new_model,
+            adapter.meta.old_model
+        )));
+    }
+    Ok(adapter)
+}
+
 /// How to fit.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -373,7 +400,7 @@ pub fn train(
             pairs: fit.len(),
             holdout_pairs: held.len(),
             train_cosine: 0.0,
-            holdout_cosine: 0.0,
+            holdout_cosine: None,
             params,
             source,
             created_at_ms: crate::control::now_ms(),
@@ -385,7 +412,9 @@ pub fn train(
         .validate()
         .map_err(|e| refused(format!("the fit failed: {e}")))?;
     adapter.meta.train_cosine = cosines(&adapter, &fit)?.0;
-    adapter.meta.holdout_cosine = cosines(&adapter, &held)?.0;
+    adapter.meta.holdout_cosine = (!held.is_empty())
+        .then(|| cosines(&adapter, &held).map(|c| c.0))
+        .transpose()?;
     Ok(adapter)
 }
 

@@ -51,7 +51,7 @@ fn adapter(layers: Layers, kind: AdapterKind, pairs: &Pairs) -> Adapter {
             pairs: pairs.len(),
             holdout_pairs: 0,
             train_cosine: 0.0,
-            holdout_cosine: 0.0,
+            holdout_cosine: None,
             params: Default::default(),
             source: "test".into(),
             created_at_ms: 0,

@@ -29,23 +29,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::stage::PlatformArgs;
 
-/// `$EMBEDSTREAM_HOME/adapters`.
-pub fn default_dir() -> PathBuf {
-    embedstream_pipeline::models::home().join("adapters")
-}
-
 /// The adapters folder option.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirArg {
     /// Folder of adapter artifacts (default `$EMBEDSTREAM_HOME/adapters`).
-    #[arg(long = "adapters-dir", env = "EMBEDSTREAM_ADAPTERS")]
+    #[arg(long = "adapters-dir")]
     pub dir: Option<PathBuf>,
 }
 
 impl DirArg {
     /// The folder.
     pub fn path(&self) -> PathBuf {
-        self.dir.clone().unwrap_or_else(default_dir)
+        self.dir
+            .clone()
+            .unwrap_or_else(embedstream_pipeline::adapter::default_dir)
     }
 }
 
@@ -328,12 +325,13 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
     } else {
         let m = &adapter.meta;
         println!(
-            "{}: {} pairs ({} held out), cosine to the old vectors {:.4} fitted, {:.4} held out, {:.1} s\n{}",
+            "{}: {} pairs ({} held out), cosine to the old vectors {:.4} fitted, {} held out, {:.1} s\n{}",
             m.name,
             m.pairs,
             m.holdout_pairs,
             m.train_cosine,
-            m.holdout_cosine,
+            m.holdout_cosine
+                .map_or("-".to_owned(), |c| format!("{c:.4}")),
             m.fit_seconds,
             path.display()
         );
@@ -407,12 +405,14 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
         match Adapter::load(&path) {
             Ok(a) if json => println!("{}", serde_json::to_string(&a.meta)?),
             Ok(a) => println!(
-                "{}  {}→{} dims  {} pairs  held-out cosine {:.4}  {}",
+                "{}  {}→{} dims  {} pairs  held-out cosine {}  {}",
                 a.meta.name,
                 a.meta.in_dim,
                 a.meta.out_dim,
                 a.meta.pairs,
-                a.meta.holdout_cosine,
+                a.meta
+                    .holdout_cosine
+                    .map_or("-".to_owned(), |c| format!("{c:.4}")),
                 a.meta.source
             ),
             Err(e) => println!("{name}  INVALID: {e}"),
@@ -476,7 +476,7 @@ struct AdapterRow {
     adapter: String,
     kind: AdapterKind,
     pairs: usize,
-    holdout_cosine: f64,
+    holdout_cosine: Option<f64>,
     consumers: Vec<ConsumerRow>,
     mean_recovery: f64,
     latency_us_p50: f64,
@@ -557,10 +557,11 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     for r in &rows {
         println!(
-            "{} ({} pairs, held-out cosine {:.4}): mean recovery {:.3}, added latency p50 {:.1} µs p99 {:.1} µs",
+            "{} ({} pairs, held-out cosine {}): mean recovery {:.3}, added latency p50 {:.1} µs p99 {:.1} µs",
             r.adapter,
             r.pairs,
-            r.holdout_cosine,
+            r.holdout_cosine
+                .map_or("-".to_owned(), |c| format!("{c:.4}")),
             r.mean_recovery,
             r.latency_us_p50,
             r.latency_us_p99

@@ -78,6 +78,10 @@ pub enum MigrateCommand {
         /// Weight of the new version, 0 <= w < 1.
         #[arg(long = "new")]
         new_weight: f64,
+        /// Read the old version's share "new model via adapter": queries embedded with the new
+        /// model, mapped into the old space by this Drift-Adapter (`embedstream adapter train`).
+        #[arg(long)]
+        adapter: Option<String>,
     },
     /// Evaluate old vs new on every consumer's golden set and record the gate results.
     Gate {
@@ -220,7 +224,8 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
         MigrateCommand::Weight {
             consumer,
             new_weight,
-        } => m.weight(&consumer, new_weight).await?,
+            adapter,
+        } => m.weight(&consumer, new_weight, adapter.as_deref()).await?,
         MigrateCommand::Cutover { consumer, force } => {
             m.cutover(consumer.as_deref(), force).await?
         }
@@ -534,10 +539,11 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
         MigrateCommand::Weight {
             consumer,
             new_weight,
+            adapter,
         } => (
             false,
             "weight",
-            serde_json::json!({"consumer": consumer, "new": new_weight}),
+            serde_json::json!({"consumer": consumer, "new": new_weight, "adapter": adapter}),
         ),
         MigrateCommand::Cutover { consumer, force } => (
             false,

@@ -1,6 +1,7 @@
 //! `embedstream sink`: options, and the text-query embedder the index sink cannot have
 //! itself (it does not depend on the models).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct SinkArgs {
     /// `$EMBEDSTREAM_HOME/sink`, or `.dev/sink`.
     #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    adapters: super::adapter::DirArg,
     /// Address of the query API and `/metrics`.
     #[arg(
         long,
@@ -65,6 +68,7 @@ impl SinkArgs {
             topic: None,
             replica: "r0".to_owned(),
             data_dir,
+            adapters: super::adapter::DirArg { dir: None },
             listen,
             config: None,
             device: Device::Cpu,
@@ -113,22 +117,31 @@ impl SinkArgs {
             topic,
             group,
             listen: self.listen,
+            adapters_dir: self.adapters.path(),
             settings,
         })
     }
 }
 
 /// Embeds text queries with the serving engine, loaded on the first text query (a sink that
-/// only gets vectors never loads the model).
+/// only gets vectors never loads the model); queries through a Drift-Adapter are embedded with
+/// the adapter's new model, loaded the same way.
 struct LazyEngine {
     model: ModelRef,
     device: Device,
-    engine: Arc<OnceCell<Engine>>,
+    engines: Arc<std::sync::Mutex<BTreeMap<String, Arc<OnceCell<Engine>>>>>,
 }
 
-impl QueryEmbedder for LazyEngine {
-    fn embed(&self, text: String) -> EmbedFuture {
-        let (model, device, cell) = (self.model.clone(), self.device, Arc::clone(&self.engine));
+impl LazyEngine {
+    fn embed_with(&self, model: &ModelRef, text: String) -> EmbedFuture {
+        let cell = Arc::clone(
+            self.engines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(model.to_string())
+                .or_default(),
+        );
+        let (model, device) = (model.clone(), self.device);
         Box::pin(async move {
             let engine = cell
                 .get_or_try_init(|| async move {
@@ -150,6 +163,16 @@ impl QueryEmbedder for LazyEngine {
     }
 }
 
+impl QueryEmbedder for LazyEngine {
+    fn embed(&self, text: String) -> EmbedFuture {
+        self.embed_with(&self.model.clone(), text)
+    }
+
+    fn embed_as(&self, model: &ModelRef, text: String) -> EmbedFuture {
+        self.embed_with(model, text)
+    }
+}
+
 /// Runs the sink with `metrics` (the process's `/metrics` route) until `shutdown`.
 pub async fn run(
     args: SinkArgs,
@@ -160,7 +183,7 @@ pub async fn run(
     let embedder: Arc<dyn QueryEmbedder> = Arc::new(LazyEngine {
         model: config.model.clone(),
         device: args.device,
-        engine: Arc::new(OnceCell::new()),
+        engines: Arc::default(),
     });
     service::run(config, Some(embedder), metrics, shutdown)
         .await

@@ -4,7 +4,7 @@
 //!
 //! - `GET  /admin/v1/migration/status` → [`Status`](super::Status)
 //! - `POST /admin/v1/migration/start` `{"from", "to"}`
-//! - `POST /admin/v1/migration/weight` `{"consumer", "new"}`
+//! - `POST /admin/v1/migration/weight` `{"consumer", "new", "adapter"?}`
 //! - `POST /admin/v1/migration/cutover` `{"consumer"?, "force"?}`
 //! - `POST /admin/v1/migration/rollback` `{"consumer"?}`
 //! - `POST /admin/v1/migration/decommission`
@@ -123,6 +123,8 @@ struct StartBody {
 struct WeightBody {
     consumer: String,
     new: f64,
+    #[serde(default)]
+    adapter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,7 +174,7 @@ async fn action(
             }
             "weight" => {
                 let b: WeightBody = parse(&body)?;
-                m.weight(&b.consumer, b.new).await
+                m.weight(&b.consumer, b.new, b.adapter.as_deref()).await
             }
             "cutover" => {
                 let b: ConsumerBody = parse(&body)?;

@@ -94,9 +94,22 @@ impl Migrator {
     }
 
     /// `migrate weight`.
-    pub async fn weight(&self, consumer: &str, new_weight: f64) -> Result<Applied> {
-        let records = self
-            .decided(|s, known, by, now| plan::weight(s, consumer, new_weight, known, by, now))?;
+    ///
+    /// An `adapter` must be an artifact in the adapters folder (`$EMBEDSTREAM_ADAPTERS`, else
+    /// `$EMBEDSTREAM_HOME/adapters`) that loads, passes its checks and has the two models'
+    /// dimensions; the sinks load it from their own folder when a query names it.
+    pub async fn weight(
+        &self,
+        consumer: &str,
+        new_weight: f64,
+        adapter: Option<&str>,
+    ) -> Result<Applied> {
+        if let Some(name) = adapter {
+            crate::adapter::check_deployable(&crate::adapter::default_dir(), name)?;
+        }
+        let records = self.decided(|s, known, by, now| {
+            plan::weight(s, consumer, new_weight, adapter, known, by, now)
+        })?;
         self.write(records).await
     }
 

@@ -61,6 +61,15 @@ pub enum Refused {
     /// Decommission would leave a consumer without its index.
     #[error("cannot decommission: {0}")]
     Decommission(String),
+    /// The adapter does not map the migration's new model into its old one (or cannot be
+    /// used).
+    #[error("adapter {name}: {reason}")]
+    Adapter {
+        /// The adapter named.
+        name: String,
+        /// Why it cannot serve this migration.
+        reason: String,
+    },
 }
 
 /// The read plan a consumer follows now.
@@ -258,10 +267,17 @@ fn phase_change(
 }
 
 /// `migrate weight --consumer C --new W`: the consumer reads a blend, `W` of the new version.
+///
+/// With `adapter` (a Drift-Adapter from the new model into the old one), the old version's
+/// share is read "new model via adapter": queries are embedded with the new model and mapped
+/// into the old index's space, so the whole query side moves to the new model before the
+/// backfill is done.
+#[allow(clippy::too_many_arguments)]
 pub fn weight(
     state: &ControlState,
     consumer: &str,
     new_weight: f64,
+    adapter: Option<&str>,
     known: &[String],
     by: &str,
     now: i64,
@@ -271,13 +287,28 @@ pub fn weight(
     if !(0.0..1.0).contains(&new_weight) || !new_weight.is_finite() {
         return Err(Refused::Weight(new_weight));
     }
+    if let Some(name) = adapter {
+        let refuse = |reason: String| Refused::Adapter {
+            name: name.to_owned(),
+            reason,
+        };
+        let parsed: embedstream_index_sink::adapter::AdapterName =
+            name.parse().map_err(|e| refuse(format!("{e}")))?;
+        if parsed.new != m.to_model || parsed.old != m.from_model {
+            return Err(refuse(format!(
+                "it maps {} into {}; the migration is {} -> {} (it must map {} into {})",
+                parsed.new, parsed.old, m.from_model, m.to_model, m.to_model, m.from_model
+            )));
+        }
+    }
+    let old = ReadPlanEntry {
+        adapter: adapter.map(str::to_owned),
+        ..entry(&m.from_model, 1.0 - new_weight)
+    };
     let entries = if new_weight == 0.0 {
-        vec![entry(&m.from_model, 1.0)]
+        vec![old]
     } else {
-        vec![
-            entry(&m.from_model, 1.0 - new_weight),
-            entry(&m.to_model, new_weight),
-        ]
+        vec![old, entry(&m.to_model, new_weight)]
     };
     let mut records = vec![plan_change(state, &m, consumer, entries, false, by, now)];
     if matches!(

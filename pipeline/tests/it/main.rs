@@ -2,8 +2,10 @@
 //! `compose/dev test`) against reference vectors made by sentence-transformers
 //! (`pipeline/scripts/reference_vectors.py`).
 
+mod adapter;
 mod cli;
 mod common;
+mod drift;
 mod engine;
 mod migrate;
 mod parity;

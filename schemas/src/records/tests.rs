@@ -110,6 +110,8 @@ fn drift_reports_round_trip() {
         canary_count: 1000,
         mean_cosine: 0.9999,
         min_cosine: 0.998,
+        max_norm_error: 0.0,
+        verdict: "ok".into(),
         report_time: 5,
     });
     round_trip(&DriftReport {
@@ -127,6 +129,8 @@ fn drift_reports_round_trip() {
             canary_count: 10,
             mean_cosine: 0.9,
             min_cosine: 0.8,
+            max_norm_error: 0.0,
+            verdict: "ok".into(),
             report_time: 5,
         }
     });

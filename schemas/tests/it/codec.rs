@@ -107,6 +107,8 @@ async fn decode_failures_are_classified_against_a_real_registry() {
         canary_count: 1,
         mean_cosine: 1.0,
         min_cosine: 1.0,
+        max_norm_error: 0.0,
+        verdict: "ok".into(),
         report_time: 0,
     };
     let bytes = codec.encode(&topic, &report).await.unwrap();

@@ -118,7 +118,7 @@ fn start_needs_an_active_source_version() {
 #[test]
 fn weights_blend_and_keep_the_plan_to_restore() {
     let mut s = started();
-    let r = weight(&s, "search", 0.1, &known(), "t", 3).unwrap();
+    let r = weight(&s, "search", 0.1, None, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let plan = s.plan("search").unwrap();
     assert_eq!(
@@ -127,7 +127,7 @@ fn weights_blend_and_keep_the_plan_to_restore() {
     );
     assert_eq!(models(&plan.previous), [(OLD.to_owned(), 1.0)]);
     assert_eq!(current(&s).unwrap().phase, MigrationPhase::Blended);
-    let r = weight(&s, "search", 0.5, &known(), "t", 4).unwrap();
+    let r = weight(&s, "search", 0.5, None, &known(), "t", 4).unwrap();
     apply(&mut s, r);
     assert_eq!(
         models(&s.plan("search").unwrap().previous),
@@ -135,14 +135,14 @@ fn weights_blend_and_keep_the_plan_to_restore() {
         "the saved plan is the one before the migration, not the last blend"
     );
     assert!(matches!(
-        weight(&s, "search", 1.0, &known(), "t", 5),
+        weight(&s, "search", 1.0, None, &known(), "t", 5),
         Err(Refused::Weight(_))
     ));
     assert!(matches!(
-        weight(&s, "nobody", 0.5, &known(), "t", 5),
+        weight(&s, "nobody", 0.5, None, &known(), "t", 5),
         Err(Refused::UnknownConsumer { .. })
     ));
-    assert!(weight(&s, "search", f64::NAN, &known(), "t", 5).is_err());
+    assert!(weight(&s, "search", f64::NAN, None, &known(), "t", 5).is_err());
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn rollback_restores_the_plan_in_one_record_and_recutover_works() {
     let mut s = started();
     gate(&mut s, "search", 0.02, 1.0);
     gate(&mut s, "ads", 0.02, 1.0);
-    let r = weight(&s, "ads", 0.5, &known(), "t", 3).unwrap();
+    let r = weight(&s, "ads", 0.5, None, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let r = cutover(&s, None, false, &known(), "t", 4).unwrap();
     apply(&mut s, r);
@@ -256,7 +256,7 @@ fn decommission_retires_the_version_nobody_reads() {
 
     // A migration rolled back everywhere retires its new version.
     let mut s = started();
-    let r = weight(&s, "ads", 0.5, &known(), "t", 3).unwrap();
+    let r = weight(&s, "ads", 0.5, None, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let r = rollback(&s, None, &known(), "t", 4).unwrap();
     apply(&mut s, r);
@@ -268,4 +268,35 @@ fn decommission_retires_the_version_nobody_reads() {
         .map(|m| m.model_id.clone())
         .collect();
     assert_eq!(active, ["minilm-l6-v2"]);
+}
+
+#[test]
+fn a_plan_can_read_the_old_version_through_an_adapter() {
+    let s = started();
+    let name = "mpnet-base-v2@1_to_minilm-l6-v2@1.procrustes.v2";
+    let r = weight(&s, "search", 0.0, Some(name), &known(), "t", 3).unwrap();
+    let plan = r[0].read_plan.as_ref().unwrap();
+    assert_eq!(plan.entries.len(), 1);
+    assert_eq!(plan.entries[0].model, "minilm-l6-v2@1");
+    assert_eq!(plan.entries[0].adapter.as_deref(), Some(name));
+    let r = weight(&s, "search", 0.25, Some(name), &known(), "t", 3).unwrap();
+    let e = &r[0].read_plan.as_ref().unwrap().entries;
+    assert_eq!((e[0].weight, e[0].adapter.as_deref()), (0.75, Some(name)));
+    assert_eq!(
+        (e[1].model.as_str(), e[1].adapter.as_deref()),
+        ("mpnet-base-v2@1", None)
+    );
+    for wrong in [
+        "minilm-l6-v2@1_to_mpnet-base-v2@1.procrustes.v1",
+        "mpnet-base-v2@2_to_minilm-l6-v2@1.affine.v1",
+        "not-an-adapter",
+    ] {
+        assert!(
+            matches!(
+                weight(&s, "search", 0.0, Some(wrong), &known(), "t", 3),
+                Err(Refused::Adapter { .. })
+            ),
+            "{wrong}"
+        );
+    }
 }

@@ -171,6 +171,17 @@ impl Sink {
     /// Starts the sink for the platform's MiniLM topic with `config` (TOML) and waits until
     /// its API answers.
     pub async fn start(platform: &Platform, dir: &Path, config: &str, log_name: &str) -> Self {
+        Self::start_with(platform, dir, config, log_name, &[]).await
+    }
+
+    /// [`Sink::start`] with more command-line arguments.
+    pub async fn start_with(
+        platform: &Platform,
+        dir: &Path,
+        config: &str,
+        log_name: &str,
+        extra: &[&str],
+    ) -> Self {
         let config_path = dir.join("sink.toml");
         std::fs::write(&config_path, config).unwrap();
         let port = free_port();
@@ -186,6 +197,7 @@ impl Sink {
             .arg("--config")
             .arg(&config_path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

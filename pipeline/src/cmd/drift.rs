@@ -1,0 +1,126 @@
+//! `embedstream drift`: the drift consumer (see `embedstream_pipeline::drift`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use embedstream_pipeline::control::ControlLog;
+use embedstream_pipeline::drift::{Drift, DriftConfig, Thresholds};
+use embedstream_pipeline::embed::burn_model::Device;
+use embedstream_schemas::Codec;
+use tokio_util::sync::CancellationToken;
+
+use super::adapter::DirArg;
+use super::stage::PlatformArgs;
+
+/// Options of `drift`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriftArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    #[command(flatten)]
+    pub adapters: DirArg,
+    /// Seconds between scorings (seed 003: every 5 minutes).
+    #[arg(long, default_value_t = 300)]
+    pub interval_secs: u64,
+    /// Canaries to score (0: all 1,000).
+    #[arg(long, default_value_t = 0)]
+    pub canaries: usize,
+    /// Where the reference vectors are kept (default `$EMBEDSTREAM_HOME/drift`).
+    #[arg(long, env = "EMBEDSTREAM_DRIFT_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Score this folder for a model version instead of the catalog's (`id@version=DIR`,
+    /// repeatable): a deployed build, checked as it is.
+    #[arg(long = "model-dir", value_parser = parse_model_dir)]
+    pub model_dirs: Vec<(String, PathBuf)>,
+    /// Alert when the mean cosine to the reference is below this.
+    #[arg(long, default_value_t = Thresholds::default().min_mean_cosine)]
+    pub threshold: f64,
+    /// Alert when a normalized model's vectors are further than this from unit length.
+    #[arg(long, default_value_t = Thresholds::default().norm_tolerance)]
+    pub norm_tolerance: f64,
+    /// Where the models run.
+    #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Score once, print the reports as JSON lines, and exit (non-zero on an alert).
+    #[arg(long)]
+    pub once: bool,
+    /// Address serving `/metrics`.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_DRIFT_LISTEN",
+        default_value = "127.0.0.1:9302"
+    )]
+    pub listen: SocketAddr,
+}
+
+fn parse_model_dir(s: &str) -> Result<(String, PathBuf), String> {
+    let (model, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: want id@version=DIR"))?;
+    model
+        .parse::<embedstream_topics::ModelRef>()
+        .map_err(|e| e.to_string())?;
+    Ok((model.to_owned(), PathBuf::from(dir)))
+}
+
+impl DriftArgs {
+    /// The consumer's configuration.
+    pub fn config(&self) -> DriftConfig {
+        DriftConfig {
+            bootstrap: self.platform.bootstrap.clone(),
+            registry_url: self.platform.registry_url.clone(),
+            names: self.platform.names(),
+            interval: Duration::from_secs(self.interval_secs.max(1)),
+            canaries: self.canaries,
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| embedstream_pipeline::models::home().join("drift")),
+            model_dirs: self.model_dirs.iter().cloned().collect::<BTreeMap<_, _>>(),
+            adapters_dir: self.adapters.path(),
+            device: self.device,
+            thresholds: Thresholds {
+                min_mean_cosine: self.threshold,
+                norm_tolerance: self.norm_tolerance,
+            },
+            once: self.once,
+        }
+    }
+}
+
+/// Runs the drift consumer until `shutdown` (or one scoring with `--once`).
+pub async fn run(
+    args: DriftArgs,
+    metrics: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let control = ControlLog::open(
+        &args.platform.bootstrap,
+        Codec::new(&args.platform.registry_url),
+        &args.platform.names().control(),
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot open the control log")?;
+    let drift = Drift::open(args.config()).await?;
+    if args.once {
+        let reports = drift.tick(&control).await?;
+        let mut alerts = 0;
+        for r in &reports {
+            println!("{}", serde_json::to_string(r)?);
+            alerts += usize::from(r.verdict.starts_with("alert"));
+        }
+        if alerts > 0 {
+            bail!("{alerts} drift alert(s)");
+        }
+        return Ok(());
+    }
+    let server = super::stage::serve(args.listen, metrics, shutdown.clone()).await?;
+    let result = drift.run(&control, &shutdown).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result.context("the drift consumer failed")
+}

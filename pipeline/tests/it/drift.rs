@@ -1,0 +1,182 @@
+//! The drift consumer against the real broker and registry: a good model matches its saved
+//! reference; a deployed build with its normalization dropped, or with perturbed weights,
+//! fires the alert (exit code, report verdict, `drift.reports` on the topic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{DriftKind, DriftReport};
+use serde_json::Value;
+
+use crate::common::model_dir;
+use crate::migrate::activate_minilm;
+use crate::stage::{MINILM, Platform};
+
+fn drift(p: &Platform, state: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .arg("drift")
+        .args([
+            "--bootstrap",
+            &p.bootstrap,
+            "--registry-url",
+            &p.registry,
+            "--topic-prefix",
+            &p.prefix,
+            "--once",
+            "--canaries",
+            "100",
+            "--state-dir",
+        ])
+        .arg(state)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn reports(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A copy of the model folder (the weights linked, not copied) to break.
+fn deployed_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            deployed_copy(&entry.path(), &target);
+        } else if entry.file_name() == "model.safetensors" {
+            std::os::unix::fs::symlink(entry.path(), target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Multiplies every layer's feed-forward output weight by `1 + sin(i)` (a corrupted build).
+fn perturb_weights(dir: &Path) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let targets: Vec<(usize, usize)> = header
+        .iter()
+        .filter(|(k, _)| k.ends_with("output.dense.weight") && !k.contains("attention"))
+        .map(|(k, info)| {
+            assert_eq!(info["dtype"], "F32", "{k}");
+            let offsets = &info["data_offsets"];
+            (
+                8 + n + offsets[0].as_u64().unwrap() as usize,
+                8 + n + offsets[1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert!(!targets.is_empty(), "no feed-forward output weights found");
+    for (start, end) in targets {
+        for (i, chunk) in bytes[start..end].chunks_exact_mut(4).enumerate() {
+            let v = f32::from_le_bytes(chunk.try_into().unwrap());
+            chunk.copy_from_slice(&(v * (1.0 + (i as f32).sin())).to_le_bytes());
+        }
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn drop_normalize(dir: &Path) {
+    let path = dir.join("modules.json");
+    let modules: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let kept: Vec<Value> = modules
+        .into_iter()
+        .filter(|m| {
+            !m["type"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("Normalize")
+        })
+        .collect();
+    std::fs::write(&path, serde_json::to_string(&kept).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_model_push_fires_the_drift_alert() {
+    let p = Platform::new("drift");
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift"));
+    let state = work.join("state");
+    let (_, good) = model_dir(MINILM);
+
+    // The live model: the reference is saved on first sight and the model matches it.
+    let out = drift(&p, &state, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = reports(&out);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["kind"], "SELF");
+    assert_eq!(r[0]["canary_count"], 100);
+    assert_eq!(r[0]["verdict"], "ok");
+    assert!(r[0]["mean_cosine"].as_f64().unwrap() > 0.9999, "{r:?}");
+    assert!(
+        state
+            .join("references")
+            .join(format!("{MINILM}.safetensors"))
+            .exists()
+    );
+
+    // A push that drops the Normalize module: cosine unchanged, vectors not unit length.
+    let unnormalized: PathBuf = work.join("unnormalized");
+    deployed_copy(&good, &unnormalized);
+    drop_normalize(&unnormalized);
+    let arg = format!("{MINILM}={}", unnormalized.display());
+    let out = drift(&p, &state, &["--model-dir", &arg]);
+    assert!(!out.status.success(), "the alert must fail the run");
+    let r = reports(&out);
+    let verdict = r[0]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("alert: vectors are not unit length"),
+        "{verdict}"
+    );
+    assert!(r[0]["mean_cosine"].as_f64().unwrap() > 0.999);
+    assert!(r[0]["max_norm_error"].as_f64().unwrap() > 0.5);
+
+    // A push with perturbed weights: the canaries move away from their references.
+    let perturbed = work.join("perturbed");
+    deployed_copy(&good, &perturbed);
+    perturb_weights(&perturbed);
+    let arg = format!("{MINILM}={}", perturbed.display());
+    let out = drift(&p, &state, &["--model-dir", &arg]);
+    let r = reports(&out);
+    assert!(!out.status.success(), "{r:?}");
+    let verdict = r[0]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("alert: mean cosine to the reference"),
+        "{verdict}"
+    );
+    assert!(r[0]["mean_cosine"].as_f64().unwrap() < 0.99, "{r:?}");
+
+    // Every report is on drift.reports, keyed by the version, in order.
+    let codec = Codec::new(&p.registry);
+    let mut on_topic = Vec::new();
+    for (key, value, _, _) in p.read_all(&p.names.drift_reports()) {
+        assert_eq!(key.as_deref(), Some(MINILM.as_bytes()));
+        on_topic.push(codec.decode::<DriftReport>(&value.unwrap()).await.unwrap());
+    }
+    let verdicts: Vec<&str> = on_topic
+        .iter()
+        .map(|r| r.verdict.split(':').next().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["ok", "alert", "alert"]);
+    assert!(on_topic.iter().all(|r| r.kind == DriftKind::SelfCheck));
+    std::fs::remove_dir_all(&work).unwrap();
+}
