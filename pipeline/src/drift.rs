@@ -167,7 +167,8 @@ impl Default for Thresholds {
 /// `ok`, or `alert: <why>`.
 pub fn self_verdict(s: &Score, normalized: bool, t: Thresholds) -> String {
     let mut why = Vec::new();
-    if !(s.mean >= t.min_mean_cosine) {
+    // NaN (no canary) alerts too.
+    if s.mean.is_nan() || s.mean < t.min_mean_cosine {
         why.push(format!(
             "mean cosine to the reference {:.4} < {}",
             s.mean, t.min_mean_cosine
@@ -515,7 +516,7 @@ impl Drift {
             };
             let old_v = get(&old).await?;
             let new_v = get(&new).await?;
-            let (mapped, adapter) = self.into_old_space(&old, &new, &old_v, new_v)?;
+            let (mapped, adapter) = self.in_old_space(&old, &new, &old_v, new_v)?;
             if let Some(mapped) = mapped {
                 let s = score(&mapped, &old_v);
                 let mut report = self.report(
@@ -537,7 +538,7 @@ impl Drift {
     /// New vectors in the old space: as they are when the dimensions agree, else through the
     /// newest adapter from `new` into `old`.
     #[allow(clippy::type_complexity)]
-    fn into_old_space(
+    fn in_old_space(
         &self,
         old: &ModelRef,
         new: &ModelRef,

@@ -1,5 +1,7 @@
-//! `embedstream up`: the platform's services in one process — the embed stage and the index
-//! sink (with its query API) of the initial model version. The first to fail stops the other.
+//! `embedstream up`: the platform's services in one process — the embed stage, the index
+//! sink (with its query API) of the initial model version, and the drift consumer. The first of
+//! the stage and the sink to fail stops the other; the drift consumer's failures are logged
+//! and it tries again at its next interval.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,41 @@ pub struct UpArgs {
     /// Base directory of the sink's snapshots (default `$EMBEDSTREAM_HOME/sink`).
     #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
     sink_data_dir: Option<PathBuf>,
+    /// Seconds between drift scorings of the canary set; 0 runs no drift consumer.
+    #[arg(long, env = "EMBEDSTREAM_DRIFT_INTERVAL_SECS", default_value_t = 300)]
+    drift_interval_secs: u64,
+}
+
+/// The drift consumer inside `up`, with the command's defaults.
+async fn drift(platform: super::stage::PlatformArgs, interval: u64, shutdown: CancellationToken) {
+    let config = embedstream_pipeline::drift::DriftConfig {
+        bootstrap: platform.bootstrap.clone(),
+        registry_url: platform.registry_url.clone(),
+        names: platform.names(),
+        interval: Duration::from_secs(interval),
+        canaries: 0,
+        state_dir: embedstream_pipeline::models::home().join("drift"),
+        model_dirs: Default::default(),
+        adapters_dir: embedstream_pipeline::adapter::default_dir(),
+        device: embedstream_pipeline::embed::burn_model::Device::Cpu,
+        thresholds: Default::default(),
+        once: false,
+    };
+    let result = async {
+        let control = embedstream_pipeline::control::ControlLog::open(
+            &platform.bootstrap,
+            embedstream_schemas::Codec::new(&platform.registry_url),
+            &platform.names().control(),
+            shutdown.clone(),
+        )
+        .await?;
+        let d = embedstream_pipeline::drift::Drift::open(config).await?;
+        d.run(&control, &shutdown).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "The drift consumer stopped.");
+    }
 }
 
 /// Runs the stage and the sink until `shutdown` or the first failure.
@@ -53,6 +90,13 @@ pub async fn run(
         ))
         .await
         .context("cannot create the platform's topics")?;
+    if args.drift_interval_secs > 0 {
+        tokio::spawn(drift(
+            platform.clone(),
+            args.drift_interval_secs,
+            shutdown.child_token(),
+        ));
+    }
     let sink = SinkArgs::for_model(platform, model, args.query_listen, args.sink_data_dir);
     let stage_token = shutdown.child_token();
     let sink_token = shutdown.child_token();
