@@ -641,10 +641,10 @@ mod tests {
         let v = self_verdict(&s, true, Thresholds::default());
         assert!(v.starts_with("alert: vectors are not unit length"), "{v}");
         assert_eq!(self_verdict(&s, false, Thresholds::default()), "ok");
-        // Rotated a little: cosine cos(0.2) ≈ 0.980 < 0.99.
-        let turned = vec![vec![0.2f32.cos(), 0.2f32.sin(), 0.0], a[1].clone()];
+        // One canary turned by 0.3 rad: mean (cos 0.3 + 1) / 2 ≈ 0.978 < 0.99.
+        let turned = vec![vec![0.3f32.cos(), 0.3f32.sin(), 0.0], a[1].clone()];
         let s = score(&turned, &a);
-        assert!((s.min - f64::from(0.2f32.cos())).abs() < 1e-6);
+        assert!((s.min - f64::from(0.3f32.cos())).abs() < 1e-6);
         assert!(self_verdict(&s, true, Thresholds::default()).contains("mean cosine"));
         assert_eq!(cross_verdict(0.97), "incremental");
         assert_eq!(cross_verdict(0.9), "partial");

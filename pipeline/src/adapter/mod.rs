@@ -142,8 +142,8 @@ impl Pairs {
     /// Joins two `embed` outputs (`{"id", "vector"}` lines) by id; the two files must embed
     /// the same items.
     pub fn join(old_file: &Path, new_file: &Path) -> Result<Pairs> {
-        let old = vectors(old_file)?;
-        let new = vectors(new_file)?;
+        let old = read_vectors(old_file)?;
+        let new = read_vectors(new_file)?;
         let only_old: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
         let only_new: Vec<&String> = new.keys().filter(|k| !old.contains_key(*k)).collect();
         if !only_old.is_empty() || !only_new.is_empty() {
@@ -232,8 +232,9 @@ fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
     Ok(out)
 }
 
-/// `{"id", "vector"}` lines by id, with their line numbers.
-fn vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> {
+/// `{"id", "vector"}` lines (the output of `embedstream embed`) by id, with their line numbers;
+/// an id that appears twice is refused.
+pub fn read_vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> {
     #[derive(serde::Deserialize)]
     struct Line {
         id: serde_json::Value,

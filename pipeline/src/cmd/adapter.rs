@@ -423,26 +423,10 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `{"id", "vector"}` lines by id.
 fn vectors(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        id: Value,
-        vector: Vec<f32>,
-    }
-    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut out = BTreeMap::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let l: Line =
-            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), n + 1))?;
-        let id =
-            l.id.as_str()
-                .map_or_else(|| l.id.to_string(), str::to_owned);
-        out.insert(id, l.vector);
-    }
-    Ok(out)
+    Ok(embedstream_pipeline::adapter::read_vectors(path)?
+        .into_iter()
+        .map(|(id, (_, v))| (id, v))
+        .collect())
 }
 
 /// The ids of the `k` best items by dot product, skipping `exclude`.
