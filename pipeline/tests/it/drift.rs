@@ -180,3 +180,85 @@ async fn a_bad_model_push_fires_the_drift_alert() {
     assert!(on_topic.iter().all(|r| r.kind == DriftKind::SelfCheck));
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
+    use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterMeta, Layers, Matrix};
+    let p = Platform::new("drift-cross");
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    crate::migrate::ok(&crate::migrate::migrate(
+        &p,
+        &["start", "--from", MINILM, "--to", crate::migrate::MPNET],
+    ));
+    let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift-cross"));
+    let (state, adapters) = (work.join("state"), work.join("adapters"));
+
+    // Without an adapter the dimensions differ (768 vs 384): self reports only.
+    let none = adapters.display().to_string();
+    let out = drift(&p, &state, &["--adapters-dir", &none]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = reports(&out);
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(
+        r.iter()
+            .all(|r| r["kind"] == "SELF" && r["verdict"] == "ok")
+    );
+
+    // With one (a plain projection: any valid map will do), the old-vs-new report comes too.
+    let mut w = vec![0.0f32; 384 * 768];
+    for i in 0..384 {
+        w[i * 768 + i] = 1.0;
+    }
+    let name = format!("{}_to_{MINILM}.procrustes.v1", crate::migrate::MPNET);
+    let adapter = Adapter {
+        meta: AdapterMeta {
+            name: name.clone(),
+            kind: AdapterKind::Procrustes,
+            new_model: crate::migrate::MPNET.into(),
+            old_model: MINILM.into(),
+            in_dim: 768,
+            out_dim: 384,
+            pairs: 0,
+            holdout_pairs: 0,
+            train_cosine: 0.0,
+            holdout_cosine: None,
+            params: Default::default(),
+            source: "test".into(),
+            created_at_ms: 0,
+            fit_seconds: 0.0,
+        },
+        layers: Layers::Linear {
+            w: Matrix::new(384, 768, w),
+            b: vec![0.0; 384],
+        },
+    };
+    adapter
+        .save(&adapters.join(format!("{name}.safetensors")))
+        .unwrap();
+    let out = drift(&p, &state, &["--adapters-dir", &none]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = reports(&out);
+    let cross = r
+        .iter()
+        .find(|r| r["kind"] == "CROSS_VERSION")
+        .expect("a cross-version report");
+    assert_eq!(cross["adapter"], name.as_str());
+    assert_eq!(cross["model_id"], "mpnet-base-v2");
+    assert_eq!(cross["compared_model_id"], "minilm-l6-v2");
+    let mean = cross["mean_cosine"].as_f64().unwrap();
+    assert_eq!(
+        cross["verdict"].as_str().unwrap(),
+        embedstream_pipeline::drift::cross_verdict(mean),
+        "{cross}"
+    );
+    std::fs::remove_dir_all(&work).unwrap();
+}
