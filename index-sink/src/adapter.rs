@@ -219,6 +219,32 @@ pub struct AdapterMeta {
     pub fit_seconds: f64,
 }
 
+impl AdapterMeta {
+    /// The metadata of an adapter named `name` (its kind and models come from the name),
+    /// before any training figures are known.
+    pub fn new(name: &AdapterName, in_dim: usize, out_dim: usize, source: String) -> Self {
+        AdapterMeta {
+            name: name.to_string(),
+            kind: name
+                .kind
+                .parse()
+                .expect("an AdapterName's kind is one of the kinds"),
+            new_model: name.new.clone(),
+            old_model: name.old.clone(),
+            in_dim,
+            out_dim,
+            pairs: 0,
+            holdout_pairs: 0,
+            train_cosine: 0.0,
+            holdout_cosine: None,
+            params: HashMap::new(),
+            source,
+            created_at_ms: 0,
+            fit_seconds: 0.0,
+        }
+    }
+}
+
 /// A row-major f32 matrix, one row per output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
@@ -237,15 +263,18 @@ impl Matrix {
         Matrix { rows, cols, data }
     }
 
-    /// `out = self · x + bias`.
-    fn apply(&self, x: &[f32], bias: &[f32], out: &mut Vec<f32>) {
+    /// `out = self · x`.
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
         out.clear();
-        out.extend(
-            self.data
-                .chunks_exact(self.cols)
-                .zip(bias)
-                .map(|(row, b)| dot(row, x) + b),
-        );
+        out.extend(self.data.chunks_exact(self.cols).map(|row| dot(row, x)));
+    }
+
+    /// `out = self · x + bias`.
+    fn apply_bias(&self, x: &[f32], bias: &[f32], out: &mut Vec<f32>) {
+        self.apply(x, out);
+        for (o, b) in out.iter_mut().zip(bias) {
+            *o += b;
+        }
     }
 }
 
@@ -358,19 +387,19 @@ impl Adapter {
         }
         let mut out = Vec::with_capacity(self.meta.out_dim);
         match &self.layers {
-            Layers::Linear { w, b } => w.apply(x, b, &mut out),
+            Layers::Linear { w, b } => w.apply_bias(x, b, &mut out),
             Layers::LowRank { u, v, b } => {
                 let mut mid = Vec::with_capacity(u.rows);
-                u.apply(x, &vec![0.0; u.rows], &mut mid);
-                v.apply(&mid, b, &mut out);
+                u.apply(x, &mut mid);
+                v.apply_bias(&mid, b, &mut out);
             }
             Layers::Residual { w, b, w1, b1, w2 } => {
                 let mut hidden = Vec::with_capacity(w1.rows);
-                w1.apply(x, b1, &mut hidden);
+                w1.apply_bias(x, b1, &mut hidden);
                 for h in &mut hidden {
                     *h = h.max(0.0);
                 }
-                w.apply(x, b, &mut out);
+                w.apply_bias(x, b, &mut out);
                 for (o, row) in out.iter_mut().zip(w2.data.chunks_exact(w2.cols)) {
                     *o += dot(row, &hidden);
                 }
@@ -630,20 +659,11 @@ mod tests {
             version: 1,
         };
         AdapterMeta {
-            name: name.to_string(),
-            kind,
-            new_model: name.new,
-            old_model: name.old,
-            in_dim,
-            out_dim,
             pairs: 10,
             holdout_pairs: 2,
             train_cosine: 0.9,
             holdout_cosine: Some(0.8),
-            params: HashMap::new(),
-            source: "test".into(),
-            created_at_ms: 0,
-            fit_seconds: 0.0,
+            ..AdapterMeta::new(&name, in_dim, out_dim, "test".into())
         }
     }
 

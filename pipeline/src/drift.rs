@@ -309,8 +309,6 @@ pub struct DriftConfig {
     pub device: Device,
     /// Alert thresholds.
     pub thresholds: Thresholds,
-    /// Score once and return.
-    pub once: bool,
 }
 
 /// The drift consumer.
@@ -398,11 +396,11 @@ impl Drift {
     }
 
     /// The saved reference of `model`, made now when there is none (or it embeds another
-    /// canary set).
-    pub async fn reference(&self, model: &ModelRef) -> Result<Reference> {
+    /// canary set); `true` when it was made now (its vectors are then the live model's).
+    pub async fn reference(&self, model: &ModelRef) -> Result<(Reference, bool)> {
         if let Some(r) = load_reference(&self.config.state_dir, model)? {
             if r.digest == self.digest && r.vectors.len() == self.canaries.len() {
-                return Ok(r);
+                return Ok((r, false));
             }
             tracing::warn!(%model, "The saved reference embeds another canary set; making it again.");
         }
@@ -412,7 +410,7 @@ impl Drift {
         };
         save_reference(&self.config.state_dir, model, &reference)?;
         tracing::info!(%model, canaries = reference.vectors.len(), "Saved the drift reference.");
-        Ok(reference)
+        Ok((reference, true))
     }
 
     /// Publishes a report and sets the metrics.
@@ -491,11 +489,16 @@ impl Drift {
                 continue;
             }
             let model = ModelRef::new(&m.model_id, u32::try_from(m.version).unwrap_or(0))?;
-            let reference = self.reference(&model).await?;
+            let (reference, made_now) = self.reference(&model).await?;
             if m.state != embedstream_schemas::records::ModelState::Active {
                 continue;
             }
-            let vectors = self.embed(&model).await?;
+            // A reference made this tick is the live model's output: not embedded twice.
+            let vectors = if made_now {
+                reference.vectors.clone()
+            } else {
+                self.embed(&model).await?
+            };
             let s = score(&vectors, &reference.vectors);
             let verdict = self_verdict(&s, m.normalized, self.config.thresholds);
             let report = self.report(DriftKind::SelfCheck, &model, &s, verdict);
@@ -560,18 +563,14 @@ impl Drift {
         Ok((Some(mapped), Some(a.meta.name)))
     }
 
-    /// Scores every interval until `shutdown` (once with `once`).
+    /// Scores every interval until `shutdown` (for one scoring, [`Self::tick`]).
     pub async fn run(&self, control: &ControlLog, shutdown: &CancellationToken) -> Result<()> {
         loop {
             match self.tick(control).await {
                 Ok(reports) => tracing::debug!(reports = reports.len(), "Drift scoring done."),
-                Err(e) if self.config.once => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "Drift scoring failed; trying again next interval.")
                 }
-            }
-            if self.config.once {
-                return Ok(());
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::telemetry;
-use embedstream_schemas::Codec;
 use embedstream_schemas::records::{ModelState, ModelVersionRecord};
 use embedstream_schemas::registry::{self, RegistryConfig};
 use embedstream_topics::admin::{Admin, Ensured, Layout, platform_topics};
@@ -272,7 +270,7 @@ async fn models(command: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::Status { platform } => {
             let token = CancellationToken::new();
-            let log = open_control(&platform, token.clone()).await?;
+            let log = platform.control_log(token.clone()).await?;
             for m in log.state().models() {
                 println!("{}", serde_json::to_string(&model_json(m))?);
             }
@@ -282,27 +280,13 @@ async fn models(command: ModelsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_control(
-    platform: &cmd::stage::PlatformArgs,
-    token: CancellationToken,
-) -> anyhow::Result<ControlLog> {
-    ControlLog::open(
-        &platform.bootstrap,
-        Codec::new(&platform.registry_url),
-        &platform.names().control(),
-        token,
-    )
-    .await
-    .context("cannot open the control log")
-}
-
 async fn set_state(
     platform: &cmd::stage::PlatformArgs,
     models: &[ModelRef],
     state: ModelState,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    let log = open_control(platform, token.clone()).await?;
+    let log = platform.control_log(token.clone()).await?;
     let by = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
     for model in models {
         let spec = catalog::lookup(model)?;

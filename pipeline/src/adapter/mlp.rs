@@ -10,9 +10,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, activation};
-use embedstream_index_sink::adapter::{
-    Adapter, AdapterKind, AdapterMeta, AdapterName, Layers, Matrix,
-};
+use embedstream_index_sink::adapter::{Adapter, AdapterMeta, AdapterName, Layers, Matrix};
 
 use super::{Pairs, TrainConfig, cosines, linear, refused};
 use crate::embed::burn_model::Cpu;
@@ -136,7 +134,7 @@ pub fn train(
     let select = if held.is_empty() { fit } else { held };
     let score = |layers: Layers| -> Result<(f64, Layers)> {
         let adapter = Adapter {
-            meta: meta_for(name, i, o),
+            meta: AdapterMeta::new(name, i, o, String::new()),
             layers,
         };
         let (mean, _) = cosines(&adapter, select)?;
@@ -174,23 +172,4 @@ pub fn train(
         }
     }
     Ok((best_layers, best_epoch))
-}
-
-fn meta_for(name: &AdapterName, in_dim: usize, out_dim: usize) -> AdapterMeta {
-    AdapterMeta {
-        name: name.to_string(),
-        kind: AdapterKind::Mlp,
-        new_model: name.new.clone(),
-        old_model: name.old.clone(),
-        in_dim,
-        out_dim,
-        pairs: 0,
-        holdout_pairs: 0,
-        train_cosine: 0.0,
-        holdout_cosine: None,
-        params: Default::default(),
-        source: String::new(),
-        created_at_ms: 0,
-        fit_seconds: 0.0,
-    }
 }

@@ -166,50 +166,40 @@ impl Pairs {
         Ok(pairs)
     }
 
-    /// Splits off the pairs whose seeded id hash falls in the `holdout` share.
-    pub fn split(&self, holdout: f64, seed: u64) -> (Pairs, Pairs) {
-        let mut fit = Pairs {
+    /// The pairs of rows `rows`, in that order.
+    fn rows(&self, rows: impl IntoIterator<Item = usize>) -> Pairs {
+        let mut out = Pairs {
             in_dim: self.in_dim,
             out_dim: self.out_dim,
             ..Pairs::default()
         };
-        let mut held = fit.clone();
-        for i in 0..self.len() {
-            let h = embedstream_index_sink::fnv1a64(format!("{seed}:{}", self.ids[i]).as_bytes());
-            let part = if (h % 10_000) as f64 / 10_000.0 < holdout {
-                &mut held
-            } else {
-                &mut fit
-            };
-            part.ids.push(self.ids[i].clone());
-            part.new.extend_from_slice(self.new_row(i));
-            part.old.extend_from_slice(self.old_row(i));
+        for i in rows {
+            out.ids.push(self.ids[i].clone());
+            out.new.extend_from_slice(self.new_row(i));
+            out.old.extend_from_slice(self.old_row(i));
         }
-        (fit, held)
+        out
+    }
+
+    /// Splits off the pairs whose seeded id hash falls in the `holdout` share.
+    pub fn split(&self, holdout: f64, seed: u64) -> (Pairs, Pairs) {
+        let (held, fit): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| {
+            let h = embedstream_index_sink::fnv1a64(format!("{seed}:{}", self.ids[i]).as_bytes());
+            (h % 10_000) as f64 / 10_000.0 < holdout
+        });
+        (self.rows(fit), self.rows(held))
     }
 
     /// The first `n` pairs in a seeded order (a sample of `n`).
     pub fn sample(&self, n: usize, seed: u64) -> Pairs {
         let mut order: Vec<(u64, usize)> = (0..self.len())
             .map(|i| {
-                (
-                    embedstream_index_sink::fnv1a64(format!("s{seed}:{}", self.ids[i]).as_bytes()),
-                    i,
-                )
+                let key = format!("s{seed}:{}", self.ids[i]);
+                (embedstream_index_sink::fnv1a64(key.as_bytes()), i)
             })
             .collect();
         order.sort_unstable();
-        let mut out = Pairs {
-            in_dim: self.in_dim,
-            out_dim: self.out_dim,
-            ..Pairs::default()
-        };
-        for &(_, i) in order.iter().take(n) {
-            out.ids.push(self.ids[i].clone());
-            out.new.extend_from_slice(self.new_row(i));
-            out.old.extend_from_slice(self.old_row(i));
-        }
-        out
+        self.rows(order.into_iter().take(n).map(|(_, i)| i))
     }
 }
 
@@ -362,6 +352,15 @@ pub fn train(
             pairs.in_dim, pairs.out_dim
         )));
     }
+    if name.kind != config.kind.as_str()
+        || name.new != new.to_string()
+        || name.old != old.to_string()
+    {
+        return Err(refused(format!(
+            "the name {name} does not say a {} adapter from {new} into {old}",
+            config.kind
+        )));
+    }
     let (fit, held) = pairs.split(config.holdout, config.seed);
     if fit.len() < new_dim {
         return Err(refused(format!(
@@ -392,20 +391,12 @@ pub fn train(
     params.insert("seed".into(), config.seed.to_string());
     let mut adapter = Adapter {
         meta: AdapterMeta {
-            name: name.to_string(),
-            kind: config.kind,
-            new_model: new.to_string(),
-            old_model: old.to_string(),
-            in_dim: new_dim,
-            out_dim: old_dim,
             pairs: fit.len(),
             holdout_pairs: held.len(),
-            train_cosine: 0.0,
-            holdout_cosine: None,
             params,
-            source,
             created_at_ms: crate::control::now_ms(),
             fit_seconds: started.elapsed().as_secs_f64(),
+            ..AdapterMeta::new(name, new_dim, old_dim, source)
         },
         layers,
     };

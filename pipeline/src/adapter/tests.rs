@@ -39,26 +39,13 @@ fn meta_name(kind: AdapterKind) -> AdapterName {
 }
 
 fn adapter(layers: Layers, kind: AdapterKind, pairs: &Pairs) -> Adapter {
-    let name = meta_name(kind);
-    Adapter {
-        meta: embedstream_index_sink::adapter::AdapterMeta {
-            name: name.to_string(),
-            kind,
-            new_model: name.new.clone(),
-            old_model: name.old.clone(),
-            in_dim: pairs.in_dim,
-            out_dim: pairs.out_dim,
-            pairs: pairs.len(),
-            holdout_pairs: 0,
-            train_cosine: 0.0,
-            holdout_cosine: None,
-            params: Default::default(),
-            source: "test".into(),
-            created_at_ms: 0,
-            fit_seconds: 0.0,
-        },
-        layers,
-    }
+    let meta = embedstream_index_sink::adapter::AdapterMeta::new(
+        &meta_name(kind),
+        pairs.in_dim,
+        pairs.out_dim,
+        "test".into(),
+    );
+    Adapter { meta, layers }
 }
 
 /// An orthogonal 16 × 16 matrix (Gram-Schmidt on random rows).
@@ -311,6 +298,14 @@ fn training_refuses_wrong_dimensions_and_too_few_pairs() {
         err.contains("too few pairs") && err.contains("at least 768"),
         "{err}"
     );
+    let other_kind = AdapterName {
+        kind: "affine",
+        ..name.clone()
+    };
+    let err = train(&few, &old, &new, &other_kind, "t".into(), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not say a procrustes adapter"), "{err}");
     let swapped = synthetic(10, 384, 768, |x| [x, x].concat());
     let err = train(&swapped, &old, &new, &name, "t".into(), &config)
         .unwrap_err()

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::drift::{Drift, DriftConfig, Thresholds};
 use embedstream_pipeline::embed::burn_model::Device;
-use embedstream_schemas::Codec;
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::DirArg;
@@ -67,6 +65,23 @@ fn parse_model_dir(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 impl DriftArgs {
+    /// The consumer on `platform` with the command line's defaults, every `interval_secs`.
+    pub fn for_platform(platform: PlatformArgs, interval_secs: u64) -> Self {
+        Self {
+            platform,
+            adapters: DirArg { dir: None },
+            interval_secs,
+            canaries: 0,
+            state_dir: None,
+            model_dirs: Vec::new(),
+            threshold: Thresholds::default().min_mean_cosine,
+            norm_tolerance: Thresholds::default().norm_tolerance,
+            device: Device::Cpu,
+            once: false,
+            listen: ([127, 0, 0, 1], 9302).into(),
+        }
+    }
+
     /// The consumer's configuration.
     pub fn config(&self) -> DriftConfig {
         DriftConfig {
@@ -86,7 +101,6 @@ impl DriftArgs {
                 min_mean_cosine: self.threshold,
                 norm_tolerance: self.norm_tolerance,
             },
-            once: self.once,
         }
     }
 }
@@ -97,30 +111,34 @@ pub async fn run(
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let control = ControlLog::open(
-        &args.platform.bootstrap,
-        Codec::new(&args.platform.registry_url),
-        &args.platform.names().control(),
-        shutdown.clone(),
-    )
-    .await
-    .context("cannot open the control log")?;
-    let drift = Drift::open(args.config()).await?;
-    if args.once {
-        let reports = drift.tick(&control).await?;
-        let mut alerts = 0;
-        for r in &reports {
-            println!("{}", serde_json::to_string(r)?);
-            alerts += usize::from(r.verdict.starts_with("alert"));
-        }
-        if alerts > 0 {
-            bail!("{alerts} drift alert(s)");
-        }
-        return Ok(());
+    if !args.once {
+        let server = super::stage::serve(args.listen, metrics, shutdown.clone()).await?;
+        let result = consume(&args, &shutdown).await;
+        shutdown.cancel();
+        let _ = server.await;
+        return result;
     }
-    let server = super::stage::serve(args.listen, metrics, shutdown.clone()).await?;
-    let result = drift.run(&control, &shutdown).await;
-    shutdown.cancel();
-    let _ = server.await;
-    result.context("the drift consumer failed")
+    let control = args.platform.control_log(shutdown.clone()).await?;
+    let drift = Drift::open(args.config()).await?;
+    let reports = drift.tick(&control).await?;
+    let mut alerts = 0;
+    for r in &reports {
+        println!("{}", serde_json::to_string(r)?);
+        alerts += usize::from(r.verdict.starts_with("alert"));
+    }
+    if alerts > 0 {
+        bail!("{alerts} drift alert(s)");
+    }
+    Ok(())
+}
+
+/// Scores every interval until `shutdown` (the drift consumer without its `/metrics` server:
+/// `up` serves the process's metrics itself).
+pub async fn consume(args: &DriftArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let control = args.platform.control_log(shutdown.clone()).await?;
+    let drift = Drift::open(args.config()).await?;
+    drift
+        .run(&control, shutdown)
+        .await
+        .context("the drift consumer failed")
 }

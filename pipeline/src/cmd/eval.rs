@@ -3,10 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::eval::{self, Arm, EvalConfig, Evaluation};
-use embedstream_schemas::Codec;
 use tokio_util::sync::CancellationToken;
 
 use super::stage::PlatformArgs;
@@ -61,14 +59,7 @@ pub async fn versions(
         return Ok((given.to_vec(), None));
     }
     let token = CancellationToken::new();
-    let log = ControlLog::open(
-        &platform.bootstrap,
-        Codec::new(&platform.registry_url),
-        &platform.names().control(),
-        token.clone(),
-    )
-    .await
-    .context("cannot open the control log")?;
+    let log = platform.control_log(token.clone()).await?;
     let state = log.state();
     token.cancel();
     let m = state

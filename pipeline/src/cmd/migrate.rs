@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval;
@@ -14,7 +13,6 @@ use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
 use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, default_consumers};
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_schemas::Codec;
 use embedstream_topics::ModelRef;
 use tokio_util::sync::CancellationToken;
 
@@ -204,14 +202,7 @@ pub async fn run(target: Target, command: MigrateCommand) -> anyhow::Result<()> 
         return remote(url, target.token.as_deref(), &command).await;
     }
     let token = CancellationToken::new();
-    let log = ControlLog::open(
-        &target.platform.bootstrap,
-        Codec::new(&target.platform.registry_url),
-        &target.platform.names().control(),
-        token.clone(),
-    )
-    .await
-    .context("cannot open the control log")?;
+    let log = target.platform.control_log(token.clone()).await?;
     let migrator = Migrator::new(log.clone(), target.consumers.clone(), &operator());
     let result = local(&target, &migrator, command).await;
     token.cancel();

@@ -11,7 +11,6 @@ use embedstream_index_sink::router::{self, Blend, RouterConfig};
 use embedstream_index_sink::service::default_consumers;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::migrate::{Migrator, admin};
-use embedstream_schemas::Codec;
 use embedstream_schemas::control::ControlState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -84,14 +83,7 @@ pub async fn run(
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let log = ControlLog::open(
-        &args.platform.bootstrap,
-        Codec::new(&args.platform.registry_url),
-        &args.platform.names().control(),
-        shutdown.clone(),
-    )
-    .await
-    .context("cannot open the control log")?;
+    let log = args.platform.control_log(shutdown.clone()).await?;
     let consumers = default_consumers();
     let migrator = Migrator::new(
         log.clone(),

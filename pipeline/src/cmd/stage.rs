@@ -40,6 +40,21 @@ impl PlatformArgs {
     pub fn names(&self) -> TopicNames {
         TopicNames::new(&self.topic_prefix)
     }
+
+    /// Opens (follows until `shutdown`) the platform's control log.
+    pub async fn control_log(
+        &self,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<embedstream_pipeline::control::ControlLog> {
+        embedstream_pipeline::control::ControlLog::open(
+            &self.bootstrap,
+            embedstream_schemas::Codec::new(&self.registry_url),
+            &self.names().control(),
+            shutdown,
+        )
+        .await
+        .context("cannot open the control log")
+    }
 }
 
 /// Options of `embed-stage`.

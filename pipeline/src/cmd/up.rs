@@ -35,38 +35,6 @@ pub struct UpArgs {
     drift_interval_secs: u64,
 }
 
-/// The drift consumer inside `up`, with the command's defaults.
-async fn drift(platform: super::stage::PlatformArgs, interval: u64, shutdown: CancellationToken) {
-    let config = embedstream_pipeline::drift::DriftConfig {
-        bootstrap: platform.bootstrap.clone(),
-        registry_url: platform.registry_url.clone(),
-        names: platform.names(),
-        interval: Duration::from_secs(interval),
-        canaries: 0,
-        state_dir: embedstream_pipeline::models::home().join("drift"),
-        model_dirs: Default::default(),
-        adapters_dir: embedstream_pipeline::adapter::default_dir(),
-        device: embedstream_pipeline::embed::burn_model::Device::Cpu,
-        thresholds: Default::default(),
-        once: false,
-    };
-    let result = async {
-        let control = embedstream_pipeline::control::ControlLog::open(
-            &platform.bootstrap,
-            embedstream_schemas::Codec::new(&platform.registry_url),
-            &platform.names().control(),
-            shutdown.clone(),
-        )
-        .await?;
-        let d = embedstream_pipeline::drift::Drift::open(config).await?;
-        d.run(&control, &shutdown).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "The drift consumer stopped.");
-    }
-}
-
 /// Runs the stage and the sink until `shutdown` or the first failure.
 pub async fn run(
     args: UpArgs,
@@ -91,11 +59,14 @@ pub async fn run(
         .await
         .context("cannot create the platform's topics")?;
     if args.drift_interval_secs > 0 {
-        tokio::spawn(drift(
-            platform.clone(),
-            args.drift_interval_secs,
-            shutdown.child_token(),
-        ));
+        let drift =
+            super::drift::DriftArgs::for_platform(platform.clone(), args.drift_interval_secs);
+        let token = shutdown.child_token();
+        tokio::spawn(async move {
+            if let Err(e) = super::drift::consume(&drift, &token).await {
+                tracing::error!(error = format!("{e:#}"), "The drift consumer stopped.");
+            }
+        });
     }
     let sink = SinkArgs::for_model(platform, model, args.query_listen, args.sink_data_dir);
     let stage_token = shutdown.child_token();

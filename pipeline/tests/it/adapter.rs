@@ -4,12 +4,11 @@
 //! index through the router and the sink, with recall checked on a fixed sample. Adapters that
 //! cannot serve are refused before anything is deployed.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterMeta, Layers, Matrix};
+use embedstream_index_sink::adapter::{Adapter, AdapterMeta, Layers, Matrix};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use serde_json::{Value, json};
@@ -124,22 +123,12 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
 
     // Refused before anything is deployed: an adapter whose dimensions are not its models'.
     let bad = Adapter {
-        meta: AdapterMeta {
-            name: format!("{MPNET}_to_{MINILM}.affine.v1"),
-            kind: AdapterKind::Affine,
-            new_model: MPNET.into(),
-            old_model: MINILM.into(),
-            in_dim: 10,
-            out_dim: 384,
-            pairs: 0,
-            holdout_pairs: 0,
-            train_cosine: 0.0,
-            holdout_cosine: None,
-            params: HashMap::new(),
-            source: "test".into(),
-            created_at_ms: 0,
-            fit_seconds: 0.0,
-        },
+        meta: AdapterMeta::new(
+            &format!("{MPNET}_to_{MINILM}.affine.v1").parse().unwrap(),
+            10,
+            384,
+            "test".into(),
+        ),
         layers: Layers::LowRank {
             u: Matrix::new(2, 10, vec![0.1; 20]),
             v: Matrix::new(384, 2, vec![0.1; 768]),
@@ -202,14 +191,8 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     let router_port = free_port();
     let _router = Killed(
         Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .args([
-                "router",
-                "--bootstrap",
-                &p.bootstrap,
-                "--registry-url",
-                &p.registry,
-            ])
-            .args(["--topic-prefix", &p.prefix])
+            .arg("router")
+            .args(p.args())
             .args(["--listen", &format!("127.0.0.1:{router_port}")])
             .args(["--backend", &format!("{MINILM}={}", sink.url(""))])
             .env("RUST_LOG", "warn")

@@ -16,18 +16,8 @@ use crate::stage::{MINILM, Platform};
 fn drift(p: &Platform, state: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_embedstream"))
         .arg("drift")
-        .args([
-            "--bootstrap",
-            &p.bootstrap,
-            "--registry-url",
-            &p.registry,
-            "--topic-prefix",
-            &p.prefix,
-            "--once",
-            "--canaries",
-            "100",
-            "--state-dir",
-        ])
+        .args(p.args())
+        .args(["--once", "--canaries", "100", "--state-dir"])
         .arg(state)
         .args(extra)
         .env("NO_COLOR", "1")
@@ -183,7 +173,7 @@ async fn a_bad_model_push_fires_the_drift_alert() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
-    use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterMeta, Layers, Matrix};
+    use embedstream_index_sink::adapter::{Adapter, AdapterMeta, Layers, Matrix};
     let p = Platform::new("drift-cross");
     p.ensure_topics().await;
     activate_minilm(&p).await;
@@ -216,22 +206,7 @@ async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
     }
     let name = format!("{}_to_{MINILM}.procrustes.v1", crate::migrate::MPNET);
     let adapter = Adapter {
-        meta: AdapterMeta {
-            name: name.clone(),
-            kind: AdapterKind::Procrustes,
-            new_model: crate::migrate::MPNET.into(),
-            old_model: MINILM.into(),
-            in_dim: 768,
-            out_dim: 384,
-            pairs: 0,
-            holdout_pairs: 0,
-            train_cosine: 0.0,
-            holdout_cosine: None,
-            params: Default::default(),
-            source: "test".into(),
-            created_at_ms: 0,
-            fit_seconds: 0.0,
-        },
+        meta: AdapterMeta::new(&name.parse().unwrap(), 768, 384, "test".into()),
         layers: Layers::Linear {
             w: Matrix::new(384, 768, w),
             b: vec![0.0; 384],

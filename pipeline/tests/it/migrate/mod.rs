@@ -23,16 +23,8 @@ pub const MPNET: &str = "mpnet-base-v2@1";
 pub fn migrate_command(p: &Platform, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
     cmd.arg("migrate")
-        .args([
-            "--bootstrap",
-            &p.bootstrap,
-            "--registry-url",
-            &p.registry,
-            "--topic-prefix",
-            &p.prefix,
-            "--partitions",
-            "3",
-        ])
+        .args(p.args())
+        .args(["--partitions", "3"])
         .args(args)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")

@@ -12,17 +12,8 @@ use crate::common::free_port;
 
 fn models_command(p: &Platform, action: &str, model: &str) {
     let status = Command::new(env!("CARGO_BIN_EXE_embedstream"))
-        .args([
-            "models",
-            action,
-            model,
-            "--bootstrap",
-            &p.bootstrap,
-            "--registry-url",
-            &p.registry,
-            "--topic-prefix",
-            &p.prefix,
-        ])
+        .args(["models", action, model])
+        .args(p.args())
         .stdout(Stdio::null())
         .status()
         .unwrap();

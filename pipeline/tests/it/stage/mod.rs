@@ -119,26 +119,33 @@ impl Platform {
         self.produce_raw(&raw).await;
     }
 
-    /// The stage binary's command line for this platform.
-    pub fn stage_command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
-        cmd.args([
-            "embed-stage",
+    /// The platform's command-line arguments: bootstrap, registry and topic prefix.
+    pub fn args(&self) -> [&str; 6] {
+        [
             "--bootstrap",
             &self.bootstrap,
             "--registry-url",
             &self.registry,
             "--topic-prefix",
             &self.prefix,
-            "--group",
-            &self.group,
-            "--partitions",
-            "3",
-            "--batch-size",
-            "32",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
+        ]
+    }
+
+    /// The stage binary's command line for this platform.
+    pub fn stage_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+        cmd.arg("embed-stage")
+            .args(self.args())
+            .args([
+                "--group",
+                &self.group,
+                "--partitions",
+                "3",
+                "--batch-size",
+                "32",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
         cmd
     }
 
