@@ -48,6 +48,7 @@ pub struct BurnEmbedder<B: Backend> {
     encoder: Encoder<B>,
     config: ModelConfig,
     device: B::Device,
+    pad_multiple: usize,
 }
 
 impl<B: Backend> BurnEmbedder<B> {
@@ -59,7 +60,15 @@ impl<B: Backend> BurnEmbedder<B> {
             encoder,
             config,
             device,
+            pad_multiple: 1,
         })
+    }
+
+    /// Pads each batch to a multiple of `multiple` tokens (1: to its longest text only).
+    #[must_use]
+    pub fn with_pad_multiple(mut self, multiple: usize) -> Self {
+        self.pad_multiple = multiple.max(1);
+        self
     }
 
     /// The model's configuration.
@@ -81,7 +90,12 @@ where
         if batch.is_empty() {
             return Vec::new();
         }
-        let input = Batch::<B>::new(batch, self.config.pad_token_id as u32, &self.device);
+        let input = Batch::<B>::new(
+            batch,
+            self.config.pad_token_id as u32,
+            self.pad_multiple,
+            &self.device,
+        );
         let out = self.encoder.embed(&self.config, &input);
         let flat: Vec<f32> = out
             .into_data()
@@ -110,7 +124,9 @@ pub fn load_embedder(dir: &Path, device: Device) -> Result<(Box<dyn Embedder>, M
                     reason: "--device cuda needs the NVIDIA driver (libcuda.so), which this machine does not have".to_owned(),
                 });
             }
-            let m = BurnEmbedder::<burn::backend::Cuda>::load(dir, Default::default())?;
+            cuda_kernel_cache();
+            let m = BurnEmbedder::<burn::backend::Cuda>::load(dir, Default::default())?
+                .with_pad_multiple(cuda_pad_multiple());
             let config = m.config().clone();
             Ok((Box::new(m), config))
         }
@@ -139,4 +155,39 @@ fn cuda_driver_present() -> bool {
                 std::path::Path::new(d).join("libcuda.so.1").exists()
                     || std::path::Path::new(d).join("libcuda.so").exists()
             })
+}
+
+/// Tokens a CUDA batch is padded to a multiple of: `EMBEDSTREAM_CUDA_PAD_MULTIPLE`, else
+/// [`CUDA_PAD_MULTIPLE`].
+#[cfg(feature = "cuda")]
+fn cuda_pad_multiple() -> usize {
+    std::env::var("EMBEDSTREAM_CUDA_PAD_MULTIPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CUDA_PAD_MULTIPLE)
+}
+
+/// The CUDA backend's default padding multiple (see the README's GPU measurements).
+#[cfg(feature = "cuda")]
+pub const CUDA_PAD_MULTIPLE: usize = 32;
+
+/// Keeps CubeCL's compiled kernels and autotune results in `$EMBEDSTREAM_HOME/cubecl`, so a
+/// process after the first skips the NVRTC compiles and the tuning runs. A `cubecl.toml` (or
+/// `CUBECL_*` variables) that names other places wins. Runs before the backend's first use.
+#[cfg(feature = "cuda")]
+fn cuda_kernel_cache() {
+    use burn::cubecl::config::cache::CacheConfig;
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = crate::models::home().join("cubecl");
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if config.compilation.cache.is_none() {
+            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+        }
+        if matches!(config.autotune.cache, CacheConfig::Target) {
+            config.autotune.cache = CacheConfig::File(dir);
+        }
+        CubeClRuntimeConfig::set(config);
+    });
 }

@@ -59,10 +59,14 @@ pub struct Batch<B: Backend> {
 }
 
 impl<B: Backend> Batch<B> {
-    /// Pads `texts` to the longest with `pad_id`.
-    pub fn new(texts: &[&[u32]], pad_id: u32, device: &B::Device) -> Self {
+    /// Pads `texts` with `pad_id` to the longest, rounded up to a multiple of `multiple`.
+    ///
+    /// A multiple above 1 bounds the number of distinct shapes a backend sees (a JIT backend
+    /// compiles and tunes kernels per shape); padded tokens are masked, so vectors do not change.
+    pub fn new(texts: &[&[u32]], pad_id: u32, multiple: usize, device: &B::Device) -> Self {
         let batch = texts.len();
-        let len = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+        let longest = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+        let len = longest.next_multiple_of(multiple.max(1));
         let mut ids = Vec::with_capacity(batch * len);
         let mut real = Vec::with_capacity(batch * len);
         for t in texts {
