@@ -73,5 +73,6 @@ def test_prometheus_configs_are_valid(config, tmp_path):
     text = (COMPOSE / "prometheus" / config).read_text().replace("@REGISTRY@", "127.0.0.1:8081").replace("@PLATFORM@", "127.0.0.1:9301")
     path = tmp_path / "prometheus.yml"
     path.write_text(text)
+    shutil.copy(COMPOSE / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
     result = subprocess.run([promtool, "check", "config", path], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

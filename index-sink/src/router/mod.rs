@@ -71,6 +71,7 @@ use ::metrics as metrics_crate;
 
 /// The router's routes.
 pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -> Router {
+    crate::service::metrics::export_slos(&config.consumers);
     let latency = config
         .consumers
         .keys()

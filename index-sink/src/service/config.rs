@@ -73,6 +73,15 @@ pub struct ConsumerProfile {
     pub default_k: usize,
     /// Largest `k` a request may ask for (also bounded by `index.max_k`).
     pub max_k: usize,
+    /// Latency objective: p95 of a query, in milliseconds. Exported as
+    /// `embedstream_consumer_slo_seconds` for the alert rule that compares it with the
+    /// measured p95.
+    #[serde(default = "default_p95_slo_ms")]
+    pub p95_slo_ms: u64,
+}
+
+const fn default_p95_slo_ms() -> u64 {
+    100
 }
 
 /// The Kafka consumer of the embedding topic.
@@ -122,16 +131,18 @@ fn default_index() -> IndexConfig {
 /// recall@10 ≥ 0.85, `recsys` recall@50 ≥ 0.75, `ads` recall@5 ≥ 0.90 within 30 ms, `dedup`
 /// precision@1 ≥ 0.95 in batch (so it can afford a wide search).
 pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
-    let p = |ef_search, default_k, max_k| ConsumerProfile {
+    let p = |ef_search, default_k, max_k, p95_slo_ms| ConsumerProfile {
         ef_search,
         default_k,
         max_k,
+        p95_slo_ms,
     };
+    // Latency objectives from seed 003's consumer table (dedup runs as an async batch: 1 s).
     BTreeMap::from([
-        ("search".to_owned(), p(100, 10, 100)),
-        ("recsys".to_owned(), p(128, 50, 500)),
-        ("ads".to_owned(), p(64, 5, 50)),
-        ("dedup".to_owned(), p(200, 1, 20)),
+        ("search".to_owned(), p(100, 10, 100, 50)),
+        ("recsys".to_owned(), p(128, 50, 500, 50)),
+        ("ads".to_owned(), p(64, 5, 50, 30)),
+        ("dedup".to_owned(), p(200, 1, 20, 1000)),
     ])
 }
 

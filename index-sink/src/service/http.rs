@@ -135,6 +135,7 @@ impl Api {
         consumers: &BTreeMap<String, ConsumerProfile>,
         model: &ModelRef,
     ) -> BTreeMap<String, Histogram> {
+        m::export_slos(consumers);
         consumers
             .keys()
             .map(|c| {

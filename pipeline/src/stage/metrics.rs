@@ -25,3 +25,7 @@ pub const CONSUMER_LAG: &str = "embedstream_stage_consumer_lag_records";
 pub const IN_FLIGHT: &str = "embedstream_stage_in_flight_events";
 /// Active model versions.
 pub const ACTIVE_VERSIONS: &str = "embedstream_stage_active_versions";
+/// Gauge, by `migration`, `old_version` and `new_version`: 1 while the migration writes both
+/// versions (dual-write through cutover), 0 once it is rolled back or decommissioned. The
+/// alert rules join write success rates through it.
+pub const MIGRATION_DUAL_WRITE: &str = "embedstream_migration_dual_write";

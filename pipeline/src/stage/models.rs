@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use embedstream_schemas::control::ControlState;
+use embedstream_schemas::records::MigrationPhase;
 use embedstream_topics::admin::{Admin, Layout, TopicSpec};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{ModelRef, catalog};
@@ -129,6 +130,17 @@ impl ActiveModels {
             );
         }
         metrics::gauge!(super::metrics::ACTIVE_VERSIONS).set(self.active.len() as f64);
+        for m in state.migrations() {
+            let writing = !matches!(
+                m.phase,
+                MigrationPhase::RolledBack | MigrationPhase::Decommissioned
+            );
+            metrics::gauge!(super::metrics::MIGRATION_DUAL_WRITE,
+                "migration" => m.migration_id.clone(),
+                "old_version" => m.from_model.clone(),
+                "new_version" => m.to_model.clone())
+            .set(if writing { 1.0 } else { 0.0 });
+        }
         Ok(())
     }
 }
