@@ -2,10 +2,12 @@
 taken or a component does not come up (a clear message, a non-zero exit, nothing left
 running). Runs the real script with its own state folder and ports."""
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -98,16 +100,26 @@ def test_a_failing_registry_stops_the_broker_it_started(env):
 
 def test_up_runs_the_platform_and_down_stops_it(env):
     e, ports, state = env
-    platform, query = free_port(), free_port()
+    platform, query, sink = free_port(), free_port(), free_port()
     e["PLATFORM_PORT"] = str(platform)
     e["QUERY_PORT"] = str(query)
+    e["SINK_PORT"] = str(sink)
+    e["EMBEDSTREAM_DEMO_ITEMS"] = "60"
     r = dev(e, "up")
     assert r.returncode == 0, r.stderr
+    # up ingested the demo catalog's first 60 packages and waited until they were searchable.
+    assert "60 of 60 items are searchable" in r.stderr, r.stderr
+    hits = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{query}/v1/search", method="POST",
+        headers={"content-type": "application/json"},
+        data=json.dumps({"consumer": "search", "text": "library", "k": 3}).encode()), timeout=30))
+    assert len(hits["results"]) == 3, hits
     assert listening(platform) and listening(query)
-    import json
-    import urllib.request
-    stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{query}/v1/stats", timeout=10))
-    assert stats, "the query API answers with the index's stats"
+    status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{query}/v1/status", timeout=10))
+    assert [v["model"] for v in status["versions"]] == ["minilm-l6-v2@1"], status
+    assert status["versions"][0]["sink"]["topic"] == "embeddings.minilm-l6-v2.v1", "the version's sink answers"
+    page = urllib.request.urlopen(f"http://127.0.0.1:{query}/status", timeout=10).read().decode()
+    assert "<title>embedstream status</title>" in page
     status = dev(e, "status")
     assert any(line.startswith("platform") and line.endswith("healthy") for line in status.stdout.splitlines()), status.stdout
     # The embed stage is running: it registered the initial model in the control log.
@@ -121,6 +133,7 @@ def test_up_runs_the_platform_and_down_stops_it(env):
     again = dev(e, "up")
     assert again.returncode == 0, again.stderr
     assert "platform is already running" in again.stderr
+    assert "The demo catalog was ingested before (60 items)" in again.stderr, again.stderr
     assert dev(e, "down").returncode == 0
-    assert not listening(platform) and not listening(query)
+    assert not listening(platform) and not listening(query) and not listening(sink)
     assert nothing_running(state)

@@ -37,6 +37,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlLog, now_ms};
+
+/// How long `drift.reports` keeps reports (a history, not compacted: the platform's topic
+/// layout says the same).
+const REPORT_RETENTION: Duration = Duration::from_secs(28 * 24 * 3600);
 use crate::embed::burn_model::{Device, load_embedder};
 use crate::embed::engine::{Engine, EngineConfig};
 use crate::embed::tokenize::TextTokenizer;
@@ -337,7 +341,7 @@ impl Drift {
         let digest = digest(&canaries);
         let topic = config.names.drift_reports();
         Admin::new(&config.bootstrap, Duration::from_secs(30))?
-            .ensure(&[TopicSpec::compacted(topic.clone(), 1, 1)])
+            .ensure(&[TopicSpec::retained(topic.clone(), 1, 1, REPORT_RETENTION)])
             .await?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap)
@@ -600,6 +604,84 @@ pub fn newest_adapter(dir: &Path, new: &ModelRef, old: &ModelRef) -> Result<Opti
         }
     }
     Ok(best)
+}
+
+/// Reads `topic` (drift reports) from its beginning and hands each report to `on_report`,
+/// following it until `shutdown` (the status page's drift history). Undecodable records are
+/// logged and skipped; an unreachable registry is retried.
+pub async fn follow_reports(
+    bootstrap: &str,
+    codec: Codec,
+    topic: &str,
+    mut on_report: impl FnMut(DriftReport) + Send + 'static,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let kafka = |source| Error::Kafka {
+        bootstrap: bootstrap.to_owned(),
+        source,
+    };
+    Admin::new(bootstrap, Duration::from_secs(30))?
+        .ensure(&[TopicSpec::retained(topic, 1, 1, REPORT_RETENTION)])
+        .await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("embedstream-drift-view-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .map_err(kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    let mut stream = consumer.stream();
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            msg = stream.next() => msg,
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "Error reading drift reports; retrying.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let Some(bytes) = msg.payload() else { continue };
+        loop {
+            match codec.decode::<DriftReport>(bytes).await {
+                Ok(r) => {
+                    on_report(r);
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = msg.offset(), topic, "Skipping an undecodable drift report.");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! the adapter, which the version's sink applies).
 
 pub mod blend;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::blend::{Blend, Blended, Ranked};
+pub use self::status::{DriftPoint, StatusFeed};
 use crate::service::ConsumerProfile;
 
 /// Metric names.
@@ -51,13 +53,50 @@ pub struct RouterConfig {
     /// Where it serves.
     pub listen: SocketAddr,
     /// The sink of each version: `id@version` → base URL.
-    pub backends: BTreeMap<String, String>,
+    pub backends: Backends,
     /// Default blending method.
     pub blend: Blend,
     /// Consumer profiles (default and largest `k`).
     pub consumers: BTreeMap<String, ConsumerProfile>,
     /// Per backend request.
     pub timeout: Duration,
+    /// What the status page shows beside what it asks for (drift reports, recent latencies).
+    pub status: Arc<StatusFeed>,
+}
+
+/// The sink of each version (`id@version` → base URL), shared: `embedstream up` adds a
+/// version's sink when the control log registers it, while queries are routed.
+#[derive(Debug, Clone, Default)]
+pub struct Backends(Arc<std::sync::RwLock<BTreeMap<String, String>>>);
+
+impl Backends {
+    /// Adds (or moves) a version's sink.
+    pub fn insert(&self, model: impl Into<String>, url: impl Into<String>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(model.into(), url.into());
+    }
+
+    /// The base URL of a version's sink.
+    pub fn get(&self, model: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+    }
+
+    /// Every version and its sink, now.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Backends {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(map)))
+    }
 }
 
 struct Shared {
@@ -98,6 +137,12 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
         .route("/v1/plans", get(plans_route))
         .route("/v1/versions", get(versions_route))
         .route("/v1/items/{item_id}", get(item_route))
+        .route("/v1/status", get(status::status_json))
+        .route("/status", get(status::status_page))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/status") }),
+        )
         .with_state(shared)
 }
 
@@ -109,7 +154,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, backends = ?config.backends, blend = ?config.blend, "Routing queries.");
+    tracing::info!(listen = %listener.local_addr()?, backends = ?config.backends.snapshot(), blend = ?config.blend, "Routing queries.");
     let app = router(config, plans).merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -199,7 +244,8 @@ async fn fan_out_get(shared: &Shared, path: &str) -> BTreeMap<String, serde_json
     let calls: Vec<_> = shared
         .config
         .backends
-        .iter()
+        .snapshot()
+        .into_iter()
         .map(|(model, base)| {
             let url = format!("{}{path}", base.trim_end_matches('/'));
             (model.clone(), shared.client.get(url).send())
@@ -258,7 +304,9 @@ async fn search(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Err(_) => (String::new(), "unavailable"),
     };
     if let Some(h) = shared.latency.get(&consumer) {
-        h.record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        h.record(seconds);
+        shared.config.status.record_latency(&consumer, seconds);
     }
     let label = if shared.config.consumers.contains_key(&consumer) {
         consumer

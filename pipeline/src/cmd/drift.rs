@@ -66,13 +66,18 @@ fn parse_model_dir(s: &str) -> Result<(String, PathBuf), String> {
 
 impl DriftArgs {
     /// The consumer on `platform` with the command line's defaults, every `interval_secs`.
-    pub fn for_platform(platform: PlatformArgs, interval_secs: u64) -> Self {
+    pub fn for_platform(
+        platform: PlatformArgs,
+        interval_secs: u64,
+        canaries: usize,
+        state_dir: Option<PathBuf>,
+    ) -> Self {
         Self {
             platform,
             adapters: DirArg { dir: None },
             interval_secs,
-            canaries: 0,
-            state_dir: None,
+            canaries,
+            state_dir,
             model_dirs: Vec::new(),
             threshold: Thresholds::default().min_mean_cosine,
             norm_tolerance: Thresholds::default().norm_tolerance,

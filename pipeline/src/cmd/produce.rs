@@ -118,6 +118,14 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
     let progress = std::io::stderr().is_terminal();
+    // A file's lines are counted first, so that the progress line can show a bar.
+    let total = match (&args.input, progress) {
+        (Some(path), true) => std::fs::read(path)
+            .ok()
+            .map(|b| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count())
+            .map(|n| args.limit.map_or(n, |l| n.min(l))),
+        _ => None,
+    };
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let (mut sent, mut acked, mut bad) = (0usize, 0usize, 0usize);
@@ -171,8 +179,8 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(wait).await;
             }
         }
-        if progress && sent % 1000 == 0 {
-            eprint!("\rproduced {sent} events to {topic}");
+        if progress && sent % 500 == 0 {
+            eprint!("\r{}", progress_line(sent, total, &topic, start.elapsed()));
             let _ = std::io::stderr().flush();
         }
     }
@@ -191,6 +199,25 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         bail!("{bad} input lines were bad (see above)");
     }
     Ok(())
+}
+
+/// `[#####.....] 12,500 / 63,681 events to items (20%), 4,100/s` (no bar when the total is
+/// unknown).
+fn progress_line(sent: usize, total: Option<usize>, topic: &str, elapsed: Duration) -> String {
+    let rate = sent as f64 / elapsed.as_secs_f64().max(1e-9);
+    match total {
+        Some(total) if total > 0 => {
+            let share = (sent as f64 / total as f64).min(1.0);
+            let filled = (share * 30.0).round() as usize;
+            format!(
+                "[{}{}] {sent} / {total} events to {topic} ({:.0}%), {rate:.0}/s",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                share * 100.0
+            )
+        }
+        _ => format!("produced {sent} events to {topic}, {rate:.0}/s"),
+    }
 }
 
 fn ack(

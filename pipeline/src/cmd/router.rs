@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_index_sink::router::{self, Blend, RouterConfig};
+use embedstream_index_sink::router::{self, Blend, DriftPoint, RouterConfig, StatusFeed};
 use embedstream_index_sink::service::default_consumers;
 use embedstream_pipeline::control::ControlLog;
+use embedstream_pipeline::drift;
 use embedstream_pipeline::migrate::{Migrator, admin};
 use embedstream_schemas::control::ControlState;
+use embedstream_schemas::records::{DriftKind, DriftReport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -92,11 +94,13 @@ pub async fn run(
     );
     let config = RouterConfig {
         listen: args.listen,
-        backends: args.backends.into_iter().collect::<BTreeMap<_, _>>(),
+        backends: args.backends.into_iter().collect::<BTreeMap<_, _>>().into(),
         blend: args.blend,
         consumers,
         timeout: Duration::from_millis(args.backend_timeout_ms),
+        status: StatusFeed::new(),
     };
+    feed_drift(&args.platform, &config.status, shutdown.clone());
     if args.admin_token.is_none() {
         tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
     }
@@ -104,4 +108,35 @@ pub async fn run(
     router::run(config, plans(&log, shutdown.clone()), extra, shutdown)
         .await
         .context("the query router failed")
+}
+
+/// Feeds the status page's drift history from `drift.reports` (from its beginning, then as
+/// reports arrive). A failure is logged: the page then shows no drift.
+pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: CancellationToken) {
+    let (bootstrap, topic) = (platform.bootstrap.clone(), platform.names().drift_reports());
+    let codec = embedstream_schemas::Codec::new(&platform.registry_url);
+    let feed = Arc::clone(feed);
+    tokio::spawn(async move {
+        let on_report = move |r: DriftReport| {
+            feed.record_drift(DriftPoint {
+                at_ms: r.report_time,
+                model: format!("{}@{}", r.model_id, r.model_version),
+                kind: match r.kind {
+                    DriftKind::SelfCheck => "self".to_owned(),
+                    DriftKind::CrossVersion => "cross_version".to_owned(),
+                },
+                compared: r
+                    .compared_model_id
+                    .zip(r.compared_model_version)
+                    .map(|(id, v)| format!("{id}@{v}")),
+                mean_cosine: r.mean_cosine,
+                min_cosine: r.min_cosine,
+                verdict: r.verdict,
+            });
+        };
+        if let Err(e) = drift::follow_reports(&bootstrap, codec, &topic, on_report, shutdown).await
+        {
+            tracing::error!(error = %e, topic, "Cannot follow the drift reports; the status page shows none.");
+        }
+    });
 }

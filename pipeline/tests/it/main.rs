@@ -11,4 +11,5 @@ mod migrate;
 mod parity;
 mod sink;
 mod stage;
+mod status;
 mod tokenize;
