@@ -7,6 +7,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -136,4 +137,21 @@ def test_up_runs_the_platform_and_down_stops_it(env):
     assert "The demo catalog was ingested before (60 items)" in again.stderr, again.stderr
     assert dev(e, "down").returncode == 0
     assert not listening(platform) and not listening(query) and not listening(sink)
+    assert nothing_running(state)
+    # The data survives down + up: the index comes back with the 60 items, none produced again.
+    after = dev(e, "up")
+    assert after.returncode == 0, after.stderr
+    assert "The demo catalog was ingested before (60 items)" in after.stderr, after.stderr
+    items = 0
+    for _ in range(120):
+        try:
+            status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{query}/v1/status", timeout=10))
+            items = (status["versions"][0]["sink"] or {}).get("items", 0)
+        except OSError:
+            items = 0
+        if items == 60:
+            break
+        time.sleep(0.5)
+    assert items == 60, status
+    assert dev(e, "down").returncode == 0
     assert nothing_running(state)

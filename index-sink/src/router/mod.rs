@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::blend::{Blend, Blended, Ranked};
-pub use self::status::{DriftPoint, StatusFeed};
+pub use self::status::{DriftPoint, StageProgress, StatusFeed};
 use crate::service::ConsumerProfile;
 
 /// Metric names.

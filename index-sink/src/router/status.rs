@@ -42,12 +42,29 @@ pub struct DriftPoint {
     pub verdict: String,
 }
 
-/// What the status page shows that the router cannot ask for on demand: drift reports (fed
-/// by the platform) and recent query latencies (recorded by the router itself).
+/// The embed stage's progress on `items`, as its consumer group's committed offsets say.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageProgress {
+    /// The items topic.
+    pub topic: String,
+    /// The stage's consumer group.
+    pub group: String,
+    /// Item events not yet embedded (high watermark − committed, summed over partitions).
+    pub lag: i64,
+    /// Item events ever written (high watermarks summed).
+    pub events: i64,
+    /// When this was read, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// What the status page shows that the router cannot ask for on demand: drift reports and the
+/// stage's progress (fed by the platform), and recent query latencies (recorded by the router
+/// itself).
 #[derive(Debug, Default)]
 pub struct StatusFeed {
     drift: Mutex<VecDeque<DriftPoint>>,
     latency: Mutex<BTreeMap<String, VecDeque<f64>>>,
+    stage: Mutex<Option<StageProgress>>,
 }
 
 impl StatusFeed {
@@ -63,6 +80,15 @@ impl StatusFeed {
             drift.pop_front();
         }
         drift.push_back(point);
+    }
+
+    /// Replaces the stage's progress.
+    pub fn record_stage(&self, progress: StageProgress) {
+        *self.stage.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
+    }
+
+    fn stage(&self) -> Option<StageProgress> {
+        self.stage.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(super) fn record_latency(&self, consumer: &str, seconds: f64) {
@@ -144,6 +170,8 @@ struct MigrationStatus {
 struct StatusResponse {
     generated_at_ms: i64,
     serving_default: Option<String>,
+    /// The embed stage's backlog on `items` (null until the platform has read it).
+    stage: Option<StageProgress>,
     versions: Vec<VersionStatus>,
     migration: Option<MigrationStatus>,
     consumers: Vec<ConsumerStatus>,
@@ -222,6 +250,7 @@ pub(super) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(StatusResponse {
         generated_at_ms,
         serving_default: state.serving_default(),
+        stage: shared.config.status.stage(),
         versions,
         migration: migration(&state),
         consumers,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_index_sink::router::{self, Blend, DriftPoint, RouterConfig, StatusFeed};
+use embedstream_index_sink::router::{
+    self, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed,
+};
 use embedstream_index_sink::service::default_consumers;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::drift;
@@ -43,6 +45,13 @@ pub struct RouterArgs {
     /// Bearer token of the admin API (`/admin/v1/migration/...`); disabled when unset.
     #[arg(long, env = "EMBEDSTREAM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The embed stage's consumer group, whose backlog on `items` the status page shows.
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_STAGE_GROUP",
+        default_value = "embedstream-embed-stage"
+    )]
+    pub stage_group: String,
 }
 
 fn parse_backend(s: &str) -> Result<(String, String), String> {
@@ -101,6 +110,12 @@ pub async fn run(
         status: StatusFeed::new(),
     };
     feed_drift(&args.platform, &config.status, shutdown.clone());
+    feed_stage(
+        &args.platform,
+        &args.stage_group,
+        &config.status,
+        shutdown.clone(),
+    );
     if args.admin_token.is_none() {
         tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
     }
@@ -137,6 +152,45 @@ pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: Can
         if let Err(e) = drift::follow_reports(&bootstrap, codec, &topic, on_report, shutdown).await
         {
             tracing::error!(error = %e, topic, "Cannot follow the drift reports; the status page shows none.");
+        }
+    });
+}
+
+/// Reads the embed stage's backlog on `items` every 5 s for the status page.
+pub fn feed_stage(
+    platform: &PlatformArgs,
+    group: &str,
+    feed: &Arc<StatusFeed>,
+    shutdown: CancellationToken,
+) {
+    let (bootstrap, topic, group) = (
+        platform.bootstrap.clone(),
+        platform.names().items(),
+        group.to_owned(),
+    );
+    let feed = Arc::clone(feed);
+    tokio::spawn(async move {
+        loop {
+            let (b, t, g) = (bootstrap.clone(), topic.clone(), group.clone());
+            match tokio::task::spawn_blocking(move || {
+                embedstream_pipeline::stage::consumer::group_lag(&b, &g, &t)
+            })
+            .await
+            {
+                Ok(Ok((lag, events))) => feed.record_stage(StageProgress {
+                    topic: topic.clone(),
+                    group: group.clone(),
+                    lag,
+                    events,
+                    at_ms: embedstream_pipeline::control::now_ms(),
+                }),
+                Ok(Err(e)) => tracing::debug!(error = %e, "Cannot read the stage's lag."),
+                Err(e) => tracing::debug!(error = %e, "Reading the stage's lag panicked."),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
     });
 }

@@ -115,6 +115,11 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
+    /// The stage's consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// The model registered as active on an empty control log, if any.
     pub fn initial_model(&self) -> anyhow::Result<Option<ModelRef>> {
         Ok(if self.initial_model.is_empty() {

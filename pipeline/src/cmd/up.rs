@@ -139,6 +139,12 @@ pub async fn run(
         status: StatusFeed::new(),
     };
     super::router::feed_drift(&platform, &config.status, tasks_token.clone());
+    super::router::feed_stage(
+        &platform,
+        args.stage.group(),
+        &config.status,
+        tasks_token.clone(),
+    );
     let extra = admin::router(migrator, args.admin_token).merge(metrics);
     let plans = super::router::plans(&log, tasks_token.clone());
     {
