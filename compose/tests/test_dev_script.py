@@ -5,6 +5,7 @@ running). Runs the real script with its own state folder and ports."""
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import time
@@ -115,6 +116,20 @@ def test_up_runs_the_platform_and_down_stops_it(env):
         headers={"content-type": "application/json"},
         data=json.dumps({"consumer": "search", "text": "library", "k": 3}).encode()), timeout=30))
     assert len(hits["results"]) == 3, hits
+    # The status page, as a browser shows it: the version with its 60 items, and the search
+    # box's answer to the query in the address.
+    browser = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", f"http://127.0.0.1:{query}/status?consumer=search&q=library"],
+        capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr
+    dom = browser.stdout
+    assert 'data-loaded="1"' in dom and 'data-searched="1"' in dom, dom
+    version = dom[dom.index('<tr data-model="minilm-l6-v2@1">'):]
+    version = version[:version.index("</tr>")]
+    assert '<td class="num items">60</td>' in version, version
+    # Rows the page drew (its own script holds the row's template too).
+    assert len(re.findall(r'<tr class="result"><td class="num">\d+</td>', dom)) == 10, dom
     assert listening(platform) and listening(query)
     status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{query}/v1/status", timeout=10))
     assert [v["model"] for v in status["versions"]] == ["minilm-l6-v2@1"], status

@@ -232,6 +232,25 @@ impl ControlState {
     }
 
     /// The migration in progress: the newest one not decommissioned.
+    /// Share of `items`' offsets a migration's backfill has done, over every partition; `None`
+    /// before its first checkpoint.
+    pub fn backfill_coverage(&self, migration_id: &str) -> Option<f64> {
+        let parts = self.backfill(migration_id);
+        if parts.is_empty() {
+            return None;
+        }
+        let total: i64 = parts.iter().map(|b| (b.end - b.start).max(0)).sum();
+        let done: i64 = parts
+            .iter()
+            .map(|b| (b.end - b.next_end.max(b.start)).clamp(0, (b.end - b.start).max(0)))
+            .sum();
+        Some(if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        })
+    }
+
     pub fn current_migration(&self) -> Option<&MigrationRecord> {
         self.migrations
             .values()

@@ -78,6 +78,14 @@ impl Backends {
             .insert(model.into(), url.into());
     }
 
+    /// Forgets a version's sink (its version was retired).
+    pub fn remove(&self, model: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model);
+    }
+
     /// The base URL of a version's sink.
     pub fn get(&self, model: &str) -> Option<String> {
         self.0

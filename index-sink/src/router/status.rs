@@ -82,6 +82,11 @@ impl StatusFeed {
         drift.push_back(point);
     }
 
+    /// Forgets the drift history (before it is read again from the beginning).
+    pub fn clear_drift(&self) {
+        self.drift.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Replaces the stage's progress.
     pub fn record_stage(&self, progress: StageProgress) {
         *self.stage.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
@@ -180,25 +185,13 @@ struct StatusResponse {
 
 fn migration(state: &ControlState) -> Option<MigrationStatus> {
     let m = state.current_migration()?;
-    let parts = state.backfill(&m.migration_id);
-    let (done, total) = parts.iter().fold((0i64, 0i64), |(d, t), p| {
-        let total = (p.end - p.start).max(0);
-        let done = (p.end - p.next_end.max(p.start)).clamp(0, total);
-        (d + done, t + total)
-    });
     Some(MigrationStatus {
         migration_id: m.migration_id.clone(),
         from_model: m.from_model.clone(),
         to_model: m.to_model.clone(),
         phase: m.phase,
         started_at: m.started_at,
-        coverage: (!parts.is_empty()).then(|| {
-            if total == 0 {
-                1.0
-            } else {
-                done as f64 / total as f64
-            }
-        }),
+        coverage: state.backfill_coverage(&m.migration_id),
         gates: state
             .gates()
             .filter(|g| g.migration_id == m.migration_id)

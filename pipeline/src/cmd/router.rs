@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use embedstream_index_sink::router::{
-    self, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed,
+    self, Backends, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed,
 };
 use embedstream_index_sink::service::default_consumers;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::drift;
 use embedstream_pipeline::migrate::{Migrator, admin};
+use embedstream_pipeline::stage::consumer::GroupLag;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{DriftKind, DriftReport};
 use tokio::sync::watch;
@@ -95,68 +96,125 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let log = args.platform.control_log(shutdown.clone()).await?;
-    let consumers = default_consumers();
-    let migrator = Migrator::new(
-        log.clone(),
-        consumers.keys().cloned().collect(),
-        "admin-api",
-    );
-    let config = RouterConfig {
+    Assembly {
+        log,
         listen: args.listen,
         backends: args.backends.into_iter().collect::<BTreeMap<_, _>>().into(),
         blend: args.blend,
-        consumers,
         timeout: Duration::from_millis(args.backend_timeout_ms),
-        status: StatusFeed::new(),
-    };
-    feed_drift(&args.platform, &config.status, shutdown.clone());
-    feed_stage(
-        &args.platform,
-        &args.stage_group,
-        &config.status,
-        shutdown.clone(),
-    );
-    if args.admin_token.is_none() {
-        tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
+        admin_token: args.admin_token,
+        stage_group: args.stage_group,
+        platform: args.platform,
     }
-    let extra = admin::router(migrator, args.admin_token).merge(metrics);
-    router::run(config, plans(&log, shutdown.clone()), extra, shutdown)
-        .await
-        .context("the query router failed")
+    .serve(metrics, shutdown)
+    .await
+}
+
+/// A router put together: the `router` command's and `up`'s.
+pub struct Assembly {
+    /// The platform (topics, registry) whose control log, drift reports and stage it shows.
+    pub platform: PlatformArgs,
+    /// The control log it follows.
+    pub log: ControlLog,
+    /// Where it serves.
+    pub listen: SocketAddr,
+    /// Each version's sink.
+    pub backends: Backends,
+    /// Default blending.
+    pub blend: Blend,
+    /// Per sink request.
+    pub timeout: Duration,
+    /// The admin API's bearer token (disabled when unset).
+    pub admin_token: Option<String>,
+    /// The embed stage's consumer group (its backlog on the status page).
+    pub stage_group: String,
+}
+
+impl Assembly {
+    /// Starts the status page's feeds and serves queries, the status page, the admin API and
+    /// `metrics` until `shutdown`.
+    pub async fn serve(
+        self,
+        metrics: axum::Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let consumers = default_consumers();
+        let migrator = Migrator::new(
+            self.log.clone(),
+            consumers.keys().cloned().collect(),
+            "admin-api",
+        );
+        let config = RouterConfig {
+            listen: self.listen,
+            backends: self.backends,
+            blend: self.blend,
+            consumers,
+            timeout: self.timeout,
+            status: StatusFeed::new(),
+        };
+        feed_drift(&self.platform, &config.status, shutdown.clone());
+        feed_stage(
+            &self.platform,
+            &self.stage_group,
+            &config.status,
+            shutdown.clone(),
+        );
+        if self.admin_token.is_none() {
+            tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
+        }
+        let extra = admin::router(migrator, self.admin_token).merge(metrics);
+        router::run(config, plans(&self.log, shutdown.clone()), extra, shutdown)
+            .await
+            .context("the query router failed")
+    }
 }
 
 /// Feeds the status page's drift history from `drift.reports` (from its beginning, then as
-/// reports arrive). A failure is logged: the page then shows no drift.
+/// reports arrive). A failure is logged and the topic read again from its beginning after 5 s.
 pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: CancellationToken) {
     let (bootstrap, topic) = (platform.bootstrap.clone(), platform.names().drift_reports());
-    let codec = embedstream_schemas::Codec::new(&platform.registry_url);
+    let registry = platform.registry_url.clone();
     let feed = Arc::clone(feed);
     tokio::spawn(async move {
-        let on_report = move |r: DriftReport| {
-            feed.record_drift(DriftPoint {
-                at_ms: r.report_time,
-                model: format!("{}@{}", r.model_id, r.model_version),
-                kind: match r.kind {
-                    DriftKind::SelfCheck => "self".to_owned(),
-                    DriftKind::CrossVersion => "cross_version".to_owned(),
-                },
-                compared: r
-                    .compared_model_id
-                    .zip(r.compared_model_version)
-                    .map(|(id, v)| format!("{id}@{v}")),
-                mean_cosine: r.mean_cosine,
-                min_cosine: r.min_cosine,
-                verdict: r.verdict,
-            });
-        };
-        if let Err(e) = drift::follow_reports(&bootstrap, codec, &topic, on_report, shutdown).await
-        {
-            tracing::error!(error = %e, topic, "Cannot follow the drift reports; the status page shows none.");
+        loop {
+            feed.clear_drift();
+            let sink = Arc::clone(&feed);
+            let on_report = move |r: DriftReport| {
+                sink.record_drift(DriftPoint {
+                    at_ms: r.report_time,
+                    model: format!("{}@{}", r.model_id, r.model_version),
+                    kind: match r.kind {
+                        DriftKind::SelfCheck => "self".to_owned(),
+                        DriftKind::CrossVersion => "cross_version".to_owned(),
+                    },
+                    compared: r
+                        .compared_model_id
+                        .zip(r.compared_model_version)
+                        .map(|(id, v)| format!("{id}@{v}")),
+                    mean_cosine: r.mean_cosine,
+                    min_cosine: r.min_cosine,
+                    verdict: r.verdict,
+                });
+            };
+            let codec = embedstream_schemas::Codec::new(&registry);
+            match drift::follow_reports(&bootstrap, codec, &topic, on_report, shutdown.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "Cannot follow the drift reports; reading them again in 5 s.")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
     });
 }
 
-/// Reads the embed stage's backlog on `items` every 5 s for the status page.
+/// Reads the embed stage's backlog on `items` every 5 s for the status page, with one Kafka
+/// client kept for the purpose (made again after an error).
 pub fn feed_stage(
     platform: &PlatformArgs,
     group: &str,
@@ -169,27 +227,34 @@ pub fn feed_stage(
         group.to_owned(),
     );
     let feed = Arc::clone(feed);
-    tokio::spawn(async move {
-        loop {
-            let (b, t, g) = (bootstrap.clone(), topic.clone(), group.clone());
-            match tokio::task::spawn_blocking(move || {
-                embedstream_pipeline::stage::consumer::group_lag(&b, &g, &t)
-            })
-            .await
-            {
-                Ok(Ok((lag, events))) => feed.record_stage(StageProgress {
-                    topic: topic.clone(),
-                    group: group.clone(),
-                    lag,
-                    events,
-                    at_ms: embedstream_pipeline::control::now_ms(),
-                }),
-                Ok(Err(e)) => tracing::debug!(error = %e, "Cannot read the stage's lag."),
-                Err(e) => tracing::debug!(error = %e, "Reading the stage's lag panicked."),
+    tokio::task::spawn_blocking(move || {
+        let mut reader = None;
+        while !shutdown.is_cancelled() {
+            if reader.is_none() {
+                reader = GroupLag::new(&bootstrap, &group, &topic)
+                    .inspect_err(|e| tracing::debug!(error = %e, "Cannot read the stage's lag."))
+                    .ok();
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            if let Some(r) = &reader {
+                match r.read() {
+                    Ok((lag, events)) => feed.record_stage(StageProgress {
+                        topic: topic.clone(),
+                        group: group.clone(),
+                        lag,
+                        events,
+                        at_ms: embedstream_pipeline::control::now_ms(),
+                    }),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Cannot read the stage's lag.");
+                        reader = None;
+                    }
+                }
+            }
+            for _ in 0..50 {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     });

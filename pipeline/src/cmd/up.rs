@@ -1,24 +1,27 @@
 //! `embedstream up`: the platform's services in one process — the embed stage, one index sink
-//! per model version the control log registers (each with its compaction), the query router
-//! in front of them (`/v1/search`, the status page at `/status`, the admin API), and the drift
-//! consumer. The first of the stage, a sink or the router to fail stops the others; the drift
-//! consumer's failures are logged and it tries again at its next interval.
+//! per model version the control log has not retired (each with its compaction; started when
+//! a version appears, stopped when it is retired), the query router in front of them
+//! (`/v1/search`, the status page at `/status`, the admin API), and the drift consumer.
+//!
+//! The stage or the router stopping stops the others. A sink that fails is logged and left
+//! down (the status page shows it not answering) so that the other versions keep serving; the
+//! drift consumer's failures are logged and it tries again at its next interval.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_index_sink::router::{self, Backends, RouterConfig, StatusFeed};
-use embedstream_index_sink::service::default_consumers;
-use embedstream_pipeline::migrate::{Migrator, admin};
+use embedstream_index_sink::router::{Backends, Blend};
+use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::ModelState;
 use embedstream_topics::ModelRef;
 use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::router::Assembly;
 use super::sink::SinkArgs;
 use super::stage::{PlatformArgs, StageArgs};
 
@@ -59,15 +62,37 @@ pub struct UpArgs {
     admin_token: Option<String>,
 }
 
-/// What a task of `up` was.
-type Outcome = (String, anyhow::Result<()>);
+/// What a task of `up` was, and how it ended.
+type Outcome = (Task, anyhow::Result<()>);
 
-/// Runs the platform until `shutdown` or the first failure.
+/// The tasks of `up`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Task {
+    Stage,
+    Router,
+    Sink(ModelRef),
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stage => f.write_str("the embed stage"),
+            Self::Router => f.write_str("the query router"),
+            Self::Sink(m) => write!(f, "the sink of {m}"),
+        }
+    }
+}
+
+/// Runs the platform until `shutdown` or the first failure of the stage or the router.
 pub async fn run(
     args: UpArgs,
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.sink_listen.port() != 0,
+        "--sink-listen needs a port: each version's sink listens on the next one"
+    );
     let platform = args.stage.platform.clone();
     let model: ModelRef = args
         .stage
@@ -85,133 +110,158 @@ pub async fn run(
         ))
         .await
         .context("cannot create the platform's topics")?;
-    if args.drift_interval_secs > 0 {
+    let token = shutdown.child_token();
+    let log = platform.control_log(token.clone()).await?;
+
+    let drift = (args.drift_interval_secs > 0).then(|| {
         let drift = super::drift::DriftArgs::for_platform(
             platform.clone(),
             args.drift_interval_secs,
             args.drift_canaries,
             args.drift_state_dir.clone(),
         );
-        let token = shutdown.child_token();
+        let token = token.clone();
         tokio::spawn(async move {
             if let Err(e) = super::drift::consume(&drift, &token).await {
                 tracing::error!(error = format!("{e:#}"), "The drift consumer stopped.");
             }
-        });
-    }
-    let tasks_token = shutdown.child_token();
+        })
+    });
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     {
-        let (stage, metrics, token) = (args.stage.clone(), metrics.clone(), tasks_token.clone());
-        tasks.spawn(async move {
-            let r = super::stage::run(stage, metrics, token).await;
-            ("the embed stage".to_owned(), r)
-        });
+        let (stage, metrics, token) = (args.stage.clone(), metrics.clone(), token.clone());
+        tasks.spawn(async move { (Task::Stage, super::stage::run(stage, metrics, token).await) });
     }
 
-    // One sink per version: the initial one now, the others as the control log registers them.
+    // One sink per version: the initial one unless the control log retired it, then every
+    // version the log has not retired, as it changes.
     let backends = Backends::default();
     let mut sinks = Sinks {
         platform: platform.clone(),
         base: args.sink_listen,
+        next: 0,
         data_dir: args.sink_data_dir.clone(),
         metrics: metrics.clone(),
-        token: tasks_token.clone(),
+        token: token.clone(),
         backends: backends.clone(),
-        started: BTreeSet::new(),
+        running: BTreeMap::new(),
     };
-    sinks.start(&model, &mut tasks);
-    let log = platform.control_log(tasks_token.clone()).await?;
-    let mut view = log.subscribe();
+    let state = log.state();
+    let initial_retired = state
+        .models()
+        .any(|m| m.state == ModelState::Retired && version_of(m) == Some(model.clone()));
+    if !initial_retired {
+        sinks.start(&model, &mut tasks);
+    }
+    sinks.sync(&state, &mut tasks);
 
-    let consumers = default_consumers();
-    let migrator = Migrator::new(
-        log.clone(),
-        consumers.keys().cloned().collect(),
-        "admin-api",
-    );
-    let config = RouterConfig {
-        listen: args.query_listen,
-        backends,
-        blend: router::Blend::Zscore,
-        consumers,
-        timeout: Duration::from_secs(2),
-        status: StatusFeed::new(),
-    };
-    super::router::feed_drift(&platform, &config.status, tasks_token.clone());
-    super::router::feed_stage(
-        &platform,
-        args.stage.group(),
-        &config.status,
-        tasks_token.clone(),
-    );
-    let extra = admin::router(migrator, args.admin_token).merge(metrics);
-    let plans = super::router::plans(&log, tasks_token.clone());
+    let mut view = log.subscribe();
     {
-        let token = tasks_token.clone();
-        tasks.spawn(async move {
-            let r = router::run(config, plans, extra, token)
-                .await
-                .context("the query router failed");
-            ("the query router".to_owned(), r)
-        });
+        let assembly = Assembly {
+            platform: platform.clone(),
+            log,
+            listen: args.query_listen,
+            backends,
+            blend: Blend::Zscore,
+            timeout: Duration::from_secs(2),
+            admin_token: args.admin_token.clone(),
+            stage_group: args.stage.group().to_owned(),
+        };
+        let (metrics, token) = (metrics.clone(), token.clone());
+        tasks.spawn(async move { (Task::Router, assembly.serve(metrics, token).await) });
     }
 
     let first = loop {
         tokio::select! {
-            done = tasks.join_next() => break done,
+            done = tasks.join_next() => match done {
+                Some(Ok((Task::Sink(model), result))) => {
+                    sinks.stopped(&model, result);
+                }
+                other => break other,
+            },
             changed = view.changed() => {
                 if changed.is_err() {
                     break None;
                 }
                 let state = view.borrow_and_update().state.clone();
-                for m in state.models().filter(|m| m.state != ModelState::Retired) {
-                    if let Some(r) = u32::try_from(m.version).ok().and_then(|v| ModelRef::new(&m.model_id, v).ok()) {
-                        sinks.start(&r, &mut tasks);
-                    }
-                }
+                sinks.sync(&state, &mut tasks);
             }
         }
     };
-    tasks_token.cancel();
+    token.cancel();
     let mut failure = None;
-    for outcome in first
-        .into_iter()
-        .chain(tasks.join_all().await.into_iter().map(Ok))
-    {
-        match outcome {
-            Ok((_, Ok(()))) => {}
-            Ok((what, Err(e))) => {
-                tracing::error!(error = format!("{e:#}"), "{what} stopped.");
-                failure.get_or_insert_with(|| e.context(format!("{what} stopped")));
-            }
-            Err(e) => {
-                failure.get_or_insert_with(|| anyhow::anyhow!("a task of up panicked: {e}"));
-            }
+    let mut note = |done: Result<Outcome, JoinError>| match done {
+        Ok((_, Ok(()))) => {}
+        Ok((task, Err(e))) => {
+            tracing::error!(error = format!("{e:#}"), "{task} stopped.");
+            failure.get_or_insert_with(|| e.context(format!("{task} stopped")));
         }
+        Err(e) => {
+            failure.get_or_insert_with(|| anyhow::anyhow!("a task of up panicked: {e}"));
+        }
+    };
+    if let Some(done) = first {
+        note(done);
+    }
+    while let Some(done) = tasks.join_next().await {
+        note(done);
+    }
+    if let Some(drift) = drift {
+        let _ = drift.await;
     }
     failure.map_or(Ok(()), Err)
 }
 
-/// Starts each version's sink once, on the next port after the previous one's.
+fn version_of(m: &embedstream_schemas::records::ModelVersionRecord) -> Option<ModelRef> {
+    u32::try_from(m.version)
+        .ok()
+        .and_then(|v| ModelRef::new(&m.model_id, v).ok())
+}
+
+/// The running sinks: one per version, each on its own port (never reused in a process) and
+/// with its own token, so that a retired version's sink stops alone.
 struct Sinks {
     platform: PlatformArgs,
     base: SocketAddr,
+    next: u16,
     data_dir: Option<PathBuf>,
     metrics: axum::Router,
     token: CancellationToken,
     backends: Backends,
-    started: BTreeSet<ModelRef>,
+    running: BTreeMap<ModelRef, CancellationToken>,
 }
 
 impl Sinks {
+    /// Starts a sink for every version the control log has not retired and stops the sinks
+    /// of retired ones.
+    fn sync(&mut self, state: &ControlState, tasks: &mut JoinSet<Outcome>) {
+        for m in state.models() {
+            let Some(model) = version_of(m) else { continue };
+            if m.state == ModelState::Retired {
+                if let Some(token) = self.running.remove(&model) {
+                    tracing::info!(%model, "The version is retired: stopping its sink.");
+                    token.cancel();
+                    self.backends.remove(&model.to_string());
+                }
+            } else {
+                self.start(&model, tasks);
+            }
+        }
+    }
+
     fn start(&mut self, model: &ModelRef, tasks: &mut JoinSet<Outcome>) {
-        if self.started.contains(model) {
+        if self.running.contains_key(model) {
             return;
         }
+        let Some(port) = self.base.port().checked_add(self.next) else {
+            tracing::error!(%model, base = %self.base, "No port left after the sink base port: not starting the version's sink.");
+            return;
+        };
+        self.next += 1;
         let mut listen = self.base;
-        listen.set_port(self.base.port() + self.started.len() as u16);
-        self.started.insert(model.clone());
+        listen.set_port(port);
+        let token = self.token.child_token();
+        self.running.insert(model.clone(), token.clone());
         self.backends
             .insert(model.to_string(), format!("http://{listen}"));
         tracing::info!(%model, %listen, "Starting the version's index sink.");
@@ -221,11 +271,24 @@ impl Sinks {
             listen,
             self.data_dir.clone(),
         );
-        let (metrics, token, what) = (
-            self.metrics.clone(),
-            self.token.clone(),
-            format!("the sink of {model}"),
-        );
-        tasks.spawn(async move { (what, super::sink::run(args, metrics, token).await) });
+        let (metrics, task) = (self.metrics.clone(), Task::Sink(model.clone()));
+        tasks.spawn(async move { (task, super::sink::run(args, metrics, token).await) });
+    }
+
+    /// A sink's task ended: expected when its version was retired (or everything stops); a
+    /// failure is logged and the sink stays down.
+    fn stopped(&mut self, model: &ModelRef, result: anyhow::Result<()>) {
+        let live = self.running.remove(model).is_some();
+        match result {
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                %model,
+                "The version's sink stopped; the others keep serving (the status page shows it down)."
+            ),
+            Ok(()) if live && !self.token.is_cancelled() => {
+                tracing::warn!(%model, "The version's sink stopped.");
+            }
+            Ok(()) => {}
+        }
     }
 }

@@ -94,6 +94,7 @@ where
             batch,
             self.config.pad_token_id as u32,
             self.pad_multiple,
+            self.config.max_seq_length,
             &self.device,
         );
         let out = self.encoder.embed(&self.config, &input);

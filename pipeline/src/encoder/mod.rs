@@ -59,14 +59,23 @@ pub struct Batch<B: Backend> {
 }
 
 impl<B: Backend> Batch<B> {
-    /// Pads `texts` with `pad_id` to the longest, rounded up to a multiple of `multiple`.
+    /// Pads `texts` with `pad_id` to the longest, rounded up to a multiple of `multiple` but
+    /// not past `max_len` (the model's token limit, within its position table).
     ///
     /// A multiple above 1 bounds the number of distinct shapes a backend sees (a JIT backend
     /// compiles and tunes kernels per shape); padded tokens are masked, so vectors do not change.
-    pub fn new(texts: &[&[u32]], pad_id: u32, multiple: usize, device: &B::Device) -> Self {
+    pub fn new(
+        texts: &[&[u32]],
+        pad_id: u32,
+        multiple: usize,
+        max_len: usize,
+        device: &B::Device,
+    ) -> Self {
         let batch = texts.len();
         let longest = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
-        let len = longest.next_multiple_of(multiple.max(1));
+        let len = longest
+            .next_multiple_of(multiple.max(1))
+            .min(max_len.max(longest));
         let mut ids = Vec::with_capacity(batch * len);
         let mut real = Vec::with_capacity(batch * len);
         for t in texts {

@@ -254,18 +254,7 @@ impl Status {
     pub fn of(state: &ControlState, consumers: &[String]) -> Self {
         let migration = state.current_migration().map(|m| {
             let parts = state.backfill(&m.migration_id);
-            let total: i64 = parts.iter().map(|b| (b.end - b.start).max(0)).sum();
-            let done: i64 = parts
-                .iter()
-                .map(|b| (b.end - b.next_end.max(b.start)).max(0))
-                .sum();
-            let fraction = if parts.is_empty() {
-                0.0
-            } else if total == 0 {
-                1.0
-            } else {
-                done as f64 / total as f64
-            };
+            let fraction = state.backfill_coverage(&m.migration_id).unwrap_or(0.0);
             let embedded = parts.iter().map(|b| b.embedded).sum();
             let elapsed_s = (now_ms() - m.started_at).max(1) as f64 / 1000.0;
             let eta =

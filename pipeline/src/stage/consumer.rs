@@ -278,41 +278,77 @@ pub fn consume_loop(
     }
 }
 
-/// How far a consumer group is behind on `topic`: Σ over partitions of (high watermark −
-/// committed offset, or the low watermark where it has committed nothing), and Σ of high
-/// watermarks. Reads the group's committed offsets without joining it.
-pub fn group_lag(bootstrap: &str, group: &str, topic: &str) -> crate::Result<(i64, i64)> {
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let timeout = Duration::from_secs(5);
-    let kafka = |source| crate::Error::Kafka {
-        bootstrap: bootstrap.to_owned(),
-        source,
-    };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(kafka)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        tpl.add_partition(topic, p.id());
+/// Reads how far a consumer group is behind on a topic, through one Kafka client kept for it
+/// (the group's committed offsets are read without joining the group).
+pub struct GroupLag {
+    consumer: BaseConsumer,
+    topic: String,
+    bootstrap: String,
+}
+
+impl std::fmt::Debug for GroupLag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupLag")
+            .field("topic", &self.topic)
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
     }
-    let committed = consumer.committed_offsets(tpl, timeout).map_err(kafka)?;
-    let (mut lag, mut total) = (0, 0);
-    for e in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, e.partition(), timeout)
-            .map_err(kafka)?;
-        let at = match e.offset() {
-            Offset::Offset(o) => o.max(low),
-            _ => low,
+}
+
+impl GroupLag {
+    /// A reader of `group`'s lag on `topic`.
+    pub fn new(bootstrap: &str, group: &str, topic: &str) -> crate::Result<Self> {
+        let consumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|source| crate::Error::Kafka {
+                bootstrap: bootstrap.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            bootstrap: bootstrap.to_owned(),
+        })
+    }
+
+    /// Σ over partitions of (high watermark − committed offset, or the low watermark where the
+    /// group has committed nothing), and Σ of high watermarks.
+    pub fn read(&self) -> crate::Result<(i64, i64)> {
+        use rdkafka::{Offset, TopicPartitionList};
+        let timeout = Duration::from_secs(5);
+        let kafka = |source| crate::Error::Kafka {
+            bootstrap: self.bootstrap.clone(),
+            source,
         };
-        lag += (high - at).max(0);
-        total += high;
+        let topic = self.topic.as_str();
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(kafka)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition(topic, p.id());
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(kafka)?;
+        let (mut lag, mut total) = (0, 0);
+        for e in committed.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, e.partition(), timeout)
+                .map_err(kafka)?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o.max(low),
+                _ => low,
+            };
+            lag += (high - at).max(0);
+            total += high;
+        }
+        Ok((lag, total))
     }
-    Ok((lag, total))
 }

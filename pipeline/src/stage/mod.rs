@@ -223,7 +223,10 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     let mut prepare = prepare;
     let mut produce = produce;
     let mut ack = ack;
+    // Biased: once shutdown is asked for, the tasks end by themselves (prepare watches the
+    // same token), and that is the drain below, not a failure.
     let failure = tokio::select! {
+        biased;
         () = shutdown.cancelled() => None,
         r = &mut prepare => Some(("prepare", r)),
         r = &mut produce => Some(("produce", r)),
