@@ -207,6 +207,13 @@ fn lower(v: &impl std::fmt::Debug) -> String {
     format!("{v:?}").to_lowercase()
 }
 
+/// The version a control-log model record names (`None` for a version number that is not
+/// one: negative, or an id the catalog's syntax refuses).
+pub fn model_ref(m: &ModelVersionRecord) -> Option<embedstream_topics::ModelRef> {
+    let version = u32::try_from(m.version).ok()?;
+    embedstream_topics::ModelRef::new(&m.model_id, version).ok()
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

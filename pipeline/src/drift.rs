@@ -420,10 +420,7 @@ impl Drift {
     /// Publishes a report and sets the metrics.
     async fn publish(&self, report: &DriftReport) -> Result<()> {
         let model = format!("{}@{}", report.model_id, report.model_version);
-        let kind = match report.kind {
-            DriftKind::SelfCheck => "self",
-            DriftKind::CrossVersion => "cross_version",
-        };
+        let kind = kind_label(report.kind);
         ::metrics::gauge!(metrics::MEAN_COSINE, "model" => model.clone(), "kind" => kind)
             .set(report.mean_cosine);
         ::metrics::gauge!(metrics::MIN_COSINE, "model" => model.clone(), "kind" => kind)
@@ -581,6 +578,14 @@ impl Drift {
                 () = tokio::time::sleep(self.config.interval) => {}
             }
         }
+    }
+}
+
+/// A report kind as metrics and the status page name it: `self` or `cross_version`.
+pub fn kind_label(kind: DriftKind) -> &'static str {
+    match kind {
+        DriftKind::SelfCheck => "self",
+        DriftKind::CrossVersion => "cross_version",
     }
 }
 

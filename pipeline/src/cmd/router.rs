@@ -16,7 +16,7 @@ use embedstream_pipeline::drift;
 use embedstream_pipeline::migrate::{Migrator, admin};
 use embedstream_pipeline::stage::consumer::GroupLag;
 use embedstream_schemas::control::ControlState;
-use embedstream_schemas::records::{DriftKind, DriftReport};
+use embedstream_schemas::records::DriftReport;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -183,10 +183,7 @@ pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: Can
                 sink.record_drift(DriftPoint {
                     at_ms: r.report_time,
                     model: format!("{}@{}", r.model_id, r.model_version),
-                    kind: match r.kind {
-                        DriftKind::SelfCheck => "self".to_owned(),
-                        DriftKind::CrossVersion => "cross_version".to_owned(),
-                    },
+                    kind: drift::kind_label(r.kind).to_owned(),
                     compared: r
                         .compared_model_id
                         .zip(r.compared_model_version)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use embedstream_index_sink::router::{Backends, Blend};
+use embedstream_pipeline::control::model_ref;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::ModelState;
 use embedstream_topics::ModelRef;
@@ -149,7 +150,7 @@ pub async fn run(
     let state = log.state();
     let initial_retired = state
         .models()
-        .any(|m| m.state == ModelState::Retired && version_of(m) == Some(model.clone()));
+        .any(|m| m.state == ModelState::Retired && model_ref(m).as_ref() == Some(&model));
     if !initial_retired {
         sinks.start(&model, &mut tasks);
     }
@@ -212,12 +213,6 @@ pub async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-fn version_of(m: &embedstream_schemas::records::ModelVersionRecord) -> Option<ModelRef> {
-    u32::try_from(m.version)
-        .ok()
-        .and_then(|v| ModelRef::new(&m.model_id, v).ok())
-}
-
 /// The running sinks: one per version, each on its own port (never reused in a process) and
 /// with its own token, so that a retired version's sink stops alone.
 struct Sinks {
@@ -236,7 +231,7 @@ impl Sinks {
     /// of retired ones.
     fn sync(&mut self, state: &ControlState, tasks: &mut JoinSet<Outcome>) {
         for m in state.models() {
-            let Some(model) = version_of(m) else { continue };
+            let Some(model) = model_ref(m) else { continue };
             if m.state == ModelState::Retired {
                 if let Some(token) = self.running.remove(&model) {
                     tracing::info!(%model, "The version is retired: stopping its sink.");

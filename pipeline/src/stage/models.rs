@@ -77,10 +77,7 @@ impl ActiveModels {
         let wanted: Vec<ModelRef> = state
             .active_models()
             .iter()
-            .filter_map(|m| {
-                let version = u32::try_from(m.version).ok()?;
-                ModelRef::new(&m.model_id, version).ok()
-            })
+            .filter_map(|m| crate::control::model_ref(m))
             .collect();
         let before = self.active.len();
         self.active.retain(|m, _| wanted.contains(m));

@@ -184,15 +184,20 @@ async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
     let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift-cross"));
     let (state, adapters) = (work.join("state"), work.join("adapters"));
 
+    // One scoring with the adapters folder: its reports.
+    let dir = adapters.display().to_string();
+    let score = || {
+        let out = drift(&p, &state, &["--adapters-dir", &dir]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reports(&out)
+    };
+
     // Without an adapter the dimensions differ (768 vs 384): self reports only.
-    let none = adapters.display().to_string();
-    let out = drift(&p, &state, &["--adapters-dir", &none]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = reports(&out);
+    let r = score();
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(
         r.iter()
@@ -215,13 +220,7 @@ async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
     adapter
         .save(&adapters.join(format!("{name}.safetensors")))
         .unwrap();
-    let out = drift(&p, &state, &["--adapters-dir", &none]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = reports(&out);
+    let r = score();
     let cross = r
         .iter()
         .find(|r| r["kind"] == "CROSS_VERSION")

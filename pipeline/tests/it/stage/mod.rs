@@ -253,32 +253,13 @@ impl Platform {
 
     /// Records behind the end of `items` for the stage's group (committed offsets).
     pub fn group_lag(&self) -> i64 {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let topic = self.names.items();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..3 {
-            tpl.add_partition(&topic, p);
-        }
-        let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
-            return i64::MAX;
-        };
-        let mut lag = 0;
-        for e in committed.elements() {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, e.partition(), Duration::from_secs(10))
-                .unwrap();
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            lag += (high - at).max(0);
-        }
-        lag
+        embedstream_pipeline::stage::consumer::GroupLag::new(
+            &self.bootstrap,
+            &self.group,
+            &self.names.items(),
+        )
+        .and_then(|g| g.read())
+        .map_or(i64::MAX, |(lag, _)| lag)
     }
 
     /// Waits until the group has committed everything on `items`.
