@@ -21,10 +21,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::int8::Int8Matrix;
 use crate::vector::dot;
 
 /// What can go wrong with an adapter artifact.
@@ -268,14 +270,6 @@ impl Matrix {
         out.clear();
         out.extend(self.data.chunks_exact(self.cols).map(|row| dot(row, x)));
     }
-
-    /// `out = self · x + bias`.
-    fn apply_bias(&self, x: &[f32], bias: &[f32], out: &mut Vec<f32>) {
-        self.apply(x, out);
-        for (o, b) in out.iter_mut().zip(bias) {
-            *o += b;
-        }
-    }
 }
 
 /// The maps an artifact holds.
@@ -313,18 +307,60 @@ pub enum Layers {
 }
 
 /// A loaded adapter.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// [`Adapter::apply`] is the serving path: int8 products ([`crate::int8`], quantized on
+/// first use), a few microseconds per query and the same result on every CPU;
+/// [`Adapter::apply_exact`] is the f32 map, for fitting and for comparison.
+#[derive(Debug, Clone)]
 pub struct Adapter {
     /// Its metadata.
     pub meta: AdapterMeta,
-    /// Its maps.
-    pub layers: Layers,
+    /// Its maps (private: the int8 form is derived from them once).
+    layers: Layers,
+    /// The matrices of `layers`, quantized, in [`Layers::matrices`]' order.
+    int8: OnceLock<Vec<Int8Matrix>>,
+}
+
+impl PartialEq for Adapter {
+    fn eq(&self, other: &Self) -> bool {
+        self.meta == other.meta && self.layers == other.layers
+    }
+}
+
+impl Layers {
+    /// Its matrices: `[w]`, `[u, v]` or `[w, w1, w2]`.
+    fn matrices(&self) -> Vec<&Matrix> {
+        match self {
+            Layers::Linear { w, .. } => vec![w],
+            Layers::LowRank { u, v, .. } => vec![u, v],
+            Layers::Residual { w, w1, w2, .. } => vec![w, w1, w2],
+        }
+    }
 }
 
 const META_KEY: &str = "embedstream.adapter";
 const CRC_KEY: &str = "embedstream.crc32";
 
 impl Adapter {
+    /// An adapter of these maps (checked by [`Adapter::validate`] when saved or loaded).
+    pub fn new(meta: AdapterMeta, layers: Layers) -> Self {
+        Adapter {
+            meta,
+            layers,
+            int8: OnceLock::new(),
+        }
+    }
+
+    /// Its maps.
+    pub fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    /// Its maps, taken out.
+    pub fn into_layers(self) -> Layers {
+        self.layers
+    }
+
     /// Checks that the layers' shapes agree with the metadata's dimensions.
     pub fn validate(&self) -> Result<(), String> {
         let (i, o) = (self.meta.in_dim, self.meta.out_dim);
@@ -375,48 +411,101 @@ impl Adapter {
         }
     }
 
-    /// Maps one new-model vector into the old space and L2-normalizes it.
+    /// Maps one new-model vector into the old space and L2-normalizes it: the serving path,
+    /// int8 products (cosine ≥ 0.9999 to [`Adapter::apply_exact`]). An input the int8 path
+    /// cannot quantize (not finite, all zero) goes through the f32 map, which reports it.
     pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>, AdapterError> {
-        if x.len() != self.meta.in_dim {
-            return Err(AdapterError::Dimension {
+        self.check_input(x)?;
+        let int8 = self.int8.get_or_init(|| {
+            self.layers
+                .matrices()
+                .into_iter()
+                .map(Int8Matrix::new)
+                .collect()
+        });
+        match self.forward(x, |i, x, out| int8[i].apply(x, out)) {
+            Some(out) => self.normalized(out),
+            None => self.apply_exact(x),
+        }
+    }
+
+    /// [`Adapter::apply`] with f32 products throughout (what the adapter was fitted as).
+    pub fn apply_exact(&self, x: &[f32]) -> Result<Vec<f32>, AdapterError> {
+        self.check_input(x)?;
+        let matrices = self.layers.matrices();
+        let out = self
+            .forward(x, |i, x, out| {
+                matrices[i].apply(x, out);
+                Some(())
+            })
+            .expect("f32 products always succeed");
+        self.normalized(out)
+    }
+
+    fn check_input(&self, x: &[f32]) -> Result<(), AdapterError> {
+        if x.len() == self.meta.in_dim {
+            Ok(())
+        } else {
+            Err(AdapterError::Dimension {
                 name: self.meta.name.clone(),
                 new_model: self.meta.new_model.clone(),
                 expected: self.meta.in_dim,
                 got: x.len(),
-            });
+            })
         }
+    }
+
+    /// The map before normalization, with `product(i, x, out)` computing `out = M_i x` for
+    /// the i-th of [`Layers::matrices`]; `None` if a product gives up.
+    fn forward(
+        &self,
+        x: &[f32],
+        product: impl Fn(usize, &[f32], &mut Vec<f32>) -> Option<()>,
+    ) -> Option<Vec<f32>> {
+        let add = |out: &mut Vec<f32>, b: &[f32]| {
+            for (o, b) in out.iter_mut().zip(b) {
+                *o += b;
+            }
+        };
         let mut out = Vec::with_capacity(self.meta.out_dim);
         match &self.layers {
-            Layers::Linear { w, b } => w.apply_bias(x, b, &mut out),
-            Layers::LowRank { u, v, b } => {
-                let mut mid = Vec::with_capacity(u.rows);
-                u.apply(x, &mut mid);
-                v.apply_bias(&mid, b, &mut out);
+            Layers::Linear { b, .. } => {
+                product(0, x, &mut out)?;
+                add(&mut out, b);
             }
-            Layers::Residual { w, b, w1, b1, w2 } => {
+            Layers::LowRank { u, b, .. } => {
+                let mut mid = Vec::with_capacity(u.rows);
+                product(0, x, &mut mid)?;
+                product(1, &mid, &mut out)?;
+                add(&mut out, b);
+            }
+            Layers::Residual { w1, b, b1, .. } => {
                 let mut hidden = Vec::with_capacity(w1.rows);
-                w1.apply_bias(x, b1, &mut hidden);
+                product(1, x, &mut hidden)?;
+                add(&mut hidden, b1);
                 for h in &mut hidden {
                     *h = h.max(0.0);
                 }
-                w.apply_bias(x, b, &mut out);
-                for (o, row) in out.iter_mut().zip(w2.data.chunks_exact(w2.cols)) {
-                    *o += dot(row, &hidden);
-                }
+                product(0, x, &mut out)?;
+                add(&mut out, b);
+                let mut residual = Vec::with_capacity(out.len());
+                product(2, &hidden, &mut residual)?;
+                add(&mut out, &residual);
             }
         }
-        let norm = out
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        Some(out)
+    }
+
+    fn normalized(&self, mut out: Vec<f32>) -> Result<Vec<f32>, AdapterError> {
+        let norm = f64::from(dot(&out, &out)).sqrt();
         if !(norm.is_finite() && norm > 1e-12) {
             return Err(AdapterError::Degenerate {
                 name: self.meta.name.clone(),
             });
         }
+        let inv = (1.0 / norm) as f32;
         for v in &mut out {
-            *v = (f64::from(*v) / norm) as f32;
+            *v *= inv;
         }
         Ok(out)
     }
@@ -566,7 +655,7 @@ impl Adapter {
                 b1: take("b1")?.1,
             },
         };
-        let adapter = Adapter { meta, layers };
+        let adapter = Adapter::new(meta, layers);
         adapter.validate().map_err(invalid)?;
         if path.file_stem().and_then(|s| s.to_str()) != Some(adapter.meta.name.as_str()) {
             return Err(invalid(format!(
@@ -718,34 +807,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("adapter-test-{}", std::process::id()));
         let x: Vec<f32> = (0..6).map(|i| (i as f32 * 0.9).cos()).collect();
         let cases = [
-            Adapter {
-                meta: meta(AdapterKind::Procrustes, 6, 4),
-                layers: Layers::Linear {
+            Adapter::new(
+                meta(AdapterKind::Procrustes, 6, 4),
+                Layers::Linear {
                     w: m(4, 6, 0.3),
                     b: vec![0.1, 0.2, 0.3, 0.4],
                 },
-            },
-            Adapter {
-                meta: meta(AdapterKind::Affine, 6, 4),
-                layers: Layers::LowRank {
+            ),
+            Adapter::new(
+                meta(AdapterKind::Affine, 6, 4),
+                Layers::LowRank {
                     u: m(2, 6, 0.7),
                     v: m(4, 2, 0.5),
                     b: vec![0.0, 1.0, 0.0, -1.0],
                 },
-            },
-            Adapter {
-                meta: meta(AdapterKind::Mlp, 6, 4),
-                layers: Layers::Residual {
+            ),
+            Adapter::new(
+                meta(AdapterKind::Mlp, 6, 4),
+                Layers::Residual {
                     w: m(4, 6, 0.3),
                     b: vec![0.1; 4],
                     w1: m(3, 6, 1.1),
                     b1: vec![-0.2, 0.0, 0.2],
                     w2: m(4, 3, 0.9),
                 },
-            },
+            ),
         ];
         for adapter in cases {
-            let want = match &adapter.layers {
+            let want = match adapter.layers() {
                 Layers::Linear { w, b } => naive(w, &x).iter().zip(b).map(|(a, b)| a + b).collect(),
                 Layers::LowRank { u, v, b } => naive(v, &naive(u, &x))
                     .iter()
@@ -768,7 +857,7 @@ mod tests {
                 }
             };
             let want = unit(want);
-            let got = adapter.apply(&x).unwrap();
+            let got = adapter.apply_exact(&x).unwrap();
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() < 1e-5,
@@ -776,6 +865,13 @@ mod tests {
                     adapter.meta.kind
                 );
             }
+            let served = adapter.apply(&x).unwrap();
+            let cosine: f32 = served.iter().zip(&want).map(|(a, b)| a * b).sum();
+            assert!(
+                cosine > 0.999,
+                "{:?}: int8 {served:?} vs {want:?}",
+                adapter.meta.kind
+            );
             let path = AdapterName::from_str(&adapter.meta.name)
                 .unwrap()
                 .path_in(&dir);
@@ -796,13 +892,13 @@ mod tests {
     #[test]
     fn corrupt_files_wrong_dimensions_and_unknown_names_are_refused() {
         let dir = std::env::temp_dir().join(format!("adapter-bad-{}", std::process::id()));
-        let adapter = Adapter {
-            meta: meta(AdapterKind::Procrustes, 6, 4),
-            layers: Layers::Linear {
+        let adapter = Adapter::new(
+            meta(AdapterKind::Procrustes, 6, 4),
+            Layers::Linear {
                 w: m(4, 6, 0.3),
                 b: vec![0.0; 4],
             },
-        };
+        );
         assert!(matches!(
             adapter.apply(&[1.0; 5]),
             Err(AdapterError::Dimension {
@@ -828,10 +924,11 @@ mod tests {
             resolve(&dir, "new@1_to_old@1.affine.v9"),
             Err(AdapterError::NotFound { .. })
         ));
-        let mut nan = adapter.clone();
-        if let Layers::Linear { w, .. } = &mut nan.layers {
+        let mut layers = adapter.layers().clone();
+        if let Layers::Linear { w, .. } = &mut layers {
             w.data[3] = f32::NAN;
         }
+        let nan = Adapter::new(adapter.meta.clone(), layers);
         assert!(nan.save(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -22,6 +22,7 @@ mod graph;
 mod hash;
 mod hot;
 mod index;
+mod int8;
 mod main_index;
 mod metrics;
 pub mod router;

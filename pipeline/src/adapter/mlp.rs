@@ -133,12 +133,9 @@ pub fn train(
     )));
     let select = if held.is_empty() { fit } else { held };
     let score = |layers: Layers| -> Result<(f64, Layers)> {
-        let adapter = Adapter {
-            meta: AdapterMeta::new(name, i, o, String::new()),
-            layers,
-        };
+        let adapter = Adapter::new(AdapterMeta::new(name, i, o, String::new()), layers);
         let (mean, _) = cosines(&adapter, select)?;
-        Ok((mean, adapter.layers))
+        Ok((mean, adapter.into_layers()))
     };
     let (mut best, mut best_layers) = score(layers_of(&model)?)?;
     let mut best_epoch = 0;

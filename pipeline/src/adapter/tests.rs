@@ -45,7 +45,7 @@ fn adapter(layers: Layers, kind: AdapterKind, pairs: &Pairs) -> Adapter {
         pairs.out_dim,
         "test".into(),
     );
-    Adapter { meta, layers }
+    Adapter::new(meta, layers)
 }
 
 /// An orthogonal 16 × 16 matrix (Gram-Schmidt on random rows).
@@ -109,7 +109,7 @@ fn procrustes_recovers_a_rotation_across_a_dimension_change() {
     let (mean, min) = cosines(&a, &held).unwrap();
     assert!(mean > 0.999 && min > 0.99, "{mean} {min}");
     // Its matrix is a scaled map with orthonormal rows (8 × 16).
-    let Layers::Linear { w, .. } = &a.layers else {
+    let Layers::Linear { w, .. } = a.layers() else {
         panic!()
     };
     let gram = |i: usize, j: usize| -> f32 {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use embedstream_index_sink::adapter::{self, Adapter, AdapterKind};
+use embedstream_index_sink::adapter::{self, Adapter, AdapterError, AdapterKind};
 use embedstream_pipeline::adapter::{Pairs, TrainConfig};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
@@ -64,6 +64,10 @@ pub enum AdapterCommand {
         /// Output (stdout when absent).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// f32 products instead of the int8 ones the sink serves with (cosine ≥ 0.9999
+        /// between the two; f32 is ~5× slower).
+        #[arg(long)]
+        exact: bool,
     },
     /// List the adapters and their training metadata.
     List {
@@ -179,7 +183,8 @@ pub async fn run(command: AdapterCommand, shutdown: CancellationToken) -> anyhow
             adapter,
             input,
             output,
-        } => apply(&dir.path(), &adapter, input, output),
+            exact,
+        } => apply(&dir.path(), &adapter, input, output, exact),
         AdapterCommand::List { dir, json } => list(&dir.path(), json),
         AdapterCommand::Eval(args) => eval(&args),
     }
@@ -344,8 +349,16 @@ fn apply(
     name: &str,
     input: Option<PathBuf>,
     output: Option<PathBuf>,
+    exact: bool,
 ) -> anyhow::Result<()> {
     let adapter = Adapter::load(&adapter::resolve(dir, name)?)?;
+    let map = |v: &[f32]| {
+        if exact {
+            adapter.apply_exact(v)
+        } else {
+            adapter.apply(v)
+        }
+    };
     let reader: Box<dyn BufRead> = match &input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| p.display().to_string())?,
@@ -374,8 +387,7 @@ fn apply(
                 Ok((id, vector))
             });
         match parsed.and_then(|(id, v)| {
-            adapter
-                .apply(&v)
+            map(&v)
                 .map(|m| (id.clone(), m))
                 .map_err(|e| format!("id {id}: {e}"))
         }) {
@@ -444,6 +456,9 @@ fn top(query: &[f32], items: &[(String, Vec<f32>)], k: usize, exclude: &[String]
         .collect()
 }
 
+/// One way of applying an adapter, for timing.
+type MapFn<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, AdapterError> + 'a;
+
 #[derive(Debug, serde::Serialize)]
 struct ConsumerRow {
     consumer: String,
@@ -451,8 +466,12 @@ struct ConsumerRow {
     queries: usize,
     old: f64,
     full_reembed: f64,
+    /// With the int8 products the sink serves with.
     adapter: f64,
     recovery: f64,
+    /// With f32 products.
+    adapter_exact: f64,
+    recovery_exact: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -463,8 +482,14 @@ struct AdapterRow {
     holdout_cosine: Option<f64>,
     consumers: Vec<ConsumerRow>,
     mean_recovery: f64,
+    mean_recovery_exact: f64,
+    /// Mean cosine of the int8 map to the f32 map over the queries.
+    int8_cosine_mean: f64,
+    int8_cosine_min: f64,
     latency_us_p50: f64,
     latency_us_p99: f64,
+    exact_latency_us_p50: f64,
+    exact_latency_us_p99: f64,
 }
 
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
@@ -481,8 +506,9 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         let a = Adapter::load(&adapter::resolve(&dir, name)?)?;
         let mut consumers = Vec::new();
         let mut all_queries: Vec<&Vec<f32>> = Vec::new();
+        let (mut cos_sum, mut cos_min, mut cos_n) = (0.0, f64::INFINITY, 0usize);
         for (consumer, set) in &golden {
-            let (mut old, mut full, mut mapped) = (0.0, 0.0, 0.0);
+            let (mut old, mut full, mut mapped, mut exact) = (0.0, 0.0, 0.0, 0.0);
             let mut n = 0usize;
             for q in &set.queries {
                 let (Some(oq), Some(nq)) = (old_q.get(&q.id), new_q.get(&q.id)) else {
@@ -494,7 +520,14 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                     |results: Vec<String>| metric_value(&set.metric, set.k, &relevant, &results);
                 old += m(top(oq, &old_items, set.k, &q.exclude));
                 full += m(top(nq, &new_items, set.k, &q.exclude));
-                mapped += m(top(&a.apply(nq)?, &old_items, set.k, &q.exclude));
+                let served = a.apply(nq)?;
+                let f32_map = a.apply_exact(nq)?;
+                let c = f64::from(embedstream_index_sink::dot(&served, &f32_map));
+                cos_sum += c;
+                cos_min = cos_min.min(c);
+                cos_n += 1;
+                mapped += m(top(&served, &old_items, set.k, &q.exclude));
+                exact += m(top(&f32_map, &old_items, set.k, &q.exclude));
                 n += 1;
             }
             if n == 0 {
@@ -509,30 +542,45 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                 full_reembed: full / n_f,
                 adapter: mapped / n_f,
                 recovery: if full > 0.0 { mapped / full } else { f64::NAN },
+                adapter_exact: exact / n_f,
+                recovery_exact: if full > 0.0 { exact / full } else { f64::NAN },
             });
         }
-        let mut times = Vec::with_capacity(all_queries.len() * args.passes);
-        for _ in 0..args.passes.max(1) {
-            for q in &all_queries {
-                let t = Instant::now();
-                let out = a.apply(q)?;
-                times.push(t.elapsed().as_secs_f64() * 1e6);
-                std::hint::black_box(out);
+        let timed = |f: &MapFn| {
+            let mut times = Vec::with_capacity(all_queries.len() * args.passes);
+            for _ in 0..args.passes.max(1) {
+                for q in &all_queries {
+                    let t = Instant::now();
+                    let out = f(q);
+                    times.push(t.elapsed().as_secs_f64() * 1e6);
+                    std::hint::black_box(out).ok();
+                }
             }
-        }
-        times.sort_by(f64::total_cmp);
-        let pct =
-            |p: f64| times[((p * (times.len() - 1) as f64).round() as usize).min(times.len() - 1)];
+            times.sort_by(f64::total_cmp);
+            let pct = |p: f64| {
+                times[((p * (times.len() - 1) as f64).round() as usize).min(times.len() - 1)]
+            };
+            (pct(0.5), pct(0.99))
+        };
+        let (p50, p99) = timed(&|q| a.apply(q));
+        let (exact_p50, exact_p99) = timed(&|q| a.apply_exact(q));
+        let mean = |f: fn(&ConsumerRow) -> f64| {
+            consumers.iter().map(f).sum::<f64>() / consumers.len() as f64
+        };
         rows.push(AdapterRow {
             adapter: a.meta.name.clone(),
             kind: a.meta.kind,
             pairs: a.meta.pairs + a.meta.holdout_pairs,
             holdout_cosine: a.meta.holdout_cosine,
-            mean_recovery: consumers.iter().map(|c| c.recovery).sum::<f64>()
-                / consumers.len() as f64,
+            mean_recovery: mean(|c| c.recovery),
+            mean_recovery_exact: mean(|c| c.recovery_exact),
+            int8_cosine_mean: cos_sum / cos_n.max(1) as f64,
+            int8_cosine_min: cos_min,
             consumers,
-            latency_us_p50: pct(0.5),
-            latency_us_p99: pct(0.99),
+            latency_us_p50: p50,
+            latency_us_p99: p99,
+            exact_latency_us_p50: exact_p50,
+            exact_latency_us_p99: exact_p99,
         });
     }
     if args.json {
@@ -541,19 +589,31 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     for r in &rows {
         println!(
-            "{} ({} pairs, held-out cosine {}): mean recovery {:.3}, added latency p50 {:.1} µs p99 {:.1} µs",
+            "{} ({} pairs, held-out cosine {}): mean recovery {:.3} (f32 {:.3}), added latency p50 {:.1} µs p99 {:.1} µs (f32 {:.1} / {:.1}), int8 vs f32 cosine mean {:.6} min {:.6}",
             r.adapter,
             r.pairs,
             r.holdout_cosine
                 .map_or("-".to_owned(), |c| format!("{c:.4}")),
             r.mean_recovery,
+            r.mean_recovery_exact,
             r.latency_us_p50,
-            r.latency_us_p99
+            r.latency_us_p99,
+            r.exact_latency_us_p50,
+            r.exact_latency_us_p99,
+            r.int8_cosine_mean,
+            r.int8_cosine_min
         );
         for c in &r.consumers {
             println!(
-                "  {:<8} {:<12} old {:.3}  full re-embed {:.3}  adapter {:.3}  recovery {:.3}  ({} queries)",
-                c.consumer, c.metric, c.old, c.full_reembed, c.adapter, c.recovery, c.queries
+                "  {:<8} {:<12} old {:.3}  full re-embed {:.3}  adapter {:.3}  recovery {:.3} (f32 {:.3})  ({} queries)",
+                c.consumer,
+                c.metric,
+                c.old,
+                c.full_reembed,
+                c.adapter,
+                c.recovery,
+                c.recovery_exact,
+                c.queries
             );
         }
     }

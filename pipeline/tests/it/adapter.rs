@@ -122,19 +122,19 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     sink.wait_caught_up(&p, Duration::from_secs(60)).await;
 
     // Refused before anything is deployed: an adapter whose dimensions are not its models'.
-    let bad = Adapter {
-        meta: AdapterMeta::new(
+    let bad = Adapter::new(
+        AdapterMeta::new(
             &format!("{MPNET}_to_{MINILM}.affine.v1").parse().unwrap(),
             10,
             384,
             "test".into(),
         ),
-        layers: Layers::LowRank {
+        Layers::LowRank {
             u: Matrix::new(2, 10, vec![0.1; 20]),
             v: Matrix::new(384, 2, vec![0.1; 768]),
             b: vec![0.0; 384],
         },
-    };
+    );
     bad.save(&adapters.join(format!("{}.safetensors", bad.meta.name)))
         .unwrap();
     ok(

@@ -210,13 +210,13 @@ async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
         w[i * 768 + i] = 1.0;
     }
     let name = format!("{}_to_{MINILM}.procrustes.v1", crate::migrate::MPNET);
-    let adapter = Adapter {
-        meta: AdapterMeta::new(&name.parse().unwrap(), 768, 384, "test".into()),
-        layers: Layers::Linear {
+    let adapter = Adapter::new(
+        AdapterMeta::new(&name.parse().unwrap(), 768, 384, "test".into()),
+        Layers::Linear {
             w: Matrix::new(384, 768, w),
             b: vec![0.0; 384],
         },
-    };
+    );
     adapter
         .save(&adapters.join(format!("{name}.safetensors")))
         .unwrap();
