@@ -23,6 +23,8 @@ use crate::adapter::Matrix;
 const BLOCK: usize = 32;
 /// Rows computed together (their accumulators fill eight registers).
 const ROWS: usize = 8;
+/// Blocks of quantized input kept on the stack.
+const STACK_BLOCKS: usize = 64;
 /// Largest quantized weight.
 const W_MAX: f32 = 63.0;
 /// Largest quantized input before the shift.
@@ -35,6 +37,12 @@ const X_SHIFT: i32 = 127;
 #[repr(align(32))]
 struct Block([i8; BLOCK]);
 
+/// Where block `b` of row `r` is kept: a group of `ROWS` rows is stored block by block, the
+/// rows' blocks side by side, so the kernel reads each group as one sequential stream.
+fn block_index(r: usize, b: usize, blocks: usize) -> usize {
+    (r / ROWS * blocks + b) * ROWS + r % ROWS
+}
+
 /// A matrix quantized for int8 products, one row per output.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Int8Matrix {
@@ -42,7 +50,8 @@ pub(crate) struct Int8Matrix {
     cols: usize,
     /// `cols / BLOCK`, rounded up.
     blocks: usize,
-    /// Rows (padded to a multiple of `ROWS` with zero rows) × blocks; padding columns are 0.
+    /// Rows (padded to a multiple of `ROWS` with zero rows) × blocks, in [`block_index`]'s
+    /// order; padding columns are 0.
     weights: Vec<Block>,
     /// Per (padded) row: the f32 value of one quantized step.
     scales: Vec<f32>,
@@ -67,7 +76,7 @@ impl Int8Matrix {
             let mut sum = 0i32;
             for (j, &v) in row.iter().enumerate() {
                 let q = (v / scale).round().clamp(-W_MAX, W_MAX) as i8;
-                weights[r * blocks + j / BLOCK].0[j % BLOCK] = q;
+                weights[block_index(r, j / BLOCK, blocks)].0[j % BLOCK] = q;
                 sum += i32::from(q);
             }
             scales[r] = scale;
@@ -89,7 +98,16 @@ impl Int8Matrix {
         if x.len() != self.cols {
             return None;
         }
-        let mut xq = vec![[X_SHIFT as u8; BLOCK]; self.blocks];
+        // The quantized input on the stack up to 2,048 columns (a heap allocation per query
+        // was measurable).
+        let mut stack = [[X_SHIFT as u8; BLOCK]; STACK_BLOCKS];
+        let mut heap = Vec::new();
+        let xq: &mut [[u8; BLOCK]] = if self.blocks <= STACK_BLOCKS {
+            &mut stack[..self.blocks]
+        } else {
+            heap.resize(self.blocks, [X_SHIFT as u8; BLOCK]);
+            &mut heap
+        };
         out.clear();
         out.resize(self.scales.len(), 0.0);
         #[cfg(target_arch = "x86_64")]
@@ -98,14 +116,14 @@ impl Int8Matrix {
                 simd,
                 m: self,
                 x,
-                xq: &mut xq,
+                xq,
                 out,
             })?;
             out.truncate(self.rows);
             return Some(());
         }
-        let step = self.quantize(x, &mut xq)?;
-        self.rows_scalar(&xq, step, out);
+        let step = self.quantize(x, xq)?;
+        self.rows_scalar(xq, step, out);
         out.truncate(self.rows);
         Some(())
     }
@@ -131,9 +149,9 @@ impl Int8Matrix {
     /// The exact integer products, one row at a time (every CPU; the SIMD kernel's reference).
     fn rows_scalar(&self, xq: &[[u8; BLOCK]], step: f32, out: &mut [f32]) {
         for (r, o) in out.iter_mut().enumerate() {
-            let row = &self.weights[r * self.blocks..(r + 1) * self.blocks];
             let mut acc = 0i32;
-            for (Block(w), x) in row.iter().zip(xq) {
+            for (b, x) in xq.iter().enumerate() {
+                let Block(w) = &self.weights[block_index(r, b, self.blocks)];
                 for (&w, &x) in w.iter().zip(x) {
                     acc += i32::from(w) * i32::from(x);
                 }
@@ -161,7 +179,7 @@ mod avx2 {
 
     use pulp::x86::V3;
 
-    use super::{BLOCK, Block, Int8Matrix, ROWS, X_MAX, X_SHIFT, inverse_step, quantize_one};
+    use super::{BLOCK, Int8Matrix, ROWS, X_MAX, X_SHIFT, inverse_step, quantize_one};
 
     /// Quantizes the input (`vcvtps2dq` rounds ties to even, like the scalar path), then
     /// eight rows at a time: per block of 32 columns, one load of the input and, per row,
@@ -236,13 +254,11 @@ mod avx2 {
                 .zip(m.shifts.chunks_exact(ROWS))
                 .zip(m.scales.chunks_exact(ROWS).zip(out.chunks_exact_mut(ROWS)))
             {
-                let rows: [&[Block]; ROWS] =
-                    std::array::from_fn(|k| &weights[k * m.blocks..(k + 1) * m.blocks]);
                 let mut acc = [avx._mm256_setzero_si256(); ROWS];
-                for (b, x) in xq.iter().enumerate() {
+                for (x, w) in xq.iter().zip(weights.chunks_exact(ROWS)) {
                     let x: __m256i = pulp::cast(*x);
                     for k in 0..ROWS {
-                        let w: __m256i = pulp::cast(rows[k][b].0);
+                        let w: __m256i = pulp::cast(w[k].0);
                         let pairs = avx2._mm256_maddubs_epi16(x, w);
                         acc[k] = avx2._mm256_add_epi32(acc[k], avx2._mm256_madd_epi16(pairs, ones));
                     }
