@@ -20,7 +20,7 @@
 //!
 //! Reports go to `drift.reports` (Avro, keyed by `id@version`) and to metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ pub mod metrics {
     pub const NORM_ERROR: &str = "embedstream_drift_max_norm_error";
     /// Gauge, by model: 1 while the last self report is an alert.
     pub const ALERT: &str = "embedstream_drift_alert";
+    /// Gauge, by model: 1 while the version is active and scored every interval, 0 once it
+    /// is not (retired, rolled back): its other gauges then keep their last values, which
+    /// alert rules must not read as current (they join on this being 1).
+    pub const SCORED: &str = "embedstream_drift_scored";
     /// Counter, by model, kind and verdict: reports published.
     pub const REPORTS: &str = "embedstream_drift_reports_total";
 }
@@ -323,6 +327,8 @@ pub struct Drift {
     producer: FutureProducer,
     codec: Codec,
     topic: String,
+    /// The versions the last scoring reported on (whose gauges are current).
+    scored: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Drift {
@@ -358,6 +364,7 @@ impl Drift {
             digest,
             producer,
             topic,
+            scored: std::sync::Mutex::default(),
         })
     }
 
@@ -433,6 +440,7 @@ impl Drift {
             let alert = report.verdict.starts_with("alert");
             ::metrics::gauge!(metrics::ALERT, "model" => model.clone())
                 .set(f64::from(u8::from(alert)));
+            ::metrics::gauge!(metrics::SCORED, "model" => model.clone()).set(1.0);
             if alert {
                 tracing::error!(%model, verdict = %report.verdict, "Drift alert: the live model does not reproduce its reference vectors.");
             } else {
@@ -507,6 +515,7 @@ impl Drift {
             reports.push(report);
             live.insert(model.to_string(), vectors);
         }
+        self.unscore_all_but(live.keys());
         if let Some(migration) = state.current_migration() {
             let (old, new) = (
                 migration.from_model.parse::<ModelRef>()?,
@@ -537,6 +546,20 @@ impl Drift {
             }
         }
         Ok(reports)
+    }
+
+    /// Marks the versions scored before but not now (no longer active) as unscored: their
+    /// gauges stay at their last values, so without this a rolled-back bad push would keep
+    /// its alert firing until the process restarts.
+    fn unscore_all_but<'a>(&self, now: impl Iterator<Item = &'a String>) {
+        let now: BTreeSet<String> = now.cloned().collect();
+        let mut scored = self.scored.lock().unwrap_or_else(|e| e.into_inner());
+        for model in scored.difference(&now) {
+            ::metrics::gauge!(metrics::SCORED, "model" => model.clone()).set(0.0);
+            ::metrics::gauge!(metrics::ALERT, "model" => model.clone()).set(0.0);
+            tracing::info!(%model, "No longer active: its drift gauges are marked unscored.");
+        }
+        *scored = now;
     }
 
     /// New vectors in the old space: as they are when the dimensions agree, else through the

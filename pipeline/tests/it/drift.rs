@@ -171,6 +171,77 @@ async fn a_bad_model_push_fires_the_drift_alert() {
     std::fs::remove_dir_all(&work).unwrap();
 }
 
+/// The value of `name{model="<model>"}` on a Prometheus page, if present.
+fn gauge(page: &str, name: &str, model: &str) -> Option<f64> {
+    let series = format!("{name}{{model=\"{model}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_version_stops_alerting() {
+    let p = Platform::new("drift-retired");
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift-retired"));
+    let state = work.join("state");
+    let (_, good) = model_dir(MINILM);
+    // Reference from the good build, then the consumer runs the unnormalized one: it alerts.
+    assert!(drift(&p, &state, &[]).status.success());
+    let unnormalized = work.join("unnormalized");
+    deployed_copy(&good, &unnormalized);
+    drop_normalize(&unnormalized);
+    let port = crate::common::free_port();
+    let mut consumer = crate::migrate::Killed(
+        Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .arg("drift")
+            .args(p.args())
+            .args(["--interval-secs", "1", "--canaries", "20", "--state-dir"])
+            .arg(&state)
+            .arg("--model-dir")
+            .arg(format!("{MINILM}={}", unnormalized.display()))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let page = async || match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let wait_for = async |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let body = page().await;
+            if ok(&body) {
+                return body;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    };
+    let alerting = |b: &str| {
+        gauge(b, "embedstream_drift_alert", MINILM) == Some(1.0)
+            && gauge(b, "embedstream_drift_scored", MINILM) == Some(1.0)
+    };
+    let body = wait_for("the unnormalized build alerts", &alerting).await;
+    assert!(gauge(&body, "embedstream_drift_max_norm_error", MINILM).unwrap() > 0.5);
+
+    // Rolled back (retired): no longer scored, the alert gauge drops, the last values stay.
+    crate::migrate::set_minilm_state(&p, embedstream_schemas::records::ModelState::Retired).await;
+    let quiet = |b: &str| {
+        gauge(b, "embedstream_drift_alert", MINILM) == Some(0.0)
+            && gauge(b, "embedstream_drift_scored", MINILM) == Some(0.0)
+    };
+    let body = wait_for("the retired version is unscored", &quiet).await;
+    assert!(gauge(&body, "embedstream_drift_max_norm_error", MINILM).unwrap() > 0.5);
+    assert!(crate::stage::terminate(&mut consumer.0).success());
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
     use embedstream_index_sink::adapter::{Adapter, AdapterMeta, Layers, Matrix};

@@ -99,16 +99,15 @@ pub async fn control(p: &Platform, token: &CancellationToken) -> ControlLog {
 
 /// Registers MiniLM as the active version (what `up` does on a new platform).
 pub async fn activate_minilm(p: &Platform) {
+    set_minilm_state(p, embedstream_schemas::records::ModelState::Active).await;
+}
+
+/// Writes MiniLM's state to the control log.
+pub async fn set_minilm_state(p: &Platform, state: embedstream_schemas::records::ModelState) {
     let token = CancellationToken::new();
     let log = control(p, &token).await;
     let spec = embedstream_topics::catalog::lookup(&crate::stage::MINILM.parse().unwrap()).unwrap();
-    log.set_model_state(
-        &spec,
-        embedstream_schemas::records::ModelState::Active,
-        "test",
-    )
-    .await
-    .unwrap();
+    log.set_model_state(&spec, state, "test").await.unwrap();
     token.cancel();
 }
 
