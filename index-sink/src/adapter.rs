@@ -412,7 +412,8 @@ impl Adapter {
     }
 
     /// Maps one new-model vector into the old space and L2-normalizes it: the serving path,
-    /// int8 products (cosine ≥ 0.9999 to [`Adapter::apply_exact`]). An input the int8 path
+    /// int8 products (cosine ≥ 0.9989 to [`Adapter::apply_exact`] on the golden queries,
+    /// ≥ 0.9998 for Procrustes: `adapter eval` measures it). An input the int8 path
     /// cannot quantize (not finite, all zero) goes through the f32 map, which reports it.
     pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>, AdapterError> {
         self.check_input(x)?;

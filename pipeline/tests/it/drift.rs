@@ -13,18 +13,38 @@ use crate::common::model_dir;
 use crate::migrate::activate_minilm;
 use crate::stage::{MINILM, Platform};
 
-fn drift(p: &Platform, state: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_embedstream"))
+/// `embedstream drift` on `p`'s platform with `state` as its state folder.
+fn drift_command(p: &Platform, state: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    command
         .arg("drift")
         .args(p.args())
-        .args(["--once", "--canaries", "100", "--state-dir"])
+        .arg("--state-dir")
         .arg(state)
-        .args(extra)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+fn drift(p: &Platform, state: &Path, extra: &[&str]) -> Output {
+    drift_command(p, state)
+        .args(["--once", "--canaries", "100"])
+        .args(extra)
         .output()
         .unwrap()
+}
+
+/// A platform named `name` with MiniLM active, a work folder, its drift state folder, and
+/// MiniLM's model folder.
+async fn minilm_platform(name: &str) -> (Platform, PathBuf, PathBuf, PathBuf) {
+    let p = Platform::new(name);
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    let work = std::env::temp_dir().join(embedstream_topics::testing::unique(name));
+    let state = work.join("state");
+    let (_, good) = model_dir(MINILM);
+    (p, work, state, good)
 }
 
 fn reports(out: &Output) -> Vec<Value> {
@@ -97,12 +117,7 @@ fn drop_normalize(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_model_push_fires_the_drift_alert() {
-    let p = Platform::new("drift");
-    p.ensure_topics().await;
-    activate_minilm(&p).await;
-    let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift"));
-    let state = work.join("state");
-    let (_, good) = model_dir(MINILM);
+    let (p, work, state, good) = minilm_platform("drift").await;
 
     // The live model: the reference is saved on first sight and the model matches it.
     let out = drift(&p, &state, &[]);
@@ -181,12 +196,7 @@ fn gauge(page: &str, name: &str, model: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retired_version_stops_alerting() {
-    let p = Platform::new("drift-retired");
-    p.ensure_topics().await;
-    activate_minilm(&p).await;
-    let work = std::env::temp_dir().join(embedstream_topics::testing::unique("drift-retired"));
-    let state = work.join("state");
-    let (_, good) = model_dir(MINILM);
+    let (p, work, state, good) = minilm_platform("drift-retired").await;
     // Reference from the good build, then the consumer runs the unnormalized one: it alerts.
     assert!(drift(&p, &state, &[]).status.success());
     let unnormalized = work.join("unnormalized");
@@ -194,17 +204,10 @@ async fn a_retired_version_stops_alerting() {
     drop_normalize(&unnormalized);
     let port = crate::common::free_port();
     let mut consumer = crate::migrate::Killed(
-        Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .arg("drift")
-            .args(p.args())
-            .args(["--interval-secs", "1", "--canaries", "20", "--state-dir"])
-            .arg(&state)
-            .arg("--model-dir")
+        drift_command(&p, &state)
+            .args(["--interval-secs", "1", "--canaries", "20", "--model-dir"])
             .arg(format!("{MINILM}={}", unnormalized.display()))
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     );
