@@ -6,12 +6,13 @@ DIR is what `loadtest/index_data.py` wrote. Parts (run one after another, never 
 machine's cores are the resource being measured):
 
 - recall: recall@10 and single-thread QPS per ef for embedstream's main index (one shard, so
-  one graph like hnswlib's; queries on a one-thread pool) and for hnswlib (`set_num_threads(1)`,
+  one graph like hnswlib's; queries on a one-thread pool), refined (the default) and as
+  instant-distance built it, and for hnswlib (`set_num_threads(1)`,
   all queries in one `knn_query` call so Python's per-call cost is not counted against it),
   both built on 2 threads. Two hnswlib settings: M=32, ef_construction=100 (instant-distance's
   fixed M=32 and our ef_construction: the same graph budget) and M=16, ef_construction=200
   (hnswlib's README settings). QPS compared at recall@10 = 0.95, interpolated between the two
-  efs around it.
+  efs around it; the systems take turns for --rounds rounds and each ef keeps its best QPS.
 - latency: the sink's configuration (4 shards searched in parallel on rayon's global pool),
   p50/p95/p99 per consumer profile's ef, queries one at a time.
 - compaction: one client querying back to back, idle and while every shard's main is rebuilt
@@ -51,7 +52,7 @@ def emit(rec):
     return rec
 
 
-def hnswlib_runs(data, base, queries, truth, m, efc, efs):
+def hnswlib_index(data, base, m, efc):
     import hnswlib
 
     dim = base.shape[1]
@@ -70,6 +71,10 @@ def hnswlib_runs(data, base, queries, truth, m, efc, efs):
     emit({"kind": "build", "system": "hnswlib", "M": m, "ef_construction": efc, "threads": 2,
           "seconds": time.time() - started, "loaded_from_file": loaded, "n": len(base)})
     index.set_num_threads(1)
+    return index
+
+
+def hnswlib_runs(index, name, queries, truth, efs):
     out = []
     for ef in efs:
         index.set_ef(max(ef, 10))
@@ -78,16 +83,14 @@ def hnswlib_runs(data, base, queries, truth, m, efc, efs):
         labels, _ = index.knn_query(queries, k=10)
         secs = time.perf_counter() - t
         recall = np.mean([len(set(labels[i]) & set(truth[i, :10])) / 10 for i in range(len(queries))])
-        lat = []
-        for q in queries:
-            s = time.perf_counter()
-            index.knn_query(q, k=10)
-            lat.append(time.perf_counter() - s)
-        lat = np.sort(np.array(lat)) * 1e6
-        out.append(emit({"kind": "search", "system": f"hnswlib M={m} efc={efc}", "ef": ef,
-                         "recall10": float(recall), "qps": len(queries) / secs,
-                         "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99))}))
+        out.append(emit({"kind": "search", "system": name, "ef": ef,
+                         "recall10": float(recall), "qps": len(queries) / secs}))
     return out
+
+
+def best_of(rounds):
+    """Per ef, the fastest of the rounds (recall is the same in every round)."""
+    return [max(same_ef, key=lambda r: r["qps"]) for same_ef in zip(*rounds)]
 
 
 def ours(data, args, *extra):
@@ -115,6 +118,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--part", default="recall,latency,compaction")
+    ap.add_argument("--rounds", type=int, default=3, help="recall part: interleaved rounds, best QPS per ef")
     args = ap.parse_args()
     parts = args.part.split(",")
     if not os.path.exists(BENCH):
@@ -122,29 +126,43 @@ def main():
     meta, base, queries, truth = load(args.data)
     table = []
     if "recall" in parts:
-        mine = [r for r in ours(args.data, ["search"], "--shards", 1, "--build-threads", 2,
-                                "--snapshot-dir", os.path.join(args.data, "ours-1shard"),
-                                "--efs", ",".join(map(str, EFS))) if r["kind"] == "search"]
-        peers = {
-            "M=32 efc=100": hnswlib_runs(args.data, base, queries, truth, 32, 100, EFS),
-            "M=16 efc=200": hnswlib_runs(args.data, base, queries, truth, 16, 200, EFS),
+        mine = {
+            "refined (default)": "default",
+            "as built": "off",
         }
-        table.append(f"n={meta['n']} dim={meta['dim']} queries={len(queries)}")
-        table.append("| ef | embedstream recall / QPS | " + " | ".join(f"hnswlib {k} recall / QPS" for k in peers) + " |")
+        peers = {
+            "hnswlib M=32 efc=100": hnswlib_index(args.data, base, 32, 100),
+            "hnswlib M=16 efc=200": hnswlib_index(args.data, base, 16, 200),
+        }
+        runs = {name: [] for name in [*mine, *peers]}
+        # Rounds interleave the systems, and each ef's QPS is the best of its rounds: this
+        # VM's speed drifts by tens of percent within minutes, which one pass per system
+        # would charge to whichever ran during a slow spell.
+        for _ in range(args.rounds):
+            for name, refine in mine.items():
+                runs[name].append([r for r in ours(args.data, ["search"], "--shards", 1, "--build-threads", 2,
+                                                   "--refine", refine,
+                                                   "--snapshot-dir", os.path.join(args.data, f"ours-1shard-{refine}"),
+                                                   "--efs", ",".join(map(str, EFS))) if r["kind"] == "search"])
+            for name, index in peers.items():
+                runs[name].append(hnswlib_runs(index, name, queries, truth, EFS))
+        best = {name: best_of(rounds) for name, rounds in runs.items()}
+        table.append(f"n={meta['n']} dim={meta['dim']} queries={len(queries)}, best of {args.rounds} interleaved rounds")
+        table.append("| ef | " + " | ".join(f"{'embedstream ' if n in mine else ''}{n} recall / QPS" for n in best) + " |")
         for i, ef in enumerate(EFS):
-            cells = [f"{mine[i]['recall10']:.3f} / {mine[i]['qps']:.0f}"]
-            cells += [f"{p[i]['recall10']:.3f} / {p[i]['qps']:.0f}" for p in peers.values()]
+            cells = [f"{rows[i]['recall10']:.3f} / {rows[i]['qps']:.0f}" for rows in best.values()]
             table.append(f"| {ef} | " + " | ".join(cells) + " |")
-        best = at_recall(mine)
-        for name, p in peers.items():
-            theirs = at_recall(p)
-            if best and theirs:
-                table.append(f"at recall@10 >= 0.95: embedstream ef={best['ef']} {best['qps']:.0f} QPS, "
-                             f"hnswlib {name} ef={theirs['ef']} {theirs['qps']:.0f} QPS: "
-                             f"{best['qps'] / theirs['qps']:.2f}x")
+        for target in (0.95, 0.99):
+            at = {name: at_recall(rows, target) for name, rows in best.items()}
+            for name in mine:
+                for peer in peers:
+                    if at[name] and at[peer]:
+                        table.append(f"at recall@10 = {target}: embedstream {name} ef={at[name]['ef']} {at[name]['qps']:.0f} QPS, "
+                                     f"{peer} ef={at[peer]['ef']} {at[peer]['qps']:.0f} QPS: "
+                                     f"{at[name]['qps'] / at[peer]['qps']:.2f}x")
     if "latency" in parts:
         rows = [r for r in ours(args.data, ["search"], "--shards", 4, "--build-threads", 2,
-                                "--snapshot-dir", os.path.join(args.data, "ours-4shards"),
+                                "--snapshot-dir", os.path.join(args.data, "ours-4shards-default"),
                                 "--query-threads", 2,
                                 "--efs", ",".join(map(str, PROFILES.values()))) if r["kind"] == "search"]
         for (name, ef), r in zip(PROFILES.items(), rows):

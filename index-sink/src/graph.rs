@@ -15,6 +15,14 @@
 //! `add_reverse_links`); it computes the distances to one node's unvisited links as one batch
 //! (one SIMD dispatch).
 //!
+//! After the copy, a refinement pass re-selects every layer-0 list (`Graph::refine`,
+//! DiskANN's robust prune with `alpha` 1.2 over each node's own search results, then links
+//! back): instant-distance's heuristic leaves short, local lists that need a wide `ef`. On 60k
+//! real MiniLM vectors recall@10 at `ef` 10 went 0.89 → 0.95 for about twice the build time.
+//! Queries traverse the graph on 8-bit copies of the vectors (`sq8.rs`) and the caller
+//! scores what they return with the f32 vectors; background work searches with f32
+//! (`search_exact`).
+//!
 //! `keep_pruned` is off by default: `instant-distance`'s own default tops every layer-0 list
 //! up to 2M with the candidates its heuristic rejected, and re-runs the O(M²) heuristic over a
 //! full list for every neighbour of every insert. On 30k real MiniLM vectors that build took
@@ -31,6 +39,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::config::MainConfig;
 use crate::error::{Error, GraphBridgeError, Result};
+use crate::sq8::{Codes, QueryCodes};
 use crate::vector::{dot, dots};
 
 /// Links per node in upper layers (`M` of instant-distance 0.6.1).
@@ -49,6 +58,8 @@ pub(crate) struct Graph {
     pub(crate) zero: Vec<u32>,
     /// Upper layers, lowest first; layer `i` holds nodes `0..len/M` with `M` links each.
     pub(crate) layers: Vec<Vec<u32>>,
+    /// `vectors` in 8 bits, for the traversal (see `sq8.rs`).
+    codes: Codes,
 }
 
 /// The build's result: the graph and, for each pid, the input row it came from.
@@ -176,16 +187,13 @@ pub(crate) fn build(vectors: &[f32], dim: usize, config: &MainConfig) -> Result<
         .iter()
         .map(|l| l.iter().flat_map(|u| u.0.map(|p| p.0)).collect())
         .collect();
-    let mut graph = Graph {
-        dim,
-        vectors: graph_vectors,
-        zero,
-        layers,
-    };
+    let mut graph = Graph::new(dim, graph_vectors, zero, layers);
     if let Err(what) = graph.check() {
         return layout(what);
     }
-    if config.reverse_links {
+    if let Some(refine) = &config.refine {
+        graph.refine(refine.ef, refine.alpha, refine.degree, refine.max_links);
+    } else if config.reverse_links {
         graph.add_reverse_links();
     }
     let mut seen = vec![false; n];
@@ -235,6 +243,8 @@ pub(crate) struct Scratch {
     ef: usize,
     batch: Vec<u32>,
     dists: Vec<f32>,
+    /// The query in 16 bits, for a quantized traversal.
+    query: QueryCodes,
 }
 
 impl Scratch {
@@ -265,29 +275,31 @@ impl Scratch {
         }
     }
 
-    fn push(&mut self, pid: u32, query: &[f32], graph: &Graph) {
-        if !self.visit(pid) {
-            return;
-        }
-        self.offer(Cand {
-            dist: 1.0 - dot(query, graph.vector(pid)),
-            pid,
-        });
+    fn push(&mut self, pid: u32, query: &[f32], graph: &Graph, exact: bool) {
+        self.push_links(&[pid], query, graph, exact);
     }
 
     /// `push` for every link of a node at once: the unvisited ones are marked, their
     /// distances computed in one batch, then offered in link order (what pushing them one
     /// by one does).
-    fn push_links(&mut self, links: &[u32], query: &[f32], graph: &Graph) {
+    fn push_links(&mut self, links: &[u32], query: &[f32], graph: &Graph, exact: bool) {
         let (mut batch, mut dists) = (
             std::mem::take(&mut self.batch),
             std::mem::take(&mut self.dists),
         );
         batch.clear();
         batch.extend(links.iter().copied().filter(|&pid| self.visit(pid)));
-        dots(query, &graph.vectors, graph.dim, &batch, &mut dists);
-        for (&pid, &d) in batch.iter().zip(&dists) {
-            self.offer(Cand { dist: 1.0 - d, pid });
+        if exact {
+            crate::yielding::yield_units(batch.len() as u32);
+            dots(query, &graph.vectors, graph.dim, &batch, &mut dists);
+            for d in &mut dists {
+                *d = 1.0 - *d;
+            }
+        } else {
+            graph.codes.distances(&self.query, &batch, &mut dists);
+        }
+        for (&pid, &dist) in batch.iter().zip(&dists) {
+            self.offer(Cand { dist, pid });
         }
         (self.batch, self.dists) = (batch, dists);
     }
@@ -313,6 +325,22 @@ impl Scratch {
 }
 
 impl Graph {
+    pub(crate) fn new(
+        dim: usize,
+        vectors: Vec<f32>,
+        zero: Vec<u32>,
+        layers: Vec<Vec<u32>>,
+    ) -> Self {
+        let codes = Codes::new(&vectors, dim);
+        Self {
+            dim,
+            vectors,
+            zero,
+            layers,
+            codes,
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.zero.len() / M0
     }
@@ -368,6 +396,117 @@ impl Graph {
         debug_assert!(len.len() == n && self.check().is_ok());
     }
 
+    /// Re-selects every layer-0 list from a wider pool with a relaxed pruning rule
+    /// (DiskANN's "robust prune"), then links back. instant-distance's heuristic keeps a
+    /// candidate only if it is nearer to the node than to every neighbour already kept
+    /// (`alpha` = 1); lists end up short and mostly local, and a search needs a wide `ef`
+    /// to get around. Here each node searches the built graph for its own `ef` nearest,
+    /// keeps up to `degree` of them (its old links among the pool) with the rule
+    /// `alpha · d(kept, c) > d(node, c)` — `alpha` > 1 also keeps some longer links — and
+    /// every kept link u → v is then offered back as v → u: appended while v's list has
+    /// room, otherwise v's list (its own picks and everything offered) is pruned again with
+    /// the same rule down to 2M. Nodes are processed in parallel against the graph as
+    /// built, so the result does not depend on thread scheduling.
+    fn refine(&mut self, ef: usize, alpha: f32, degree: usize, max_links: usize) {
+        use rayon::prelude::*;
+        let n = self.len();
+        let max_links = max_links.clamp(1, M0);
+        let degree = degree.clamp(1, max_links);
+        let this = &*self;
+        let out: Vec<Vec<u32>> = (0..n as u32)
+            .into_par_iter()
+            .map_init(
+                || (Scratch::default(), Vec::<Cand>::new(), Vec::<f32>::new()),
+                |(scratch, pool, dists), p| {
+                    let q = this.vector(p);
+                    pool.clear();
+                    pool.extend(
+                        this.search_exact(q, ef.max(degree), scratch)
+                            .iter()
+                            .filter(|c| c.pid != p),
+                    );
+                    let old = this.links(0, p);
+                    let missing: Vec<u32> = old
+                        .iter()
+                        .copied()
+                        .filter(|&l| !pool.iter().any(|c| c.pid == l))
+                        .collect();
+                    dots(q, &this.vectors, this.dim, &missing, dists);
+                    pool.extend(
+                        missing
+                            .iter()
+                            .zip(dists.iter())
+                            .map(|(&pid, &d)| Cand { dist: 1.0 - d, pid }),
+                    );
+                    pool.sort_unstable();
+                    this.robust_prune(pool, alpha, degree, dists)
+                },
+            )
+            .collect();
+        let mut incoming: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (u, list) in out.iter().enumerate() {
+            for &v in list {
+                incoming[v as usize].push(u as u32);
+            }
+        }
+        let lists: Vec<Vec<u32>> = out
+            .into_par_iter()
+            .zip(incoming.into_par_iter())
+            .enumerate()
+            .map_init(
+                || (Vec::<Cand>::new(), Vec::<f32>::new()),
+                |(pool, dists), (p, (mut own, back))| {
+                    let extra: Vec<u32> = back.into_iter().filter(|b| !own.contains(b)).collect();
+                    if own.len() + extra.len() <= max_links {
+                        own.extend(extra);
+                        return own;
+                    }
+                    let q = this.vector(p as u32);
+                    own.extend(extra);
+                    dots(q, &this.vectors, this.dim, &own, dists);
+                    pool.clear();
+                    pool.extend(
+                        own.iter()
+                            .zip(dists.iter())
+                            .map(|(&pid, &d)| Cand { dist: 1.0 - d, pid }),
+                    );
+                    pool.sort_unstable();
+                    crate::yielding::yield_units(pool.len() as u32);
+                    this.robust_prune(pool, alpha, max_links, dists)
+                },
+            )
+            .collect();
+        for (p, list) in lists.iter().enumerate() {
+            let slot = &mut self.zero[p * M0..(p + 1) * M0];
+            slot.fill(INVALID);
+            slot[..list.len()].copy_from_slice(list);
+        }
+        debug_assert!(self.check().is_ok());
+    }
+
+    /// Up to `cap` of `pool` (sorted nearest first): a candidate is kept unless one already
+    /// kept is nearer to it, by a factor `alpha`, than the node is.
+    fn robust_prune(
+        &self,
+        pool: &[Cand],
+        alpha: f32,
+        cap: usize,
+        dists: &mut Vec<f32>,
+    ) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(cap);
+        for c in pool {
+            if kept.len() == cap {
+                break;
+            }
+            dots(self.vector(c.pid), &self.vectors, self.dim, &kept, dists);
+            crate::yielding::yield_units(kept.len() as u32);
+            if dists.iter().all(|&d| alpha * (1.0 - d) > c.dist) {
+                kept.push(c.pid);
+            }
+        }
+        kept
+    }
+
     fn links(&self, layer: usize, pid: u32) -> &[u32] {
         let (nodes, width) = match layer {
             0 => (&self.zero[..], M0),
@@ -379,15 +518,38 @@ impl Graph {
         &all[..end]
     }
 
-    /// The `ef` nearest points found, nearest first. `query` must be normalized.
+    /// The `ef` nearest points found, nearest first, by the 8-bit vectors: their distances
+    /// are approximate (the caller scores them with `vector`). `query` must be normalized.
     pub(crate) fn search<'s>(&self, query: &[f32], ef: usize, s: &'s mut Scratch) -> &'s [Cand] {
+        Codes::prepare(query, &mut s.query);
+        self.search_with(query, ef, s, false)
+    }
+
+    /// `search` with f32 distances throughout, pausing while queries run (`yielding.rs`):
+    /// for background work (the refinement pass), never for a query.
+    pub(crate) fn search_exact<'s>(
+        &self,
+        query: &[f32],
+        ef: usize,
+        s: &'s mut Scratch,
+    ) -> &'s [Cand] {
+        self.search_with(query, ef, s, true)
+    }
+
+    fn search_with<'s>(
+        &self,
+        query: &[f32],
+        ef: usize,
+        s: &'s mut Scratch,
+        exact: bool,
+    ) -> &'s [Cand] {
         let n = self.len();
         s.reset(n);
         if n == 0 {
             return &s.nearest;
         }
         s.ef = 1;
-        s.push(0, query, self);
+        s.push(0, query, self, exact);
         for layer in (0..=self.layers.len()).rev() {
             s.ef = if layer == 0 { ef.max(1) } else { 1 };
             while let Some(Reverse(c)) = s.candidates.pop() {
@@ -396,7 +558,7 @@ impl Graph {
                 {
                     break;
                 }
-                s.push_links(self.links(layer, c.pid), query, self);
+                s.push_links(self.links(layer, c.pid), query, self, exact);
                 s.nearest.truncate(s.ef);
             }
             if layer != 0 {
@@ -410,6 +572,7 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RefineConfig;
 
     fn random_unit(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         let mut s = seed | 1;
@@ -439,6 +602,7 @@ mod tests {
             keep_pruned: false,
             // The crate's graph exactly, to compare searches.
             reverse_links: false,
+            refine: None,
         };
         // One thread: the build is deterministic, so both copies are the same graph.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -466,7 +630,7 @@ mod tests {
         for q in random_unit(50, dim, 99).chunks_exact(dim) {
             let ours: Vec<u32> = built
                 .graph
-                .search(q, config.ef_search, &mut scratch)
+                .search_exact(q, config.ef_search, &mut scratch)
                 .iter()
                 .map(|c| built.input_row[c.pid as usize])
                 .collect();
@@ -484,6 +648,11 @@ mod tests {
         let data = random_unit(800, dim, 11);
         let one_way = MainConfig {
             reverse_links: false,
+            refine: None,
+            ..MainConfig::default()
+        };
+        let two_way_config = MainConfig {
+            refine: None,
             ..MainConfig::default()
         };
         let pool = rayon::ThreadPoolBuilder::new()
@@ -492,7 +661,7 @@ mod tests {
             .unwrap();
         let plain = pool.install(|| build(&data, dim, &one_way)).unwrap().graph;
         let two_way = pool
-            .install(|| build(&data, dim, &MainConfig::default()))
+            .install(|| build(&data, dim, &two_way_config))
             .unwrap()
             .graph;
         two_way.check().unwrap();
@@ -515,6 +684,108 @@ mod tests {
             missing_before > 0,
             "the heuristic alone left every link two-way"
         );
+    }
+
+    fn recall_at(graph: &Graph, data: &[f32], queries: &[f32], ef: usize, exact: bool) -> f64 {
+        let dim = graph.dim;
+        let mut s = Scratch::default();
+        let mut found = 0;
+        for q in queries.chunks_exact(dim) {
+            let mut truth: Vec<Cand> = data
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(i, v)| Cand {
+                    dist: 1.0 - dot(q, v),
+                    pid: i as u32,
+                })
+                .collect();
+            truth.sort_unstable();
+            let want: Vec<u32> = truth[..10].iter().map(|c| c.pid).collect();
+            let got = if exact {
+                graph.search_exact(q, ef, &mut s)
+            } else {
+                graph.search(q, ef, &mut s)
+            };
+            found += got[..10].iter().filter(|c| want.contains(&c.pid)).count();
+        }
+        found as f64 / (queries.len() / dim * 10) as f64
+    }
+
+    #[test]
+    fn refinement_finds_more_at_a_small_ef_and_keeps_lists_valid() {
+        let dim = 24;
+        let data = random_unit(3000, dim, 21);
+        let queries = random_unit(100, dim, 22);
+        let plain_config = MainConfig {
+            refine: None,
+            ..MainConfig::default()
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let plain = one.install(|| build(&data, dim, &plain_config)).unwrap();
+        // Points keep their order through the build here (values are a permutation; the
+        // recall check needs pid = input row).
+        let by_pid: Vec<f32> = plain
+            .input_row
+            .iter()
+            .flat_map(|&r| data[r as usize * dim..(r as usize + 1) * dim].to_vec())
+            .collect();
+        let refine = RefineConfig::default();
+        let mut refined = plain.graph.clone();
+        one.install(|| refined.refine(refine.ef, refine.alpha, refine.degree, refine.max_links));
+        refined.check().unwrap();
+        for p in 0..refined.len() as u32 {
+            let links = refined.links(0, p);
+            assert!(!links.is_empty() && links.len() <= refine.max_links);
+            assert!(!links.contains(&p), "{p} links to itself");
+            let mut sorted = links.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), links.len(), "{p} has a link twice");
+        }
+        let before = recall_at(&plain.graph, &by_pid, &queries, 10, true);
+        let after = recall_at(&refined, &by_pid, &queries, 10, true);
+        assert!(
+            after > before + 0.02,
+            "recall@10 at ef 10: {before:.3} as built, {after:.3} refined"
+        );
+        // The result does not depend on how many threads did it.
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut again = plain.graph.clone();
+        two.install(|| again.refine(refine.ef, refine.alpha, refine.degree, refine.max_links));
+        assert_eq!(again, refined);
+    }
+
+    #[test]
+    fn the_8_bit_traversal_finds_about_what_the_f32_one_does() {
+        let dim = 32; // a multiple of 16: the SIMD path where the CPU has one
+        let data = random_unit(3000, dim, 31);
+        let queries = random_unit(200, dim, 32);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let built = one
+            .install(|| build(&data, dim, &MainConfig::default()))
+            .unwrap();
+        let by_pid: Vec<f32> = built
+            .input_row
+            .iter()
+            .flat_map(|&r| data[r as usize * dim..(r as usize + 1) * dim].to_vec())
+            .collect();
+        for ef in [10, 40] {
+            let exact = recall_at(&built.graph, &by_pid, &queries, ef, true);
+            let quantized = recall_at(&built.graph, &by_pid, &queries, ef, false);
+            assert!(
+                quantized > exact - 0.02 && quantized > 0.5,
+                "recall@10 at ef {ef}: {exact:.3} with f32, {quantized:.3} with 8 bits"
+            );
+        }
     }
 
     #[test]

@@ -29,13 +29,16 @@ pub mod router;
 pub mod service;
 mod shard;
 mod snapshot;
+mod sq8;
 mod topk;
 mod types;
 mod vector;
 mod yielding;
 
 pub use compaction::{CompactionPolicy, CompactionReason, HotShare, Interval, Planner, Tombstones};
-pub use config::{CompactionConfig, HotConfig, IndexConfig, MainConfig, SnapshotConfig};
+pub use config::{
+    CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,
+};
 pub use error::{Error, GraphBridgeError, Result};
 pub use hash::{fnv1a64, shard_of};
 pub use index::{Maintenance, ShardedIndex};

@@ -34,12 +34,7 @@ pub(crate) struct MainIndex {
 impl MainIndex {
     pub(crate) fn empty(dim: usize) -> Self {
         Self {
-            graph: Graph {
-                dim,
-                vectors: Vec::new(),
-                zero: Vec::new(),
-                layers: Vec::new(),
-            },
+            graph: Graph::new(dim, Vec::new(), Vec::new(), Vec::new()),
             rows: Vec::new(),
             by_id: HashMap::new(),
         }

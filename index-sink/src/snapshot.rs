@@ -408,12 +408,7 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
             reason: reason_from(code).ok_or_else(|| corrupt("unknown compaction reason"))?,
         }),
     };
-    let graph = Graph {
-        dim,
-        vectors,
-        zero,
-        layers,
-    };
+    let graph = Graph::new(dim, vectors, zero, layers);
     graph.check().map_err(corrupt)?;
     let n = rows.len();
     let main = MainIndex::from_parts(graph, rows);

@@ -51,6 +51,18 @@ thread_local! {
     static RUN_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
+/// `yield_to_queries` for `units` units of work done at once (a batch of distances).
+pub(crate) fn yield_units(units: u32) {
+    let before = CALLS.with(Cell::get);
+    let crossed = before / CHECK_EVERY != before.wrapping_add(units) / CHECK_EVERY;
+    CALLS.with(|c| c.set(before.wrapping_add(units)));
+    if crossed {
+        // Land on a multiple of CHECK_EVERY minus one, so the next call is the check.
+        CALLS.with(|c| c.set((c.get() / CHECK_EVERY * CHECK_EVERY).wrapping_sub(1)));
+        yield_to_queries();
+    }
+}
+
 /// Called by background work once per unit (a distance computation): pauses while queries
 /// run, within the progress guarantee above. Returns how long it slept.
 pub(crate) fn yield_to_queries() -> Duration {
@@ -98,5 +110,20 @@ mod tests {
         std::thread::sleep(MIN_RUN);
         let after: Duration = (0..10 * CHECK_EVERY).map(|_| yield_to_queries()).sum();
         assert_eq!(after, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_batch_of_units_looks_at_the_queries_once_it_crosses_a_check() {
+        let query = QueryInFlight::enter();
+        std::thread::sleep(MIN_RUN); // past any forced run left by another test on this thread
+        let started = Instant::now();
+        for _ in 0..4 {
+            yield_units(CHECK_EVERY / 4 + 1);
+        }
+        assert!(
+            started.elapsed() >= MAX_PAUSE,
+            "no pause after a check's worth of units"
+        );
+        drop(query);
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use embedstream_index_sink::{CompactionReason, IndexConfig, Query, ShardedIndex, Upsert};
+use embedstream_index_sink::{
+    CompactionReason, IndexConfig, Query, RefineConfig, ShardedIndex, Upsert,
+};
 use embedstream_loadtest::{at_quantile, read_le_words};
 use serde_json::json;
 
@@ -44,6 +46,36 @@ struct Common {
     /// Top layer-0 lists up with pruned candidates (instant-distance's default).
     #[arg(long)]
     keep_pruned: bool,
+    /// The layer-0 refinement pass: `default` (the sink's), `off` (the graph as
+    /// instant-distance built it, plus reverse links), or `ALPHA,DEGREE,MAX_LINKS,EF`.
+    #[arg(long, default_value = "default", value_parser = parse_refine)]
+    refine: RefineArg,
+}
+
+#[derive(Clone, Debug)]
+enum RefineArg {
+    Default,
+    Set(Option<RefineConfig>),
+}
+
+fn parse_refine(s: &str) -> std::result::Result<RefineArg, String> {
+    match s {
+        "default" => Ok(RefineArg::Default),
+        "off" => Ok(RefineArg::Set(None)),
+        _ => {
+            let v: Vec<&str> = s.split(',').collect();
+            let [alpha, degree, max_links, ef] = v[..] else {
+                return Err("want default, off or ALPHA,DEGREE,MAX_LINKS,EF".into());
+            };
+            let num = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"));
+            Ok(RefineArg::Set(Some(RefineConfig {
+                alpha: alpha.trim().parse().map_err(|e| format!("{alpha}: {e}"))?,
+                degree: num(degree)?,
+                max_links: num(max_links)?,
+                ef: num(ef)?,
+            })))
+        }
+    }
 }
 
 #[derive(Args)]
@@ -157,6 +189,9 @@ fn config(common: &Common, dim: usize, n: usize) -> IndexConfig {
     config.shards = common.shards;
     config.main.ef_construction = common.ef_construction;
     config.main.keep_pruned = common.keep_pruned;
+    if let RefineArg::Set(refine) = &common.refine {
+        config.main.refine = refine.clone();
+    }
     config.hot.max_vectors = n + 1;
     // Compaction only when this program asks for it.
     config.compaction.interval = None;
