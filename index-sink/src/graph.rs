@@ -591,6 +591,29 @@ mod tests {
         out
     }
 
+    fn one_thread() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+    }
+
+    fn unrefined() -> MainConfig {
+        MainConfig {
+            refine: None,
+            ..MainConfig::default()
+        }
+    }
+
+    /// The input vectors in pid order (what recall against `data`'s rows needs).
+    fn by_pid(built: &Built, data: &[f32], dim: usize) -> Vec<f32> {
+        built
+            .input_row
+            .iter()
+            .flat_map(|&r| data[r as usize * dim..(r as usize + 1) * dim].to_vec())
+            .collect()
+    }
+
     #[test]
     fn own_search_returns_what_instant_distance_returns() {
         let (n, dim) = (600, 24);
@@ -605,10 +628,7 @@ mod tests {
             refine: None,
         };
         // One thread: the build is deterministic, so both copies are the same graph.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = one_thread();
         let built = pool.install(|| build(&data, dim, &config)).unwrap();
         let points: Vec<BuildPoint> = data
             .chunks_exact(dim)
@@ -648,20 +668,12 @@ mod tests {
         let data = random_unit(800, dim, 11);
         let one_way = MainConfig {
             reverse_links: false,
-            refine: None,
-            ..MainConfig::default()
+            ..unrefined()
         };
-        let two_way_config = MainConfig {
-            refine: None,
-            ..MainConfig::default()
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = one_thread();
         let plain = pool.install(|| build(&data, dim, &one_way)).unwrap().graph;
         let two_way = pool
-            .install(|| build(&data, dim, &two_way_config))
+            .install(|| build(&data, dim, &unrefined()))
             .unwrap()
             .graph;
         two_way.check().unwrap();
@@ -716,22 +728,9 @@ mod tests {
         let dim = 24;
         let data = random_unit(3000, dim, 21);
         let queries = random_unit(100, dim, 22);
-        let plain_config = MainConfig {
-            refine: None,
-            ..MainConfig::default()
-        };
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let plain = one.install(|| build(&data, dim, &plain_config)).unwrap();
-        // Points keep their order through the build here (values are a permutation; the
-        // recall check needs pid = input row).
-        let by_pid: Vec<f32> = plain
-            .input_row
-            .iter()
-            .flat_map(|&r| data[r as usize * dim..(r as usize + 1) * dim].to_vec())
-            .collect();
+        let one = one_thread();
+        let plain = one.install(|| build(&data, dim, &unrefined())).unwrap();
+        let by_pid = by_pid(&plain, &data, dim);
         let refine = RefineConfig::default();
         let mut refined = plain.graph.clone();
         one.install(|| refined.refine(refine.ef, refine.alpha, refine.degree, refine.max_links));
@@ -766,18 +765,10 @@ mod tests {
         let dim = 32; // a multiple of 16: the SIMD path where the CPU has one
         let data = random_unit(3000, dim, 31);
         let queries = random_unit(200, dim, 32);
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let built = one
+        let built = one_thread()
             .install(|| build(&data, dim, &MainConfig::default()))
             .unwrap();
-        let by_pid: Vec<f32> = built
-            .input_row
-            .iter()
-            .flat_map(|&r| data[r as usize * dim..(r as usize + 1) * dim].to_vec())
-            .collect();
+        let by_pid = by_pid(&built, &data, dim);
         for ef in [10, 40] {
             let exact = recall_at(&built.graph, &by_pid, &queries, ef, true);
             let quantized = recall_at(&built.graph, &by_pid, &queries, ef, false);
