@@ -66,6 +66,9 @@ def main():
     args = parser.parse_args()
     dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
     long_descriptions = translations()
+    if not long_descriptions:
+        print("warning: no Translation-en lists under /var/lib/apt/lists: texts are synopses only "
+              "(run `apt-get update -o Acquire::Languages=en` for the long descriptions)", file=sys.stderr)
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     seen = set()
     n = 0

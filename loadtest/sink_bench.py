@@ -13,6 +13,10 @@ measured window, and measures (a) the sink: probe records, polled on `GET /v1/it
 until searchable, and (b) the peer: a bare librdkafka consumer of the same topic, the floor
 Kafka itself sets on this broker. The sink's own histogram (record timestamp -> searchable,
 every record) is read from its /metrics afterwards.
+
+`--client KEY=VALUE` (repeatable) sets a librdkafka property on all three clients (the load's
+producer, the peer and the sink's consumer, the last through its config file's
+`[kafka] properties`), for A/B runs of client settings.
 """
 
 import argparse
@@ -72,6 +76,12 @@ def main():
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"))
     ap.add_argument("--listen", default="127.0.0.1:19501")
+    ap.add_argument("--fetch-wait-ms", type=int, default=None,
+                    help="fetch.wait.max.ms of the sink and the peer (default: the sink's own, 10)")
+    ap.add_argument("--sink-toml", default="",
+                    help="extra TOML for the sink's config file (e.g. '[index.compaction]\\nhot_fraction = 0.2')")
+    ap.add_argument("--client", action="append", default=[], metavar="KEY=VALUE",
+                    help="librdkafka property for the producer, the peer and the sink")
     args = ap.parse_args()
     for b in ("embedstream", "sink-load"):
         if not os.path.exists(os.path.join(BIN, b)):
@@ -86,7 +96,19 @@ def main():
     platform = ["--bootstrap", args.bootstrap]
     work = tempfile.mkdtemp(prefix="sink-bench-")
     log = open(os.path.join(work, "sink.log"), "w")
-    sink = subprocess.Popen([os.path.join(BIN, "embedstream"), "sink", *platform,
+    extra = []
+    props = dict(kv.split("=", 1) for kv in args.client)
+    if args.fetch_wait_ms is not None:
+        props["fetch.wait.max.ms"] = str(args.fetch_wait_ms)
+    if props or args.sink_toml:
+        with open(os.path.join(work, "sink.toml"), "w") as f:
+            f.write(args.sink_toml.replace("\\n", "\n") + "\n")
+            if props:
+                f.write("[kafka]\nproperties = { "
+                        + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in props.items())
+                        + " }\n")
+        extra = ["--config", os.path.join(work, "sink.toml")]
+    sink = subprocess.Popen([os.path.join(BIN, "embedstream"), "sink", *platform, *extra,
                              "--registry-url", args.registry_url, "--topic-prefix", prefix,
                              "--model", "minilm-l6-v2@1", "--listen", args.listen, "--data-dir", work],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -99,7 +121,8 @@ def main():
                               "--rate", str(args.rate), "--secs", str(args.secs),
                               "--warmup-secs", str(args.warmup_secs),
                               # the sink's own fetch.wait.max.ms (index-sink consumer.rs)
-                              "--fetch-wait-ms", "10"],
+                              "--fetch-wait-ms", str(args.fetch_wait_ms or 10),
+                              *[a for kv in args.client for a in ("--client", kv)]],
                              capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(f"sink-load failed:\n{run.stderr[-3000:]}")
@@ -122,10 +145,11 @@ def main():
         sink.terminate()
         sink.wait(timeout=60)
     print(json.dumps(result, indent=2))
-    s, p = result["sink_probe"], result["peer_bare_consumer"]
-    print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s: sink freshness "
+    s, p, a = result["sink_probe"], result["peer_bare_consumer"], result["producer_acks"]
+    print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s {args.client} fetch wait {args.fetch_wait_ms or 10} ms: sink freshness "
           f"p50 {s.get('p50_ms')} ms p99 {s.get('p99_ms')} ms ({s['count']} probes); bare consumer "
-          f"p50 {p.get('p50_ms')} ms p99 {p.get('p99_ms')} ms ({p['count']} records)", file=sys.stderr)
+          f"p50 {p.get('p50_ms')} ms p99 {p.get('p99_ms')} ms ({p['count']} records); producer acks "
+          f"p50 {a.get('p50_ms')} ms p99 {a.get('p99_ms')} ms", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,18 @@
 //!   freshness = found − the record's timestamp (CreateTime, set at produce time);
 //! - **peer**: a bare consumer (librdkafka, its own assignment of every partition from the
 //!   end, no processing) on the same topic: received − record timestamp for every record —
-//!   what Kafka itself costs on this broker, the floor under any sink.
+//!   what Kafka itself costs on this broker, the floor under any sink;
+//! - **producer acks**: delivery report − record timestamp for every record the load sends
+//!   (linger, the produce request and the broker's write): the part of both numbers above
+//!   that happens before any consumer can see the record.
+//!
+//! `--client KEY=VALUE` (repeatable) sets a librdkafka property on the producer and the peer,
+//! for A/B runs of client settings.
 //!
 //! Prints one JSON object.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -21,12 +27,12 @@ use embedstream_loadtest::{at_quantile, read_le_words};
 use embedstream_schemas::codec::{Codec, encode_datum};
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::wire;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -61,6 +67,51 @@ struct Args {
     /// Distinct item ids the load cycles through (updates once they repeat).
     #[arg(long, default_value_t = 50_000)]
     ids: usize,
+    /// A librdkafka property for the producer and the peer (`KEY=VALUE`, repeatable).
+    #[arg(long = "client", value_parser = key_value)]
+    client: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// The bootstrap, then `settings`, then every `--client` property (so they override both).
+fn client(args: &Args, settings: &[(&str, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &args.bootstrap);
+    for (k, v) in settings {
+        c.set(*k, v);
+    }
+    for (k, v) in &args.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer context that times each record from its timestamp to its delivery report.
+struct Acks {
+    measuring: Arc<AtomicBool>,
+    ms: Mutex<Vec<f64>>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(msg) = result
+            && self.measuring.load(Ordering::Relaxed)
+            && let Some(ts) = msg.timestamp().to_millis()
+        {
+            let at = now_ms();
+            self.ms.lock().expect("acks").push((at - ts) as f64);
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -105,12 +156,15 @@ fn summary(mut ms: Vec<f64>) -> serde_json::Value {
 
 /// The bare consumer: every partition from its current end, latency per record.
 fn peer(args: &Args, measuring: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Result<Vec<f64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("group.id", format!("bench-peer-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", args.fetch_wait_ms.to_string())
-        .create()?;
+    let consumer: BaseConsumer = client(
+        args,
+        &[
+            ("group.id", format!("bench-peer-{}", std::process::id())),
+            ("enable.auto.commit", "false".into()),
+            ("fetch.wait.max.ms", args.fetch_wait_ms.to_string()),
+        ],
+    )
+    .create()?;
     let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
     let partitions = metadata
         .topics()
@@ -160,12 +214,21 @@ async fn main() -> Result<()> {
         ))
     };
 
-    let producer: Arc<ThreadedProducer<DefaultProducerContext>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &args.bootstrap)
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .create()?,
+    let measuring = Arc::new(AtomicBool::new(false));
+    let producer: Arc<ThreadedProducer<Acks>> = Arc::new(
+        client(
+            &args,
+            // The stage's producer settings (pipeline/src/stage/mod.rs).
+            &[
+                ("linger.ms", "5".into()),
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+            ],
+        )
+        .create_with_context(Acks {
+            measuring: Arc::clone(&measuring),
+            ms: Mutex::new(Vec::new()),
+        })?,
     );
     let send = {
         let (producer, topic) = (Arc::clone(&producer), args.topic.clone());
@@ -184,7 +247,6 @@ async fn main() -> Result<()> {
         }
     };
 
-    let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let peer_thread = {
         let (args, m, d) = (Arc::clone(&args), Arc::clone(&measuring), Arc::clone(&done));
@@ -267,6 +329,7 @@ async fn main() -> Result<()> {
     load_thread.join().expect("load thread")?;
     producer.flush(Duration::from_secs(30))?;
     let peer = peer_thread.join().expect("peer thread")?;
+    let acks = std::mem::take(&mut *producer.context().ms.lock().expect("acks"));
     println!(
         "{}",
         json!({
@@ -274,6 +337,8 @@ async fn main() -> Result<()> {
             "window_s": window, "topic": args.topic,
             "sink_probe": summary(probes), "probes_not_found_in_10s": missed,
             "peer_bare_consumer": summary(peer),
+            "producer_acks": summary(acks),
+            "client": args.client.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         })
     );
     Ok(())
