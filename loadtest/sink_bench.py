@@ -98,8 +98,10 @@ def main():
     log = open(os.path.join(work, "sink.log"), "w")
     extra = []
     props = dict(kv.split("=", 1) for kv in args.client)
+    # The sink's own fetch.wait.max.ms is 10 (index-sink consumer.rs); the peer keeps it equal.
+    fetch_wait = 10 if args.fetch_wait_ms is None else args.fetch_wait_ms
     if args.fetch_wait_ms is not None:
-        props["fetch.wait.max.ms"] = str(args.fetch_wait_ms)
+        props["fetch.wait.max.ms"] = str(fetch_wait)
     if props or args.sink_toml:
         with open(os.path.join(work, "sink.toml"), "w") as f:
             f.write(args.sink_toml.replace("\\n", "\n") + "\n")
@@ -120,8 +122,7 @@ def main():
                               "--sink-url", base, "--vectors", os.path.join(args.data, "base.f32"),
                               "--rate", str(args.rate), "--secs", str(args.secs),
                               "--warmup-secs", str(args.warmup_secs),
-                              # the sink's own fetch.wait.max.ms (index-sink consumer.rs)
-                              "--fetch-wait-ms", str(args.fetch_wait_ms or 10),
+                              "--fetch-wait-ms", str(fetch_wait),
                               *[a for kv in args.client for a in ("--client", kv)]],
                              capture_output=True, text=True)
         if run.returncode != 0:
@@ -146,7 +147,7 @@ def main():
         sink.wait(timeout=60)
     print(json.dumps(result, indent=2))
     s, p, a = result["sink_probe"], result["peer_bare_consumer"], result["producer_acks"]
-    print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s {args.client} fetch wait {args.fetch_wait_ms or 10} ms: sink freshness "
+    print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s {args.client} fetch wait {fetch_wait} ms: sink freshness "
           f"p50 {s.get('p50_ms')} ms p99 {s.get('p99_ms')} ms ({s['count']} probes); bare consumer "
           f"p50 {p.get('p50_ms')} ms p99 {p.get('p99_ms')} ms ({p['count']} records); producer acks "
           f"p50 {a.get('p50_ms')} ms p99 {a.get('p99_ms')} ms", file=sys.stderr)
