@@ -71,6 +71,15 @@ impl<B: Backend> BurnEmbedder<B> {
         self
     }
 
+    /// Runs the padded path (texts padded to the batch's longest, Burn's masked `attention`)
+    /// on the CPU backend too, instead of the packed one (for comparing the two; other
+    /// backends always run it).
+    #[must_use]
+    pub fn with_padded(mut self, padded: bool) -> Self {
+        self.encoder = self.encoder.with_padded(padded);
+        self
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config

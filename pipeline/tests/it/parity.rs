@@ -16,10 +16,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-fn check(model: &str) {
+/// `padded`: the padded path with Burn's masked attention (what the CUDA backend runs)
+/// instead of the CPU backend's packed one.
+fn check(model: &str, padded: bool) {
     let (spec, dir) = model_dir(model);
     let reference = reference(&spec);
-    let mut embedder = BurnEmbedder::<Cpu>::load(&dir, Default::default()).unwrap();
+    let load = || {
+        BurnEmbedder::<Cpu>::load(&dir, Default::default())
+            .unwrap()
+            .with_padded(padded)
+    };
+    let mut embedder = load();
     assert_eq!(embedder.dimension(), reference.dimension);
 
     // Each text alone, as the reference was made.
@@ -49,9 +56,7 @@ fn check(model: &str) {
         .collect();
     let batched = embedder.embed(&ids);
     // Padded further, to a multiple of 32 tokens as the CUDA backend pads: still the same.
-    let mut padded = BurnEmbedder::<Cpu>::load(&dir, Default::default())
-        .unwrap()
-        .with_pad_multiple(32);
+    let mut padded = load().with_pad_multiple(32);
     let padded = padded.embed(&ids);
     for (((t, a), b), p) in reference
         .texts
@@ -77,10 +82,20 @@ fn check(model: &str) {
 
 #[test]
 fn minilm_matches_sentence_transformers() {
-    check("minilm-l6-v2@1");
+    check("minilm-l6-v2@1", false);
 }
 
 #[test]
 fn mpnet_matches_sentence_transformers() {
-    check("mpnet-base-v2@1");
+    check("mpnet-base-v2@1", false);
+}
+
+#[test]
+fn minilm_matches_sentence_transformers_padded() {
+    check("minilm-l6-v2@1", true);
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers_padded() {
+    check("mpnet-base-v2@1", true);
 }
