@@ -46,16 +46,23 @@ print(json.dumps({"wall": wall, "lengths": lengths,
 """
 
 
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def flops(lengths, layers, hidden, inter):
     per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
     attention = sum(2 * 2 * layers * n * n * hidden for n in lengths)
     return per_token * sum(lengths) + attention
 
 
-def run_rust(model, texts_path, threads, batch):
+def run_rust(model, texts_path, threads, batch, binary=BIN):
     out = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False).name
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), RUST_LOG="info", NO_COLOR="1")
-    cmd = ["/usr/bin/time", "-v", str(BIN), "embed", "--model", model, "--input", texts_path,
+    cmd = ["/usr/bin/time", "-v", str(binary), "embed", "--model", model, "--input", texts_path,
            "--output", out, "--batch-size", str(batch)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -76,6 +83,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--bin", default=str(BIN), help="the embedstream binary (another build, to compare)")
     args = p.parse_args()
 
     catalog = subprocess.run([sys.executable, str(ROOT / "loadtest" / "debian_catalog.py")],
@@ -97,7 +105,7 @@ def main():
         if st.returncode != 0:
             sys.exit(st.stderr)
         st = json.loads(st.stdout.strip().splitlines()[-1])
-        rust = run_rust(model, texts.name, args.threads, args.batch)
+        rust = run_rust(model, texts.name, args.threads, args.batch, args.bin)
         tokens = sum(st["lengths"])
         assert tokens == rust["tokens"], (tokens, rust["tokens"])
         f = flops(st["lengths"], layers, hidden, inter)
@@ -106,8 +114,10 @@ def main():
                 "model": model, "impl": name, "items_s": len(sample) / r["wall"],
                 "tokens_s": tokens / r["wall"], "gflops": f / r["wall"] / 1e9,
                 "rss": r["peak_rss_mb"], "wall": r["wall"],
-                "split": (f"tokenize {r['tokenize']:.2f} s, forward+pool {r['forward']:.2f} s, "
-                          f"padding {100 * (r['padded'] / r['tokens'] - 1):.1f}%") if "forward" in r else "",
+                "split": (f"tokenize {r['tokenize']:.2f} s, forward+pool {r['forward']:.2f} s "
+                          f"(summed over the replicas); packed batches, so none of the "
+                          f"{100 * (r['padded'] / r['tokens'] - 1):.1f}% padding that padded "
+                          f"batches would add") if "forward" in r else "",
             })
         rows.append({"model": model, "impl": "ratio (embedstream / PyTorch)",
                      "items_s": rows[-1]["items_s"] / rows[-2]["items_s"]})
@@ -118,6 +128,8 @@ def main():
         "",
         f"Command: `python3 loadtest/embed_bench.py --python <venv with sentence-transformers> "
         f"--items {args.items} --threads {args.threads} --batch {args.batch}`",
+        "",
+        f"CPU: {cpu_model()}; binary: `{os.path.relpath(args.bin, ROOT)}`",
         "",
         "| model | implementation | items/s | tokens/s | GFLOP/s | peak RSS MB | wall s | where the time goes |",
         "|---|---|---|---|---|---|---|---|",
