@@ -115,9 +115,8 @@ def main():
                 "tokens_s": tokens / r["wall"], "gflops": f / r["wall"] / 1e9,
                 "rss": r["peak_rss_mb"], "wall": r["wall"],
                 "split": (f"tokenize {r['tokenize']:.2f} s, forward+pool {r['forward']:.2f} s "
-                          f"(summed over the replicas); packed batches, so none of the "
-                          f"{100 * (r['padded'] / r['tokens'] - 1):.1f}% padding that padded "
-                          f"batches would add") if "forward" in r else "",
+                          f"(summed over the replicas), padding computed "
+                          f"{100 * (r['padded'] / r['tokens'] - 1):.1f}%") if "forward" in r else "",
             })
         rows.append({"model": model, "impl": "ratio (embedstream / PyTorch)",
                      "items_s": rows[-1]["items_s"] / rows[-2]["items_s"]})

@@ -115,6 +115,15 @@ where
             .map(<[f32]>::to_vec)
             .collect()
     }
+
+    fn computed_tokens(&self, batch: &[&[u32]]) -> u64 {
+        if self.encoder.packs() {
+            return batch.iter().map(|t| t.len() as u64).sum();
+        }
+        let longest = batch.iter().map(|t| t.len()).max().unwrap_or(0);
+        let len = Batch::<B>::padded_len(longest, self.pad_multiple, self.config.max_seq_length);
+        (batch.len() * len) as u64
+    }
 }
 
 /// Loads a model folder onto the requested device.

@@ -34,6 +34,11 @@ pub trait Embedder: Send {
     fn dimension(&self) -> usize;
     /// Embeds `batch` (token ids, special tokens included, unpadded); one vector per text.
     fn embed(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>>;
+    /// Tokens a forward pass over `batch` computes, padding included: `texts × longest` for a
+    /// model that pads (the default), fewer for one that does not.
+    fn computed_tokens(&self, batch: &[&[u32]]) -> u64 {
+        (batch.len() * batch.iter().map(|t| t.len()).max().unwrap_or(0)) as u64
+    }
 }
 
 /// Engine limits.
@@ -514,7 +519,7 @@ fn model_loop(
         infer_seconds.record(start.elapsed().as_secs_f64());
         batch_items.record(batch.len() as f64);
         let tokens = ids.iter().map(|i| i.len() as u64).sum::<u64>();
-        let padded_tokens = (ids.len() * ids.last().map_or(0, |i| i.len())) as u64;
+        let padded_tokens = model.computed_tokens(&ids);
         real.increment(tokens);
         padded.increment(padded_tokens);
         if let Ok(mut t) = times.lock() {

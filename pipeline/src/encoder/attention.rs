@@ -411,9 +411,11 @@ mod tests {
             .collect()
     }
 
+    type Kernel = Box<dyn Fn(Attend<'_>) + Sync>;
+
     /// The kernel on every instruction set this CPU has, the scalar one included.
-    fn kernels() -> Vec<(&'static str, Box<dyn Fn(Attend<'_>) + Sync>)> {
-        let mut kernels: Vec<(&'static str, Box<dyn Fn(Attend<'_>) + Sync>)> = vec![
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        let mut kernels: Vec<(&'static str, Kernel)> = vec![
             ("dispatched", Box::new(|a| ARCH.dispatch(a))),
             ("scalar", Box::new(|a| a.with_simd(pulp::Scalar::new()))),
         ];

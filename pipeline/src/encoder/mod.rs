@@ -87,17 +87,22 @@ impl<B: Backend> Batch<B> {
         max_len: usize,
         device: &B::Device,
     ) -> Self {
-        let longest = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
-        let len = longest
-            .next_multiple_of(multiple.max(1))
-            .min(max_len.max(longest));
+        let longest = texts.iter().map(|t| t.len()).max().unwrap_or(0);
         Self {
             tokens: texts.concat(),
             lens: texts.iter().map(|t| t.len()).collect(),
-            len,
+            len: Self::padded_len(longest, multiple, max_len),
             pad_id,
             device: device.clone(),
         }
+    }
+
+    /// The padded length of a batch whose longest text has `longest` tokens (at least 1).
+    pub fn padded_len(longest: usize, multiple: usize, max_len: usize) -> usize {
+        let longest = longest.max(1);
+        longest
+            .next_multiple_of(multiple.max(1))
+            .min(max_len.max(longest))
     }
 
     /// Token ids `[batch, len]`, padded.
@@ -270,10 +275,15 @@ impl<B: Backend> Encoder<B> {
         self
     }
 
+    /// Whether a batch runs packed (no padding computed): on the CPU backend, unless
+    /// [`Encoder::with_padded`] asked otherwise.
+    pub fn packs(&self) -> bool {
+        TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>() && !self.padded
+    }
+
     /// Pooled (and, if configured, normalized) sentence vectors `[batch, hidden]`.
     pub fn embed(&self, c: &ModelConfig, batch: &Batch<B>) -> Tensor<B, 2> {
-        let cpu = TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>();
-        if cpu && !self.padded {
+        if self.packs() {
             self.embed_packed(c, batch)
         } else {
             self.embed_padded(c, batch)

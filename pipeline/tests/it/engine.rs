@@ -47,7 +47,8 @@ async fn concurrent_requests_come_back_in_order() {
     let times = engine.times();
     assert_eq!(times.texts, 8 * texts.len() as u64);
     assert!(times.batches >= times.texts / 5);
-    assert!(times.padded_tokens >= times.tokens);
+    // The CPU backend packs each batch's texts: it computes no padding.
+    assert_eq!(times.padded_tokens, times.tokens);
     drop(engine);
     threads.join();
 }
