@@ -2,10 +2,7 @@
 //! vectorized pass over the data, in place, instead of the backend's per-element `libm` erf,
 //! which was an eighth of MiniLM's time; other backends use Burn's own `gelu`.
 
-use std::any::TypeId;
-use std::sync::LazyLock;
-
-use pulp::{Arch, Simd, WithSimd};
+use pulp::{Simd, WithSimd};
 
 use burn::tensor::activation::gelu as burn_gelu;
 use burn::tensor::backend::Backend;
@@ -13,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 
 /// GELU of `x`.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if TypeId::of::<B>() != TypeId::of::<crate::embed::burn_model::Cpu>() {
+    if !super::on_cpu::<B>() {
         return burn_gelu(x);
     }
     let device = x.device();
@@ -26,15 +23,13 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_data(data, &device)
 }
 
-static ARCH: LazyLock<Arch> = LazyLock::new(Arch::new);
-
 /// `x · Φ(x)` for every element, on the rayon pool the CPU backend uses, with the widest SIMD
 /// the CPU has.
 pub fn gelu_in_place(values: &mut [f32]) {
     use rayon::prelude::*;
     values
         .par_chunks_mut(16 * 1024)
-        .for_each(|chunk| ARCH.dispatch(Gelu(chunk)));
+        .for_each(|chunk| super::SIMD.dispatch(Gelu(chunk)));
 }
 
 struct Gelu<'a>(&'a mut [f32]);

@@ -10,14 +10,11 @@
 //! plain slices that the compiler vectorizes for the widest SIMD the CPU has (chosen at run
 //! time through `pulp`).
 
-use std::sync::LazyLock;
-
-use pulp::{Arch, Simd, WithSimd};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::SIMD;
 use super::activation::exp_neg;
-
-static ARCH: LazyLock<Arch> = LazyLock::new(Arch::new);
 
 /// `softmax(Q_h K_hᵀ / √d + bias_h) V_h` within every text, for every head. Q, K and V are
 /// `[tokens, hidden]` with text `b`'s `lens[b]` tokens after text `b - 1`'s and head `h` in
@@ -33,7 +30,7 @@ pub fn attention(
     heads: usize,
     bias: Option<&[Vec<f32>]>,
 ) -> Vec<f32> {
-    attend_with(q, k, v, lens, hidden, heads, bias, |a| ARCH.dispatch(a))
+    attend_with(q, k, v, lens, hidden, heads, bias, |a| SIMD.dispatch(a))
 }
 
 /// [`attention`], each text run through `run` (the run-time dispatch, or in tests one
@@ -416,7 +413,7 @@ mod tests {
     /// The kernel on every instruction set this CPU has, the scalar one included.
     fn kernels() -> Vec<(&'static str, Kernel)> {
         let mut kernels: Vec<(&'static str, Kernel)> = vec![
-            ("dispatched", Box::new(|a| ARCH.dispatch(a))),
+            ("dispatched", Box::new(|a| SIMD.dispatch(a))),
             ("scalar", Box::new(|a| a.with_simd(pulp::Scalar::new()))),
         ];
         #[cfg(target_arch = "x86_64")]

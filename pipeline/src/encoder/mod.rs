@@ -20,6 +20,7 @@ mod load;
 pub mod mpnet;
 
 use std::any::TypeId;
+use std::sync::LazyLock;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -32,6 +33,15 @@ use embedstream_topics::catalog::{Architecture, Pooling};
 pub use load::load;
 
 use crate::models::ModelConfig;
+
+/// The widest SIMD this CPU has, detected once, for the CPU backend's own kernels (attention,
+/// GELU).
+static SIMD: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
+
+/// Whether `B` is the CPU backend (the one the encoder's own CPU kernels serve).
+fn on_cpu<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>()
+}
 
 /// One encoder layer: self-attention and feed-forward, each with a residual and LayerNorm.
 #[derive(Module, Debug)]
@@ -278,7 +288,7 @@ impl<B: Backend> Encoder<B> {
     /// Whether a batch runs packed (no padding computed): on the CPU backend, unless
     /// [`Encoder::with_padded`] asked otherwise.
     pub fn packs(&self) -> bool {
-        TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>() && !self.padded
+        on_cpu::<B>() && !self.padded
     }
 
     /// Pooled (and, if configured, normalized) sentence vectors `[batch, hidden]`.
