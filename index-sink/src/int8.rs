@@ -243,12 +243,12 @@ mod avx2 {
 
     use super::{BLOCK, Int8Matrix, ROWS, X_MAX, X_SHIFT, inverse_step, quantize_one};
 
-    /// Quantizes the input (`vcvtps2dq` rounds ties to even, like the scalar path), then
-    /// eight rows at a time: per block of 32 columns, one load of the input and, per row,
-    /// `vpmaddubsw` (32 products summed in pairs to i16) then `vpmaddwd` by ones (to i32).
+    /// Quantizes the input (`vcvtps2dq` rounds ties to even, like the scalar path), then the
+    /// rows ([`rows_with`]): with `vpmaddubsw` (32 products summed in pairs to i16) then
+    /// `vpmaddwd` by ones (to i32), or with VNNI's `vpdpbusd`.
     pub(super) struct Apply<'a> {
         pub(super) simd: V3,
-        /// Use [`vnni::rows`] (only when [`vnni::available`]).
+        /// Use [`vnni::rows`] (only when `Kernel::Vnni` is available).
         pub(super) vnni: bool,
         pub(super) m: &'a Int8Matrix,
         pub(super) x: &'a [f32],
