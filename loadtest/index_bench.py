@@ -13,7 +13,8 @@ machine's cores are the resource being measured):
   fixed M=32 and our ef_construction: the same graph budget) and M=16, ef_construction=200
   (hnswlib's README settings). QPS compared at recall@10 = 0.95, interpolated between the two
   efs around it; the systems take turns for --rounds rounds and each ef keeps its best QPS.
-- latency: the sink's configuration (4 shards searched in parallel on rayon's global pool),
+- latency: the sink's configuration (its default 2 shards searched in parallel on rayon's
+  global pool, 2 query threads),
   p50/p95/p99 per consumer profile's ef, queries one at a time.
 - compaction: one client querying back to back, idle and while every shard's main is rebuilt
   (hot at 5% of main, compaction on its default 1-thread budget).
@@ -36,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "index-bench")
 EFS = [10, 12, 14, 16, 20, 24, 28, 32, 48, 64, 100, 150, 200]
 PROFILES = {"ads": 64, "search": 100, "recsys": 128, "dedup": 200}
+SHARDS = 2  # the sink's default (index-sink/src/config.rs)
 
 
 def load(data):
@@ -161,16 +163,16 @@ def main():
                                      f"{peer} ef={at[peer]['ef']} {at[peer]['qps']:.0f} QPS: "
                                      f"{at[name]['qps'] / at[peer]['qps']:.2f}x")
     if "latency" in parts:
-        rows = [r for r in ours(args.data, ["search"], "--shards", 4, "--build-threads", 2,
-                                "--snapshot-dir", os.path.join(args.data, "ours-4shards-default"),
+        rows = [r for r in ours(args.data, ["search"], "--shards", SHARDS, "--build-threads", 2,
+                                "--snapshot-dir", os.path.join(args.data, f"ours-{SHARDS}shards-default"),
                                 "--query-threads", 2,
                                 "--efs", ",".join(map(str, PROFILES.values()))) if r["kind"] == "search"]
         for (name, ef), r in zip(PROFILES.items(), rows):
-            table.append(f"latency 4 shards, profile {name} (ef {ef}): recall@10 {r['recall10']:.3f}, "
+            table.append(f"latency {SHARDS} shards, profile {name} (ef {ef}): recall@10 {r['recall10']:.3f}, "
                          f"p50 {r['p50_us'] / 1000:.2f} ms, p95 {r['p95_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms")
     if "compaction" in parts:
         for share in (0.5, 0.0):
-            rows = {r["phase"]: r for r in ours(args.data, ["compaction"], "--shards", 4, "--load", share)}
+            rows = {r["phase"]: r for r in ours(args.data, ["compaction"], "--shards", SHARDS, "--load", share)}
             idle, during = rows["idle"], rows["during_compaction"]
             mode = "open loop at 50% of capacity" if share else "back to back"
             table.append(f"compaction, queries {mode}: idle p50 {idle['p50_us'] / 1000:.2f} ms "

@@ -5,7 +5,7 @@
 Needs the broker and registry (`compose/dev infra`), `cargo build --release --bin embedstream
 -p embedstream-loadtest`, and DIR from `loadtest/index_data.py` (real MiniLM vectors of the
 Debian catalog). Each run uses a fresh topic prefix (`bench<time>.embeddings.minilm-l6-v2.v1`,
-6 partitions) and a fresh `embedstream sink` with the default config (4 shards, compaction
+6 partitions) and a fresh `embedstream sink` with the default config (2 shards, compaction
 policy on), so the sink also compacts while it is measured.
 
 `target/release/sink-load` (see its doc) produces at --rate for a warm-up then the

@@ -22,6 +22,13 @@ pub struct IndexConfig {
     pub dim: usize,
     /// Number of shards; an item's shard is FNV-1a-64(item id) mod shards. Changing it
     /// invalidates the snapshots (they are refused, and the topic must be replayed).
+    ///
+    /// A query searches every shard (in parallel, on the query pool), so each shard adds one
+    /// graph search to its cost: fewer shards are less work per query, more shards more
+    /// parallelism per query and smaller compaction rebuilds. The default, 2, is one per core
+    /// of the 2-core machines the benchmarks run on: at 1M × 384 it answers at half the
+    /// latency of 4 shards at the same recall (`loadtest/reports/index.md` §2); on a machine
+    /// with more cores to spare per query, more shards lower the latency further.
     #[serde(default = "default_shards")]
     pub shards: usize,
     /// Largest `k` a query may ask for.
@@ -157,7 +164,7 @@ fn default_name() -> String {
     "index".to_owned()
 }
 const fn default_shards() -> usize {
-    4
+    2
 }
 const fn default_max_k() -> usize {
     1000

@@ -39,7 +39,8 @@ struct Common {
     /// Directory with base.f32, queries.f32, truth.u32, meta.json.
     #[arg(long)]
     data: PathBuf,
-    #[arg(long, default_value_t = 4)]
+    /// Shards (the sink's default unless said).
+    #[arg(long, default_value_t = embedstream_index_sink::IndexConfig::with_dim(0).shards)]
     shards: usize,
     #[arg(long, default_value_t = 100)]
     ef_construction: usize,
