@@ -16,10 +16,7 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
     // The backend's own buffer, changed in place (no copy when the tensor is not shared).
     let mut data: TensorData = x.into_data();
-    match data.as_mut_slice::<f32>() {
-        Ok(values) => gelu_in_place(values),
-        Err(e) => panic!("the CPU backend's floats are f32: {e:?}"),
-    }
+    gelu_in_place(super::floats_mut(&mut data));
     Tensor::from_data(data, &device)
 }
 

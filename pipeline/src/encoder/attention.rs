@@ -13,8 +13,8 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::SIMD;
 use super::activation::exp_neg;
+use super::{SIMD, spans};
 
 /// `softmax(Q_h K_hᵀ / √d + bias_h) V_h` within every text, for every head. Q, K and V are
 /// `[tokens, hidden]` with text `b`'s `lens[b]` tokens after text `b - 1`'s and head `h` in
@@ -66,10 +66,11 @@ fn attend_with(
     let mut out = vec![0.0f32; q.len()];
     // Each text's rows of the output, to fill in parallel.
     let mut texts = Vec::with_capacity(lens.len());
-    let (mut rest, mut start) = (out.as_mut_slice(), 0);
-    for &n in lens {
+    let mut rest = out.as_mut_slice();
+    for span in spans(lens) {
+        let n = span.len();
         let (mine, tail) = rest.split_at_mut(n * hidden);
-        let rows = start * hidden..(start + n) * hidden;
+        let rows = span.start * hidden..span.end * hidden;
         texts.push((
             Text {
                 q: &q[rows.clone()],
@@ -83,7 +84,6 @@ fn attend_with(
             mine,
         ));
         rest = tail;
-        start += n;
     }
     texts
         .into_par_iter()

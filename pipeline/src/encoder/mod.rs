@@ -20,6 +20,7 @@ mod load;
 pub mod mpnet;
 
 use std::any::TypeId;
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use burn::module::Module;
@@ -41,6 +42,16 @@ static SIMD: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
 /// Whether `B` is the CPU backend (the one the encoder's own CPU kernels serve).
 fn on_cpu<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>()
+}
+
+/// Where each text's tokens are in a packed batch: the ranges of token indices of texts of
+/// `lens` tokens, one after the other.
+fn spans(lens: &[usize]) -> impl Iterator<Item = Range<usize>> + '_ {
+    lens.iter().scan(0, |start, &n| {
+        let span = *start..*start + n;
+        *start += n;
+        Some(span)
+    })
 }
 
 /// One encoder layer: self-attention and feed-forward, each with a residual and LayerNorm.
@@ -156,11 +167,7 @@ impl<B: Backend> Batch<B> {
 
     /// Each text's tokens.
     fn texts(&self) -> impl Iterator<Item = &[u32]> {
-        self.lens.iter().scan(0, |start, &n| {
-            let text = &self.tokens[*start..*start + n];
-            *start += n;
-            Some(text)
-        })
+        spans(&self.lens).map(|span| &self.tokens[span])
     }
 }
 
@@ -249,6 +256,14 @@ impl<B: Backend> EncoderLayer<B> {
 /// A float tensor's values (f32 on the CPU backend), borrowed from its data.
 fn floats(data: &TensorData) -> &[f32] {
     match data.as_slice() {
+        Ok(v) => v,
+        Err(e) => panic!("the CPU backend's floats are f32: {e:?}"),
+    }
+}
+
+/// [`floats`], to change in place.
+fn floats_mut(data: &mut TensorData) -> &mut [f32] {
+    match data.as_mut_slice() {
         Ok(v) => v,
         Err(e) => panic!("the CPU backend's floats are f32: {e:?}"),
     }
@@ -347,10 +362,9 @@ impl<B: Backend> Encoder<B> {
         let x = x.into_data();
         let x = floats(&x);
         let mut pooled = vec![0.0f32; texts * hidden];
-        let mut start = 0;
-        for (out, &n) in pooled.chunks_exact_mut(hidden).zip(&batch.lens) {
-            let rows = &x[start * hidden..(start + n) * hidden];
-            start += n;
+        for (out, span) in pooled.chunks_exact_mut(hidden).zip(spans(&batch.lens)) {
+            let n = span.len();
+            let rows = &x[span.start * hidden..span.end * hidden];
             match c.pooling {
                 Pooling::Mean => {
                     for token in rows.chunks_exact(hidden) {
@@ -437,10 +451,8 @@ fn relative_bias<B: Backend>(
     buckets: usize,
     heads: usize,
 ) -> Vec<Vec<f32>> {
-    let weights: Vec<f32> = match table.weight.val().into_data().into_vec() {
-        Ok(v) => v,
-        Err(e) => panic!("the bias table's floats are f32: {e:?}"),
-    };
+    let weights = table.weight.val().into_data();
+    let weights = floats(&weights);
     let relative = -(len as i64 - 1)..len as i64;
     (0..heads)
         .map(|h| {
