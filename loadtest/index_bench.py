@@ -16,7 +16,7 @@ machine's cores are the resource being measured):
 - latency: the sink's configuration (its default 2 shards searched in parallel on rayon's
   global pool, 2 query threads),
   p50/p95/p99 per consumer profile's ef, queries one at a time.
-- compaction: one client querying back to back, idle and while every shard's main is rebuilt
+- compaction: one client querying back to back, idle (before and after) and while every shard's main is rebuilt
   (hot at 5% of main, compaction on its default 1-thread budget).
 
 Indexes are cached in DIR (hnswlib's saved index, our snapshot directory) so a rerun measures
@@ -175,8 +175,9 @@ def main():
             rows = {r["phase"]: r for r in ours(args.data, ["compaction"], "--shards", SHARDS, "--load", share)}
             idle, during = rows["idle"], rows["during_compaction"]
             mode = "open loop at 50% of capacity" if share else "back to back"
-            table.append(f"compaction, queries {mode}: idle p50 {idle['p50_us'] / 1000:.2f} ms "
-                         f"p99 {idle['p99_us'] / 1000:.2f} ms ({idle['queries']} queries); during "
+            table.append(f"compaction, queries {mode}: idle (before and after) p50 {idle['p50_us'] / 1000:.2f} ms "
+                         f"p99 {idle['p99_us'] / 1000:.2f} ms (before {idle['p99_before_us'] / 1000:.2f}, "
+                         f"after {idle['p99_after_us'] / 1000:.2f}; {idle['queries']} queries); during "
                          f"{during['seconds']:.1f} s of compaction p50 {during['p50_us'] / 1000:.2f} ms "
                          f"p99 {during['p99_us'] / 1000:.2f} ms ({during['queries']} queries): "
                          f"p99 ratio {during['p99_us'] / idle['p99_us']:.2f}")

@@ -13,6 +13,15 @@
 //! at least [`MIN_RUN`] of work before the next — under queries that never stop, compaction
 //! still gets about a fifth of its core and finishes. A pause that ended because the queries
 //! did is not followed by a forced run, so under a moderate load the build always steps aside.
+//!
+//! A forced run is short because a query can wait for all of it. The build thread, once on a
+//! core, leaves it when a query thread *wakes* (SCHED_IDLE is preempted then) or at the next
+//! scheduler tick (4 ms at HZ=250); but rayon's idle workers spin on `sched_yield` (32 rounds)
+//! before they sleep, so a query handed to a spinning worker wakes nothing and waits until the
+//! build sleeps again. With 1 ms runs after 4 ms pauses, queries back to back on 2 cores had
+//! p99 1.74–1.92× idle during a rebuild; with 200 µs runs after 800 µs pauses (the same fifth
+//! of a core) 1.22× (loadtest/reports/index.md §3). Yielding the core at every check of a
+//! forced run instead starved the build (6% of a core; a rebuild of 60k not done in 26 min).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +32,9 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Distance computations between two looks at the query count.
 const CHECK_EVERY: u32 = 256;
 /// Longest single pause.
-const MAX_PAUSE: Duration = Duration::from_millis(4);
-/// Shortest run after a pause.
-const MIN_RUN: Duration = Duration::from_millis(1);
+const MAX_PAUSE: Duration = Duration::from_micros(800);
+/// Shortest run after a pause that hit [`MAX_PAUSE`]: the most a query waits for the build.
+const MIN_RUN: Duration = Duration::from_micros(200);
 /// Sleep granularity while paused.
 const NAP: Duration = Duration::from_micros(50);
 
@@ -93,8 +102,13 @@ pub(crate) fn yield_to_queries() -> Duration {
 mod tests {
     use super::*;
 
+    /// The query count is process-wide: under `cargo test` (threads, not nextest's processes)
+    /// one test's query would pause the other's "no query" calls.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn pauses_only_while_a_query_is_in_flight_and_never_for_long() {
+        let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         // No query: never pauses.
         let idle: Duration = (0..10 * CHECK_EVERY).map(|_| yield_to_queries()).sum();
         assert_eq!(idle, Duration::ZERO);
@@ -102,9 +116,20 @@ mod tests {
         let started = Instant::now();
         let paused: Duration = (0..CHECK_EVERY).map(|_| yield_to_queries()).sum();
         assert!(paused >= MAX_PAUSE, "paused {paused:?}");
-        // Right after a pause that hit the limit it runs for MIN_RUN, even with the query on.
-        let run: Duration = (0..4 * CHECK_EVERY).map(|_| yield_to_queries()).sum();
-        assert_eq!(run, Duration::ZERO);
+        // Right after a pause that hit the limit it runs for MIN_RUN, even with the query on:
+        // every call that starts before the forced run ends returns at once. (A call the test
+        // thread was preempted in may start after it; then its pause began after the end.)
+        let until = RUN_UNTIL
+            .with(Cell::get)
+            .expect("a forced run after the pause");
+        assert!(until > started && until <= Instant::now() + MIN_RUN);
+        while Instant::now() < until {
+            let slept = yield_to_queries();
+            assert!(
+                slept.is_zero() || Instant::now() >= until + slept,
+                "paused {slept:?} inside the forced run"
+            );
+        }
         assert!(started.elapsed() < MAX_PAUSE + MIN_RUN + Duration::from_millis(50));
         drop(query);
         std::thread::sleep(MIN_RUN);
@@ -114,6 +139,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_units_looks_at_the_queries_once_it_crosses_a_check() {
+        let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let query = QueryInFlight::enter();
         std::thread::sleep(MIN_RUN); // past any forced run left by another test on this thread
         let started = Instant::now();

@@ -7,7 +7,10 @@
 //!   the number compared with hnswlib). The built index is snapshotted in `--snapshot-dir`
 //!   and reloaded by a later run instead of rebuilt (what a restarted sink does).
 //! - `compaction`: query latency from one client while idle, then while the maintenance
-//!   policy rebuilds every shard's main (hot at `--hot-share` of main).
+//!   policy rebuilds every shard's main (hot at `--hot-share` of main), then idle again. The
+//!   `idle` row pools both idle windows (each window's p99 is in it too): a rebuild under a
+//!   client that never stops takes minutes, and a VM's speed drifts over that long, so an idle
+//!   window on one side only would compare the rebuild with one moment of the drift.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +114,7 @@ struct CompactionArgs {
     threads: usize,
     #[arg(long, default_value_t = 100)]
     ef: usize,
-    /// Idle measurement length.
+    /// Length of each idle window (one before the rebuild, one after).
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
     /// Open-loop query rate as a share of the idle back-to-back capacity (0: back to back
@@ -365,17 +368,18 @@ fn compaction(args: CompactionArgs) -> Result<()> {
         lat.sort();
         lat
     };
-    let report = |phase: &str, lat: &[Duration], secs: f64| {
-        println!(
-            "{}",
-            json!({
-                "kind": "compaction", "phase": phase, "queries": lat.len(), "seconds": secs,
-                "shards": args.common.shards, "n": n, "hot": n - in_main,
-                "compaction_threads": args.threads, "ef": args.ef, "load": args.load,
-                "p50_us": percentile(lat, 0.5), "p95_us": percentile(lat, 0.95),
-                "p99_us": percentile(lat, 0.99), "max_us": percentile(lat, 1.0),
-            })
-        );
+    let report = |phase: &str, lat: &[Duration], secs: f64, extra: serde_json::Value| {
+        let mut row = json!({
+            "kind": "compaction", "phase": phase, "queries": lat.len(), "seconds": secs,
+            "shards": args.common.shards, "n": n, "hot": n - in_main,
+            "compaction_threads": args.threads, "ef": args.ef, "load": args.load,
+            "p50_us": percentile(lat, 0.5), "p95_us": percentile(lat, 0.95),
+            "p99_us": percentile(lat, 0.99), "max_us": percentile(lat, 1.0),
+        });
+        if let (Some(row), serde_json::Value::Object(extra)) = (row.as_object_mut(), extra) {
+            row.extend(extra);
+        }
+        println!("{row}");
     };
     let capacity = measure(None, &|| std::thread::sleep(Duration::from_secs(5)));
     let rate = (args.load > 0.0).then(|| capacity.len() as f64 / 5.0 * args.load);
@@ -384,10 +388,12 @@ fn compaction(args: CompactionArgs) -> Result<()> {
         json!({"kind": "compaction", "phase": "capacity", "qps": capacity.len() as f64 / 5.0,
                "load_qps": rate})
     );
-    let idle = measure(rate, &|| {
-        std::thread::sleep(Duration::from_secs(args.idle_secs))
-    });
-    report("idle", &idle, args.idle_secs as f64);
+    let idle_window = || {
+        measure(rate, &|| {
+            std::thread::sleep(Duration::from_secs(args.idle_secs))
+        })
+    };
+    let before = idle_window();
     let started = Instant::now();
     let during = measure(rate, &|| {
         for shard in 0..args.common.shards {
@@ -395,11 +401,17 @@ fn compaction(args: CompactionArgs) -> Result<()> {
             assert!(matches!(record, Ok(Some(_))), "compaction failed");
         }
     });
+    let took = started.elapsed().as_secs_f64();
+    let after = idle_window();
+    let mut idle: Vec<Duration> = before.iter().chain(&after).copied().collect();
+    idle.sort();
     report(
-        "during_compaction",
-        &during,
-        started.elapsed().as_secs_f64(),
+        "idle",
+        &idle,
+        2.0 * args.idle_secs as f64,
+        json!({"p99_before_us": percentile(&before, 0.99), "p99_after_us": percentile(&after, 0.99)}),
     );
+    report("during_compaction", &during, took, json!({}));
     let stats = index.stats();
     if stats.iter().any(|s| s.hot_vectors != 0) {
         bail!("compaction left items in hot");
