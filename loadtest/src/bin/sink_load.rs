@@ -12,6 +12,9 @@
 //!   (linger, the produce request and the broker's write): the part of both numbers above
 //!   that happens before any consumer can see the record.
 //!
+//! Without `--sink-url` no probes are sent (the sink's own histogram is then the measure);
+//! with `--no-peer` no peer runs, so the broker serves one consumer, as in a deployment.
+//!
 //! `--client KEY=VALUE` (repeatable) sets a librdkafka property on the producer and the peer,
 //! for A/B runs of client settings.
 //!
@@ -67,6 +70,9 @@ struct Args {
     /// Distinct item ids the load cycles through (updates once they repeat).
     #[arg(long, default_value_t = 50_000)]
     ids: usize,
+    /// Run no peer: the broker then serves the sink's consumer alone, as in a deployment.
+    #[arg(long)]
+    no_peer: bool,
     /// A librdkafka property for the producer and the peer (`KEY=VALUE`, repeatable).
     #[arg(long = "client", value_parser = key_value)]
     client: Vec<(String, String)>,
@@ -248,10 +254,10 @@ async fn main() -> Result<()> {
     };
 
     let done = Arc::new(AtomicBool::new(false));
-    let peer_thread = {
+    let peer_thread = (!args.no_peer).then(|| {
         let (args, m, d) = (Arc::clone(&args), Arc::clone(&measuring), Arc::clone(&done));
         std::thread::spawn(move || peer(&args, m, d))
-    };
+    });
     std::thread::sleep(Duration::from_secs(2)); // let the peer's assignment settle
 
     let sent = Arc::new(AtomicU64::new(0));
@@ -328,7 +334,10 @@ async fn main() -> Result<()> {
     done.store(true, Ordering::Relaxed);
     load_thread.join().expect("load thread")?;
     producer.flush(Duration::from_secs(30))?;
-    let peer = peer_thread.join().expect("peer thread")?;
+    let peer = match peer_thread {
+        Some(thread) => Some(summary(thread.join().expect("peer thread")?)),
+        None => None,
+    };
     let acks = std::mem::take(&mut *producer.context().ms.lock().expect("acks"));
     println!(
         "{}",
@@ -336,7 +345,7 @@ async fn main() -> Result<()> {
             "rate_target": args.rate, "rate_sent": sent_in_window as f64 / window,
             "window_s": window, "topic": args.topic,
             "sink_probe": summary(probes), "probes_not_found_in_10s": missed,
-            "peer_bare_consumer": summary(peer),
+            "peer_bare_consumer": peer,
             "producer_acks": summary(acks),
             "client": args.client.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         })
