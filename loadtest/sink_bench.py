@@ -168,7 +168,8 @@ def main():
     peer = "no peer" if p is None else \
         f"bare consumer p50 {p.get('p50_ms')} ms p99 {p.get('p99_ms')} ms ({p['count']} records)"
     print(f"rate {result['rate_sent']:.0f}/s for {result['window_s']:.0f} s {args.client} fetch wait {fetch_wait} ms: "
-          f"sink histogram p50 {h['p50_ms'] or float('nan'):.0f} ms p99 {h['p99_ms'] or float('nan'):.0f} ms; {probes}; {peer}; "
+          f"sink histogram p50 {h['p50_ms'] or float('nan'):.0f} ms p99 {h['p99_ms'] or float('nan'):.0f} ms "
+          f"({100 * (h['share_within_100ms'] or 0):.1f}% within 100 ms); {probes}; {peer}; "
           f"producer acks p50 {a.get('p50_ms')} ms p99 {a.get('p99_ms')} ms", file=sys.stderr)
 
 
