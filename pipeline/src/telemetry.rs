@@ -6,6 +6,7 @@
 
 use axum::Router;
 use axum::routing::get;
+use embedstream_index_sink::service::metrics as sink_metrics;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds, shared by every `*_seconds` histogram: 100 µs to 30 s.
@@ -29,12 +30,28 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// The exporter with every process's buckets. A `Full` matcher takes precedence over a
+/// `Suffix` one (the exporter tries them in that order), so the sinks' freshness histograms
+/// get their own finer buckets although their names end in `_seconds`.
+fn exporter() -> anyhow::Result<PrometheusBuilder> {
+    let mut builder = PrometheusBuilder::new();
+    for name in [
+        sink_metrics::FRESHNESS_SECONDS,
+        sink_metrics::EVENT_FRESHNESS_SECONDS,
+    ] {
+        builder = builder.set_buckets_for_metric(
+            Matcher::Full(name.to_owned()),
+            sink_metrics::FRESHNESS_BUCKETS,
+        )?;
+    }
+    Ok(builder
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_items".to_owned()), SIZE_BUCKETS)?)
+}
+
 /// Installs the process's Prometheus recorder and returns the route that serves it.
 pub fn metrics_router() -> anyhow::Result<Router> {
-    let handle: PrometheusHandle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_items".to_owned()), SIZE_BUCKETS)?
-        .install_recorder()?;
+    let handle: PrometheusHandle = exporter()?.install_recorder()?;
     Ok(Router::new().route(
         "/metrics",
         get(move || {
@@ -42,4 +59,84 @@ pub fn metrics_router() -> anyhow::Result<Router> {
             async move { handle.render() }
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bucket bounds (`le`) rendered for one histogram.
+    fn bounds(text: &str, name: &str) -> Vec<String> {
+        let prefix = format!("{name}_bucket{{");
+        text.lines()
+            .filter(|line| line.starts_with(&prefix))
+            .map(|line| {
+                line.split("le=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn freshness_histograms_get_their_own_buckets_and_other_seconds_the_shared_ones() {
+        let recorder = exporter().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!(sink_metrics::FRESHNESS_SECONDS).record(0.12);
+            metrics::histogram!(sink_metrics::EVENT_FRESHNESS_SECONDS).record(0.12);
+            metrics::histogram!(sink_metrics::QUERY_SECONDS).record(0.12);
+            metrics::histogram!("embedstream_stage_batch_items").record(3.0);
+        });
+        let text = handle.render();
+        let le = |values: &[f64]| {
+            let mut v: Vec<String> = values.iter().map(|b| b.to_string()).collect();
+            v.push("+Inf".to_owned());
+            v
+        };
+        for name in [
+            sink_metrics::FRESHNESS_SECONDS,
+            sink_metrics::EVENT_FRESHNESS_SECONDS,
+        ] {
+            assert_eq!(
+                bounds(&text, name),
+                le(sink_metrics::FRESHNESS_BUCKETS),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            bounds(&text, sink_metrics::QUERY_SECONDS),
+            le(LATENCY_BUCKETS)
+        );
+        assert_eq!(
+            bounds(&text, "embedstream_stage_batch_items"),
+            le(SIZE_BUCKETS)
+        );
+        // 0.12 s falls in the freshness buckets' (0.1, 0.125] and the shared (0.1, 0.25].
+        let count = |name: &str, le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}_bucket{{"))
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            count(sink_metrics::FRESHNESS_SECONDS, "0.1").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            count(sink_metrics::FRESHNESS_SECONDS, "0.125").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            count(sink_metrics::QUERY_SECONDS, "0.25").as_deref(),
+            Some("1")
+        );
+    }
 }
