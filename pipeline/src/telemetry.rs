@@ -35,10 +35,7 @@ pub fn init_logs() {
 /// get their own finer buckets although their names end in `_seconds`.
 fn exporter() -> anyhow::Result<PrometheusBuilder> {
     let mut builder = PrometheusBuilder::new();
-    for name in [
-        sink_metrics::FRESHNESS_SECONDS,
-        sink_metrics::EVENT_FRESHNESS_SECONDS,
-    ] {
+    for name in sink_metrics::FRESHNESS_HISTOGRAMS {
         builder = builder.set_buckets_for_metric(
             Matcher::Full(name.to_owned()),
             sink_metrics::FRESHNESS_BUCKETS,
@@ -65,21 +62,27 @@ pub fn metrics_router() -> anyhow::Result<Router> {
 mod tests {
     use super::*;
 
-    /// The bucket bounds (`le`) rendered for one histogram.
-    fn bounds(text: &str, name: &str) -> Vec<String> {
+    /// The buckets rendered for one histogram: (`le`, cumulative count), in order.
+    fn buckets(text: &str, name: &str) -> Vec<(String, String)> {
         let prefix = format!("{name}_bucket{{");
         text.lines()
             .filter(|line| line.starts_with(&prefix))
             .map(|line| {
-                line.split("le=\"")
+                let le = line
+                    .split("le=\"")
                     .nth(1)
                     .unwrap()
                     .split('"')
                     .next()
-                    .unwrap()
-                    .to_owned()
+                    .unwrap();
+                let count = line.rsplit(' ').next().unwrap();
+                (le.to_owned(), count.to_owned())
             })
             .collect()
+    }
+
+    fn bounds(text: &str, name: &str) -> Vec<String> {
+        buckets(text, name).into_iter().map(|(le, _)| le).collect()
     }
 
     #[test]
@@ -118,13 +121,10 @@ mod tests {
         );
         // 0.12 s falls in the freshness buckets' (0.1, 0.125] and the shared (0.1, 0.25].
         let count = |name: &str, le: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with(&format!("{name}_bucket{{"))
-                        && l.contains(&format!("le=\"{le}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
+            buckets(&text, name)
+                .into_iter()
+                .find(|(bound, _)| bound == le)
+                .map(|(_, count)| count)
         };
         assert_eq!(
             count(sink_metrics::FRESHNESS_SECONDS, "0.1").as_deref(),

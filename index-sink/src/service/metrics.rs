@@ -16,7 +16,9 @@ pub const FRESHNESS_SECONDS: &str = "embedstream_sink_freshness_seconds";
 /// Histogram: the item event's event time → searchable in this replica (the whole pipeline,
 /// embedding included), seconds.
 pub const EVENT_FRESHNESS_SECONDS: &str = "embedstream_sink_event_freshness_seconds";
-/// Buckets (seconds) of [`FRESHNESS_SECONDS`] and [`EVENT_FRESHNESS_SECONDS`]: 25 ms apart
+/// The histograms that take [`FRESHNESS_BUCKETS`] instead of the shared `*_seconds` ones.
+pub const FRESHNESS_HISTOGRAMS: [&str; 2] = [FRESHNESS_SECONDS, EVENT_FRESHNESS_SECONDS];
+/// Buckets (seconds) of the [`FRESHNESS_HISTOGRAMS`]: 25 ms apart
 /// from 50 to 150 ms, so a p99 near the 100 ms target is read from a narrow bucket rather
 /// than interpolated across the shared buckets' 100–250 ms.
 pub const FRESHNESS_BUCKETS: &[f64] = &[
