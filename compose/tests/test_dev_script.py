@@ -30,11 +30,12 @@ def listening(port):
 
 @pytest.fixture
 def env(tmp_path):
-    ports = {"kafka": free_port(), "registry": free_port(), "prometheus": free_port()}
+    ports = {"kafka": free_port(), "controller": free_port(), "registry": free_port(), "prometheus": free_port()}
     e = dict(os.environ)
     e.update(
         EMBEDSTREAM_DEV_DIR=str(tmp_path),
         KAFKA_BOOTSTRAP=f"127.0.0.1:{ports['kafka']}",
+        KAFKA_CONTROLLER_PORT=str(ports["controller"]),
         SCHEMA_REGISTRY_URL=f"http://127.0.0.1:{ports['registry']}",
         PROMETHEUS_PORT=str(ports["prometheus"]),
     )
@@ -69,8 +70,11 @@ def test_infra_status_down(env):
     for port in ports.values():
         assert not listening(port)
     assert nothing_running(state)
-    # The broker's data is kept for the next start.
-    assert (state / "local" / "data" / "tansu.db").exists()
+    # The broker's data is kept for the next start, with its cluster id.
+    meta = (state / "local" / "data" / "kafka" / "meta.properties").read_text()
+    assert "cluster.id=" in meta, meta
+    # The broker logs through its log4j2 binding.
+    assert "Kafka Server started" in (state / "local" / "logs" / "broker.log").read_text()
 
 
 def infra_with_port_taken(env, port):
@@ -88,6 +92,63 @@ def test_a_taken_broker_port_fails_with_a_clear_message(env):
     assert f"port {ports['kafka']} is already taken" in r.stderr
     assert nothing_running(state)
     assert not listening(ports["registry"])
+
+
+def test_a_taken_controller_port_fails_with_a_clear_message(env):
+    e, ports, state = env
+    r = infra_with_port_taken(e, ports["controller"])
+    assert r.returncode != 0
+    assert f"port {ports['controller']} is already taken, so the broker's controller cannot listen there" in r.stderr
+    assert nothing_running(state)
+    assert not listening(ports["kafka"])
+
+
+def path_without(tmp_path, command):
+    """A PATH of links to every command on the current PATH except `command`."""
+    bin_dir = tmp_path / f"bin-without-{command}"
+    bin_dir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        for f in pathlib.Path(d).glob("*") if pathlib.Path(d).is_dir() else []:
+            target = bin_dir / f.name
+            if f.name != command and not target.exists():
+                target.symlink_to(f)
+    return str(bin_dir)
+
+
+def test_no_java_fails_with_a_clear_message(env):
+    e, ports, state = env
+    e = dict(e, PATH=path_without(state, "java"))
+    e.pop("JAVA_HOME", None)
+    r = dev(e, "infra")
+    assert r.returncode != 0
+    assert "no Java found: the Kafka broker needs Java 17 or newer" in r.stderr, r.stderr
+    assert nothing_running(state)
+
+
+def test_an_old_java_fails_with_a_clear_message(env):
+    e, ports, state = env
+    fake = state / "old-jdk"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "java").write_text("#!/bin/sh\necho '    java.specification.version = 11' >&2\n")
+    (fake / "bin" / "java").chmod(0o755)
+    r = dev(dict(e, JAVA_HOME=str(fake)), "infra")
+    assert r.returncode != 0
+    assert "is Java 11: the Kafka broker needs Java 17 or newer" in r.stderr, r.stderr
+    assert nothing_running(state)
+
+
+def test_a_maven_failure_fails_with_a_clear_message(env):
+    e, ports, state = env
+    # Maven offline with an empty local repository cannot resolve anything.
+    home = state / "maven-home"
+    (home / ".m2").mkdir(parents=True)
+    (home / ".m2" / "settings.xml").write_text(
+        f"<settings><offline>true</offline><localRepository>{home / 'repo'}</localRepository></settings>")
+    r = dev(dict(e, MAVEN_OPTS=f"-Duser.home={home}"), "infra")
+    assert r.returncode != 0
+    assert "Maven could not resolve Apache Kafka" in r.stderr, r.stderr
+    assert nothing_running(state)
+    assert not list(state.glob("kafka/*/lib"))
 
 
 def test_a_failing_registry_stops_the_broker_it_started(env):

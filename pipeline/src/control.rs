@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use embedstream_schemas::Codec;
 use embedstream_schemas::control::{ControlState, key_of};
 use embedstream_schemas::records::{ControlKind, ControlRecord, ModelState, ModelVersionRecord};
-use embedstream_topics::ModelSpec;
 use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::{KafkaConfig, ModelSpec};
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -52,35 +52,28 @@ impl std::fmt::Debug for ControlLog {
     }
 }
 
-fn kafka(bootstrap: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
-    move |source| Error::Kafka {
-        bootstrap: bootstrap.to_owned(),
-        source,
-    }
-}
-
 impl ControlLog {
     /// Creates the topic if needed, replays it to its end, and keeps following it until
     /// `shutdown`.
     pub async fn open(
-        bootstrap: &str,
+        kafka: &KafkaConfig,
         codec: Codec,
         topic: &str,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let timeout = Duration::from_secs(30);
-        Admin::new(bootstrap, timeout)?
+        Admin::new(kafka, timeout)?
             .ensure(&[TopicSpec::compacted(topic, 1, 1)])
             .await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let producer: FutureProducer = kafka
+            .client()
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
-            .map_err(kafka(bootstrap))?;
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+            .map_err(Error::kafka(kafka))?;
+        let consumer: StreamConsumer = kafka
+            .client()
             .set(
                 "group.id",
                 format!("embedstream-control-{}", uuid::Uuid::new_v4()),
@@ -89,14 +82,14 @@ impl ControlLog {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .create()
-            .map_err(kafka(bootstrap))?;
+            .map_err(Error::kafka(kafka))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(kafka(bootstrap))?;
-        consumer.assign(&tpl).map_err(kafka(bootstrap))?;
+            .map_err(Error::kafka(kafka))?;
+        consumer.assign(&tpl).map_err(Error::kafka(kafka))?;
         let (_, high) = consumer
             .fetch_watermarks(topic, 0, timeout)
-            .map_err(kafka(bootstrap))?;
+            .map_err(Error::kafka(kafka))?;
         let (tx, view) = watch::channel(ControlView::default());
         tokio::spawn(follow(consumer, codec.clone(), tx, shutdown));
         let log = Self {

@@ -29,8 +29,7 @@ use embedstream_schemas::Codec;
 use embedstream_schemas::records::{DriftKind, DriftReport};
 use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{ModelRef, catalog};
-use rdkafka::ClientConfig;
+use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
@@ -296,8 +295,8 @@ pub fn save_reference(state: &Path, model: &ModelRef, reference: &Reference) -> 
 /// How the drift consumer runs.
 #[derive(Debug, Clone)]
 pub struct DriftConfig {
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
     /// Schema registry URL.
     pub registry_url: String,
     /// Topic names.
@@ -346,17 +345,15 @@ impl Drift {
         let canaries = canaries(config.canaries);
         let digest = digest(&canaries);
         let topic = config.names.drift_reports();
-        Admin::new(&config.bootstrap, Duration::from_secs(30))?
+        Admin::new(&config.kafka, Duration::from_secs(30))?
             .ensure(&[TopicSpec::retained(topic.clone(), 1, 1, REPORT_RETENTION)])
             .await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap)
+        let producer: FutureProducer = config
+            .kafka
+            .client()
             .set("message.timeout.ms", "30000")
             .create()
-            .map_err(|source| Error::Kafka {
-                bootstrap: config.bootstrap.clone(),
-                source,
-            })?;
+            .map_err(Error::kafka(&config.kafka))?;
         Ok(Drift {
             codec: Codec::new(&config.registry_url),
             config,
@@ -638,7 +635,7 @@ pub fn newest_adapter(dir: &Path, new: &ModelRef, old: &ModelRef) -> Result<Opti
 /// following it until `shutdown` (the status page's drift history). Undecodable records are
 /// logged and skipped; an unreachable registry is retried.
 pub async fn follow_reports(
-    bootstrap: &str,
+    kafka: &KafkaConfig,
     codec: Codec,
     topic: &str,
     mut on_report: impl FnMut(DriftReport) + Send + 'static,
@@ -648,15 +645,12 @@ pub async fn follow_reports(
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
 
-    let kafka = |source| Error::Kafka {
-        bootstrap: bootstrap.to_owned(),
-        source,
-    };
-    Admin::new(bootstrap, Duration::from_secs(30))?
+    let kafka_error = Error::kafka(kafka);
+    Admin::new(kafka, Duration::from_secs(30))?
         .ensure(&[TopicSpec::retained(topic, 1, 1, REPORT_RETENTION)])
         .await?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: StreamConsumer = kafka
+        .client()
         .set(
             "group.id",
             format!("embedstream-drift-view-{}", uuid::Uuid::new_v4()),
@@ -665,16 +659,16 @@ pub async fn follow_reports(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
         .create()
-        .map_err(kafka)?;
+        .map_err(&kafka_error)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(kafka)?;
+        .map_err(&kafka_error)?;
     let mut tpl = TopicPartitionList::new();
     for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .map_err(kafka)?;
+            .map_err(&kafka_error)?;
     }
-    consumer.assign(&tpl).map_err(kafka)?;
+    consumer.assign(&tpl).map_err(&kafka_error)?;
     let mut stream = consumer.stream();
     loop {
         let msg = tokio::select! {

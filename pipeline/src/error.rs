@@ -107,6 +107,16 @@ impl Error {
         let path = path.into();
         move |source| Self::Io { path, source }
     }
+
+    /// Maps a client error of the brokers of `kafka`.
+    pub(crate) fn kafka(
+        kafka: &embedstream_topics::KafkaConfig,
+    ) -> impl Fn(rdkafka::error::KafkaError) -> Self + '_ {
+        move |source| Self::Kafka {
+            bootstrap: kafka.bootstrap().to_owned(),
+            source,
+        }
+    }
 }
 
 /// Result with the crate's error.

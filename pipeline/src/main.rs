@@ -21,19 +21,12 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, clap::Args)]
-struct KafkaArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Confluent-compatible schema registry (state in the `_schemas` topic).
     Registry {
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: cmd::stage::KafkaArgs,
         /// Address to serve the registry API and `/metrics` on.
         #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
@@ -94,7 +87,7 @@ enum TopicsCommand {
     /// Create the platform's topics that do not exist (idempotent).
     Ensure {
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: cmd::stage::KafkaArgs,
         /// Partitions of `items` and the embedding topics.
         #[arg(long, env = "EMBEDSTREAM_PARTITIONS", default_value_t = Layout::default().partitions)]
         partitions: i32,
@@ -108,7 +101,7 @@ enum TopicsCommand {
     /// List the broker's topics; exits non-zero when the broker does not answer.
     List {
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: cmd::stage::KafkaArgs,
         /// How long to wait for the broker, in seconds.
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
@@ -163,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal();
             let config = RegistryConfig {
                 listen,
-                bootstrap: kafka.bootstrap,
+                kafka: kafka.config()?,
                 topic,
                 write_timeout: Duration::from_secs(write_timeout_secs),
             };
@@ -212,7 +205,7 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
             replication,
             models,
         } => {
-            let admin = Admin::new(&kafka.bootstrap, Duration::from_secs(10))?;
+            let admin = Admin::new(&kafka.config()?, Duration::from_secs(10))?;
             let layout = Layout {
                 partitions,
                 replication,
@@ -230,7 +223,7 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
             kafka,
             timeout_secs,
         } => {
-            let admin = Admin::new(&kafka.bootstrap, Duration::from_secs(timeout_secs))?;
+            let admin = Admin::new(&kafka.config()?, Duration::from_secs(timeout_secs))?;
             let topics = tokio::task::spawn_blocking(move || admin.list()).await??;
             for t in topics {
                 println!("{}\t{}", t.name, t.partitions);

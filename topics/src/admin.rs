@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalog::ModelRef;
 use crate::error::{Error, Result};
+use crate::kafka::KafkaConfig;
 use crate::names;
 
 /// A topic as the platform wants it.
@@ -159,10 +159,10 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// A client for the broker(s) at `bootstrap` (`host:port,...`).
-    pub fn new(bootstrap: &str, timeout: Duration) -> Result<Self> {
-        let client = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    /// A client for the brokers of `kafka`.
+    pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self> {
+        let client = kafka
+            .client()
             .set("socket.timeout.ms", timeout.as_millis().to_string())
             .create()
             .map_err(|source| Error::Admin {

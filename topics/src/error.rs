@@ -49,6 +49,25 @@ pub enum Error {
         /// What the config asks for.
         wanted: i32,
     },
+    /// A Kafka client property that cannot be used. Fatal (fix the configuration).
+    #[error("Kafka property {key:?} from {origin}: {reason}")]
+    KafkaProperty {
+        /// Where it was given (a file and line, an environment variable, an option).
+        origin: String,
+        /// The key (or the whole text when it is not `key=value`).
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The Kafka properties file cannot be read. Fatal.
+    #[error("cannot read the Kafka properties file {path:?}: {source}")]
+    KafkaConfigFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result with the crate's error.

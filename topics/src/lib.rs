@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod catalog;
 mod error;
+pub mod kafka;
 pub mod names;
 
 pub use catalog::{ModelRef, ModelSpec};
 pub use error::{Error, Result};
+pub use kafka::KafkaConfig;
 #[cfg(feature = "testing")]
 pub mod testing;

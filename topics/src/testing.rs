@@ -18,3 +18,13 @@ pub fn bootstrap() -> String {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// The test broker with the user's client properties from the environment
+/// (`EMBEDSTREAM_KAFKA_*`, see [`crate::kafka`]), as every service would read them.
+///
+/// # Panics
+/// As [`bootstrap`], or when those variables name a property that cannot be used.
+pub fn kafka() -> crate::KafkaConfig {
+    crate::KafkaConfig::from_sources(bootstrap(), None, std::env::vars(), &[])
+        .expect("the EMBEDSTREAM_KAFKA_* variables are usable client properties")
+}

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use embedstream_topics::{ModelRef, ModelSpec};
+use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
@@ -20,8 +20,8 @@ use crate::config::IndexConfig;
 /// Everything [`super::run`] needs.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
     /// Schema registry URL (decoding `EmbeddingRecord`s).
     pub registry_url: String,
     /// The model version whose topic this sink serves.
@@ -102,8 +102,9 @@ pub struct KafkaSettings {
     /// How often librdkafka reports statistics (high watermarks, hence the lag gauge).
     #[serde(default = "default_statistics_every", with = "crate::config::duration")]
     pub statistics_every: Duration,
-    /// Extra librdkafka properties (`fetch.max.bytes`, `security.protocol`, ...); they override
-    /// the sink's own.
+    /// Extra librdkafka properties of this sink's consumer (`fetch.max.bytes`, ...), on top of
+    /// the sink's own settings and the platform-wide ones (`--kafka-property`); the keys the
+    /// platform owns (`group.id`, `enable.auto.commit`, ...) are refused.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }

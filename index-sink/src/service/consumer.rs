@@ -30,7 +30,7 @@ use embedstream_topics::ModelRef;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -113,31 +113,34 @@ pub(crate) fn create(
     config: &SinkConfig,
     progress: Arc<Progress>,
 ) -> ServiceResult<BaseConsumer<SinkContext>> {
-    let kafka = &config.settings.kafka;
-    let mut client = ClientConfig::new();
+    let settings = &config.settings.kafka;
+    let mut kafka = config.kafka.clone();
+    for (k, v) in &settings.properties {
+        kafka = kafka
+            .with_property(k, v)
+            .map_err(|e| ServiceError::Settings {
+                field: format!("kafka.properties.{k}"),
+                reason: e.to_string(),
+            })?;
+    }
+    let mut client = kafka.client();
     client
-        .set("bootstrap.servers", &config.bootstrap)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "true")
         .set(
             "auto.commit.interval.ms",
-            kafka.commit_every.as_millis().max(1).to_string(),
+            settings.commit_every.as_millis().max(1).to_string(),
         )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Freshness: Kafka answers a fetch as soon as there is data (fetch.min.bytes 1), so
-        // this costs nothing under load there; tansu 0.6 holds every fetch for the whole
-        // wait, which at librdkafka's 500 ms default put ~400 ms under every write's
-        // freshness (loadtest/sink_bench.py). Idle, it means ~100 fetches/s per broker.
+        // under load this costs nothing; idle, it means ~100 fetches/s per broker.
         .set("fetch.wait.max.ms", "10")
         .set(
             "statistics.interval.ms",
-            kafka.statistics_every.as_millis().max(1).to_string(),
+            settings.statistics_every.as_millis().max(1).to_string(),
         );
-    for (k, v) in &kafka.properties {
-        client.set(k, v);
-    }
     client
         .create_with_context(SinkContext {
             topic: config.topic.clone(),

@@ -30,12 +30,14 @@ use embedstream_loadtest::{at_quantile, read_le_words};
 use embedstream_schemas::codec::{Codec, encode_datum};
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::wire;
+use embedstream_topics::KafkaConfig;
+use embedstream_topics::kafka::ClientBuilder;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, ClientContext};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -74,26 +76,16 @@ struct Args {
     #[arg(long)]
     no_peer: bool,
     /// A librdkafka property for the producer and the peer (`KEY=VALUE`, repeatable).
-    #[arg(long = "client", value_parser = key_value)]
-    client: Vec<(String, String)>,
+    #[arg(long = "client")]
+    client: Vec<String>,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
-}
-
-/// The bootstrap, then `settings`, then every `--client` property (so they override both).
-fn client(args: &Args, settings: &[(&str, String)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &args.bootstrap);
+/// The platform's client builder with every `--client` property (and any
+/// `EMBEDSTREAM_KAFKA_*` variable) on top of the role's settings.
+fn client<'a>(kafka: &'a KafkaConfig, settings: &[(&str, String)]) -> ClientBuilder<'a> {
+    let mut c = kafka.client();
     for (k, v) in settings {
-        c.set(*k, v);
-    }
-    for (k, v) in &args.client {
-        c.set(k, v);
+        c.set(k, v.as_str());
     }
     c
 }
@@ -161,9 +153,14 @@ fn summary(mut ms: Vec<f64>) -> serde_json::Value {
 }
 
 /// The bare consumer: every partition from its current end, latency per record.
-fn peer(args: &Args, measuring: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Result<Vec<f64>> {
+fn peer(
+    args: &Args,
+    kafka: &KafkaConfig,
+    measuring: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> Result<Vec<f64>> {
     let consumer: BaseConsumer = client(
-        args,
+        kafka,
         &[
             ("group.id", format!("bench-peer-{}", std::process::id())),
             ("enable.auto.commit", "false".into()),
@@ -199,6 +196,12 @@ fn peer(args: &Args, measuring: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Resul
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Arc::new(Args::parse());
+    let kafka = Arc::new(KafkaConfig::from_sources(
+        &args.bootstrap,
+        None,
+        std::env::vars(),
+        &args.client,
+    )?);
     let vectors: Vec<Vec<f32>> = read_le_words(&args.vectors, f32::from_le_bytes)?
         .chunks_exact(args.dim)
         .take(args.ids)
@@ -223,7 +226,7 @@ async fn main() -> Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let producer: Arc<ThreadedProducer<Acks>> = Arc::new(
         client(
-            &args,
+            &kafka,
             // The stage's producer settings (pipeline/src/stage/mod.rs).
             &[
                 ("linger.ms", "5".into()),
@@ -255,8 +258,9 @@ async fn main() -> Result<()> {
 
     let done = Arc::new(AtomicBool::new(false));
     let peer_thread = (!args.no_peer).then(|| {
-        let (args, m, d) = (Arc::clone(&args), Arc::clone(&measuring), Arc::clone(&done));
-        std::thread::spawn(move || peer(&args, m, d))
+        let (args, kafka) = (Arc::clone(&args), Arc::clone(&kafka));
+        let (m, d) = (Arc::clone(&measuring), Arc::clone(&done));
+        std::thread::spawn(move || peer(&args, &kafka, m, d))
     });
     std::thread::sleep(Duration::from_secs(2)); // let the peer's assignment settle
 
@@ -347,7 +351,7 @@ async fn main() -> Result<()> {
             "sink_probe": summary(probes), "probes_not_found_in_10s": missed,
             "peer_bare_consumer": peer,
             "producer_acks": summary(acks),
-            "client": args.client.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "client": args.client,
         })
     );
     Ok(())

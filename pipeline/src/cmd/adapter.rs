@@ -270,7 +270,7 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
             (items, format!("items file {} ({n} items)", file.display()))
         } else {
             let config = BackfillConfig {
-                bootstrap: args.platform.bootstrap.clone(),
+                kafka: args.platform.kafka()?,
                 registry_url: args.platform.registry_url.clone(),
                 names: args.platform.names(),
                 chunk: 1,

@@ -88,9 +88,9 @@ impl DriftArgs {
     }
 
     /// The consumer's configuration.
-    pub fn config(&self) -> DriftConfig {
-        DriftConfig {
-            bootstrap: self.platform.bootstrap.clone(),
+    pub fn config(&self) -> anyhow::Result<DriftConfig> {
+        Ok(DriftConfig {
+            kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
             names: self.platform.names(),
             interval: Duration::from_secs(self.interval_secs.max(1)),
@@ -106,7 +106,7 @@ impl DriftArgs {
                 min_mean_cosine: self.threshold,
                 norm_tolerance: self.norm_tolerance,
             },
-        }
+        })
     }
 }
 
@@ -124,7 +124,7 @@ pub async fn run(
         return result;
     }
     let control = args.platform.control_log(shutdown.clone()).await?;
-    let drift = Drift::open(args.config()).await?;
+    let drift = Drift::open(args.config()?).await?;
     let reports = drift.tick(&control).await?;
     let mut alerts = 0;
     for r in &reports {
@@ -141,7 +141,7 @@ pub async fn run(
 /// `up` serves the process's metrics itself).
 pub async fn consume(args: &DriftArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let control = args.platform.control_log(shutdown.clone()).await?;
-    let drift = Drift::open(args.config()).await?;
+    let drift = Drift::open(args.config()?).await?;
     drift
         .run(&control, shutdown)
         .await

@@ -13,7 +13,7 @@ use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
 use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, default_consumers};
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_topics::ModelRef;
+use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
 use super::stage::PlatformArgs;
@@ -172,9 +172,15 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn replay(&self, target: &Target, chunk: i64, max_rate: f64, by: &str) -> BackfillConfig {
-        BackfillConfig {
-            bootstrap: target.platform.bootstrap.clone(),
+    fn replay(
+        &self,
+        target: &Target,
+        chunk: i64,
+        max_rate: f64,
+        by: &str,
+    ) -> anyhow::Result<BackfillConfig> {
+        Ok(BackfillConfig {
+            kafka: target.platform.kafka()?,
             registry_url: target.platform.registry_url.clone(),
             names: target.platform.names(),
             chunk: chunk.max(1),
@@ -188,7 +194,7 @@ impl ModelArgs {
                 max_text_bytes: self.max_text_bytes,
             },
             by: format!("{by}:{}", operator()),
-        }
+        })
     }
 }
 
@@ -280,7 +286,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             model,
         } => {
             let shutdown = super::super::shutdown_on_signal();
-            let config = model.replay(target, chunk, max_rate, "backfill");
+            let config = model.replay(target, chunk, max_rate, "backfill")?;
             let report = backfill::run(config, m.log().clone(), shutdown).await?;
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
@@ -312,7 +318,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
                 None => None,
             };
             let mut checker = Checker::new(CheckConfig {
-                replay: model.replay(target, 256, 0.0, "check"),
+                replay: model.replay(target, 256, 0.0, "check")?,
                 sample,
                 settle: Duration::from_secs_f64(settle.max(0.0)),
                 requeue: !dry_run,
@@ -360,13 +366,15 @@ async fn writes(target: &Target, status: &Status, stage_metrics: &str) -> Vec<Ve
         _ => None,
     };
     let names = target.platform.names();
-    let bootstrap = target.platform.bootstrap.clone();
+    let Ok(kafka) = target.platform.kafka() else {
+        return Vec::new();
+    };
     let models = [m.from.clone(), m.to.clone()];
     let topics: Vec<Option<String>> = models
         .iter()
         .map(|v| v.parse::<ModelRef>().ok().map(|r| names.embeddings(&r)))
         .collect();
-    let records = tokio::task::spawn_blocking(move || topic_records(&bootstrap, &topics))
+    let records = tokio::task::spawn_blocking(move || topic_records(&kafka, &topics))
         .await
         .unwrap_or_default();
     models
@@ -387,13 +395,10 @@ async fn writes(target: &Target, status: &Status, stage_metrics: &str) -> Vec<Ve
 }
 
 /// Sum of each topic's partitions' end offsets (`None` where the broker did not answer).
-fn topic_records(bootstrap: &str, topics: &[Option<String>]) -> Vec<Option<i64>> {
+fn topic_records(kafka: &KafkaConfig, topics: &[Option<String>]) -> Vec<Option<i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let timeout = Duration::from_secs(5);
-    let consumer: Option<BaseConsumer> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .ok();
+    let consumer: Option<BaseConsumer> = kafka.client().create().ok();
     topics
         .iter()
         .map(|topic| {

@@ -17,7 +17,6 @@ use embedstream_schemas::Codec;
 use embedstream_schemas::records::{ItemEvent, ItemOp, ProducerMetadata};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 
@@ -90,7 +89,8 @@ fn parse(line: &str, source: &str) -> Result<ItemEvent, String> {
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let topic = args.platform.names().items();
     // Kafka producers do not create topics; make sure the platform's exist (idempotent).
-    embedstream_topics::admin::Admin::new(&args.platform.bootstrap, Duration::from_secs(30))?
+    let kafka = args.platform.kafka()?;
+    embedstream_topics::admin::Admin::new(&kafka, Duration::from_secs(30))?
         .ensure(&embedstream_topics::admin::named_platform_topics(
             &args.platform.names(),
             embedstream_topics::admin::Layout {
@@ -102,8 +102,8 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         .await
         .context("cannot create the platform's topics")?;
     let codec = Codec::new(&args.platform.registry_url);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.platform.bootstrap)
+    let producer: FutureProducer = kafka
+        .client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "20")

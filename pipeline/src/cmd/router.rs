@@ -152,13 +152,13 @@ impl Assembly {
             timeout: self.timeout,
             status: StatusFeed::new(),
         };
-        feed_drift(&self.platform, &config.status, shutdown.clone());
+        feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(
             &self.platform,
             &self.stage_group,
             &config.status,
             shutdown.clone(),
-        );
+        )?;
         if self.admin_token.is_none() {
             tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
         }
@@ -171,8 +171,12 @@ impl Assembly {
 
 /// Feeds the status page's drift history from `drift.reports` (from its beginning, then as
 /// reports arrive). A failure is logged and the topic read again from its beginning after 5 s.
-pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: CancellationToken) {
-    let (bootstrap, topic) = (platform.bootstrap.clone(), platform.names().drift_reports());
+pub fn feed_drift(
+    platform: &PlatformArgs,
+    feed: &Arc<StatusFeed>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (kafka, topic) = (platform.kafka()?, platform.names().drift_reports());
     let registry = platform.registry_url.clone();
     let feed = Arc::clone(feed);
     tokio::spawn(async move {
@@ -194,9 +198,7 @@ pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: Can
                 });
             };
             let codec = embedstream_schemas::Codec::new(&registry);
-            match drift::follow_reports(&bootstrap, codec, &topic, on_report, shutdown.clone())
-                .await
-            {
+            match drift::follow_reports(&kafka, codec, &topic, on_report, shutdown.clone()).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, topic, "Cannot follow the drift reports; reading them again in 5 s.")
@@ -208,6 +210,7 @@ pub fn feed_drift(platform: &PlatformArgs, feed: &Arc<StatusFeed>, shutdown: Can
             }
         }
     });
+    Ok(())
 }
 
 /// Reads the embed stage's backlog on `items` every 5 s for the status page, with one Kafka
@@ -217,9 +220,9 @@ pub fn feed_stage(
     group: &str,
     feed: &Arc<StatusFeed>,
     shutdown: CancellationToken,
-) {
-    let (bootstrap, topic, group) = (
-        platform.bootstrap.clone(),
+) -> anyhow::Result<()> {
+    let (kafka, topic, group) = (
+        platform.kafka()?,
         platform.names().items(),
         group.to_owned(),
     );
@@ -228,7 +231,7 @@ pub fn feed_stage(
         let mut reader = None;
         while !shutdown.is_cancelled() {
             if reader.is_none() {
-                reader = GroupLag::new(&bootstrap, &group, &topic)
+                reader = GroupLag::new(&kafka, &group, &topic)
                     .inspect_err(|e| tracing::debug!(error = %e, "Cannot read the stage's lag."))
                     .ok();
             }
@@ -255,4 +258,5 @@ pub fn feed_stage(
             }
         }
     });
+    Ok(())
 }

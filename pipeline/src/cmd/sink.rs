@@ -110,7 +110,7 @@ impl SinkArgs {
             None => Settings::default(),
         };
         Ok(SinkConfig {
-            bootstrap: self.platform.bootstrap.clone(),
+            kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
             data_dir: base.join(&topic).join(&self.replica),
             model,

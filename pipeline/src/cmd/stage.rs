@@ -9,17 +9,46 @@ use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::stage::consumer::Batching;
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_pipeline::stage::{self, StageConfig};
-use embedstream_topics::ModelRef;
 use embedstream_topics::admin::Layout;
 use embedstream_topics::names::TopicNames;
+use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
+
+/// Where the brokers are, and the librdkafka properties every Kafka client of the process gets
+/// (security, tuning): see `embedstream_topics::kafka`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+    /// A librdkafka property for every Kafka client (`key=value`, repeatable), e.g.
+    /// `security.protocol=SASL_SSL`; wins over the file and the `EMBEDSTREAM_KAFKA_<KEY>`
+    /// environment variables.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_property: Vec<String>,
+    /// A file of librdkafka properties for every Kafka client (`key=value` lines, `#`
+    /// comments, as Kafka's `client.properties`).
+    #[arg(long, env = "EMBEDSTREAM_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<std::path::PathBuf>,
+}
+
+impl KafkaArgs {
+    /// The brokers with the user's properties from all three sources.
+    pub fn config(&self) -> anyhow::Result<KafkaConfig> {
+        Ok(KafkaConfig::from_sources(
+            &self.bootstrap,
+            self.kafka_config.as_deref(),
+            std::env::vars(),
+            &self.kafka_property,
+        )?)
+    }
+}
 
 /// Where the platform's Kafka, registry and topics are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlatformArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub bootstrap: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Schema registry URL.
     #[arg(
         long,
@@ -36,6 +65,11 @@ pub struct PlatformArgs {
 }
 
 impl PlatformArgs {
+    /// The brokers with the user's client properties.
+    pub fn kafka(&self) -> anyhow::Result<KafkaConfig> {
+        self.kafka.config()
+    }
+
     /// Topic names under the prefix.
     pub fn names(&self) -> TopicNames {
         TopicNames::new(&self.topic_prefix)
@@ -47,7 +81,7 @@ impl PlatformArgs {
         shutdown: CancellationToken,
     ) -> anyhow::Result<embedstream_pipeline::control::ControlLog> {
         embedstream_pipeline::control::ControlLog::open(
-            &self.bootstrap,
+            &self.kafka()?,
             embedstream_schemas::Codec::new(&self.registry_url),
             &self.names().control(),
             shutdown,
@@ -132,7 +166,7 @@ impl StageArgs {
     fn config(&self) -> anyhow::Result<StageConfig> {
         let initial_model = self.initial_model()?;
         Ok(StageConfig {
-            bootstrap: self.platform.bootstrap.clone(),
+            kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
             names: self.platform.names(),
             group: self.group.clone(),

@@ -100,7 +100,7 @@ pub async fn run(
         .initial_model()?
         .unwrap_or(ModelRef::new("minilm-l6-v2", 1)?);
     // The first sink reads the model's topic from the start: make sure it is there.
-    Admin::new(&platform.bootstrap, Duration::from_secs(30))?
+    Admin::new(&platform.kafka()?, Duration::from_secs(30))?
         .ensure(&named_platform_topics(
             &platform.names(),
             Layout {

@@ -32,13 +32,13 @@ use embedstream_schemas::records::{
 };
 use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{ModelRef, catalog};
+use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::plan;
@@ -51,8 +51,8 @@ use crate::stage::validate::{self, Limits, Work};
 /// How a backfill runs.
 #[derive(Debug, Clone)]
 pub struct BackfillConfig {
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
     /// Schema registry URL.
     pub registry_url: String,
     /// Topic names.
@@ -86,13 +86,6 @@ pub struct BackfillReport {
     pub complete: bool,
 }
 
-pub(super) fn kafka(bootstrap: &str) -> impl Fn(rdkafka::error::KafkaError) -> Error + '_ {
-    move |source| Error::Kafka {
-        bootstrap: bootstrap.to_owned(),
-        source,
-    }
-}
-
 /// Runs (or resumes) the backfill of the migration in progress until it is complete or
 /// `shutdown`.
 pub async fn run(
@@ -107,7 +100,7 @@ pub async fn run(
     let work = Replayer::open(&config, &to, "backfill").await?;
     // Loaded now, so a model that cannot load fails the backfill before it writes anything.
     work.engine().await?;
-    let (reader, bootstrap, items) = (&work.reader, config.bootstrap.as_str(), &work.items);
+    let (reader, kafka, items) = (&work.reader, &config.kafka, &work.items);
     let timeout = Duration::from_secs(30);
     let partitions = work.partitions()?;
 
@@ -123,7 +116,7 @@ pub async fn run(
         }
         let (low, high) = reader
             .fetch_watermarks(items, p, timeout)
-            .map_err(kafka(bootstrap))?;
+            .map_err(Error::kafka(kafka))?;
         let b = BackfillProgress {
             migration_id: migration.migration_id.clone(),
             partition: p,
@@ -342,7 +335,7 @@ pub async fn sample_items(
         let (low, high) = replayer
             .reader
             .fetch_watermarks(&replayer.items, p, Duration::from_secs(10))
-            .map_err(kafka(&replayer.bootstrap))?;
+            .map_err(Error::kafka(&replayer.kafka))?;
         let records = replayer.read_range(p, low, high, shutdown).await?;
         for step in replayer
             .prepare(records, &mut seen, &mut report, shutdown)
@@ -376,7 +369,7 @@ pub(super) struct Replayer {
     engine_config: EngineConfig,
     name: String,
     limits: Limits,
-    pub(super) bootstrap: String,
+    pub(super) kafka: KafkaConfig,
 }
 
 impl Replayer {
@@ -385,10 +378,10 @@ impl Replayer {
     /// on a stage running). The model loads on first use, or with [`Self::engine`].
     pub(super) async fn open(config: &BackfillConfig, to: &ModelRef, name: &str) -> Result<Self> {
         let spec = catalog::lookup(to)?;
-        let bootstrap = config.bootstrap.as_str();
-        let reader = new_reader(bootstrap, name)?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let kafka = &config.kafka;
+        let reader = new_reader(kafka, name)?;
+        let producer: FutureProducer = kafka
+            .client()
             .set("enable.idempotence", "true")
             // The stage's partitioner: an item's records from the dual-write and from here
             // land in the same partition, so compaction and the sinks keep the newest.
@@ -396,7 +389,7 @@ impl Replayer {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "60000")
             .create()
-            .map_err(kafka(bootstrap))?;
+            .map_err(Error::kafka(kafka))?;
         let replayer = Self {
             reader,
             producer,
@@ -410,10 +403,10 @@ impl Replayer {
             engine_config: config.engine,
             name: name.to_owned(),
             limits: config.limits,
-            bootstrap: bootstrap.to_owned(),
+            kafka: kafka.clone(),
         };
         let count = i32::try_from(replayer.partitions()?.len()).unwrap_or(i32::MAX);
-        Admin::new(bootstrap, Duration::from_secs(30))?
+        Admin::new(kafka, Duration::from_secs(30))?
             .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count, 1)])
             .await?;
         Ok(replayer)
@@ -444,14 +437,14 @@ impl Replayer {
 
     /// The partitions of `items`, sorted.
     pub(super) fn partitions(&self) -> Result<Vec<i32>> {
-        partitions(&self.reader, &self.items, &self.bootstrap)
+        partitions(&self.reader, &self.items, &self.kafka)
     }
 }
 
 /// A consumer with no group membership, for metadata and range reads.
-fn new_reader(bootstrap: &str, name: &str) -> Result<StreamConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsumer> {
+    kafka
+        .client()
         .set(
             "group.id",
             format!("embedstream-{name}-{}", uuid::Uuid::new_v4()),
@@ -460,18 +453,18 @@ fn new_reader(bootstrap: &str, name: &str) -> Result<StreamConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
-        .map_err(kafka(bootstrap))
+        .map_err(Error::kafka(kafka))
 }
 
 /// The partitions of `topic`, sorted; an error when it has none.
 pub(super) fn partitions(
     reader: &StreamConsumer,
     topic: &str,
-    bootstrap: &str,
+    kafka: &KafkaConfig,
 ) -> Result<Vec<i32>> {
     let metadata = reader
         .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(kafka(bootstrap))?;
+        .map_err(Error::kafka(kafka))?;
     let mut partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -515,11 +508,11 @@ impl Replayer {
         // A consumer of its own for each range: one re-assigned to another position may still
         // hand out records it fetched for the previous one (seen here: a chunk's read ended at
         // once on a prefetched record past its end, and the chunk was lost).
-        let reader = new_reader(&self.bootstrap, "range")?;
+        let reader = new_reader(&self.kafka, "range")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(lo))
-            .map_err(kafka(&self.bootstrap))?;
-        reader.assign(&tpl).map_err(kafka(&self.bootstrap))?;
+            .map_err(Error::kafka(&self.kafka))?;
+        reader.assign(&tpl).map_err(Error::kafka(&self.kafka))?;
         let mut idle = 0;
         loop {
             if shutdown.is_cancelled() {
@@ -554,7 +547,7 @@ impl Replayer {
                     let (_, high) = self
                         .reader
                         .fetch_watermarks(topic, p, Duration::from_secs(10))
-                        .map_err(kafka(&self.bootstrap))?;
+                        .map_err(Error::kafka(&self.kafka))?;
                     idle += 1;
                     if high <= lo || idle >= 5 {
                         break;
@@ -577,7 +570,7 @@ impl Replayer {
         let (_, high) = self
             .reader
             .fetch_watermarks(&self.items, p, Duration::from_secs(10))
-            .map_err(kafka(&self.bootstrap))?;
+            .map_err(Error::kafka(&self.kafka))?;
         if high <= from {
             return Ok(from.max(high));
         }

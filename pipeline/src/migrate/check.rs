@@ -30,10 +30,10 @@ use rdkafka::consumer::Consumer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, kafka, partitions};
+use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, partitions};
 use super::plan;
 use crate::control::ControlLog;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -194,11 +194,11 @@ impl View {
         shutdown: &CancellationToken,
     ) -> Result<HashSet<String>> {
         let mut touched = HashSet::new();
-        for p in partitions(&r.reader, &self.topic, &r.bootstrap)? {
+        for p in partitions(&r.reader, &self.topic, &r.kafka)? {
             let (low, high) = r
                 .reader
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
-                .map_err(kafka(&r.bootstrap))?;
+                .map_err(Error::kafka(&r.kafka))?;
             let from = self.next.get(&p).copied().unwrap_or(low).max(low);
             for m in r
                 .read_topic_range(&self.topic, p, from, high, shutdown)

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use embedstream_topics::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
@@ -283,34 +284,31 @@ pub fn consume_loop(
 pub struct GroupLag {
     consumer: BaseConsumer,
     topic: String,
-    bootstrap: String,
+    kafka: KafkaConfig,
 }
 
 impl std::fmt::Debug for GroupLag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupLag")
             .field("topic", &self.topic)
-            .field("bootstrap", &self.bootstrap)
+            .field("kafka", &self.kafka)
             .finish_non_exhaustive()
     }
 }
 
 impl GroupLag {
     /// A reader of `group`'s lag on `topic`.
-    pub fn new(bootstrap: &str, group: &str, topic: &str) -> crate::Result<Self> {
-        let consumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(kafka: &KafkaConfig, group: &str, topic: &str) -> crate::Result<Self> {
+        let consumer = kafka
+            .client()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|source| crate::Error::Kafka {
-                bootstrap: bootstrap.to_owned(),
-                source,
-            })?;
+            .map_err(crate::Error::kafka(kafka))?;
         Ok(Self {
             consumer,
             topic: topic.to_owned(),
-            bootstrap: bootstrap.to_owned(),
+            kafka: kafka.clone(),
         })
     }
 
@@ -319,15 +317,12 @@ impl GroupLag {
     pub fn read(&self) -> crate::Result<(i64, i64)> {
         use rdkafka::{Offset, TopicPartitionList};
         let timeout = Duration::from_secs(5);
-        let kafka = |source| crate::Error::Kafka {
-            bootstrap: self.bootstrap.clone(),
-            source,
-        };
+        let kafka = crate::Error::kafka(&self.kafka);
         let topic = self.topic.as_str();
         let metadata = self
             .consumer
             .fetch_metadata(Some(topic), timeout)
-            .map_err(kafka)?;
+            .map_err(&kafka)?;
         let mut tpl = TopicPartitionList::new();
         for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
             tpl.add_partition(topic, p.id());
@@ -335,13 +330,13 @@ impl GroupLag {
         let committed = self
             .consumer
             .committed_offsets(tpl, timeout)
-            .map_err(kafka)?;
+            .map_err(&kafka)?;
         let (mut lag, mut total) = (0, 0);
         for e in committed.elements() {
             let (low, high) = self
                 .consumer
                 .fetch_watermarks(topic, e.partition(), timeout)
-                .map_err(kafka)?;
+                .map_err(&kafka)?;
             let at = match e.offset() {
                 Offset::Offset(o) => o.max(low),
                 _ => low,

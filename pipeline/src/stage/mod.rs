@@ -33,11 +33,11 @@ use embedstream_schemas::records::{
 };
 use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{ModelRef, catalog};
+use embedstream_topics::{KafkaConfig, ModelRef, catalog};
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +56,8 @@ pub const STAGE: &str = "embed-stage";
 /// How the stage runs.
 #[derive(Debug, Clone)]
 pub struct StageConfig {
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
     /// Schema registry URL.
     pub registry_url: String,
     /// Topic names (prefix).
@@ -111,12 +111,12 @@ struct Sent {
 /// unacknowledged was committed).
 pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()> {
     let codec = Codec::new(&config.registry_url);
-    let admin = Admin::new(&config.bootstrap, Duration::from_secs(30))?;
+    let admin = Admin::new(&config.kafka, Duration::from_secs(30))?;
     admin
         .ensure(&named_platform_topics(&config.names, config.layout, &[]))
         .await?;
     let control = ControlLog::open(
-        &config.bootstrap,
+        &config.kafka,
         codec.clone(),
         &config.names.control(),
         shutdown.clone(),
@@ -132,14 +132,12 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         tracing::info!(model = %initial, "Empty control log: registered the initial model as active.");
     }
 
-    let kafka = |source| Error::Kafka {
-        bootstrap: config.bootstrap.clone(),
-        source,
-    };
+    let kafka = Error::kafka(&config.kafka);
     let items = config.names.items();
     let tracker = Arc::new(Tracker::default());
-    let consumer: BaseConsumer<StageContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap)
+    let consumer: BaseConsumer<StageContext> = config
+        .kafka
+        .client()
         .set("group.id", &config.group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -148,9 +146,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         // Eager assignors only: the revoke logic drops batches cut before a revoke, which is
         // right only when every partition is revoked (cooperative-sticky would lose them).
         .set("partition.assignment.strategy", "range,roundrobin")
-        // Kafka's default. A crashed member's partitions move after this long. (With 10 s,
-        // tansu 0.6 once handed the surviving member an empty assignment for good when the
-        // crashed member expired mid-join; 45 s has not shown it.)
+        // Kafka's default. A crashed member's partitions move after this long.
         .set("session.timeout.ms", "45000")
         .set("statistics.interval.ms", "5000")
         .create_with_context(StageContext {
@@ -160,12 +156,13 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             group: config.group.clone(),
             last_assigned: std::sync::Mutex::new(None),
         })
-        .map_err(kafka)?;
-    consumer.subscribe(&[&items]).map_err(kafka)?;
+        .map_err(&kafka)?;
+    consumer.subscribe(&[&items]).map_err(&kafka)?;
     let consumer = Arc::new(consumer);
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap)
+    let producer: FutureProducer = config
+        .kafka
+        .client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -175,7 +172,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         // The Java client's partitioner, so keys land where Java producers put them.
         .set("partitioner", "murmur2_random")
         .create()
-        .map_err(kafka)?;
+        .map_err(&kafka)?;
 
     let models = ActiveModels::new(
         config.device,

@@ -19,6 +19,8 @@ use std::time::Duration;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use embedstream_topics::KafkaConfig;
+
 pub use api::{CONTENT_TYPE, router};
 pub use compat::Compatibility;
 pub use error::RegistryError;
@@ -29,8 +31,8 @@ pub use store::Store;
 pub struct RegistryConfig {
     /// Address to serve HTTP on.
     pub listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
     /// Topic holding the schemas (`_schemas`).
     pub topic: String,
     /// How long a write may take to be acknowledged and read back.
@@ -87,7 +89,7 @@ pub async fn run(
             source,
         })?;
     let store = Store::open(
-        &config.bootstrap,
+        &config.kafka,
         &config.topic,
         config.write_timeout,
         shutdown.child_token(),

@@ -9,11 +9,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use embedstream_topics::KafkaConfig;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -50,31 +51,32 @@ pub struct WriteGuard<'a> {
 impl Store {
     /// Opens the log: creates the topic if needed, replays it to its end, and keeps following it.
     pub async fn open(
-        bootstrap: &str,
+        kafka: &KafkaConfig,
         topic: &str,
         write_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
-        let kafka = |source| StartError::Kafka {
-            bootstrap: bootstrap.to_owned(),
-            source,
-        };
-        let admin = embedstream_topics::admin::Admin::new(bootstrap, write_timeout)
+        let bootstrap = kafka.bootstrap();
+        let admin = embedstream_topics::admin::Admin::new(kafka, write_timeout)
             .map_err(|e| StartError::Topic { source: e })?;
         admin
             .ensure(&[embedstream_topics::admin::TopicSpec::compacted(topic, 1, 1)])
             .await
             .map_err(|e| StartError::Topic { source: e })?;
 
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let kafka_error = |source| StartError::Kafka {
+            bootstrap: bootstrap.to_owned(),
+            source,
+        };
+        let producer: FutureProducer = kafka
+            .client()
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", write_timeout.as_millis().to_string())
             .create()
-            .map_err(kafka)?;
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+            .map_err(kafka_error)?;
+        let consumer: StreamConsumer = kafka
+            .client()
             .set(
                 "group.id",
                 format!("embedstream-registry-{}", std::process::id()),
@@ -83,14 +85,14 @@ impl Store {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .create()
-            .map_err(kafka)?;
+            .map_err(kafka_error)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(kafka)?;
-        consumer.assign(&tpl).map_err(kafka)?;
+            .map_err(kafka_error)?;
+        consumer.assign(&tpl).map_err(kafka_error)?;
         let (_, high) = consumer
             .fetch_watermarks(topic, 0, write_timeout)
-            .map_err(kafka)?;
+            .map_err(kafka_error)?;
 
         let state = Arc::new(RwLock::new(RegistryState::default()));
         let (applied_tx, applied) = watch::channel(0i64);

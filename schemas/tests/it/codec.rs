@@ -3,8 +3,7 @@ use std::time::Duration;
 use embedstream_schemas::records::{DriftKind, DriftReport, ItemEvent, ItemOp};
 use embedstream_schemas::{Codec, CodecError, wire};
 use embedstream_topics::admin::{Admin, TopicSpec};
-use embedstream_topics::testing::{bootstrap, unique};
-use rdkafka::ClientConfig;
+use embedstream_topics::testing::{kafka, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -32,16 +31,13 @@ async fn records_round_trip_through_the_registry_and_the_broker() {
     let registry = TestRegistry::start().await;
     let codec = Codec::new(&registry.url);
     let topic = unique("it-items");
-    Admin::new(&bootstrap(), Duration::from_secs(10))
+    Admin::new(&kafka(), Duration::from_secs(10))
         .unwrap()
         .ensure(&[TopicSpec::compacted(&topic, 2, 1)])
         .await
         .unwrap();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
+    let producer: FutureProducer = kafka().client().create().unwrap();
     let sent: Vec<ItemEvent> = (0..20).map(event).collect();
     for e in &sent {
         let bytes = codec.encode(&topic, e).await.unwrap();
@@ -59,8 +55,8 @@ async fn records_round_trip_through_the_registry_and_the_broker() {
     let (_, subjects) = registry.call(reqwest::Method::GET, "/subjects", None).await;
     assert_eq!(subjects, serde_json::json!([format!("{topic}-value")]));
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let consumer: StreamConsumer = kafka()
+        .client()
         .set("group.id", unique("it-group"))
         .set("auto.offset.reset", "earliest")
         .create()

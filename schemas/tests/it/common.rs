@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use embedstream_schemas::registry::{Store, router};
-use embedstream_topics::testing::{bootstrap, unique};
+use embedstream_topics::testing::{kafka, unique};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -29,7 +29,7 @@ impl TestRegistry {
     pub async fn start_on(topic: &str) -> Self {
         let shutdown = CancellationToken::new();
         let store = Store::open(
-            &bootstrap(),
+            &kafka(),
             topic,
             Duration::from_secs(10),
             shutdown.child_token(),

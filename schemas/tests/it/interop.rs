@@ -9,8 +9,7 @@ use std::time::Duration;
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{EmbeddingRecord, ItemEvent, ItemOp, SourceCoordinates};
 use embedstream_topics::admin::{Admin, TopicSpec};
-use embedstream_topics::testing::{bootstrap, unique};
-use rdkafka::ClientConfig;
+use embedstream_topics::testing::{bootstrap, kafka, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -44,7 +43,7 @@ fn python(args: &[&str]) -> Value {
 
 async fn topic(prefix: &str) -> String {
     let name = unique(prefix);
-    Admin::new(&bootstrap(), Duration::from_secs(10))
+    Admin::new(&kafka(), Duration::from_secs(10))
         .unwrap()
         .ensure(&[TopicSpec::compacted(&name, 3, 1)])
         .await
@@ -67,8 +66,8 @@ async fn python_avro_serializer_to_rust_decoder() {
     assert_eq!(answer["produced"], 12);
 
     let codec = Codec::new(&registry_url());
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let consumer: StreamConsumer = kafka()
+        .client()
         .set("group.id", unique("it-rust"))
         .set("auto.offset.reset", "earliest")
         .create()
@@ -111,10 +110,7 @@ async fn python_avro_serializer_to_rust_decoder() {
 async fn rust_records_to_python_avro_deserializer() {
     let topic = topic("it-rust-embeddings").await;
     let codec = Codec::new(&registry_url());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
+    let producer: FutureProducer = kafka().client().create().unwrap();
     let records: Vec<EmbeddingRecord> = (0..5)
         .map(|i| EmbeddingRecord {
             item_id: format!("r-{i}"),

@@ -1,10 +1,10 @@
 use std::time::Duration;
 
 use embedstream_topics::admin::{Admin, Ensured, TopicSpec};
-use embedstream_topics::testing::{bootstrap, unique};
+use embedstream_topics::testing::{kafka, unique};
 
 fn admin() -> Admin {
-    Admin::new(&bootstrap(), Duration::from_secs(10)).unwrap()
+    Admin::new(&kafka(), Duration::from_secs(10)).unwrap()
 }
 
 #[tokio::test]

@@ -6,15 +6,15 @@
 use std::time::Duration;
 
 use embedstream_topics::admin::{Admin, TopicSpec};
-use embedstream_topics::testing::{bootstrap, unique};
+use embedstream_topics::testing::{kafka, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 async fn topic(partitions: i32) -> (Admin, String) {
-    let admin = Admin::new(&bootstrap(), Duration::from_secs(10)).unwrap();
+    let admin = Admin::new(&kafka(), Duration::from_secs(10)).unwrap();
     let name = unique("it-broker");
     admin
         .ensure(&[TopicSpec::compacted(&name, partitions, 1)])
@@ -26,10 +26,7 @@ async fn topic(partitions: i32) -> (Admin, String) {
 #[tokio::test]
 async fn topic_configs_are_stored_and_described() {
     let (_, name) = topic(1).await;
-    let raw: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
+    let raw: AdminClient<DefaultClientContext> = kafka().client().create().unwrap();
     let described = raw
         .describe_configs(&[ResourceSpecifier::Topic(&name)], &AdminOptions::new())
         .await
@@ -46,8 +43,8 @@ async fn topic_configs_are_stored_and_described() {
 #[tokio::test]
 async fn idempotent_producer_commits_and_time_lookups() {
     let (_, name) = topic(1).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let producer: FutureProducer = kafka()
+        .client()
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
@@ -65,8 +62,8 @@ async fn idempotent_producer_commits_and_time_lookups() {
             .unwrap();
         assert_eq!(d.offset, i as i64);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+    let consumer: BaseConsumer = kafka()
+        .client()
         .set("group.id", unique("it-group"))
         .create()
         .unwrap();
@@ -107,8 +104,8 @@ fn a_consumer_group_rebalances_when_members_join_and_leave() {
     let (_, name) = rt.block_on(topic(4));
     let group = unique("it-rebalance");
     let member = || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
+        let c: BaseConsumer = kafka()
+            .client()
             .set("group.id", &group)
             .set("session.timeout.ms", "6000")
             .create()

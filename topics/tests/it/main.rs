@@ -2,3 +2,4 @@
 
 mod admin;
 mod broker;
+mod clients;

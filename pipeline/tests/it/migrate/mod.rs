@@ -88,7 +88,7 @@ pub fn ok(out: &Output) -> String {
 /// A fresh follower of the platform's control log (as any restarted process would read it).
 pub async fn control(p: &Platform, token: &CancellationToken) -> ControlLog {
     ControlLog::open(
-        &p.bootstrap,
+        &p.kafka,
         Codec::new(&p.registry),
         &p.names.control(),
         token.clone(),

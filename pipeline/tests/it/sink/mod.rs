@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
@@ -306,10 +305,7 @@ impl Sink {
 
     /// Waits until the sink has processed every record now on the topic.
     pub async fn wait_caught_up(&self, platform: &Platform, timeout: Duration) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &platform.bootstrap)
-            .create()
-            .unwrap();
+        let consumer: BaseConsumer = platform.kafka.client().create().unwrap();
         let topic = platform.embeddings();
         let highs: Vec<(i32, i64)> = (0..3)
             .map(|p| {

@@ -63,30 +63,23 @@ async fn a_rebalance_between_two_stage_processes_loses_nothing() {
     assert_state(&p, &live).await;
 }
 
-fn start_broker(dir: &Path, port: u16) -> Child {
+/// A broker of the test's own, run by `compose/dev broker` (the same settings as the stack's),
+/// its data in `dir/data` and kept across restarts; the child is the broker's JVM itself.
+fn start_broker(dir: &Path, port: u16, controller_port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("broker.log"))
         .unwrap();
-    let url = format!("tcp://127.0.0.1:{port}");
-    // tansu takes the SQLite path relative to where it runs.
-    Command::new("tansu")
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://data/tansu.db",
-        ])
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/dev"))
+        .args(["broker", dir.to_str().unwrap()])
+        .env("KAFKA_BOOTSTRAP", format!("127.0.0.1:{port}"))
+        .env("KAFKA_CONTROLLER_PORT", controller_port.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("tansu is installed (compose/dev test installs it)")
+        .expect("compose/dev runs")
 }
 
 async fn wait_http(url: &str) {
@@ -103,7 +96,8 @@ async fn wait_http(url: &str) {
 }
 
 fn wait_broker(bootstrap: &str) {
-    let admin = embedstream_topics::admin::Admin::new(bootstrap, Duration::from_secs(2)).unwrap();
+    let kafka = embedstream_topics::testing::kafka().with_bootstrap(bootstrap);
+    let admin = embedstream_topics::admin::Admin::new(&kafka, Duration::from_secs(2)).unwrap();
     for _ in 0..120 {
         if admin.list().is_ok() {
             return;
@@ -117,6 +111,7 @@ fn wait_broker(bootstrap: &str) {
 struct OwnStack {
     dir: std::path::PathBuf,
     port: u16,
+    controller_port: u16,
     broker: Child,
     registry: Child,
 }
@@ -135,11 +130,11 @@ async fn a_broker_restart_while_running_loses_nothing() {
     let dir = std::env::temp_dir()
         .join("embedstream-tests")
         .join(embedstream_topics::testing::unique("own-broker"));
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let (port, registry_port) = (free_port(), free_port());
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, controller_port, registry_port) = (free_port(), free_port(), free_port());
     let bootstrap = format!("127.0.0.1:{port}");
     let registry = format!("http://127.0.0.1:{registry_port}");
-    let broker = start_broker(&dir, port);
+    let broker = start_broker(&dir, port, controller_port);
     wait_broker(&bootstrap);
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     let registry_child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
@@ -158,6 +153,7 @@ async fn a_broker_restart_while_running_loses_nothing() {
     let mut stack = OwnStack {
         dir: dir.clone(),
         port,
+        controller_port,
         broker,
         registry: registry_child,
     };
@@ -172,7 +168,7 @@ async fn a_broker_restart_while_running_loses_nothing() {
     stack.broker.kill().unwrap();
     stack.broker.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.broker = start_broker(&stack.dir, stack.port);
+    stack.broker = start_broker(&stack.dir, stack.port, stack.controller_port);
     wait_broker(&bootstrap);
 
     p.wait_caught_up(Duration::from_secs(240)).await;

@@ -14,11 +14,11 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::{Engine, EngineConfig};
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, ItemEvent, ItemOp};
-use embedstream_topics::ModelRef;
 use embedstream_topics::names::TopicNames;
+use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub const MINILM: &str = "minilm-l6-v2@1";
 
@@ -31,6 +31,7 @@ pub type ReadBack = (Option<Vec<u8>>, Option<Vec<u8>>, i32, i64);
 #[derive(Debug, Clone)]
 pub struct Platform {
     pub bootstrap: String,
+    pub kafka: KafkaConfig,
     pub registry: String,
     pub prefix: String,
     pub names: TopicNames,
@@ -50,6 +51,7 @@ impl Platform {
         let prefix = embedstream_topics::testing::unique(test);
         Self {
             bootstrap: bootstrap.to_owned(),
+            kafka: embedstream_topics::testing::kafka().with_bootstrap(bootstrap),
             registry: registry.to_owned(),
             names: TopicNames::new(&prefix),
             group: format!("{prefix}-stage"),
@@ -63,7 +65,7 @@ impl Platform {
 
     /// Creates the platform's topics (as `embedstream produce` would).
     pub async fn ensure_topics(&self) {
-        embedstream_topics::admin::Admin::new(&self.bootstrap, Duration::from_secs(30))
+        embedstream_topics::admin::Admin::new(&self.kafka, Duration::from_secs(30))
             .unwrap()
             .ensure(&embedstream_topics::admin::named_platform_topics(
                 &self.names,
@@ -78,8 +80,8 @@ impl Platform {
     }
 
     pub fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        self.kafka
+            .client()
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", "60000")
@@ -172,8 +174,9 @@ impl Platform {
 
     /// Reads a topic from the beginning to its current end: every record, in partition order.
     pub fn read_all(&self, topic: &str) -> Vec<ReadBack> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: BaseConsumer = self
+            .kafka
+            .client()
             .set("group.id", embedstream_topics::testing::unique("reader"))
             .set("enable.auto.commit", "false")
             .create()
@@ -254,7 +257,7 @@ impl Platform {
     /// Records behind the end of `items` for the stage's group (committed offsets).
     pub fn group_lag(&self) -> i64 {
         embedstream_pipeline::stage::consumer::GroupLag::new(
-            &self.bootstrap,
+            &self.kafka,
             &self.group,
             &self.names.items(),
         )
@@ -283,10 +286,7 @@ impl Platform {
     pub async fn wait_records(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.bootstrap)
-                .create()
-                .unwrap();
+            let consumer: BaseConsumer = self.kafka.client().create().unwrap();
             let topic = self.embeddings();
             let total: i64 = (0..3)
                 .map(|p| {
