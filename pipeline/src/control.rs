@@ -63,7 +63,7 @@ impl ControlLog {
     ) -> Result<Self> {
         let timeout = Duration::from_secs(30);
         Admin::new(kafka, timeout)?
-            .ensure(&[TopicSpec::compacted(topic, 1, 1)])
+            .ensure(&[TopicSpec::compacted(topic, 1)])
             .await?;
         let producer: FutureProducer = kafka
             .client()

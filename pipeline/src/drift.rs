@@ -346,7 +346,7 @@ impl Drift {
         let digest = digest(&canaries);
         let topic = config.names.drift_reports();
         Admin::new(&config.kafka, Duration::from_secs(30))?
-            .ensure(&[TopicSpec::retained(topic.clone(), 1, 1, REPORT_RETENTION)])
+            .ensure(&[TopicSpec::retained(topic.clone(), 1, REPORT_RETENTION)])
             .await?;
         let producer: FutureProducer = config
             .kafka
@@ -647,7 +647,7 @@ pub async fn follow_reports(
 
     let kafka_error = Error::kafka(kafka);
     Admin::new(kafka, Duration::from_secs(30))?
-        .ensure(&[TopicSpec::retained(topic, 1, 1, REPORT_RETENTION)])
+        .ensure(&[TopicSpec::retained(topic, 1, REPORT_RETENTION)])
         .await?;
     let consumer: StreamConsumer = kafka
         .client()

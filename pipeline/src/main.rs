@@ -91,9 +91,6 @@ enum TopicsCommand {
         /// Partitions of `items` and the embedding topics.
         #[arg(long, env = "EMBEDSTREAM_PARTITIONS", default_value_t = Layout::default().partitions)]
         partitions: i32,
-        /// Replication factor.
-        #[arg(long, default_value_t = 1)]
-        replication: i32,
         /// Model versions whose embedding topics to create (`id@version`, comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "minilm-l6-v2@1")]
         models: Vec<ModelRef>,
@@ -202,22 +199,32 @@ async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Ensure {
             kafka,
             partitions,
-            replication,
             models,
         } => {
             let admin = Admin::new(&kafka.config()?, Duration::from_secs(10))?;
-            let layout = Layout {
-                partitions,
-                replication,
-            };
+            let layout = Layout { partitions };
+            let mut differ = 0;
             for ensured in admin.ensure(&platform_topics(layout, &models)).await? {
                 match ensured {
                     Ensured::Created(name) => println!("created {name}"),
-                    Ensured::Existed { name, partitions } => {
+                    Ensured::Existed {
+                        name,
+                        partitions,
+                        differences,
+                    } => {
                         println!("exists  {name} ({partitions} partitions)");
+                        for d in &differences {
+                            eprintln!("differs {name}: {d}");
+                        }
+                        differ += usize::from(!differences.is_empty());
                     }
                 }
             }
+            anyhow::ensure!(
+                differ == 0,
+                "{differ} existing topic(s) differ from the platform's spec (left as they are: \
+                 alter them with Kafka's tools, or recreate them)"
+            );
         }
         TopicsCommand::List {
             kafka,

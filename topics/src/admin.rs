@@ -1,20 +1,23 @@
 //! Topic administration: the platform's topics with their partitions and configs, created
 //! idempotently.
 //!
-//! `ensure` creates what is missing and accepts what exists, so every process may call it at
-//! start. It does not alter existing topics: a topic with fewer partitions than configured is
-//! an error for the operator (adding partitions moves keys), and configs of an existing topic
-//! are left as they are.
+//! `ensure` creates what is missing and checks what exists, so every process may call it at
+//! start. Every topic it creates, whoever calls it, takes its replication factor and
+//! `min.insync.replicas` from the one setting in [`KafkaConfig::replication`]. It does not
+//! alter existing topics: a topic with fewer partitions than configured is an error for the
+//! operator (adding partitions moves keys); any other difference from the spec (a config such
+//! as `cleanup.policy` or `delete.retention.ms`, more partitions, another replication factor)
+//! is reported in [`Ensured::Existed`] for the caller to show, never silently accepted.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalog::ModelRef;
 use crate::error::{Error, Result};
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Replication};
 use crate::names;
 
 /// A topic as the platform wants it.
@@ -24,34 +27,38 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count.
     pub partitions: i32,
-    /// Replication factor.
-    pub replication: i32,
     /// Topic configs, e.g. `cleanup.policy=compact`.
     pub configs: Vec<(String, String)>,
 }
 
+/// How long Kafka keeps a tombstone on a compacted topic after the cleaner has compacted the
+/// segment holding it (`delete.retention.ms`; Kafka's default, set explicitly so `ensure` can
+/// check it). A reader that last read the topic longer ago than this may have missed a delete
+/// and must replay the topic from its beginning.
+pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 impl TopicSpec {
-    /// A compacted topic: the latest record per key is kept, a tombstone deletes the key.
-    pub fn compacted(name: impl Into<String>, partitions: i32, replication: i32) -> Self {
+    /// A compacted topic: the latest record per key is kept, a tombstone deletes the key and
+    /// is itself kept for [`TOMBSTONE_RETENTION`].
+    pub fn compacted(name: impl Into<String>, partitions: i32) -> Self {
         Self {
             name: name.into(),
             partitions,
-            replication,
-            configs: vec![("cleanup.policy".to_owned(), "compact".to_owned())],
+            configs: vec![
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                (
+                    "delete.retention.ms".to_owned(),
+                    TOMBSTONE_RETENTION.as_millis().to_string(),
+                ),
+            ],
         }
     }
 
     /// A topic whose records expire after `retention`.
-    pub fn retained(
-        name: impl Into<String>,
-        partitions: i32,
-        replication: i32,
-        retention: Duration,
-    ) -> Self {
+    pub fn retained(name: impl Into<String>, partitions: i32, retention: Duration) -> Self {
         Self {
             name: name.into(),
             partitions,
-            replication,
             configs: vec![
                 ("cleanup.policy".to_owned(), "delete".to_owned()),
                 ("retention.ms".to_owned(), retention.as_millis().to_string()),
@@ -66,23 +73,27 @@ impl TopicSpec {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Sets one config (replacing its value if set).
+    #[must_use]
+    pub fn with_config(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.configs.retain(|(k, _)| k != key);
+        self.configs.push((key.to_owned(), value.into()));
+        self
+    }
 }
 
-/// How many partitions and replicas the platform's topics get.
+/// How many partitions the platform's topics get (replication comes from the cluster's
+/// setting, [`KafkaConfig::replication`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Partitions of `items` and of every embedding topic (the unit of scale-out).
     pub partitions: i32,
-    /// Replication factor of every topic (1 on a single local broker).
-    pub replication: i32,
 }
 
 impl Default for Layout {
     fn default() -> Self {
-        Self {
-            partitions: 6,
-            replication: 1,
-        }
+        Self { partitions: 6 }
     }
 }
 
@@ -103,20 +114,17 @@ pub fn named_platform_topics(
     layout: Layout,
     models: &[ModelRef],
 ) -> Vec<TopicSpec> {
-    let Layout {
-        partitions,
-        replication,
-    } = layout;
+    let Layout { partitions } = layout;
     let mut topics = vec![
-        TopicSpec::compacted(names.items(), partitions, replication),
-        TopicSpec::retained(names.items_dlq(), 1, replication, 4 * WEEK),
-        TopicSpec::compacted(names.control(), 1, replication),
-        TopicSpec::retained(names.drift_reports(), 1, replication, 4 * WEEK),
+        TopicSpec::compacted(names.items(), partitions),
+        TopicSpec::retained(names.items_dlq(), 1, 4 * WEEK),
+        TopicSpec::compacted(names.control(), 1),
+        TopicSpec::retained(names.drift_reports(), 1, 4 * WEEK),
     ];
     topics.extend(
         models
             .iter()
-            .map(|m| TopicSpec::compacted(names.embeddings(m), partitions, replication)),
+            .map(|m| TopicSpec::compacted(names.embeddings(m), partitions)),
     );
     topics
 }
@@ -132,7 +140,37 @@ pub enum Ensured {
         name: String,
         /// Its partition count.
         partitions: i32,
+        /// How it differs from the spec, one entry per difference (empty when it matches).
+        differences: Vec<Difference>,
     },
+}
+
+/// One way an existing topic differs from the platform's spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// The topic config (`cleanup.policy`, …), or `partitions` / `replication.factor`.
+    pub setting: String,
+    /// What the spec asks for.
+    pub wanted: String,
+    /// What the broker has (`None`: not set on the topic, the broker's default applies).
+    pub actual: Option<String>,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.actual {
+            Some(actual) => write!(
+                f,
+                "{} is {actual}, the platform wants {}",
+                self.setting, self.wanted
+            ),
+            None => write!(
+                f,
+                "{} is not set (broker default), the platform wants {}",
+                self.setting, self.wanted
+            ),
+        }
+    }
 }
 
 /// A topic as the broker describes it.
@@ -148,6 +186,7 @@ pub struct TopicInfo {
 pub struct Admin {
     client: AdminClient<DefaultClientContext>,
     timeout: Duration,
+    replication: Replication,
 }
 
 impl std::fmt::Debug for Admin {
@@ -169,11 +208,18 @@ impl Admin {
                 topic: "*".to_owned(),
                 source,
             })?;
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client,
+            timeout,
+            replication: kafka.replication(),
+        })
     }
 
-    /// Creates the topics that do not exist; checks the partition count of those that do.
+    /// Creates the topics that do not exist with the cluster's replication setting; checks
+    /// those that do against their spec (see the module docs).
     pub async fn ensure(&self, specs: &[TopicSpec]) -> Result<Vec<Ensured>> {
+        let specs: Vec<TopicSpec> = specs.iter().map(|s| self.full_spec(s)).collect();
+        let specs = specs.as_slice();
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|s| {
@@ -181,7 +227,8 @@ impl Admin {
                     NewTopic::new(
                         &s.name,
                         s.partitions,
-                        TopicReplication::Fixed(s.replication),
+                        // -1: the broker's default.replication.factor.
+                        TopicReplication::Fixed(self.replication.factor.unwrap_or(-1)),
                     ),
                     |t, (k, v)| t.set(k, v),
                 )
@@ -204,7 +251,7 @@ impl Admin {
                     out.push(Ensured::Created(name));
                 }
                 Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    let partitions = self.partitions(&name)?.unwrap_or(0);
+                    let (partitions, replicas) = self.layout(&name)?.unwrap_or((0, 0));
                     if partitions < spec.partitions {
                         return Err(Error::TooFewPartitions {
                             topic: name,
@@ -212,7 +259,32 @@ impl Admin {
                             wanted: spec.partitions,
                         });
                     }
-                    out.push(Ensured::Existed { name, partitions });
+                    let mut differences = Vec::new();
+                    if partitions > spec.partitions {
+                        differences.push(Difference {
+                            setting: "partitions".to_owned(),
+                            wanted: spec.partitions.to_string(),
+                            actual: Some(partitions.to_string()),
+                        });
+                    }
+                    if let Some(factor) = self.replication.factor
+                        && replicas != factor
+                    {
+                        differences.push(Difference {
+                            setting: "replication.factor".to_owned(),
+                            wanted: factor.to_string(),
+                            actual: Some(replicas.to_string()),
+                        });
+                    }
+                    differences.extend(self.config_differences(spec).await?);
+                    for d in &differences {
+                        tracing::warn!(topic = %name, difference = %d, "An existing topic differs from the platform's spec; it is left as it is.");
+                    }
+                    out.push(Ensured::Existed {
+                        name,
+                        partitions,
+                        differences,
+                    });
                 }
                 Err((name, code)) => {
                     return Err(Error::TopicRefused {
@@ -226,9 +298,63 @@ impl Admin {
         Ok(out)
     }
 
+    /// The spec with the cluster's `min.insync.replicas`, where the setting gives one.
+    fn full_spec(&self, spec: &TopicSpec) -> TopicSpec {
+        match self.replication.min_insync {
+            Some(n) => spec
+                .clone()
+                .with_config("min.insync.replicas", n.to_string()),
+            None => spec.clone(),
+        }
+    }
+
+    /// The configs of `spec` whose value on the broker differs (or is not set on the topic).
+    async fn config_differences(&self, spec: &TopicSpec) -> Result<Vec<Difference>> {
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let described = self
+            .client
+            .describe_configs(&[ResourceSpecifier::Topic(&spec.name)], &opts)
+            .await
+            .map_err(|source| Error::Admin {
+                topic: spec.name.clone(),
+                source,
+            })?;
+        let resource = match described.into_iter().next() {
+            Some(Ok(resource)) => resource,
+            Some(Err(code)) => {
+                return Err(Error::TopicRefused {
+                    operation: "describe",
+                    topic: spec.name.clone(),
+                    code,
+                });
+            }
+            None => return Ok(Vec::new()),
+        };
+        Ok(spec
+            .configs
+            .iter()
+            .filter_map(|(key, wanted)| {
+                let entry = resource.get(key);
+                // A broker default equal to the wanted value is a match.
+                let actual = entry.and_then(|e| e.value.clone());
+                (actual.as_deref() != Some(wanted.as_str())).then(|| Difference {
+                    setting: key.clone(),
+                    wanted: wanted.clone(),
+                    actual,
+                })
+            })
+            .collect())
+    }
+
     /// The partition count of `topic`, or `None` if the broker does not know it.
     /// Blocks for at most the client's timeout.
     pub fn partitions(&self, topic: &str) -> Result<Option<i32>> {
+        Ok(self.layout(topic)?.map(|(partitions, _)| partitions))
+    }
+
+    /// The partition count of `topic` and its replication factor (the fewest replicas of any
+    /// partition), or `None` if the broker does not know it.
+    fn layout(&self, topic: &str) -> Result<Option<(i32, i32)>> {
         let md = self
             .client
             .inner()
@@ -241,8 +367,16 @@ impl Admin {
             .topics()
             .iter()
             .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0))
+            .filter(|t| !t.partitions().is_empty())
+            .map(|t| {
+                let replicas = t
+                    .partitions()
+                    .iter()
+                    .map(|p| p.replicas().len() as i32)
+                    .min()
+                    .unwrap_or(0);
+                (t.partitions().len() as i32, replicas)
+            }))
     }
 
     /// Every topic the broker knows, sorted by name. Blocks for at most the client's timeout;

@@ -84,11 +84,25 @@ pub const ENV_PREFIX: &str = "EMBEDSTREAM_KAFKA_";
 /// Variables under [`ENV_PREFIX`] that name an option of the platform, not a property.
 const ENV_NOT_PROPERTIES: &[&str] = &["EMBEDSTREAM_KAFKA_CONFIG"];
 
-/// Where the brokers are and the user's properties for every client.
+/// How every topic the platform creates is replicated: one setting for the cluster, used by
+/// every path that creates a topic (`topics ensure`, the stage, the control log, backfill, the
+/// registry's `_schemas`, …). `None` leaves it to the broker's `default.replication.factor`
+/// and `min.insync.replicas`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas of every partition.
+    pub factor: Option<i32>,
+    /// Replicas that must acknowledge a write (`acks=all`) for it to succeed.
+    pub min_insync: Option<i32>,
+}
+
+/// Where the brokers are, the user's properties for every client, and how the platform's
+/// topics are replicated there.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     bootstrap: String,
     properties: BTreeMap<String, String>,
+    replication: Replication,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -101,6 +115,7 @@ impl fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("bootstrap", &self.bootstrap)
             .field("properties", &shown)
+            .field("replication", &self.replication)
             .finish()
     }
 }
@@ -118,7 +133,20 @@ impl KafkaConfig {
         Self {
             bootstrap: bootstrap.into(),
             properties: BTreeMap::new(),
+            replication: Replication::default(),
         }
+    }
+
+    /// Sets how the platform's topics are replicated.
+    #[must_use]
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// How the platform's topics are replicated.
+    pub fn replication(&self) -> Replication {
+        self.replication
     }
 
     /// Reads the user's properties from their three sources (see the module docs): the file
@@ -197,7 +225,7 @@ impl KafkaConfig {
     pub fn with_bootstrap(&self, bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
-            properties: self.properties.clone(),
+            ..self.clone()
         }
     }
 

@@ -95,7 +95,6 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             &args.platform.names(),
             embedstream_topics::admin::Layout {
                 partitions: args.platform.partitions,
-                replication: 1,
             },
             &[],
         ))

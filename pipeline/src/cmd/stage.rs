@@ -10,6 +10,7 @@ use embedstream_pipeline::stage::consumer::Batching;
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_pipeline::stage::{self, StageConfig};
 use embedstream_topics::admin::Layout;
+use embedstream_topics::kafka::Replication;
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,13 @@ pub struct KafkaArgs {
     /// comments, as Kafka's `client.properties`).
     #[arg(long, env = "EMBEDSTREAM_KAFKA_CONFIG", value_name = "FILE")]
     pub kafka_config: Option<std::path::PathBuf>,
+    /// Replication factor of every topic the platform creates (default: the broker's
+    /// `default.replication.factor`).
+    #[arg(long, env = "EMBEDSTREAM_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of every topic the platform creates (default: the broker's).
+    #[arg(long, env = "EMBEDSTREAM_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl KafkaArgs {
@@ -40,7 +48,11 @@ impl KafkaArgs {
             self.kafka_config.as_deref(),
             std::env::vars(),
             &self.kafka_property,
-        )?)
+        )?
+        .with_replication(Replication {
+            factor: self.replication_factor,
+            min_insync: self.min_insync_replicas,
+        }))
     }
 }
 
@@ -172,7 +184,6 @@ impl StageArgs {
             group: self.group.clone(),
             layout: Layout {
                 partitions: self.platform.partitions,
-                replication: 1,
             },
             device: self.device,
             engine: EngineConfig {

@@ -105,7 +105,6 @@ pub async fn run(
             &platform.names(),
             Layout {
                 partitions: platform.partitions,
-                replication: 1,
             },
             std::slice::from_ref(&model),
         ))

@@ -407,7 +407,7 @@ impl Replayer {
         };
         let count = i32::try_from(replayer.partitions()?.len()).unwrap_or(i32::MAX);
         Admin::new(kafka, Duration::from_secs(30))?
-            .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count, 1)])
+            .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count)])
             .await?;
         Ok(replayer)
     }

@@ -64,7 +64,7 @@ pub struct StageConfig {
     pub names: TopicNames,
     /// Consumer group of the stage (processes of one group split the partitions).
     pub group: String,
-    /// Partitions and replication of topics the stage creates.
+    /// Partitions of topics the stage creates.
     pub layout: Layout,
     /// Where the models run.
     pub device: Device,

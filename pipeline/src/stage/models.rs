@@ -98,11 +98,7 @@ impl ActiveModels {
             };
             let topic = self.names.embeddings(&model);
             self.admin
-                .ensure(&[TopicSpec::compacted(
-                    topic.clone(),
-                    self.layout.partitions,
-                    self.layout.replication,
-                )])
+                .ensure(&[TopicSpec::compacted(topic.clone(), self.layout.partitions)])
                 .await?;
             let (device, config, m) = (self.device, self.engine, model.clone());
             let label = model.to_string();

@@ -60,7 +60,7 @@ impl Store {
         let admin = embedstream_topics::admin::Admin::new(kafka, write_timeout)
             .map_err(|e| StartError::Topic { source: e })?;
         admin
-            .ensure(&[embedstream_topics::admin::TopicSpec::compacted(topic, 1, 1)])
+            .ensure(&[embedstream_topics::admin::TopicSpec::compacted(topic, 1)])
             .await
             .map_err(|e| StartError::Topic { source: e })?;
 

@@ -33,7 +33,7 @@ async fn records_round_trip_through_the_registry_and_the_broker() {
     let topic = unique("it-items");
     Admin::new(&kafka(), Duration::from_secs(10))
         .unwrap()
-        .ensure(&[TopicSpec::compacted(&topic, 2, 1)])
+        .ensure(&[TopicSpec::compacted(&topic, 2)])
         .await
         .unwrap();
 

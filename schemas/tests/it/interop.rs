@@ -45,7 +45,7 @@ async fn topic(prefix: &str) -> String {
     let name = unique(prefix);
     Admin::new(&kafka(), Duration::from_secs(10))
         .unwrap()
-        .ensure(&[TopicSpec::compacted(&name, 3, 1)])
+        .ensure(&[TopicSpec::compacted(&name, 3)])
         .await
         .unwrap();
     name

@@ -17,7 +17,7 @@ async fn topic(partitions: i32) -> (Admin, String) {
     let admin = Admin::new(&kafka(), Duration::from_secs(10)).unwrap();
     let name = unique("it-broker");
     admin
-        .ensure(&[TopicSpec::compacted(&name, partitions, 1)])
+        .ensure(&[TopicSpec::compacted(&name, partitions)])
         .await
         .unwrap();
     (admin, name)

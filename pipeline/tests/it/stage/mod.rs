@@ -69,10 +69,7 @@ impl Platform {
             .unwrap()
             .ensure(&embedstream_topics::admin::named_platform_topics(
                 &self.names,
-                embedstream_topics::admin::Layout {
-                    partitions: 3,
-                    replication: 1,
-                },
+                embedstream_topics::admin::Layout { partitions: 3 },
                 &[MINILM.parse().unwrap()],
             ))
             .await
