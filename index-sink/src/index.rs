@@ -27,7 +27,7 @@ use crate::compaction::{CompactionReason, Planner};
 use crate::config::IndexConfig;
 use crate::error::{Error, Result};
 use crate::hash::shard_of;
-use crate::metrics::{query_duration, snapshot_corrupt};
+use crate::metrics::{query_duration, snapshot_corrupt, snapshot_expired};
 use crate::shard::{CompactionRecord, Offsets, Shard, ShardStats, header, now_ms};
 use crate::snapshot;
 use crate::topk::merge;
@@ -70,6 +70,19 @@ impl ShardedIndex {
     /// valid snapshot, falling back past corrupt ones to older ones or to empty. A valid
     /// snapshot of another layout (shard count, dimension, routing, format) is an error.
     pub fn open(dir: impl AsRef<Path>, config: IndexConfig) -> Result<Self> {
+        Self::open_newer_than(dir, config, None)
+    }
+
+    /// [`Self::open`], except that a shard whose newest valid snapshot was written before
+    /// `not_before_ms` (ms since the epoch) starts empty, so that its partitions are replayed
+    /// from the beginning: on a compacted topic, a reader that stopped longer ago than the
+    /// topic's `delete.retention.ms` may have missed tombstones that the cleaner has since
+    /// removed, and resuming from its offsets would bring deleted items back.
+    pub fn open_newer_than(
+        dir: impl AsRef<Path>,
+        config: IndexConfig,
+        not_before_ms: Option<i64>,
+    ) -> Result<Self> {
         config.validate()?;
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot directory", dir, e))?;
@@ -79,6 +92,14 @@ impl ShardedIndex {
                 tracing::warn!(shard = i, path = %path.display(), error = %error, "Snapshot is corrupt; trying an older one.");
                 snapshot_corrupt(&config.name, i).increment(1);
             })?;
+            let loaded = loaded.filter(|l| {
+                let stale = not_before_ms.is_some_and(|t| l.created_ms < t);
+                if stale {
+                    tracing::warn!(shard = i, path = %l.path.display(), created_ms = l.created_ms, "Snapshot is older than the topic keeps tombstones; the shard is rebuilt by a replay from the beginning.");
+                    snapshot_expired(&config.name, i).increment(1);
+                }
+                !stale
+            });
             match &loaded {
                 Some(l) => {
                     tracing::info!(shard = i, path = %l.path.display(), seq = l.seq, "Loaded shard snapshot.")

@@ -43,6 +43,9 @@ pub mod names {
     pub const SNAPSHOT_BYTES: &str = "embedstream_index_snapshot_bytes";
     /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
     pub const SNAPSHOT_CORRUPT_TOTAL: &str = "embedstream_index_snapshot_corrupt_total";
+    /// Counter: snapshots set aside at open because they are older than the topic keeps
+    /// tombstones (the shard is rebuilt by a replay from the beginning).
+    pub const SNAPSHOT_EXPIRED_TOTAL: &str = "embedstream_index_snapshot_expired_total";
 }
 
 /// Handles of one shard, registered once.
@@ -121,4 +124,8 @@ pub(crate) fn query_duration(index: &str) -> Histogram {
 
 pub(crate) fn snapshot_corrupt(index: &str, shard: usize) -> Counter {
     counter!(names::SNAPSHOT_CORRUPT_TOTAL, "index" => index.to_owned(), "shard" => shard.to_string())
+}
+
+pub(crate) fn snapshot_expired(index: &str, shard: usize) -> Counter {
+    counter!(names::SNAPSHOT_EXPIRED_TOTAL, "index" => index.to_owned(), "shard" => shard.to_string())
 }

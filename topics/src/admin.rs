@@ -9,6 +9,7 @@
 //! as `cleanup.policy` or `delete.retention.ms`, more partitions, another replication factor)
 //! is reported in [`Ensured::Existed`] for the caller to show, never silently accepted.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -298,6 +299,34 @@ impl Admin {
         Ok(out)
     }
 
+    /// Deletes `topics` (each with its records, for good); a topic that does not exist is not
+    /// an error.
+    pub async fn delete(&self, topics: &[&str]) -> Result<()> {
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = self
+            .client
+            .delete_topics(topics, &opts)
+            .await
+            .map_err(|source| Error::Admin {
+                topic: topics.join(","),
+                source,
+            })?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "Deleted topic."),
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(Error::TopicRefused {
+                        operation: "delete",
+                        topic: name,
+                        code,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The spec with the cluster's `min.insync.replicas`, where the setting gives one.
     fn full_spec(&self, spec: &TopicSpec) -> TopicSpec {
         match self.replication.min_insync {
@@ -310,40 +339,45 @@ impl Admin {
 
     /// The configs of `spec` whose value on the broker differs (or is not set on the topic).
     async fn config_differences(&self, spec: &TopicSpec) -> Result<Vec<Difference>> {
-        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
-        let described = self
-            .client
-            .describe_configs(&[ResourceSpecifier::Topic(&spec.name)], &opts)
-            .await
-            .map_err(|source| Error::Admin {
-                topic: spec.name.clone(),
-                source,
-            })?;
-        let resource = match described.into_iter().next() {
-            Some(Ok(resource)) => resource,
-            Some(Err(code)) => {
-                return Err(Error::TopicRefused {
-                    operation: "describe",
-                    topic: spec.name.clone(),
-                    code,
-                });
-            }
-            None => return Ok(Vec::new()),
-        };
+        let actual = self.topic_configs(&spec.name).await?;
         Ok(spec
             .configs
             .iter()
-            .filter_map(|(key, wanted)| {
-                let entry = resource.get(key);
-                // A broker default equal to the wanted value is a match.
-                let actual = entry.and_then(|e| e.value.clone());
-                (actual.as_deref() != Some(wanted.as_str())).then(|| Difference {
-                    setting: key.clone(),
-                    wanted: wanted.clone(),
-                    actual,
-                })
+            // A broker default equal to the wanted value is a match.
+            .filter(|(key, wanted)| actual.get(key) != Some(wanted))
+            .map(|(key, wanted)| Difference {
+                setting: key.clone(),
+                wanted: wanted.clone(),
+                actual: actual.get(key).cloned(),
             })
             .collect())
+    }
+
+    /// Every config of `topic` as the broker applies it (set on the topic, or the broker's
+    /// default), by name.
+    pub async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>> {
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let described = self
+            .client
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .map_err(|source| Error::Admin {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        match described.into_iter().next() {
+            Some(Ok(resource)) => Ok(resource
+                .entries
+                .into_iter()
+                .filter_map(|e| e.value.map(|v| (e.name, v)))
+                .collect()),
+            Some(Err(code)) => Err(Error::TopicRefused {
+                operation: "describe",
+                topic: topic.to_owned(),
+                code,
+            }),
+            None => Ok(BTreeMap::new()),
+        }
     }
 
     /// The partition count of `topic`, or `None` if the broker does not know it.

@@ -31,7 +31,7 @@ pub enum Error {
     /// The broker answered a per-topic error code. Fatal unless the code says otherwise.
     #[error("broker refused {operation} of topic {topic:?}: {code:?}")]
     TopicRefused {
-        /// create / describe.
+        /// create / describe / delete.
         operation: &'static str,
         /// The topic.
         topic: String,

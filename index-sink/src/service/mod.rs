@@ -5,7 +5,14 @@
 //! [`consumer`](self) docs: recovery = snapshots + replay from their offsets, poison skipped,
 //! retryable records retried in order) and the HTTP server, and on `shutdown` stops them and
 //! writes a final snapshot of every shard, so a clean restart replays nothing. A kill -9
-//! loses nothing either: the restart replays from the last snapshots' offsets.
+//! loses nothing either: the restart replays from the last snapshots' offsets. A snapshot
+//! older than the topic's `delete.retention.ms` is not resumed from: the cleaner may have
+//! removed tombstones written after it, so its shard is rebuilt from the beginning of the
+//! topic instead of bringing deleted items back.
+//!
+//! Not guaranteed: the age is the snapshot's; a sink that lagged behind the topic when it
+//! wrote the snapshot may have left tombstones unread that were written up to that lag
+//! earlier.
 
 mod config;
 mod consumer;
@@ -14,6 +21,7 @@ mod http;
 pub mod metrics;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -29,6 +37,42 @@ pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
 
 use crate::ShardedIndex;
 
+/// The oldest snapshot time that a replay from the snapshot's offsets can trust: now minus the
+/// topic's `delete.retention.ms` when the topic is compacted (`None` inside: no limit). Asks
+/// the broker until it answers (a broker that is down delays the start, it does not change
+/// what is loaded); `None` when `shutdown` comes first.
+async fn tombstone_horizon(
+    config: &SinkConfig,
+    shutdown: &CancellationToken,
+) -> Option<Option<i64>> {
+    let ask = async || -> Result<Option<i64>, embedstream_topics::Error> {
+        let admin = embedstream_topics::admin::Admin::new(&config.kafka, Duration::from_secs(10))?;
+        let configs = admin.topic_configs(&config.topic).await?;
+        let compacted = configs
+            .get("cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+        let retention_ms = configs
+            .get("delete.retention.ms")
+            .and_then(|v| v.parse::<i64>().ok());
+        Ok(match (compacted, retention_ms) {
+            (true, Some(ms)) => Some(crate::shard::now_ms() - ms),
+            _ => None,
+        })
+    };
+    loop {
+        match ask().await {
+            Ok(horizon) => return Some(horizon),
+            Err(error) => {
+                tracing::warn!(topic = %config.topic, error = %error, "Cannot read the topic's tombstone retention; asking again in 2 s.");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// Runs the sink until `shutdown` (or a fatal error), serving the query API and `routes`
 /// (the binary's `/metrics`) on `config.listen`. `embedder` answers text queries; without
 /// one they are refused with 400.
@@ -41,14 +85,19 @@ pub async fn run(
     let spec = embedstream_topics::catalog::lookup(&config.model)
         .map_err(|source| ServiceError::Model { source })?;
     let settings = config.settings.clone().resolve(&spec, &config.topic)?;
+    let Some(not_before_ms) = tombstone_horizon(&config, &shutdown).await else {
+        return Ok(());
+    };
     let dir = config.data_dir.clone();
     let index_config = settings.index.clone();
-    let index = tokio::task::spawn_blocking(move || ShardedIndex::open(dir, index_config))
-        .await
-        .map_err(|_| ServiceError::Thread {
-            what: "snapshot load",
-        })?
-        .map_err(|source| ServiceError::Index { source })?;
+    let index = tokio::task::spawn_blocking(move || {
+        ShardedIndex::open_newer_than(dir, index_config, not_before_ms)
+    })
+    .await
+    .map_err(|_| ServiceError::Thread {
+        what: "snapshot load",
+    })?
+    .map_err(|source| ServiceError::Index { source })?;
     let index = Arc::new(index);
     tracing::info!(
         topic = %config.topic,

@@ -198,3 +198,94 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     assert_eq!(check["divergent"], 0, "{check}");
     token.cancel();
 }
+
+/// A backfill over an `items` that the log cleaner has compacted (older texts and deleted
+/// items gone, offsets with gaps): every live item ends on the new topic with its newest
+/// event, and the deleted ones are not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
+    let p = Platform::new("backfill-cleaned");
+    embedstream_topics::admin::Admin::new(&p.kafka, Duration::from_secs(30))
+        .unwrap()
+        .ensure(&[
+            embedstream_topics::admin::TopicSpec::compacted(p.names.items(), 3)
+                .with_config("segment.ms", "100")
+                .with_config("min.cleanable.dirty.ratio", "0.01")
+                .with_config("delete.retention.ms", "1000"),
+        ])
+        .await
+        .unwrap();
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    for round in 0..3 {
+        let events: Vec<ItemEvent> = (0..30)
+            .map(|i| upsert(&format!("c-{i}"), &format!("Text {round} of item {i}.")))
+            .collect();
+        p.produce_events(&events).await;
+        sleep_ms(150).await;
+    }
+    let deleted: Vec<String> = (0..30).step_by(5).map(|i| format!("c-{i}")).collect();
+    let deletes: Vec<ItemEvent> = deleted.iter().map(|id| delete(id)).collect();
+    p.produce_events(&deletes).await;
+    // Wait until the cleaner kept one event per item (segments roll on later writes).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for round in 0.. {
+        sleep_ms(300).await;
+        let rolls: Vec<ItemEvent> = (0..6)
+            .map(|j| upsert(&format!("roll-{j}"), &format!("Roll {round} of {j}.")))
+            .collect();
+        p.produce_events(&rolls).await;
+        let mut per_key: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (key, _, _, _) in p.read_all(&p.names.items()) {
+            *per_key.entry(key.unwrap()).or_default() += 1;
+        }
+        let compacted = (0..30).all(|i| per_key.get(format!("c-{i}").as_bytes()) == Some(&1));
+        if compacted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cleaner did not compact items in 120 s: {per_key:?}"
+        );
+    }
+
+    ok(&migrate(
+        &p,
+        &["start", "--from", crate::stage::MINILM, "--to", MPNET],
+    ));
+    let out = backfill_command(&p, &[]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(report["complete"], true, "{report}");
+
+    let latest = latest_items(&p).await;
+    let on_new: HashMap<String, Option<EmbeddingRecord>> = version_records(&p, MPNET)
+        .await
+        .into_iter()
+        .map(|(id, mut records)| (id, records.pop().and_then(|(_, r)| r)))
+        .collect();
+    for id in &deleted {
+        assert!(
+            on_new.get(id).cloned().flatten().is_none(),
+            "{id} was deleted"
+        );
+    }
+    for (id, (partition, offset, deleted)) in &latest {
+        if *deleted {
+            continue;
+        }
+        let r = on_new
+            .get(id)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| panic!("{id} is missing on the new topic"));
+        assert_eq!(
+            (r.source.partition, r.source.offset),
+            (*partition, *offset),
+            "{id}: not the item's newest event"
+        );
+    }
+    assert_eq!(
+        on_new.values().filter(|r| r.is_some()).count(),
+        latest.values().filter(|(_, _, d)| !d).count()
+    );
+}

@@ -1,6 +1,7 @@
 //! Kill -9 after a compaction wrote its snapshots, with writes in hot that no snapshot holds
 //! and more written while the sink is down: the restarted sink loads the snapshots, replays
-//! from their offsets, and equals the topic's compacted state.
+//! from their offsets, and equals the topic's compacted state. And on a topic whose log
+//! cleaner really runs: a snapshot older than the topic keeps tombstones is not resumed from.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use super::{
     Oracle, Put, Sink, assert_exact_search, assert_items, config, produce, record, test_dir,
     unit_vector,
 };
-use crate::stage::{Platform, kill9};
+use crate::stage::{Platform, kill9, terminate};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_after_a_snapshot_then_restart_equals_the_compacted_topic() {
@@ -162,4 +163,97 @@ async fn assert_newest_vectors(sink: &Sink, oracle: &Oracle) {
             assert!(top[0].1 > 0.9999, "{id}: {top:?}");
         }
     }
+}
+
+/// Reads the embedding topic until none of `gone` has a record left on it (the log cleaner
+/// compacted the segments and then expired the tombstones), writing a few records meanwhile so
+/// that segments roll; those writes go into the oracle like any other.
+async fn wait_cleaned(platform: &Platform, oracle: &mut Oracle, gone: &[String]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for round in 0u64.. {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rolls = (0..6)
+            .map(|j| {
+                Put::Record(record(
+                    &format!("roll-{j}"),
+                    unit_vector(1_000_000 + round * 6 + j),
+                ))
+            })
+            .collect();
+        produce(platform, oracle, rolls).await;
+        let left: Vec<String> = platform
+            .read_all(&platform.embeddings())
+            .into_iter()
+            .filter_map(|(k, _, _, _)| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .filter(|k| gone.contains(k))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleaner left records of deleted items after 120 s: {left:?}"
+        );
+    }
+}
+
+/// On a compacted embedding topic whose cleaner really runs: a sink stopped longer than the
+/// topic keeps tombstones does not resume from its snapshot (the deletes written meanwhile are
+/// gone from the topic) but rebuilds from the beginning, and a new replica reading the cleaned
+/// topic from scratch ends with the same live state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_older_than_the_tombstone_retention_is_not_resumed_from() {
+    let platform = Platform::new("sink-tombstone-expiry");
+    embedstream_topics::admin::Admin::new(&platform.kafka, Duration::from_secs(30))
+        .unwrap()
+        .ensure(&[
+            embedstream_topics::admin::TopicSpec::compacted(platform.embeddings(), 3)
+                .with_config("segment.ms", "100")
+                .with_config("min.cleanable.dirty.ratio", "0.01")
+                .with_config("delete.retention.ms", "1000"),
+        ])
+        .await
+        .unwrap();
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let mut oracle = Oracle::default();
+    let config = config(1000, 1.0);
+    let puts = (0..120)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let mut sink = Sink::start(&platform, &dir, &config, "first").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    assert_items(&sink, &oracle).await;
+    assert!(
+        terminate(&mut sink.child).success(),
+        "a clean stop writes the final snapshots"
+    );
+
+    // While the sink is down: deletes, which the cleaner then removes for good.
+    let gone: Vec<String> = (0..120).step_by(4).map(|i| format!("item-{i}")).collect();
+    let puts = gone.iter().map(|id| Put::Tombstone(id.clone())).collect();
+    produce(&platform, &mut oracle, puts).await;
+    wait_cleaned(&platform, &mut oracle, &gone).await;
+
+    let sink = Sink::start(&platform, &dir, &config, "second").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    let log = sink.log_text();
+    assert!(
+        log.contains("Snapshot is older than the topic keeps tombstones"),
+        "the restart set its snapshots aside; log: {log}"
+    );
+    assert_items(&sink, &oracle).await;
+    drop(sink);
+
+    // A new replica, from nothing, on the cleaned topic.
+    let fresh = dir.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let replica = Sink::start(&platform, &fresh, &config, "fresh").await;
+    replica
+        .wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    assert_items(&replica, &oracle).await;
 }

@@ -11,10 +11,9 @@ use super::*;
 /// Produces `bad` then a good upsert, runs the stage until it has committed both, and
 /// returns the dead letters.
 async fn dead_letter_of(
-    test: &str,
+    p: Platform,
     bad: impl AsyncFnOnce(&Platform) -> Raw,
 ) -> (Platform, Raw, Vec<DeadLetter>) {
-    let p = Platform::new(test);
     p.ensure_topics().await;
     let bad = bad(&p).await;
     p.produce_raw(std::slice::from_ref(&bad)).await;
@@ -36,7 +35,11 @@ async fn dead_letter_of(
 }
 
 async fn assert_one(test: &str, kind: &str, bad: impl AsyncFnOnce(&Platform) -> Raw) {
-    let (p, (key, value), letters) = dead_letter_of(test, bad).await;
+    assert_one_on(Platform::new(test), kind, bad).await;
+}
+
+async fn assert_one_on(p: Platform, kind: &str, bad: impl AsyncFnOnce(&Platform) -> Raw) {
+    let (p, (key, value), letters) = dead_letter_of(p, bad).await;
     assert_eq!(letters.len(), 1, "exactly one dead letter: {letters:?}");
     let l = &letters[0];
     assert_eq!(l.error_kind, kind, "{}", l.message);
@@ -192,7 +195,33 @@ async fn unknown_op() {
     .await;
 }
 
+/// Kafka refuses a record without a key on a compacted topic, so on the platform's `items`
+/// the broker keeps keyless records out; an `items` made with `cleanup.policy=delete` lets one
+/// through, and the stage dead-letters it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstone_without_key() {
-    assert_one("dlq-no-key", "missing_key", async |_| (None, None)).await;
+    let compacted = Platform::new("dlq-no-key-compacted");
+    compacted.ensure_topics().await;
+    let refused = compacted
+        .producer()
+        .send(
+            FutureRecord::<[u8], [u8]>::to(&compacted.names.items()),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect_err("the broker refuses a keyless record on a compacted topic");
+    assert!(refused.to_string().contains("InvalidRecord"), "{refused}");
+
+    let p = Platform::new("dlq-no-key");
+    embedstream_topics::admin::Admin::new(&p.kafka, Duration::from_secs(30))
+        .unwrap()
+        .ensure(&[embedstream_topics::admin::TopicSpec::retained(
+            p.names.items(),
+            6,
+            Duration::from_secs(3600),
+        )])
+        .await
+        .unwrap();
+    assert_one_on(p, "missing_key", async |_| (None, None)).await;
 }
