@@ -35,7 +35,7 @@ def test_ports_match_the_local_stack(stack):
     kafka_default = re.search(r"KAFKA_BOOTSTRAP:-127\.0\.0\.1:(\d+)", dev).group(1)
     registry_default = re.search(r"SCHEMA_REGISTRY_URL:-http://127\.0\.0\.1:(\d+)", dev).group(1)
     prometheus_default = re.search(r"PROMETHEUS_PORT=\$\{PROMETHEUS_PORT:-(\d+)\}", dev).group(1)
-    published = lambda svc: {p.split(":")[0] for p in stack["services"][svc]["ports"]}
+    published = lambda svc: {p.split(":")[-2] for p in stack["services"][svc]["ports"]}
     assert kafka_default in published("kafka")
     assert registry_default in published("schema-registry")
     assert prometheus_default in published("prometheus")
@@ -96,3 +96,33 @@ def test_grafana_dashboard_is_provisioned_and_reads_real_metrics(stack, exported
     titles = " ".join(p["title"] for p in dashboard["panels"])
     for wanted in ["lag", "Tombstones", "Backfill", "divergence", "p95", "cosine"]:
         assert wanted in titles, wanted
+
+
+def test_kafka_is_the_version_compose_dev_runs_and_keeps_its_data_on_the_volume(stack):
+    pom = (COMPOSE / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
+    kafka = stack["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{version}"
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = {v.split(":")[1] for v in kafka["volumes"]}
+    assert any(log_dirs == m or log_dirs.startswith(m + "/") for m in mounts), (log_dirs, mounts)
+
+
+def test_host_ports_are_loopback_only_and_every_service_has_a_health_check(stack):
+    for name, svc in stack["services"].items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+        if svc.get("restart") == "no":
+            continue  # one-shot jobs
+        assert "healthcheck" in svc, f"{name} has no health check"
+
+
+def test_query_api_and_sink_ports_match_the_local_stack(stack):
+    dev = (COMPOSE / "dev").read_text()
+    query = re.search(r"QUERY_PORT=\$\{QUERY_PORT:-(\d+)\}", dev).group(1)
+    sink = re.search(r"SINK_PORT=\$\{SINK_PORT:-(\d+)\}", dev).group(1)
+    published = lambda svc: {p.split(":")[-2] for p in stack["services"][svc]["ports"]}
+    assert query in published("router")
+    assert sink in published("sink")
+    assert f"0.0.0.0:{query}" in stack["services"]["router"]["command"]
+    assert f"0.0.0.0:{sink}" in stack["services"]["sink"]["command"]

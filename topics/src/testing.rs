@@ -28,3 +28,69 @@ pub fn kafka() -> crate::KafkaConfig {
     crate::KafkaConfig::from_sources(bootstrap(), None, std::env::vars(), &[])
         .expect("the EMBEDSTREAM_KAFKA_* variables are usable client properties")
 }
+
+/// Deletes every topic under `<prefix>.` when dropped (the last clone of what holds it), so a
+/// test leaves the shared broker as it found it. Errors are logged, never raised: a test that
+/// already failed keeps its own message.
+#[derive(Debug)]
+pub struct DeleteTopicsOnDrop {
+    kafka: crate::KafkaConfig,
+    prefix: String,
+}
+
+impl DeleteTopicsOnDrop {
+    /// Guards the topics under `prefix`.
+    pub fn new(kafka: crate::KafkaConfig, prefix: impl Into<String>) -> Self {
+        Self {
+            kafka,
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl Drop for DeleteTopicsOnDrop {
+    fn drop(&mut self) {
+        let (kafka, prefix) = (self.kafka.clone(), format!("{}.", self.prefix));
+        // A thread of its own: the drop may run inside an async runtime.
+        let deleted = std::thread::spawn(move || -> crate::Result<usize> {
+            let admin = crate::admin::Admin::new(&kafka, std::time::Duration::from_secs(5))?;
+            let names: Vec<String> = admin
+                .list()?
+                .into_iter()
+                .map(|t| t.name)
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            if !refs.is_empty() {
+                block_on(admin.delete(&refs))?;
+            }
+            Ok(refs.len())
+        })
+        .join();
+        match deleted {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot delete the test's topics."),
+            Err(_) => tracing::warn!("Deleting the test's topics panicked."),
+        }
+    }
+}
+
+/// Runs a future to completion on this thread (rdkafka's admin futures are driven by its own
+/// background thread; they only need to be polled).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}

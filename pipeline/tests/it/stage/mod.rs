@@ -36,6 +36,8 @@ pub struct Platform {
     pub prefix: String,
     pub names: TopicNames,
     pub group: String,
+    /// Deletes the test's topics when the last clone goes.
+    _topics: std::sync::Arc<embedstream_topics::testing::DeleteTopicsOnDrop>,
 }
 
 impl Platform {
@@ -49,9 +51,14 @@ impl Platform {
 
     pub fn on(bootstrap: &str, registry: &str, test: &str) -> Self {
         let prefix = embedstream_topics::testing::unique(test);
+        let kafka = embedstream_topics::testing::kafka().with_bootstrap(bootstrap);
         Self {
             bootstrap: bootstrap.to_owned(),
-            kafka: embedstream_topics::testing::kafka().with_bootstrap(bootstrap),
+            _topics: std::sync::Arc::new(embedstream_topics::testing::DeleteTopicsOnDrop::new(
+                kafka.clone(),
+                &prefix,
+            )),
+            kafka,
             registry: registry.to_owned(),
             names: TopicNames::new(&prefix),
             group: format!("{prefix}-stage"),
