@@ -20,12 +20,12 @@ The peer and the probes each cost the broker and the CPU something (every fetche
 read again for the peer; the poller sends a request every millisecond), so the default run
 measures the sink under more load than it would see alone.
 
-Measure on a fresh broker (`compose/dev down && rm -rf .dev/local/data && compose/dev infra`):
-tansu keeps every record of every topic in one SQLite file, each run leaves a topic of ~200k
-records behind, and on a 9.3 GB file left by earlier runs the producer's ack p99 was 137 ms
-against 39-60 ms on a fresh one. The script cannot delete its topic: tansu 0.6.0 deletes every
-topic of the cluster on a DeleteTopics (compose/README.md), so it warns when earlier runs'
-topics are there.
+The run deletes its topic at the end (a run that was killed leaves one behind: the script
+warns when earlier runs' topics are on the broker).
+
+`--e2e N` first measures the broker's own floor with Kafka's `EndToEndLatency` (from
+kafka-tools, on the classpath compose/dev resolved): N records of the embedding record's size,
+acks=all, each produced and consumed before the next.
 
 `--client KEY=VALUE` (repeatable) sets a librdkafka property on all three clients (the load's
 producer, the peer and the sink's consumer, the last through its config file's
@@ -81,6 +81,44 @@ def quantile(buckets, q):
     return float("nan")
 
 
+def broker_floor(args):
+    """Kafka's own EndToEndLatency on a topic of its own: percentiles in ms."""
+    import glob
+    from confluent_kafka.admin import AdminClient, NewTopic
+    lib = sorted(glob.glob(os.path.join(ROOT, ".dev", "kafka", "*", "lib")))
+    if not lib:
+        sys.exit("no Kafka classpath in .dev/kafka: run compose/dev infra first")
+    topic = f"bench-e2e-{int(time.time())}"
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
+        future.result()
+    try:
+        # The size of an embedding record of 384 floats with its Avro framing.
+        out = subprocess.run(
+            ["java", "-Xmx512m", "-cp", os.path.join(lib[-1], "*"),
+             f"-Dlog4j2.configurationFile={os.path.join(ROOT, 'compose', 'kafka', 'log4j2.properties')}",
+             "org.apache.kafka.tools.EndToEndLatency", "--bootstrap-server", args.bootstrap,
+             "--topic", topic, "--num-records", str(args.e2e), "--producer-acks", "all",
+             "--record-size", "1650", "--record-key-size", "16"],
+            capture_output=True, text=True, check=True).stdout
+    finally:
+        for future in admin.delete_topics([topic]).values():
+            future.result()
+    floor = {}
+    for line in out.splitlines():
+        # "Avg latency: 1.2345 ms" and "Percentiles: 50th = 1, 99th = 3, 99.9th = 7"
+        if line.startswith("Avg latency"):
+            floor["avg_ms"] = float(line.split(":")[1].split()[0])
+        if line.startswith("Percentiles"):
+            for part in line.split(":", 1)[1].split(","):
+                name, value = part.split("=")
+                floor[name.strip().replace(".", "_") + "_ms"] = float(value)
+    floor["records"] = args.e2e
+    print(f"broker floor (EndToEndLatency, {args.e2e} records one at a time, acks=all): {floor}",
+          file=sys.stderr)
+    return floor
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -98,6 +136,8 @@ def main():
                     help="no peer consumer and no probe poller: the sink's histogram only")
     ap.add_argument("--client", action="append", default=[], metavar="KEY=VALUE",
                     help="librdkafka property for the producer, the peer and the sink")
+    ap.add_argument("--e2e", type=int, default=0, metavar="N",
+                    help="first run Kafka's EndToEndLatency with N records (the broker's floor)")
     args = ap.parse_args()
     for b in ("embedstream", "sink-load"):
         if not os.path.exists(os.path.join(BIN, b)):
@@ -107,9 +147,9 @@ def main():
     admin = AdminClient({"bootstrap.servers": args.bootstrap})
     earlier = [t for t in admin.list_topics(timeout=10).topics if t.startswith("bench")]
     if earlier:
-        print(f"warning: {len(earlier)} topics of earlier runs are on the broker; its database "
-              "grows with them and slows it (start a fresh broker: see this script's doc)",
-              file=sys.stderr)
+        print(f"warning: {len(earlier)} topics of earlier (killed) runs are on the broker: "
+              + ", ".join(sorted(earlier)), file=sys.stderr)
+    e2e = broker_floor(args) if args.e2e else None
     prefix = f"bench{int(time.time())}"
     topic = f"{prefix}.embeddings.minilm-l6-v2.v1"
     for future in admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)]).values():
@@ -172,6 +212,10 @@ def main():
     finally:
         sink.terminate()
         sink.wait(timeout=60)
+        for future in admin.delete_topics([topic]).values():
+            future.result()
+    if e2e is not None:
+        result["broker_end_to_end"] = e2e
     print(json.dumps(result, indent=2))
     s, p, a = result["sink_probe"], result["peer_bare_consumer"], result["producer_acks"]
     h = result["sink_histogram"]
