@@ -10,10 +10,14 @@
 //! is reported in [`Ensured::Existed`] for the caller to show, never silently accepted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::catalog::ModelRef;
@@ -186,8 +190,42 @@ pub struct TopicInfo {
 /// A topic admin client.
 pub struct Admin {
     client: AdminClient<DefaultClientContext>,
+    /// Metadata requests go through a plain client whose events (logs, connection errors) are
+    /// served here, so an error can say why the broker did not answer; an admin client's are
+    /// never served.
+    probe: BaseProducer<ConnectionErrors>,
     timeout: Duration,
     replication: Replication,
+}
+
+/// The last error a client met on its connections (librdkafka logs each one itself).
+#[derive(Default)]
+struct ConnectionErrors {
+    last: Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+impl ClientContext for ConnectionErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ProducerContext for ConnectionErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// Errors no retry mends: the client's credentials or its trust in the broker's certificate.
+fn is_fatal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SSL
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+    )
 }
 
 impl std::fmt::Debug for Admin {
@@ -201,19 +239,66 @@ impl std::fmt::Debug for Admin {
 impl Admin {
     /// A client for the brokers of `kafka`.
     pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self> {
-        let client = kafka
-            .client()
-            .set("socket.timeout.ms", timeout.as_millis().to_string())
-            .create()
-            .map_err(|source| Error::Admin {
-                topic: "*".to_owned(),
-                source,
-            })?;
+        let created = |source| Error::Admin {
+            topic: "*".to_owned(),
+            source,
+            reason: None,
+        };
+        let mut builder = kafka.client();
+        builder.set("socket.timeout.ms", timeout.as_millis().to_string());
+        let client = builder.create().map_err(created)?;
+        let probe = builder
+            .create_with_context(ConnectionErrors::default())
+            .map_err(created)?;
         Ok(Self {
             client,
+            probe,
             timeout,
             replication: kafka.replication(),
         })
+    }
+
+    /// The last error the client met on its connections, if any.
+    fn reason(&self) -> Option<(RDKafkaErrorCode, String)> {
+        // Serves the probe's pending events (its error callbacks), one per call.
+        for _ in 0..64 {
+            self.probe.poll(Duration::ZERO);
+        }
+        self.probe
+            .context()
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn error(&self, topic: &str, source: KafkaError) -> Error {
+        Error::Admin {
+            topic: topic.to_owned(),
+            source,
+            reason: self.reason().map(|(_, r)| r),
+        }
+    }
+
+    /// Metadata of `topic` (all topics when `None`), asked in short rounds until the timeout,
+    /// so that a failed authentication or an untrusted certificate ends the wait at once.
+    fn metadata(&self, topic: Option<&str>) -> Result<Metadata> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let round = self
+                .timeout
+                .min(Duration::from_secs(1))
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match self.probe.client().fetch_metadata(topic, round) {
+                Ok(md) => return Ok(md),
+                Err(source) => {
+                    let fatal = self.reason().is_some_and(|(code, _)| is_fatal(code));
+                    if fatal || Instant::now() >= deadline {
+                        return Err(self.error(topic.unwrap_or("*"), source));
+                    }
+                }
+            }
+        }
     }
 
     /// Creates the topics that do not exist with the cluster's replication setting; checks
@@ -240,10 +325,7 @@ impl Admin {
             .client
             .create_topics(&new_topics, &opts)
             .await
-            .map_err(|source| Error::Admin {
-                topic: "*".to_owned(),
-                source,
-            })?;
+            .map_err(|source| self.error("*", source))?;
         let mut out = Vec::with_capacity(specs.len());
         for (spec, result) in specs.iter().zip(results) {
             match result {
@@ -307,10 +389,7 @@ impl Admin {
             .client
             .delete_topics(topics, &opts)
             .await
-            .map_err(|source| Error::Admin {
-                topic: topics.join(","),
-                source,
-            })?;
+            .map_err(|source| self.error(&topics.join(","), source))?;
         for result in results {
             match result {
                 Ok(name) => tracing::info!(topic = %name, "Deleted topic."),
@@ -361,10 +440,7 @@ impl Admin {
             .client
             .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
             .await
-            .map_err(|source| Error::Admin {
-                topic: topic.to_owned(),
-                source,
-            })?;
+            .map_err(|source| self.error(topic, source))?;
         match described.into_iter().next() {
             Some(Ok(resource)) => Ok(resource
                 .entries
@@ -389,14 +465,7 @@ impl Admin {
     /// The partition count of `topic` and its replication factor (the fewest replicas of any
     /// partition), or `None` if the broker does not know it.
     fn layout(&self, topic: &str) -> Result<Option<(i32, i32)>> {
-        let md = self
-            .client
-            .inner()
-            .fetch_metadata(Some(topic), self.timeout)
-            .map_err(|source| Error::Admin {
-                topic: topic.to_owned(),
-                source,
-            })?;
+        let md = self.metadata(Some(topic))?;
         Ok(md
             .topics()
             .iter()
@@ -416,14 +485,7 @@ impl Admin {
     /// Every topic the broker knows, sorted by name. Blocks for at most the client's timeout;
     /// doubles as a health check of the broker.
     pub fn list(&self) -> Result<Vec<TopicInfo>> {
-        let md = self
-            .client
-            .inner()
-            .fetch_metadata(None, self.timeout)
-            .map_err(|source| Error::Admin {
-                topic: "*".to_owned(),
-                source,
-            })?;
+        let md = self.metadata(None)?;
         let mut topics: Vec<TopicInfo> = md
             .topics()
             .iter()

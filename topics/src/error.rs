@@ -19,14 +19,21 @@ pub enum Error {
         /// The catalog's models, comma-separated.
         known: String,
     },
-    /// The broker refused or failed an admin request. Retryable when the broker is starting.
-    #[error("topic admin request for {topic:?} failed: {source}")]
+    /// The broker refused or failed an admin request. Retryable when the broker is starting;
+    /// fatal when `reason` says the client cannot authenticate or does not trust the broker.
+    #[error(
+        "topic admin request for {topic:?} failed: {source}{}",
+        .reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
     Admin {
         /// The topic concerned ("*" for a metadata request).
         topic: String,
         /// What the client said.
         #[source]
         source: rdkafka::error::KafkaError,
+        /// The last error the client met on its connections (a failed authentication, an
+        /// untrusted certificate), when it met one.
+        reason: Option<String>,
     },
     /// The broker answered a per-topic error code. Fatal unless the code says otherwise.
     #[error("broker refused {operation} of topic {topic:?}: {code:?}")]

@@ -43,3 +43,17 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Waits until `url` answers 2xx (60 s at most).
+pub async fn wait_http(url: &str) {
+    for _ in 0..240 {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("{url} did not come up");
+}

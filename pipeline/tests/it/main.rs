@@ -9,6 +9,7 @@ mod drift;
 mod engine;
 mod migrate;
 mod parity;
+mod secured;
 mod sink;
 mod stage;
 mod status;

@@ -187,9 +187,8 @@ impl Sink {
         let log = dir.join(format!("{log_name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .args(["sink", "--bootstrap", &platform.bootstrap])
-            .args(["--registry-url", &platform.registry])
-            .args(["--topic-prefix", &platform.prefix])
+            .arg("sink")
+            .args(platform.args())
             .args(["--model", "minilm-l6-v2@1", "--replica", "test"])
             .arg("--data-dir")
             .arg(dir.join("data"))

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
-use crate::common::free_port;
+use crate::common::{free_port, wait_http};
 
 const N: usize = 1200;
 
@@ -80,19 +80,6 @@ fn start_broker(dir: &Path, port: u16, controller_port: u16) -> Child {
         .stderr(log)
         .spawn()
         .expect("compose/dev runs")
-}
-
-async fn wait_http(url: &str) {
-    for _ in 0..240 {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{url} did not come up");
 }
 
 fn wait_broker(bootstrap: &str) {

@@ -36,6 +36,8 @@ pub struct Platform {
     pub prefix: String,
     pub names: TopicNames,
     pub group: String,
+    /// The Kafka properties file its processes get (`--kafka-config`), if any.
+    pub kafka_config: Option<std::path::PathBuf>,
     /// Deletes the test's topics when the last clone goes.
     _topics: std::sync::Arc<embedstream_topics::testing::DeleteTopicsOnDrop>,
 }
@@ -50,10 +52,31 @@ impl Platform {
     }
 
     pub fn on(bootstrap: &str, registry: &str, test: &str) -> Self {
-        let prefix = embedstream_topics::testing::unique(test);
         let kafka = embedstream_topics::testing::kafka().with_bootstrap(bootstrap);
+        Self::with_kafka(kafka, None, registry, test)
+    }
+
+    /// A platform on the brokers of `kafka`, whose processes read their client properties
+    /// from `properties` (the same ones `kafka` holds).
+    pub fn secured(
+        kafka: &KafkaConfig,
+        properties: &std::path::Path,
+        registry: &str,
+        test: &str,
+    ) -> Self {
+        Self::with_kafka(kafka.clone(), Some(properties.to_owned()), registry, test)
+    }
+
+    fn with_kafka(
+        kafka: KafkaConfig,
+        kafka_config: Option<std::path::PathBuf>,
+        registry: &str,
+        test: &str,
+    ) -> Self {
+        let prefix = embedstream_topics::testing::unique(test);
         Self {
-            bootstrap: bootstrap.to_owned(),
+            bootstrap: kafka.bootstrap().to_owned(),
+            kafka_config,
             _topics: std::sync::Arc::new(embedstream_topics::testing::DeleteTopicsOnDrop::new(
                 kafka.clone(),
                 &prefix,
@@ -126,15 +149,19 @@ impl Platform {
     }
 
     /// The platform's command-line arguments: bootstrap, registry and topic prefix.
-    pub fn args(&self) -> [&str; 6] {
-        [
+    pub fn args(&self) -> Vec<&str> {
+        let mut args = vec![
             "--bootstrap",
             &self.bootstrap,
             "--registry-url",
             &self.registry,
             "--topic-prefix",
             &self.prefix,
-        ]
+        ];
+        if let Some(path) = &self.kafka_config {
+            args.extend(["--kafka-config", path.to_str().unwrap()]);
+        }
+        args
     }
 
     /// The stage binary's command line for this platform.
