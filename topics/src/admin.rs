@@ -276,7 +276,7 @@ impl Admin {
         Error::Admin {
             topic: topic.to_owned(),
             source,
-            reason: self.reason().map(|(_, r)| r),
+            reason: self.reason().map(|(_, r)| r.into_boxed_str()),
         }
     }
 

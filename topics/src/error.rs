@@ -33,7 +33,7 @@ pub enum Error {
         source: rdkafka::error::KafkaError,
         /// The last error the client met on its connections (a failed authentication, an
         /// untrusted certificate), when it met one.
-        reason: Option<String>,
+        reason: Option<Box<str>>,
     },
     /// The broker answered a per-topic error code. Fatal unless the code says otherwise.
     #[error("broker refused {operation} of topic {topic:?}: {code:?}")]
