@@ -76,10 +76,6 @@ pub struct StageContext {
     pub topic: String,
     /// How long a revoke waits for in-flight events (shorter than the session timeout).
     pub drain_timeout: Duration,
-    /// The consumer group (for the empty-assignment watchdog).
-    pub group: String,
-    /// When the last assignment arrived.
-    pub last_assigned: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for StageContext {
@@ -146,10 +142,6 @@ impl ConsumerContext for StageContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "Partitions assigned.");
-            *self
-                .last_assigned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         }
     }
 }
@@ -172,52 +164,6 @@ pub struct Batching {
     pub linger: Duration,
 }
 
-/// How often the empty-assignment watchdog looks.
-const WATCHDOG_PERIOD: Duration = Duration::from_secs(10);
-/// How long an empty assignment is left alone after it arrived.
-const WATCHDOG_GRACE: Duration = Duration::from_secs(20);
-
-/// Rejoins the group when this member has held no partition for a while although the group
-/// has fewer members than the topic has partitions. tansu 0.6 was seen completing a rebalance
-/// (after a crashed member expired) with an empty assignment for the only live member and
-/// never starting another; Kafka does not do that, and there the check never fires.
-fn watchdog(consumer: &BaseConsumer<StageContext>) {
-    let ctx = consumer.context();
-    let assigned_at = *ctx
-        .last_assigned
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(at) = assigned_at else { return };
-    if at.elapsed() < WATCHDOG_GRACE || consumer.assignment().map_or(true, |a| a.count() > 0) {
-        return;
-    }
-    let timeout = Duration::from_secs(5);
-    let partitions = consumer
-        .fetch_metadata(Some(&ctx.topic), timeout)
-        .ok()
-        .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
-        .unwrap_or(0);
-    let members = consumer
-        .fetch_group_list(Some(&ctx.group), timeout)
-        .ok()
-        .and_then(|g| g.groups().first().map(|g| g.members().len()))
-        .unwrap_or(0);
-    if partitions > members.max(1) {
-        tracing::warn!(
-            partitions,
-            members,
-            "Holding no partition while the group has fewer members than partitions; rejoining."
-        );
-        *ctx.last_assigned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        consumer.unsubscribe();
-        if let Err(e) = consumer.subscribe(&[&ctx.topic]) {
-            tracing::error!(error = %e, "Cannot resubscribe.");
-        }
-    }
-}
-
 /// Polls until `shutdown`, sending batches to `out`. Returns when cancelled or when the
 /// receiving side is gone.
 pub fn consume_loop(
@@ -230,12 +176,7 @@ pub fn consume_loop(
     let mut buffer: Vec<OwnedMessage> = Vec::new();
     let mut buffer_epoch = 0;
     let mut first_at = Instant::now();
-    let mut watched = Instant::now();
     while !shutdown.is_cancelled() {
-        if watched.elapsed() >= WATCHDOG_PERIOD {
-            watched = Instant::now();
-            watchdog(consumer);
-        }
         let wait = if buffer.is_empty() {
             Duration::from_millis(100)
         } else {

@@ -153,8 +153,6 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             tracker: tracker.clone(),
             topic: items.clone(),
             drain_timeout: config.drain_timeout,
-            group: config.group.clone(),
-            last_assigned: std::sync::Mutex::new(None),
         })
         .map_err(&kafka)?;
     consumer.subscribe(&[&items]).map_err(&kafka)?;
