@@ -2,7 +2,9 @@
 //! SASL_SSL (SCRAM-SHA-512 over TLS, the broker's certificate signed by a CA the test makes),
 //! and every process and client — registry, stage, sink, the test's own producer and
 //! readers — connected through that listener only, with the properties in one file. A wrong
-//! password or a certificate the client does not trust is a clear error within seconds.
+//! password or a certificate the client does not trust is a clear error within seconds. And
+//! the registry as a secured deployment serves it (HTTPS, basic auth): a producer registers
+//! and encodes through it with the credentials in the URL, and is refused without them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,4 +274,86 @@ async fn the_platform_runs_over_a_sasl_ssl_listener_and_bad_credentials_are_clea
     let (id, vector) = (id.clone(), record.vector.clone());
     let top = sink.top_k("search", &vector, 1).await;
     assert_eq!(top[0].0, id, "{top:?}");
+
+    // The registry behind HTTPS (the test's CA) and basic auth.
+    let proxy_port = free_port();
+    let proxy =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry-proxy/proxy.py");
+    let python = std::env::var("EMBEDSTREAM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    children.0.push(
+        Command::new(python)
+            .arg(proxy)
+            .args(["--listen", &proxy_port.to_string(), "--upstream", &registry])
+            .arg("--cert")
+            .arg(dir.join("broker.crt"))
+            .arg("--key")
+            .arg(dir.join("broker.pk8"))
+            .args(["--user", USER, "--password", PASSWORD])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the registry's TLS front did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = Platform::secured(&kafka, &properties, &registry, "secured-registry");
+    q.ensure_topics().await;
+    let input = dir.join("items.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"r-1\", \"text\": \"one\"}\n{\"id\": \"r-2\", \"text\": \"two\"}\n",
+    )
+    .unwrap();
+    let produce = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .args([
+                "produce",
+                "--bootstrap",
+                &bootstrap,
+                "--topic-prefix",
+                &q.prefix,
+                "--partitions",
+                "3",
+            ])
+            .arg("--kafka-config")
+            .arg(&properties)
+            .args([
+                "--registry-url",
+                &format!("https://{USER}:{password}@localhost:{proxy_port}"),
+            ])
+            .arg("--input")
+            .arg(&input)
+            .env("SSL_CERT_FILE", dir.join("ca.pem"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = produce(PASSWORD);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codec = embedstream_schemas::Codec::new(&registry);
+    let mut ids = Vec::new();
+    for (_, value, _, _) in q.read_all(&q.names.items()) {
+        let e: embedstream_schemas::records::ItemEvent =
+            codec.decode(&value.unwrap()).await.unwrap();
+        ids.push(e.item_id);
+    }
+    ids.sort();
+    assert_eq!(ids, ["r-1", "r-2"]);
+    let refused = produce("wrong");
+    assert!(
+        !refused.status.success(),
+        "a wrong registry password was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
 }

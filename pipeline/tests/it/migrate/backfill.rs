@@ -39,6 +39,36 @@ async fn latest_items(p: &Platform) -> HashMap<String, (i32, i64, bool)> {
     out
 }
 
+/// On the new version's topic, every item's last record is of its newest event on `items`, and
+/// a deleted item has none; returns the live items' last records.
+async fn assert_newest_events_won(p: &Platform) -> HashMap<String, EmbeddingRecord> {
+    let latest = latest_items(p).await;
+    let on_new: HashMap<String, Option<EmbeddingRecord>> = version_records(p, MPNET)
+        .await
+        .into_iter()
+        .map(|(id, mut records)| (id, records.pop().and_then(|(_, r)| r)))
+        .collect();
+    let mut live = HashMap::new();
+    for (id, (partition, offset, deleted)) in &latest {
+        let got = on_new.get(id).cloned().flatten();
+        if *deleted {
+            assert!(
+                got.is_none(),
+                "{id} was deleted but the new topic has {got:?}"
+            );
+            continue;
+        }
+        let r = got.unwrap_or_else(|| panic!("{id} is missing on the new topic"));
+        assert_eq!(
+            (r.source.partition, r.source.offset),
+            (*partition, *offset),
+            "{id}: the new topic's last record is not of the item's newest event"
+        );
+        live.insert(id.clone(), r);
+    }
+    live
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     let p = Platform::new("backfill-kill");
@@ -127,30 +157,9 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
     p.wait_caught_up(Duration::from_secs(180)).await;
     assert!(terminate(&mut stage).success());
 
-    let latest = latest_items(&p).await;
-    let on_new: HashMap<String, Option<EmbeddingRecord>> = version_records(&p, MPNET)
-        .await
-        .into_iter()
-        .map(|(id, mut records)| (id, records.pop().and_then(|(_, r)| r)))
-        .collect();
-    for (id, (partition, offset, deleted)) in &latest {
-        let got = on_new.get(id).cloned().flatten();
-        if *deleted {
-            assert!(
-                got.is_none(),
-                "{id} was deleted but the new topic has {got:?}"
-            );
-            continue;
-        }
-        let r = got.unwrap_or_else(|| panic!("{id} is missing on the new topic"));
-        assert_eq!(r.vector.len(), 768);
-        assert_eq!(
-            (r.source.partition, r.source.offset),
-            (*partition, *offset),
-            "{id}: the new topic's last record is not of the item's newest event"
-        );
-    }
-    assert_eq!(latest.values().filter(|(_, _, d)| !d).count(), 59);
+    let live = assert_newest_events_won(&p).await;
+    assert!(live.values().all(|r| r.vector.len() == 768));
+    assert_eq!(live.len(), 59);
     let status: serde_json::Value = serde_json::from_str(
         ok(&migrate(
             &p,
@@ -205,16 +214,7 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
     let p = Platform::new("backfill-cleaned");
-    embedstream_topics::admin::Admin::new(&p.kafka, Duration::from_secs(30))
-        .unwrap()
-        .ensure(&[
-            embedstream_topics::admin::TopicSpec::compacted(p.names.items(), 3)
-                .with_config("segment.ms", "100")
-                .with_config("min.cleanable.dirty.ratio", "0.01")
-                .with_config("delete.retention.ms", "1000"),
-        ])
-        .await
-        .unwrap();
+    p.ensure_eagerly_cleaned(&p.names.items()).await;
     p.ensure_topics().await;
     activate_minilm(&p).await;
     for round in 0..3 {
@@ -257,35 +257,11 @@ async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
     let report: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
     assert_eq!(report["complete"], true, "{report}");
 
-    let latest = latest_items(&p).await;
-    let on_new: HashMap<String, Option<EmbeddingRecord>> = version_records(&p, MPNET)
-        .await
-        .into_iter()
-        .map(|(id, mut records)| (id, records.pop().and_then(|(_, r)| r)))
-        .collect();
-    for id in &deleted {
-        assert!(
-            on_new.get(id).cloned().flatten().is_none(),
-            "{id} was deleted"
-        );
-    }
-    for (id, (partition, offset, deleted)) in &latest {
-        if *deleted {
-            continue;
-        }
-        let r = on_new
-            .get(id)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| panic!("{id} is missing on the new topic"));
-        assert_eq!(
-            (r.source.partition, r.source.offset),
-            (*partition, *offset),
-            "{id}: not the item's newest event"
-        );
-    }
+    let live = assert_newest_events_won(&p).await;
+    assert!(deleted.iter().all(|id| !live.contains_key(id)), "{live:?}");
     assert_eq!(
-        on_new.values().filter(|r| r.is_some()).count(),
-        latest.values().filter(|(_, _, d)| !d).count()
+        live.len(),
+        30 - deleted.len() + 6,
+        "the live items and the 6 roll items"
     );
 }

@@ -204,16 +204,9 @@ async fn wait_cleaned(platform: &Platform, oracle: &mut Oracle, gone: &[String])
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_older_than_the_tombstone_retention_is_not_resumed_from() {
     let platform = Platform::new("sink-tombstone-expiry");
-    embedstream_topics::admin::Admin::new(&platform.kafka, Duration::from_secs(30))
-        .unwrap()
-        .ensure(&[
-            embedstream_topics::admin::TopicSpec::compacted(platform.embeddings(), 3)
-                .with_config("segment.ms", "100")
-                .with_config("min.cleanable.dirty.ratio", "0.01")
-                .with_config("delete.retention.ms", "1000"),
-        ])
-        .await
-        .unwrap();
+    platform
+        .ensure_eagerly_cleaned(&platform.embeddings())
+        .await;
     platform.ensure_topics().await;
     let dir = test_dir(&platform);
     let mut oracle = Oracle::default();

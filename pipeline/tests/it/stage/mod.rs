@@ -106,6 +106,20 @@ impl Platform {
             .unwrap();
     }
 
+    /// Creates `topic` (compacted, 3 partitions, before `ensure_topics`) with a log cleaner
+    /// that works at once: segments roll every 100 ms, any dirt is cleanable, tombstones go
+    /// after 1 s.
+    pub async fn ensure_eagerly_cleaned(&self, topic: &str) {
+        embedstream_topics::admin::Admin::new(&self.kafka, Duration::from_secs(30))
+            .unwrap()
+            .ensure(&[embedstream_topics::admin::TopicSpec::compacted(topic, 3)
+                .with_config("segment.ms", "100")
+                .with_config("min.cleanable.dirty.ratio", "0.01")
+                .with_config("delete.retention.ms", "1000")])
+            .await
+            .unwrap();
+    }
+
     pub fn producer(&self) -> FutureProducer {
         self.kafka
             .client()
