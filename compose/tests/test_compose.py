@@ -126,3 +126,12 @@ def test_query_api_and_sink_ports_match_the_local_stack(stack):
     assert sink in published("sink")
     assert f"0.0.0.0:{query}" in stack["services"]["router"]["command"]
     assert f"0.0.0.0:{sink}" in stack["services"]["sink"]["command"]
+
+
+def test_embedstream_services_are_healthy_when_ready(stack):
+    for name, svc in stack["services"].items():
+        if svc.get("image") != "embedstream:latest" or svc.get("restart") == "no":
+            continue
+        assert "/ready" in " ".join(svc["healthcheck"]["test"]), name
+    sources = (ROOT / "pipeline" / "src" / "telemetry.rs").read_text()
+    assert '"/ready"' in sources and '"/healthz"' in sources

@@ -151,13 +151,15 @@ async fn main() -> anyhow::Result<()> {
             write_timeout_secs,
         } => {
             let shutdown = shutdown_on_signal();
+            let kafka = kafka.config()?;
+            let routes = telemetry::service_router(kafka.clone())?;
             let config = RegistryConfig {
                 listen,
-                kafka: kafka.config()?,
+                kafka,
                 topic,
                 write_timeout: Duration::from_secs(write_timeout_secs),
             };
-            registry::run(config, telemetry::metrics_router()?, shutdown)
+            registry::run(config, routes, shutdown)
                 .await
                 .context("schema registry failed")?;
         }
@@ -167,26 +169,30 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::EmbedStage(args) => {
             let shutdown = shutdown_on_signal();
-            cmd::stage::run(args, telemetry::metrics_router()?, shutdown).await?;
+            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            cmd::stage::run(args, routes, shutdown).await?;
         }
         Command::Up(args) => {
             let shutdown = shutdown_on_signal();
-            cmd::up::run(args, telemetry::metrics_router()?, shutdown).await?;
+            let routes = telemetry::service_router(args.platform().kafka()?)?;
+            cmd::up::run(args, routes, shutdown).await?;
         }
         Command::Sink(args) => {
             let shutdown = shutdown_on_signal();
-            cmd::sink::run(args, telemetry::metrics_router()?, shutdown).await?;
+            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            cmd::sink::run(args, routes, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
         Command::Eval(args) => cmd::eval::run(args).await?,
         Command::Drift(args) => {
-            let metrics = telemetry::metrics_router()?;
-            cmd::drift::run(args, metrics, shutdown_on_signal()).await?;
+            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            cmd::drift::run(args, routes, shutdown_on_signal()).await?;
         }
         Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();
-            cmd::router::run(args, telemetry::metrics_router()?, shutdown).await?;
+            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            cmd::router::run(args, routes, shutdown).await?;
         }
         Command::Migrate { target, command } => cmd::migrate::run(target, command).await?,
         Command::Models { command } => models(command).await?,

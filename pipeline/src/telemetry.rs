@@ -4,9 +4,15 @@
 //! on `/metrics` of the process's HTTP port; histogram buckets are declared here, in one
 //! place, for every phase.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
 use embedstream_index_sink::service::metrics as sink_metrics;
+use embedstream_topics::KafkaConfig;
+use embedstream_topics::admin::Admin;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds, shared by every `*_seconds` histogram: 100 µs to 30 s.
@@ -56,6 +62,40 @@ pub fn metrics_router() -> anyhow::Result<Router> {
             async move { handle.render() }
         }),
     ))
+}
+
+/// `/metrics` with the health routes of a service whose clients use `kafka`:
+/// - `/healthz`: 200 while the process serves HTTP (liveness);
+/// - `/ready`: 200 when a metadata request to the brokers, with the service's own client
+///   properties, answers within 2 s; 503 with the reason otherwise (a broker down, a wrong
+///   password, an untrusted certificate).
+pub fn service_router(kafka: KafkaConfig) -> anyhow::Result<Router> {
+    let kafka = Arc::new(kafka);
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let kafka = Arc::clone(&kafka);
+                async move {
+                    let asked = tokio::task::spawn_blocking(move || {
+                        Admin::new(&kafka, Duration::from_secs(2))?.list()
+                    })
+                    .await;
+                    match asked {
+                        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
+                        Ok(Err(e)) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+                        }
+                        Err(_) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the check failed\n".to_owned(),
+                        ),
+                    }
+                }
+            }),
+        );
+    Ok(metrics_router()?.merge(health))
 }
 
 #[cfg(test)]

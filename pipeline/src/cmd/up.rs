@@ -26,6 +26,13 @@ use super::router::Assembly;
 use super::sink::SinkArgs;
 use super::stage::{PlatformArgs, StageArgs};
 
+impl UpArgs {
+    /// Where the platform's Kafka, registry and topics are.
+    pub fn platform(&self) -> &PlatformArgs {
+        &self.stage.platform
+    }
+}
+
 /// Options of `up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod drift;
 mod engine;
+mod health;
 mod migrate;
 mod parity;
 mod secured;

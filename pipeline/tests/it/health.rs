@@ -1,0 +1,59 @@
+//! `/healthz` and `/ready` of a service: alive as soon as it serves HTTP; ready only while its
+//! Kafka clients reach the brokers.
+
+use std::process::Stdio;
+
+use crate::common::{free_port, wait_http};
+use crate::stage::Platform;
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_ready_only_while_its_brokers_answer() {
+    let p = Platform::new("health");
+    p.ensure_topics().await;
+    let port = free_port();
+    let mut stage = p
+        .stage_command()
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz")).await;
+    assert_eq!(
+        get(&format!("{base}/ready")).await,
+        (200, "ready\n".to_owned())
+    );
+    let _ = stage.kill();
+    let _ = stage.wait();
+
+    // Its brokers are not there: alive, not ready, and why.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let mut lost = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args([
+            "embed-stage",
+            "--bootstrap",
+            &nowhere,
+            "--registry-url",
+            &p.registry,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz")).await;
+    let (status, body) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    let _ = lost.kill();
+    let _ = lost.wait();
+}
