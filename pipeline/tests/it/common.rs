@@ -57,3 +57,20 @@ pub async fn wait_http(url: &str) {
     }
     panic!("{url} did not come up");
 }
+
+/// Waits until the brokers of `kafka` answer a metadata request (60 s at most); on failure
+/// the panic shows the broker's log at `log`.
+pub fn wait_broker(kafka: &embedstream_topics::KafkaConfig, log: &std::path::Path) {
+    let admin =
+        embedstream_topics::admin::Admin::new(kafka, std::time::Duration::from_secs(2)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while admin.list().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker at {} did not answer; its log: {}",
+            kafka.bootstrap(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}

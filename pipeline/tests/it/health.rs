@@ -6,6 +6,22 @@ use std::process::Stdio;
 use crate::common::{free_port, wait_http};
 use crate::stage::Platform;
 
+/// Starts `cmd` listening on a free port and waits until its `/healthz` answers: the child
+/// and its base URL.
+async fn alive(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = cmd
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz")).await;
+    (child, base)
+}
+
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -15,16 +31,7 @@ async fn get(url: &str) -> (u16, String) {
 async fn a_service_is_ready_only_while_its_brokers_answer() {
     let p = Platform::new("health");
     p.ensure_topics().await;
-    let port = free_port();
-    let mut stage = p
-        .stage_command()
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}/healthz")).await;
+    let (mut stage, base) = alive(p.stage_command()).await;
     assert_eq!(
         get(&format!("{base}/ready")).await,
         (200, "ready\n".to_owned())
@@ -34,23 +41,15 @@ async fn a_service_is_ready_only_while_its_brokers_answer() {
 
     // Its brokers are not there: alive, not ready, and why.
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let port = free_port();
-    let mut lost = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
-        .args([
-            "embed-stage",
-            "--bootstrap",
-            &nowhere,
-            "--registry-url",
-            &p.registry,
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}/healthz")).await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    cmd.args([
+        "embed-stage",
+        "--bootstrap",
+        &nowhere,
+        "--registry-url",
+        &p.registry,
+    ]);
+    let (mut lost, base) = alive(cmd).await;
     let (status, body) = get(&format!("{base}/ready")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: "), "{body}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, wait_http};
+use crate::common::{free_port, wait_broker, wait_http};
 use crate::sink::{Sink, config, test_dir};
 use crate::stage::{Platform, terminate, upsert};
 
@@ -204,22 +204,7 @@ async fn the_platform_runs_over_a_sasl_ssl_listener_and_bad_credentials_are_clea
         embedstream_topics::KafkaConfig::from_sources(&bootstrap, Some(&properties), [], &[])
             .unwrap();
 
-    // The broker answers on the secured listener.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok = embedstream_topics::admin::Admin::new(&kafka, Duration::from_secs(2))
-            .and_then(|a| a.list())
-            .is_ok();
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the secured listener did not answer; broker log: {}",
-            std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_broker(&kafka, &dir.join("broker.log"));
 
     // A wrong password and an untrusted certificate: clear errors, within seconds.
     let (ok, stderr, took) = topics_list(&bootstrap, &properties, &["sasl.password=wrong"]);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
-use crate::common::{free_port, wait_http};
+use crate::common::{free_port, wait_broker, wait_http};
 
 const N: usize = 1200;
 
@@ -82,18 +82,6 @@ fn start_broker(dir: &Path, port: u16, controller_port: u16) -> Child {
         .expect("compose/dev runs")
 }
 
-fn wait_broker(bootstrap: &str) {
-    let kafka = embedstream_topics::testing::kafka().with_bootstrap(bootstrap);
-    let admin = embedstream_topics::admin::Admin::new(&kafka, Duration::from_secs(2)).unwrap();
-    for _ in 0..120 {
-        if admin.list().is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("the broker at {bootstrap} did not come up");
-}
-
 /// A broker of the test's own (its storage kept across the restart) and a registry on it.
 struct OwnStack {
     dir: std::path::PathBuf,
@@ -121,8 +109,9 @@ async fn a_broker_restart_while_running_loses_nothing() {
     let (port, controller_port, registry_port) = (free_port(), free_port(), free_port());
     let bootstrap = format!("127.0.0.1:{port}");
     let registry = format!("http://127.0.0.1:{registry_port}");
+    let kafka = embedstream_topics::testing::kafka().with_bootstrap(&bootstrap);
     let broker = start_broker(&dir, port, controller_port);
-    wait_broker(&bootstrap);
+    wait_broker(&kafka, &dir.join("broker.log"));
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     let registry_child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
         .args([
@@ -156,7 +145,7 @@ async fn a_broker_restart_while_running_loses_nothing() {
     stack.broker.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack.broker = start_broker(&stack.dir, stack.port, stack.controller_port);
-    wait_broker(&bootstrap);
+    wait_broker(&kafka, &stack.dir.join("broker.log"));
 
     p.wait_caught_up(Duration::from_secs(240)).await;
     assert!(
