@@ -117,6 +117,12 @@ def main():
                "--new-queries", os.path.join(a.golden, "vectors", f"{NEW}.jsonl"), "--json"],
               capture_output=True, text=True).stdout
     rows = json.loads(res)
+    timings = json.loads(run([os.path.join(ROOT, "target", "release", "adapter-bench"), "--adapters-dir", artifacts,
+                              "--adapters", ",".join(m["name"] for m in names),
+                              "--queries", os.path.join(a.golden, "vectors", f"{NEW}.jsonl")],
+                             capture_output=True, text=True).stdout)
+    for r, t in zip(rows, timings):
+        r.update({k: v for k, v in t.items() if k.endswith(("_p50", "_p99"))})
     for r, m in zip(rows, names):
         r["fit_seconds"] = m["fit_seconds"]
         r["params"] = m["params"]

@@ -1,5 +1,6 @@
 //! Index sinks: hot shards, main HNSW indexes (`instant-distance`), compaction with atomic
-//! swap, snapshots and recovery — the pure core, with no Kafka and no HTTP.
+//! swap, snapshots and recovery — the pure core, with no Kafka and no HTTP — and
+//! [`service`], the sink process around it.
 //!
 //! [`ShardedIndex`] is the one entry point: [`ShardedIndex::open`] a snapshot directory,
 //! seek the consumer to [`ShardedIndex::resume_offsets`], [`ShardedIndex::apply`] each record
@@ -14,7 +15,6 @@
 //! [`service`] is the I/O edge on top of it: the Kafka consumer of one embedding topic and
 //! the HTTP query API (`embedstream sink`).
 
-pub mod adapter;
 mod compaction;
 mod config;
 mod error;
@@ -22,10 +22,8 @@ mod graph;
 mod hash;
 mod hot;
 mod index;
-mod int8;
 mod main_index;
 mod metrics;
-pub mod router;
 pub mod service;
 mod shard;
 mod snapshot;
@@ -40,7 +38,7 @@ pub use config::{
     CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,
 };
 pub use error::{Error, GraphBridgeError, Result};
-pub use hash::{fnv1a64, shard_of};
+pub use hash::shard_of;
 pub use index::{Maintenance, ShardedIndex};
 pub use metrics::{DURATION_BUCKETS, names as metric_names};
 pub use shard::{CompactionRecord, ShardStats};

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use embedstream_index_sink::adapter::{self, Adapter};
+use embedstream_adapter::{self as adapter, Adapter};
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{DriftKind, DriftReport};
 use embedstream_topics::admin::{Admin, TopicSpec};

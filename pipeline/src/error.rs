@@ -80,16 +80,10 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// Adapter training or deployment refused its input (too few pairs, mismatched items,
-    /// dimensions, NaN); nothing was written.
-    #[error("adapter: {reason}")]
-    Adapter {
-        /// What is wrong, naming the file and line where there is one.
-        reason: String,
-    },
-    /// An adapter artifact could not be read or written.
+    /// A Drift-Adapter could not be read, trained or deployed (see its kind); nothing was
+    /// written.
     #[error(transparent)]
-    AdapterArtifact(#[from] embedstream_index_sink::adapter::AdapterError),
+    Adapter(Box<embedstream_adapter::AdapterError>),
     /// The catalog or a model reference is wrong. Fatal.
     #[error(transparent)]
     Catalog(#[from] embedstream_topics::Error),
@@ -100,6 +94,12 @@ pub enum Error {
         #[from]
         refused: crate::migrate::Refused,
     },
+}
+
+impl From<embedstream_adapter::AdapterError> for Error {
+    fn from(e: embedstream_adapter::AdapterError) -> Self {
+        Self::Adapter(Box::new(e))
+    }
 }
 
 impl Error {

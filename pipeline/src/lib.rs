@@ -1,10 +1,6 @@
-//! The embedding stage, the stream stage, and what the `embedstream` binary shares between
-//! its subcommands (telemetry, shutdown).
-//!
-//! The embedding engine and the stream stage arrive with their issues; today this crate holds
-//! the process plumbing every service uses.
+//! The embedding engine and the stream stage, migrations, the drift monitor, the eval
+//! harness, and what the `embedstream` binary's subcommands share (telemetry, shutdown).
 
-pub mod adapter;
 pub mod control;
 pub mod drift;
 pub mod embed;

@@ -4,10 +4,12 @@
 //! - [`records`]: the records of `schemas/*.avsc` as Rust types (pure, no I/O).
 //! - [`wire`]: the Confluent framing (magic byte, 4-byte schema id) (pure).
 //! - [`control`]: the platform state as a fold of the control log's records (pure).
+//! - [`consumers`]: the consumers of the indexes and their query profiles (pure).
 //! - [`codec`]: encode and decode records through a registry (`schema_registry_converter`).
 //! - [`registry`]: the registry server, storing its state in the compacted `_schemas` topic.
 
 pub mod codec;
+pub mod consumers;
 pub mod control;
 pub mod records;
 pub mod registry;

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod catalog;
 mod error;
+pub mod hash;
 pub mod kafka;
 pub mod names;
 

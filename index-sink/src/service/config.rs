@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use embedstream_schemas::consumers::{ConsumerProfile, default_consumers};
 use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use serde::{Deserialize, Serialize};
 
@@ -62,28 +63,6 @@ pub struct Settings {
     pub http: HttpSettings,
 }
 
-/// How one consumer of the index queries it (seed 003: each consumer has its own `ef_search`
-/// and latency budget).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerProfile {
-    /// HNSW search width in main parts; raised to `k` when smaller.
-    pub ef_search: usize,
-    /// `k` when a request does not say.
-    pub default_k: usize,
-    /// Largest `k` a request may ask for (also bounded by `index.max_k`).
-    pub max_k: usize,
-    /// Latency objective: p95 of a query, in milliseconds. Exported as
-    /// `embedstream_consumer_slo_seconds` for the alert rule that compares it with the
-    /// measured p95.
-    #[serde(default = "default_p95_slo_ms")]
-    pub p95_slo_ms: u64,
-}
-
-const fn default_p95_slo_ms() -> u64 {
-    100
-}
-
 /// The Kafka consumer of the embedding topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,25 +105,6 @@ pub struct HttpSettings {
 
 fn default_index() -> IndexConfig {
     IndexConfig::with_dim(0)
-}
-
-/// The four consumers of DESIGN.md, with widths chosen for their recall targets: `search`
-/// recall@10 ≥ 0.85, `recsys` recall@50 ≥ 0.75, `ads` recall@5 ≥ 0.90 within 30 ms, `dedup`
-/// precision@1 ≥ 0.95 in batch (so it can afford a wide search).
-pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
-    let p = |ef_search, default_k, max_k, p95_slo_ms| ConsumerProfile {
-        ef_search,
-        default_k,
-        max_k,
-        p95_slo_ms,
-    };
-    // Latency objectives from seed 003's consumer table (dedup runs as an async batch: 1 s).
-    BTreeMap::from([
-        ("search".to_owned(), p(100, 10, 100, 50)),
-        ("recsys".to_owned(), p(128, 50, 500, 50)),
-        ("ads".to_owned(), p(64, 5, 50, 30)),
-        ("dedup".to_owned(), p(200, 1, 20, 1000)),
-    ])
 }
 
 const fn default_retry_backoff() -> Duration {

@@ -33,11 +33,13 @@ use metrics::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::config::{ConsumerProfile, HttpSettings};
+use embedstream_schemas::consumers::{ConsumerProfile, export_slos};
+
+use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
 use super::metrics as m;
-use crate::adapter::{self, Adapter, AdapterError};
 use crate::{Query, ShardStats, ShardedIndex};
+use embedstream_adapter::{self as adapter, Adapter, AdapterError};
 
 /// What an embedder's failure is: kept whole, never flattened to a string.
 pub type EmbedError = Box<dyn StdError + Send + Sync>;
@@ -135,7 +137,7 @@ impl Api {
         consumers: &BTreeMap<String, ConsumerProfile>,
         model: &ModelRef,
     ) -> BTreeMap<String, Histogram> {
-        m::export_slos(consumers);
+        export_slos(consumers);
         consumers
             .keys()
             .map(|c| {

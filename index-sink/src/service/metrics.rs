@@ -38,14 +38,3 @@ pub const RETRIES_TOTAL: &str = "embedstream_sink_retries_total";
 pub const BLOCKED_PARTITIONS: &str = "embedstream_sink_blocked_partitions";
 /// Gauge: items queries can return.
 pub const ITEMS: &str = "embedstream_sink_items";
-/// Gauge, by `consumer`: the consumer's p95 latency objective (its profile's `p95_slo_ms`),
-/// seconds; the alert rules compare the measured p95 with it.
-pub const CONSUMER_SLO_SECONDS: &str = "embedstream_consumer_slo_seconds";
-
-/// Sets [`CONSUMER_SLO_SECONDS`] for each consumer profile.
-pub fn export_slos(consumers: &std::collections::BTreeMap<String, super::ConsumerProfile>) {
-    for (name, profile) in consumers {
-        metrics::gauge!(CONSUMER_SLO_SECONDS, "consumer" => name.clone())
-            .set(profile.p95_slo_ms as f64 / 1000.0);
-    }
-}

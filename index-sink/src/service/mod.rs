@@ -29,9 +29,7 @@ use embedstream_schemas::Codec;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{
-    ConsumerProfile, HttpSettings, KafkaSettings, Settings, SinkConfig, default_consumers,
-};
+pub use config::{HttpSettings, KafkaSettings, Settings, SinkConfig};
 pub use error::{ServiceError, ServiceResult};
 pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
 

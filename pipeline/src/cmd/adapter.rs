@@ -8,7 +8,7 @@
 //! - `apply --adapter NAME` maps `{"id", "vector"}` lines from the new space into the old one.
 //! - `list` shows the artifacts and their training metadata.
 //! - `eval` measures, on the golden sets, each adapter's recall against the full re-embed's
-//!   (the recovery ratio) and its added latency per query.
+//!   (the recovery ratio); `loadtest/` times the map.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use embedstream_index_sink::adapter::{self, Adapter, AdapterError, AdapterKind};
-use embedstream_pipeline::adapter::{Pairs, TrainConfig};
+use embedstream_adapter::eval::{ConsumerSet, Query, evaluate};
+use embedstream_adapter::train::{Pairs, TrainConfig};
+use embedstream_adapter::{self as adapter, Adapter, AdapterKind};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval::{load_golden, metric_value};
@@ -42,7 +43,7 @@ impl DirArg {
     pub fn path(&self) -> PathBuf {
         self.dir
             .clone()
-            .unwrap_or_else(embedstream_pipeline::adapter::default_dir)
+            .unwrap_or_else(embedstream_pipeline::models::adapters_dir)
     }
 }
 
@@ -166,9 +167,6 @@ pub struct EvalArgs {
     /// The golden queries embedded with the new model.
     #[arg(long)]
     new_queries: PathBuf,
-    /// Timed passes over the queries for the latency.
-    #[arg(long, default_value_t = 20)]
-    passes: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -264,7 +262,7 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
             let mut items = read_items(file)?;
             let n = items.len();
             items.sort_by_cached_key(|(id, _)| {
-                embedstream_index_sink::fnv1a64(format!("{}:{id}", args.seed).as_bytes())
+                embedstream_topics::hash::fnv1a64(format!("{}:{id}", args.seed).as_bytes())
             });
             items.truncate(args.pairs);
             (items, format!("items file {} ({n} items)", file.display()))
@@ -318,7 +316,7 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
         ..TrainConfig::default()
     };
     let fitted = tokio::task::spawn_blocking(move || {
-        embedstream_pipeline::adapter::train(&pairs, &args.from, &args.to, &name, source, &config)
+        embedstream_adapter::train::train(&pairs, &args.from, &args.to, &name, source, &config)
             .map(|a| (a, name))
     })
     .await??;
@@ -435,61 +433,10 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `{"id", "vector"}` lines by id.
 fn vectors(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-    Ok(embedstream_pipeline::adapter::read_vectors(path)?
+    Ok(embedstream_adapter::train::read_vectors(path)?
         .into_iter()
         .map(|(id, (_, v))| (id, v))
         .collect())
-}
-
-/// The ids of the `k` best items by dot product, skipping `exclude`.
-fn top(query: &[f32], items: &[(String, Vec<f32>)], k: usize, exclude: &[String]) -> Vec<String> {
-    let mut scored: Vec<(f32, &String)> = items
-        .iter()
-        .filter(|(id, _)| !exclude.contains(id))
-        .map(|(id, v)| (embedstream_index_sink::dot(query, v), id))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored
-        .into_iter()
-        .take(k)
-        .map(|(_, id)| id.clone())
-        .collect()
-}
-
-/// One way of applying an adapter, for timing.
-type MapFn<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, AdapterError> + 'a;
-
-#[derive(Debug, serde::Serialize)]
-struct ConsumerRow {
-    consumer: String,
-    metric: String,
-    queries: usize,
-    old: f64,
-    full_reembed: f64,
-    /// With the int8 products the sink serves with.
-    adapter: f64,
-    recovery: f64,
-    /// With f32 products.
-    adapter_exact: f64,
-    recovery_exact: f64,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct AdapterRow {
-    adapter: String,
-    kind: AdapterKind,
-    pairs: usize,
-    holdout_cosine: Option<f64>,
-    consumers: Vec<ConsumerRow>,
-    mean_recovery: f64,
-    mean_recovery_exact: f64,
-    /// Mean cosine of the int8 map to the f32 map over the queries.
-    int8_cosine_mean: f64,
-    int8_cosine_min: f64,
-    latency_us_p50: f64,
-    latency_us_p99: f64,
-    exact_latency_us_p50: f64,
-    exact_latency_us_p99: f64,
 }
 
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
@@ -501,86 +448,30 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let new_items = as_list(vectors(&args.new_items)?);
     let old_q = vectors(&args.old_queries)?;
     let new_q = vectors(&args.new_queries)?;
+    let sets: Vec<ConsumerSet> = golden
+        .iter()
+        .map(|(consumer, set)| ConsumerSet {
+            consumer: consumer.clone(),
+            metric: set.metric.clone(),
+            k: set.k,
+            queries: set
+                .queries
+                .iter()
+                .filter_map(|q| {
+                    Some(Query {
+                        old: old_q.get(&q.id)?,
+                        new: new_q.get(&q.id)?,
+                        relevant: q.relevant.iter().map(String::as_str).collect(),
+                        exclude: &q.exclude,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
     let mut rows = Vec::new();
     for name in &args.adapters {
         let a = Adapter::load(&adapter::resolve(&dir, name)?)?;
-        let mut consumers = Vec::new();
-        let mut all_queries: Vec<&Vec<f32>> = Vec::new();
-        let (mut cos_sum, mut cos_min) = (0.0, f64::INFINITY);
-        for (consumer, set) in &golden {
-            let (mut old, mut full, mut mapped, mut exact) = (0.0, 0.0, 0.0, 0.0);
-            let mut n = 0usize;
-            for q in &set.queries {
-                let (Some(oq), Some(nq)) = (old_q.get(&q.id), new_q.get(&q.id)) else {
-                    continue;
-                };
-                all_queries.push(nq);
-                let relevant = q.relevant.iter().map(String::as_str).collect();
-                let m =
-                    |results: Vec<String>| metric_value(&set.metric, set.k, &relevant, &results);
-                old += m(top(oq, &old_items, set.k, &q.exclude));
-                full += m(top(nq, &new_items, set.k, &q.exclude));
-                let served = a.apply(nq)?;
-                let f32_map = a.apply_exact(nq)?;
-                let c = f64::from(embedstream_index_sink::dot(&served, &f32_map));
-                cos_sum += c;
-                cos_min = cos_min.min(c);
-                mapped += m(top(&served, &old_items, set.k, &q.exclude));
-                exact += m(top(&f32_map, &old_items, set.k, &q.exclude));
-                n += 1;
-            }
-            if n == 0 {
-                bail!("no query of {consumer} has vectors in both query files");
-            }
-            let n_f = n as f64;
-            consumers.push(ConsumerRow {
-                consumer: consumer.clone(),
-                metric: set.metric.clone(),
-                queries: n,
-                old: old / n_f,
-                full_reembed: full / n_f,
-                adapter: mapped / n_f,
-                recovery: if full > 0.0 { mapped / full } else { f64::NAN },
-                adapter_exact: exact / n_f,
-                recovery_exact: if full > 0.0 { exact / full } else { f64::NAN },
-            });
-        }
-        let timed = |f: &MapFn| {
-            let mut times = Vec::with_capacity(all_queries.len() * args.passes);
-            for _ in 0..args.passes.max(1) {
-                for q in &all_queries {
-                    let t = Instant::now();
-                    let out = f(q);
-                    times.push(t.elapsed().as_secs_f64() * 1e6);
-                    std::hint::black_box(out).ok();
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let pct = |p: f64| {
-                times[((p * (times.len() - 1) as f64).round() as usize).min(times.len() - 1)]
-            };
-            (pct(0.5), pct(0.99))
-        };
-        let (p50, p99) = timed(&|q| a.apply(q));
-        let (exact_p50, exact_p99) = timed(&|q| a.apply_exact(q));
-        let mean = |f: fn(&ConsumerRow) -> f64| {
-            consumers.iter().map(f).sum::<f64>() / consumers.len() as f64
-        };
-        rows.push(AdapterRow {
-            adapter: a.meta.name.clone(),
-            kind: a.meta.kind,
-            pairs: a.meta.pairs + a.meta.holdout_pairs,
-            holdout_cosine: a.meta.holdout_cosine,
-            mean_recovery: mean(|c| c.recovery),
-            mean_recovery_exact: mean(|c| c.recovery_exact),
-            int8_cosine_mean: cos_sum / all_queries.len().max(1) as f64,
-            int8_cosine_min: cos_min,
-            consumers,
-            latency_us_p50: p50,
-            latency_us_p99: p99,
-            exact_latency_us_p50: exact_p50,
-            exact_latency_us_p99: exact_p99,
-        });
+        rows.push(evaluate(&a, &sets, &old_items, &new_items, &metric_value)?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -588,17 +479,13 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     for r in &rows {
         println!(
-            "{} ({} pairs, held-out cosine {}): mean recovery {:.3} (f32 {:.3}), added latency p50 {:.1} µs p99 {:.1} µs (f32 {:.1} / {:.1}), int8 vs f32 cosine mean {:.6} min {:.6}",
+            "{} ({} pairs, held-out cosine {}): mean recovery {:.3} (f32 {:.3}), int8 vs f32 cosine mean {:.6} min {:.6}",
             r.adapter,
             r.pairs,
             r.holdout_cosine
                 .map_or("-".to_owned(), |c| format!("{c:.4}")),
             r.mean_recovery,
             r.mean_recovery_exact,
-            r.latency_us_p50,
-            r.latency_us_p99,
-            r.exact_latency_us_p50,
-            r.exact_latency_us_p99,
             r.int8_cosine_mean,
             r.int8_cosine_min
         );

@@ -11,8 +11,9 @@ use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval;
 use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
-use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, default_consumers};
+use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites};
 use embedstream_pipeline::stage::validate::Limits;
+use embedstream_schemas::consumers::default_consumer_names;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,7 @@ pub struct Target {
     )]
     pub token: Option<String>,
     /// Consumers the migration gates (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = default_consumers(), global = true)]
+    #[arg(long, value_delimiter = ',', default_values_t = default_consumer_names(), global = true)]
     pub consumers: Vec<String>,
 }
 

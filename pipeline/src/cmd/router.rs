@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_index_sink::router::{
-    self, Backends, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed,
-};
-use embedstream_index_sink::service::default_consumers;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::drift;
-use embedstream_pipeline::migrate::{Migrator, admin};
+use embedstream_pipeline::migrate::Migrator;
 use embedstream_pipeline::stage::consumer::GroupLag;
+use embedstream_router::admin;
+use embedstream_router::{Backends, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed};
+use embedstream_schemas::consumers::default_consumers;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::DriftReport;
 use tokio::sync::watch;
@@ -162,8 +161,8 @@ impl Assembly {
         if self.admin_token.is_none() {
             tracing::warn!("EMBEDSTREAM_ADMIN_TOKEN is not set: the admin API is disabled.");
         }
-        let extra = admin::router(migrator, self.admin_token).merge(metrics);
-        router::run(config, plans(&self.log, shutdown.clone()), extra, shutdown)
+        let extra = admin::router(Arc::new(migrator), self.admin_token).merge(metrics);
+        embedstream_router::run(config, plans(&self.log, shutdown.clone()), extra, shutdown)
             .await
             .context("the query router failed")
     }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use embedstream_index_sink::router::{Backends, Blend};
 use embedstream_pipeline::control::model_ref;
+use embedstream_router::{Backends, Blend};
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::ModelState;
 use embedstream_topics::ModelRef;

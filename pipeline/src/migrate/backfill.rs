@@ -347,7 +347,7 @@ pub async fn sample_items(
         }
     }
     live.sort_by_cached_key(|(id, _)| {
-        embedstream_index_sink::fnv1a64(format!("{seed}:{id}").as_bytes())
+        embedstream_topics::hash::fnv1a64(format!("{seed}:{id}").as_bytes())
     });
     live.truncate(n);
     Ok(live)

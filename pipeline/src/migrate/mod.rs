@@ -20,13 +20,6 @@ pub use self::plan::Refused;
 use crate::control::{ControlLog, model_version_record, now_ms};
 use crate::error::{Error, Result};
 
-/// The consumers a migration gates, when the operator names none: DESIGN.md's four.
-pub fn default_consumers() -> Vec<String> {
-    ["ads", "dedup", "recsys", "search"]
-        .map(str::to_owned)
-        .to_vec()
-}
-
 /// Applies migration commands through the control log.
 #[derive(Debug, Clone)]
 pub struct Migrator {
@@ -105,7 +98,7 @@ impl Migrator {
         adapter: Option<&str>,
     ) -> Result<Applied> {
         if let Some(name) = adapter {
-            crate::adapter::check_deployable(&crate::adapter::default_dir(), name)?;
+            embedstream_adapter::train::check_deployable(&crate::models::adapters_dir(), name)?;
         }
         let records = self.decided(|s, known, by, now| {
             plan::weight(s, consumer, new_weight, adapter, known, by, now)

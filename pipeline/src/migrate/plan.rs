@@ -292,7 +292,7 @@ pub fn weight(
             name: name.to_owned(),
             reason,
         };
-        let parsed: embedstream_index_sink::adapter::AdapterName =
+        let parsed: embedstream_adapter::AdapterName =
             name.parse().map_err(|e| refuse(format!("{e}")))?;
         if parsed.new != m.to_model || parsed.old != m.from_model {
             return Err(refuse(format!(

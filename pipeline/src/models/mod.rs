@@ -25,3 +25,10 @@ pub fn home() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
     Path::new(&home).join(".cache").join("embedstream")
 }
+
+/// The folder of Drift-Adapter artifacts: `$EMBEDSTREAM_ADAPTERS`, else `<home>/adapters`.
+pub fn adapters_dir() -> PathBuf {
+    std::env::var_os("EMBEDSTREAM_ADAPTERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join("adapters"))
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use embedstream_index_sink::adapter::{Adapter, AdapterMeta, Layers, Matrix};
+use embedstream_adapter::{Adapter, AdapterMeta, Layers, Matrix};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use serde_json::{Value, json};

@@ -247,7 +247,7 @@ async fn a_retired_version_stops_alerting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migration_gets_a_cross_version_report_through_the_adapter() {
-    use embedstream_index_sink::adapter::{Adapter, AdapterMeta, Layers, Matrix};
+    use embedstream_adapter::{Adapter, AdapterMeta, Layers, Matrix};
     let p = Platform::new("drift-cross");
     p.ensure_topics().await;
     activate_minilm(&p).await;

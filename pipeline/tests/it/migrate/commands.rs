@@ -2,7 +2,9 @@
 //! is recorded, rollback restores the saved plan in one record, decommission refuses while a
 //! consumer still reads both versions; the admin API wants its bearer token.
 
-use embedstream_pipeline::migrate::{Migrator, admin, default_consumers};
+use embedstream_pipeline::migrate::Migrator;
+use embedstream_router::admin;
+use embedstream_schemas::consumers::default_consumer_names as default_consumers;
 use embedstream_schemas::records::{GateResult, ReadPlanEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -131,7 +133,7 @@ async fn admin_actions_need_the_bearer_token() {
     let token = CancellationToken::new();
     let log = control(&p, &token).await;
     let app = admin::router(
-        Migrator::new(log.clone(), default_consumers(), "admin-api"),
+        std::sync::Arc::new(Migrator::new(log.clone(), default_consumers(), "admin-api")),
         Some("s3cret".to_owned()),
     );
     let port = free_port();

@@ -1,11 +1,10 @@
 //! The closed-form kinds: orthogonal Procrustes and reduced-rank (low-rank affine) ridge
 //! regression, in f64 with `nalgebra`.
 
-use embedstream_index_sink::adapter::{Layers, Matrix};
+use crate::{Layers, Matrix};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
-use super::{Pairs, refused};
-use crate::error::Result;
+use super::{Pairs, Result, refused};
 
 /// The pairs as centered f64 matrices `X` (n × in), `Y` (n × out) and their column means.
 struct Centered {

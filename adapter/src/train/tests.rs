@@ -1,4 +1,4 @@
-use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterName, Layers};
+use crate::{Adapter, AdapterKind, AdapterName, Layers};
 
 use super::*;
 
@@ -39,12 +39,8 @@ fn meta_name(kind: AdapterKind) -> AdapterName {
 }
 
 fn adapter(layers: Layers, kind: AdapterKind, pairs: &Pairs) -> Adapter {
-    let meta = embedstream_index_sink::adapter::AdapterMeta::new(
-        &meta_name(kind),
-        pairs.in_dim,
-        pairs.out_dim,
-        "test".into(),
-    );
+    let meta =
+        crate::AdapterMeta::new(&meta_name(kind), pairs.in_dim, pairs.out_dim, "test".into());
     Adapter::new(meta, layers)
 }
 

@@ -1,34 +1,25 @@
 //! Int8 matrix–vector products: how a sink applies an adapter's matrices to a query in a few
-//! microseconds (issue #7: ≤ 5 µs at p50) instead of the ~25 µs the f32 768 × 384 map takes
-//! on a 2-core EPYC.
+//! microseconds.
 //!
 //! A matrix is quantized once, per row, to integers in ±63 with one f32 scale per row; each
 //! query is quantized per call to integers in ±127 with one scale and shifted by 127 into
 //! 0..=254, the unsigned operand AVX2's `vpmaddubsw` wants. From there the arithmetic is exact:
 //! a pair of products is at most 2 · 254 · 63 = 32,004, inside the instruction's saturating
 //! i16, so nothing saturates, and the shift is taken back out with each row's precomputed sum.
-//! The only error is the two roundings (cosine to the f32 product > 0.9999 on a random
-//! 384 × 768 matrix here; on trained adapters `adapter eval` measures ≥ 0.9989 after the
-//! whole map, ≥ 0.9998 for Procrustes). The speed comes from 32 multiply-adds per
-//! instruction and weights a quarter of f32's bytes (295 KB for 768 × 384, inside a 512 KB
-//! L2); on AMD Zen 4 the AVX2 kernel runs no faster with its weights in L1, so it is bound
-//! by `vpmaddubsw`'s throughput, not by memory.
+//! The only error is the two roundings (the cosine of the int8 map to the f32 map is measured
+//! by the adapter evaluation). Weights take a quarter of f32's bytes.
 //!
-//! On x86-64 the kernel is SIMD, chosen at run time ([`Kernel`]): with AVX-512 VNNI (Intel
-//! since Ice Lake, AMD since Zen 4) one `vpdpbusd` does what AVX2 needs three instructions
-//! for, with the same integers; with AVX2 alone (pulp's `V3`), `vpmaddubsw` + `vpmaddwd`;
-//! elsewhere a scalar loop. All three give bit-identical results (tested on every kernel
-//! the CPU has). On a 2-vCPU Intel Xeon with AVX-512 a whole 384 × 768 `apply` (quantize,
-//! product, rescale) takes ~3.4 µs at p50 with VNNI against ~4.5 µs with AVX2: with the
-//! weights in L1 VNNI's rows are 1.8× AVX2's, at 295 KB the stream from L2 takes part of
-//! that back.
+//! On x86-64 the kernel is SIMD, chosen at run time ([`Kernel`]): with AVX-512 VNNI one
+//! `vpdpbusd` does what AVX2 needs three instructions for, with the same integers; with AVX2
+//! alone (pulp's `V3`), `vpmaddubsw` + `vpmaddwd`; elsewhere a scalar loop. All three give
+//! bit-identical results (tested on every kernel the CPU has).
 //!
 //! A non-finite or all-zero input is not quantized: [`Int8Matrix::apply`] returns `None` and
 //! the caller uses the f32 path, which reports it.
 
 use std::sync::LazyLock;
 
-use crate::adapter::Matrix;
+use crate::Matrix;
 
 /// Columns per SIMD block (one 256-bit register of bytes).
 const BLOCK: usize = 32;

@@ -1,6 +1,5 @@
-//! Drift-Adapter training (seed 002): fits a map from a new model's space into an old one's
-//! on pairs of embeddings of the same items, and writes it as a versioned artifact
-//! ([`embedstream_index_sink::adapter`], which also applies it at query time).
+//! Drift-Adapter training: fits a map from a new model's space into an old one's on pairs of
+//! embeddings of the same items, as a versioned artifact ([`crate::artifact`]).
 //!
 //! Pairs come from a sample of items embedded with both models (`embedstream adapter
 //! train`), or from the user (`--pairs-file`, or two `embed` outputs joined by id). Every
@@ -28,13 +27,16 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
-use embedstream_index_sink::adapter::{Adapter, AdapterKind, AdapterMeta, AdapterName};
 use embedstream_topics::{ModelRef, catalog};
 
-use crate::error::{Error, Result};
+use crate::matrix::dot;
+use crate::{Adapter, AdapterError, AdapterKind, AdapterMeta, AdapterName};
 
-fn refused(reason: impl Into<String>) -> Error {
-    Error::Adapter {
+/// Training's results: refusals are [`AdapterError::Refused`].
+pub type Result<T, E = AdapterError> = std::result::Result<T, E>;
+
+fn refused(reason: impl Into<String>) -> AdapterError {
+    AdapterError::Refused {
         reason: reason.into(),
     }
 }
@@ -55,7 +57,7 @@ pub struct Pairs {
 }
 
 /// A checked, unit-length copy of `v`, or why not.
-fn unit(v: &[f32]) -> std::result::Result<Vec<f32>, String> {
+fn unit(v: &[f32]) -> Result<Vec<f32>, String> {
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(format!("component {i} is not a finite number"));
     }
@@ -184,7 +186,7 @@ impl Pairs {
     /// Splits off the pairs whose seeded id hash falls in the `holdout` share.
     pub fn split(&self, holdout: f64, seed: u64) -> (Pairs, Pairs) {
         let (held, fit): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| {
-            let h = embedstream_index_sink::fnv1a64(format!("{seed}:{}", self.ids[i]).as_bytes());
+            let h = embedstream_topics::hash::fnv1a64(format!("{seed}:{}", self.ids[i]).as_bytes());
             (h % 10_000) as f64 / 10_000.0 < holdout
         });
         (self.rows(fit), self.rows(held))
@@ -195,7 +197,7 @@ impl Pairs {
         let mut order: Vec<(u64, usize)> = (0..self.len())
             .map(|i| {
                 let key = format!("s{seed}:{}", self.ids[i]);
-                (embedstream_index_sink::fnv1a64(key.as_bytes()), i)
+                (embedstream_topics::hash::fnv1a64(key.as_bytes()), i)
             })
             .collect();
         order.sort_unstable();
@@ -211,10 +213,15 @@ fn id_string(v: &serde_json::Value) -> String {
 }
 
 fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let io = |source| AdapterError::Io {
+        op: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(Error::io(path))?;
+        let line = line.map_err(io)?;
         if !line.trim().is_empty() {
             out.push((i + 1, line));
         }
@@ -249,17 +256,10 @@ pub fn read_vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> 
     Ok(out)
 }
 
-/// `$EMBEDSTREAM_ADAPTERS`, else `$EMBEDSTREAM_HOME/adapters`.
-pub fn default_dir() -> std::path::PathBuf {
-    std::env::var_os("EMBEDSTREAM_ADAPTERS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::models::home().join("adapters"))
-}
-
 /// Checks that the adapter `name` in `dir` can serve: it loads (checksum, shapes, finite
 /// weights) and its dimensions are its two models' dimensions in the catalog.
 pub fn check_deployable(dir: &Path, name: &str) -> Result<Adapter> {
-    let adapter = Adapter::load(&embedstream_index_sink::adapter::resolve(dir, name)?)?;
+    let adapter = Adapter::load(&crate::resolve(dir, name)?)?;
     let dim = |m: &str| -> Result<usize> {
         Ok(catalog::lookup(&m.parse::<ModelRef>()?)?.dimension as usize)
     };
@@ -324,7 +324,7 @@ pub fn cosines(adapter: &Adapter, pairs: &Pairs) -> Result<(f64, f64)> {
     let (mut sum, mut min) = (0.0, f64::INFINITY);
     for i in 0..pairs.len() {
         let mapped = adapter.apply_exact(pairs.new_row(i))?;
-        let c = f64::from(embedstream_index_sink::dot(&mapped, pairs.old_row(i)));
+        let c = f64::from(dot(&mapped, pairs.old_row(i)));
         sum += c;
         min = min.min(c);
     }
@@ -395,7 +395,7 @@ pub fn train(
             pairs: fit.len(),
             holdout_pairs: held.len(),
             params,
-            created_at_ms: crate::control::now_ms(),
+            created_at_ms: now_ms(),
             fit_seconds: started.elapsed().as_secs_f64(),
             ..AdapterMeta::new(name, new_dim, old_dim, source)
         },
@@ -409,6 +409,13 @@ pub fn train(
         .then(|| cosines(&adapter, &held).map(|c| c.0))
         .transpose()?;
     Ok(adapter)
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

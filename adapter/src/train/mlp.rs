@@ -10,11 +10,12 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, activation};
-use embedstream_index_sink::adapter::{Adapter, AdapterMeta, AdapterName, Layers, Matrix};
 
-use super::{Pairs, TrainConfig, cosines, linear, refused};
-use crate::embed::burn_model::Cpu;
-use crate::error::Result;
+use super::{Pairs, Result, TrainConfig, cosines, linear, refused};
+use crate::{Adapter, AdapterMeta, AdapterName, Layers, Matrix};
+
+/// The CPU backend the MLP trains on.
+type Cpu = burn::backend::Flex;
 
 type Train = Autodiff<Cpu>;
 

@@ -13,6 +13,7 @@
 //! an entry with an adapter reads that version's index with the new model's queries mapped by
 //! the adapter, which the version's sink applies).
 
+pub mod admin;
 pub mod blend;
 pub mod status;
 
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::blend::{Blend, Blended, Ranked};
 pub use self::status::{DriftPoint, StageProgress, StatusFeed};
-use crate::service::ConsumerProfile;
+use embedstream_schemas::consumers::{ConsumerProfile, export_slos};
 
 /// Metric names.
 pub mod metrics {
@@ -118,7 +119,7 @@ use ::metrics as metrics_crate;
 
 /// The router's routes.
 pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -> Router {
-    crate::service::metrics::export_slos(&config.consumers);
+    export_slos(&config.consumers);
     let latency = config
         .consumers
         .keys()
@@ -434,7 +435,7 @@ async fn route(
         // "New model via adapter": the query is the new model's, and the old version's sink
         // maps it into its space with the adapter.
         let query_model = match &entry.adapter {
-            Some(name) => match name.parse::<crate::adapter::AdapterName>() {
+            Some(name) => match name.parse::<embedstream_adapter::AdapterName>() {
                 Ok(n) => n.new,
                 Err(e) => {
                     degraded.push(format!("{}: {e}", entry.model));

@@ -1,0 +1,196 @@
+use std::str::FromStr;
+
+use super::*;
+
+fn meta(kind: AdapterKind, in_dim: usize, out_dim: usize) -> AdapterMeta {
+    let name = AdapterName {
+        new: "new@1".into(),
+        old: "old@1".into(),
+        kind: kind.as_str(),
+        version: 1,
+    };
+    AdapterMeta {
+        pairs: 10,
+        holdout_pairs: 2,
+        train_cosine: 0.9,
+        holdout_cosine: Some(0.8),
+        ..AdapterMeta::new(&name, in_dim, out_dim, "test".into())
+    }
+}
+
+fn m(rows: usize, cols: usize, seed: f32) -> Matrix {
+    Matrix::new(
+        rows,
+        cols,
+        (0..rows * cols).map(|i| (i as f32 * seed).sin()).collect(),
+    )
+}
+
+fn naive(w: &Matrix, x: &[f32]) -> Vec<f32> {
+    w.data
+        .chunks_exact(w.cols)
+        .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+#[test]
+fn names_round_trip_and_reject_garbage() {
+    let n: AdapterName = "mpnet-base-v2@1_to_minilm-l6-v2@1.procrustes.v3"
+        .parse()
+        .unwrap();
+    assert_eq!(n.new, "mpnet-base-v2@1");
+    assert_eq!(n.old, "minilm-l6-v2@1");
+    assert_eq!(n.kind, "procrustes");
+    assert_eq!(n.version, 3);
+    assert_eq!(
+        n.to_string(),
+        "mpnet-base-v2@1_to_minilm-l6-v2@1.procrustes.v3"
+    );
+    for bad in [
+        "",
+        "a@1_to_b@1.procrustes",
+        "a@1_to_b@1.linear.v1",
+        "a_to_b@1.mlp.v1",
+        "a@1_to_b@1.mlp.v0",
+        "a@1-b@1.mlp.v1",
+        "../x@1_to_b@1.mlp.v1",
+    ] {
+        assert!(bad.parse::<AdapterName>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn every_kind_applies_as_its_formula_and_survives_a_round_trip() {
+    let dir = std::env::temp_dir().join(format!("adapter-test-{}", std::process::id()));
+    let x: Vec<f32> = (0..6).map(|i| (i as f32 * 0.9).cos()).collect();
+    let cases = [
+        Adapter::new(
+            meta(AdapterKind::Procrustes, 6, 4),
+            Layers::Linear {
+                w: m(4, 6, 0.3),
+                b: vec![0.1, 0.2, 0.3, 0.4],
+            },
+        ),
+        Adapter::new(
+            meta(AdapterKind::Affine, 6, 4),
+            Layers::LowRank {
+                u: m(2, 6, 0.7),
+                v: m(4, 2, 0.5),
+                b: vec![0.0, 1.0, 0.0, -1.0],
+            },
+        ),
+        Adapter::new(
+            meta(AdapterKind::Mlp, 6, 4),
+            Layers::Residual {
+                w: m(4, 6, 0.3),
+                b: vec![0.1; 4],
+                w1: m(3, 6, 1.1),
+                b1: vec![-0.2, 0.0, 0.2],
+                w2: m(4, 3, 0.9),
+            },
+        ),
+    ];
+    for adapter in cases {
+        let want = match adapter.layers() {
+            Layers::Linear { w, b } => naive(w, &x).iter().zip(b).map(|(a, b)| a + b).collect(),
+            Layers::LowRank { u, v, b } => naive(v, &naive(u, &x))
+                .iter()
+                .zip(b)
+                .map(|(a, b)| a + b)
+                .collect(),
+            Layers::Residual { w, b, w1, b1, w2 } => {
+                let h: Vec<f32> = naive(w1, &x)
+                    .iter()
+                    .zip(b1)
+                    .map(|(a, b)| (a + b).max(0.0))
+                    .collect();
+                let r = naive(w2, &h);
+                naive(w, &x)
+                    .iter()
+                    .zip(b)
+                    .zip(r)
+                    .map(|((a, b), r)| a + b + r)
+                    .collect::<Vec<f32>>()
+            }
+        };
+        let want = unit(want);
+        let got = adapter.apply_exact(&x).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 1e-5,
+                "{:?}: {got:?} vs {want:?}",
+                adapter.meta.kind
+            );
+        }
+        let served = adapter.apply(&x).unwrap();
+        let cosine: f32 = served.iter().zip(&want).map(|(a, b)| a * b).sum();
+        assert!(
+            cosine > 0.999,
+            "{:?}: int8 {served:?} vs {want:?}",
+            adapter.meta.kind
+        );
+        let path = AdapterName::from_str(&adapter.meta.name)
+            .unwrap()
+            .path_in(&dir);
+        adapter.save(&path).unwrap();
+        assert_eq!(Adapter::load(&path).unwrap(), adapter);
+        assert_eq!(resolve(&dir, &adapter.meta.name).unwrap(), path);
+    }
+    assert_eq!(list(&dir).unwrap().len(), 3);
+    assert_eq!(
+        next_name(&dir, "new@1", "old@1", AdapterKind::Mlp)
+            .unwrap()
+            .version,
+        2
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_files_wrong_dimensions_and_unknown_names_are_refused() {
+    let dir = std::env::temp_dir().join(format!("adapter-bad-{}", std::process::id()));
+    let adapter = Adapter::new(
+        meta(AdapterKind::Procrustes, 6, 4),
+        Layers::Linear {
+            w: m(4, 6, 0.3),
+            b: vec![0.0; 4],
+        },
+    );
+    assert!(matches!(
+        adapter.apply(&[1.0; 5]),
+        Err(AdapterError::Dimension {
+            expected: 6,
+            got: 5,
+            ..
+        })
+    ));
+    let path = dir.join(format!("{}.safetensors", adapter.meta.name));
+    adapter.save(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Adapter::load(&path).unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        Adapter::load(&path),
+        Err(AdapterError::Invalid { .. })
+    ));
+    assert!(matches!(
+        resolve(&dir, "new@1_to_old@1.affine.v9"),
+        Err(AdapterError::NotFound { .. })
+    ));
+    let mut layers = adapter.layers().clone();
+    if let Layers::Linear { w, .. } = &mut layers {
+        w.data[3] = f32::NAN;
+    }
+    let nan = Adapter::new(adapter.meta.clone(), layers);
+    assert!(nan.save(&path).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,278 @@
+//! The router against real sinks: a sink process's service (`embedstream_index_sink::service`)
+//! consuming its embedding topic on the test broker, through the test registry, and a
+//! version whose sink is not there. A version that fails is left out and named; when every
+//! version fails the query fails with 503; a sink's 400 is the client's error.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use embedstream_index_sink::service::{self, Settings, SinkConfig};
+use embedstream_router::{Backends, Blend, RouterConfig, StatusFeed};
+use embedstream_schemas::Codec;
+use embedstream_schemas::consumers::default_consumers;
+use embedstream_schemas::control::ControlState;
+use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_topics::ModelRef;
+use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::names::TopicNames;
+use embedstream_topics::testing::{self, DeleteTopicsOnDrop};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const MINILM: &str = "minilm-l6-v2@1";
+const MPNET: &str = "mpnet-base-v2@1";
+const DIM: usize = 384;
+const ITEMS: usize = 20;
+
+fn registry() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL")
+        .expect("SCHEMA_REGISTRY_URL is not set: run the tests with `compose/dev test`")
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Item `i`'s vector: one-hot on dimension `i`, so each item is its own best match.
+fn vector(i: usize) -> Vec<f32> {
+    let mut v = vec![0.0; DIM];
+    v[i] = 1.0;
+    v
+}
+
+/// A sink of MiniLM serving `ITEMS` items from its own topic, and what to drop at the end.
+struct Sink {
+    url: String,
+    _topics: DeleteTopicsOnDrop,
+    _data: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn sink(shutdown: &CancellationToken) -> Sink {
+    let kafka = testing::kafka();
+    let prefix = testing::unique("router");
+    let guard = DeleteTopicsOnDrop::new(kafka.clone(), &prefix);
+    let model: ModelRef = MINILM.parse().unwrap();
+    let topic = TopicNames::new(&prefix).embeddings(&model);
+    Admin::new(&kafka, Duration::from_secs(30))
+        .unwrap()
+        .ensure(&[TopicSpec::compacted(&topic, 2)])
+        .await
+        .unwrap();
+    let codec = Codec::new(&registry());
+    let producer: FutureProducer = kafka.client().create().unwrap();
+    for i in 0..ITEMS {
+        let record = EmbeddingRecord {
+            item_id: format!("item-{i}"),
+            model_id: model.id.clone(),
+            model_version: model.version as i32,
+            dimension: DIM as i32,
+            vector: vector(i),
+            normalized: true,
+            source: SourceCoordinates {
+                topic: "items".into(),
+                partition: 0,
+                offset: i as i64,
+            },
+            event_time: 0,
+            embed_time: 0,
+        };
+        let bytes = codec.encode(&topic, &record).await.unwrap();
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&record.item_id)
+                    .payload(&bytes),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let data = TempDir(std::env::temp_dir().join(testing::unique("router-sink")));
+    let listen = free_addr();
+    let config = SinkConfig {
+        kafka,
+        registry_url: registry(),
+        model,
+        topic,
+        group: testing::unique("router-sink"),
+        data_dir: data.0.clone(),
+        listen,
+        adapters_dir: data.0.join("adapters"),
+        settings: Settings::default(),
+    };
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = service::run(config, None, axum::Router::new(), stop).await {
+            panic!("the sink failed: {e}");
+        }
+    });
+    let url = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = match client.get(format!("{url}/v1/stats")).send().await {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["items"].as_u64()),
+            Err(_) => None,
+        };
+        if items == Some(ITEMS as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not serve {ITEMS} items within 60 s (last: {items:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Sink {
+        url,
+        _topics: guard,
+        _data: data,
+    }
+}
+
+/// A router over `backends` on a free port; its base URL.
+async fn router(backends: BTreeMap<String, String>, shutdown: &CancellationToken) -> String {
+    let listen = free_addr();
+    let config = RouterConfig {
+        listen,
+        backends: Backends::from(backends),
+        blend: Blend::Rrf,
+        consumers: default_consumers(),
+        timeout: Duration::from_secs(2),
+        status: StatusFeed::new(),
+    };
+    let (_tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _tx = _tx;
+        embedstream_router::run(config, plans, axum::Router::new(), stop)
+            .await
+            .unwrap();
+    });
+    let url = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{url}/v1/plans")).await.is_err() {
+        assert!(Instant::now() < deadline, "the router did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    url
+}
+
+/// An address where nothing listens.
+fn nowhere() -> String {
+    format!("http://{}", free_addr())
+}
+
+async fn search(router: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{router}/v1/search"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn both_versions(query: Vec<f32>) -> Value {
+    json!({
+        "consumer": "search",
+        "k": 3,
+        "vectors": {MINILM: query, MPNET: vec![0.5f32; 768]},
+        "plan": [{"model": MINILM, "weight": 0.5}, {"model": MPNET, "weight": 0.5}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_version_is_left_out_and_named() {
+    let shutdown = CancellationToken::new();
+    let sink = sink(&shutdown).await;
+    let router = router(
+        BTreeMap::from([
+            (MINILM.to_owned(), sink.url.clone()),
+            (MPNET.to_owned(), nowhere()),
+        ]),
+        &shutdown,
+    )
+    .await;
+    let (status, body) = search(&router, both_versions(vector(7))).await;
+    assert_eq!(status, 200, "{body}");
+    let degraded: Vec<&str> = body["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(degraded.len(), 1, "{body}");
+    assert!(degraded[0].starts_with(MPNET), "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{body}");
+    assert_eq!(results[0]["item_id"], "item-7", "{body}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_version_failed_is_unavailable() {
+    let shutdown = CancellationToken::new();
+    let router = router(
+        BTreeMap::from([
+            (MINILM.to_owned(), nowhere()),
+            (MPNET.to_owned(), nowhere()),
+        ]),
+        &shutdown,
+    )
+    .await;
+    let (status, body) = search(&router, both_versions(vector(1))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["kind"], "unavailable", "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains(MINILM) && message.contains(MPNET),
+        "{body}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_refusal_is_the_clients_error() {
+    let shutdown = CancellationToken::new();
+    let sink = sink(&shutdown).await;
+    let router = router(
+        BTreeMap::from([(MINILM.to_owned(), sink.url.clone())]),
+        &shutdown,
+    )
+    .await;
+    let (status, body) = search(
+        &router,
+        json!({"consumer": "search", "k": 3, "vector": vec![1.0f32; 10], "plan": [{"model": MINILM, "weight": 1.0}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["kind"], "rejected_by_sink", "{body}");
+    let (status, body) = search(
+        &router,
+        json!({"consumer": "search", "k": 3, "vector": vector(4), "plan": [{"model": MINILM, "weight": 1.0}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["item_id"], "item-4", "{body}");
+    assert!(body["degraded"].as_array().unwrap().is_empty(), "{body}");
+    shutdown.cancel();
+}
