@@ -373,9 +373,7 @@ impl Drift {
                 let spec = catalog::lookup(model)?;
                 tokio::task::spawn_blocking(move || models::fetch(&spec, &models::home()))
                     .await
-                    .map_err(|e| Error::Control {
-                        reason: format!("fetching the model panicked: {e}"),
-                    })??
+                    .map_err(Error::task(format!("fetching {model}")))??
             }
         };
         let device = self.config.device;
@@ -391,12 +389,11 @@ impl Drift {
             ))
         })
         .await
-        .map_err(|e| Error::Control {
-            reason: format!("loading the model panicked: {e}"),
-        })??;
+        .map_err(Error::task(format!("loading {model}")))??;
         let texts = self.canaries.iter().map(|c| c.text.clone()).collect();
-        let vectors = engine.embed(texts).await.map_err(|e| Error::Control {
-            reason: format!("embedding the canaries with {model}: {e}"),
+        let vectors = engine.embed(texts).await.map_err(|source| Error::Engine {
+            model: model.to_string(),
+            source,
         });
         drop(engine);
         threads.join();
@@ -461,9 +458,7 @@ impl Drift {
                 Duration::from_secs(30),
             )
             .await
-            .map_err(|(e, _)| Error::Control {
-                reason: format!("cannot write to {}: {e}", self.topic),
-            })?;
+            .map_err(|(e, _)| Error::produce(&self.topic)(e))?;
         Ok(())
     }
 

@@ -80,6 +80,83 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A record could not be produced, or its delivery failed after the client's own
+    /// retries. Retryable: nothing after it was acknowledged, so its input is read again.
+    #[error("cannot produce to {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The producer was dropped before it reported a delivery (the process is stopping).
+    /// Retryable: the record was not acknowledged.
+    #[error("the producer of {topic} stopped before reporting a delivery")]
+    ProducerStopped {
+        /// The topic.
+        topic: String,
+    },
+    /// A topic the operation reads has no partitions (it does not exist). Fatal.
+    #[error("{topic} has no partitions (does it exist?)")]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// The embedding engine of a model refused a request or stopped. Fatal for the process:
+    /// a stopped engine does not come back.
+    #[error("the engine of {model}: {source}")]
+    Engine {
+        /// The model (`id@version`) or the engine's name.
+        model: String,
+        /// What the engine said.
+        #[source]
+        source: crate::embed::engine::EngineError,
+    },
+    /// A task of ours panicked or was cancelled. Fatal: the process should exit and be
+    /// restarted (nothing unacknowledged was committed).
+    #[error("{what} failed: {source}")]
+    Task {
+        /// What the task did.
+        what: String,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A task that runs for the life of the process ended early. Fatal, as [`Error::Task`].
+    #[error("the {what} task ended early")]
+    TaskEnded {
+        /// What the task did.
+        what: &'static str,
+    },
+    /// A task failed while the stage was draining at shutdown. Fatal, as the error it wraps.
+    #[error("{task} failed while draining: {source}")]
+    Draining {
+        /// The task.
+        task: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A golden-set file is not what `loadtest/golden_sets.py` writes. Fatal for the
+    /// evaluation.
+    #[error("{} is not a golden-set file: {source}", path.display())]
+    GoldenSet {
+        /// The file.
+        path: PathBuf,
+        /// Where it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The query router did not answer or its answer was unreadable. Retryable.
+    #[error("router at {url}: {source}")]
+    Router {
+        /// The request.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
     /// A Drift-Adapter could not be read, trained or deployed (see its kind); nothing was
     /// written.
     #[error(transparent)]
@@ -106,6 +183,20 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+
+    /// A [`Error::Task`] for a task doing `what`.
+    pub(crate) fn task(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        let what = what.into();
+        move |source| Self::Task { what, source }
+    }
+
+    /// A [`Error::Produce`] to `topic`.
+    pub(crate) fn produce(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self + '_ {
+        move |source| Self::Produce {
+            topic: topic.to_owned(),
+            source,
+        }
     }
 
     /// Maps a client error of the brokers of `kafka`.

@@ -58,8 +58,9 @@ pub struct GoldenQuery {
 /// Reads `golden.json`.
 pub fn load_golden(path: &Path) -> Result<BTreeMap<String, GoldenSet>> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Control {
-        reason: format!("{} is not a golden-set file: {e}", path.display()),
+    serde_json::from_str(&text).map_err(|source| Error::GoldenSet {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -175,16 +176,16 @@ pub async fn query_vectors(
         "Embedding golden queries."
     );
     let model: embedstream_topics::ModelRef = version.parse()?;
+    let label = model.to_string();
     let (engine, _threads) = tokio::task::spawn_blocking(move || {
         crate::embed::open_named(&model, device, EngineConfig::default(), "eval")
     })
     .await
-    .map_err(|e| Error::Control {
-        reason: format!("loading the model panicked: {e}"),
-    })??;
+    .map_err(Error::task(format!("loading {label}")))??;
     let texts: Vec<String> = missing.iter().map(|(_, t)| t.clone()).collect();
-    let embedded = engine.embed(texts).await.map_err(|e| Error::Control {
-        reason: format!("embedding golden queries: {e}"),
+    let embedded = engine.embed(texts).await.map_err(|source| Error::Engine {
+        model: label,
+        source,
     })?;
     std::fs::create_dir_all(cache_dir).map_err(Error::io(cache_dir))?;
     let mut file = std::fs::OpenOptions::new()
@@ -200,9 +201,11 @@ pub async fn query_vectors(
     Ok(vectors)
 }
 
-fn http(e: impl std::fmt::Display) -> Error {
-    Error::Control {
-        reason: format!("router: {e}"),
+/// A [`Error::Router`] of a request to `url`.
+fn http(url: &str) -> impl Fn(reqwest::Error) -> Error + '_ {
+    move |source| Error::Router {
+        url: url.to_owned(),
+        source,
     }
 }
 
@@ -287,13 +290,13 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
             async move {
                 let url = format!("{router}/v1/items/{}", encode(&id));
                 let v: serde_json::Value = client
-                    .get(url)
+                    .get(&url)
                     .send()
                     .await
-                    .map_err(http)?
+                    .map_err(http(&url))?
                     .json()
                     .await
-                    .map_err(http)?;
+                    .map_err(http(&url))?;
                 let all = versions.iter().all(|ver| !v[ver].is_null());
                 Ok::<_, Error>((id, all))
             }
@@ -304,14 +307,15 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
         .into_iter()
         .collect::<Result<_>>()?;
 
+    let url = format!("{router}/v1/versions");
     let stats: serde_json::Value = client
-        .get(format!("{router}/v1/versions"))
+        .get(&url)
         .send()
         .await
-        .map_err(http)?
+        .map_err(http(&url))?
         .json()
         .await
-        .map_err(http)?;
+        .map_err(http(&url))?;
     let items: BTreeMap<String, i64> = config
         .versions
         .iter()

@@ -308,11 +308,7 @@ impl Replayer {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => {
-                    return Err(Error::Control {
-                        reason: format!("cannot produce to {}: {e}", self.topic),
-                    });
-                }
+                Err((e, _)) => return Err(Error::produce(&self.topic)(e)),
             }
         }
     }
@@ -427,9 +423,7 @@ impl Replayer {
                     crate::embed::open_named(&m, device, config, &name)
                 })
                 .await
-                .map_err(|e| Error::Control {
-                    reason: format!("loading the model panicked: {e}"),
-                })?
+                .map_err(Error::task("loading the model"))?
             })
             .await?;
         Ok(engine)
@@ -472,8 +466,8 @@ pub(super) fn partitions(
         .collect();
     partitions.sort_unstable();
     if partitions.is_empty() {
-        return Err(Error::Control {
-            reason: format!("{topic} has no partitions (does it exist?)"),
+        return Err(Error::MissingTopic {
+            topic: topic.to_owned(),
         });
     }
     Ok(partitions)
@@ -751,14 +745,10 @@ impl Replayer {
         for d in deliveries {
             match d.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(Error::Control {
-                        reason: format!("cannot write to {}: {e}", self.topic),
-                    });
-                }
+                Ok(Err((e, _))) => return Err(Error::produce(&self.topic)(e)),
                 Err(_) => {
-                    return Err(Error::Control {
-                        reason: format!("the producer of {} stopped", self.topic),
+                    return Err(Error::ProducerStopped {
+                        topic: self.topic.clone(),
                     });
                 }
             }

@@ -102,7 +102,8 @@ struct Submitted {
 struct Sent {
     events: Vec<(String, i32, i64)>,
     event_times: Vec<i64>,
-    deliveries: Vec<(String, DeliveryFuture)>,
+    /// Per record: its metric label (the model version, or `dlq`), its topic, its delivery.
+    deliveries: Vec<(String, String, DeliveryFuture)>,
     produce_start: Instant,
 }
 
@@ -240,9 +241,10 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
                 let q = produce.await;
                 let a = ack.await;
                 for (task, r) in [("prepare", p), ("produce", q), ("acknowledge", a)] {
-                    if let Err(e) = flatten(r) {
-                        return Err(Error::Control {
-                            reason: format!("{task} failed while draining: {e}"),
+                    if let Err(e) = flatten(task, r) {
+                        return Err(Error::Draining {
+                            task,
+                            source: Box::new(e),
                         });
                     }
                 }
@@ -269,21 +271,23 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     result
 }
 
-fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    r.map_err(|e| Error::Control {
-        reason: format!("task panicked: {e}"),
-    })?
+fn flatten(
+    task: &'static str,
+    r: std::result::Result<Result<()>, tokio::task::JoinError>,
+) -> Result<()> {
+    r.map_err(Error::task(task))?
 }
 
-fn task_failed(task: &str, r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Error {
-    match flatten(r) {
+fn task_failed(
+    task: &'static str,
+    r: std::result::Result<Result<()>, tokio::task::JoinError>,
+) -> Error {
+    match flatten(task, r) {
         Err(e) => {
             tracing::error!(error = %e, task, "A stage task failed.");
             e
         }
-        Ok(()) => Error::Control {
-            reason: format!("the {task} task ended early"),
-        },
+        Ok(()) => Error::TaskEnded { what: task },
     }
 }
 
@@ -401,11 +405,10 @@ async fn submit_all(models: &[ActiveModel], texts: &[String]) -> Result<Vec<Pend
         let texts = texts.to_vec();
         let p = tokio::task::spawn_blocking(move || engine.submit(texts))
             .await
-            .map_err(|e| Error::Control {
-                reason: format!("engine submit panicked: {e}"),
-            })?
-            .map_err(|e| Error::Control {
-                reason: e.to_string(),
+            .map_err(Error::task("submitting to the engine"))?
+            .map_err(|source| Error::Engine {
+                model: model.label.clone(),
+                source,
             })?;
         pending.push(p);
     }
@@ -420,8 +423,9 @@ async fn vectors_of(
 ) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
     match pending.recv().await {
         Ok(v) => Ok(v.into_iter().map(Ok).collect()),
-        Err(EngineError::Stopped) => Err(Error::Control {
-            reason: format!("the engine of {} stopped", model.label),
+        Err(EngineError::Stopped) => Err(Error::Engine {
+            model: model.label.clone(),
+            source: EngineError::Stopped,
         }),
         Err(EngineError::Tokenize { .. }) => {
             // Rare: embed one by one to find the culprits.
@@ -431,8 +435,9 @@ async fn vectors_of(
                     Ok(mut v) => out.push(Ok(v.pop().unwrap_or_default())),
                     Err(EngineError::Tokenize { reason, .. }) => out.push(Err(reason)),
                     Err(EngineError::Stopped) => {
-                        return Err(Error::Control {
-                            reason: format!("the engine of {} stopped", model.label),
+                        return Err(Error::Engine {
+                            model: model.label.clone(),
+                            source: EngineError::Stopped,
                         });
                     }
                 }
@@ -508,7 +513,7 @@ async fn produce_loop(
                             };
                             let payload = codec.encode(&model.topic, &record).await?;
                             let d = send(&producer, &model.topic, item_id, Some(&payload)).await?;
-                            deliveries.push((model.label.clone(), d));
+                            deliveries.push((model.label.clone(), model.topic.clone(), d));
                         }
                         event_times.push(*event_time);
                     }
@@ -519,7 +524,7 @@ async fn produce_loop(
                 }) => {
                     for model in &batch.models {
                         let d = send(&producer, &model.topic, item_id, None).await?;
-                        deliveries.push((model.label.clone(), d));
+                        deliveries.push((model.label.clone(), model.topic.clone(), d));
                     }
                     event_times.extend(*event_time);
                 }
@@ -551,7 +556,7 @@ async fn produce_loop(
                 let payload = codec.encode(&dlq, &letter).await?;
                 let key = entry.message.key().map(<[u8]>::to_vec);
                 let d = send_raw(&producer, &dlq, key.as_deref(), Some(&payload)).await?;
-                deliveries.push(("dlq".to_owned(), d));
+                deliveries.push(("dlq".to_owned(), dlq.clone(), d));
             }
             events.push((topic, partition, offset));
         }
@@ -600,11 +605,7 @@ async fn send_raw(
                 ),
                 _,
             )) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err((e, _)) => {
-                return Err(Error::Control {
-                    reason: format!("cannot produce to {topic}: {e}"),
-                });
-            }
+            Err((e, _)) => return Err(Error::produce(topic)(e)),
         }
     }
 }
@@ -616,25 +617,22 @@ async fn ack_loop(
 ) -> Result<()> {
     while let Some(batch) = sent.recv().await {
         let mut failed = None;
-        for (label, delivery) in batch.deliveries {
+        for (label, topic, delivery) in batch.deliveries {
             let result = match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e.to_string()),
-                Err(_) => Err("the producer was dropped".to_owned()),
+                Ok(Err((e, _))) => Err(Error::produce(&topic)(e)),
+                Err(_) => Err(Error::ProducerStopped { topic }),
             };
             let outcome = if result.is_ok() { "ok" } else { "error" };
-            counter!(m::PRODUCED, "model_version" => label.clone(), "result" => outcome)
-                .increment(1);
+            counter!(m::PRODUCED, "model_version" => label, "result" => outcome).increment(1);
             if let Err(e) = result {
-                failed.get_or_insert(format!("{label}: {e}"));
+                failed.get_or_insert(e);
             }
         }
-        if let Some(reason) = failed {
+        if let Some(error) = failed {
             // Not acknowledged: the offsets stay where they are and the events are
             // re-delivered after the restart this error causes.
-            return Err(Error::Control {
-                reason: format!("a record was not delivered: {reason}"),
-            });
+            return Err(error);
         }
         histogram!(m::PRODUCE_SECONDS).record(batch.produce_start.elapsed().as_secs_f64());
         let now = now_ms();

@@ -107,9 +107,7 @@ impl ActiveModels {
                 crate::embed::open_named(&m, device, config, &name)
             })
             .await
-            .map_err(|e| crate::Error::Control {
-                reason: format!("loading {model} panicked: {e}"),
-            })??;
+            .map_err(crate::Error::task(format!("loading {model}")))??;
             tracing::info!(%model, topic, "Writing a new model version.");
             self.active.insert(
                 model.clone(),
