@@ -18,18 +18,8 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(d)
     };
     let (n, dim, threads) = (arg(1, 5000), arg(2, 384), arg(3, 2));
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut unit = || {
-        let v: Vec<f32> = (0..dim)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        normalized(&v, dim).expect("non-zero")
-    };
+    let mut rng = embedstream_topics::testing::XorShift::new(0x9e37_79b9_7f4a_7c15);
+    let mut unit = || normalized(&rng.centered_vec(dim), dim).expect("non-zero");
     let data: Vec<Vec<f32>> = (0..n).map(|_| unit()).collect();
     let queries: Vec<Vec<f32>> = (0..200).map(|_| unit()).collect();
     let mut config = IndexConfig::with_dim(dim);

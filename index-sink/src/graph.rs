@@ -575,17 +575,10 @@ mod tests {
     use crate::config::RefineConfig;
 
     fn random_unit(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
+        let mut rng = embedstream_topics::testing::XorShift::new(seed | 1);
         let mut out = Vec::with_capacity(n * dim);
         for _ in 0..n {
-            let v: Vec<f32> = (0..dim)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
+            let v = rng.centered_vec(dim);
             out.extend(crate::vector::normalized(&v, dim).unwrap());
         }
         out

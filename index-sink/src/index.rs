@@ -28,7 +28,9 @@ use crate::config::IndexConfig;
 use crate::error::{Error, Result};
 use crate::hash::shard_of;
 use crate::metrics::{query_duration, snapshot_corrupt, snapshot_expired};
-use crate::shard::{CompactionRecord, Offsets, Shard, ShardStats, header, now_ms};
+use embedstream_topics::time::now_ms;
+
+use crate::shard::{CompactionRecord, Offsets, Shard, ShardStats, header};
 use crate::snapshot;
 use crate::topk::merge;
 use crate::types::{Applied, Hit, Query, Version, Write};

@@ -40,7 +40,7 @@ pub use config::{
 pub use error::{Error, GraphBridgeError, Result};
 pub use hash::shard_of;
 pub use index::{Maintenance, ShardedIndex};
-pub use metrics::{DURATION_BUCKETS, names as metric_names};
+pub use metrics::names as metric_names;
 pub use shard::{CompactionRecord, ShardStats};
 pub use types::{Applied, Delete, Hit, ItemId, Query, Upsert, Version, Write};
 pub use vector::{dot, normalized};

@@ -3,17 +3,11 @@
 //! for counters of outcomes, a small fixed set (`outcome`, `reason`). Never an item id.
 //!
 //! The crate only records through the `metrics` facade; the binary installs the exporter and
-//! should give every `*_seconds` histogram [`DURATION_BUCKETS`].
+//! declares every histogram's buckets.
 
 use std::fmt;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-
-/// Histogram buckets (seconds) for every duration this crate records: 50 µs to 10 min.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
 
 /// Every metric name the crate records.
 pub mod names {
@@ -28,17 +22,16 @@ pub mod names {
     /// Counter: writes applied, by `outcome` (upserted, deleted, already_covered, stale).
     pub const WRITES_TOTAL: &str = "embedstream_index_writes_total";
     /// Histogram: one query over all shards, seconds.
-    pub const QUERY_DURATION_SECONDS: &str = "embedstream_index_query_duration_seconds";
+    pub const QUERY_SECONDS: &str = "embedstream_index_query_seconds";
     /// Histogram: one compaction (capture, build, swap; snapshot excluded), seconds.
-    pub const COMPACTION_DURATION_SECONDS: &str = "embedstream_index_compaction_duration_seconds";
+    pub const COMPACTION_SECONDS: &str = "embedstream_index_compaction_seconds";
     /// Counter: compactions finished, by `reason`.
     pub const COMPACTIONS_TOTAL: &str = "embedstream_index_compactions_total";
     /// Gauge: Unix time (seconds) the shard's last compaction finished.
     pub const LAST_COMPACTION_TIMESTAMP_SECONDS: &str =
         "embedstream_index_last_compaction_timestamp_seconds";
     /// Histogram: writing one shard snapshot, seconds.
-    pub const SNAPSHOT_WRITE_DURATION_SECONDS: &str =
-        "embedstream_index_snapshot_write_duration_seconds";
+    pub const SNAPSHOT_WRITE_SECONDS: &str = "embedstream_index_snapshot_write_seconds";
     /// Gauge: size of the shard's newest snapshot, bytes.
     pub const SNAPSHOT_BYTES: &str = "embedstream_index_snapshot_bytes";
     /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
@@ -89,9 +82,9 @@ impl ShardMetrics {
             deleted: writes("deleted"),
             covered: writes("already_covered"),
             stale: writes("stale"),
-            compaction: histogram!(names::COMPACTION_DURATION_SECONDS, "index" => i.clone(), "shard" => s.clone()),
+            compaction: histogram!(names::COMPACTION_SECONDS, "index" => i.clone(), "shard" => s.clone()),
             last_compaction: gauge!(names::LAST_COMPACTION_TIMESTAMP_SECONDS, "index" => i.clone(), "shard" => s.clone()),
-            snapshot_write: histogram!(names::SNAPSHOT_WRITE_DURATION_SECONDS, "index" => i.clone(), "shard" => s.clone()),
+            snapshot_write: histogram!(names::SNAPSHOT_WRITE_SECONDS, "index" => i.clone(), "shard" => s.clone()),
             snapshot_bytes: gauge!(names::SNAPSHOT_BYTES, "index" => i.clone(), "shard" => s.clone()),
             index: i,
             shard: s,
@@ -119,7 +112,7 @@ pub(crate) fn ratio(tombstones: usize, main: usize) -> f64 {
 }
 
 pub(crate) fn query_duration(index: &str) -> Histogram {
-    histogram!(names::QUERY_DURATION_SECONDS, "index" => index.to_owned())
+    histogram!(names::QUERY_SECONDS, "index" => index.to_owned())
 }
 
 pub(crate) fn snapshot_corrupt(index: &str, shard: usize) -> Counter {

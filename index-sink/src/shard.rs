@@ -20,8 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use embedstream_topics::time::now_ms;
 use serde::Serialize;
 
 use crate::compaction::CompactionReason;
@@ -107,12 +108,6 @@ pub(crate) struct Shard {
     /// Held for a whole compaction or snapshot: one at a time per shard, in order.
     busy: Mutex<()>,
     metrics: ShardMetrics,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

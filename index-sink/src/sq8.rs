@@ -173,22 +173,17 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use embedstream_topics::testing::XorShift;
+
     use super::*;
 
-    fn random(seed: &mut u64, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+    fn random(rng: &mut XorShift, n: usize) -> Vec<f32> {
+        rng.centered_vec(n)
     }
 
     #[test]
     fn distances_are_close_and_simd_equals_scalar() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let mut seed = XorShift::new(0x9e37_79b9_7f4a_7c15);
         for dim in [16, 384, 768, 1024, 20] {
             let n = 50;
             let vectors = random(&mut seed, n * dim);

@@ -9,12 +9,13 @@
 //! racing on one key both land; the later offset wins (callers serialise their own changes).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use embedstream_schemas::Codec;
 use embedstream_schemas::control::{ControlState, key_of};
 use embedstream_schemas::records::{ControlKind, ControlRecord, ModelState, ModelVersionRecord};
 use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelSpec};
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -205,14 +206,6 @@ fn lower(v: &impl std::fmt::Debug) -> String {
 pub fn model_ref(m: &ModelVersionRecord) -> Option<embedstream_topics::ModelRef> {
     let version = u32::try_from(m.version).ok()?;
     embedstream_topics::ModelRef::new(&m.model_id, version).ok()
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 async fn follow(

@@ -35,7 +35,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ControlLog, now_ms};
+use embedstream_topics::time::now_ms;
+
+use crate::control::ControlLog;
 
 /// How long `drift.reports` keeps reports (a history, not compacted: the platform's topic
 /// layout says the same).
@@ -422,19 +424,19 @@ impl Drift {
     async fn publish(&self, report: &DriftReport) -> Result<()> {
         let model = format!("{}@{}", report.model_id, report.model_version);
         let kind = kind_label(report.kind);
-        ::metrics::gauge!(metrics::MEAN_COSINE, "model" => model.clone(), "kind" => kind)
+        ::metrics::gauge!(metrics::MEAN_COSINE, "model_version" => model.clone(), "kind" => kind)
             .set(report.mean_cosine);
-        ::metrics::gauge!(metrics::MIN_COSINE, "model" => model.clone(), "kind" => kind)
+        ::metrics::gauge!(metrics::MIN_COSINE, "model_version" => model.clone(), "kind" => kind)
             .set(report.min_cosine);
-        ::metrics::counter!(metrics::REPORTS, "model" => model.clone(), "kind" => kind, "verdict" => report.verdict.split(':').next().unwrap_or_default().to_owned())
+        ::metrics::counter!(metrics::REPORTS, "model_version" => model.clone(), "kind" => kind, "verdict" => report.verdict.split(':').next().unwrap_or_default().to_owned())
             .increment(1);
         if report.kind == DriftKind::SelfCheck {
-            ::metrics::gauge!(metrics::NORM_ERROR, "model" => model.clone())
+            ::metrics::gauge!(metrics::NORM_ERROR, "model_version" => model.clone())
                 .set(report.max_norm_error);
             let alert = report.verdict.starts_with("alert");
-            ::metrics::gauge!(metrics::ALERT, "model" => model.clone())
+            ::metrics::gauge!(metrics::ALERT, "model_version" => model.clone())
                 .set(f64::from(u8::from(alert)));
-            ::metrics::gauge!(metrics::SCORED, "model" => model.clone()).set(1.0);
+            ::metrics::gauge!(metrics::SCORED, "model_version" => model.clone()).set(1.0);
             if alert {
                 tracing::error!(%model, verdict = %report.verdict, "Drift alert: the live model does not reproduce its reference vectors.");
             } else {
@@ -547,8 +549,8 @@ impl Drift {
         let now: BTreeSet<String> = now.cloned().collect();
         let mut scored = self.scored.lock().unwrap_or_else(|e| e.into_inner());
         for model in scored.difference(&now) {
-            ::metrics::gauge!(metrics::SCORED, "model" => model.clone()).set(0.0);
-            ::metrics::gauge!(metrics::ALERT, "model" => model.clone()).set(0.0);
+            ::metrics::gauge!(metrics::SCORED, "model_version" => model.clone()).set(0.0);
+            ::metrics::gauge!(metrics::ALERT, "model_version" => model.clone()).set(0.0);
             tracing::info!(%model, "No longer active: its drift gauges are marked unscored.");
         }
         *scored = now;

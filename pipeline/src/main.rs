@@ -26,7 +26,7 @@ enum Command {
     /// Run the Confluent-compatible schema registry (state in the `_schemas` topic).
     Registry {
         #[command(flatten)]
-        kafka: cmd::stage::KafkaArgs,
+        kafka: cmd::platform::KafkaArgs,
         /// Address to serve the registry API and `/metrics` on.
         #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
@@ -87,7 +87,7 @@ enum TopicsCommand {
     /// Create the platform's topics that do not exist (idempotent).
     Ensure {
         #[command(flatten)]
-        kafka: cmd::stage::KafkaArgs,
+        kafka: cmd::platform::KafkaArgs,
         /// Partitions of `items` and the embedding topics.
         #[arg(long, env = "EMBEDSTREAM_PARTITIONS", default_value_t = Layout::default().partitions)]
         partitions: i32,
@@ -98,7 +98,7 @@ enum TopicsCommand {
     /// List the broker's topics; exits non-zero when the broker does not answer.
     List {
         #[command(flatten)]
-        kafka: cmd::stage::KafkaArgs,
+        kafka: cmd::platform::KafkaArgs,
         /// How long to wait for the broker, in seconds.
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
@@ -119,7 +119,7 @@ enum ModelsCommand {
     /// (dual-write when another is active) without a restart.
     Activate {
         #[command(flatten)]
-        platform: cmd::stage::PlatformArgs,
+        platform: cmd::platform::PlatformArgs,
         /// Model versions (`id@version`).
         #[arg(required = true)]
         models: Vec<ModelRef>,
@@ -127,7 +127,7 @@ enum ModelsCommand {
     /// Mark model versions RETIRED in the control log: the embed stage stops writing them.
     Retire {
         #[command(flatten)]
-        platform: cmd::stage::PlatformArgs,
+        platform: cmd::platform::PlatformArgs,
         /// Model versions (`id@version`).
         #[arg(required = true)]
         models: Vec<ModelRef>,
@@ -135,7 +135,7 @@ enum ModelsCommand {
     /// Print the model versions of the control log as JSON lines.
     Status {
         #[command(flatten)]
-        platform: cmd::stage::PlatformArgs,
+        platform: cmd::platform::PlatformArgs,
     },
 }
 
@@ -287,7 +287,7 @@ async fn models(command: ModelsCommand) -> anyhow::Result<()> {
 }
 
 async fn set_state(
-    platform: &cmd::stage::PlatformArgs,
+    platform: &cmd::platform::PlatformArgs,
     models: &[ModelRef],
     state: ModelState,
 ) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use embedstream_index_sink::metric_names as index_metrics;
 use embedstream_index_sink::service::metrics as sink_metrics;
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::Admin;
@@ -19,6 +20,26 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
+];
+
+/// Buckets (seconds) of the sinks' freshness histograms: 25 ms apart from 50 to 150 ms, so a
+/// p99 near the 100 ms target is read from a narrow bucket rather than interpolated across
+/// the shared buckets' 100–250 ms.
+pub const FRESHNESS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Buckets (seconds) of the index's background work (compaction, snapshot writes), which
+/// can take minutes on a large shard: 1 ms to 30 min.
+pub const BACKGROUND_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
+/// The histograms of background work, which take [`BACKGROUND_BUCKETS`].
+const BACKGROUND_HISTOGRAMS: [&str; 2] = [
+    index_metrics::COMPACTION_SECONDS,
+    index_metrics::SNAPSHOT_WRITE_SECONDS,
 ];
 
 /// Size buckets for every `*_items` histogram (batch sizes): 1 to 4096.
@@ -38,14 +59,17 @@ pub fn init_logs() {
 
 /// The exporter with every process's buckets. A `Full` matcher takes precedence over a
 /// `Suffix` one (the exporter tries them in that order), so the sinks' freshness histograms
-/// get their own finer buckets although their names end in `_seconds`.
+/// and the index's background work get their own buckets although their names end in
+/// `_seconds`.
 fn exporter() -> anyhow::Result<PrometheusBuilder> {
     let mut builder = PrometheusBuilder::new();
     for name in sink_metrics::FRESHNESS_HISTOGRAMS {
-        builder = builder.set_buckets_for_metric(
-            Matcher::Full(name.to_owned()),
-            sink_metrics::FRESHNESS_BUCKETS,
-        )?;
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), FRESHNESS_BUCKETS)?;
+    }
+    for name in BACKGROUND_HISTOGRAMS {
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), BACKGROUND_BUCKETS)?;
     }
     Ok(builder
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
@@ -133,6 +157,7 @@ mod tests {
             metrics::histogram!(sink_metrics::FRESHNESS_SECONDS).record(0.12);
             metrics::histogram!(sink_metrics::EVENT_FRESHNESS_SECONDS).record(0.12);
             metrics::histogram!(sink_metrics::QUERY_SECONDS).record(0.12);
+            metrics::histogram!(index_metrics::COMPACTION_SECONDS).record(95.0);
             metrics::histogram!("embedstream_stage_batch_items").record(3.0);
         });
         let text = handle.render();
@@ -145,11 +170,7 @@ mod tests {
             sink_metrics::FRESHNESS_SECONDS,
             sink_metrics::EVENT_FRESHNESS_SECONDS,
         ] {
-            assert_eq!(
-                bounds(&text, name),
-                le(sink_metrics::FRESHNESS_BUCKETS),
-                "{name}"
-            );
+            assert_eq!(bounds(&text, name), le(FRESHNESS_BUCKETS), "{name}");
         }
         assert_eq!(
             bounds(&text, sink_metrics::QUERY_SECONDS),
@@ -158,6 +179,10 @@ mod tests {
         assert_eq!(
             bounds(&text, "embedstream_stage_batch_items"),
             le(SIZE_BUCKETS)
+        );
+        assert_eq!(
+            bounds(&text, index_metrics::COMPACTION_SECONDS),
+            le(BACKGROUND_BUCKETS)
         );
         // 0.12 s falls in the freshness buckets' (0.1, 0.125] and the shared (0.1, 0.25].
         let count = |name: &str, le: &str| {

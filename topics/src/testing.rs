@@ -94,3 +94,43 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// The tests' one pseudo-random generator: xorshift64, deterministic per seed, so tests need
+/// no `rand` and fail the same way on every run.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator started at `seed` (which must not be 0).
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// A generator started at `seed` spread by the golden-ratio constant (any seed, 0 too).
+    pub fn mixed(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1), 24 bits.
+    pub fn unit_interval(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [-0.5, 0.5), 24 bits.
+    pub fn centered(&mut self) -> f32 {
+        self.unit_interval() - 0.5
+    }
+
+    /// `n` values of [`XorShift::centered`].
+    pub fn centered_vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.centered()).collect()
+    }
+}

@@ -395,7 +395,7 @@ pub fn train(
             pairs: fit.len(),
             holdout_pairs: held.len(),
             params,
-            created_at_ms: now_ms(),
+            created_at_ms: embedstream_topics::time::now_ms(),
             fit_seconds: started.elapsed().as_secs_f64(),
             ..AdapterMeta::new(name, new_dim, old_dim, source)
         },
@@ -409,13 +409,6 @@ pub fn train(
         .then(|| cosines(&adapter, &held).map(|c| c.0))
         .transpose()?;
     Ok(adapter)
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -4,15 +4,8 @@ use super::*;
 
 /// Deterministic pseudo-random numbers in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = embedstream_topics::testing::XorShift::new(seed);
+    (0..n).map(|_| 2.0 * rng.centered()).collect()
 }
 
 /// `n` pairs: new vectors random in `in_dim`, old = normalize(f(new)).

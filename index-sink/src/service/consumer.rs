@@ -22,11 +22,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_topics::ModelRef;
+use embedstream_topics::time::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
@@ -525,10 +526,4 @@ fn poison_kind(e: &crate::Error) -> &'static str {
         crate::Error::EmptyItemId => "missing_key",
         _ => "invalid_record",
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -53,7 +53,7 @@ async fn tombstone_horizon(
             .get("delete.retention.ms")
             .and_then(|v| v.parse::<i64>().ok());
         Ok(match (compacted, retention_ms) {
-            (true, Some(ms)) => Some(crate::shard::now_ms() - ms),
+            (true, Some(ms)) => Some(embedstream_topics::time::now_ms() - ms),
             _ => None,
         })
     };

@@ -4,19 +4,17 @@ use embedstream_index_sink::{
     CompactionReason, Delete, Hit, IndexConfig, Query, ShardedIndex, Upsert, Version, Write, dot,
     normalized,
 };
+use embedstream_topics::testing::XorShift;
 
-/// Deterministic xorshift64 generator: the tests need no `rand`.
-pub struct Rng(u64);
+/// The tests' generator ([`XorShift`]) with what these tests draw from it.
+pub struct Rng(XorShift);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        Self(XorShift::mixed(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next_u64()
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
@@ -27,10 +25,7 @@ impl Rng {
             let v: Vec<f32> = (0..dim)
                 .map(|_| {
                     // Sum of uniforms: close enough to Gaussian for a uniform direction.
-                    (0..4)
-                        .map(|_| (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-                        .sum::<f32>()
-                        - 2.0
+                    (0..4).map(|_| self.0.unit_interval()).sum::<f32>() - 2.0
                 })
                 .collect();
             if let Ok(n) = normalized(&v, dim) {

@@ -22,7 +22,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -32,6 +32,7 @@ use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::wire;
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::kafka::ClientBuilder;
+use embedstream_topics::time::now_ms;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -110,12 +111,6 @@ impl ProducerContext for Acks {
             self.ms.lock().expect("acks").push((at - ts) as f64);
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The model the sink serves (its records are checked against it).

@@ -28,7 +28,7 @@ use embedstream_topics::ModelRef;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// The adapters folder option.
 #[derive(Debug, Clone, clap::Args)]

@@ -11,7 +11,7 @@ use embedstream_pipeline::embed::burn_model::Device;
 use tokio_util::sync::CancellationToken;
 
 use super::adapter::DirArg;
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Options of `drift`.
 #[derive(Debug, Clone, clap::Args)]
@@ -117,7 +117,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if !args.once {
-        let server = super::stage::serve(args.listen, metrics, shutdown.clone()).await?;
+        let server = super::platform::serve(args.listen, metrics, shutdown.clone()).await?;
         let result = consume(&args, &shutdown).await;
         shutdown.cancel();
         let _ = server.await;

@@ -7,7 +7,7 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::eval::{self, Arm, EvalConfig, Evaluation};
 use tokio_util::sync::CancellationToken;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Options of `eval`.
 #[derive(Debug, Clone, clap::Args)]

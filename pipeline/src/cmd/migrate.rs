@@ -17,7 +17,7 @@ use embedstream_schemas::consumers::default_consumer_names;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Where a command goes.
 #[derive(Debug, Clone, clap::Args)]
@@ -309,7 +309,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             let shutdown = super::super::shutdown_on_signal();
             let server = match every {
                 Some(_) => Some(
-                    super::stage::serve(
+                    super::platform::serve(
                         listen,
                         embedstream_pipeline::telemetry::metrics_router()?,
                         shutdown.clone(),

@@ -5,6 +5,7 @@ pub mod drift;
 pub mod embed;
 pub mod eval;
 pub mod migrate;
+pub mod platform;
 pub mod produce;
 pub mod router;
 pub mod sink;

@@ -12,15 +12,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use embedstream_pipeline::control::now_ms;
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{ItemEvent, ItemOp, ProducerMetadata};
+use embedstream_topics::time::now_ms;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Options of `produce`.
 #[derive(Debug, clap::Args)]

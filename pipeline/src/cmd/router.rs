@@ -19,7 +19,7 @@ use embedstream_schemas::records::DriftReport;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Options of `router`.
 #[derive(Debug, Clone, clap::Args)]
@@ -241,7 +241,7 @@ pub fn feed_stage(
                         group: group.clone(),
                         lag,
                         events,
-                        at_ms: embedstream_pipeline::control::now_ms(),
+                        at_ms: embedstream_topics::time::now_ms(),
                     }),
                     Err(e) => {
                         tracing::debug!(error = %e, "Cannot read the stage's lag.");

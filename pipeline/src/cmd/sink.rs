@@ -15,7 +15,7 @@ use embedstream_topics::names::parse_embeddings_topic;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::stage::PlatformArgs;
+use super::platform::PlatformArgs;
 
 /// Options of `sink`.
 #[derive(Debug, Clone, clap::Args)]

@@ -22,9 +22,10 @@ use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::platform::PlatformArgs;
 use super::router::Assembly;
 use super::sink::SinkArgs;
-use super::stage::{PlatformArgs, StageArgs};
+use super::stage::StageArgs;
 
 impl UpArgs {
     /// Where the platform's Kafka, registry and topics are.

@@ -42,7 +42,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::plan;
-use crate::control::{ControlLog, now_ms};
+use embedstream_topics::time::now_ms;
+
+use crate::control::ControlLog;
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
@@ -205,7 +207,7 @@ pub async fn run(
             b.next_end = lo;
             checkpoint(&control, b, &config.by).await?;
             metrics::counter!(super::metrics::BACKFILL_ITEMS).increment(count.embedded as u64);
-            metrics::gauge!(super::metrics::BACKFILL_FRACTION, "partition" => p.to_string())
+            metrics::gauge!(super::metrics::BACKFILL_PROGRESS_RATIO, "partition" => p.to_string())
                 .set(b.fraction());
             throttle.wait(count.embedded, &shutdown).await;
         }

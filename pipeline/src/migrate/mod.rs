@@ -17,7 +17,9 @@ use embedstream_topics::{ModelRef, catalog};
 use serde::Serialize;
 
 pub use self::plan::Refused;
-use crate::control::{ControlLog, model_version_record, now_ms};
+use embedstream_topics::time::now_ms;
+
+use crate::control::{ControlLog, model_version_record};
 use crate::error::{Error, Result};
 
 /// Applies migration commands through the control log.

@@ -45,7 +45,9 @@ use self::consumer::{Batch, Batching, StageContext, Tracker};
 use self::metrics as m;
 use self::models::{ActiveModel, ActiveModels};
 use self::validate::{Limits, Poison, Work};
-use crate::control::{ControlLog, now_ms};
+use embedstream_topics::time::now_ms;
+
+use crate::control::ControlLog;
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{EngineConfig, EngineError, Pending};
 use crate::error::{Error, Result};

@@ -186,9 +186,9 @@ async fn a_bad_model_push_fires_the_drift_alert() {
     std::fs::remove_dir_all(&work).unwrap();
 }
 
-/// The value of `name{model="<model>"}` on a Prometheus page, if present.
+/// The value of `name{model_version="<model>"}` on a Prometheus page, if present.
 fn gauge(page: &str, name: &str, model: &str) -> Option<f64> {
-    let series = format!("{name}{{model=\"{model}\"}} ");
+    let series = format!("{name}{{model_version=\"{model}\"}} ");
     page.lines()
         .find_map(|l| l.strip_prefix(&series))
         .map(|v| v.trim().parse().unwrap())

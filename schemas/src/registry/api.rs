@@ -97,7 +97,7 @@ async fn observe(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("embedstream_registry_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!("embedstream_registry_request_duration_seconds", "route" => route)
+    metrics::histogram!("embedstream_registry_request_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     response
 }

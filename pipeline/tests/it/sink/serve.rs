@@ -108,7 +108,7 @@ async fn queries_are_exact_over_hot_and_main_with_updates_deletes_and_poison() {
         );
     }
     for name in [
-        "embedstream_query_seconds_bucket{consumer=\"exact\"",
+        "embedstream_sink_query_seconds_bucket{consumer=\"exact\"",
         "embedstream_sink_freshness_seconds",
         "embedstream_sink_consumer_lag_records",
         "embedstream_index_hot_vectors",
