@@ -10,42 +10,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::config::CompactionConfig;
-use crate::shard::ShardStats;
-
-/// Why a shard was rebuilt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CompactionReason {
-    /// Hot reached its configured share of main ([`HotShare`]).
-    HotShare,
-    /// Too many of main's points are hidden ([`Tombstones`]).
-    Tombstones,
-    /// The last rebuild is older than the interval ([`Interval`]).
-    Interval,
-    /// Asked for by the caller.
-    Manual,
-}
-
-impl CompactionReason {
-    /// The label value in metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HotShare => "hot_share",
-            Self::Tombstones => "tombstones",
-            Self::Interval => "interval",
-            Self::Manual => "manual",
-        }
-    }
-}
-
-impl fmt::Display for CompactionReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::stats::CompactionReason;
+use crate::stats::ShardStats;
 
 /// One reason to rebuild a shard.
 pub trait CompactionPolicy: fmt::Debug + Send + Sync {

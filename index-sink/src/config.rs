@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Links per node in the main graph's upper layers (`M` of instant-distance 0.6.1, whose
+/// graphs the bridge copies).
+pub(crate) const M: usize = 32;
+/// Links per node in layer 0 (`2 M`).
+pub(crate) const M0: usize = 2 * M;
+
 /// The whole index of one embedding topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,7 +293,7 @@ impl IndexConfig {
             if !(r.alpha.is_finite() && r.alpha >= 1.0) {
                 return bad("main.refine.alpha", "must be a finite number >= 1");
             }
-            if r.ef == 0 || r.degree == 0 || !(r.degree..=crate::graph::M0).contains(&r.max_links) {
+            if r.ef == 0 || r.degree == 0 || !(r.degree..=M0).contains(&r.max_links) {
                 return bad(
                     "main.refine",
                     "ef and degree must be at least 1, degree <= max_links <= 64",

@@ -38,14 +38,11 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::config::MainConfig;
+pub(crate) use crate::config::{M, M0};
 use crate::error::{Error, GraphBridgeError, Result};
 use crate::sq8::{Codes, QueryCodes};
 use crate::vector::{dot, dots};
 
-/// Links per node in upper layers (`M` of instant-distance 0.6.1).
-pub(crate) const M: usize = 32;
-/// Links per node in layer 0 (`2 M`).
-pub(crate) const M0: usize = 2 * M;
 const INVALID: u32 = u32::MAX;
 
 /// A graph over `n` points; point ids (`pid`) are 0..n in the builder's order.

@@ -30,8 +30,9 @@ use crate::hash::shard_of;
 use crate::metrics::{query_duration, snapshot_corrupt, snapshot_expired};
 use embedstream_topics::time::now_ms;
 
-use crate::shard::{CompactionRecord, Offsets, Shard, ShardStats, header};
+use crate::shard::{Offsets, Shard, header};
 use crate::snapshot;
+use crate::stats::{CompactionRecord, ShardStats};
 use crate::topk::merge;
 use crate::types::{Applied, Hit, Query, Version, Write};
 use crate::vector::normalized;

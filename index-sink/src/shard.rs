@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant};
 
 use embedstream_topics::time::now_ms;
-use serde::Serialize;
 
 use crate::compaction::CompactionReason;
 use crate::config::IndexConfig;
@@ -32,47 +31,10 @@ use crate::hot::{Hot, Row};
 use crate::main_index::MainIndex;
 use crate::metrics::{ShardMetrics, ratio};
 use crate::snapshot::{self, Content, Header, Loaded};
+pub(crate) use crate::stats::{CompactionRecord, ShardStats};
 use crate::topk::merge;
 use crate::types::{Applied, Hit, ItemId, Version, Write};
 use crate::vector::normalized;
-
-/// The last compaction of a shard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CompactionRecord {
-    /// Compactions of this shard so far (survives restarts through snapshots).
-    pub count: u64,
-    /// When the last one swapped its main in, Unix milliseconds.
-    pub finished_at_ms: i64,
-    /// How long it took from capture to swap (the snapshot write is not included).
-    pub duration_ms: u64,
-    /// Why it ran.
-    pub reason: CompactionReason,
-}
-
-/// What one shard holds; `GET /v1/stats` material.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ShardStats {
-    /// The shard number.
-    pub shard: usize,
-    /// Vectors in hot.
-    pub hot_vectors: usize,
-    /// Points in main, hidden ones included.
-    pub main_vectors: usize,
-    /// Points in main hidden by a later update or delete.
-    pub main_tombstones: usize,
-    /// `main_tombstones / main_vectors` (0 for an empty main).
-    pub tombstone_ratio: f64,
-    /// Deletes not yet merged into main.
-    pub pending_deletes: usize,
-    /// Per partition, the next offset the shard's last swap (or loaded snapshot) covers.
-    pub covered_offsets: BTreeMap<i32, i64>,
-    /// When main was last swapped in, or the shard was opened if never; Unix ms.
-    pub since_ms: i64,
-    /// Whether a compaction of this shard is running.
-    pub compacting: bool,
-    /// The last compaction, if any.
-    pub last_compaction: Option<CompactionRecord>,
-}
 
 #[derive(Debug)]
 struct State {

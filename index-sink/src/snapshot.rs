@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, M, M0};
 use crate::hot::{Hot, Row};
 use crate::main_index::MainIndex;
-use crate::shard::CompactionRecord;
+use crate::stats::CompactionRecord;
 use crate::types::{ItemId, Version};
 
 const MAGIC: &[u8; 8] = b"ESSNAP\r\n";

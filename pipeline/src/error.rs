@@ -111,7 +111,7 @@ pub enum Error {
         model: String,
         /// What the engine said.
         #[source]
-        source: crate::embed::engine::EngineError,
+        source: EngineError,
     },
     /// A task of ours panicked or was cancelled. Fatal: the process should exit and be
     /// restarted (nothing unacknowledged was committed).
@@ -169,7 +169,7 @@ pub enum Error {
     Refused {
         /// Why.
         #[from]
-        refused: crate::migrate::Refused,
+        refused: crate::migrate::plan::Refused,
     },
 }
 
@@ -208,6 +208,22 @@ impl Error {
             source,
         }
     }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A text could not be tokenized. Poison for that text.
+    #[error("text {index}: {reason}")]
+    Tokenize {
+        /// Index in the request.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The engine stopped (model thread gone). Fatal.
+    #[error("the embedding engine has stopped")]
+    Stopped,
 }
 
 /// Result with the crate's error.

@@ -11,7 +11,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::names;
+
+/// The prefix of every embedding topic's name.
+pub(crate) const EMBEDDINGS_PREFIX: &str = "embeddings.";
 
 /// A model version: catalog id plus version number (`minilm-l6-v2@1`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,9 +49,9 @@ impl ModelRef {
         })
     }
 
-    /// The versioned embedding topic of this model version.
+    /// The versioned embedding topic of this model version: `embeddings.<id>.v<N>`.
     pub fn topic(&self) -> String {
-        names::embeddings_topic(self)
+        format!("{EMBEDDINGS_PREFIX}{}.v{}", self.id, self.version)
     }
 }
 

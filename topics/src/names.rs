@@ -1,6 +1,6 @@
 //! Topic names. All names the platform writes are built here, so that a rename is one change.
 
-use crate::catalog::ModelRef;
+use crate::catalog::{EMBEDDINGS_PREFIX, ModelRef};
 
 /// Upstream item events (compacted, keyed by item id).
 pub const ITEMS: &str = "items";
@@ -13,11 +13,9 @@ pub const DRIFT_REPORTS: &str = "drift.reports";
 /// The schema registry's storage (compacted, one partition), named as Confluent's.
 pub const SCHEMAS: &str = "_schemas";
 
-const EMBEDDINGS_PREFIX: &str = "embeddings.";
-
 /// The versioned embedding topic of one model version: `embeddings.<model>.v<N>`.
 pub fn embeddings_topic(model: &ModelRef) -> String {
-    format!("{EMBEDDINGS_PREFIX}{}.v{}", model.id, model.version)
+    model.topic()
 }
 
 /// The model version an embedding topic belongs to, or `None` if `topic` is not one.

@@ -13,12 +13,7 @@ use crate::encoder::{self, Batch, Encoder};
 use crate::error::Result;
 use crate::models::ModelConfig;
 
-/// The CPU backend.
-#[cfg(not(feature = "ndarray"))]
-pub type Cpu = burn::backend::Flex;
-/// The CPU backend in builds that measure ndarray (with or without OpenBLAS) instead of flex.
-#[cfg(feature = "ndarray")]
-pub type Cpu = burn::backend::NdArray;
+pub use crate::encoder::Cpu;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

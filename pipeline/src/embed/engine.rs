@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::tokenize::TextTokenizer;
+pub use crate::error::EngineError;
 
 /// Tokenizing one request (a batch of the stage).
 pub const TOKENIZE_SECONDS: &str = "embedstream_embed_tokenize_seconds";
@@ -68,22 +69,6 @@ impl Default for EngineConfig {
             replicas: 1,
         }
     }
-}
-
-/// Why a request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    /// A text could not be tokenized. Poison for that text.
-    #[error("text {index}: {reason}")]
-    Tokenize {
-        /// Index in the request.
-        index: usize,
-        /// Why.
-        reason: String,
-    },
-    /// The engine stopped (model thread gone). Fatal.
-    #[error("the embedding engine has stopped")]
-    Stopped,
 }
 
 /// Time spent per phase, summed over the engine's life (for reports and metrics).

@@ -31,6 +31,13 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use embedstream_topics::catalog::{Architecture, Pooling};
 
+/// The CPU backend.
+#[cfg(not(feature = "ndarray"))]
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend in builds that measure ndarray (with or without OpenBLAS) instead of flex.
+#[cfg(feature = "ndarray")]
+pub type Cpu = burn::backend::NdArray;
+
 pub use load::load;
 
 use crate::models::ModelConfig;
@@ -41,7 +48,7 @@ static SIMD: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
 
 /// Whether `B` is the CPU backend (the one the encoder's own CPU kernels serve).
 fn on_cpu<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<crate::embed::burn_model::Cpu>()
+    TypeId::of::<B>() == TypeId::of::<Cpu>()
 }
 
 /// Where each text's tokens are in a packed batch: the ranges of token indices of texts of

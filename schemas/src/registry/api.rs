@@ -18,9 +18,6 @@ use super::error::RegistryError;
 use super::state::{Registration, RegistryState, VersionSpec, parse_schema};
 use super::store::Store;
 
-/// Confluent's response content type.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
-
 const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
     "application/vnd.schemaregistry.v1+json",
     "application/vnd.schemaregistry+json",
@@ -28,16 +25,9 @@ const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
     "application/octet-stream",
 ];
 
-type ApiResult = Result<Response, RegistryError>;
+use super::http::{CONTENT_TYPE, json_response};
 
-pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
-}
+type ApiResult = Result<Response, RegistryError>;
 
 fn ok(body: serde_json::Value) -> ApiResult {
     Ok(json_response(StatusCode::OK, &body))

@@ -158,7 +158,7 @@ impl IntoResponse for RegistryError {
             "error_code": self.error_code(),
             "message": self.to_string(),
         });
-        super::api::json_response(self.status(), &body)
+        super::http::json_response(self.status(), &body)
     }
 }
 

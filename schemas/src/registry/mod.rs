@@ -10,6 +10,7 @@
 mod api;
 pub mod compat;
 pub mod error;
+mod http;
 pub mod state;
 mod store;
 
@@ -21,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use embedstream_topics::KafkaConfig;
 
-pub use api::{CONTENT_TYPE, router};
+pub use api::router;
 pub use compat::Compatibility;
 pub use error::RegistryError;
+pub use http::CONTENT_TYPE;
 pub use store::Store;
 
 /// Configuration of the registry service.
