@@ -1,0 +1,49 @@
+//! A seeded sample of the live items of `items`, read through the backfill's replay (for
+//! adapter training).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use embedstream_topics::ModelRef;
+use rdkafka::consumer::Consumer;
+use tokio_util::sync::CancellationToken;
+
+use super::replayer::{Replayer, Step};
+use super::{BackfillConfig, BackfillReport};
+
+use crate::error::{Error, Result};
+
+/// A seeded sample of `n` live items of `items` as `(item_id, text)`: the whole topic is read,
+/// the newest event of each item wins, deleted items and records the stage dead-lettered are
+/// left out (what the Drift-Adapter trains on when no pairs are given).
+pub async fn sample_items(
+    config: &BackfillConfig,
+    old: &ModelRef,
+    n: usize,
+    seed: u64,
+    shutdown: &CancellationToken,
+) -> Result<Vec<(String, String)>> {
+    let replayer = Replayer::open(config, old, "adapter-sample").await?;
+    let (mut seen, mut report) = (HashSet::new(), BackfillReport::default());
+    let mut live = Vec::new();
+    for p in replayer.partitions()? {
+        let (low, high) = replayer
+            .reader
+            .fetch_watermarks(&replayer.items, p, Duration::from_secs(10))
+            .map_err(Error::kafka(&replayer.kafka))?;
+        let records = replayer.read_range(p, low, high, shutdown).await?;
+        for step in replayer
+            .prepare(records, &mut seen, &mut report, shutdown)
+            .await
+        {
+            if let Step::Upsert { item_id, text, .. } = step {
+                live.push((item_id, text));
+            }
+        }
+    }
+    live.sort_by_cached_key(|(id, _)| {
+        embedstream_topics::hash::fnv1a64(format!("{seed}:{id}").as_bytes())
+    });
+    live.truncate(n);
+    Ok(live)
+}
