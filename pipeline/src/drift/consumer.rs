@@ -16,7 +16,11 @@ use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use super::*;
+use super::canaries::{Canary, canaries, digest};
+use super::metrics;
+use super::reference::{Reference, load_reference, save_reference};
+use super::reports::REPORT_RETENTION;
+use super::score::{Score, Thresholds, cross_verdict, kind_label, score, self_verdict};
 use crate::control::ControlLog;
 use crate::embed::burn_model::{Device, load_embedder};
 use crate::embed::engine::{Engine, EngineConfig};

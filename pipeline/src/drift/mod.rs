@@ -23,8 +23,6 @@
 //! One file per concern: `canaries`, `score`, `reference`, `consumer` and `reports` (the
 //! reader the status page uses).
 
-use std::time::Duration;
-
 mod canaries;
 mod consumer;
 mod reference;
@@ -37,27 +35,7 @@ pub use self::reference::{Reference, load_reference, save_reference};
 pub use self::reports::follow_reports;
 pub use self::score::{Score, Thresholds, cross_verdict, kind_label, score, self_verdict};
 
-/// How long `drift.reports` keeps reports (a history, not compacted: the platform's topic
-/// layout says the same).
-const REPORT_RETENTION: Duration = Duration::from_secs(28 * 24 * 3600);
-
-/// Metric names.
-pub mod metrics {
-    /// Gauge, by model and kind (`self`, `cross_version`): mean cosine of the last report.
-    pub const MEAN_COSINE: &str = "embedstream_drift_mean_cosine";
-    /// Gauge, by model and kind: minimum cosine of the last report.
-    pub const MIN_COSINE: &str = "embedstream_drift_min_cosine";
-    /// Gauge, by model: largest |‖v‖ − 1| of the last self report.
-    pub const NORM_ERROR: &str = "embedstream_drift_max_norm_error";
-    /// Gauge, by model: 1 while the last self report is an alert.
-    pub const ALERT: &str = "embedstream_drift_alert";
-    /// Gauge, by model: 1 while the version is active and scored every interval, 0 once it
-    /// is not (retired, rolled back): its other gauges then keep their last values, which
-    /// alert rules must not read as current (they join on this being 1).
-    pub const SCORED: &str = "embedstream_drift_scored";
-    /// Counter, by model, kind and verdict: reports published.
-    pub const REPORTS: &str = "embedstream_drift_reports_total";
-}
+pub mod metrics;
 
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,11 @@ use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::{Admin, TopicSpec};
 use tokio_util::sync::CancellationToken;
 
-use super::*;
 use crate::error::{Error, Result};
+
+/// How long `drift.reports` keeps reports (a history, not compacted: the platform's topic
+/// layout says the same).
+pub(super) const REPORT_RETENTION: Duration = Duration::from_secs(28 * 24 * 3600);
 
 /// Reads `topic` (drift reports) from its beginning and hands each report to `on_report`,
 /// following it until `shutdown` (the status page's drift history). Undecodable records are

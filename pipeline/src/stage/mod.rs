@@ -10,50 +10,49 @@
 //! order by an idempotent producer, so the last record per key on an embedding topic is the
 //! last event per key on `items`; a re-delivered event yields the same key, vector and source
 //! coordinates (only `embed_time` differs). A poisoned record never blocks its partition.
-//! Not guaranteed: exactly-once (the broker has no transactions) — duplicates after a crash
-//! are harmless on compacted topics.
+//! Not guaranteed: exactly-once (the stage does not produce in transactions) — duplicates
+//! after a crash are harmless on compacted topics.
 //!
 //! Shape: a consumer thread ([`consumer`]) → batches → decode and submit to the engines →
 //! produce in order → acknowledge and store offsets, each step a task joined by bounded
 //! channels, so several batches are in flight and the model never waits for the broker.
 
+mod ack;
 pub mod consumer;
+mod flow;
 pub mod metrics;
 pub mod models;
 pub mod offsets;
+mod prepare;
+mod produce;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ::metrics::{counter, histogram};
 use embedstream_schemas::Codec;
-use embedstream_schemas::records::{
-    DeadLetter, EmbeddingRecord, ItemEvent, ModelState, SourceCoordinates,
-};
+use embedstream_schemas::records::ModelState;
 use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelRef, catalog};
-use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::consumer::{Batch, Batching, StageContext, Tracker};
-use self::metrics as m;
-use self::models::{ActiveModel, ActiveModels};
-use self::validate::{Limits, Poison, Work};
-use embedstream_topics::time::now_ms;
+use self::models::ActiveModels;
+use self::validate::Limits;
 
+use self::ack::ack_loop;
+pub use self::flow::STAGE;
+use self::flow::{Sent, Submitted};
+use self::prepare::prepare_loop;
+use self::produce::produce_loop;
 use crate::control::ControlLog;
 use crate::embed::burn_model::Device;
-use crate::embed::engine::{EngineConfig, EngineError, Pending};
+use crate::embed::engine::EngineConfig;
 use crate::error::{Error, Result};
-
-/// The stage's name in dead letters and logs.
-pub const STAGE: &str = "embed-stage";
 
 /// How the stage runs.
 #[derive(Debug, Clone)]
@@ -82,31 +81,6 @@ pub struct StageConfig {
     pub initial_model: Option<ModelRef>,
     /// How long a revoke or a shutdown waits for in-flight events.
     pub drain_timeout: Duration,
-}
-
-/// One consumed record, decoded and checked.
-struct Entry {
-    message: OwnedMessage,
-    outcome: std::result::Result<Work, Poison>,
-}
-
-/// A batch whose texts are queued on every active version's engine.
-struct Submitted {
-    entries: Vec<Entry>,
-    models: Vec<ActiveModel>,
-    /// Per model, the vectors of the batch's upserts in order.
-    pending: Vec<Pending>,
-    texts: Vec<String>,
-    embed_start: Instant,
-}
-
-/// Output records of a batch on their way to the broker.
-struct Sent {
-    events: Vec<(String, i32, i64)>,
-    event_times: Vec<i64>,
-    /// Per record: its metric label (the model version, or `dlq`), its topic, its delivery.
-    deliveries: Vec<(String, String, DeliveryFuture)>,
-    produce_start: Instant,
 }
 
 /// Runs the stage until `shutdown`; returns after the taken batches are finished and
@@ -291,357 +265,4 @@ fn task_failed(
         }
         Ok(()) => Error::TaskEnded { what: task },
     }
-}
-
-/// Decodes a record; retries while the registry is unavailable.
-async fn decode(
-    codec: &Codec,
-    message: &OwnedMessage,
-    limits: Limits,
-    shutdown: &CancellationToken,
-) -> Option<std::result::Result<Work, Poison>> {
-    let Some(payload) = message.payload() else {
-        return Some(validate::tombstone(message.key()));
-    };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match codec.decode::<ItemEvent>(payload).await {
-            Ok(event) => return Some(validate::event(event, limits)),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "Registry unavailable; retrying the record.");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Some(Err(Poison::from(&e))),
-        }
-    }
-}
-
-async fn prepare_loop(
-    mut batches: mpsc::Receiver<Batch>,
-    out: mpsc::Sender<Submitted>,
-    codec: Codec,
-    control: ControlLog,
-    mut models: ActiveModels,
-    limits: Limits,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let mut view = control.subscribe();
-    let state = view.borrow_and_update().state.clone();
-    models.sync(&state).await?;
-    let mut control_open = true;
-    loop {
-        // Control-log changes are applied as they come, also while no event arrives, so a
-        // version activated now writes every event consumed after its model is loaded.
-        let batch = tokio::select! {
-            biased;
-            changed = view.changed(), if control_open => {
-                // The follower stops at shutdown; the batches already taken still finish.
-                if changed.is_err() {
-                    control_open = false;
-                    continue;
-                }
-                let state = view.borrow_and_update().state.clone();
-                models.sync(&state).await?;
-                continue;
-            }
-            batch = batches.recv() => match batch {
-                Some(b) => b,
-                None => return Ok(()),
-            },
-        };
-        histogram!(m::QUEUE_SECONDS).record(batch.first_at.elapsed().as_secs_f64());
-        histogram!(m::BATCH_ITEMS).record(batch.messages.len() as f64);
-        // Control changes are applied by the select above; with no active version, wait for
-        // one (`changed` marks the value seen, so sync on what it brought).
-        while models.is_empty() {
-            tracing::warn!("No active model version in the control log; waiting for one.");
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                r = view.changed() => if r.is_err() { return Ok(()) },
-            }
-            let state = view.borrow_and_update().state.clone();
-            models.sync(&state).await?;
-        }
-        let decode_start = Instant::now();
-        let mut entries = Vec::with_capacity(batch.messages.len());
-        for message in batch.messages {
-            let Some(outcome) = decode(&codec, &message, limits, &shutdown).await else {
-                return Ok(());
-            };
-            entries.push(Entry { message, outcome });
-        }
-        histogram!(m::DECODE_SECONDS).record(decode_start.elapsed().as_secs_f64());
-        let texts: Vec<String> = entries
-            .iter()
-            .filter_map(|e| match &e.outcome {
-                Ok(Work::Upsert { text, .. }) => Some(text.clone()),
-                _ => None,
-            })
-            .collect();
-        let active = models.current();
-        let embed_start = Instant::now();
-        let pending = submit_all(&active, &texts).await?;
-        let submitted = Submitted {
-            entries,
-            models: active,
-            pending,
-            texts,
-            embed_start,
-        };
-        if out.send(submitted).await.is_err() {
-            return Ok(());
-        }
-    }
-}
-
-/// Queues `texts` on every model (the engines' queues are bounded std channels: wait on a
-/// blocking thread, never on a runtime worker).
-async fn submit_all(models: &[ActiveModel], texts: &[String]) -> Result<Vec<Pending>> {
-    let mut pending = Vec::with_capacity(models.len());
-    for model in models {
-        let engine = model.engine.clone();
-        let texts = texts.to_vec();
-        let p = tokio::task::spawn_blocking(move || engine.submit(texts))
-            .await
-            .map_err(Error::task("submitting to the engine"))?
-            .map_err(|source| Error::Engine {
-                model: model.label.clone(),
-                source,
-            })?;
-        pending.push(p);
-    }
-    Ok(pending)
-}
-
-/// Waits for one model's vectors; a text the tokenizer refuses poisons only itself.
-async fn vectors_of(
-    model: &ActiveModel,
-    pending: Pending,
-    texts: &[String],
-) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
-    match pending.recv().await {
-        Ok(v) => Ok(v.into_iter().map(Ok).collect()),
-        Err(EngineError::Stopped) => Err(Error::Engine {
-            model: model.label.clone(),
-            source: EngineError::Stopped,
-        }),
-        Err(EngineError::Tokenize { .. }) => {
-            // Rare: embed one by one to find the culprits.
-            let mut out = Vec::with_capacity(texts.len());
-            for text in texts {
-                match model.engine.embed(vec![text.clone()]).await {
-                    Ok(mut v) => out.push(Ok(v.pop().unwrap_or_default())),
-                    Err(EngineError::Tokenize { reason, .. }) => out.push(Err(reason)),
-                    Err(EngineError::Stopped) => {
-                        return Err(Error::Engine {
-                            model: model.label.clone(),
-                            source: EngineError::Stopped,
-                        });
-                    }
-                }
-            }
-            Ok(out)
-        }
-    }
-}
-
-fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
-    (
-        message.topic().to_owned(),
-        message.partition(),
-        message.offset(),
-    )
-}
-
-async fn produce_loop(
-    mut batches: mpsc::Receiver<Submitted>,
-    out: mpsc::Sender<Sent>,
-    producer: FutureProducer,
-    codec: Codec,
-    dlq: String,
-) -> Result<()> {
-    while let Some(batch) = batches.recv().await {
-        let mut vectors = Vec::with_capacity(batch.models.len());
-        for (model, pending) in batch.models.iter().zip(batch.pending) {
-            vectors.push(vectors_of(model, pending, &batch.texts).await?);
-        }
-        histogram!(m::EMBED_SECONDS).record(batch.embed_start.elapsed().as_secs_f64());
-        let produce_start = Instant::now();
-        let embed_time = now_ms();
-        let mut deliveries = Vec::new();
-        let mut events = Vec::with_capacity(batch.entries.len());
-        let mut event_times = Vec::new();
-        let mut upsert_index = 0;
-        for entry in &batch.entries {
-            let (topic, partition, offset) = coordinates(&entry.message);
-            let source = SourceCoordinates {
-                topic: topic.clone(),
-                partition,
-                offset,
-            };
-            let mut poison = entry.outcome.as_ref().err().cloned();
-            match &entry.outcome {
-                Ok(Work::Upsert {
-                    item_id,
-                    event_time,
-                    ..
-                }) => {
-                    let i = upsert_index;
-                    upsert_index += 1;
-                    // A text one model cannot tokenize is dead-lettered as a whole.
-                    if let Some(reason) = vectors.iter().find_map(|v| v[i].as_ref().err()) {
-                        poison = Some(Poison {
-                            kind: "tokenize_failed",
-                            message: format!("item {item_id}: {reason}"),
-                        });
-                    } else {
-                        for (model, v) in batch.models.iter().zip(&vectors) {
-                            let vector = v[i].clone().unwrap_or_default();
-                            let record = EmbeddingRecord {
-                                item_id: item_id.clone(),
-                                model_id: model.model.id.clone(),
-                                model_version: i32::try_from(model.model.version)
-                                    .unwrap_or(i32::MAX),
-                                dimension: i32::try_from(vector.len()).unwrap_or(i32::MAX),
-                                vector,
-                                normalized: model.normalized,
-                                source: source.clone(),
-                                event_time: *event_time,
-                                embed_time,
-                            };
-                            let payload = codec.encode(&model.topic, &record).await?;
-                            let d = send(&producer, &model.topic, item_id, Some(&payload)).await?;
-                            deliveries.push((model.label.clone(), model.topic.clone(), d));
-                        }
-                        event_times.push(*event_time);
-                    }
-                }
-                Ok(Work::Delete {
-                    item_id,
-                    event_time,
-                }) => {
-                    for model in &batch.models {
-                        let d = send(&producer, &model.topic, item_id, None).await?;
-                        deliveries.push((model.label.clone(), model.topic.clone(), d));
-                    }
-                    event_times.extend(*event_time);
-                }
-                Err(_) => {}
-            }
-            if let Some(poison) = poison {
-                counter!(m::DEAD_LETTERS, "error_type" => poison.kind).increment(1);
-                tracing::warn!(
-                    error_type = poison.kind,
-                    topic,
-                    partition,
-                    offset,
-                    error = %poison.message,
-                    "Dead-lettering a record."
-                );
-                let letter = DeadLetter {
-                    original_key: entry.message.key().map(<[u8]>::to_vec),
-                    original_value: entry.message.payload().map(<[u8]>::to_vec),
-                    source: SourceCoordinates {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                    },
-                    error_kind: poison.kind.to_owned(),
-                    message: poison.message,
-                    stage: STAGE.to_owned(),
-                    failed_at: now_ms(),
-                };
-                let payload = codec.encode(&dlq, &letter).await?;
-                let key = entry.message.key().map(<[u8]>::to_vec);
-                let d = send_raw(&producer, &dlq, key.as_deref(), Some(&payload)).await?;
-                deliveries.push(("dlq".to_owned(), dlq.clone(), d));
-            }
-            events.push((topic, partition, offset));
-        }
-        let sent = Sent {
-            events,
-            event_times,
-            deliveries,
-            produce_start,
-        };
-        if out.send(sent).await.is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: Option<&[u8]>,
-) -> Result<DeliveryFuture> {
-    send_raw(producer, topic, Some(key.as_bytes()), payload).await
-}
-
-/// Enqueues a record (waiting while the producer's queue is full) and returns its delivery.
-async fn send_raw(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-) -> Result<DeliveryFuture> {
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        match producer.send_result(record) {
-            Ok(d) => return Ok(d),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err((e, _)) => return Err(Error::produce(topic)(e)),
-        }
-    }
-}
-
-async fn ack_loop(
-    mut sent: mpsc::Receiver<Sent>,
-    consumer: Arc<BaseConsumer<StageContext>>,
-    tracker: Arc<Tracker>,
-) -> Result<()> {
-    while let Some(batch) = sent.recv().await {
-        let mut failed = None;
-        for (label, topic, delivery) in batch.deliveries {
-            let result = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(Error::produce(&topic)(e)),
-                Err(_) => Err(Error::ProducerStopped { topic }),
-            };
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            counter!(m::PRODUCED, "model_version" => label, "result" => outcome).increment(1);
-            if let Err(e) = result {
-                failed.get_or_insert(e);
-            }
-        }
-        if let Some(error) = failed {
-            // Not acknowledged: the offsets stay where they are and the events are
-            // re-delivered after the restart this error causes.
-            return Err(error);
-        }
-        histogram!(m::PRODUCE_SECONDS).record(batch.produce_start.elapsed().as_secs_f64());
-        let now = now_ms();
-        for t in batch.event_times {
-            histogram!(m::END_TO_END_SECONDS).record((now - t).max(0) as f64 / 1000.0);
-        }
-        tracker.complete(&consumer, batch.events);
-    }
-    Ok(())
 }

@@ -16,8 +16,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::config::{BackfillConfig, BackfillReport};
 use super::reader::{new_reader, partitions};
-use super::{BackfillConfig, BackfillReport};
 use embedstream_topics::time::now_ms;
 
 use crate::embed::burn_model::Device;

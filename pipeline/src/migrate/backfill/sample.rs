@@ -8,8 +8,8 @@ use embedstream_topics::ModelRef;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{BackfillConfig, BackfillReport};
 use super::replayer::{Replayer, Step};
-use super::{BackfillConfig, BackfillReport};
 
 use crate::error::{Error, Result};
 

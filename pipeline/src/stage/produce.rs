@@ -1,0 +1,184 @@
+//! Producing a batch in consumption order: one record per active version per event,
+//! tombstones for deletes, dead letters for poison.
+
+use std::time::{Duration, Instant};
+
+use ::metrics::{counter, histogram};
+use embedstream_schemas::Codec;
+use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, SourceCoordinates};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::sync::mpsc;
+
+use super::metrics as m;
+use super::validate::{Poison, Work};
+
+use embedstream_topics::time::now_ms;
+
+use super::flow::{STAGE, Sent, Submitted};
+use super::prepare::vectors_of;
+use crate::error::{Error, Result};
+
+fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
+    (
+        message.topic().to_owned(),
+        message.partition(),
+        message.offset(),
+    )
+}
+
+pub(super) async fn produce_loop(
+    mut batches: mpsc::Receiver<Submitted>,
+    out: mpsc::Sender<Sent>,
+    producer: FutureProducer,
+    codec: Codec,
+    dlq: String,
+) -> Result<()> {
+    while let Some(batch) = batches.recv().await {
+        let mut vectors = Vec::with_capacity(batch.models.len());
+        for (model, pending) in batch.models.iter().zip(batch.pending) {
+            vectors.push(vectors_of(model, pending, &batch.texts).await?);
+        }
+        histogram!(m::EMBED_SECONDS).record(batch.embed_start.elapsed().as_secs_f64());
+        let produce_start = Instant::now();
+        let embed_time = now_ms();
+        let mut deliveries = Vec::new();
+        let mut events = Vec::with_capacity(batch.entries.len());
+        let mut event_times = Vec::new();
+        let mut upsert_index = 0;
+        for entry in &batch.entries {
+            let (topic, partition, offset) = coordinates(&entry.message);
+            let source = SourceCoordinates {
+                topic: topic.clone(),
+                partition,
+                offset,
+            };
+            let mut poison = entry.outcome.as_ref().err().cloned();
+            match &entry.outcome {
+                Ok(Work::Upsert {
+                    item_id,
+                    event_time,
+                    ..
+                }) => {
+                    let i = upsert_index;
+                    upsert_index += 1;
+                    // A text one model cannot tokenize is dead-lettered as a whole.
+                    if let Some(reason) = vectors.iter().find_map(|v| v[i].as_ref().err()) {
+                        poison = Some(Poison {
+                            kind: "tokenize_failed",
+                            message: format!("item {item_id}: {reason}"),
+                        });
+                    } else {
+                        for (model, v) in batch.models.iter().zip(&vectors) {
+                            let vector = v[i].clone().unwrap_or_default();
+                            let record = EmbeddingRecord {
+                                item_id: item_id.clone(),
+                                model_id: model.model.id.clone(),
+                                model_version: i32::try_from(model.model.version)
+                                    .unwrap_or(i32::MAX),
+                                dimension: i32::try_from(vector.len()).unwrap_or(i32::MAX),
+                                vector,
+                                normalized: model.normalized,
+                                source: source.clone(),
+                                event_time: *event_time,
+                                embed_time,
+                            };
+                            let payload = codec.encode(&model.topic, &record).await?;
+                            let d = send(&producer, &model.topic, item_id, Some(&payload)).await?;
+                            deliveries.push((model.label.clone(), model.topic.clone(), d));
+                        }
+                        event_times.push(*event_time);
+                    }
+                }
+                Ok(Work::Delete {
+                    item_id,
+                    event_time,
+                }) => {
+                    for model in &batch.models {
+                        let d = send(&producer, &model.topic, item_id, None).await?;
+                        deliveries.push((model.label.clone(), model.topic.clone(), d));
+                    }
+                    event_times.extend(*event_time);
+                }
+                Err(_) => {}
+            }
+            if let Some(poison) = poison {
+                counter!(m::DEAD_LETTERS, "error_type" => poison.kind).increment(1);
+                tracing::warn!(
+                    error_type = poison.kind,
+                    topic,
+                    partition,
+                    offset,
+                    error = %poison.message,
+                    "Dead-lettering a record."
+                );
+                let letter = DeadLetter {
+                    original_key: entry.message.key().map(<[u8]>::to_vec),
+                    original_value: entry.message.payload().map(<[u8]>::to_vec),
+                    source: SourceCoordinates {
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                    },
+                    error_kind: poison.kind.to_owned(),
+                    message: poison.message,
+                    stage: STAGE.to_owned(),
+                    failed_at: now_ms(),
+                };
+                let payload = codec.encode(&dlq, &letter).await?;
+                let key = entry.message.key().map(<[u8]>::to_vec);
+                let d = send_raw(&producer, &dlq, key.as_deref(), Some(&payload)).await?;
+                deliveries.push(("dlq".to_owned(), dlq.clone(), d));
+            }
+            events.push((topic, partition, offset));
+        }
+        let sent = Sent {
+            events,
+            event_times,
+            deliveries,
+            produce_start,
+        };
+        if out.send(sent).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Option<&[u8]>,
+) -> Result<DeliveryFuture> {
+    send_raw(producer, topic, Some(key.as_bytes()), payload).await
+}
+
+/// Enqueues a record (waiting while the producer's queue is full) and returns its delivery.
+async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<DeliveryFuture> {
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        match producer.send_result(record) {
+            Ok(d) => return Ok(d),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err((e, _)) => return Err(Error::produce(topic)(e)),
+        }
+    }
+}

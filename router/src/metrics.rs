@@ -1,0 +1,8 @@
+//! Metric names of the router.
+
+/// Histogram, by consumer: routed query latency, seconds.
+pub const QUERY_SECONDS: &str = "embedstream_router_query_seconds";
+/// Counter, by consumer and result (`ok`, `degraded`, `bad_request`, `unavailable`).
+pub const QUERIES: &str = "embedstream_router_queries_total";
+/// Counter, by version: lists left out of a blend because the sink failed.
+pub const BACKEND_ERRORS: &str = "embedstream_router_backend_errors_total";

@@ -1,0 +1,372 @@
+//! The query routes: `/v1/search` (blended per consumer), `/v1/plans`, `/v1/versions` and
+//! `/v1/items/{id}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use embedstream_schemas::records::ReadPlanEntry;
+use serde::{Deserialize, Serialize};
+
+use crate::blend::{self, Blend, Blended, Ranked};
+use crate::metrics;
+use crate::shared::{Shared, fan_out_get};
+use ::metrics as metrics_crate;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanOverride {
+    model: String,
+    weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRequest {
+    consumer: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+    #[serde(default)]
+    vectors: Option<BTreeMap<String, Vec<f32>>>,
+    #[serde(default)]
+    k: Option<usize>,
+    #[serde(default)]
+    blend: Option<Blend>,
+    #[serde(default)]
+    plan: Option<Vec<PlanOverride>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteResponse {
+    results: Vec<Blended>,
+    consumer: String,
+    k: usize,
+    blend: Option<Blend>,
+    plan: Vec<(String, f64)>,
+    degraded: Vec<String>,
+    took_ms: f64,
+}
+
+#[derive(Debug)]
+struct RouteError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl RouteError {
+    fn bad(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.message, "kind": self.kind});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
+    let state = shared.plans.borrow().clone();
+    let plans: BTreeMap<&String, Vec<serde_json::Value>> = shared
+        .config
+        .consumers
+        .keys()
+        .map(|c| {
+            let entries = state
+                .read_plan_for(c)
+                .into_iter()
+                .map(|e| serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter}))
+                .collect();
+            (c, entries)
+        })
+        .collect();
+    axum::Json(plans).into_response()
+}
+
+/// `GET /v1/versions`: each version's sink stats (`items`, `lag`, ...), null when it is down.
+pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Response {
+    let stats = fan_out_get(&shared, "/v1/stats").await;
+    let brief: BTreeMap<String, serde_json::Value> = stats
+        .into_iter()
+        .map(|(m, v)| {
+            let b = if v.is_null() {
+                v
+            } else {
+                serde_json::json!({"items": v["items"], "lag": v["lag"], "topic": v["topic"]})
+            };
+            (m, b)
+        })
+        .collect();
+    axum::Json(brief).into_response()
+}
+
+/// `GET /v1/items/{id}`: where each version has the item (null: not there, or down).
+pub(crate) async fn item_route(
+    State(shared): State<Arc<Shared>>,
+    Path(item_id): Path<String>,
+) -> Response {
+    let encoded: String = item_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    axum::Json(fan_out_get(&shared, &format!("/v1/items/{encoded}")).await).into_response()
+}
+
+pub(crate) async fn search(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let result = route(&shared, &body, started).await;
+    let (consumer, outcome) = match &result {
+        Ok(r) if r.degraded.is_empty() => (r.consumer.clone(), "ok"),
+        Ok(r) => (r.consumer.clone(), "degraded"),
+        Err(e) if e.status == StatusCode::BAD_REQUEST => (String::new(), "bad_request"),
+        Err(_) => (String::new(), "unavailable"),
+    };
+    if let Some(h) = shared.latency.get(&consumer) {
+        let seconds = started.elapsed().as_secs_f64();
+        h.record(seconds);
+        shared.config.status.record_latency(&consumer, seconds);
+    }
+    let label = if shared.config.consumers.contains_key(&consumer) {
+        consumer
+    } else {
+        "unknown".to_owned()
+    };
+    metrics_crate::counter!(metrics::QUERIES, "consumer" => label, "result" => outcome)
+        .increment(1);
+    match result {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SinkResponse {
+    results: Vec<SinkHit>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SinkHit {
+    item_id: String,
+    score: f32,
+}
+
+async fn route(
+    shared: &Shared,
+    body: &[u8],
+    started: Instant,
+) -> Result<RouteResponse, RouteError> {
+    let request: RouteRequest = serde_json::from_slice(body).map_err(|e| {
+        RouteError::bad(
+            "invalid_json",
+            format!("the body is not a valid search request: {e}"),
+        )
+    })?;
+    let profile = shared
+        .config
+        .consumers
+        .get(&request.consumer)
+        .ok_or_else(|| {
+            RouteError::bad(
+                "unknown_consumer",
+                format!(
+                    "unknown consumer {:?}; configured: {}",
+                    request.consumer,
+                    shared
+                        .config
+                        .consumers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    let k = request.k.unwrap_or(profile.default_k);
+    if k == 0 || k > profile.max_k {
+        return Err(RouteError::bad(
+            "k_out_of_range",
+            format!(
+                "k = {k} is out of range 1..={} for consumer {:?}",
+                profile.max_k, request.consumer
+            ),
+        ));
+    }
+    let queries = [
+        request.text.is_some(),
+        request.vector.is_some(),
+        request.vectors.is_some(),
+    ];
+    if queries.iter().filter(|q| **q).count() != 1 {
+        return Err(RouteError::bad(
+            "no_query",
+            "give exactly one of \"text\", \"vector\" or \"vectors\"",
+        ));
+    }
+    let plan: Vec<ReadPlanEntry> = match &request.plan {
+        Some(p) => {
+            if p.iter().any(|e| !(0.0..=1.0).contains(&e.weight)) {
+                return Err(RouteError::bad(
+                    "invalid_plan",
+                    "plan weights must be in [0, 1]",
+                ));
+            }
+            p.iter()
+                .map(|e| ReadPlanEntry {
+                    model: e.model.clone(),
+                    weight: e.weight,
+                    adapter: None,
+                })
+                .collect()
+        }
+        None => shared.plans.borrow().read_plan_for(&request.consumer),
+    };
+    let plan: Vec<ReadPlanEntry> = plan.into_iter().filter(|e| e.weight > 0.0).collect();
+    if plan.is_empty() {
+        return Err(RouteError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "no_plan",
+            message: format!(
+                "consumer {:?} reads no version (no active model in the control log)",
+                request.consumer
+            ),
+        });
+    }
+    let mut degraded = Vec::new();
+    let mut calls = Vec::new();
+    for entry in &plan {
+        let Some(base) = shared.config.backends.get(&entry.model) else {
+            degraded.push(format!(
+                "{}: no sink configured for this version",
+                entry.model
+            ));
+            continue;
+        };
+        // "New model via adapter": the query is the new model's, and the old version's sink
+        // maps it into its space with the adapter.
+        let query_model = match &entry.adapter {
+            Some(name) => match name.parse::<embedstream_adapter::AdapterName>() {
+                Ok(n) => n.new,
+                Err(e) => {
+                    degraded.push(format!("{}: {e}", entry.model));
+                    continue;
+                }
+            },
+            None => entry.model.clone(),
+        };
+        let mut forward = serde_json::json!({"consumer": request.consumer, "k": k});
+        if let Some(name) = &entry.adapter {
+            forward["adapter"] = serde_json::json!(name);
+        }
+        if let Some(t) = &request.text {
+            forward["text"] = serde_json::json!(t);
+        } else if let Some(v) = &request.vector {
+            forward["vector"] = serde_json::json!(v);
+        } else if let Some(vs) = &request.vectors {
+            let Some(v) = vs.get(&query_model) else {
+                return Err(RouteError::bad(
+                    "missing_vector",
+                    format!(
+                        "\"vectors\" has no vector for {} (the plan reads {})",
+                        query_model,
+                        plan.iter()
+                            .map(|e| e.model.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            forward["vector"] = serde_json::json!(v);
+        }
+        let url = format!("{}/v1/search", base.trim_end_matches('/'));
+        let call = shared.client.post(url).json(&forward).send();
+        calls.push((entry.clone(), call));
+    }
+    let mut lists = Vec::new();
+    for (entry, call) in calls {
+        match call.await {
+            Ok(r) if r.status() == StatusCode::BAD_REQUEST => {
+                let text = r.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                return Err(RouteError::bad(
+                    "rejected_by_sink",
+                    format!("{}: {message}", entry.model),
+                ));
+            }
+            Ok(r) if r.status().is_success() => match r.json::<SinkResponse>().await {
+                Ok(body) => lists.push(Ranked {
+                    version: entry.model.clone(),
+                    weight: entry.weight,
+                    hits: body
+                        .results
+                        .into_iter()
+                        .map(|h| (h.item_id, h.score))
+                        .collect(),
+                }),
+                Err(e) => degraded.push(format!("{}: unreadable answer: {e}", entry.model)),
+            },
+            Ok(r) => degraded.push(format!("{}: sink answered {}", entry.model, r.status())),
+            Err(e) => degraded.push(format!("{}: {e}", entry.model)),
+        }
+    }
+    for d in &degraded {
+        let version = d.split(':').next().unwrap_or_default().to_owned();
+        metrics_crate::counter!(metrics::BACKEND_ERRORS, "model_version" => version).increment(1);
+        tracing::warn!(consumer = %request.consumer, reason = %d, "A version was left out of a query.");
+    }
+    if lists.is_empty() {
+        return Err(RouteError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message: format!("no version could answer: {}", degraded.join("; ")),
+        });
+    }
+    let method = request.blend.unwrap_or(shared.config.blend);
+    let (results, blend_used) = if lists.len() == 1 {
+        // One version: its own scores, unchanged.
+        let l = lists.remove(0);
+        let results = l
+            .hits
+            .into_iter()
+            .take(k)
+            .map(|(item_id, score)| Blended {
+                item_id,
+                score: f64::from(score),
+                model_version: l.version.clone(),
+                versions: vec![l.version.clone()],
+            })
+            .collect();
+        (results, None)
+    } else {
+        (blend::blend(&lists, method, k), Some(method))
+    };
+    Ok(RouteResponse {
+        results,
+        consumer: request.consumer,
+        k,
+        blend: blend_used,
+        plan: plan.iter().map(|e| (e.model.clone(), e.weight)).collect(),
+        degraded,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}

@@ -1,0 +1,43 @@
+//! What the router's handlers share, and asking every version's sink at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use embedstream_schemas::control::ControlState;
+use tokio::sync::watch;
+
+use crate::config::RouterConfig;
+use ::metrics as metrics_crate;
+
+pub(crate) struct Shared {
+    pub(crate) config: RouterConfig,
+    pub(crate) client: reqwest::Client,
+    pub(crate) plans: watch::Receiver<Arc<ControlState>>,
+    pub(crate) latency: BTreeMap<String, metrics_crate::Histogram>,
+}
+
+/// Each version's sink `GET path`: `{"id@v": body | null}` (null when it failed or 404).
+pub(crate) async fn fan_out_get(
+    shared: &Shared,
+    path: &str,
+) -> BTreeMap<String, serde_json::Value> {
+    let calls: Vec<_> = shared
+        .config
+        .backends
+        .snapshot()
+        .into_iter()
+        .map(|(model, base)| {
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            (model.clone(), shared.client.get(url).send())
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (model, call) in calls {
+        let value = match call.await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(serde_json::Value::Null),
+            _ => serde_json::Value::Null,
+        };
+        out.insert(model, value);
+    }
+    out
+}
