@@ -1,4 +1,4 @@
-"""Drift-Adapter evaluation (issue #7): recovery ratio and added latency, MiniLM -> MPNet.
+"""Drift-Adapter evaluation: recovery ratio and added latency, MiniLM -> MPNet.
 
   python3 loadtest/adapter_eval.py [--golden .dev/golden] [--catalog .dev/bench/catalog-attr.jsonl]
 

@@ -6,8 +6,9 @@
 Texts: a deterministic sample of Debian package descriptions (loadtest/debian_catalog.py).
 Reports items/s, tokens/s, GFLOP/s (matmul FLOPs of the encoder: 2 x weights per token plus
 attention), peak RSS, and the Rust side's split between tokenizing and the forward pass; writes
-loadtest/reports/embed.md. The reference venv needs sentence-transformers and torch (see
-pipeline/tests/fixtures/reference/README.md).
+loadtest/reports/embed-latest.md (embed.md keeps the current table and the history: copy a
+run's rows there when they are the new current figures). The reference venv needs
+sentence-transformers and torch (see pipeline/tests/fixtures/reference/README.md).
 """
 
 import argparse
@@ -140,7 +141,7 @@ def main():
         else:
             lines.append(f"| {r['model']} | **{r['impl']}** | **{r['items_s']:.2f}×** | | | | | |")
     report = "\n".join(lines) + "\n"
-    (ROOT / "loadtest" / "reports" / "embed.md").write_text(report)
+    (ROOT / "loadtest" / "reports" / "embed-latest.md").write_text(report)
     print(report)
 
 

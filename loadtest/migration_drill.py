@@ -18,7 +18,8 @@ consumer's metric; it is compared with the first (old-only) round query by query
 bootstrap, 95%), so "below the baseline by more than the confidence interval" has a precise
 meaning: the interval of the difference lies entirely below 0.
 
-Writes OUT/drill.json (every query, every action), OUT/report.md and OUT/timeline.png.
+Writes OUT/drill.json (every query, every action), OUT/latest.md and OUT/timeline.png
+(OUT/report.md keeps the current figures and their history).
 """
 
 import argparse
@@ -314,7 +315,7 @@ class Drill:
             plot(self.queries, self.rounds, self.events, summary, os.path.join(self.out, "timeline.png"))
         except ImportError:
             print("matplotlib is missing: no plot", file=sys.stderr)
-        with open(os.path.join(self.out, "report.md"), "w") as f:
+        with open(os.path.join(self.out, "latest.md"), "w") as f:
             f.write(report_md(summary, self.args))
         print(json.dumps({k: v for k, v in summary.items() if k not in ("rounds", "events")}, indent=1))
 
