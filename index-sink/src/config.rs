@@ -145,7 +145,7 @@ pub struct CompactionConfig {
     #[serde(default = "default_interval", with = "opt_duration")]
     pub interval: Option<Duration>,
     /// Policy `tombstones`: rebuild when more than this fraction of main's points are hidden
-    /// (deleted or replaced since the build). Seed 003's runbook says 8%.
+    /// (deleted or replaced since the build). The maintenance runbook's threshold is 8%.
     #[serde(default = "default_max_tombstone_ratio")]
     pub max_tombstone_ratio: f64,
     /// How often the background maintenance thread asks the policies.

@@ -1,27 +1,23 @@
 //! Compaction yields the CPU to queries.
 //!
-//! Lowering the compaction threads' OS priority (see `index.rs`) was not enough on a 2-core
-//! machine: with a query client running back to back, p50 during a rebuild went from 0.67 to
-//! 1.12 ms and p99 tripled (loadtest/reports/index.md), the slow queries spread evenly over
-//! the build — the scheduler lets a running background thread finish its slice before a
-//! waking query thread gets the core. So the build cooperates: every query in the process
-//! counts itself in [`QueryInFlight`], and the build's distance function (called millions of
-//! times, so a check every [`CHECK_EVERY`] calls reacts within microseconds) sleeps while any
-//! query is in flight.
+//! Running the compaction threads at the lowest OS priority (see `index.rs`) is not enough:
+//! the scheduler lets a running background thread finish its slice before a waking query
+//! thread gets the core, so queries during a rebuild would be slower at every percentile. So
+//! the build cooperates: every query in the process counts itself in [`QueryInFlight`], and
+//! the build's distance function (called millions of times, so a check every [`CHECK_EVERY`]
+//! calls reacts within microseconds) sleeps while any query is in flight.
 //!
 //! Progress is guaranteed: a pause lasts at most [`MAX_PAUSE`]; one that hit it is followed by
 //! at least [`MIN_RUN`] of work before the next — under queries that never stop, compaction
 //! still gets about a fifth of its core and finishes. A pause that ended because the queries
 //! did is not followed by a forced run, so under a moderate load the build always steps aside.
 //!
-//! A forced run is short because a query can wait for all of it. The build thread, once on a
+//! A forced run is short because a query can wait for all of it: the build thread, once on a
 //! core, leaves it when a query thread *wakes* (SCHED_IDLE is preempted then) or at the next
-//! scheduler tick (4 ms at HZ=250); but rayon's idle workers spin on `sched_yield` (32 rounds)
-//! before they sleep, so a query handed to a spinning worker wakes nothing and waits until the
-//! build sleeps again. With 1 ms runs after 4 ms pauses, queries back to back on 2 cores had
-//! p99 1.74–1.92× idle during a rebuild; with 200 µs runs after 800 µs pauses (the same fifth
-//! of a core) 1.22× (loadtest/reports/index.md §3). Yielding the core at every check of a
-//! forced run instead starved the build (6% of a core; a rebuild of 60k not done in 26 min).
+//! scheduler tick, but rayon's idle workers spin on `sched_yield` before they sleep, so a
+//! query handed to a spinning worker wakes nothing and waits until the build sleeps again.
+//! Yielding the core at every check of a forced run instead would starve the build. The
+//! effect on query latency during a rebuild is measured in `loadtest/reports/index.md`.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};

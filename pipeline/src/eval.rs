@@ -201,12 +201,21 @@ pub async fn query_vectors(
     Ok(vectors)
 }
 
-/// A [`Error::Router`] of a request to `url`.
-fn http(url: &str) -> impl Fn(reqwest::Error) -> Error + '_ {
-    move |source| Error::Router {
+/// `GET url` as JSON; a [`Error::Router`] when the router does not answer or its answer is
+/// not JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
+    let router = |source| Error::Router {
         url: url.to_owned(),
         source,
-    }
+    };
+    client
+        .get(url)
+        .send()
+        .await
+        .map_err(router)?
+        .json()
+        .await
+        .map_err(router)
 }
 
 /// Per consumer, the metric of one query's result list.
@@ -289,14 +298,7 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
             let (client, router, versions) = (&client, &router, &config.versions);
             async move {
                 let url = format!("{router}/v1/items/{}", encode(&id));
-                let v: serde_json::Value = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(http(&url))?
-                    .json()
-                    .await
-                    .map_err(http(&url))?;
+                let v = get_json(client, &url).await?;
                 let all = versions.iter().all(|ver| !v[ver].is_null());
                 Ok::<_, Error>((id, all))
             }
@@ -307,15 +309,7 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
         .into_iter()
         .collect::<Result<_>>()?;
 
-    let url = format!("{router}/v1/versions");
-    let stats: serde_json::Value = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(http(&url))?
-        .json()
-        .await
-        .map_err(http(&url))?;
+    let stats = get_json(&client, &format!("{router}/v1/versions")).await?;
     let items: BTreeMap<String, i64> = config
         .versions
         .iter()

@@ -17,17 +17,17 @@
 //!
 //! After the copy, a refinement pass re-selects every layer-0 list (`Graph::refine`,
 //! DiskANN's robust prune with `alpha` 1.2 over each node's own search results, then links
-//! back): instant-distance's heuristic leaves short, local lists that need a wide `ef`. On 60k
-//! real MiniLM vectors recall@10 at `ef` 10 went 0.89 → 0.95 for about twice the build time.
+//! back): instant-distance's heuristic leaves short, local lists that need a wide `ef`; the
+//! refined lists reach the same recall at a much smaller `ef`, for about twice the build time.
 //! Queries traverse the graph on 8-bit copies of the vectors (`sq8.rs`) and the caller
 //! scores what they return with the f32 vectors; background work searches with f32
 //! (`search_exact`).
 //!
 //! `keep_pruned` is off by default: `instant-distance`'s own default tops every layer-0 list
 //! up to 2M with the candidates its heuristic rejected, and re-runs the O(M²) heuristic over a
-//! full list for every neighbour of every insert. On 30k real MiniLM vectors that build took
-//! 5x longer and searches touched ~3x more vectors for +0.02 recall@10 at the same `ef`
-//! (loadtest/reports/index.md).
+//! full list for every neighbour of every insert: builds are several times slower and
+//! searches touch more vectors for little recall at the same `ef`. Both trade-offs are
+//! measured in `loadtest/reports/index.md`.
 
 mod bridge;
 mod layout;

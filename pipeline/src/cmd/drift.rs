@@ -20,7 +20,7 @@ pub struct DriftArgs {
     pub platform: PlatformArgs,
     #[command(flatten)]
     pub adapters: DirArg,
-    /// Seconds between scorings (seed 003: every 5 minutes).
+    /// Seconds between scorings (every 5 minutes by default).
     #[arg(long, default_value_t = 300)]
     pub interval_secs: u64,
     /// Canaries to score (0: all 1,000).

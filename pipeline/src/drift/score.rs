@@ -56,7 +56,7 @@ pub fn score(a: &[Vec<f32>], b: &[Vec<f32>]) -> Score {
 /// Alert thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
-    /// Mean cosine to the reference below this alerts (seed 003: 0.99).
+    /// Mean cosine to the reference below this alerts (0.99).
     pub min_mean_cosine: f64,
     /// Largest |‖v‖ − 1| above this alerts (normalized models only).
     pub norm_tolerance: f64,
@@ -94,7 +94,8 @@ pub fn self_verdict(s: &Score, normalized: bool, t: Thresholds) -> String {
     }
 }
 
-/// Seed 003's reading of old-vs-new similarity.
+/// The reading of old-vs-new similarity: how much of the index a migration must backfill
+/// before recall comparisons mean anything.
 pub fn cross_verdict(mean: f64) -> &'static str {
     if mean > 0.95 {
         "incremental"

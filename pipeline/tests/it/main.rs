@@ -1,6 +1,8 @@
-//! Embedding engine tests with the real models (fetched into `EMBEDSTREAM_HOME` by
-//! `compose/dev test`) against reference vectors made by sentence-transformers
-//! (`pipeline/scripts/reference_vectors.py`).
+//! The pipeline and the `embedstream` binary against the real parts: the models (fetched into
+//! `EMBEDSTREAM_HOME` by `compose/dev test`) checked against reference vectors made by
+//! sentence-transformers, and the stage, sinks, migrations, drift monitor, adapters, status
+//! page and secured clusters against the test broker and registry that `compose/dev test`
+//! starts. The catalogue is in CONTRIBUTING.md.
 
 mod adapter;
 mod cli;

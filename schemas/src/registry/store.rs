@@ -90,9 +90,19 @@ impl Store {
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
             .map_err(kafka_error)?;
         consumer.assign(&tpl).map_err(kafka_error)?;
-        let (_, high) = consumer
-            .fetch_watermarks(topic, 0, write_timeout)
-            .map_err(kafka_error)?;
+        // A broker that has just started may not have elected the partition's leader yet:
+        // ask again until the write timeout has passed.
+        let deadline = tokio::time::Instant::now() + write_timeout;
+        let high = loop {
+            match consumer.fetch_watermarks(topic, 0, write_timeout) {
+                Ok((_, high)) => break high,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, topic, "Cannot read the schemas log's end yet; asking again.");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(kafka_error(e)),
+            }
+        };
 
         let state = Arc::new(RwLock::new(RegistryState::default()));
         let (applied_tx, applied) = watch::channel(0i64);
