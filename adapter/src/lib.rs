@@ -20,7 +20,8 @@
 //! - [`apply`](mod@apply): [`Adapter::apply`], the serving path on int8 products
 //!   (quantized per row, SIMD picked at run time), and [`Adapter::apply_exact`], the f32 reference;
 //! - `train` (feature `train`): fitting on pairs of embeddings (closed forms and the MLP);
-//! - [`eval`]: recall recovered on golden query sets, int8 against f32.
+//! - [`eval`]: recall recovered on golden query sets, int8 against f32;
+//! - [`lines`]: mapping JSON lines of vectors (`embedstream adapter apply`).
 //!
 //! Serving needs only the first four: the sink loads no linear-algebra or autodiff code.
 
@@ -29,6 +30,7 @@ pub mod artifact;
 mod error;
 pub mod eval;
 mod int8;
+pub mod lines;
 pub mod matrix;
 pub mod name;
 #[cfg(feature = "train")]

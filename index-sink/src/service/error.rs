@@ -2,6 +2,10 @@
 //! requests never become a `ServiceError` (they are counted, logged and skipped, or answered
 //! with 400), and retryable conditions (a full hot part, an unreachable registry) are retried
 //! in place.
+//!
+//! The service has its own enum beside the index core's [`crate::Error`] because the core
+//! knows no Kafka, no HTTP and no files but its snapshots; a core error reaches the service as
+//! [`ServiceError::Index`] with its source.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

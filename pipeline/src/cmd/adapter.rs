@@ -350,59 +350,21 @@ fn apply(
     exact: bool,
 ) -> anyhow::Result<()> {
     let adapter = Adapter::load(&adapter::resolve(dir, name)?)?;
-    let map = |v: &[f32]| {
-        if exact {
-            adapter.apply_exact(v)
-        } else {
-            adapter.apply(v)
-        }
-    };
     let reader: Box<dyn BufRead> = match &input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| p.display().to_string())?,
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut writer: Box<dyn Write> = match &output {
+    let writer: Box<dyn Write> = match &output {
         Some(p) => Box::new(BufWriter::new(
             std::fs::File::create(p).with_context(|| p.display().to_string())?,
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let mut bad = 0usize;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: Result<(Value, Vec<f32>), String> = serde_json::from_str::<Value>(&line)
-            .map_err(|e| format!("invalid JSON: {e}"))
-            .and_then(|v| {
-                let id = v.get("id").cloned().ok_or("no \"id\"")?;
-                let vector: Vec<f32> =
-                    serde_json::from_value(v.get("vector").cloned().ok_or("no \"vector\"")?)
-                        .map_err(|e| format!("\"vector\" is not a list of numbers: {e}"))?;
-                Ok((id, vector))
-            });
-        match parsed.and_then(|(id, v)| {
-            map(&v)
-                .map(|m| (id.clone(), m))
-                .map_err(|e| format!("id {id}: {e}"))
-        }) {
-            Ok((id, mapped)) => {
-                serde_json::to_writer(
-                    &mut writer,
-                    &serde_json::json!({"id": id, "vector": mapped}),
-                )?;
-                writer.write_all(b"\n")?;
-            }
-            Err(e) => {
-                bad += 1;
-                eprintln!("line {}: {e}", n + 1);
-            }
-        }
-    }
-    writer.flush()?;
+    let bad = embedstream_adapter::lines::map_lines(&adapter, exact, reader, writer, |n, e| {
+        eprintln!("line {n}: {e}");
+    })?;
     if bad > 0 {
         bail!("{bad} line(s) could not be mapped (see above)");
     }
