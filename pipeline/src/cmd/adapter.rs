@@ -22,7 +22,7 @@ use embedstream_adapter::{self as adapter, Adapter, AdapterKind};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval::{load_golden, metric_value};
-use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
+use embedstream_pipeline::migrate::backfill::{self, ItemsSource};
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_topics::ModelRef;
 use serde_json::Value;
@@ -267,21 +267,16 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
             items.truncate(args.pairs);
             (items, format!("items file {} ({n} items)", file.display()))
         } else {
-            let config = BackfillConfig {
+            let source = ItemsSource {
                 kafka: args.platform.kafka()?,
                 registry_url: args.platform.registry_url.clone(),
                 names: args.platform.names(),
-                chunk: 1,
-                max_rate: 0.0,
-                device: args.device,
-                engine: EngineConfig::default(),
                 limits: Limits {
                     max_text_bytes: 1 << 20,
                 },
-                by: "adapter".into(),
             };
             let items =
-                backfill::sample_items(&config, &args.from, args.pairs, args.seed, &shutdown)
+                backfill::sample_items(&source, &args.from, args.pairs, args.seed, &shutdown)
                     .await?;
             (items, format!("topic {}", args.platform.names().items()))
         };

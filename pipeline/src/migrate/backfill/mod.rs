@@ -47,7 +47,7 @@ mod throttle;
 pub use self::config::{BackfillConfig, BackfillReport};
 pub(crate) use self::reader::partitions;
 pub(crate) use self::replayer::{Replayer, Step};
-pub use self::sample::sample_items;
+pub use self::sample::{ItemsSource, sample_items};
 use self::throttle::Throttle;
 
 /// Runs (or resumes) the backfill of the migration in progress until it is complete or

@@ -4,26 +4,55 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use embedstream_topics::ModelRef;
+use embedstream_topics::names::TopicNames;
+use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BackfillConfig, BackfillReport};
 use super::replayer::{Replayer, Step};
 
+use crate::embed::burn_model::Device;
+use crate::embed::engine::EngineConfig;
 use crate::error::{Error, Result};
+use crate::stage::validate::Limits;
+
+/// Where the items to sample are.
+#[derive(Debug, Clone)]
+pub struct ItemsSource {
+    /// The brokers and the client properties of every Kafka client.
+    pub kafka: KafkaConfig,
+    /// Schema registry URL (decoding item events).
+    pub registry_url: String,
+    /// Topic names (prefix).
+    pub names: TopicNames,
+    /// What the stage accepts: records it would dead-letter are left out.
+    pub limits: Limits,
+}
 
 /// A seeded sample of `n` live items of `items` as `(item_id, text)`: the whole topic is read,
 /// the newest event of each item wins, deleted items and records the stage dead-lettered are
-/// left out (what the Drift-Adapter trains on when no pairs are given).
+/// left out (what the Drift-Adapter trains on when no pairs are given). `old` is the version
+/// whose topic the replay would write to; nothing is embedded or written.
 pub async fn sample_items(
-    config: &BackfillConfig,
+    source: &ItemsSource,
     old: &ModelRef,
     n: usize,
     seed: u64,
     shutdown: &CancellationToken,
 ) -> Result<Vec<(String, String)>> {
-    let replayer = Replayer::open(config, old, "adapter-sample").await?;
+    let config = BackfillConfig {
+        kafka: source.kafka.clone(),
+        registry_url: source.registry_url.clone(),
+        names: source.names.clone(),
+        chunk: 1,
+        max_rate: 0.0,
+        device: Device::default(),
+        engine: EngineConfig::default(),
+        limits: source.limits,
+        by: "sample".into(),
+    };
+    let replayer = Replayer::open(&config, old, "sample").await?;
     let (mut seen, mut report) = (HashSet::new(), BackfillReport::default());
     let mut live = Vec::new();
     for p in replayer.partitions()? {
