@@ -5,6 +5,11 @@
 //! the frame (cached), decodes with it, and resolves to this build's schema, so records written
 //! with an older or newer compatible schema still decode. Each failure is classified (see
 //! [`CodecError::kind`]) so the stream stage can dead-letter poison and retry outages.
+//!
+//! Every registry request has a timeout ([`REQUEST_TIMEOUT`]). Only the registry's own "not
+//! found" (404) for a schema id is [`CodecError::UnknownSchemaId`]; any other failure — a 5xx,
+//! a refused credential, a timeout, an unreachable or unreadable registry — is
+//! [`CodecError::RegistryUnavailable`], retryable, and never cached: the next call asks again.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -24,6 +29,9 @@ use schema_registry_converter::schema_registry_common::{
 use crate::records::AvroRecord;
 use crate::wire::{self, FrameError};
 
+/// How long one registry request may take.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -34,7 +42,9 @@ pub enum CodecError {
         #[from]
         source: FrameError,
     },
-    /// The registry does not know the schema id in the frame. Poison.
+    /// The registry answered that it does not know the schema id in the frame. Poison for the
+    /// stage (the record is dead-lettered whole); a sink pauses on it instead, since its topic
+    /// is written only with registered schemas.
     #[error("schema id {id} is unknown to the registry: {message}")]
     UnknownSchemaId {
         /// The id in the frame.
@@ -42,7 +52,7 @@ pub enum CodecError {
         /// What the registry said.
         message: String,
     },
-    /// The registry could not be reached or failed. Retryable.
+    /// The registry could not be reached, timed out, refused the request or failed. Retryable.
     #[error("schema registry unavailable: {message}")]
     RegistryUnavailable {
         /// What failed.
@@ -122,9 +132,15 @@ impl std::fmt::Debug for Codec {
 impl Codec {
     /// A codec for the registry at `url` (e.g. `http://127.0.0.1:8081`).
     pub fn new(url: &str) -> Self {
+        let settings = || {
+            SrSettings::new_builder(url.to_owned())
+                .set_timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap_or_else(|_| SrSettings::new(url.to_owned()))
+        };
         Self {
-            encoder: EasyAvroEncoder::new(SrSettings::new(url.to_owned())),
-            decoder: Arc::new(AvroDecoder::new(SrSettings::new(url.to_owned()))),
+            encoder: EasyAvroEncoder::new(settings()),
+            decoder: Arc::new(AvroDecoder::new(settings())),
         }
     }
 
@@ -162,13 +178,18 @@ impl Codec {
     pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (id, mut datum) = wire::split(bytes)?;
         let writer = self.decoder.get_schema(id).await.map_err(|e| {
-            if e.retriable {
-                CodecError::RegistryUnavailable {
+            if !e.retriable {
+                // The client keeps non-retryable errors; a registry that failed once must be
+                // asked again next time.
+                self.decoder.remove_errors_from_cache();
+            }
+            if is_not_found(&e) {
+                CodecError::UnknownSchemaId {
+                    id,
                     message: describe(&e),
                 }
             } else {
-                CodecError::UnknownSchemaId {
-                    id,
+                CodecError::RegistryUnavailable {
                     message: describe(&e),
                 }
             }
@@ -224,6 +245,11 @@ fn schema_name(schema: &Schema) -> String {
         Schema::Record(r) => r.name.fullname(None),
         other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
     }
+}
+
+/// Whether the registry answered that it does not have what was asked for (HTTP 404).
+fn is_not_found(e: &SRCError) -> bool {
+    e.error.contains("failed with status 404")
 }
 
 fn describe(e: &SRCError) -> String {

@@ -7,14 +7,14 @@
 //!   rebalance to wait for after a kill -9), starting at the snapshots'
 //!   [`ShardedIndex::resume_offsets`] or at the beginning. Offsets are also committed to the
 //!   replica's group, but only for lag tools: a restart never reads them.
-//! - **A bad record never blocks its partition.** Poison (undecodable, wrong model, key and
+//! - **A bad record never blocks its partition.** Poison (bad framing or Avro, wrong model, key and
 //!   item id disagree, wrong dimension, NaN or infinite, zero norm) is counted
 //!   (`embedstream_sink_poison_records_total{error_type}`), logged, and treated as the end of
 //!   the item's valid history: the item is removed, as a tombstone would. Keeping the previous
 //!   vector would serve one the topic no longer holds once log compaction drops it, so the
 //!   index would depend on whether compaction ran; removing it gives the same answer either way.
-//! - **Retryable conditions keep the order.** A full hot part or an unreachable registry
-//!   pauses only that partition; its record (and whatever of the partition was already
+//! - **Retryable conditions keep the order.** A full hot part, registry trouble (down, slow,
+//!   5xx) or a schema id the registry does not know pauses only that partition; its record (and whatever of the partition was already
 //!   fetched) waits in order and is tried again after `kafka.retry_backoff`.
 //!
 //! Not guaranteed: the record whose apply is under way when the process is killed is
@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use embedstream_schemas::Codec;
 use embedstream_schemas::records::EmbeddingRecord;
+use embedstream_schemas::{Codec, CodecError};
 use embedstream_topics::ModelRef;
 use embedstream_topics::time::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -398,7 +398,12 @@ impl Loop {
             .block_on(self.codec.decode::<EmbeddingRecord>(payload))
         {
             Ok(r) => r,
-            Err(e) if e.is_retryable() => return Ok(Outcome::Retry(e.kind())),
+            // Registry trouble pauses the partition. So does a schema id the registry does not
+            // know: the stage writes only registered schemas, so it means the registry lost its
+            // data, and deleting the item for it would lose a good vector.
+            Err(e) if e.is_retryable() || matches!(e, CodecError::UnknownSchemaId { .. }) => {
+                return Ok(Outcome::Retry(e.kind()));
+            }
             Err(e) => {
                 self.poison(msg, Some(key), e.kind(), &e.to_string());
                 return Ok(self.done(consumer, partition, offset));

@@ -25,7 +25,7 @@ pub const CONSUMED_TOTAL: &str = "embedstream_sink_consumed_total";
 /// Counter: poison records skipped, by `error_type`.
 pub const POISON_TOTAL: &str = "embedstream_sink_poison_records_total";
 /// Counter: times a partition was paused to retry a record, by `error_type`
-/// (`hot_full`, `registry_unavailable`).
+/// (`hot_full`, `registry_unavailable`, `unknown_schema_id`).
 pub const RETRIES_TOTAL: &str = "embedstream_sink_retries_total";
 /// Gauge: partitions paused for a retry right now.
 pub const BLOCKED_PARTITIONS: &str = "embedstream_sink_blocked_partitions";

@@ -146,3 +146,71 @@ fn registry_url_that_refuses() -> String {
     drop(l);
     url
 }
+
+/// A registry that fails: answers `status` to every request while `failing` is set, and
+/// passes requests through to `upstream` once it is cleared.
+async fn faulty_registry(
+    upstream: String,
+    status: u16,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use axum::http::{StatusCode, Uri};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let (upstream, failing, client) = (upstream.clone(), failing.clone(), client.clone());
+        async move {
+            if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = r#"{"error_code": 50001, "message": "failing on purpose"}"#;
+                return (StatusCode::from_u16(status).unwrap(), body.to_owned());
+            }
+            let r = client.get(format!("{upstream}{uri}")).send().await.unwrap();
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+            (status, r.text().await.unwrap())
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn a_failing_registry_is_an_outage_and_is_asked_again_once_it_recovers() {
+    let registry = TestRegistry::start().await;
+    let topic = unique("it-faulty");
+    let report = DriftReport {
+        kind: DriftKind::SelfCheck,
+        model_id: "m".into(),
+        model_version: 1,
+        compared_model_id: None,
+        compared_model_version: None,
+        adapter: None,
+        canary_count: 1,
+        mean_cosine: 1.0,
+        min_cosine: 1.0,
+        max_norm_error: 0.0,
+        verdict: "ok".into(),
+        report_time: 0,
+    };
+    let bytes = Codec::new(&registry.url)
+        .encode(&topic, &report)
+        .await
+        .unwrap();
+    for status in [500, 504, 401, 429] {
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let url = faulty_registry(registry.url.clone(), status, failing.clone()).await;
+        let codec = Codec::new(&url);
+        for _ in 0..2 {
+            let err = codec.decode::<DriftReport>(&bytes).await.unwrap_err();
+            assert!(
+                matches!(err, CodecError::RegistryUnavailable { .. }),
+                "status {status}: {err}"
+            );
+            assert!(err.is_retryable(), "status {status}: {err}");
+        }
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        let decoded: DriftReport = codec.decode(&bytes).await.unwrap();
+        assert_eq!(decoded, report, "status {status}");
+    }
+    registry.stop().await;
+}

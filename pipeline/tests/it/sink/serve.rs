@@ -161,3 +161,74 @@ async fn text_queries_are_embedded_with_the_topics_model() {
         assert!(top["score"].as_f64().unwrap() > 0.9999, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_id_the_registry_does_not_know_pauses_its_partition_and_deletes_nothing() {
+    let platform = Platform::new("sink-schema-id");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let mut oracle = Oracle::default();
+    let puts = (0..30)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let sink = Sink::start(&platform, &dir, &config(1000, 0.5), "sink").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    let before = sink.item("item-5").await.expect("item-5 is served");
+
+    // A record of item-5 framed with a schema id the registry never gave, then an update of
+    // item-5 behind it on the same partition, and an update of an item on another partition.
+    let other = oracle
+        .live()
+        .find(|(_, _, (p, _))| *p != before.0)
+        .map(|(id, _, _)| id.clone())
+        .expect("an item on another partition");
+    let unknown = embedstream_schemas::wire::frame(987_654, b"\x02");
+    produce(
+        &platform,
+        &mut Oracle::default(),
+        vec![
+            Put::Raw("item-5".into(), unknown),
+            Put::Record(record("item-5", unit_vector(5_005))),
+            Put::Record(record(&other, unit_vector(7_007))),
+        ],
+    )
+    .await;
+
+    // The other partition goes on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink.top_k("exact", &unit_vector(7_007), 1).await[0].0 != other {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update of {other} on another partition was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The paused partition retries the record and keeps item-5 as it was: neither deleted
+    // nor overtaken by the update behind it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = reqwest::get(sink.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| {
+            l.starts_with("embedstream_sink_retries_total") && l.contains("unknown_schema_id")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry of the unknown schema id in /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sink.item("item-5").await, Some(before), "item-5 changed");
+    let top = sink.top_k("exact", &unit_vector(5), 1).await;
+    assert_eq!(top[0].0, "item-5");
+    assert!(top[0].1 > 0.9999, "item-5 keeps its vector: {top:?}");
+    drop(sink);
+}
