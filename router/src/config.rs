@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use embedstream_schemas::consumers::ConsumerProfile;
+
 use crate::blend::Blend;
 use crate::feed::StatusFeed;
-use embedstream_schemas::consumers::ConsumerProfile;
 
 /// How the router runs.
 #[derive(Debug, Clone)]

@@ -18,8 +18,7 @@ use apache_avro::Schema;
 use apache_avro::error::Details;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
-use schema_registry_converter::async_impl::avro::AvroDecoder;
-use schema_registry_converter::async_impl::easy_avro::EasyAvroEncoder;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -80,7 +79,8 @@ pub enum CodecError {
         /// What the decoder said.
         message: String,
     },
-    /// The registry refused to register the schema (e.g. incompatible). Fatal.
+    /// The schema could not be registered: refused by the registry (incompatible, invalid;
+    /// fatal) or the registry failed (down, slow, 5xx; retryable).
     #[error("could not register schema for {subject}: {message}")]
     Register {
         /// Subject registered under.
@@ -119,7 +119,7 @@ impl CodecError {
 /// Encodes and decodes records through one registry. Cheap to clone; caches are shared.
 #[derive(Clone)]
 pub struct Codec {
-    encoder: EasyAvroEncoder,
+    encoder: Arc<AvroEncoder>,
     decoder: Arc<AvroDecoder>,
 }
 
@@ -139,7 +139,7 @@ impl Codec {
                 .unwrap_or_else(|_| SrSettings::new(url.to_owned()))
         };
         Self {
-            encoder: EasyAvroEncoder::new(settings()),
+            encoder: Arc::new(AvroEncoder::new(settings())),
             decoder: Arc::new(AvroDecoder::new(settings())),
         }
     }
@@ -167,10 +167,16 @@ impl Codec {
         self.encoder
             .encode_struct(record, &strategy)
             .await
-            .map_err(|e| CodecError::Register {
-                subject: Self::value_subject(topic),
-                message: describe(&e),
-                retryable: e.retriable,
+            .map_err(|e| {
+                if !e.retriable {
+                    // As for decoding: a failure is not remembered, the next call asks again.
+                    self.encoder.remove_errors_from_cache();
+                }
+                CodecError::Register {
+                    subject: Self::value_subject(topic),
+                    message: describe(&e),
+                    retryable: !is_refusal(&e),
+                }
             })
     }
 
@@ -245,6 +251,12 @@ fn schema_name(schema: &Schema) -> String {
         Schema::Record(r) => r.name.fullname(None),
         other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
     }
+}
+
+/// Whether the registry refused the schema itself: incompatible with the subject's versions
+/// (HTTP 409) or invalid (422). Retrying the same schema cannot help.
+fn is_refusal(e: &SRCError) -> bool {
+    e.error.contains("failed with status 409") || e.error.contains("failed with status 422")
 }
 
 /// Whether the registry answered that it does not have what was asked for (HTTP 404).

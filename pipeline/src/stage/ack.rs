@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use ::metrics::{counter, histogram};
+use embedstream_topics::time::now_ms;
 use rdkafka::consumer::BaseConsumer;
 use tokio::sync::mpsc;
 
 use super::consumer::{StageContext, Tracker};
 use super::metrics as m;
-
-use embedstream_topics::time::now_ms;
 
 use super::flow::Sent;
 use crate::error::{Error, Result};

@@ -5,6 +5,9 @@
 pub const CONSUMED: &str = "embedstream_stage_consumed_total";
 /// Output records acknowledged (`result` = ok) or failed (`result` = error), per version.
 pub const PRODUCED: &str = "embedstream_stage_produced_total";
+/// Registry requests that failed and are tried again (`op` = decode | encode): the stage
+/// pauses on registry trouble instead of dead-lettering.
+pub const REGISTRY_RETRIES: &str = "embedstream_stage_registry_retries_total";
 /// Records dead-lettered, per reason.
 pub const DEAD_LETTERS: &str = "embedstream_stage_dead_letters_total";
 /// Events per batch.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ::metrics::histogram;
+use ::metrics::{counter, histogram};
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::ItemEvent;
 use rdkafka::Message;
@@ -13,12 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::Batch;
+use super::flow::{Entry, Submitted};
 use super::metrics as m;
 use super::models::{ActiveModel, ActiveModels};
-use super::validate::{Limits, Poison, Work};
-
-use super::flow::{Entry, Submitted};
-use super::validate;
+use super::validate::{self, Limits, Poison, Work};
 use crate::control::ControlLog;
 use crate::embed::engine::{EngineError, Pending};
 use crate::error::{Error, Result};
@@ -38,6 +36,7 @@ async fn decode(
         match codec.decode::<ItemEvent>(payload).await {
             Ok(event) => return Some(validate::event(event, limits)),
             Err(e) if e.is_retryable() => {
+                counter!(m::REGISTRY_RETRIES, "op" => "decode").increment(1);
                 tracing::warn!(error = %e, "Registry unavailable; retrying the record.");
                 tokio::select! {
                     () = shutdown.cancelled() => return None,

@@ -4,20 +4,18 @@
 use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
-use embedstream_schemas::Codec;
 use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::{AvroRecord, Codec};
+use embedstream_topics::time::now_ms;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
-use super::metrics as m;
-use super::validate::{Poison, Work};
-
-use embedstream_topics::time::now_ms;
-
 use super::flow::{STAGE, Sent, Submitted};
+use super::metrics as m;
 use super::prepare::vectors_of;
+use super::validate::{Poison, Work};
 use crate::error::{Error, Result};
 
 fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
@@ -84,7 +82,7 @@ pub(super) async fn produce_loop(
                                 event_time: *event_time,
                                 embed_time,
                             };
-                            let payload = codec.encode(&model.topic, &record).await?;
+                            let payload = encode(&codec, &model.topic, &record).await?;
                             let d = send(&producer, &model.topic, item_id, Some(&payload)).await?;
                             deliveries.push((model.label.clone(), model.topic.clone(), d));
                         }
@@ -126,7 +124,7 @@ pub(super) async fn produce_loop(
                     stage: STAGE.to_owned(),
                     failed_at: now_ms(),
                 };
-                let payload = codec.encode(&dlq, &letter).await?;
+                let payload = encode(&codec, &dlq, &letter).await?;
                 let key = entry.message.key().map(<[u8]>::to_vec);
                 let d = send_raw(&producer, &dlq, key.as_deref(), Some(&payload)).await?;
                 deliveries.push(("dlq".to_owned(), dlq.clone(), d));
@@ -179,6 +177,24 @@ async fn send_raw(
                 _,
             )) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err((e, _)) => return Err(Error::produce(topic)(e)),
+        }
+    }
+}
+
+/// Encodes `record` for `topic`; while the registry is in trouble (down, slow, 5xx) it waits
+/// and asks again, with a backoff up to 5 s, so registry trouble pauses the stage and never
+/// fails a record. A schema the registry refuses is an error.
+async fn encode<T: AvroRecord>(codec: &Codec, topic: &str, record: &T) -> Result<Vec<u8>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match codec.encode(topic, record).await {
+            Err(e) if e.is_retryable() => {
+                counter!(m::REGISTRY_RETRIES, "op" => "encode").increment(1);
+                tracing::warn!(error = %e, topic, "Registry unavailable; encoding again.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return Ok(other?),
         }
     }
 }

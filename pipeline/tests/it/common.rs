@@ -74,3 +74,40 @@ pub fn wait_broker(kafka: &embedstream_topics::KafkaConfig, log: &std::path::Pat
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// A registry in trouble: while `failing` is set it answers every request with HTTP 500, and
+/// once it is cleared it passes requests (method, path, body, content type) through to the
+/// real registry at `upstream`. Returns its URL.
+pub async fn failing_registry(
+    upstream: String,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (upstream, failing, client) = (upstream.clone(), failing.clone(), client.clone());
+            async move {
+                if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                    let body = r#"{"error_code": 50001, "message": "failing on purpose"}"#;
+                    return (StatusCode::INTERNAL_SERVER_ERROR, body.to_owned());
+                }
+                let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap();
+                let mut request = client
+                    .request(method, format!("{upstream}{uri}"))
+                    .body(body);
+                if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+                    request = request.header("content-type", ct.as_bytes());
+                }
+                let r = request.send().await.unwrap();
+                let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+                (status, r.text().await.unwrap())
+            }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}

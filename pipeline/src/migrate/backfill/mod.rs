@@ -29,14 +29,13 @@ use embedstream_schemas::records::{
     BackfillProgress, ControlKind, MigrationPhase, MigrationRecord,
 };
 use embedstream_topics::ModelRef;
+use embedstream_topics::time::now_ms;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
-use crate::migrate::plan;
-use embedstream_topics::time::now_ms;
-
 use crate::control::ControlLog;
 use crate::error::{Error, Result};
+use crate::migrate::plan;
 
 mod config;
 mod reader;

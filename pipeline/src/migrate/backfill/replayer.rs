@@ -7,6 +7,7 @@ use std::time::Duration;
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -18,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{BackfillConfig, BackfillReport};
 use super::reader::{new_reader, partitions};
-use embedstream_topics::time::now_ms;
 
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{Engine, EngineConfig};

@@ -155,3 +155,51 @@ async fn a_broker_restart_while_running_loses_nothing() {
     assert!(terminate(&mut stage).success());
     assert_state(&p, &live).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_answering_500_pauses_the_stage_and_dead_letters_nothing() {
+    let real = Platform::new("registry-500");
+    real.ensure_topics().await;
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = Platform {
+        registry: crate::common::failing_registry(real.registry.clone(), failing.clone()).await,
+        ..real.clone()
+    };
+    let (mut stage, log) = p.spawn_stage_logged("stage");
+    wait_log(&log, "Partitions assigned", Duration::from_secs(90)).await;
+
+    // The registry fails from before the first event: the stage has no schema cached.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let events: Vec<ItemEvent> = (0..20)
+        .map(|i| upsert(&format!("pkg:{i}"), &format!("package number {i}")))
+        .collect();
+    real.produce_events(&events).await;
+    wait_log_count(
+        &log,
+        "Registry unavailable; retrying the record.",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        p.read_all(&p.embeddings()).is_empty(),
+        "records were written while the registry failed"
+    );
+    assert!(
+        p.dead_letters().await.is_empty(),
+        "a record was dead-lettered"
+    );
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    p.wait_caught_up(Duration::from_secs(120)).await;
+    assert!(terminate(&mut stage).success());
+    let live: HashMap<String, String> = events
+        .iter()
+        .map(|e| (e.item_id.clone(), e.text.clone().unwrap_or_default()))
+        .collect();
+    assert_state(&p, &live).await;
+    assert!(
+        p.dead_letters().await.is_empty(),
+        "a record was dead-lettered"
+    );
+}
