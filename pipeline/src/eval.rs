@@ -284,7 +284,10 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
             query_vectors(&golden, &cache, v, config.device).await?,
         );
     }
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
     let router = config.router.trim_end_matches('/').to_owned();
 
     // Presence of every relevant item in every version.

@@ -17,6 +17,9 @@ use crate::metrics;
 use crate::shared::{Shared, fan_out_get};
 use ::metrics as metrics_crate;
 
+/// The most versions one query's plan may read (each is one sink request).
+const MAX_PLAN_ENTRIES: usize = 8;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlanOverride {
@@ -222,6 +225,12 @@ async fn route(
     }
     let plan: Vec<ReadPlanEntry> = match &request.plan {
         Some(p) => {
+            if p.len() > MAX_PLAN_ENTRIES {
+                return Err(RouteError::bad(
+                    "invalid_plan",
+                    format!("a plan reads at most {MAX_PLAN_ENTRIES} versions"),
+                ));
+            }
             if p.iter().any(|e| !(0.0..=1.0).contains(&e.weight)) {
                 return Err(RouteError::bad(
                     "invalid_plan",
@@ -330,7 +339,13 @@ async fn route(
         }
     }
     for d in &degraded {
-        let version = d.split(':').next().unwrap_or_default().to_owned();
+        // A label names a configured version only: a request's plan can name anything.
+        let version = d.split(':').next().unwrap_or_default();
+        let version = if shared.config.backends.get(version).is_some() {
+            version.to_owned()
+        } else {
+            "unknown".to_owned()
+        };
         metrics_crate::counter!(metrics::BACKEND_ERRORS, "model_version" => version).increment(1);
         tracing::warn!(consumer = %request.consumer, reason = %d, "A version was left out of a query.");
     }

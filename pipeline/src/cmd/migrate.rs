@@ -561,7 +561,10 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
             )
         }
     };
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default();
     let endpoint = format!("{}/admin/v1/migration/{path}", url.trim_end_matches('/'));
     let request = if method_get {
         client.get(&endpoint)

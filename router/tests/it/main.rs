@@ -276,3 +276,35 @@ async fn a_sinks_refusal_is_the_clients_error() {
     assert!(body["degraded"].as_array().unwrap().is_empty(), "{body}");
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_is_bounded_and_an_unconfigured_version_is_left_out() {
+    let shutdown = CancellationToken::new();
+    let router = router(BTreeMap::from([(MINILM.to_owned(), nowhere())]), &shutdown).await;
+    let plan: Vec<Value> = (1..=9)
+        .map(|v| json!({"model": format!("m@{v}"), "weight": 0.1}))
+        .collect();
+    let (status, body) = search(
+        &router,
+        json!({"consumer": "search", "k": 3, "vector": vector(1), "plan": plan}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["kind"], "invalid_plan", "{body}");
+
+    let (status, body) = search(
+        &router,
+        json!({"consumer": "search", "k": 3, "vector": vector(1),
+               "plan": [{"model": "nope@1", "weight": 1.0}]}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("nope@1: no sink configured"),
+        "{body}"
+    );
+    shutdown.cancel();
+}
