@@ -31,10 +31,10 @@ pub struct IndexConfig {
     ///
     /// A query searches every shard (in parallel, on the query pool), so each shard adds one
     /// graph search to its cost: fewer shards are less work per query, more shards more
-    /// parallelism per query and smaller compaction rebuilds. The default, 2, is one per core
-    /// of the 2-core machines the benchmarks run on: at 1M × 384 it answers at half the
-    /// latency of 4 shards at the same recall (`loadtest/reports/index.md` §2); on a machine
-    /// with more cores to spare per query, more shards lower the latency further.
+    /// parallelism per query and smaller compaction rebuilds. The default, 2, suits a host with
+    /// two cores for queries: there it answers at lower latency than 4 shards at the same
+    /// recall (`loadtest/reports/index.md` §2); with more cores to spare per query, more shards
+    /// lower the latency further.
     #[serde(default = "default_shards")]
     pub shards: usize,
     /// Largest `k` a query may ask for.

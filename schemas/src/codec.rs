@@ -6,10 +6,12 @@
 //! with an older or newer compatible schema still decode. Each failure is classified (see
 //! [`CodecError::kind`]) so the stream stage can dead-letter poison and retry outages.
 //!
-//! Every registry request has a timeout ([`REQUEST_TIMEOUT`]). Only the registry's own "not
-//! found" (404) for a schema id is [`CodecError::UnknownSchemaId`]; any other failure — a 5xx,
-//! a refused credential, a timeout, an unreachable or unreadable registry — is
-//! [`CodecError::RegistryUnavailable`], retryable, and never cached: the next call asks again.
+//! Every registry request has a timeout ([`REQUEST_TIMEOUT`]). The registry's own "not found"
+//! (404) for a schema id is [`CodecError::UnknownSchemaId`], as is a schema the client cannot
+//! use; any failure of the registry itself — a 5xx, a refused credential, a timeout, an
+//! unreachable registry — is [`CodecError::RegistryUnavailable`], retryable, and never cached:
+//! the next call asks again. Encoding likewise: only a schema the registry refuses (409, 422)
+//! or a record that does not serialize is a non-retryable [`CodecError::Register`].
 
 use std::io::Read;
 use std::sync::Arc;
@@ -175,7 +177,7 @@ impl Codec {
                 CodecError::Register {
                     subject: Self::value_subject(topic),
                     message: describe(&e),
-                    retryable: !is_refusal(&e),
+                    retryable: e.retriable || (is_http_failure(&e) && !is_refusal(&e)),
                 }
             })
     }
@@ -189,13 +191,13 @@ impl Codec {
                 // asked again next time.
                 self.decoder.remove_errors_from_cache();
             }
-            if is_not_found(&e) {
-                CodecError::UnknownSchemaId {
-                    id,
+            if !is_not_found(&e) && (e.retriable || is_http_failure(&e)) {
+                CodecError::RegistryUnavailable {
                     message: describe(&e),
                 }
             } else {
-                CodecError::RegistryUnavailable {
+                CodecError::UnknownSchemaId {
+                    id,
                     message: describe(&e),
                 }
             }
@@ -251,6 +253,12 @@ fn schema_name(schema: &Schema) -> String {
         Schema::Record(r) => r.name.fullname(None),
         other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
     }
+}
+
+/// Whether the registry answered with an HTTP error (as opposed to a schema the client could
+/// not parse or a record it could not serialize, which asking again cannot change).
+fn is_http_failure(e: &SRCError) -> bool {
+    e.error.contains("failed with status")
 }
 
 /// Whether the registry refused the schema itself: incompatible with the subject's versions

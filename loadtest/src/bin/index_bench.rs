@@ -118,7 +118,7 @@ struct CompactionArgs {
     #[arg(long, default_value_t = 20)]
     idle_secs: u64,
     /// Open-loop query rate as a share of the idle back-to-back capacity (0: back to back
-    /// throughout, which leaves no idle CPU at all on a 2-core machine).
+    /// throughout, which leaves no idle CPU when the queries use every core).
     #[arg(long, default_value_t = 0.5)]
     load: f64,
 }

@@ -37,8 +37,8 @@ pub struct StageArgs {
     /// cpu or cuda.
     #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
     device: Device,
-    /// Model replicas on their own threads (CPU only; a GPU runs one). Two keep both cores
-    /// of a 2-core machine busy.
+    /// Model replicas on their own threads (CPU only; a GPU runs one): one per core to keep
+    /// busy.
     #[arg(long, env = "EMBEDSTREAM_REPLICAS", default_value_t = 2)]
     replicas: usize,
     /// Events per batch taken from Kafka. The engine sorts a batch's texts by length and cuts
