@@ -93,20 +93,7 @@ async fn decode_failures_are_classified_against_a_real_registry() {
     );
     assert!(!err.is_retryable());
 
-    let report = DriftReport {
-        kind: DriftKind::SelfCheck,
-        model_id: "m".into(),
-        model_version: 1,
-        compared_model_id: None,
-        compared_model_version: None,
-        adapter: None,
-        canary_count: 1,
-        mean_cosine: 1.0,
-        min_cosine: 1.0,
-        max_norm_error: 0.0,
-        verdict: "ok".into(),
-        report_time: 0,
-    };
+    let report = report();
     let bytes = codec.encode(&topic, &report).await.unwrap();
     let err = codec.decode::<ItemEvent>(&bytes).await.unwrap_err();
     assert_eq!(err.kind(), "wrong_schema", "{err}");
@@ -178,20 +165,7 @@ async fn faulty_registry(
 async fn a_failing_registry_is_an_outage_and_is_asked_again_once_it_recovers() {
     let registry = TestRegistry::start().await;
     let topic = unique("it-faulty");
-    let report = DriftReport {
-        kind: DriftKind::SelfCheck,
-        model_id: "m".into(),
-        model_version: 1,
-        compared_model_id: None,
-        compared_model_version: None,
-        adapter: None,
-        canary_count: 1,
-        mean_cosine: 1.0,
-        min_cosine: 1.0,
-        max_norm_error: 0.0,
-        verdict: "ok".into(),
-        report_time: 0,
-    };
+    let report = report();
     let bytes = Codec::new(&registry.url)
         .encode(&topic, &report)
         .await
@@ -213,4 +187,22 @@ async fn a_failing_registry_is_an_outage_and_is_asked_again_once_it_recovers() {
         assert_eq!(decoded, report, "status {status}");
     }
     registry.stop().await;
+}
+
+/// A drift report: a record of another type than the item events.
+fn report() -> DriftReport {
+    DriftReport {
+        kind: DriftKind::SelfCheck,
+        model_id: "m".into(),
+        model_version: 1,
+        compared_model_id: None,
+        compared_model_version: None,
+        adapter: None,
+        canary_count: 1,
+        mean_cosine: 1.0,
+        min_cosine: 1.0,
+        max_norm_error: 0.0,
+        verdict: "ok".into(),
+        report_time: 0,
+    }
 }
