@@ -66,3 +66,12 @@ pub enum AdapterError {
         name: String,
     },
 }
+
+impl AdapterError {
+    /// A [`AdapterError::Refused`] for `reason`.
+    pub(crate) fn refused(reason: impl Into<String>) -> Self {
+        Self::Refused {
+            reason: reason.into(),
+        }
+    }
+}

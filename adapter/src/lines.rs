@@ -1,12 +1,15 @@
-//! Mapping JSON lines of vectors (`{"id", "vector"}`, what `embedstream embed` writes) from
-//! the new model's space into the old one's, line by line: a line that cannot be mapped is
-//! reported with its number and the others go on.
+//! JSON lines of vectors (`{"id", "vector"}`, what `embedstream embed` writes): reading them
+//! by id ([`read_vectors`]), and mapping them from the new model's space into the old one's
+//! line by line ([`map_lines`]: a line that cannot be mapped is reported with its number and
+//! the others go on).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::path::Path;
 
 use serde_json::Value;
 
-use crate::Adapter;
+use crate::{Adapter, AdapterError};
 
 /// Maps every line of `input` to `output` (blank lines skipped), with the int8 serving path or,
 /// with `exact`, the f32 map. Each line that cannot be mapped is passed to `bad` with its
@@ -51,6 +54,59 @@ fn map_line(adapter: &Adapter, exact: bool, line: &str) -> Result<Value, String>
     }
     .map_err(|e| format!("id {id}: {e}"))?;
     Ok(serde_json::json!({"id": id, "vector": mapped}))
+}
+
+/// An id as text: a JSON string as is, anything else as its JSON.
+pub(crate) fn id_string(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The non-blank lines of `path` with their 1-based numbers.
+pub(crate) fn nonblank_lines(path: &Path) -> Result<Vec<(usize, String)>, AdapterError> {
+    let io = |source| AdapterError::Io {
+        op: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if !line.trim().is_empty() {
+            out.push((i + 1, line));
+        }
+    }
+    Ok(out)
+}
+
+/// `{"id", "vector"}` lines (the output of `embedstream embed`) by id, with their line numbers;
+/// an id that appears twice is refused.
+pub fn read_vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>, AdapterError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        id: serde_json::Value,
+        vector: Vec<f32>,
+    }
+    let mut out = BTreeMap::new();
+    for (n, line) in nonblank_lines(path)? {
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+            AdapterError::refused(format!(
+                "{}:{n}: not a vector line {{\"id\", \"vector\"}}: {e}",
+                path.display()
+            ))
+        })?;
+        let id = id_string(&parsed.id);
+        if out.insert(id.clone(), (n, parsed.vector)).is_some() {
+            return Err(AdapterError::refused(format!(
+                "{}:{n}: item {id:?} appears twice",
+                path.display()
+            )));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 use crate::{Layers, Matrix};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
-use super::{Pairs, Result, refused};
+use super::{Pairs, Result};
+use crate::AdapterError;
 
 /// The pairs as centered f64 matrices `X` (n × in), `Y` (n × out) and their column means.
 struct Centered {
@@ -58,12 +59,14 @@ fn procrustes_map(c: &Centered) -> Result<DMatrix<f64>> {
     let m = c.x.tr_mul(&c.y);
     let svd = m.svd(true, true);
     let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
-        return Err(refused("the SVD of the cross-covariance did not converge"));
+        return Err(AdapterError::refused(
+            "the SVD of the cross-covariance did not converge",
+        ));
     };
     let r = u * v_t;
     let scale = svd.singular_values.sum() / c.x.norm_squared();
     if !scale.is_finite() || scale <= 0.0 {
-        return Err(refused(
+        return Err(AdapterError::refused(
             "the new vectors do not vary (every pair has the same new vector?)",
         ));
     }
@@ -75,7 +78,7 @@ fn procrustes_map(c: &Centered) -> Result<DMatrix<f64>> {
 /// `U = (B V_r)ᵀ` (rank × in) and `V = V_r` (out × rank). `λ = ridge · tr(XᵀX) / in`.
 pub fn affine(pairs: &Pairs, rank: usize, ridge: f64) -> Result<Layers> {
     if rank == 0 {
-        return Err(refused("the rank must be at least 1"));
+        return Err(AdapterError::refused("the rank must be at least 1"));
     }
     let c = centered(pairs);
     let rank = rank.min(pairs.out_dim);
@@ -85,9 +88,9 @@ pub fn affine(pairs: &Pairs, rank: usize, ridge: f64) -> Result<Layers> {
     for i in 0..reg.nrows() {
         reg[(i, i)] += lambda;
     }
-    let chol = reg
-        .cholesky()
-        .ok_or_else(|| refused("XᵀX + λI is not positive definite (raise --ridge)"))?;
+    let chol = reg.cholesky().ok_or_else(|| {
+        AdapterError::refused("XᵀX + λI is not positive definite (raise --ridge)")
+    })?;
     let b = chol.solve(&c.x.tr_mul(&c.y));
     let fitted = b.transpose() * &xtx * &b;
     let eig = SymmetricEigen::new(fitted);

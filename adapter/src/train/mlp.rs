@@ -11,8 +11,8 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, activation};
 
-use super::{Pairs, Result, TrainConfig, cosines, linear, refused};
-use crate::{Adapter, AdapterMeta, AdapterName, Layers, Matrix};
+use super::{Pairs, Result, TrainConfig, cosines, linear};
+use crate::{Adapter, AdapterError, AdapterMeta, AdapterName, Layers, Matrix};
 
 /// The CPU backend the MLP trains on.
 type Cpu = burn::backend::Flex;
@@ -52,7 +52,7 @@ fn matrix_of<B: Backend>(linear: &Linear<B>) -> Result<(Matrix, Vec<f32>)> {
     let data = w
         .into_data()
         .to_vec::<f32>()
-        .map_err(|e| refused(format!("reading trained weights: {e:?}")))?;
+        .map_err(|e| AdapterError::refused(format!("reading trained weights: {e:?}")))?;
     let m = Matrix::new(
         cols_out,
         rows_in,
@@ -63,7 +63,7 @@ fn matrix_of<B: Backend>(linear: &Linear<B>) -> Result<(Matrix, Vec<f32>)> {
             .val()
             .into_data()
             .to_vec::<f32>()
-            .map_err(|e| refused(format!("reading trained biases: {e:?}")))?,
+            .map_err(|e| AdapterError::refused(format!("reading trained biases: {e:?}")))?,
         None => vec![0.0; cols_out],
     };
     Ok((m, b))
@@ -111,7 +111,9 @@ pub fn train(
     name: &AdapterName,
 ) -> Result<(Layers, usize)> {
     if config.hidden == 0 || config.batch == 0 {
-        return Err(refused("--hidden and --batch must be at least 1"));
+        return Err(AdapterError::refused(
+            "--hidden and --batch must be at least 1",
+        ));
     }
     let device = Default::default();
     Train::seed(&device, config.seed);
@@ -154,7 +156,7 @@ pub fn train(
             let loss = (dot / norm).mean().neg().add_scalar(1.0);
             let value: f32 = loss.clone().into_scalar();
             if !value.is_finite() {
-                return Err(refused(format!(
+                return Err(AdapterError::refused(format!(
                     "training diverged at epoch {epoch} (loss {value}); try a lower --lr"
                 )));
             }

@@ -22,24 +22,18 @@
 pub mod linear;
 pub mod mlp;
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use embedstream_topics::{ModelRef, catalog};
 
+use crate::lines::{id_string, nonblank_lines, read_vectors};
 use crate::matrix::dot;
 use crate::{Adapter, AdapterError, AdapterKind, AdapterMeta, AdapterName};
 
 /// Training's results: refusals are [`AdapterError::Refused`].
 pub type Result<T, E = AdapterError> = std::result::Result<T, E>;
-
-fn refused(reason: impl Into<String>) -> AdapterError {
-    AdapterError::Refused {
-        reason: reason.into(),
-    }
-}
 
 /// Paired embeddings of the same items: row `i` of `new` and of `old` embed item `ids[i]`.
 #[derive(Debug, Clone, Default)]
@@ -96,7 +90,7 @@ impl Pairs {
             self.out_dim = old.len();
         }
         if new.len() != self.in_dim || old.len() != self.out_dim {
-            return Err(refused(format!(
+            return Err(AdapterError::refused(format!(
                 "{what}: item {id:?} has a {}-d new and a {}-d old vector; the pairs before it are {}-d and {}-d",
                 new.len(),
                 old.len(),
@@ -104,10 +98,10 @@ impl Pairs {
                 self.out_dim
             )));
         }
-        let new =
-            unit(new).map_err(|e| refused(format!("{what}: item {id:?}: new vector: {e}")))?;
-        let old =
-            unit(old).map_err(|e| refused(format!("{what}: item {id:?}: old vector: {e}")))?;
+        let new = unit(new)
+            .map_err(|e| AdapterError::refused(format!("{what}: item {id:?}: new vector: {e}")))?;
+        let old = unit(old)
+            .map_err(|e| AdapterError::refused(format!("{what}: item {id:?}: old vector: {e}")))?;
         self.ids.push(id);
         self.new.extend(new);
         self.old.extend(old);
@@ -125,16 +119,18 @@ impl Pairs {
         }
         let mut pairs = Pairs::default();
         let mut seen = std::collections::HashSet::new();
-        for (n, line) in lines(path)? {
+        for (n, line) in nonblank_lines(path)? {
             let what = format!("{}:{n}", path.display());
             let parsed: Line = serde_json::from_str(&line).map_err(|e| {
-                refused(format!(
+                AdapterError::refused(format!(
                     "{what}: not a pair line {{\"id\", \"old\", \"new\"}}: {e}"
                 ))
             })?;
             let id = id_string(&parsed.id);
             if !seen.insert(id.clone()) {
-                return Err(refused(format!("{what}: item {id:?} appears twice")));
+                return Err(AdapterError::refused(format!(
+                    "{what}: item {id:?} appears twice"
+                )));
             }
             pairs.push(id, &parsed.new, &parsed.old, &what)?;
         }
@@ -149,7 +145,7 @@ impl Pairs {
         let only_old: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
         let only_new: Vec<&String> = new.keys().filter(|k| !old.contains_key(*k)).collect();
         if !only_old.is_empty() || !only_new.is_empty() {
-            return Err(refused(format!(
+            return Err(AdapterError::refused(format!(
                 "the two files embed different items: {} only in {} (e.g. {:?}), {} only in {} (e.g. {:?})",
                 only_old.len(),
                 old_file.display(),
@@ -205,57 +201,6 @@ impl Pairs {
     }
 }
 
-fn id_string(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let io = |source| AdapterError::Io {
-        op: "reading",
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io)?;
-        if !line.trim().is_empty() {
-            out.push((i + 1, line));
-        }
-    }
-    Ok(out)
-}
-
-/// `{"id", "vector"}` lines (the output of `embedstream embed`) by id, with their line numbers;
-/// an id that appears twice is refused.
-pub fn read_vectors(path: &Path) -> Result<BTreeMap<String, (usize, Vec<f32>)>> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        id: serde_json::Value,
-        vector: Vec<f32>,
-    }
-    let mut out = BTreeMap::new();
-    for (n, line) in lines(path)? {
-        let parsed: Line = serde_json::from_str(&line).map_err(|e| {
-            refused(format!(
-                "{}:{n}: not a vector line {{\"id\", \"vector\"}}: {e}",
-                path.display()
-            ))
-        })?;
-        let id = id_string(&parsed.id);
-        if out.insert(id.clone(), (n, parsed.vector)).is_some() {
-            return Err(refused(format!(
-                "{}:{n}: item {id:?} appears twice",
-                path.display()
-            )));
-        }
-    }
-    Ok(out)
-}
-
 /// Checks that the adapter `name` in `dir` can serve: it loads (checksum, shapes, finite
 /// weights) and its dimensions are its two models' dimensions in the catalog.
 pub fn check_deployable(dir: &Path, name: &str) -> Result<Adapter> {
@@ -265,7 +210,7 @@ pub fn check_deployable(dir: &Path, name: &str) -> Result<Adapter> {
     };
     let (new_dim, old_dim) = (dim(&adapter.meta.new_model)?, dim(&adapter.meta.old_model)?);
     if adapter.meta.in_dim != new_dim || adapter.meta.out_dim != old_dim {
-        return Err(refused(format!(
+        return Err(AdapterError::refused(format!(
             "{name} maps {}-d vectors to {}-d, but {} is {new_dim}-d and {} is {old_dim}-d: it cannot serve this index",
             adapter.meta.in_dim,
             adapter.meta.out_dim,
@@ -345,10 +290,10 @@ pub fn train(
     let new_dim = catalog::lookup(new)?.dimension as usize;
     let old_dim = catalog::lookup(old)?.dimension as usize;
     if pairs.is_empty() {
-        return Err(refused("no pairs"));
+        return Err(AdapterError::refused("no pairs"));
     }
     if pairs.in_dim != new_dim || pairs.out_dim != old_dim {
-        return Err(refused(format!(
+        return Err(AdapterError::refused(format!(
             "the pairs are {}-d new and {}-d old, but {new} is {new_dim}-d and {old} is {old_dim}-d (are \"old\" and \"new\" swapped, or the models wrong?)",
             pairs.in_dim, pairs.out_dim
         )));
@@ -357,14 +302,14 @@ pub fn train(
         || name.new != new.to_string()
         || name.old != old.to_string()
     {
-        return Err(refused(format!(
+        return Err(AdapterError::refused(format!(
             "the name {name} does not say a {} adapter from {new} into {old}",
             config.kind
         )));
     }
     let (fit, held) = pairs.split(config.holdout, config.seed);
     if fit.len() < new_dim {
-        return Err(refused(format!(
+        return Err(AdapterError::refused(format!(
             "too few pairs: {} to fit on (after holding out {}), need at least {new_dim} (the new model's dimension) for the map to be determined",
             fit.len(),
             held.len()
@@ -403,7 +348,7 @@ pub fn train(
     );
     adapter
         .validate()
-        .map_err(|e| refused(format!("the fit failed: {e}")))?;
+        .map_err(|e| AdapterError::refused(format!("the fit failed: {e}")))?;
     adapter.meta.train_cosine = cosines(&adapter, &fit)?.0;
     adapter.meta.holdout_cosine = (!held.is_empty())
         .then(|| cosines(&adapter, &held).map(|c| c.0))

@@ -3,11 +3,10 @@
 //! query, single thread, back to back over the query vectors, `--passes` times. Prints one
 //! JSON array, one object per adapter, with p50 and p99 in microseconds.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use embedstream_adapter::{Adapter, AdapterError};
 use embedstream_loadtest::at_quantile;
@@ -26,26 +25,6 @@ struct Args {
     /// Timed passes over the queries.
     #[arg(long, default_value_t = 20)]
     passes: usize,
-}
-
-fn queries(path: &PathBuf) -> Result<Vec<Vec<f32>>> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        vector: Vec<f32>,
-    }
-    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut out = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: Line = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a vector line", path.display(), n + 1))?;
-        out.push(parsed.vector);
-    }
-    anyhow::ensure!(!out.is_empty(), "{}: no query vectors", path.display());
-    Ok(out)
 }
 
 /// p50 and p99 of `f` over `queries`, `passes` times, in microseconds.
@@ -69,7 +48,15 @@ fn timed(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let queries = queries(&args.queries)?;
+    let queries: Vec<Vec<f32>> = embedstream_adapter::lines::read_vectors(&args.queries)?
+        .into_values()
+        .map(|(_, v)| v)
+        .collect();
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "{}: no query vectors",
+        args.queries.display()
+    );
     let mut rows = Vec::new();
     for name in &args.adapters {
         let a = Adapter::load(&embedstream_adapter::resolve(&args.adapters_dir, name)?)?;

@@ -390,7 +390,7 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `{"id", "vector"}` lines by id.
 fn vectors(path: &Path) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
-    Ok(embedstream_adapter::train::read_vectors(path)?
+    Ok(embedstream_adapter::lines::read_vectors(path)?
         .into_iter()
         .map(|(id, (_, v))| (id, v))
         .collect())
