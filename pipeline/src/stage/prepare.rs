@@ -21,6 +21,30 @@ use crate::control::ControlLog;
 use crate::embed::engine::{EngineError, Pending};
 use crate::error::{Error, Result};
 
+/// The wait before asking the registry again for a record it could not serve: 100 ms,
+/// doubling up to 5 s. Each wait is counted in the registry-retries metric under `op`.
+pub(super) struct RegistryBackoff {
+    op: &'static str,
+    next: Duration,
+}
+
+impl RegistryBackoff {
+    pub(super) fn new(op: &'static str) -> Self {
+        Self {
+            op,
+            next: Duration::from_millis(100),
+        }
+    }
+
+    /// Counts one retry and returns how long to wait before it.
+    pub(super) fn step(&mut self) -> Duration {
+        counter!(m::REGISTRY_RETRIES, "op" => self.op).increment(1);
+        let wait = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        wait
+    }
+}
+
 /// Decodes a record; retries while the registry is unavailable.
 async fn decode(
     codec: &Codec,
@@ -31,18 +55,17 @@ async fn decode(
     let Some(payload) = message.payload() else {
         return Some(validate::tombstone(message.key()));
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RegistryBackoff::new("decode");
     loop {
         match codec.decode::<ItemEvent>(payload).await {
             Ok(event) => return Some(validate::event(event, limits)),
             Err(e) if e.is_retryable() => {
-                counter!(m::REGISTRY_RETRIES, "op" => "decode").increment(1);
+                let wait = backoff.step();
                 tracing::warn!(error = %e, "Registry unavailable; retrying the record.");
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Some(Err(Poison::from(&e))),
         }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::flow::{STAGE, Sent, Submitted};
 use super::metrics as m;
-use super::prepare::vectors_of;
+use super::prepare::{RegistryBackoff, vectors_of};
 use super::validate::{Poison, Work};
 use crate::error::{Error, Result};
 
@@ -185,14 +185,13 @@ async fn send_raw(
 /// and asks again, with a backoff up to 5 s, so registry trouble pauses the stage and never
 /// fails a record. A schema the registry refuses is an error.
 async fn encode<T: AvroRecord>(codec: &Codec, topic: &str, record: &T) -> Result<Vec<u8>> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RegistryBackoff::new("encode");
     loop {
         match codec.encode(topic, record).await {
             Err(e) if e.is_retryable() => {
-                counter!(m::REGISTRY_RETRIES, "op" => "encode").increment(1);
+                let wait = backoff.step();
                 tracing::warn!(error = %e, topic, "Registry unavailable; encoding again.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
             }
             other => return Ok(other?),
         }
