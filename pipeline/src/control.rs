@@ -4,9 +4,16 @@
 //!
 //! Guarantees: [`ControlLog::open`] returns only after the log has been read to where it ended
 //! at start, so a restarted process resumes the same state before it does anything; every
-//! process applies the same records in the same order (one partition). A record that cannot be
-//! decoded is logged and skipped — it never stops the follower. Not guaranteed: two writers
-//! racing on one key both land; the later offset wins (callers serialise their own changes).
+//! process applies the same records in the same order (one partition), so processes never
+//! disagree on the state: a record that cannot be decoded (bad framing or Avro, a schema id the
+//! registry does not know) **halts** the follower at it — every process stops at the same
+//! offset and keeps the state before it, the halt is exported as
+//! `embedstream_control_log_halted` (alert `ControlLogHalted`), [`ControlLog::open`] and
+//! [`ControlLog::publish`] fail with the record's offset and error, and the record is tried
+//! again every 30 s (a schema restored to the registry resumes the follower). A record that
+//! decodes but that the state refuses (e.g. a payload that does not match its kind) is skipped
+//! by every process alike. Registry outages are waited out. Not guaranteed: two writers racing
+//! on one key both land; the later offset wins (callers serialise their own changes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +40,15 @@ pub struct ControlView {
     pub state: Arc<ControlState>,
     /// The offset of the next record to apply.
     pub next_offset: i64,
+    /// Set while the follower is halted at `next_offset`: the record there cannot be decoded.
+    pub halted: Option<String>,
 }
+
+/// Gauge: 1 while this process's control-log follower is halted at an undecodable record.
+pub const HALTED: &str = "embedstream_control_log_halted";
+
+/// How often a halted follower tries its record again.
+const HALT_RETRY: Duration = Duration::from_secs(30);
 
 /// A follower of the control log that can also write to it. Cheap to clone.
 #[derive(Clone)]
@@ -117,9 +132,9 @@ impl ControlLog {
 
     async fn wait_applied(&self, offset: i64) -> Result<()> {
         let mut view = self.view.clone();
-        tokio::time::timeout(
+        let applied = tokio::time::timeout(
             Duration::from_secs(120),
-            view.wait_for(|v| v.next_offset >= offset),
+            view.wait_for(|v| v.next_offset >= offset || v.halted.is_some()),
         )
         .await
         .map_err(|_| Error::Control {
@@ -131,7 +146,17 @@ impl ControlLog {
         .map_err(|_| Error::Control {
             reason: "the control log follower stopped".to_owned(),
         })?;
-        Ok(())
+        if applied.next_offset >= offset {
+            return Ok(());
+        }
+        Err(Error::Control {
+            reason: format!(
+                "{} is halted at offset {}: {}",
+                self.topic,
+                applied.next_offset,
+                applied.halted.clone().unwrap_or_default()
+            ),
+        })
     }
 
     /// Appends one record and returns once this process's follower has applied it.
@@ -234,32 +259,40 @@ async fn follow(
         let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
         let record = match msg.payload() {
             None => None,
-            Some(bytes) => loop {
-                match codec.decode::<ControlRecord>(bytes).await {
-                    Ok(r) => break Some(r),
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, offset, "Registry unavailable while reading the control log; retrying.");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            Some(bytes) => {
+                let mut backoff = Duration::from_millis(500);
+                loop {
+                    let wait = match codec.decode::<ControlRecord>(bytes).await {
+                        Ok(r) => break Some(r),
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(error = %e, offset, "Registry unavailable while reading the control log; retrying.");
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            backoff
                         }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, offset, key = %key, "Skipping an undecodable control record.");
-                        break None;
+                        Err(e) => {
+                            tracing::error!(error = %e, offset, key = %key, "Halting at a control record that cannot be decoded; the state before it stays in force. Trying it again every 30 s.");
+                            metrics::gauge!(HALTED).set(1.0);
+                            tx.send_modify(|v| {
+                                v.halted = Some(format!("the record cannot be decoded: {e}"));
+                            });
+                            HALT_RETRY
+                        }
+                    };
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
                     }
                 }
-            },
+            }
         };
-        // An undecodable record is skipped rather than read as a tombstone.
-        if (msg.payload().is_none() || record.is_some())
-            && let Err(e) = state.apply(&key, record)
-        {
-            tracing::error!(error = %e, offset, "Skipping a control record.");
+        if let Err(e) = state.apply(&key, record) {
+            tracing::error!(error = %e, offset, "Skipping a control record the state refuses.");
         }
+        metrics::gauge!(HALTED).set(0.0);
         tx.send_replace(ControlView {
             state: Arc::new(state.clone()),
             next_offset: offset + 1,
+            halted: None,
         });
     }
 }

@@ -157,6 +157,10 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// Shutdown was asked for while a read was in progress: the work it was for is not
+    /// finished and nothing of it was checkpointed. Not a failure of the work.
+    #[error("interrupted by shutdown")]
+    Interrupted,
     /// A Drift-Adapter could not be read, trained or deployed (see its kind); nothing was
     /// written.
     #[error(transparent)]

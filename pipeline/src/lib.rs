@@ -2,6 +2,7 @@
 //! harness, and what the `embedstream` binary's subcommands share (telemetry, shutdown).
 
 pub mod control;
+pub mod dlq;
 pub mod drift;
 pub mod embed;
 pub mod encoder;
@@ -9,6 +10,7 @@ mod error;
 pub mod eval;
 pub mod migrate;
 pub mod models;
+mod range;
 pub mod stage;
 pub mod telemetry;
 

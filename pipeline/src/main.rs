@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: cmd::adapter::AdapterCommand,
     },
+    /// Dead letters of `items.dlq`: list them, or replay chosen ones to `items` after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: cmd::dlq::DlqCommand,
+    },
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
     /// Topic administration.
@@ -183,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             cmd::sink::run(args, routes, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
+        Command::Dlq { command } => cmd::dlq::run(command, shutdown_on_signal()).await?,
         Command::Eval(args) => cmd::eval::run(args).await?,
         Command::Drift(args) => {
             let routes = telemetry::service_router(args.platform.kafka()?)?;

@@ -119,7 +119,7 @@ pub struct DeadLetter {
     /// The key of the failed record, as it was.
     #[serde(with = "apache_avro::serde::bytes_opt")]
     pub original_key: Option<Vec<u8>>,
-    /// The value of the failed record, as it was.
+    /// The value of the failed record, cut to the stage's limit when longer.
     #[serde(with = "apache_avro::serde::bytes_opt")]
     pub original_value: Option<Vec<u8>>,
     /// Where the failed record was read.
@@ -132,6 +132,15 @@ pub struct DeadLetter {
     pub stage: String,
     /// When, ms since the epoch.
     pub failed_at: i64,
+    /// Bytes of the whole original value (`None` for a tombstone).
+    #[serde(default)]
+    pub original_value_size: Option<i64>,
+    /// Hex SHA-256 of the whole original value (`None` for a tombstone).
+    #[serde(default)]
+    pub original_value_sha256: Option<String>,
+    /// Whether the key or the value was cut to the limit (such a letter cannot be replayed).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// Which comparison a drift report is.

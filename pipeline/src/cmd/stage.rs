@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use embedstream_pipeline::dlq::DeadLetterPolicy;
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::stage::consumer::Batching;
@@ -60,6 +61,11 @@ pub struct StageArgs {
     /// Texts (title + text) longer than this many bytes are dead-lettered.
     #[arg(long, default_value_t = 65_536)]
     max_text_bytes: usize,
+    /// A dead letter keeps at most this many bytes of the original key and of the original
+    /// value (with the whole value's size and SHA-256), so it always fits the broker's record
+    /// limit; a letter cut this way cannot be replayed.
+    #[arg(long, default_value_t = DeadLetterPolicy::default().max_original_bytes)]
+    dlq_max_original_bytes: usize,
     /// Registered as ACTIVE when the control log has no model version at all ("" for none).
     #[arg(
         long,
@@ -111,6 +117,9 @@ impl StageArgs {
             in_flight_batches: self.in_flight_batches.max(1),
             limits: Limits {
                 max_text_bytes: self.max_text_bytes,
+            },
+            dead_letters: DeadLetterPolicy {
+                max_original_bytes: self.dlq_max_original_bytes,
             },
             initial_model,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),

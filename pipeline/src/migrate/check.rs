@@ -34,6 +34,7 @@ use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, partitions
 use super::plan;
 use crate::control::ControlLog;
 use crate::error::{Error, Result};
+use crate::range::PartitionRange;
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -200,10 +201,8 @@ impl View {
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
                 .map_err(Error::kafka(&r.kafka))?;
             let from = self.next.get(&p).copied().unwrap_or(low).max(low);
-            for m in r
-                .read_topic_range(&self.topic, p, from, high, shutdown)
-                .await?
-            {
+            let mut range = PartitionRange::open(&r.kafka, &self.topic, p, from, high)?;
+            while let Some(m) = range.next(shutdown).await? {
                 let Some(key) = m.key() else { continue };
                 all_keys.insert(key.to_vec());
                 let Ok(id) = std::str::from_utf8(key) else {
@@ -442,7 +441,7 @@ async fn requeue(
                 let before = steps.len();
                 steps.extend(
                     r.prepare(records, &mut HashSet::new(), &mut scratch, shutdown)
-                        .await,
+                        .await?,
                 );
                 if steps.len() == before {
                     report.requeue_skipped += 1;

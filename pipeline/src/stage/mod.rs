@@ -23,7 +23,7 @@ mod flow;
 pub mod metrics;
 pub mod models;
 pub mod offsets;
-mod prepare;
+pub(crate) mod prepare;
 mod produce;
 pub mod validate;
 
@@ -50,6 +50,7 @@ use self::flow::{Sent, Submitted};
 use self::prepare::prepare_loop;
 use self::produce::produce_loop;
 use crate::control::ControlLog;
+use crate::dlq::DeadLetterPolicy;
 use crate::embed::burn_model::Device;
 use crate::embed::engine::EngineConfig;
 use crate::error::{Error, Result};
@@ -77,6 +78,8 @@ pub struct StageConfig {
     pub in_flight_batches: usize,
     /// What is accepted.
     pub limits: Limits,
+    /// How dead letters are written.
+    pub dead_letters: DeadLetterPolicy,
     /// When the control log has no model version at all, this one is registered as ACTIVE.
     pub initial_model: Option<ModelRef>,
     /// How long a revoke or a shutdown waits for in-flight events.
@@ -187,6 +190,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         producer.clone(),
         codec,
         config.names.items_dlq(),
+        config.dead_letters,
     ));
     let ack = tokio::spawn(ack_loop(sent_rx, consumer.clone(), tracker.clone()));
 

@@ -45,8 +45,9 @@ impl RegistryBackoff {
     }
 }
 
-/// Decodes a record; retries while the registry is unavailable.
-async fn decode(
+/// Decodes and validates a record; retries while the registry is unavailable. `None` when
+/// shutdown is asked for while it waits (the record is not decided).
+pub(crate) async fn decode(
     codec: &Codec,
     message: &OwnedMessage,
     limits: Limits,

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
-use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::{AvroRecord, Codec};
 use embedstream_topics::time::now_ms;
 use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
@@ -16,6 +16,7 @@ use super::flow::{STAGE, Sent, Submitted};
 use super::metrics as m;
 use super::prepare::{RegistryBackoff, vectors_of};
 use super::validate::{Poison, Work};
+use crate::dlq::{DeadLetterPolicy, Failed, dead_letter};
 use crate::error::{Error, Result};
 
 fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
@@ -32,6 +33,7 @@ pub(super) async fn produce_loop(
     producer: FutureProducer,
     codec: Codec,
     dlq: String,
+    policy: DeadLetterPolicy,
 ) -> Result<()> {
     while let Some(batch) = batches.recv().await {
         let mut vectors = Vec::with_capacity(batch.models.len());
@@ -111,22 +113,21 @@ pub(super) async fn produce_loop(
                     error = %poison.message,
                     "Dead-lettering a record."
                 );
-                let letter = DeadLetter {
-                    original_key: entry.message.key().map(<[u8]>::to_vec),
-                    original_value: entry.message.payload().map(<[u8]>::to_vec),
-                    source: SourceCoordinates {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                    },
-                    error_kind: poison.kind.to_owned(),
-                    message: poison.message,
-                    stage: STAGE.to_owned(),
-                    failed_at: now_ms(),
+                let failed = Failed {
+                    key: entry.message.key(),
+                    value: entry.message.payload(),
+                    source: source.clone(),
                 };
+                let (letter, headers) = dead_letter(&failed, &poison, STAGE, policy);
                 let payload = encode(&codec, &dlq, &letter).await?;
-                let key = entry.message.key().map(<[u8]>::to_vec);
-                let d = send_raw(&producer, &dlq, key.as_deref(), Some(&payload)).await?;
+                let d = send_raw(
+                    &producer,
+                    &dlq,
+                    letter.original_key.as_deref(),
+                    Some(&payload),
+                    Some(headers),
+                )
+                .await?;
                 deliveries.push(("dlq".to_owned(), dlq.clone(), d));
             }
             events.push((topic, partition, offset));
@@ -150,7 +151,7 @@ async fn send(
     key: &str,
     payload: Option<&[u8]>,
 ) -> Result<DeliveryFuture> {
-    send_raw(producer, topic, Some(key.as_bytes()), payload).await
+    send_raw(producer, topic, Some(key.as_bytes()), payload, None).await
 }
 
 /// Enqueues a record (waiting while the producer's queue is full) and returns its delivery.
@@ -159,9 +160,13 @@ async fn send_raw(
     topic: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
 ) -> Result<DeliveryFuture> {
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
         if let Some(k) = key {
             record = record.key(k);
         }

@@ -86,6 +86,9 @@ fn dead_letters_keep_the_original_bytes() {
         message: "truncated".into(),
         stage: "embed-stage".into(),
         failed_at: 3,
+        original_value_size: Some(3),
+        original_value_sha256: Some("ab".repeat(32)),
+        truncated: false,
     });
     round_trip(&DeadLetter {
         original_key: None,
@@ -95,7 +98,57 @@ fn dead_letters_keep_the_original_bytes() {
         message: String::new(),
         stage: "embed-stage".into(),
         failed_at: 3,
+        original_value_size: None,
+        original_value_sha256: None,
+        truncated: true,
     });
+}
+
+#[test]
+fn a_dead_letter_written_before_sizes_were_kept_reads_as_untruncated() {
+    let mut old: serde_json::Value = serde_json::from_str(DeadLetter::SCHEMA_JSON).unwrap();
+    old["fields"].as_array_mut().unwrap().retain(|f| {
+        !matches!(
+            f["name"].as_str(),
+            Some("original_value_size" | "original_value_sha256" | "truncated")
+        )
+    });
+    let old = Schema::parse_str(&old.to_string()).unwrap();
+    let value = apache_avro::types::Value::Record(vec![
+        (
+            "original_key".into(),
+            apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+        ),
+        (
+            "original_value".into(),
+            apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::Bytes(vec![1, 2])),
+            ),
+        ),
+        (
+            "source".into(),
+            apache_avro::types::Value::Record(vec![
+                ("topic".into(), "items".into()),
+                ("partition".into(), apache_avro::types::Value::Int(0)),
+                ("offset".into(), apache_avro::types::Value::Long(9)),
+            ]),
+        ),
+        ("error_kind".into(), "malformed_framing".into()),
+        ("message".into(), "m".into()),
+        ("stage".into(), "embed-stage".into()),
+        ("failed_at".into(), apache_avro::types::Value::Long(1)),
+    ]);
+    let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&old)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let letter: DeadLetter = decode_datum(&old, &mut bytes.as_slice()).unwrap();
+    assert_eq!(letter.original_value, Some(vec![1, 2]));
+    assert_eq!(letter.source.offset, 9);
+    assert_eq!(letter.original_value_size, None);
+    assert!(!letter.truncated);
 }
 
 #[test]

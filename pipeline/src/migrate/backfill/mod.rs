@@ -38,25 +38,40 @@ use crate::error::{Error, Result};
 use crate::migrate::plan;
 
 mod config;
-mod reader;
 mod replayer;
 mod sample;
 mod throttle;
 
 pub use self::config::{BackfillConfig, BackfillReport};
-pub(crate) use self::reader::partitions;
 pub(crate) use self::replayer::{Replayer, Step};
 pub use self::sample::{ItemsSource, sample_items};
 use self::throttle::Throttle;
+pub(crate) use crate::range::partitions;
 
 /// Runs (or resumes) the backfill of the migration in progress until it is complete or
-/// `shutdown`.
+/// `shutdown` (then the report is not `complete`; a chunk cut short is not checkpointed).
 pub async fn run(
     config: BackfillConfig,
     control: ControlLog,
     shutdown: CancellationToken,
 ) -> Result<BackfillReport> {
     let started = Instant::now();
+    let mut report = BackfillReport::default();
+    match walk(config, control, &mut report, shutdown).await {
+        Ok(()) | Err(Error::Interrupted) => {
+            report.seconds = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn walk(
+    config: BackfillConfig,
+    control: ControlLog,
+    report: &mut BackfillReport,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let state = control.state();
     let migration = plan::current(&state)?.clone();
     let to: ModelRef = migration.to_model.parse()?;
@@ -115,7 +130,6 @@ pub async fn run(
         scanned.insert(p, to_offset);
     }
 
-    let mut report = BackfillReport::default();
     let mut throttle = Throttle::new(config.max_rate);
     loop {
         let pending: Vec<i32> = progress
@@ -129,8 +143,7 @@ pub async fn run(
         }
         for p in pending {
             if shutdown.is_cancelled() {
-                report.seconds = started.elapsed().as_secs_f64();
-                return Ok(report);
+                return Ok(());
             }
             let b = progress
                 .get_mut(&p)
@@ -143,7 +156,7 @@ pub async fn run(
             let lo = (b.next_end - config.chunk).max(b.start);
             let records = work.read_range(p, lo, b.next_end, &shutdown).await?;
             let records_len = records.len();
-            let chunk = work.prepare(records, set, &mut report, &shutdown).await;
+            let chunk = work.prepare(records, set, report, &shutdown).await?;
             let embedded = work.embed(chunk).await?;
             // Anything that arrived while the chunk was embedded is newer than the chunk.
             let mut fresh = HashSet::new();
@@ -152,7 +165,7 @@ pub async fn run(
                 .await?;
             scanned.insert(p, upto);
             let read = records_len;
-            let count = work.produce(embedded, &fresh, &mut report).await?;
+            let count = work.produce(embedded, &fresh, report).await?;
             tracing::info!(
                 partition = p,
                 from = lo,
@@ -173,9 +186,8 @@ pub async fn run(
             throttle.wait(count.embedded, &shutdown).await;
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
     tracing::info!(?report, "Backfill complete.");
-    Ok(report)
+    Ok(())
 }
 
 async fn checkpoint(control: &ControlLog, b: &BackfillProgress, by: &str) -> Result<()> {

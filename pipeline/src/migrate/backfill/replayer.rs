@@ -9,21 +9,22 @@ use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelRef, catalog};
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BackfillConfig, BackfillReport};
-use super::reader::{new_reader, partitions};
 
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{Engine, EngineConfig};
-use crate::error::{Error, Result};
-use crate::stage::validate::{self, Limits, Work};
+use crate::error::{EngineError, Error, Result};
+use crate::range::{PartitionRange, new_reader, partitions};
+use crate::stage::prepare::decode;
+use crate::stage::validate::{Limits, Work};
 
 /// One record of a chunk, decided.
 pub(crate) enum Step {
@@ -157,7 +158,8 @@ impl Replayer {
 }
 
 impl Replayer {
-    /// Reads `[lo, hi)` of partition `p` of `items` (fewer where compaction removed records).
+    /// Reads `[lo, hi)` of partition `p` of `items` (fewer where compaction removed records);
+    /// the caller bounds `hi - lo`.
     pub(crate) async fn read_range(
         &self,
         p: i32,
@@ -165,78 +167,13 @@ impl Replayer {
         hi: i64,
         shutdown: &CancellationToken,
     ) -> Result<Vec<OwnedMessage>> {
-        self.read_topic_range(&self.items, p, lo, hi, shutdown)
+        PartitionRange::open(&self.kafka, &self.items, p, lo, hi)?
+            .collect(shutdown)
             .await
     }
 
-    /// Reads `[lo, hi)` of partition `p` of `topic` (fewer where compaction removed records).
-    pub(crate) async fn read_topic_range(
-        &self,
-        topic: &str,
-        p: i32,
-        lo: i64,
-        hi: i64,
-        shutdown: &CancellationToken,
-    ) -> Result<Vec<OwnedMessage>> {
-        let mut out = Vec::new();
-        if hi <= lo {
-            return Ok(out);
-        }
-        // A consumer of its own for each range: one re-assigned to another position may still
-        // hand out records it fetched for the previous one (seen here: a chunk's read ended at
-        // once on a prefetched record past its end, and the chunk was lost).
-        let reader = new_reader(&self.kafka, "range")?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(lo))
-            .map_err(Error::kafka(&self.kafka))?;
-        reader.assign(&tpl).map_err(Error::kafka(&self.kafka))?;
-        let mut idle = 0;
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(out);
-            }
-            match tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
-                Ok(Ok(m)) if m.partition() != p || m.topic() != topic || m.offset() < lo => {
-                    tracing::warn!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        "Ignoring a record outside the assigned range."
-                    );
-                }
-                Ok(Ok(m)) => {
-                    idle = 0;
-                    if m.offset() >= hi {
-                        break;
-                    }
-                    let last = m.offset() >= hi - 1;
-                    out.push(m.detach());
-                    if last {
-                        break;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, topic, partition = p, "Read error; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(_) => {
-                    // Nothing more: the rest of the range was compacted away.
-                    let (_, high) = self
-                        .reader
-                        .fetch_watermarks(topic, p, Duration::from_secs(10))
-                        .map_err(Error::kafka(&self.kafka))?;
-                    idle += 1;
-                    if high <= lo || idle >= 5 {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Adds to `keys` the keys of partition `p` from `from` to its current end; returns that
-    /// end.
+    /// end. Streams: memory is the key set.
     pub(crate) async fn scan_keys(
         &self,
         p: i32,
@@ -251,7 +188,8 @@ impl Replayer {
         if high <= from {
             return Ok(from.max(high));
         }
-        for m in self.read_range(p, from, high, shutdown).await? {
+        let mut range = PartitionRange::open(&self.kafka, &self.items, p, from, high)?;
+        while let Some(m) = range.next(shutdown).await? {
             if let Some(k) = m.key() {
                 keys.insert(k.to_vec());
             }
@@ -259,14 +197,15 @@ impl Replayer {
         Ok(high)
     }
 
-    /// Newest first; the items already seen are skipped, the rest marked seen.
+    /// Newest first; the items already seen are skipped, the rest marked seen. Registry
+    /// trouble waits; shutdown while waiting is [`Error::Interrupted`].
     pub(crate) async fn prepare(
         &self,
         mut records: Vec<OwnedMessage>,
         seen: &mut HashSet<Vec<u8>>,
         report: &mut BackfillReport,
         shutdown: &CancellationToken,
-    ) -> Vec<Step> {
+    ) -> Result<Vec<Step>> {
         records.sort_by_key(|m| std::cmp::Reverse(m.offset()));
         let mut steps = Vec::new();
         for m in records {
@@ -278,26 +217,8 @@ impl Replayer {
                 report.skipped += 1;
                 continue;
             }
-            let decided = match m.payload() {
-                None => validate::tombstone(Some(&key)),
-                Some(bytes) => {
-                    let mut backoff = Duration::from_millis(100);
-                    loop {
-                        match self
-                            .codec
-                            .decode::<embedstream_schemas::records::ItemEvent>(bytes)
-                            .await
-                        {
-                            Ok(event) => break validate::event(event, self.limits),
-                            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
-                                tracing::warn!(error = %e, "Registry unavailable; retrying the record.");
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
-                            }
-                            Err(e) => break Err(validate::Poison::from(&e)),
-                        }
-                    }
-                }
+            let Some(decided) = decode(&self.codec, &m, self.limits, shutdown).await else {
+                return Err(Error::Interrupted);
             };
             match decided {
                 Ok(Work::Upsert {
@@ -323,9 +244,12 @@ impl Replayer {
                 }
             }
         }
-        steps
+        Ok(steps)
     }
 
+    /// Embeds the upserts of `steps`. A text the model cannot tokenize is provably bad and is
+    /// left out (counted as skipped when produced); any other engine failure fails the whole
+    /// chunk, so its checkpoint does not move.
     pub(crate) async fn embed(&self, steps: Vec<Step>) -> Result<Vec<Embedded>> {
         let texts: Vec<String> = steps
             .iter()
@@ -334,20 +258,32 @@ impl Replayer {
                 Step::Delete { .. } => None,
             })
             .collect();
+        let failed = |source| Error::Engine {
+            model: self.to.to_string(),
+            source,
+        };
         let mut vectors = if texts.is_empty() {
             Vec::new()
         } else {
             let engine = self.engine().await?;
             match engine.embed(texts.clone()).await {
                 Ok(v) => v.into_iter().map(Some).collect(),
-                // One bad text fails its batch: embed one by one to skip only it.
-                Err(_) => {
+                // One bad text fails its batch: embed one by one to leave out only it.
+                Err(EngineError::Tokenize { .. }) => {
                     let mut one_by_one = Vec::with_capacity(texts.len());
                     for t in texts {
-                        one_by_one.push(engine.embed(vec![t]).await.ok().and_then(|mut v| v.pop()));
+                        one_by_one.push(match engine.embed(vec![t]).await {
+                            Ok(mut v) => v.pop(),
+                            Err(EngineError::Tokenize { reason, .. }) => {
+                                tracing::warn!(%reason, "Leaving out a text the model cannot tokenize.");
+                                None
+                            }
+                            Err(e) => return Err(failed(e)),
+                        });
                     }
                     one_by_one
                 }
+                Err(e) => return Err(failed(e)),
             }
         }
         .into_iter();

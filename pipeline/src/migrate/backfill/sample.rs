@@ -1,7 +1,7 @@
 //! A seeded sample of the live items of `items`, read through the backfill's replay (for
 //! adapter training).
 
-use std::collections::HashSet;
+use std::collections::{BinaryHeap, HashSet};
 use std::time::Duration;
 
 use embedstream_topics::names::TopicNames;
@@ -30,10 +30,17 @@ pub struct ItemsSource {
     pub limits: Limits,
 }
 
+/// Records read per step of the sampler's backward walk.
+const SAMPLE_CHUNK: i64 = 1000;
+
 /// A seeded sample of `n` live items of `items` as `(item_id, text)`: the whole topic is read,
 /// the newest event of each item wins, deleted items and records the stage dead-lettered are
 /// left out (what the Drift-Adapter trains on when no pairs are given). `old` is the version
 /// whose topic the replay would write to; nothing is embedded or written.
+///
+/// Each partition is walked backwards in chunks, as the backfill does, so the newest event of
+/// an item is met first. Memory: the keys of the items seen, one chunk, and the `n` items kept
+/// (the ones whose seeded hash is smallest).
 pub async fn sample_items(
     source: &ItemsSource,
     old: &ModelRef,
@@ -54,25 +61,35 @@ pub async fn sample_items(
     };
     let replayer = Replayer::open(&config, old, "sample").await?;
     let (mut seen, mut report) = (HashSet::new(), BackfillReport::default());
-    let mut live = Vec::new();
+    let mut kept: BinaryHeap<(u64, String, String)> = BinaryHeap::with_capacity(n + 1);
     for p in replayer.partitions()? {
         let (low, high) = replayer
             .reader
             .fetch_watermarks(&replayer.items, p, Duration::from_secs(10))
             .map_err(Error::kafka(&replayer.kafka))?;
-        let records = replayer.read_range(p, low, high, shutdown).await?;
-        for step in replayer
-            .prepare(records, &mut seen, &mut report, shutdown)
-            .await
-        {
-            if let Step::Upsert { item_id, text, .. } = step {
-                live.push((item_id, text));
+        let mut end = high;
+        while end > low {
+            let lo = (end - SAMPLE_CHUNK).max(low);
+            let records = replayer.read_range(p, lo, end, shutdown).await?;
+            for step in replayer
+                .prepare(records, &mut seen, &mut report, shutdown)
+                .await?
+            {
+                if let Step::Upsert { item_id, text, .. } = step {
+                    let hash =
+                        embedstream_topics::hash::fnv1a64(format!("{seed}:{item_id}").as_bytes());
+                    kept.push((hash, item_id, text));
+                    if kept.len() > n {
+                        kept.pop();
+                    }
+                }
             }
+            end = lo;
         }
     }
-    live.sort_by_cached_key(|(id, _)| {
-        embedstream_topics::hash::fnv1a64(format!("{seed}:{id}").as_bytes())
-    });
-    live.truncate(n);
-    Ok(live)
+    Ok(kept
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, id, text)| (id, text))
+        .collect())
 }

@@ -200,3 +200,89 @@ async fn admin_actions_need_the_bearer_token() {
     assert_eq!(s.current_migration().unwrap().from_model, MINILM);
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_control_record_halts_every_follower_at_it() {
+    let p = Platform::new("control-halt");
+    let token = CancellationToken::new();
+    let running = control(&p, &token).await;
+    activate_minilm(&p).await;
+    let mut view = running.subscribe();
+    let before = view
+        .wait_for(|v| v.state.models().next().is_some())
+        .await
+        .unwrap()
+        .next_offset;
+
+    // A record no process can decode (no registry framing), appended as any writer could.
+    let topic = p.names.control();
+    p.producer()
+        .send(
+            rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
+                .partition(0)
+                .key(b"model/minilm-l6-v2@1")
+                .payload(b"not an avro record"),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    // The running follower halts at it and keeps the state before it.
+    let halted = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        view.wait_for(|v| v.halted.is_some()),
+    )
+    .await
+    .expect("the follower halts at the record")
+    .unwrap()
+    .clone();
+    assert_eq!(halted.next_offset, before, "halted at the bad record");
+    assert!(
+        halted
+            .halted
+            .as_deref()
+            .unwrap()
+            .contains("cannot be decoded")
+    );
+    let model = running
+        .state()
+        .models()
+        .next()
+        .cloned()
+        .expect("state kept");
+    assert_eq!(
+        model.state,
+        embedstream_schemas::records::ModelState::Active
+    );
+
+    // Writing through it fails with the reason, and a process starting now refuses to start.
+    let spec = embedstream_topics::catalog::lookup(&MINILM.parse().unwrap()).unwrap();
+    let refused = running
+        .set_model_state(
+            &spec,
+            embedstream_schemas::records::ModelState::Retired,
+            "test",
+        )
+        .await
+        .expect_err("a write behind a halted record cannot be applied");
+    assert!(
+        refused.to_string().contains("halted at offset"),
+        "{refused}"
+    );
+    let starting = embedstream_pipeline::control::ControlLog::open(
+        &p.kafka,
+        embedstream_schemas::Codec::new(&p.registry),
+        &topic,
+        token.clone(),
+    )
+    .await
+    .expect_err("a new process stops at the record too");
+    assert!(
+        starting
+            .to_string()
+            .contains(&format!("halted at offset {before}")),
+        "{starting}"
+    );
+    token.cancel();
+}
