@@ -5,6 +5,7 @@
 mod dead_letters;
 mod dual_write;
 mod faults;
+mod replay;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
