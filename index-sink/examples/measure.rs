@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             partition: 0,
             offset: i as i64,
             event_time_ms: 0,
+            source: None,
         })?;
     }
     let truth: Vec<Vec<String>> = queries

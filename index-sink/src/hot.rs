@@ -110,6 +110,7 @@ mod tests {
             version: Version {
                 partition: 0,
                 offset,
+                source: None,
             },
             event_time_ms: 0,
         }

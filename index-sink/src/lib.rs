@@ -43,5 +43,5 @@ pub use hash::shard_of;
 pub use index::{Maintenance, ShardedIndex};
 pub use metrics::names as metric_names;
 pub use stats::{CompactionRecord, ShardStats};
-pub use types::{Applied, Delete, Hit, ItemId, Query, Upsert, Version, Write};
+pub use types::{Applied, Delete, Hit, ItemId, Query, Source, Upsert, Version, Write};
 pub use vector::{dot, normalized};

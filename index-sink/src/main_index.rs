@@ -150,6 +150,7 @@ mod tests {
             rows.push(Row {
                 id: format!("i{i:03}"),
                 version: Version {
+                    source: None,
                     partition: 0,
                     offset: i as i64,
                 },

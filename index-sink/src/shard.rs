@@ -11,6 +11,11 @@
 //! - **Compaction keeps newer writes**: the build works on a copy taken at its start; at the
 //!   swap, only hot rows and delete markers still at the copied version are dropped —
 //!   anything written during the build stays and keeps shadowing the new main.
+//! - **Deletes outlive compaction**: a delete that carries its source event is remembered for
+//!   [`DELETE_RETENTION`] after compaction merges it (the graveyard), so an older event's
+//!   vector that arrives after the merge (a zombie writer, a backfill) cannot bring the item
+//!   back; past that, such a late record would (as Kafka forgets tombstones after
+//!   `delete.retention.ms`). Memory: one entry per item deleted in the retention window.
 //! - **Coverage**: `covered[p]` is the partition's global next offset, read under this shard's
 //!   write lock. The caller applies each partition's records in order, and the global offset
 //!   moves under the lock of the shard a record goes to, so every record of `p` below
@@ -36,10 +41,17 @@ use crate::topk::merge;
 use crate::types::{Applied, Hit, ItemId, Version, Write};
 use crate::vector::normalized;
 
+/// How long a merged delete with a source is remembered.
+pub(crate) const DELETE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Deleted items merged by compaction: their delete's version and when it was merged (ms).
+pub(crate) type Graveyard = HashMap<ItemId, (Version, i64)>;
+
 #[derive(Debug)]
 struct State {
     hot: Hot,
     deletes: HashMap<ItemId, Version>,
+    graveyard: Graveyard,
     main: Arc<MainIndex>,
     /// Items of main that are in hot or in `deletes`.
     tombstones: usize,
@@ -86,6 +98,7 @@ impl Shard {
             None => State {
                 hot: Hot::new(config.dim),
                 deletes: HashMap::new(),
+                graveyard: HashMap::new(),
                 main: Arc::new(MainIndex::empty(config.dim)),
                 tombstones: 0,
                 covered: BTreeMap::new(),
@@ -97,6 +110,7 @@ impl Shard {
                 let mut s = State {
                     hot: l.hot,
                     deletes: l.deletes,
+                    graveyard: l.graveyard,
                     main: Arc::new(l.main),
                     tombstones: 0,
                     covered: l.covered,
@@ -184,7 +198,8 @@ impl Shard {
             .get(id)
             .map(|r| r.version)
             .or_else(|| st.deletes.get(id).copied())
-            .or_else(|| st.main.get(id).map(|r| r.version));
+            .or_else(|| st.main.get(id).map(|r| r.version))
+            .or_else(|| st.graveyard.get(id).map(|&(v, _)| v));
         if held.is_some_and(|held| !version.supersedes(held)) {
             return Ok(Applied::Stale);
         }
@@ -198,6 +213,7 @@ impl Shard {
                     });
                 }
                 st.deletes.remove(&u.item_id);
+                st.graveyard.remove(&u.item_id);
                 let vector = vector.expect("validated above");
                 st.hot.upsert(
                     Row {
@@ -211,6 +227,7 @@ impl Shard {
             }
             Write::Delete(d) => {
                 st.hot.remove(&d.item_id);
+                st.graveyard.remove(&d.item_id);
                 st.deletes.insert(d.item_id, version);
                 Applied::Deleted
             }
@@ -315,9 +332,16 @@ impl Shard {
                     st.hot.remove(&row.id);
                 }
             }
+            let merged_at = now_ms();
+            let retention = DELETE_RETENTION.as_millis() as i64;
+            st.graveyard
+                .retain(|_, (_, at)| merged_at - *at < retention);
             for (id, version) in &deletes {
                 if st.deletes.get(id) == Some(version) {
                     st.deletes.remove(id);
+                    if version.source.is_some() {
+                        st.graveyard.insert(id.clone(), (*version, merged_at));
+                    }
                 }
             }
             st.main = Arc::new(new_main);
@@ -341,6 +365,7 @@ impl Shard {
                     st.main.clone(),
                     st.hot.clone(),
                     st.deletes.clone(),
+                    st.graveyard.clone(),
                     st.covered.clone(),
                 )
             });
@@ -361,11 +386,12 @@ impl Shard {
             merged_deletes = deletes.len(),
             "Compacted shard."
         );
-        if let (Some(dir), Some((seq, main, hot, deletes, covered))) = (dir, snapshot) {
+        if let (Some(dir), Some((seq, main, hot, deletes, graveyard, covered))) = (dir, snapshot) {
             let content = Content {
                 main: &main,
                 hot: &hot,
                 deletes: &deletes,
+                graveyard: &graveyard,
                 covered: &covered,
                 last: Some(&record),
             };
@@ -383,7 +409,7 @@ impl Shard {
         dir: &Path,
     ) -> Result<()> {
         let _busy = lock(&self.busy);
-        let (seq, main, hot, deletes, covered, last) = {
+        let (seq, main, hot, deletes, graveyard, covered, last) = {
             let mut st = self.write();
             st.seq += 1;
             // Under the write lock no write to this shard is half-applied, so the global
@@ -394,6 +420,7 @@ impl Shard {
                 st.main.clone(),
                 st.hot.clone(),
                 st.deletes.clone(),
+                st.graveyard.clone(),
                 st.covered.clone(),
                 st.last.clone(),
             )
@@ -402,6 +429,7 @@ impl Shard {
             main: &main,
             hot: &hot,
             deletes: &deletes,
+            graveyard: &graveyard,
             covered: &covered,
             last: last.as_ref(),
         };

@@ -1,7 +1,8 @@
 //! Snapshot files: one shard's whole state (main's graph, rows and vectors; hot; pending
-//! deletes; the per-partition offsets the state covers; the last compaction) in one file.
+//! deletes; merged deletes still remembered; the per-partition offsets the state covers; the last compaction) in one file.
 //!
-//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32), shard, shard count,
+//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32; this build writes 2 and
+//! reads 1 and 2 — format 2 adds each write's source position), shard, shard count,
 //! dimension, routing function (u32 each), sequence number (u64), creation time (i64 ms);
 //! the body; then a footer: the byte length of everything before it (u64), CRC-32 of
 //! everything before it (u32), and `ESSNAPOK`. The main graph is stored as built — reading it
@@ -25,13 +26,17 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, M, M0};
 use crate::hot::{Hot, Row};
 use crate::main_index::MainIndex;
+use crate::shard::Graveyard;
 use crate::stats::CompactionRecord;
-use crate::types::{ItemId, Version};
+use crate::types::{ItemId, Source, Version};
 
 const MAGIC: &[u8; 8] = b"ESSNAP\r\n";
 const MAGIC_END: &[u8; 8] = b"ESSNAPOK";
 /// Version of the layout above; bump on any change.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads: format 1 has no source positions (its writes then
+/// order by the embedding topic alone until they are replaced).
+const OLDEST_READABLE: u32 = 1;
 const FOOTER_LEN: u64 = 8 + 4 + 8;
 
 /// Who a snapshot belongs to; a valid file with other values is refused.
@@ -49,6 +54,7 @@ pub(crate) struct Content<'a> {
     pub(crate) main: &'a MainIndex,
     pub(crate) hot: &'a Hot,
     pub(crate) deletes: &'a HashMap<ItemId, Version>,
+    pub(crate) graveyard: &'a Graveyard,
     pub(crate) covered: &'a BTreeMap<i32, i64>,
     pub(crate) last: Option<&'a CompactionRecord>,
 }
@@ -62,6 +68,7 @@ pub(crate) struct Loaded {
     pub(crate) main: MainIndex,
     pub(crate) hot: Hot,
     pub(crate) deletes: HashMap<ItemId, Version>,
+    pub(crate) graveyard: Graveyard,
     pub(crate) covered: BTreeMap<i32, i64>,
     pub(crate) last: Option<CompactionRecord>,
 }
@@ -254,8 +261,15 @@ fn write_all<W: io::Write>(
     w.u64(deletes.len() as u64)?;
     for (id, v) in deletes {
         w.str(id)?;
-        w.i32(v.partition)?;
-        w.i64(v.offset)?;
+        w.version(*v)?;
+    }
+    let mut graveyard: Vec<_> = c.graveyard.iter().collect();
+    graveyard.sort();
+    w.u64(graveyard.len() as u64)?;
+    for (id, (v, at)) in graveyard {
+        w.str(id)?;
+        w.version(*v)?;
+        w.i64(*at)?;
     }
     Ok(())
 }
@@ -306,6 +320,7 @@ fn read(path: &Path, expect: Header) -> Result<Loaded> {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: crc32fast::Hasher::new(),
         left: body_len,
+        format: FORMAT_VERSION,
     };
     let parsed = parse(&mut r, path);
     // Checksum first: a parse error in a file whose checksum fails is corruption, whatever
@@ -337,7 +352,8 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
         return Err(corrupt("not a snapshot (magic)"));
     }
     let version = r.u32().map_err(short)?;
-    if version != FORMAT_VERSION {
+    r.format = version;
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
         return Err(Error::SnapshotIncompatible {
             path: path.to_owned(),
             reason: format!("format version {version}, this build reads {FORMAT_VERSION}"),
@@ -385,17 +401,22 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
         let mut deletes = HashMap::new();
         for _ in 0..r.count(16)? {
             let id = r.str()?;
-            deletes.insert(
-                id,
-                Version {
-                    partition: r.i32()?,
-                    offset: r.i64()?,
-                },
-            );
+            deletes.insert(id, r.version()?);
         }
-        Ok((covered, last, rows, vectors, zero, layers, hot, deletes))
+        let mut graveyard = HashMap::new();
+        if r.format >= 2 {
+            for _ in 0..r.count(36)? {
+                let id = r.str()?;
+                let v = r.version()?;
+                graveyard.insert(id, (v, r.i64()?));
+            }
+        }
+        Ok((
+            covered, last, rows, vectors, zero, layers, hot, deletes, graveyard,
+        ))
     })();
-    let (covered, last, rows, vectors, zero, layers, hot, deletes) = body.map_err(short)?;
+    let (covered, last, rows, vectors, zero, layers, hot, deletes, graveyard) =
+        body.map_err(short)?;
     if r.left != 0 {
         return Err(corrupt("bytes after the content"));
     }
@@ -424,6 +445,7 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
             main,
             hot,
             deletes,
+            graveyard,
             covered,
             last,
         },
@@ -469,9 +491,19 @@ impl<W: io::Write> CrcWriter<W> {
     }
     fn row(&mut self, r: &Row) -> io::Result<()> {
         self.str(&r.id)?;
-        self.i32(r.version.partition)?;
-        self.i64(r.version.offset)?;
+        self.version(r.version)?;
         self.i64(r.event_time_ms)
+    }
+    /// Partition, offset, then the source's (partition −1 when there is none).
+    fn version(&mut self, v: Version) -> io::Result<()> {
+        self.i32(v.partition)?;
+        self.i64(v.offset)?;
+        let s = v.source.unwrap_or(Source {
+            partition: -1,
+            offset: -1,
+        });
+        self.i32(s.partition)?;
+        self.i64(s.offset)
     }
     fn f32s(&mut self, v: &[f32]) -> io::Result<()> {
         self.words(v, f32::to_le_bytes)
@@ -497,6 +529,8 @@ struct CrcReader<R> {
     hasher: crc32fast::Hasher,
     /// Bytes of content not read yet.
     left: u64,
+    /// Format version of the file (what its rows hold).
+    format: u32,
 }
 
 fn out_of_range() -> io::Error {
@@ -550,11 +584,27 @@ impl<R: Read> CrcReader<R> {
     fn row(&mut self) -> io::Result<Row> {
         Ok(Row {
             id: self.str()?,
-            version: Version {
-                partition: self.i32()?,
-                offset: self.i64()?,
-            },
+            version: self.version()?,
             event_time_ms: self.i64()?,
+        })
+    }
+    fn version(&mut self) -> io::Result<Version> {
+        let (partition, offset) = (self.i32()?, self.i64()?);
+        if self.format < 2 {
+            return Ok(Version {
+                partition,
+                offset,
+                source: None,
+            });
+        }
+        let (sp, so) = (self.i32()?, self.i64()?);
+        Ok(Version {
+            partition,
+            offset,
+            source: (sp >= 0).then_some(Source {
+                partition: sp,
+                offset: so,
+            }),
         })
     }
     fn f32s(&mut self, n: usize) -> io::Result<Vec<f32>> {

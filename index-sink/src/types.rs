@@ -1,37 +1,62 @@
 //! The records the index applies and the hits it returns.
 //!
-//! A write's [`Version`] is the Kafka position of the record that carried it. Within one
-//! partition positions are totally ordered, and that order is the order of the writes: an
-//! upsert or delete whose version is not newer than what the index holds for the item is a
-//! replay and is ignored. Records of one item always arrive on one partition while the topic
-//! is keyed by item id; if an item shows up on another partition (the topic was
-//! re-partitioned), the versions cannot be compared and the record that arrives last wins.
+//! A write's [`Version`] is the Kafka position of the record that carried it, and, when the
+//! record says so, the position of the source event it was computed from on `items`
+//! ([`Source`]). Which of two writes of an item is newer:
+//! - both have a source: the source event's order decides. Events of one item share a
+//!   partition of `items` (it is keyed by item id), so the later event wins whatever order
+//!   the embedding topic delivers them in — a zombie writer's or a backfill's older vector
+//!   that lands last is ignored;
+//! - otherwise the embedding topic's order decides: within one partition, positions are the
+//!   order of the writes.
+//!
+//! A write that is not newer than what the index holds for the item (a replay, a re-delivery,
+//! an older event) is ignored. If the two positions are on different partitions (a topic was
+//! re-partitioned), they cannot be compared and the write that arrives last wins.
 
 use std::fmt;
 
 /// An item's id, as the key of the embedding topic.
 pub type ItemId = String;
 
-/// Where a write came from: the Kafka (partition, offset) of its record.
+/// Where a source event sits on `items`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source {
+    /// Partition of `items`.
+    pub partition: i32,
+    /// Offset of the event in it.
+    pub offset: i64,
+}
+
+/// Where a write came from: the Kafka (partition, offset) of its record, and its source event
+/// when known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Version {
     /// The record's partition.
     pub partition: i32,
     /// The record's offset in its partition.
     pub offset: i64,
+    /// The source event the record was computed from.
+    pub source: Option<Source>,
 }
 
 impl Version {
-    /// Whether a write at `self` replaces what a write at `held` left. Same partition: only a
-    /// larger offset does. Different partitions: the arriving write wins (see module docs).
+    /// Whether a write at `self` replaces what a write at `held` left (see the module docs).
     pub fn supersedes(self, held: Version) -> bool {
-        self.partition != held.partition || self.offset > held.offset
+        match (self.source, held.source) {
+            (Some(new), Some(old)) => new.partition != old.partition || new.offset > old.offset,
+            _ => self.partition != held.partition || self.offset > held.offset,
+        }
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.partition, self.offset)
+        write!(f, "{}@{}", self.partition, self.offset)?;
+        if let Some(s) = self.source {
+            write!(f, " (source {}@{})", s.partition, s.offset)?;
+        }
+        Ok(())
     }
 }
 
@@ -48,6 +73,8 @@ pub struct Upsert {
     pub offset: i64,
     /// The record's event time, milliseconds since the Unix epoch (kept for freshness).
     pub event_time_ms: i64,
+    /// The source event on `items`, when the record names it.
+    pub source: Option<Source>,
 }
 
 /// Remove an item (a delete event or a Kafka tombstone).
@@ -59,6 +86,8 @@ pub struct Delete {
     pub partition: i32,
     /// Kafka offset of the record.
     pub offset: i64,
+    /// The source event on `items` (the delete event), when the record names it.
+    pub source: Option<Source>,
 }
 
 /// One record for the index.
@@ -85,10 +114,12 @@ impl Write {
             Self::Upsert(u) => Version {
                 partition: u.partition,
                 offset: u.offset,
+                source: u.source,
             },
             Self::Delete(d) => Version {
                 partition: d.partition,
                 offset: d.offset,
+                source: d.source,
             },
         }
     }

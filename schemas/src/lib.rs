@@ -3,6 +3,7 @@
 //!
 //! - [`records`]: the records of `schemas/*.avsc` as Rust types (pure, no I/O).
 //! - [`wire`]: the Confluent framing (magic byte, 4-byte schema id) (pure).
+//! - [`headers`]: the Kafka headers of the topic contract (pure).
 //! - [`control`]: the platform state as a fold of the control log's records (pure).
 //! - [`consumers`]: the consumers of the indexes and their query profiles (pure).
 //! - [`codec`]: encode and decode records through a registry (`schema_registry_converter`).
@@ -11,6 +12,7 @@
 pub mod codec;
 pub mod consumers;
 pub mod control;
+pub mod headers;
 pub mod records;
 pub mod registry;
 pub mod wire;

@@ -29,7 +29,7 @@ use embedstream_schemas::{Codec, CodecError};
 use embedstream_topics::ModelRef;
 use embedstream_topics::time::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::SinkConfig;
 use super::error::{ServiceError, ServiceResult};
 use super::metrics as m;
-use crate::{Applied, Delete, ShardedIndex, Upsert};
+use crate::{Applied, Delete, ShardedIndex, Source, Upsert};
 
 /// What the consumer has done, shared with `GET /v1/stats` and the lag gauge.
 #[derive(Debug, Default)]
@@ -388,6 +388,7 @@ impl Loop {
             item_id: key.to_owned(),
             partition,
             offset,
+            source: header_source(msg),
         };
         let Some(payload) = msg.payload() else {
             self.applied(msg, self.index.apply(delete()), None)?;
@@ -441,12 +442,18 @@ impl Loop {
             return Ok(self.done(consumer, partition, offset));
         }
         let event_time_ms = record.event_time;
+        let source =
+            (record.source.partition >= 0 && record.source.offset >= 0).then_some(Source {
+                partition: record.source.partition,
+                offset: record.source.offset,
+            });
         let result = self.index.apply(Upsert {
             item_id: record.item_id,
             vector: record.vector,
             partition,
             offset,
             event_time_ms,
+            source,
         });
         match result {
             Err(e) if e.is_retryable() => Ok(Outcome::Retry("hot_full")),
@@ -509,6 +516,7 @@ impl Loop {
                 item_id: key.to_owned(),
                 partition: msg.partition(),
                 offset: msg.offset(),
+                source: None,
             });
         }
     }
@@ -531,4 +539,13 @@ fn poison_kind(e: &crate::Error) -> &'static str {
         crate::Error::EmptyItemId => "missing_key",
         _ => "invalid_record",
     }
+}
+
+/// The source event a tombstone names in its headers (see `embedstream_schemas::headers`).
+fn header_source(msg: &OwnedMessage) -> Option<Source> {
+    let headers = msg.headers()?;
+    let (partition, offset) = embedstream_schemas::headers::source(|name| {
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+    })?;
+    Some(Source { partition, offset })
 }

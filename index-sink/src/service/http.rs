@@ -494,6 +494,7 @@ async fn item(State(api): State<Arc<Api>>, Path(item_id): Path<String>) -> Respo
             "item_id": item_id,
             "partition": v.partition,
             "offset": v.offset,
+            "source": v.source.map(|s| serde_json::json!({"partition": s.partition, "offset": s.offset})),
             "model_version": api.model.to_string(),
         }))
         .into_response(),

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use embedstream_index_sink::{
-    CompactionReason, Delete, Hit, IndexConfig, Query, ShardedIndex, Upsert, Version, Write, dot,
-    normalized,
+    CompactionReason, Delete, Hit, IndexConfig, Query, ShardedIndex, Source, Upsert, Version,
+    Write, dot, normalized,
 };
 use embedstream_topics::testing::XorShift;
 
@@ -130,6 +130,7 @@ pub fn upsert(id: &str, vector: Vec<f32>, partition: i32, offset: i64) -> Write 
         partition,
         offset,
         event_time_ms: 1_700_000_000_000 + offset,
+        source: None,
     })
 }
 
@@ -138,7 +139,18 @@ pub fn delete(id: &str, partition: i32, offset: i64) -> Write {
         item_id: id.to_owned(),
         partition,
         offset,
+        source: None,
     })
+}
+
+/// `w` computed from the source event at `offset` of partition `partition` of `items`.
+pub fn from_source(mut w: Write, partition: i32, offset: i64) -> Write {
+    let source = Some(Source { partition, offset });
+    match &mut w {
+        Write::Upsert(u) => u.source = source,
+        Write::Delete(d) => d.source = source,
+    }
+    w
 }
 
 pub fn search(index: &ShardedIndex, q: &[f32], k: usize) -> Vec<Hit> {
@@ -195,11 +207,14 @@ pub fn random_log(
             let p = (i % partitions as u64) as i32;
             let o = next[p as usize];
             next[p as usize] += 1 + rng.below(3) as i64;
-            if rng.below(10) == 0 {
+            // Sources in the same order as the records (as the stage writes them), so that
+            // snapshots carry them.
+            let w = if rng.below(10) == 0 {
                 delete(&id, p, o)
             } else {
                 upsert(&id, rng.unit(dim), p, o)
-            }
+            };
+            from_source(w, p, 2 * o)
         })
         .collect()
 }

@@ -147,6 +147,46 @@ fn replay_is_idempotent() {
 }
 
 #[test]
+fn the_later_source_event_wins_whatever_order_the_records_arrive_in() {
+    for stage in STAGES {
+        let dir = TempDir::new("source-order");
+        let c = config(DIM, 2);
+        let index = ShardedIndex::open(&dir.0, c.clone()).unwrap();
+        let mut rng = Rng::new(4);
+        let newest = rng.unit(DIM);
+        // Record 1 carries source event 10; record 2, written later (a zombie writer, a
+        // backfill racing the dual-write), carries the older event 5.
+        let a10 = from_source(upsert("a", newest.clone(), 0, 1), 0, 10);
+        assert_eq!(index.apply(a10.clone()).unwrap(), Applied::Upserted);
+        settle(&index, stage);
+        let a5 = from_source(upsert("a", rng.unit(DIM), 0, 2), 0, 5);
+        assert_eq!(index.apply(a5).unwrap(), Applied::Stale, "{stage:?}");
+        let del3 = from_source(delete("a", 0, 3), 0, 3);
+        assert_eq!(index.apply(del3).unwrap(), Applied::Stale, "{stage:?}");
+        assert_eq!(index.lookup("a"), Some(a10.version()));
+        assert_eq!(search(&index, &newest, 1)[0].item_id, "a");
+
+        // A tombstone from a later event deletes; an older upsert after it stays out, also
+        // after a snapshot and a reopen.
+        let del11 = from_source(delete("a", 0, 4), 0, 11);
+        assert_eq!(index.apply(del11).unwrap(), Applied::Deleted);
+        settle(&index, stage);
+        index.persist().unwrap();
+        let reopened = ShardedIndex::open(&dir.0, c).unwrap();
+        let a9 = from_source(upsert("a", rng.unit(DIM), 1, 0), 0, 9);
+        assert_eq!(reopened.apply(a9).unwrap(), Applied::Stale, "{stage:?}");
+        assert_eq!(reopened.lookup("a"), None);
+
+        // Without a source on both sides, the embedding topic's order decides.
+        let b = upsert("b", rng.unit(DIM), 0, 6);
+        assert_eq!(reopened.apply(b).unwrap(), Applied::Upserted);
+        let b_later = from_source(upsert("b", rng.unit(DIM), 0, 7), 0, 1);
+        assert_eq!(reopened.apply(b_later.clone()).unwrap(), Applied::Upserted);
+        assert_eq!(reopened.lookup("b"), Some(b_later.version()));
+    }
+}
+
+#[test]
 fn bad_requests_and_records_are_rejected_without_effect() {
     let index = ShardedIndex::new(config(4, 2)).unwrap();
     index

@@ -173,6 +173,7 @@ impl Data {
             partition: 0,
             offset: row as i64,
             event_time_ms: 0,
+            source: None,
         }
     }
 

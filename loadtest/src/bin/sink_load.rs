@@ -116,6 +116,9 @@ impl ProducerContext for Acks {
 /// The model the sink serves (its records are checked against it).
 const MODEL_ID: &str = "minilm-l6-v2";
 
+/// The next source offset a made-up record names.
+static NEXT_SOURCE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 fn record(id: String, vector: Vec<f32>) -> EmbeddingRecord {
     let now = now_ms();
     EmbeddingRecord {
@@ -125,10 +128,11 @@ fn record(id: String, vector: Vec<f32>) -> EmbeddingRecord {
         dimension: vector.len() as i32,
         vector,
         normalized: true,
+        // Each call is a newer source event than the last, as the stage writes them.
         source: SourceCoordinates {
             topic: "items".into(),
             partition: 0,
-            offset: 0,
+            offset: NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         },
         event_time: now,
         embed_time: now,

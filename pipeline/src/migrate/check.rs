@@ -449,6 +449,7 @@ async fn requeue(
             }
             _ => steps.push(Step::Delete {
                 key: id.as_bytes().to_vec(),
+                source: None,
             }),
         }
     }

@@ -24,7 +24,7 @@ pub mod metrics;
 pub mod models;
 pub mod offsets;
 pub(crate) mod prepare;
-mod produce;
+pub(crate) mod produce;
 pub mod validate;
 
 use std::sync::Arc;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
-use embedstream_schemas::{AvroRecord, Codec};
+use embedstream_schemas::{AvroRecord, Codec, headers};
 use embedstream_topics::time::now_ms;
 use rdkafka::Message;
-use rdkafka::message::{OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
@@ -85,7 +85,8 @@ pub(super) async fn produce_loop(
                                 embed_time,
                             };
                             let payload = encode(&codec, &model.topic, &record).await?;
-                            let d = send(&producer, &model.topic, item_id, Some(&payload)).await?;
+                            let d = send(&producer, &model.topic, item_id, Some(&payload), &source)
+                                .await?;
                             deliveries.push((model.label.clone(), model.topic.clone(), d));
                         }
                         event_times.push(*event_time);
@@ -96,7 +97,7 @@ pub(super) async fn produce_loop(
                     event_time,
                 }) => {
                     for model in &batch.models {
-                        let d = send(&producer, &model.topic, item_id, None).await?;
+                        let d = send(&producer, &model.topic, item_id, None, &source).await?;
                         deliveries.push((model.label.clone(), model.topic.clone(), d));
                     }
                     event_times.extend(*event_time);
@@ -145,13 +146,38 @@ pub(super) async fn produce_loop(
     Ok(())
 }
 
+/// Enqueues an embedding record or tombstone, with the source headers every record of an
+/// embedding topic carries.
 async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
     payload: Option<&[u8]>,
+    source: &SourceCoordinates,
 ) -> Result<DeliveryFuture> {
-    send_raw(producer, topic, Some(key.as_bytes()), payload, None).await
+    let headers = source_headers(source.partition, source.offset);
+    send_raw(
+        producer,
+        topic,
+        Some(key.as_bytes()),
+        payload,
+        Some(headers),
+    )
+    .await
+}
+
+/// The headers naming a record's source event on `items` (`embedstream_schemas::headers`).
+pub(crate) fn source_headers(partition: i32, offset: i64) -> OwnedHeaders {
+    let (p, o) = (partition.to_string(), offset.to_string());
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: headers::SOURCE_PARTITION,
+            value: Some(p.as_str()),
+        })
+        .insert(Header {
+            key: headers::SOURCE_OFFSET,
+            value: Some(o.as_str()),
+        })
 }
 
 /// Enqueues a record (waiting while the producer's queue is full) and returns its delivery.
@@ -189,7 +215,11 @@ async fn send_raw(
 /// Encodes `record` for `topic`; while the registry is in trouble (down, slow, 5xx) it waits
 /// and asks again, with a backoff up to 5 s, so registry trouble pauses the stage and never
 /// fails a record. A schema the registry refuses is an error.
-async fn encode<T: AvroRecord>(codec: &Codec, topic: &str, record: &T) -> Result<Vec<u8>> {
+pub(crate) async fn encode<T: AvroRecord>(
+    codec: &Codec,
+    topic: &str,
+    record: &T,
+) -> Result<Vec<u8>> {
     let mut backoff = RegistryBackoff::new("encode");
     loop {
         match codec.encode(topic, record).await {

@@ -24,6 +24,7 @@ use crate::embed::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, Error, Result};
 use crate::range::{PartitionRange, new_reader, partitions};
 use crate::stage::prepare::decode;
+use crate::stage::produce::{encode, source_headers};
 use crate::stage::validate::{Limits, Work};
 
 /// One record of a chunk, decided.
@@ -38,6 +39,8 @@ pub(crate) enum Step {
     },
     Delete {
         key: Vec<u8>,
+        /// The delete event's position on `items`, when it came from there.
+        source: Option<(i32, i64)>,
     },
 }
 
@@ -53,12 +56,21 @@ pub(crate) struct Count {
 }
 
 impl Replayer {
-    /// Enqueues a record, waiting while the producer's queue is full.
-    async fn send(&self, key: &[u8], payload: Option<&[u8]>) -> Result<DeliveryFuture> {
+    /// Enqueues a record (with the source headers when its source is known), waiting while
+    /// the producer's queue is full.
+    async fn send(
+        &self,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        source: Option<(i32, i64)>,
+    ) -> Result<DeliveryFuture> {
         loop {
             let mut r = FutureRecord::<[u8], [u8]>::to(&self.topic).key(key);
             if let Some(p) = payload {
                 r = r.payload(p);
+            }
+            if let Some((partition, offset)) = source {
+                r = r.headers(source_headers(partition, offset));
             }
             match self.producer.send_result(r) {
                 Ok(d) => return Ok(d),
@@ -233,7 +245,10 @@ impl Replayer {
                     offset: m.offset(),
                     partition: m.partition(),
                 }),
-                Ok(Work::Delete { .. }) => steps.push(Step::Delete { key }),
+                Ok(Work::Delete { .. }) => steps.push(Step::Delete {
+                    key,
+                    source: Some((m.partition(), m.offset())),
+                }),
                 Err(poison) => {
                     tracing::debug!(
                         kind = poison.kind,
@@ -310,7 +325,13 @@ impl Replayer {
         let embed_time = now_ms();
         for Embedded { step, vector } in chunk {
             let key = match &step {
-                Step::Upsert { key, .. } | Step::Delete { key } => key.clone(),
+                Step::Upsert { key, .. } | Step::Delete { key, .. } => key.clone(),
+            };
+            let source = match &step {
+                Step::Upsert {
+                    partition, offset, ..
+                } => Some((*partition, *offset)),
+                Step::Delete { source, .. } => *source,
             };
             if fresh.contains(&key) {
                 count.skipped += 1;
@@ -347,19 +368,14 @@ impl Replayer {
                     };
                     count.embedded += 1;
                     report.embedded += 1;
-                    Some(
-                        self.codec
-                            .encode(&self.topic, &record)
-                            .await
-                            .map_err(|source| Error::Codec { source })?,
-                    )
+                    Some(encode(&self.codec, &self.topic, &record).await?)
                 }
                 Step::Delete { .. } => {
                     report.deleted += 1;
                     None
                 }
             };
-            deliveries.push(self.send(&key, payload.as_deref()).await?);
+            deliveries.push(self.send(&key, payload.as_deref(), source).await?);
         }
         for d in deliveries {
             match d.await {

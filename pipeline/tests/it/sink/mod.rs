@@ -41,6 +41,9 @@ pub fn unit_vector(seed: u64) -> Vec<f32> {
     v
 }
 
+/// The next source offset a made-up record names.
+static NEXT_SOURCE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 pub fn record(id: &str, vector: Vec<f32>) -> EmbeddingRecord {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -53,10 +56,11 @@ pub fn record(id: &str, vector: Vec<f32>) -> EmbeddingRecord {
         dimension: vector.len() as i32,
         vector,
         normalized: true,
+        // Each call is a newer source event than the last, as the stage writes them.
         source: SourceCoordinates {
             topic: "items".into(),
             partition: 0,
-            offset: 0,
+            offset: NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         },
         event_time: now,
         embed_time: now,

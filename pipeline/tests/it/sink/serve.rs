@@ -232,3 +232,79 @@ async fn a_schema_id_the_registry_does_not_know_pauses_its_partition_and_deletes
     assert!(top[0].1 > 0.9999, "item-5 keeps its vector: {top:?}");
     drop(sink);
 }
+
+/// A record written after a newer one of the same item, but computed from an older source
+/// event (a zombie stage member, a backfill racing the dual-write), never replaces it; nor
+/// does an older tombstone, and an older vector cannot bring a deleted item back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_source_event_written_later_never_replaces_a_newer_one() {
+    use embedstream_schemas::headers::{SOURCE_OFFSET, SOURCE_PARTITION};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+
+    let platform = Platform::new("sink-source-order");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let codec = embedstream_schemas::Codec::new(&platform.registry);
+    let topic = platform.embeddings();
+    let producer = platform.producer();
+    let sourced = |source: i64| {
+        let o = source.to_string();
+        OwnedHeaders::new()
+            .insert(Header {
+                key: SOURCE_PARTITION,
+                value: Some("0"),
+            })
+            .insert(Header {
+                key: SOURCE_OFFSET,
+                value: Some(o.as_str()),
+            })
+    };
+    // (item, source offset, vector seed; None for a tombstone)
+    let writes: [(&str, i64, Option<u64>); 8] = [
+        ("x", 10, Some(1)),
+        ("x", 5, Some(2)),
+        ("x", 3, None),
+        ("y", 15, Some(3)),
+        ("y", 20, None),
+        ("y", 12, Some(4)),
+        ("z", 1, Some(5)),
+        ("z", 2, Some(6)),
+    ];
+    let mut at = Vec::new();
+    for (id, source, seed) in writes {
+        let payload = match seed {
+            Some(seed) => {
+                let mut r = record(id, unit_vector(seed));
+                r.source.offset = source;
+                Some(codec.encode(&topic, &r).await.unwrap())
+            }
+            None => None,
+        };
+        let mut r = FutureRecord::<[u8], [u8]>::to(&topic)
+            .key(id.as_bytes())
+            .headers(sourced(source));
+        if let Some(p) = &payload {
+            r = r.payload(p);
+        }
+        let d = producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        at.push((d.partition, d.offset));
+    }
+    let sink = Sink::start(&platform, &dir, &config(100, 0.08), "sink").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(30))
+        .await;
+    assert_eq!(sink.item("x").await, Some(at[0]), "x keeps source event 10");
+    let top = sink.top_k("exact", &unit_vector(1), 1).await;
+    assert_eq!(top[0].0, "x");
+    assert!(top[0].1 > 0.9999, "x is served with its newest vector");
+    assert_eq!(sink.item("y").await, None, "y stays deleted");
+    assert_eq!(
+        sink.item("z").await,
+        Some(at[7]),
+        "a newer event still wins"
+    );
+}
