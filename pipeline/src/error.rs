@@ -157,6 +157,16 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// A transaction of the exactly-once stage could not be begun or committed: a rebalance
+    /// fenced this member, the broker aborted it, or it timed out. Fatal: the process restarts
+    /// and the events of the batch are read again after the last committed transaction.
+    #[error("transaction ({step}): {reason}")]
+    Transaction {
+        /// Begin, offsets, send offsets, commit.
+        step: &'static str,
+        /// What the client said.
+        reason: String,
+    },
     /// Shutdown was asked for while a read was in progress: the work it was for is not
     /// finished and nothing of it was checkpointed. Not a failure of the work.
     #[error("interrupted by shutdown")]
@@ -193,6 +203,14 @@ impl Error {
     pub(crate) fn task(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> Self {
         let what = what.into();
         move |source| Self::Task { what, source }
+    }
+
+    /// A [`Error::Transaction`] at `step`.
+    pub(crate) fn transaction(step: &'static str, e: &impl std::fmt::Display) -> Self {
+        Self::Transaction {
+            step,
+            reason: e.to_string(),
+        }
     }
 
     /// A [`Error::Produce`] to `topic`.

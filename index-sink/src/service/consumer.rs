@@ -219,7 +219,7 @@ impl Loop {
                     }
                 }
                 Some(Err(error)) => tracing::warn!(error = %error, "Consumer error; continuing."),
-                None => {}
+                None => self.past_markers(consumer, &blocked),
             }
         }
         if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
@@ -286,6 +286,30 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// While idle, moves each unblocked partition's position past what the client read but
+    /// never hands out: the commit markers of transactions take offsets of their own, so
+    /// without this a partition written in transactions would never look caught up.
+    fn past_markers(&self, consumer: &BaseConsumer<SinkContext>, blocked: &HashMap<i32, Blocked>) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements_for_topic(&self.topic) {
+            let (partition, Offset::Offset(next)) = (e.partition(), e.offset()) else {
+                continue;
+            };
+            if blocked.contains_key(&partition) {
+                continue;
+            }
+            let mut progress = self.progress.lock();
+            let at = progress.positions.entry(partition).or_insert(next);
+            if next > *at {
+                *at = next;
+                drop(progress);
+                let _ = consumer.store_offset(&self.topic, partition, next - 1);
+            }
+        }
     }
 
     fn block(

@@ -9,7 +9,7 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::stage::consumer::Batching;
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_pipeline::stage::{self, StageConfig};
+use embedstream_pipeline::stage::{self, Delivery, StageConfig};
 use embedstream_topics::ModelRef;
 use embedstream_topics::admin::Layout;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,25 @@ pub struct StageArgs {
     /// How long a revoke or a shutdown waits for in-flight events, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// `exactly-once`: each batch's records and its input offsets are one Kafka transaction
+    /// (read them with `isolation.level=read_committed`); `at-least-once`: a crash or a
+    /// rebalance may write an event's records twice.
+    #[arg(long, env = "EMBEDSTREAM_DELIVERY", value_enum, default_value_t = DeliveryArg::ExactlyOnce)]
+    delivery: DeliveryArg,
+    /// The producer's `transactional.id` for exactly-once (default: the group, the host and
+    /// the process id). Give each replica a stable one (its pod name) so that a restarted
+    /// replica fences its predecessor's open transaction at once.
+    #[arg(long, env = "EMBEDSTREAM_TRANSACTIONAL_ID")]
+    transactional_id: Option<String>,
+}
+
+/// `--delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryArg {
+    /// Offsets committed after the outputs are acknowledged.
+    AtLeastOnce,
+    /// Outputs and offsets in one transaction per batch.
+    ExactlyOnce,
 }
 
 impl StageArgs {
@@ -123,6 +142,15 @@ impl StageArgs {
             },
             initial_model,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            delivery: match self.delivery {
+                DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
+                DeliveryArg::ExactlyOnce => Delivery::ExactlyOnce {
+                    transactional_id: self.transactional_id.clone().unwrap_or_else(|| {
+                        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+                        format!("{}-{host}-{}", self.group, std::process::id())
+                    }),
+                },
+            },
         })
     }
 }

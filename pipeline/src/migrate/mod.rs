@@ -161,7 +161,8 @@ pub struct Status {
 pub struct VersionWrites {
     /// `id@version`.
     pub model: String,
-    /// Records on its topic (sum of the partitions' end offsets), when the broker answered.
+    /// Offsets written to its topic (sum of the partitions' end offsets: records, and the
+    /// commit markers of transactions), when the broker answered.
     pub topic_records: Option<i64>,
     /// Records the stage wrote and had acknowledged, from its `/metrics`, when it answered.
     pub stage_ok: Option<u64>,

@@ -76,6 +76,9 @@ pub struct StageContext {
     pub topic: String,
     /// How long a revoke waits for in-flight events (shorter than the session timeout).
     pub drain_timeout: Duration,
+    /// Whether the consumer commits offsets itself (at-least-once); exactly-once commits them
+    /// in its transactions.
+    pub commits_offsets: bool,
 }
 
 impl ClientContext for StageContext {
@@ -121,7 +124,9 @@ impl ConsumerContext for StageContext {
         }
         drop(state);
         // Commit what is stored now, so the next owner starts right after the drained events.
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if self.commits_offsets
+            && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        {
             tracing::debug!(error = %e, "Nothing to commit on revoke.");
         }
         if left > 0 {

@@ -36,7 +36,7 @@ use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +84,32 @@ pub struct StageConfig {
     pub initial_model: Option<ModelRef>,
     /// How long a revoke or a shutdown waits for in-flight events.
     pub drain_timeout: Duration,
+    /// At-least-once or exactly-once output.
+    pub delivery: Delivery,
 }
+
+/// How the stage's output is delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Outputs are acknowledged before the input's offsets are committed: a crash or a
+    /// rebalance may write an event's records twice (same key, vector and source; harmless on
+    /// compacted topics and to the sinks, which order by source event).
+    AtLeastOnce,
+    /// Each batch's outputs and input offsets are one Kafka transaction (see
+    /// `produce::Transactions`); readers with `isolation.level=read_committed` (the default
+    /// of librdkafka and of the platform's sinks) see each record once.
+    ExactlyOnce {
+        /// The producer's `transactional.id`: unique per process. A stable id per replica
+        /// (its pod name, say) lets a restarted process fence its predecessor's open
+        /// transaction at once instead of after the transaction timeout.
+        transactional_id: String,
+    },
+}
+
+/// How long a transaction may stay open before the broker aborts it (librdkafka's default):
+/// far above a batch's send and commit, and the longest a crashed process's open transaction
+/// holds back `read_committed` readers when its successor has another transactional id.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the stage until `shutdown`; returns after the taken batches are finished and
 /// committed. An error is fatal (the process should exit non-zero and be restarted: nothing
@@ -119,7 +144,11 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         .kafka
         .client()
         .set("group.id", &config.group)
-        .set("enable.auto.commit", "true")
+        // Exactly-once commits offsets in the transactions, never on its own.
+        .set(
+            "enable.auto.commit",
+            (config.delivery == Delivery::AtLeastOnce).to_string(),
+        )
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -133,24 +162,52 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             tracker: tracker.clone(),
             topic: items.clone(),
             drain_timeout: config.drain_timeout,
+            commits_offsets: config.delivery == Delivery::AtLeastOnce,
         })
         .map_err(&kafka)?;
     consumer.subscribe(&[&items]).map_err(&kafka)?;
     let consumer = Arc::new(consumer);
 
-    let producer: FutureProducer = config
-        .kafka
-        .client()
+    let mut producer_config = config.kafka.client();
+    producer_config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         // Keep retrying through a broker restart; a record that still fails is fatal.
-        .set("message.timeout.ms", "300000")
+        .set("message.timeout.ms", "300000");
+    if let Delivery::ExactlyOnce { transactional_id } = &config.delivery {
+        let timeout = TRANSACTION_TIMEOUT.as_millis().to_string();
+        producer_config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", &timeout)
+            // A record cannot outlive its transaction.
+            .set("message.timeout.ms", &timeout);
+    }
+    let producer: FutureProducer = producer_config
         .set("queue.buffering.max.messages", "200000")
         // The Java client's partitioner, so keys land where Java producers put them.
         .set("partitioner", "murmur2_random")
         .create()
         .map_err(&kafka)?;
+
+    let transactions = match &config.delivery {
+        Delivery::AtLeastOnce => None,
+        Delivery::ExactlyOnce { transactional_id } => {
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.init_transactions(TRANSACTION_TIMEOUT))
+                .await
+                .map_err(Error::task("initialising transactions"))?
+                .map_err(|e| Error::transaction("init", &e))?;
+            tracing::info!(
+                transactional_id,
+                "Exactly-once output: one transaction per batch."
+            );
+            Some(produce::Transactions {
+                consumer: consumer.clone(),
+                timeout: TRANSACTION_TIMEOUT,
+            })
+        }
+    };
 
     let models = ActiveModels::new(
         config.device,
@@ -191,6 +248,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         codec,
         config.names.items_dlq(),
         config.dead_letters,
+        transactions,
     ));
     let ack = tokio::spawn(ack_loop(sent_rx, consumer.clone(), tracker.clone()));
 
@@ -243,7 +301,10 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         }
     };
     // Commit what was stored; whatever was not acknowledged is re-delivered after a restart.
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    // (Exactly-once committed each batch's offsets in its transaction.)
+    if config.delivery == Delivery::AtLeastOnce
+        && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+    {
         tracing::debug!(error = %e, "Nothing to commit at shutdown.");
     }
     consumer.unsubscribe();

@@ -9,7 +9,7 @@ use embedstream_schemas::{AvroRecord, Codec, headers};
 use embedstream_topics::time::now_ms;
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 
 use super::flow::{STAGE, Sent, Submitted};
@@ -27,6 +27,16 @@ fn coordinates(message: &OwnedMessage) -> (String, i32, i64) {
     )
 }
 
+/// One output record of a batch, encoded, before it is sent.
+struct Output {
+    /// Metric label: the model version, or `dlq`.
+    label: String,
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
 pub(super) async fn produce_loop(
     mut batches: mpsc::Receiver<Submitted>,
     out: mpsc::Sender<Sent>,
@@ -34,6 +44,7 @@ pub(super) async fn produce_loop(
     codec: Codec,
     dlq: String,
     policy: DeadLetterPolicy,
+    transactions: Option<Transactions>,
 ) -> Result<()> {
     while let Some(batch) = batches.recv().await {
         let mut vectors = Vec::with_capacity(batch.models.len());
@@ -43,7 +54,9 @@ pub(super) async fn produce_loop(
         histogram!(m::EMBED_SECONDS).record(batch.embed_start.elapsed().as_secs_f64());
         let produce_start = Instant::now();
         let embed_time = now_ms();
-        let mut deliveries = Vec::new();
+        // Everything is encoded first (encoding may wait on the registry), so a transaction is
+        // open only while the records are sent and committed.
+        let mut outputs = Vec::new();
         let mut events = Vec::with_capacity(batch.entries.len());
         let mut event_times = Vec::new();
         let mut upsert_index = 0;
@@ -84,10 +97,13 @@ pub(super) async fn produce_loop(
                                 event_time: *event_time,
                                 embed_time,
                             };
-                            let payload = encode(&codec, &model.topic, &record).await?;
-                            let d = send(&producer, &model.topic, item_id, Some(&payload), &source)
-                                .await?;
-                            deliveries.push((model.label.clone(), model.topic.clone(), d));
+                            outputs.push(Output {
+                                label: model.label.clone(),
+                                topic: model.topic.clone(),
+                                key: Some(item_id.as_bytes().to_vec()),
+                                payload: Some(encode(&codec, &model.topic, &record).await?),
+                                headers: source_headers(partition, offset),
+                            });
                         }
                         event_times.push(*event_time);
                     }
@@ -97,8 +113,13 @@ pub(super) async fn produce_loop(
                     event_time,
                 }) => {
                     for model in &batch.models {
-                        let d = send(&producer, &model.topic, item_id, None, &source).await?;
-                        deliveries.push((model.label.clone(), model.topic.clone(), d));
+                        outputs.push(Output {
+                            label: model.label.clone(),
+                            topic: model.topic.clone(),
+                            key: Some(item_id.as_bytes().to_vec()),
+                            payload: None,
+                            headers: source_headers(partition, offset),
+                        });
                     }
                     event_times.extend(*event_time);
                 }
@@ -120,18 +141,34 @@ pub(super) async fn produce_loop(
                     source: source.clone(),
                 };
                 let (letter, headers) = dead_letter(&failed, &poison, STAGE, policy);
-                let payload = encode(&codec, &dlq, &letter).await?;
-                let d = send_raw(
-                    &producer,
-                    &dlq,
-                    letter.original_key.as_deref(),
-                    Some(&payload),
-                    Some(headers),
-                )
-                .await?;
-                deliveries.push(("dlq".to_owned(), dlq.clone(), d));
+                outputs.push(Output {
+                    label: "dlq".to_owned(),
+                    topic: dlq.clone(),
+                    payload: Some(encode(&codec, &dlq, &letter).await?),
+                    key: letter.original_key,
+                    headers,
+                });
             }
             events.push((topic, partition, offset));
+        }
+
+        if let Some(t) = &transactions {
+            t.begin(&producer)?;
+        }
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let d = send_raw(
+                &producer,
+                &o.topic,
+                o.key.as_deref(),
+                o.payload.as_deref(),
+                Some(o.headers),
+            )
+            .await?;
+            deliveries.push((o.label, o.topic, d));
+        }
+        if let Some(t) = &transactions {
+            t.commit(&producer, &events).await?;
         }
         let sent = Sent {
             events,
@@ -146,24 +183,56 @@ pub(super) async fn produce_loop(
     Ok(())
 }
 
-/// Enqueues an embedding record or tombstone, with the source headers every record of an
-/// embedding topic carries.
-async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: Option<&[u8]>,
-    source: &SourceCoordinates,
-) -> Result<DeliveryFuture> {
-    let headers = source_headers(source.partition, source.offset);
-    send_raw(
-        producer,
-        topic,
-        Some(key.as_bytes()),
-        payload,
-        Some(headers),
-    )
-    .await
+/// Exactly-once output: each batch's records, dead letters included, and the consumed
+/// offsets of its events are one Kafka transaction, committed with the consumer's group
+/// metadata (KIP-447), so a member fenced by a rebalance cannot commit, and readers with
+/// `isolation.level=read_committed` see all of a batch or none of it.
+pub(super) struct Transactions {
+    /// The stage's group consumer (its group metadata goes into each commit).
+    pub(super) consumer:
+        std::sync::Arc<rdkafka::consumer::BaseConsumer<super::consumer::StageContext>>,
+    /// How long a commit may take.
+    pub(super) timeout: Duration,
+}
+
+impl Transactions {
+    fn begin(&self, producer: &FutureProducer) -> Result<()> {
+        producer
+            .begin_transaction()
+            .map_err(|e| Error::transaction("begin", &e))
+    }
+
+    /// Sends the offsets after `events` and commits; any failure is fatal (the transaction is
+    /// aborted by the broker or on restart, and its events are read again).
+    async fn commit(&self, producer: &FutureProducer, events: &[(String, i32, i64)]) -> Result<()> {
+        use rdkafka::consumer::Consumer;
+        let mut next: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+        for (topic, partition, offset) in events {
+            let n = next.entry((topic.as_str(), *partition)).or_insert(0);
+            *n = (*n).max(offset + 1);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+                .map_err(|e| Error::transaction("offsets", &e))?;
+        }
+        let metadata = self.consumer.group_metadata().ok_or(Error::Transaction {
+            step: "group metadata",
+            reason: "the consumer has no group metadata".to_owned(),
+        })?;
+        let (producer, timeout) = (producer.clone(), self.timeout);
+        let committed = tokio::task::spawn_blocking(move || {
+            producer
+                .send_offsets_to_transaction(&tpl, &metadata, timeout)
+                .map_err(|e| ("send offsets", e))?;
+            producer
+                .commit_transaction(timeout)
+                .map_err(|e| ("commit", e))
+        })
+        .await
+        .map_err(Error::task("committing a transaction"))?;
+        committed.map_err(|(step, e)| Error::transaction(step, &e))
+    }
 }
 
 /// The headers naming a record's source event on `items` (`embedstream_schemas::headers`).

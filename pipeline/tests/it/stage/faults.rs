@@ -19,11 +19,15 @@ async fn produce_scenario(p: &Platform) -> HashMap<String, String> {
     live
 }
 
+/// Exactly-once (the default) with the replica's stable transactional id: the restarted
+/// process fences the killed one's open transaction, and no event is written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_then_restart_loses_nothing() {
+async fn kill_9_mid_stream_then_restart_loses_nothing_and_writes_each_event_once() {
     let p = Platform::new("kill9");
     let live = produce_scenario(&p).await;
-    let mut stage = p.spawn_stage("first");
+    let id = format!("{}-stage-0", p.prefix);
+    let args = ["--transactional-id", id.as_str()];
+    let (mut stage, _) = p.spawn_stage_with("first", &args);
     p.wait_records(300, Duration::from_secs(120)).await;
     kill9(&mut stage);
     let lag = p.group_lag();
@@ -31,7 +35,27 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         lag > 0,
         "the kill came after the stage had finished; the test proves nothing"
     );
-    let mut stage = p.spawn_stage("second");
+    let (mut stage, _) = p.spawn_stage_with("second", &args);
+    p.wait_caught_up(Duration::from_secs(180)).await;
+    assert!(terminate(&mut stage).success());
+    assert_state(&p, &live).await;
+    assert_each_event_once(&p).await;
+}
+
+/// At-least-once may write an event twice after a kill; it never loses one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_kill_9_mid_stream_then_restart_loses_nothing() {
+    let p = Platform::new("kill9-alo");
+    let live = produce_scenario(&p).await;
+    let args = ["--delivery", "at-least-once"];
+    let (mut stage, _) = p.spawn_stage_with("first", &args);
+    p.wait_records(300, Duration::from_secs(120)).await;
+    kill9(&mut stage);
+    assert!(
+        p.group_lag() > 0,
+        "the kill came after the stage had finished"
+    );
+    let (mut stage, _) = p.spawn_stage_with("second", &args);
     p.wait_caught_up(Duration::from_secs(180)).await;
     assert!(terminate(&mut stage).success());
     assert_state(&p, &live).await;
@@ -61,6 +85,7 @@ async fn a_rebalance_between_two_stage_processes_loses_nothing() {
     p.wait_caught_up(Duration::from_secs(180)).await;
     assert!(terminate(&mut b).success());
     assert_state(&p, &live).await;
+    assert_each_event_once(&p).await;
 }
 
 /// A broker of the test's own, run by `compose/dev broker` (the same settings as the stack's),

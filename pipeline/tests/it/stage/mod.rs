@@ -203,6 +203,11 @@ impl Platform {
 
     /// Starts a stage process; its log goes to the returned file.
     pub fn spawn_stage_logged(&self, log_name: &str) -> (Child, std::path::PathBuf) {
+        self.spawn_stage_with(log_name, &[])
+    }
+
+    /// [`Platform::spawn_stage_logged`] with more arguments.
+    pub fn spawn_stage_with(&self, log_name: &str, extra: &[&str]) -> (Child, std::path::PathBuf) {
         let dir = std::env::temp_dir().join("embedstream-tests");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}-{log_name}.log", self.prefix));
@@ -210,6 +215,7 @@ impl Platform {
         let child = self
             .stage_command()
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -218,13 +224,17 @@ impl Platform {
         (child, path)
     }
 
-    /// Reads a topic from the beginning to its current end: every record, in partition order.
+    /// Reads a topic from the beginning to its current end: every record, in partition order
+    /// (committed records only; a transaction's commit marker takes an offset of its own, so
+    /// the end is where the broker says the partition ends).
     pub fn read_all(&self, topic: &str) -> Vec<ReadBack> {
         let consumer: BaseConsumer = self
             .kafka
             .client()
             .set("group.id", embedstream_topics::testing::unique("reader"))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
             .create()
             .unwrap();
         let metadata = consumer
@@ -263,6 +273,7 @@ impl Platform {
                             break;
                         }
                     }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                     Some(Err(e)) => panic!("reading {topic}: {e}"),
                     None => {}
                 }
@@ -470,6 +481,27 @@ pub async fn assert_state(platform: &Platform, live: &HashMap<String, String>) {
             cos > 0.9999,
             "{id}: the vector is not its final text's (cosine {cos})"
         );
+    }
+}
+
+/// Asserts that no upsert event has two records on the embedding topic (what exactly-once
+/// output promises to `read_committed` readers).
+pub async fn assert_each_event_once(platform: &Platform) {
+    let codec = Codec::new(&platform.registry);
+    let mut seen = HashMap::new();
+    for (_, value, partition, offset) in platform.read_all(&platform.embeddings()) {
+        let Some(v) = value else { continue };
+        let r: EmbeddingRecord = codec.decode(&v).await.unwrap();
+        if let Some(first) = seen.insert((r.source.partition, r.source.offset), (partition, offset))
+        {
+            panic!(
+                "item {} event {}@{} written twice: at {first:?} and {:?}",
+                r.item_id,
+                r.source.partition,
+                r.source.offset,
+                (partition, offset)
+            );
+        }
     }
 }
 
