@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::consumer::{StageContext, Tracker};
 use super::metrics as m;
 
-use super::flow::Sent;
+use super::flow::{Delivery, Sent};
 use crate::error::{Error, Result};
 
 pub(super) async fn ack_loop(
@@ -22,10 +22,10 @@ pub(super) async fn ack_loop(
     while let Some(batch) = sent.recv().await {
         let mut failed = None;
         for (label, topic, delivery) in batch.deliveries {
-            let result = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(Error::produce(&topic)(e)),
-                Err(_) => Err(Error::ProducerStopped { topic }),
+            let result = match delivery {
+                Delivery::Pending(d) => delivered(d, topic).await,
+                Delivery::Done(None) => Ok(()),
+                Delivery::Done(Some(e)) => Err(e),
             };
             let outcome = if result.is_ok() { "ok" } else { "error" };
             counter!(m::PRODUCED, "model_version" => label, "result" => outcome).increment(1);
@@ -46,4 +46,13 @@ pub(super) async fn ack_loop(
         tracker.complete(&consumer, batch.events);
     }
     Ok(())
+}
+
+/// Waits for a record's delivery report.
+pub(super) async fn delivered(d: rdkafka::producer::DeliveryFuture, topic: String) -> Result<()> {
+    match d.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(Error::produce(&topic)(e)),
+        Err(_) => Err(Error::ProducerStopped { topic }),
+    }
 }

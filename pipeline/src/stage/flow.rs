@@ -19,6 +19,15 @@ pub(super) struct Entry {
     pub(super) outcome: std::result::Result<Work, Poison>,
 }
 
+/// A record's delivery: still to be reported, or already awaited (exactly-once awaits them
+/// before it commits).
+pub(super) enum Delivery {
+    /// The client will report it.
+    Pending(DeliveryFuture),
+    /// Reported: the error, if it failed.
+    Done(Option<crate::error::Error>),
+}
+
 /// A batch whose texts are queued on every active version's engine.
 pub(super) struct Submitted {
     pub(super) entries: Vec<Entry>,
@@ -34,6 +43,6 @@ pub(super) struct Sent {
     pub(super) events: Vec<(String, i32, i64)>,
     pub(super) event_times: Vec<i64>,
     /// Per record: its metric label (the model version, or `dlq`), its topic, its delivery.
-    pub(super) deliveries: Vec<(String, String, DeliveryFuture)>,
+    pub(super) deliveries: Vec<(String, String, Delivery)>,
     pub(super) produce_start: Instant,
 }

@@ -20,6 +20,8 @@ pub const DECODE_SECONDS: &str = "embedstream_stage_decode_seconds";
 pub const EMBED_SECONDS: &str = "embedstream_stage_embed_seconds";
 /// From sending a batch's output records to their acknowledgement.
 pub const PRODUCE_SECONDS: &str = "embedstream_stage_produce_seconds";
+/// Exactly-once: sending a batch's offsets to its transaction and committing it.
+pub const COMMIT_SECONDS: &str = "embedstream_stage_transaction_commit_seconds";
 /// From the event's `event_time` to the acknowledgement of its last output record.
 pub const END_TO_END_SECONDS: &str = "embedstream_stage_end_to_end_seconds";
 /// Records behind the partition's end, per partition (from the consumer's statistics).

@@ -3,15 +3,17 @@
 //! by item id; deletes become tombstones on every active topic; bad records go to `items.dlq`
 //! with the reason.
 //!
-//! Guarantees (at-least-once): an event's offset is stored only after every output record of
-//! it was acknowledged by the broker, and offsets move in order per partition; a revoked
-//! partition is drained (or its events left to the next owner) before it is given up; on
-//! shutdown every batch taken is finished and committed. Outputs are produced in consumption
-//! order by an idempotent producer, so the last record per key on an embedding topic is the
-//! last event per key on `items`; a re-delivered event yields the same key, vector and source
-//! coordinates (only `embed_time` differs). A poisoned record never blocks its partition.
-//! Not guaranteed: exactly-once (the stage does not produce in transactions) — duplicates
-//! after a crash are harmless on compacted topics.
+//! Guarantees: with [`Delivery::ExactlyOnce`] each batch's outputs and input offsets are one
+//! transaction committed with the group's metadata, so `read_committed` readers see each
+//! event's records once and a fenced member's never; with [`Delivery::AtLeastOnce`] an event's
+//! offset is stored only after every output record of it was acknowledged by the broker, and
+//! offsets move in order per partition. Either way a revoked partition is drained (or its
+//! events left to the next owner) before it is given up; on shutdown every batch taken is
+//! finished and committed. Outputs are produced in consumption order by an idempotent producer
+//! and name their source event (`embedstream_schemas::headers`), so readers keep the newest
+//! source per key whatever the topic's order; a re-delivered event yields the same key, vector
+//! and source coordinates (only `embed_time` differs). A poisoned record never blocks its
+//! partition.
 //!
 //! Shape: a consumer thread ([`consumer`]) → batches → decode and submit to the engines →
 //! produce in order → acknowledge and store offsets, each step a task joined by bounded
@@ -181,7 +183,10 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             .set("transactional.id", transactional_id)
             .set("transaction.timeout.ms", &timeout)
             // A record cannot outlive its transaction.
-            .set("message.timeout.ms", &timeout);
+            .set("message.timeout.ms", &timeout)
+            // The next transaction's first request is refused while the broker still writes
+            // the last one's markers (CONCURRENT_TRANSACTIONS), and retried after this.
+            .set("retry.backoff.ms", "5");
     }
     let producer: FutureProducer = producer_config
         .set("queue.buffering.max.messages", "200000")

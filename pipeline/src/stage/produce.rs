@@ -12,7 +12,8 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 
-use super::flow::{STAGE, Sent, Submitted};
+use super::ack::delivered;
+use super::flow::{Delivery, STAGE, Sent, Submitted};
 use super::metrics as m;
 use super::prepare::{RegistryBackoff, vectors_of};
 use super::validate::{Poison, Work};
@@ -165,10 +166,23 @@ pub(super) async fn produce_loop(
                 Some(o.headers),
             )
             .await?;
-            deliveries.push((o.label, o.topic, d));
+            deliveries.push((o.label, o.topic, Delivery::Pending(d)));
         }
         if let Some(t) = &transactions {
-            t.commit(&producer, &events).await?;
+            // Every delivery is awaited here, so the commit finds nothing left to flush.
+            let mut done = Vec::with_capacity(deliveries.len());
+            for (label, topic, d) in deliveries {
+                let Delivery::Pending(d) = d else { continue };
+                let result = delivered(d, topic.clone()).await.err();
+                done.push((label, topic, Delivery::Done(result)));
+            }
+            deliveries = done;
+            if deliveries
+                .iter()
+                .all(|(_, _, d)| matches!(d, Delivery::Done(None)))
+            {
+                t.commit(&producer, &events).await?;
+            }
         }
         let sent = Sent {
             events,
@@ -222,12 +236,30 @@ impl Transactions {
         })?;
         let (producer, timeout) = (producer.clone(), self.timeout);
         let committed = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            // The client's commit flushes first, and its flush waits up to 100 ms for a report
+            // that the producer's own polling thread may already have taken: wait for the
+            // client to have released every delivered record, so that flush returns at once.
+            while producer.flush(Duration::ZERO).is_err() {
+                if start.elapsed() > timeout {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
             producer
                 .send_offsets_to_transaction(&tpl, &metadata, timeout)
                 .map_err(|e| ("send offsets", e))?;
+            let offsets = start.elapsed();
             producer
                 .commit_transaction(timeout)
-                .map_err(|e| ("commit", e))
+                .map_err(|e| ("commit", e))?;
+            histogram!(m::COMMIT_SECONDS).record(start.elapsed().as_secs_f64());
+            tracing::debug!(
+                offsets_ms = offsets.as_millis() as u64,
+                total_ms = start.elapsed().as_millis() as u64,
+                "Transaction committed."
+            );
+            Ok(())
         })
         .await
         .map_err(Error::task("committing a transaction"))?;
