@@ -27,7 +27,11 @@ pub(super) async fn ack_loop(
                 Delivery::Done(None) => Ok(()),
                 Delivery::Done(Some(e)) => Err(e),
             };
-            let outcome = if result.is_ok() { "ok" } else { "error" };
+            let outcome = match (&result, batch.aborted) {
+                (Ok(()), false) => "ok",
+                (Ok(()), true) => "aborted",
+                (Err(_), _) => "error",
+            };
             counter!(m::PRODUCED, "model_version" => label, "result" => outcome).increment(1);
             if let Err(e) = result {
                 failed.get_or_insert(e);
@@ -37,6 +41,9 @@ pub(super) async fn ack_loop(
             // Not acknowledged: the offsets stay where they are and the events are
             // re-delivered after the restart this error causes.
             return Err(error);
+        }
+        if batch.aborted {
+            continue;
         }
         histogram!(m::PRODUCE_SECONDS).record(batch.produce_start.elapsed().as_secs_f64());
         let now = now_ms();

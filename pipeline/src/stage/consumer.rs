@@ -34,6 +34,10 @@ struct TrackerState {
     /// Bumped on every revoke: a batch cut before it may hold events of partitions this
     /// process no longer owns, and is dropped (they are re-delivered to their new owner).
     epoch: u64,
+    /// Bumped when a revoke gives its partitions up (after the drain): a batch cut before it
+    /// that is still in flight was not drained in time, and exactly-once aborts its
+    /// transaction (its events are read again by their owner).
+    given_up: u64,
 }
 
 impl Tracker {
@@ -64,6 +68,11 @@ impl Tracker {
     /// Events in flight in every partition.
     pub fn total_in_flight(&self) -> usize {
         self.lock().offsets.total_in_flight()
+    }
+
+    /// How many revokes have given their partitions up so far.
+    pub fn given_up(&self) -> u64 {
+        self.lock().given_up
     }
 }
 
@@ -122,6 +131,7 @@ impl ConsumerContext for StageContext {
         for (t, p) in &revoked {
             state.offsets.forget(t, *p);
         }
+        state.given_up += 1;
         drop(state);
         // Commit what is stored now, so the next owner starts right after the drained events.
         if self.commits_offsets
@@ -158,6 +168,8 @@ pub struct Batch {
     pub messages: Vec<OwnedMessage>,
     /// When the first of them was consumed.
     pub first_at: Instant,
+    /// [`Tracker::given_up`] when the batch was cut.
+    pub given_up: u64,
 }
 
 /// How the consumer thread cuts batches.
@@ -205,7 +217,7 @@ pub fn consume_loop(
         let due = !buffer.is_empty() && first_at.elapsed() >= batching.linger;
         if full || due {
             let messages = std::mem::take(&mut buffer);
-            {
+            let given_up = {
                 let mut state = tracker.lock();
                 if state.epoch != buffer_epoch {
                     // Cut before a revoke: these go to the partitions' next owner.
@@ -217,8 +229,14 @@ pub fn consume_loop(
                         .map(|m| (m.topic().to_owned(), m.partition(), m.offset())),
                 );
                 metrics::gauge!(m::IN_FLIGHT).set(state.offsets.total_in_flight() as f64);
-            }
-            if out.blocking_send(Batch { messages, first_at }).is_err() {
+                state.given_up
+            };
+            let batch = Batch {
+                messages,
+                first_at,
+                given_up,
+            };
+            if out.blocking_send(batch).is_err() {
                 return;
             }
         }

@@ -30,6 +30,8 @@ pub(super) enum Delivery {
 
 /// A batch whose texts are queued on every active version's engine.
 pub(super) struct Submitted {
+    /// `Tracker::given_up` when the batch was cut.
+    pub(super) given_up: u64,
     pub(super) entries: Vec<Entry>,
     pub(super) models: Vec<ActiveModel>,
     /// Per model, the vectors of the batch's upserts in order.
@@ -45,4 +47,7 @@ pub(super) struct Sent {
     /// Per record: its metric label (the model version, or `dlq`), its topic, its delivery.
     pub(super) deliveries: Vec<(String, String, Delivery)>,
     pub(super) produce_start: Instant,
+    /// Exactly-once aborted the batch's transaction: nothing of it is visible, and its events
+    /// are read again by their partitions' owner.
+    pub(super) aborted: bool,
 }

@@ -209,6 +209,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             );
             Some(produce::Transactions {
                 consumer: consumer.clone(),
+                tracker: tracker.clone(),
                 timeout: TRANSACTION_TIMEOUT,
             })
         }

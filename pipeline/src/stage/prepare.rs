@@ -139,6 +139,7 @@ pub(super) async fn prepare_loop(
         let embed_start = Instant::now();
         let pending = submit_all(&active, &texts).await?;
         let submitted = Submitted {
+            given_up: batch.given_up,
             entries,
             models: active,
             pending,

@@ -153,6 +153,7 @@ pub(super) async fn produce_loop(
             events.push((topic, partition, offset));
         }
 
+        let mut aborted = false;
         if let Some(t) = &transactions {
             t.begin(&producer)?;
         }
@@ -181,7 +182,7 @@ pub(super) async fn produce_loop(
                 .iter()
                 .all(|(_, _, d)| matches!(d, Delivery::Done(None)))
             {
-                t.commit(&producer, &events).await?;
+                aborted = !t.commit(&producer, &events, batch.given_up).await?;
             }
         }
         let sent = Sent {
@@ -189,6 +190,7 @@ pub(super) async fn produce_loop(
             event_times,
             deliveries,
             produce_start,
+            aborted,
         };
         if out.send(sent).await.is_err() {
             return Ok(());
@@ -205,6 +207,8 @@ pub(super) struct Transactions {
     /// The stage's group consumer (its group metadata goes into each commit).
     pub(super) consumer:
         std::sync::Arc<rdkafka::consumer::BaseConsumer<super::consumer::StageContext>>,
+    /// Which revokes have given partitions up.
+    pub(super) tracker: std::sync::Arc<super::consumer::Tracker>,
     /// How long a commit may take.
     pub(super) timeout: Duration,
 }
@@ -216,9 +220,29 @@ impl Transactions {
             .map_err(|e| Error::transaction("begin", &e))
     }
 
-    /// Sends the offsets after `events` and commits; any failure is fatal (the transaction is
-    /// aborted by the broker or on restart, and its events are read again).
-    async fn commit(&self, producer: &FutureProducer, events: &[(String, i32, i64)]) -> Result<()> {
+    /// Sends the offsets after `events` and commits; returns `false` when it aborted instead: a
+    /// revoke gave the batch's partitions up after it was cut (`given_up`), so its events
+    /// belong to their next owner (with eager rebalancing every partition is revoked, and this
+    /// member reads what it keeps again from the committed offsets). Any failure is fatal (the
+    /// transaction is aborted by the broker or on restart, and its events are read again).
+    async fn commit(
+        &self,
+        producer: &FutureProducer,
+        events: &[(String, i32, i64)],
+        given_up: u64,
+    ) -> Result<bool> {
+        if self.tracker.given_up() != given_up {
+            let (producer, timeout) = (producer.clone(), self.timeout);
+            tokio::task::spawn_blocking(move || producer.abort_transaction(timeout))
+                .await
+                .map_err(Error::task("aborting a transaction"))?
+                .map_err(|e| Error::transaction("abort", &e))?;
+            tracing::warn!(
+                events = events.len(),
+                "Aborted a batch whose partitions a revoke gave up before it was done."
+            );
+            return Ok(false);
+        }
         use rdkafka::consumer::Consumer;
         let mut next: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
         for (topic, partition, offset) in events {
@@ -263,7 +287,8 @@ impl Transactions {
         })
         .await
         .map_err(Error::task("committing a transaction"))?;
-        committed.map_err(|(step, e)| Error::transaction(step, &e))
+        committed.map_err(|(step, e)| Error::transaction(step, &e))?;
+        Ok(true)
     }
 }
 

@@ -19,6 +19,7 @@ use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub const MINILM: &str = "minilm-l6-v2@1";
@@ -282,24 +283,84 @@ impl Platform {
         out
     }
 
-    /// The compacted view of the embedding topic: the last record per key, tombstones removed.
-    pub async fn embedding_state(&self) -> HashMap<String, EmbeddingRecord> {
-        let codec = Codec::new(&self.registry);
-        let mut state = HashMap::new();
-        for (key, value, _, _) in self.read_all(&self.embeddings()) {
-            let key = String::from_utf8(key.expect("embedding records are keyed")).unwrap();
-            match value {
-                None => {
-                    state.remove(&key);
+    /// Every record of `topic` with its headers (UTF-8 values), in partition and offset order.
+    pub fn read_with_headers(&self, topic: &str) -> Vec<(ReadBack, HashMap<String, String>)> {
+            let p = self;
+        let consumer: BaseConsumer = p
+            .kafka
+            .client()
+            .set("group.id", embedstream_topics::testing::unique("headers"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let records = p.read_all(topic);
+        let mut out = Vec::new();
+        for (key, value, partition, offset) in records {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let m = loop {
+                match consumer.poll(Duration::from_secs(10)) {
+                    Some(Ok(m)) if m.offset() == offset => break m,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("reading {topic}: {e}"),
+                    None => panic!("no record at {topic}/{partition}/{offset}"),
                 }
+            };
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_owned(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(((key, value, partition, offset), headers));
+        }
+        out
+    }
+
+    /// The embedding topic as a reader keeps it: per key, the record or tombstone of the newest
+    /// source event (headers `embedstream.source.*`; topic order where a record has none),
+    /// tombstones removed.
+    pub async fn embedding_state(&self) -> HashMap<String, EmbeddingRecord> {
+        use embedstream_schemas::headers::{SOURCE_OFFSET, SOURCE_PARTITION};
+        let codec = Codec::new(&self.registry);
+        let mut held: HashMap<String, (Option<(i32, i64)>, Option<EmbeddingRecord>)> =
+            HashMap::new();
+        for ((key, value, _, _), headers) in self.read_with_headers(&self.embeddings()) {
+            let key = String::from_utf8(key.expect("embedding records are keyed")).unwrap();
+            let source = match (headers.get(SOURCE_PARTITION), headers.get(SOURCE_OFFSET)) {
+                (Some(p), Some(o)) => Some((p.parse().unwrap(), o.parse().unwrap())),
+                _ => None,
+            };
+            if let Some((Some(h), _)) = held.get(&key)
+                && let Some(s) = source
+                && s.0 == h.0
+                && s.1 <= h.1
+            {
+                continue;
+            }
+            let record = match value {
+                None => None,
                 Some(v) => {
                     let r: EmbeddingRecord = codec.decode(&v).await.unwrap();
                     assert_eq!(r.item_id, key, "key and item_id agree");
-                    state.insert(key, r);
+                    Some(r)
                 }
-            }
+            };
+            held.insert(key, (source, record));
         }
-        state
+        held.into_iter()
+            .filter_map(|(k, (_, r))| r.map(|r| (k, r)))
+            .collect()
     }
 
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {

@@ -3,58 +3,13 @@
 //! and `embedstream dlq replay` re-sends chosen letters to `items` without letting an old
 //! event win over a newer one.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
 use embedstream_pipeline::dlq::{REPLAYED_FROM, headers};
-use rdkafka::message::Headers;
 use sha2::{Digest, Sha256};
 
 use super::*;
-
-/// Every record of `topic` with its headers (UTF-8 values), in partition and offset order.
-fn read_with_headers(p: &Platform, topic: &str) -> Vec<(ReadBack, HashMap<String, String>)> {
-    let consumer: BaseConsumer = p
-        .kafka
-        .client()
-        .set("group.id", embedstream_topics::testing::unique("headers"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let records = p.read_all(topic);
-    let mut out = Vec::new();
-    for (key, value, partition, offset) in records {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let m = loop {
-            match consumer.poll(Duration::from_secs(10)) {
-                Some(Ok(m)) if m.offset() == offset => break m,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("reading {topic}: {e}"),
-                None => panic!("no record at {topic}/{partition}/{offset}"),
-            }
-        };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_owned(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(((key, value, partition, offset), headers));
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_near_the_size_limit_gets_a_cut_letter_with_connect_headers() {
@@ -85,7 +40,7 @@ async fn a_record_near_the_size_limit_gets_a_cut_letter_with_connect_headers() {
         .collect();
     assert_eq!(l.original_value_sha256.as_deref(), Some(digest.as_str()));
 
-    let on_dlq = read_with_headers(&p, &p.names.items_dlq());
+    let on_dlq = p.read_with_headers(&p.names.items_dlq());
     let ((key, _, _, _), h) = &on_dlq[0];
     assert_eq!(
         key.as_deref(),
@@ -194,7 +149,7 @@ async fn replay_resends_fixed_letters_and_never_lets_an_old_event_win() {
     );
 
     // The replayed record is the original, in its original partition, named as a replay.
-    let on_items = read_with_headers(&p, &p.names.items());
+    let on_items = p.read_with_headers(&p.names.items());
     let replays: Vec<_> = on_items
         .iter()
         .filter(|(_, h)| h.contains_key(REPLAYED_FROM))
