@@ -95,13 +95,15 @@ async fn a_rebalance_between_two_stage_processes_loses_nothing() {
 async fn a_rebalance_with_a_1s_drain_while_updates_arrive_loses_nothing() {
     let p = Platform::new("rebalance-1s");
     let mut live = produce_scenario(&p).await;
-    let args = ["--drain-timeout-secs", "1"];
+    // Eight batches in flight take seconds to embed: the drain cannot finish in 1 s.
+    let args = ["--drain-timeout-secs", "1", "--in-flight-batches", "8"];
     let (mut a, a_log) = p.spawn_stage_with("a", &args);
     p.wait_records(100, Duration::from_secs(120)).await;
     let updates: Vec<ItemEvent> = (0..200)
         .map(|i| {
             let id = format!("item-{}", i * 5);
-            let text = format!("Package {id}, rewritten while the group rebalances: tools for {i}.");
+            let text =
+                format!("Package {id}, rewritten while the group rebalances: tools for {i}.");
             live.insert(id.clone(), text.clone());
             upsert(&id, &text)
         })
@@ -123,8 +125,8 @@ async fn a_rebalance_with_a_1s_drain_while_updates_arrive_loses_nothing() {
     let _ = terminate(&mut b);
     let a_text = std::fs::read_to_string(&a_log).unwrap();
     assert!(
-        a_text.contains("Revoke drain timed out") || a_text.contains("Drained revoked partitions"),
-        "A was never asked to give partitions up"
+        a_text.contains("Revoke drain timed out"),
+        "A's drain finished in time; the test proves nothing (make the batches in flight bigger)"
     );
     assert_state(&p, &live).await;
 }

@@ -18,8 +18,8 @@ use embedstream_schemas::records::{DeadLetter, EmbeddingRecord, ItemEvent, ItemO
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub const MINILM: &str = "minilm-l6-v2@1";
@@ -229,6 +229,14 @@ impl Platform {
     /// (committed records only; a transaction's commit marker takes an offset of its own, so
     /// the end is where the broker says the partition ends).
     pub fn read_all(&self, topic: &str) -> Vec<ReadBack> {
+        self.read_with_headers(topic)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// [`Platform::read_all`] with each record's headers (values as UTF-8 text).
+    pub fn read_with_headers(&self, topic: &str) -> Vec<(ReadBack, HashMap<String, String>)> {
         let consumer: BaseConsumer = self
             .kafka
             .client()
@@ -264,11 +272,28 @@ impl Platform {
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
                         let offset = m.offset();
+                        let headers = m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|x| {
+                                        (
+                                            x.key.to_owned(),
+                                            String::from_utf8_lossy(x.value.unwrap_or_default())
+                                                .into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         out.push((
-                            m.key().map(<[u8]>::to_vec),
-                            m.payload().map(<[u8]>::to_vec),
-                            p,
-                            offset,
+                            (
+                                m.key().map(<[u8]>::to_vec),
+                                m.payload().map(<[u8]>::to_vec),
+                                p,
+                                offset,
+                            ),
+                            headers,
                         ));
                         if offset + 1 >= high {
                             break;
@@ -279,50 +304,6 @@ impl Platform {
                     None => {}
                 }
             }
-        }
-        out
-    }
-
-    /// Every record of `topic` with its headers (UTF-8 values), in partition and offset order.
-    pub fn read_with_headers(&self, topic: &str) -> Vec<(ReadBack, HashMap<String, String>)> {
-            let p = self;
-        let consumer: BaseConsumer = p
-            .kafka
-            .client()
-            .set("group.id", embedstream_topics::testing::unique("headers"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        let records = p.read_all(topic);
-        let mut out = Vec::new();
-        for (key, value, partition, offset) in records {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-                .unwrap();
-            consumer.assign(&tpl).unwrap();
-            let m = loop {
-                match consumer.poll(Duration::from_secs(10)) {
-                    Some(Ok(m)) if m.offset() == offset => break m,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => panic!("reading {topic}: {e}"),
-                    None => panic!("no record at {topic}/{partition}/{offset}"),
-                }
-            };
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_owned(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(((key, value, partition, offset), headers));
         }
         out
     }
