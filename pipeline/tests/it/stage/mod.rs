@@ -314,8 +314,9 @@ impl Platform {
     pub async fn embedding_state(&self) -> HashMap<String, EmbeddingRecord> {
         use embedstream_schemas::headers::{SOURCE_OFFSET, SOURCE_PARTITION};
         let codec = Codec::new(&self.registry);
-        let mut held: HashMap<String, (Option<(i32, i64)>, Option<EmbeddingRecord>)> =
-            HashMap::new();
+        // Per key: the source event held, and its record (None: a tombstone).
+        type Held = (Option<(i32, i64)>, Option<EmbeddingRecord>);
+        let mut held: HashMap<String, Held> = HashMap::new();
         for ((key, value, _, _), headers) in self.read_with_headers(&self.embeddings()) {
             let key = String::from_utf8(key.expect("embedding records are keyed")).unwrap();
             let source = match (headers.get(SOURCE_PARTITION), headers.get(SOURCE_OFFSET)) {
