@@ -194,3 +194,38 @@ fn corrupt_files_wrong_dimensions_and_unknown_names_are_refused() {
     assert!(nan.save(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+    ))]
+
+    /// Whatever bytes an artifact file holds, loading it gives an adapter that applies to a
+    /// vector of its input dimension, or an error; never a panic.
+    #[test]
+    fn a_damaged_artifact_loads_or_is_refused(
+        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(proptest::prelude::any::<usize>()),
+    ) {
+        let dir = std::env::temp_dir().join(format!("adapter-prop-{}", std::process::id()));
+        let adapter = Adapter::new(
+            meta(AdapterKind::Procrustes, 6, 4),
+            Layers::Linear { w: m(4, 6, 0.3), b: vec![0.0; 4] },
+        );
+        let path = dir.join(format!("{}.safetensors", adapter.meta.name));
+        adapter.save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for &(at, byte) in &edits {
+            let at = at % bytes.len();
+            bytes[at] = byte;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(loaded) = Adapter::load(&path) {
+            let _ = loaded.apply(&vec![0.5; loaded.meta.in_dim]);
+            let _ = loaded.apply_exact(&vec![0.5; loaded.meta.in_dim]);
+        }
+    }
+}

@@ -17,5 +17,8 @@ pub mod records;
 pub mod registry;
 pub mod wire;
 
+#[cfg(test)]
+mod properties;
+
 pub use codec::{Codec, CodecError};
 pub use records::AvroRecord;

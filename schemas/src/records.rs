@@ -397,4 +397,4 @@ avro_record!(
 );
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

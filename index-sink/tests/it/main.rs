@@ -3,6 +3,7 @@
 
 mod common;
 mod compaction;
+mod properties;
 mod recall;
 mod scenarios;
 mod snapshots;

@@ -224,6 +224,79 @@ async fn a_broker_restart_while_running_loses_nothing() {
     assert_state(&p, &live).await;
 }
 
+/// The stage's registry process killed (-9) for 30 s, on its own `_schemas` topic of the
+/// shared broker: events the stage has no schema cached for wait, nothing is dead-lettered,
+/// and once the registry is back (same topic, same ids) every event is embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_down_for_30s_pauses_the_stage_and_loses_nothing() {
+    let bootstrap = embedstream_topics::testing::bootstrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let prefix = embedstream_topics::testing::unique("registry-down");
+    let dir = std::env::temp_dir().join("embedstream-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start_registry = |run: &str| {
+        let log = std::fs::File::create(dir.join(format!("{prefix}-registry-{run}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .args(["registry", "--bootstrap", &bootstrap])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--topic", &format!("{prefix}._schemas")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let mut registry = start_registry("first");
+    wait_http(&format!("{url}/subjects")).await;
+    let p = Platform::on(&bootstrap, &url, "registry-down");
+    p.ensure_topics().await;
+    let (mut stage, log) = p.spawn_stage_logged("stage");
+    wait_log(&log, "Partitions assigned", Duration::from_secs(90)).await;
+
+    // Encoded while the registry is up (the schema is registered), produced after it died:
+    // the stage has never decoded an item event, so it must ask the registry.
+    let (events, tombstones, live) = scenario(300);
+    let codec = Codec::new(&p.registry);
+    let mut raw = Vec::new();
+    for e in &events {
+        let bytes = codec.encode(&p.names.items(), e).await.unwrap();
+        raw.push((Some(e.item_id.as_bytes().to_vec()), Some(bytes)));
+    }
+    raw.extend(tombstones);
+    registry.kill().unwrap();
+    registry.wait().unwrap();
+    p.produce_raw(&raw).await;
+    wait_log_count(
+        &log,
+        "Registry unavailable; retrying the record.",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        p.read_all(&p.embeddings()).is_empty(),
+        "records were written while the registry was down"
+    );
+    assert!(
+        stage.try_wait().unwrap().is_none(),
+        "the stage waits, it does not exit"
+    );
+
+    let mut registry = start_registry("second");
+    wait_http(&format!("{url}/subjects")).await;
+    p.wait_caught_up(Duration::from_secs(240)).await;
+    assert!(terminate(&mut stage).success());
+    assert_state(&p, &live).await;
+    assert!(
+        p.dead_letters().await.is_empty(),
+        "a record was dead-lettered"
+    );
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_answering_500_pauses_the_stage_and_dead_letters_nothing() {
     let real = Platform::new("registry-500");
