@@ -131,6 +131,23 @@ async fn a_rebalance_with_a_1s_drain_while_updates_arrive_loses_nothing() {
     assert_state(&p, &live).await;
 }
 
+/// `embedstream registry` on `port` of 127.0.0.1, its state in `topic` (default `_schemas`) on
+/// the cluster at `bootstrap`, its log in `log`.
+fn spawn_registry(bootstrap: &str, port: u16, topic: Option<&str>, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    cmd.args(["registry", "--bootstrap", bootstrap])
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if let Some(topic) = topic {
+        cmd.args(["--topic", topic]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// A broker of the test's own, run by `compose/dev broker` (the same settings as the stack's),
 /// its data in `dir/data` and kept across restarts; the child is the broker's JVM itself.
 fn start_broker(dir: &Path, port: u16, controller_port: u16) -> Child {
@@ -180,20 +197,7 @@ async fn a_broker_restart_while_running_loses_nothing() {
     let kafka = embedstream_topics::testing::kafka().with_bootstrap(&bootstrap);
     let broker = start_broker(&dir, port, controller_port);
     wait_broker(&kafka, &dir.join("broker.log"));
-    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let registry_child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
-        .args([
-            "registry",
-            "--bootstrap",
-            &bootstrap,
-            "--listen",
-            &format!("127.0.0.1:{registry_port}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let registry_child = spawn_registry(&bootstrap, registry_port, None, &dir.join("registry.log"));
     let mut stack = OwnStack {
         dir: dir.clone(),
         port,
@@ -235,17 +239,10 @@ async fn the_registry_down_for_30s_pauses_the_stage_and_loses_nothing() {
     let prefix = embedstream_topics::testing::unique("registry-down");
     let dir = std::env::temp_dir().join("embedstream-tests");
     std::fs::create_dir_all(&dir).unwrap();
+    let topic = format!("{prefix}._schemas");
     let start_registry = |run: &str| {
-        let log = std::fs::File::create(dir.join(format!("{prefix}-registry-{run}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .args(["registry", "--bootstrap", &bootstrap])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--topic", &format!("{prefix}._schemas")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        let log = dir.join(format!("{prefix}-registry-{run}.log"));
+        spawn_registry(&bootstrap, port, Some(&topic), &log)
     };
     let mut registry = start_registry("first");
     wait_http(&format!("{url}/subjects")).await;
