@@ -95,8 +95,8 @@ async fn a_rebalance_between_two_stage_processes_loses_nothing() {
 async fn a_rebalance_with_a_1s_drain_while_updates_arrive_loses_nothing() {
     let p = Platform::new("rebalance-1s");
     let mut live = produce_scenario(&p).await;
-    // Eight batches in flight take seconds to embed: the drain cannot finish in 1 s.
-    let args = ["--drain-timeout-secs", "1", "--in-flight-batches", "8"];
+    // Sixteen batches in flight take seconds to embed: the drain cannot finish in 1 s.
+    let args = ["--drain-timeout-secs", "1", "--in-flight-batches", "16"];
     let (mut a, a_log) = p.spawn_stage_with("a", &args);
     p.wait_records(100, Duration::from_secs(120)).await;
     let updates: Vec<ItemEvent> = (0..200)
