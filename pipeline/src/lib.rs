@@ -8,6 +8,7 @@ pub mod embed;
 pub mod encoder;
 mod error;
 pub mod eval;
+mod hex;
 pub mod migrate;
 pub mod models;
 mod range;
@@ -15,3 +16,4 @@ pub mod stage;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+pub(crate) use hex::hex;

@@ -5,6 +5,7 @@ use embedstream_topics::time::now_ms;
 use rdkafka::message::{Header, OwnedHeaders};
 use sha2::{Digest, Sha256};
 
+use crate::hex;
 use crate::stage::validate::Poison;
 
 /// The header names of Kafka Connect's dead-letter queue
@@ -145,15 +146,6 @@ fn cut_message(message: &str) -> String {
         end -= 1;
     }
     format!("{}…", &message[..end])
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::range::{PartitionRange, new_reader, partitions};
+use crate::stage::prepare::decode_waiting;
 
 /// Header of a replayed record: `<dlq topic>/<partition>/<offset>` of its letter.
 pub const REPLAYED_FROM: &str = "embedstream.replayed.from";
@@ -185,7 +186,10 @@ async fn read_letters(
             }
             let decoded = match m.payload() {
                 None => Err("a record without a value".to_owned()),
-                Some(bytes) => decode(&codec, bytes, shutdown).await?,
+                Some(bytes) => decode_waiting::<DeadLetter>(&codec, bytes, shutdown)
+                    .await
+                    .ok_or(Error::Interrupted)?
+                    .map_err(|e| e.to_string()),
             };
             if decoded.as_ref().is_ok_and(|l| !selection.takes(l)) {
                 continue;
@@ -195,29 +199,6 @@ async fn read_letters(
         }
     }
     Ok(taken)
-}
-
-/// Decodes a letter, waiting while the registry is unavailable.
-async fn decode(
-    codec: &Codec,
-    bytes: &[u8],
-    shutdown: &CancellationToken,
-) -> Result<std::result::Result<DeadLetter, String>> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match codec.decode::<DeadLetter>(bytes).await {
-            Ok(l) => return Ok(Ok(l)),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "Registry unavailable; decoding the letter again.");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Err(Error::Interrupted),
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Ok(Err(e.to_string())),
-        }
-    }
 }
 
 fn watermarks(

@@ -39,5 +39,5 @@ pub fn digest(canaries: &[Canary]) -> String {
         h.update(c.text.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }

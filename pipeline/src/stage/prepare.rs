@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
-use embedstream_schemas::Codec;
 use embedstream_schemas::records::ItemEvent;
+use embedstream_schemas::{AvroRecord, Codec, CodecError};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
@@ -56,10 +56,25 @@ pub(crate) async fn decode(
     let Some(payload) = message.payload() else {
         return Some(validate::tombstone(message.key()));
     };
+    Some(
+        match decode_waiting::<ItemEvent>(codec, payload, shutdown).await? {
+            Ok(event) => validate::event(event, limits),
+            Err(e) => Err(Poison::from(&e)),
+        },
+    )
+}
+
+/// Decodes `bytes` as a `T`, waiting (with [`RegistryBackoff`]) while the registry is
+/// unavailable; a provably bad record is the error. `None` when shutdown is asked for while
+/// it waits.
+pub(crate) async fn decode_waiting<T: AvroRecord>(
+    codec: &Codec,
+    bytes: &[u8],
+    shutdown: &CancellationToken,
+) -> Option<std::result::Result<T, CodecError>> {
     let mut backoff = RegistryBackoff::new("decode");
     loop {
-        match codec.decode::<ItemEvent>(payload).await {
-            Ok(event) => return Some(validate::event(event, limits)),
+        match codec.decode::<T>(bytes).await {
             Err(e) if e.is_retryable() => {
                 let wait = backoff.step();
                 tracing::warn!(error = %e, "Registry unavailable; retrying the record.");
@@ -68,7 +83,7 @@ pub(crate) async fn decode(
                     () = tokio::time::sleep(wait) => {}
                 }
             }
-            Err(e) => return Some(Err(Poison::from(&e))),
+            decided => return Some(decided),
         }
     }
 }

@@ -307,7 +307,7 @@ pub(crate) fn source_headers(partition: i32, offset: i64) -> OwnedHeaders {
 }
 
 /// Enqueues a record (waiting while the producer's queue is full) and returns its delivery.
-async fn send_raw(
+pub(crate) async fn send_raw(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,

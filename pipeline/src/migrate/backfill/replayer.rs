@@ -11,10 +11,8 @@ use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelRef, catalog};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BackfillConfig, BackfillReport};
@@ -24,7 +22,7 @@ use crate::embed::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, Error, Result};
 use crate::range::{PartitionRange, new_reader, partitions};
 use crate::stage::prepare::decode;
-use crate::stage::produce::{encode, source_headers};
+use crate::stage::produce::{encode, send_raw, source_headers};
 use crate::stage::validate::{Limits, Work};
 
 /// One record of a chunk, decided.
@@ -64,22 +62,8 @@ impl Replayer {
         payload: Option<&[u8]>,
         source: Option<(i32, i64)>,
     ) -> Result<DeliveryFuture> {
-        loop {
-            let mut r = FutureRecord::<[u8], [u8]>::to(&self.topic).key(key);
-            if let Some(p) = payload {
-                r = r.payload(p);
-            }
-            if let Some((partition, offset)) = source {
-                r = r.headers(source_headers(partition, offset));
-            }
-            match self.producer.send_result(r) {
-                Ok(d) => return Ok(d),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(Error::produce(&self.topic)(e)),
-            }
-        }
+        let headers = source.map(|(partition, offset)| source_headers(partition, offset));
+        send_raw(&self.producer, &self.topic, Some(key), payload, headers).await
     }
 }
 
