@@ -90,13 +90,29 @@ pub struct StageContext {
     pub commits_offsets: bool,
 }
 
+/// A partition's lag: from the committed offset when the client knows it (at-least-once);
+/// under exactly-once the offsets are committed through transactions, which the consumer
+/// does not track, so from its position instead (the last stable offset minus the next offset
+/// the stage reads; the events between position and commit are the in-flight ones, bounded).
+fn lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if p.consumer_lag >= 0 {
+        Some(p.consumer_lag)
+    } else if p.ls_offset >= 0 && p.app_offset >= 0 {
+        Some((p.ls_offset - p.app_offset).max(0))
+    } else {
+        None
+    }
+}
+
 impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, p) in &topic.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                if let Some(lag) = lag(p)
+                    && *partition >= 0
+                {
                     metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
+                        .set(lag as f64);
                 }
             }
         }

@@ -111,3 +111,128 @@ pub async fn failing_registry(
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
 }
+
+/// `embedstream registry` on `port` of 127.0.0.1, its state in `topic` (default `_schemas`) on
+/// the cluster at `bootstrap`, its log in `log`.
+pub fn spawn_registry(
+    bootstrap: &str,
+    port: u16,
+    topic: Option<&str>,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"));
+    cmd.args(["registry", "--bootstrap", bootstrap])
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    if let Some(topic) = topic {
+        cmd.args(["--topic", topic]);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// A broker of the test's own, run by `compose/dev broker` (the same settings as the stack's),
+/// its data in `dir/data` and kept across restarts; the child is the broker's JVM itself.
+fn start_broker(dir: &std::path::Path, port: u16, controller_port: u16) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .unwrap();
+    std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/dev"),
+    )
+    .args(["broker", dir.to_str().unwrap()])
+    .env("KAFKA_BOOTSTRAP", format!("127.0.0.1:{port}"))
+    .env("KAFKA_CONTROLLER_PORT", controller_port.to_string())
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .expect("compose/dev runs")
+}
+
+/// A broker of the test's own (its storage kept across restarts) and a registry on it, for
+/// the faults that would disturb the other tests on the shared broker.
+pub struct OwnStack {
+    pub bootstrap: String,
+    pub registry: String,
+    pub kafka: embedstream_topics::KafkaConfig,
+    dir: PathBuf,
+    port: u16,
+    controller_port: u16,
+    broker: std::process::Child,
+    registry_child: std::process::Child,
+}
+
+impl OwnStack {
+    /// Starts both and waits until they answer.
+    pub async fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir()
+            .join("embedstream-tests")
+            .join(embedstream_topics::testing::unique(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, controller_port, registry_port) = (free_port(), free_port(), free_port());
+        let bootstrap = format!("127.0.0.1:{port}");
+        let kafka = embedstream_topics::testing::kafka().with_bootstrap(&bootstrap);
+        let broker = start_broker(&dir, port, controller_port);
+        wait_broker(&kafka, &dir.join("broker.log"));
+        let registry_child =
+            spawn_registry(&bootstrap, registry_port, None, &dir.join("registry.log"));
+        let registry = format!("http://127.0.0.1:{registry_port}");
+        wait_http(&format!("{registry}/subjects")).await;
+        Self {
+            bootstrap,
+            registry,
+            kafka,
+            dir,
+            port,
+            controller_port,
+            broker,
+            registry_child,
+        }
+    }
+
+    /// kill -9 of the broker's JVM.
+    pub fn kill_broker(&mut self) {
+        self.broker.kill().unwrap();
+        self.broker.wait().unwrap();
+    }
+
+    /// Starts the broker again on the same storage and port and waits until it answers.
+    pub fn restart_broker(&mut self) {
+        self.broker = start_broker(&self.dir, self.port, self.controller_port);
+        wait_broker(&self.kafka, &self.dir.join("broker.log"));
+    }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing answers.
+    pub fn stop_broker(&self) {
+        self.signal_broker("-STOP");
+    }
+
+    /// Thaws a frozen broker (SIGCONT).
+    pub fn continue_broker(&self) {
+        self.signal_broker("-CONT");
+    }
+
+    fn signal_broker(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.broker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} of the broker");
+    }
+}
+
+impl Drop for OwnStack {
+    fn drop(&mut self) {
+        // A frozen broker does not die of SIGTERM; SIGKILL works whatever its state.
+        let _ = self.registry_child.kill();
+        let _ = self.broker.kill();
+        let _ = self.registry_child.wait();
+        let _ = self.broker.wait();
+    }
+}

@@ -3,6 +3,7 @@
 //! over HTTP checked against an exact oracle; kill -9 and restart; the query API's errors.
 
 mod errors;
+mod faults;
 mod recovery;
 mod serve;
 
@@ -93,6 +94,19 @@ impl Oracle {
             .filter_map(|(id, (v, at))| v.as_ref().map(|v| (id, v, *at)))
     }
 
+    /// A delivered write of `id`: it is the item's last unless the oracle has seen a later
+    /// offset (one key is one partition).
+    pub fn observe(&mut self, id: String, vector: Option<Vec<f32>>, at: (i32, i64)) {
+        if self.items.get(&id).is_some_and(|(_, seen)| *seen > at) {
+            return;
+        }
+        let vector = vector.map(|v| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / n).collect()
+        });
+        self.items.insert(id, (vector, at));
+    }
+
     pub fn live_count(&self) -> usize {
         self.live().count()
     }
@@ -109,12 +123,14 @@ impl Oracle {
     }
 }
 
-/// Produces `puts` in order (keyed by item id, the stage's partitioner) and records each in
-/// the oracle. A record whose vector the sink must refuse counts as a delete there.
+/// Produces `puts` in order (keyed by item id, the stage's partitioner; many in flight, in
+/// order per partition as the producer is idempotent) and records each in the oracle. A
+/// record whose vector the sink must refuse counts as a delete there.
 pub async fn produce(platform: &Platform, oracle: &mut Oracle, puts: Vec<Put>) {
     let codec = Codec::new(&platform.registry);
     let topic = platform.embeddings();
     let producer = platform.producer();
+    let mut sent = Vec::with_capacity(puts.len());
     for put in puts {
         let (key, value, vector) = match put {
             Put::Record(r) => {
@@ -132,17 +148,15 @@ pub async fn produce(platform: &Platform, oracle: &mut Oracle, puts: Vec<Put>) {
         if let Some(v) = &value {
             r = r.payload(v);
         }
-        let delivery = producer
-            .send(r, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        let (partition, offset) = (delivery.partition, delivery.offset);
-        let vector = vector.map(|v| {
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter().map(|x| x / n).collect()
-        });
-        oracle.items.insert(key, (vector, (partition, offset)));
+        let delivery = producer.send_result(r).map_err(|(e, _)| e).unwrap();
+        sent.push((key, vector, delivery));
+    }
+    for (key, vector, delivery) in sent {
+        let (partition, offset) = match delivery.await.unwrap() {
+            Ok(d) => (d.partition, d.offset),
+            Err((e, _)) => panic!("{key} was not delivered: {e}"),
+        };
+        oracle.observe(key, vector, (partition, offset));
     }
 }
 

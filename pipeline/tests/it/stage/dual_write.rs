@@ -86,6 +86,14 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
         .await
         .unwrap();
     assert!(terminate(&mut stage).success());
+    // The stage runs exactly-once here, where the client does not know the committed offsets:
+    // its lag still comes out, from its position.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("embedstream_stage_consumer_lag_records{")),
+        "the stage exports its lag per partition"
+    );
 
     let mpnet = p.names.embeddings(&"mpnet-base-v2@1".parse().unwrap());
     let mut on_mpnet: Vec<(String, Option<usize>)> = Vec::new();

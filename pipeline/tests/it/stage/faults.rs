@@ -2,12 +2,10 @@
 //! stage processes — each ends with exactly the live ids on the embedding topic, each with the
 //! vector of its last text, and no deleted id alive.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
-use crate::common::{free_port, wait_broker, wait_http};
+use crate::common::{OwnStack, free_port, spawn_registry, wait_http};
 
 const N: usize = 1200;
 
@@ -131,93 +129,18 @@ async fn a_rebalance_with_a_1s_drain_while_updates_arrive_loses_nothing() {
     assert_state(&p, &live).await;
 }
 
-/// `embedstream registry` on `port` of 127.0.0.1, its state in `topic` (default `_schemas`) on
-/// the cluster at `bootstrap`, its log in `log`.
-fn spawn_registry(bootstrap: &str, port: u16, topic: Option<&str>, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedstream"));
-    cmd.args(["registry", "--bootstrap", bootstrap])
-        .args(["--listen", &format!("127.0.0.1:{port}")]);
-    if let Some(topic) = topic {
-        cmd.args(["--topic", topic]);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// A broker of the test's own, run by `compose/dev broker` (the same settings as the stack's),
-/// its data in `dir/data` and kept across restarts; the child is the broker's JVM itself.
-fn start_broker(dir: &Path, port: u16, controller_port: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("broker.log"))
-        .unwrap();
-    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/dev"))
-        .args(["broker", dir.to_str().unwrap()])
-        .env("KAFKA_BOOTSTRAP", format!("127.0.0.1:{port}"))
-        .env("KAFKA_CONTROLLER_PORT", controller_port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("compose/dev runs")
-}
-
-/// A broker of the test's own (its storage kept across the restart) and a registry on it.
-struct OwnStack {
-    dir: std::path::PathBuf,
-    port: u16,
-    controller_port: u16,
-    broker: Child,
-    registry: Child,
-}
-
-impl Drop for OwnStack {
-    fn drop(&mut self) {
-        let _ = self.registry.kill();
-        let _ = self.broker.kill();
-        let _ = self.registry.wait();
-        let _ = self.broker.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_while_running_loses_nothing() {
-    let dir = std::env::temp_dir()
-        .join("embedstream-tests")
-        .join(embedstream_topics::testing::unique("own-broker"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (port, controller_port, registry_port) = (free_port(), free_port(), free_port());
-    let bootstrap = format!("127.0.0.1:{port}");
-    let registry = format!("http://127.0.0.1:{registry_port}");
-    let kafka = embedstream_topics::testing::kafka().with_bootstrap(&bootstrap);
-    let broker = start_broker(&dir, port, controller_port);
-    wait_broker(&kafka, &dir.join("broker.log"));
-    let registry_child = spawn_registry(&bootstrap, registry_port, None, &dir.join("registry.log"));
-    let mut stack = OwnStack {
-        dir: dir.clone(),
-        port,
-        controller_port,
-        broker,
-        registry: registry_child,
-    };
-    wait_http(&format!("{registry}/subjects")).await;
-
-    let p = Platform::on(&bootstrap, &registry, "broker-restart");
+    let mut stack = OwnStack::start("own-broker").await;
+    let p = Platform::on(&stack.bootstrap, &stack.registry, "broker-restart");
     let live = produce_scenario(&p).await;
     let mut stage = p.spawn_stage("stage");
     p.wait_records(300, Duration::from_secs(120)).await;
 
     // The broker dies hard and comes back on the same storage and port.
-    stack.broker.kill().unwrap();
-    stack.broker.wait().unwrap();
+    stack.kill_broker();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.broker = start_broker(&stack.dir, stack.port, stack.controller_port);
-    wait_broker(&kafka, &stack.dir.join("broker.log"));
+    stack.restart_broker();
 
     p.wait_caught_up(Duration::from_secs(240)).await;
     assert!(
