@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use embedstream_schemas::access::ApiKeys;
 use embedstream_schemas::consumers::ConsumerProfile;
 
 use crate::blend::Blend;
@@ -25,6 +26,8 @@ pub struct RouterConfig {
     pub timeout: Duration,
     /// What the status page shows beside what it asks for (drift reports, recent latencies).
     pub status: Arc<StatusFeed>,
+    /// The API keys of the query routes (per consumer), if they need one.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 /// The sink of each version (`id@version` → base URL), shared: `embedstream up` adds a

@@ -12,6 +12,9 @@
 //! `GET /v1/plans` shows every consumer's effective plan (`[{"model", "weight", "adapter"}]`;
 //! an entry with an adapter reads that version's index with the new model's queries mapped by
 //! the adapter, which the version's sink applies).
+//!
+//! With API keys ([`embedstream_schemas::access`]) the query routes need a key, a search may
+//! only name a consumer its key grants, and the key goes on to the sinks with the query.
 pub mod admin;
 pub mod blend;
 mod config;
@@ -55,17 +58,26 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
         .pool_max_idle_per_host(64)
         .build()
         .unwrap_or_default();
+    let keys = config.api_keys.clone();
     let shared = Arc::new(Shared {
         config,
         client,
         plans,
         latency,
     });
-    Router::new()
+    // The query routes need a key when keys are configured; the status page (aggregates, no
+    // item data) does not.
+    let queries = Router::new()
         .route("/v1/search", post(search::search))
         .route("/v1/plans", get(search::plans_route))
         .route("/v1/versions", get(search::versions_route))
         .route("/v1/items/{item_id}", get(search::item_route))
+        .layer(axum::middleware::from_fn_with_state(
+            keys,
+            embedstream_schemas::access::require_key,
+        ));
+    Router::new()
+        .merge(queries)
         .route("/v1/status", get(status::status_json))
         .route("/status", get(status::status_page))
         .route(

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use embedstream_schemas::access::{Grant, forwarded};
 use embedstream_schemas::records::ReadPlanEntry;
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +101,7 @@ pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
 
 /// `GET /v1/versions`: each version's sink stats (`items`, `lag`, ...), null when it is down.
 pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Response {
-    let stats = fan_out_get(&shared, "/v1/stats").await;
+    let stats = fan_out_get(&shared, "/v1/stats", None).await;
     let brief: BTreeMap<String, serde_json::Value> = stats
         .into_iter()
         .map(|(m, v)| {
@@ -119,6 +120,7 @@ pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Respons
 pub(crate) async fn item_route(
     State(shared): State<Arc<Shared>>,
     Path(item_id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let encoded: String = item_id
         .bytes()
@@ -130,16 +132,31 @@ pub(crate) async fn item_route(
             }
         })
         .collect();
-    axum::Json(fan_out_get(&shared, &format!("/v1/items/{encoded}")).await).into_response()
+    axum::Json(
+        fan_out_get(
+            &shared,
+            &format!("/v1/items/{encoded}"),
+            forwarded(&headers).as_ref(),
+        )
+        .await,
+    )
+    .into_response()
 }
 
-pub(crate) async fn search(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn search(
+    State(shared): State<Arc<Shared>>,
+    grant: Option<axum::Extension<Grant>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let result = route(&shared, &body, started).await;
+    let grant = grant.map_or(Grant::All, |g| g.0);
+    let result = route(&shared, &grant, &headers, &body, started).await;
     let (consumer, outcome) = match &result {
         Ok(r) if r.degraded.is_empty() => (r.consumer.clone(), "ok"),
         Ok(r) => (r.consumer.clone(), "degraded"),
         Err(e) if e.status == StatusCode::BAD_REQUEST => (String::new(), "bad_request"),
+        Err(e) if e.status == StatusCode::FORBIDDEN => (String::new(), "forbidden"),
         Err(_) => (String::new(), "unavailable"),
     };
     if let Some(h) = shared.latency.get(&consumer) {
@@ -173,6 +190,8 @@ struct SinkHit {
 
 async fn route(
     shared: &Shared,
+    grant: &Grant,
+    headers: &HeaderMap,
     body: &[u8],
     started: Instant,
 ) -> Result<RouteResponse, RouteError> {
@@ -182,6 +201,17 @@ async fn route(
             format!("the body is not a valid search request: {e}"),
         )
     })?;
+    if !grant.allows(&request.consumer) {
+        return Err(RouteError {
+            status: StatusCode::FORBIDDEN,
+            kind: "forbidden_consumer",
+            message: format!(
+                "this API key may not query as consumer {:?}",
+                request.consumer
+            ),
+        });
+    }
+    let key = forwarded(headers);
     let profile = shared
         .config
         .consumers
@@ -305,7 +335,11 @@ async fn route(
             forward["vector"] = serde_json::json!(v);
         }
         let url = format!("{}/v1/search", base.trim_end_matches('/'));
-        let call = shared.client.post(url).json(&forward).send();
+        let mut call = shared.client.post(url).json(&forward);
+        if let Some((name, value)) = &key {
+            call = call.header(name, value);
+        }
+        let call = call.send();
         calls.push((entry.clone(), call));
     }
     let mut lists = Vec::new();

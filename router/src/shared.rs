@@ -20,6 +20,7 @@ pub(crate) struct Shared {
 pub(crate) async fn fan_out_get(
     shared: &Shared,
     path: &str,
+    key: Option<&(axum::http::HeaderName, axum::http::HeaderValue)>,
 ) -> BTreeMap<String, serde_json::Value> {
     let calls: Vec<_> = shared
         .config
@@ -28,7 +29,11 @@ pub(crate) async fn fan_out_get(
         .into_iter()
         .map(|(model, base)| {
             let url = format!("{}{path}", base.trim_end_matches('/'));
-            (model.clone(), shared.client.get(url).send())
+            let mut call = shared.client.get(url);
+            if let Some((name, value)) = key {
+                call = call.header(name, value);
+            }
+            (model.clone(), call.send())
         })
         .collect();
     let mut out = BTreeMap::new();

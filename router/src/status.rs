@@ -82,7 +82,7 @@ fn migration(state: &ControlState) -> Option<MigrationStatus> {
 /// `GET /v1/status`.
 pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
-    let mut stats = fan_out_get(&shared, "/v1/stats").await;
+    let mut stats = fan_out_get(&shared, "/v1/stats", None).await;
     let mut versions: Vec<VersionStatus> = state
         .models()
         .map(|m| {

@@ -9,6 +9,7 @@
 //! - [`codec`]: encode and decode records through a registry (`schema_registry_converter`).
 //! - [`registry`]: the registry server, storing its state in the compacted `_schemas` topic.
 
+pub mod access;
 pub mod codec;
 pub mod consumers;
 pub mod control;

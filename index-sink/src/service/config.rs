@@ -41,6 +41,8 @@ pub struct SinkConfig {
     pub adapters_dir: PathBuf,
     /// What the config file says (or the defaults).
     pub settings: Settings,
+    /// The API keys of search and items (per consumer), if they need one.
+    pub api_keys: Option<std::sync::Arc<embedstream_schemas::access::ApiKeys>>,
 }
 
 /// The config file.

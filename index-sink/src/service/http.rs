@@ -33,6 +33,7 @@ use metrics::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
+use embedstream_schemas::access::{ApiKeys, Grant, require_key};
 use embedstream_schemas::consumers::{ConsumerProfile, export_slos};
 
 use super::config::HttpSettings;
@@ -148,12 +149,17 @@ impl Api {
     }
 }
 
-/// The routes (without `/metrics`, which the binary adds).
-pub(crate) fn router(api: Arc<Api>) -> Router {
-    Router::new()
+/// The routes (without `/metrics`, which the binary adds); search and items behind `keys`
+/// when given.
+/// `/v1/stats` (aggregates, no item data) stays open for status pages and probes.
+pub(crate) fn router(api: Arc<Api>, keys: Option<Arc<ApiKeys>>) -> Router {
+    let queries = Router::new()
         .route("/v1/search", post(search))
-        .route("/v1/stats", get(stats))
         .route("/v1/items/{item_id}", get(item))
+        .layer(axum::middleware::from_fn_with_state(keys, require_key));
+    Router::new()
+        .merge(queries)
+        .route("/v1/stats", get(stats))
         .with_state(api)
 }
 
@@ -217,9 +223,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn search(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+async fn search(
+    State(api): State<Arc<Api>>,
+    grant: Option<axum::Extension<Grant>>,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
-    let (consumer, result) = run_search(&api, &body, started).await;
+    let grant = grant.map_or(Grant::All, |g| g.0);
+    let (consumer, result) = run_search(&api, &grant, &body, started).await;
     let label = if api.consumers.contains_key(&consumer) {
         consumer.clone()
     } else {
@@ -228,6 +239,7 @@ async fn search(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.status == StatusCode::BAD_REQUEST => "bad_request",
+        Err(e) if e.status == StatusCode::FORBIDDEN => "forbidden",
         Err(_) => "error",
     };
     metrics::counter!(m::QUERIES_TOTAL, "consumer" => label, "result" => outcome).increment(1);
@@ -242,6 +254,7 @@ async fn search(State(api): State<Arc<Api>>, body: Bytes) -> Response {
 
 async fn run_search(
     api: &Api,
+    grant: &Grant,
     body: &[u8],
     started: Instant,
 ) -> (String, Result<SearchResponse, ApiError>) {
@@ -258,6 +271,16 @@ async fn run_search(
         }
     };
     let consumer = request.consumer.clone();
+    if !grant.allows(&consumer) {
+        return (
+            consumer.clone(),
+            Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                kind: "forbidden_consumer",
+                message: format!("this API key may not query as consumer {consumer:?}"),
+            }),
+        );
+    }
     (consumer, answer(api, request, started).await)
 }
 

@@ -154,7 +154,7 @@ pub async fn run(
         progress,
         adapters: http::Adapters::new(config.adapters_dir.clone()),
     });
-    let app = http::router(api)
+    let app = http::router(api, config.api_keys.clone())
         .merge(routes)
         .layer(DefaultBodyLimit::max(settings.http.max_body_bytes));
     tracing::info!(listen = %local, "Serving the query API and /metrics.");

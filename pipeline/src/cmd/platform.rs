@@ -70,12 +70,27 @@ pub struct PlatformArgs {
     /// Partitions of topics the platform creates.
     #[arg(long, env = "EMBEDSTREAM_PARTITIONS", default_value_t = Layout::default().partitions)]
     pub partitions: i32,
+    /// API keys of the query APIs (the router's and the sinks'), per consumer: a TOML file of
+    /// `[keys]` `"<key or sha256:hex>" = ["consumer", ...]`. Without it those APIs are open.
+    #[arg(long, env = "EMBEDSTREAM_API_KEYS")]
+    pub api_keys: Option<std::path::PathBuf>,
 }
 
 impl PlatformArgs {
     /// The brokers with the user's client properties.
     pub fn kafka(&self) -> anyhow::Result<KafkaConfig> {
         self.kafka.config()
+    }
+
+    /// The query APIs' keys, if configured.
+    pub fn api_keys(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<embedstream_schemas::access::ApiKeys>>> {
+        self.api_keys
+            .as_deref()
+            .map(|p| embedstream_schemas::access::ApiKeys::load(p).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Topic names under the prefix.

@@ -150,6 +150,7 @@ impl Assembly {
             consumers,
             timeout: self.timeout,
             status: StatusFeed::new(),
+            api_keys: self.platform.api_keys()?,
         };
         feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(

@@ -119,6 +119,7 @@ impl SinkArgs {
             listen: self.listen,
             adapters_dir: self.adapters.path(),
             settings,
+            api_keys: self.platform.api_keys()?,
         })
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use embedstream_index_sink::service::{self, Settings, SinkConfig};
 use embedstream_router::{Backends, Blend, RouterConfig, StatusFeed};
 use embedstream_schemas::Codec;
+use embedstream_schemas::access::ApiKeys;
 use embedstream_schemas::consumers::default_consumers;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
@@ -61,6 +62,10 @@ impl Drop for TempDir {
 }
 
 async fn sink(shutdown: &CancellationToken) -> Sink {
+    sink_with_keys(shutdown, None).await
+}
+
+async fn sink_with_keys(shutdown: &CancellationToken, api_keys: Option<Arc<ApiKeys>>) -> Sink {
     let kafka = testing::kafka();
     let prefix = testing::unique("router");
     let guard = DeleteTopicsOnDrop::new(kafka.clone(), &prefix);
@@ -113,6 +118,7 @@ async fn sink(shutdown: &CancellationToken) -> Sink {
         listen,
         adapters_dir: data.0.join("adapters"),
         settings: Settings::default(),
+        api_keys,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -150,6 +156,14 @@ async fn sink(shutdown: &CancellationToken) -> Sink {
 
 /// A router over `backends` on a free port; its base URL.
 async fn router(backends: BTreeMap<String, String>, shutdown: &CancellationToken) -> String {
+    router_with_keys(backends, shutdown, None).await
+}
+
+async fn router_with_keys(
+    backends: BTreeMap<String, String>,
+    shutdown: &CancellationToken,
+    api_keys: Option<Arc<ApiKeys>>,
+) -> String {
     let listen = free_addr();
     let config = RouterConfig {
         listen,
@@ -158,6 +172,7 @@ async fn router(backends: BTreeMap<String, String>, shutdown: &CancellationToken
         consumers: default_consumers(),
         timeout: Duration::from_secs(2),
         status: StatusFeed::new(),
+        api_keys,
     };
     let (_tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
     let stop = shutdown.clone();
@@ -306,5 +321,77 @@ async fn a_plan_is_bounded_and_an_unconfigured_version_is_left_out() {
             .contains("nope@1: no sink configured"),
         "{body}"
     );
+    shutdown.cancel();
+}
+
+/// With API keys on the router and the sink: no key is 401, a key searches only as the
+/// consumers it grants (403 otherwise, at the router and at the sink), and the router passes
+/// the key on to the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_reads_as_its_own_consumers_only() {
+    let keys = Arc::new(
+        ApiKeys::parse(
+            "[keys]\n\"key-of-the-search-team\" = [\"search\"]\n\"key-of-the-ads-team-01\" = [\"ads\"]\n",
+        )
+        .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let sink = sink_with_keys(&shutdown, Some(Arc::clone(&keys))).await;
+    let router = router_with_keys(
+        BTreeMap::from([(MINILM.to_owned(), sink.url.clone())]),
+        &shutdown,
+        Some(keys),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let ask = async |base: &str, consumer: &str, key: Option<&str>| {
+        let mut body = json!({"consumer": consumer, "vector": vector(3), "k": 2});
+        if base == router {
+            // No control log here: the request names its plan.
+            body["plan"] = json!([{"model": MINILM, "weight": 1.0}]);
+        }
+        let mut r = client.post(format!("{base}/v1/search")).json(&body);
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    for base in [&router, &sink.url] {
+        let (status, body) = ask(base, "search", None).await;
+        assert_eq!(status, 401, "{base}: {body}");
+        let (status, body) = ask(base, "search", Some("a-key-nobody-was-given")).await;
+        assert_eq!(status, 401, "{base}: {body}");
+        let (status, body) = ask(base, "ads", Some("key-of-the-search-team")).await;
+        assert_eq!(
+            (status, body["kind"].as_str()),
+            (403, Some("forbidden_consumer")),
+            "{base}: {body}"
+        );
+        let (status, body) = ask(base, "search", Some("key-of-the-search-team")).await;
+        assert_eq!(status, 200, "{base}: {body}");
+        assert_eq!(body["results"][0]["item_id"], "item-3", "{base}: {body}");
+    }
+    // Items need a key too (the router passes it on); stats and the status page do not.
+    let item = client
+        .get(format!("{router}/v1/items/item-3"))
+        .header("x-api-key", "key-of-the-ads-team-01")
+        .send()
+        .await
+        .unwrap();
+    let item: Value = item.json().await.unwrap();
+    assert!(item[MINILM].is_object(), "{item}");
+    let anonymous = client
+        .get(format!("{router}/v1/items/item-3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let stats = client
+        .get(format!("{}/v1/stats", sink.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status().as_u16(), 200);
     shutdown.cancel();
 }
