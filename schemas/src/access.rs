@@ -54,6 +54,11 @@ struct KeysFile {
     keys: BTreeMap<String, Vec<String>>,
 }
 
+/// A request named a key that the keys file does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown API key")]
+pub struct UnknownKey;
+
 /// What a key may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -143,11 +148,11 @@ impl ApiKeys {
     }
 
     /// What the key presented in `headers` may read: `Ok(None)` when the request names no key.
-    pub fn grant(&self, headers: &HeaderMap) -> Result<Option<&Grant>, ()> {
+    pub fn grant(&self, headers: &HeaderMap) -> Result<Option<&Grant>, UnknownKey> {
         let Some(key) = presented(headers) else {
             return Ok(None);
         };
-        self.by_digest.get(&digest(key)).map(Some).ok_or(())
+        self.by_digest.get(&digest(key)).map(Some).ok_or(UnknownKey)
     }
 }
 
@@ -215,7 +220,7 @@ pub async fn require_key(
                     "this API needs a key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
                 );
             }
-            Err(()) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key"),
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
         },
     };
     request.extensions_mut().insert(grant);
