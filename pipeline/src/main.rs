@@ -27,6 +27,8 @@ enum Command {
     Registry {
         #[command(flatten)]
         kafka: cmd::platform::KafkaArgs,
+        #[command(flatten)]
+        http: cmd::platform::HttpArgs,
         /// Address to serve the registry API and `/metrics` on.
         #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
@@ -36,6 +38,10 @@ enum Command {
         /// How long a write may take to be acknowledged and read back, in seconds.
         #[arg(long, default_value_t = 10)]
         write_timeout_secs: u64,
+        /// Users and bearer tokens that may change the registry (TOML; see the README); without
+        /// it, anyone who reaches the registry may.
+        #[arg(long, env = "EMBEDSTREAM_REGISTRY_USERS")]
+        users: Option<std::path::PathBuf>,
     },
     /// Embed JSON lines `{"id", "text"}` into `{"id", "vector"}` (stdin to stdout by default).
     Embed(cmd::embed::EmbedArgs),
@@ -151,18 +157,26 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Registry {
             kafka,
+            http,
             listen,
             topic,
             write_timeout_secs,
+            users,
         } => {
             let shutdown = shutdown_on_signal();
             let kafka = kafka.config()?;
-            let routes = telemetry::service_router(kafka.clone())?;
+            let routes = http
+                .place(telemetry::service_router(kafka.clone())?, &shutdown)
+                .await?;
             let config = RegistryConfig {
                 listen,
                 kafka,
                 topic,
                 write_timeout: Duration::from_secs(write_timeout_secs),
+                auth: users
+                    .map(|p| registry::WriteAuth::load(&p).map(std::sync::Arc::new))
+                    .transpose()?,
+                tls: http.tls()?,
             };
             registry::run(config, routes, shutdown)
                 .await
@@ -179,12 +193,26 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = telemetry::service_router(args.platform().kafka()?)?;
+            let routes = args
+                .platform()
+                .http
+                .place(
+                    telemetry::service_router(args.platform().kafka()?)?,
+                    &shutdown,
+                )
+                .await?;
             cmd::up::run(args, routes, shutdown).await?;
         }
         Command::Sink(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            let routes = args
+                .platform
+                .http
+                .place(
+                    telemetry::service_router(args.platform.kafka()?)?,
+                    &shutdown,
+                )
+                .await?;
             cmd::sink::run(args, routes, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
@@ -197,7 +225,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            let routes = args
+                .platform
+                .http
+                .place(
+                    telemetry::service_router(args.platform.kafka()?)?,
+                    &shutdown,
+                )
+                .await?;
             cmd::router::run(args, routes, shutdown).await?;
         }
         Command::Migrate { target, command } => cmd::migrate::run(target, command).await?,

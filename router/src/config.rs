@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use embedstream_schemas::access::ApiKeys;
 use embedstream_schemas::consumers::ConsumerProfile;
+use embedstream_schemas::serve::Tls;
 
 use crate::blend::Blend;
 use crate::feed::StatusFeed;
@@ -28,6 +29,10 @@ pub struct RouterConfig {
     pub status: Arc<StatusFeed>,
     /// The API keys of the query routes (per consumer), if they need one.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// Serve over TLS with this certificate and key.
+    pub tls: Option<Tls>,
+    /// Certificates (PEM) to trust when calling the sinks over HTTPS, besides the system's.
+    pub trust_pem: Option<Vec<u8>>,
 }
 
 /// The sink of each version (`id@version` → base URL), shared: `embedstream up` adds a

@@ -53,11 +53,13 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
             )
         })
         .collect();
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(config.timeout)
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap_or_default();
+        .pool_max_idle_per_host(64);
+    for cert in trusted(config.trust_pem.as_deref()) {
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build().unwrap_or_default();
     let keys = config.api_keys.clone();
     let shared = Arc::new(Shared {
         config,
@@ -96,8 +98,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, backends = ?config.backends.snapshot(), blend = ?config.blend, "Routing queries.");
+    let tls = config.tls.clone();
     let app = router(config, plans).merge(extra);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    embedstream_schemas::serve::serve(listener, app, tls.as_ref(), shutdown).await
+}
+
+/// The certificates of a PEM bundle (none when it is not one: checked where it is read).
+fn trusted(pem: Option<&[u8]>) -> Vec<reqwest::Certificate> {
+    pem.map(|p| reqwest::Certificate::from_pem_bundle(p).unwrap_or_default())
+        .unwrap_or_default()
 }

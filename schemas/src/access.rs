@@ -78,14 +78,55 @@ impl Grant {
     }
 }
 
-/// The keys of a query API, by the SHA-256 of each key.
-#[derive(Debug, Clone, Default)]
-pub struct ApiKeys {
-    by_digest: BTreeMap<[u8; 32], Grant>,
+/// A secret (an API key, a password, a token) known by its SHA-256, never kept as itself.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+impl Secret {
+    /// The fewest characters a secret written as itself may have.
+    pub const MIN_LEN: usize = 16;
+
+    /// The secret whose text is `plain`.
+    pub fn of(plain: &str) -> Self {
+        Self(Sha256::digest(plain.as_bytes()).into())
+    }
+
+    /// A secret as a file writes it: `sha256:<64 hex digits>`, or the secret itself (at least
+    /// [`Self::MIN_LEN`] characters).
+    pub fn parse(written: &str) -> Result<Self, String> {
+        match written.strip_prefix("sha256:") {
+            Some(hex) => parse_hex_digest(&hex.to_ascii_lowercase())
+                .map(Self)
+                .ok_or_else(|| format!("{written:?} is not sha256: and 64 hex digits")),
+            None if written.chars().count() < Self::MIN_LEN => Err(format!(
+                "a secret must have at least {} characters ({} has {})",
+                Self::MIN_LEN,
+                redact(written),
+                written.chars().count()
+            )),
+            None => Ok(Self::of(written)),
+        }
+    }
+
+    /// Whether `plain` is this secret.
+    pub fn matches(&self, plain: &str) -> bool {
+        Self::of(plain) == *self
+    }
+
+    /// `sha256:`'s hex digits for `plain`, as a file writes the secret without holding it.
+    pub fn hex_of(plain: &str) -> String {
+        Self::of(plain)
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
@@ -97,6 +138,12 @@ fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(out)
+}
+
+/// The keys of a query API, by the SHA-256 of each key.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_digest: BTreeMap<Secret, Grant>,
 }
 
 impl ApiKeys {
@@ -117,18 +164,7 @@ impl ApiKeys {
         let file: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut by_digest = BTreeMap::new();
         for (key, consumers) in file.keys {
-            let d = match key.strip_prefix("sha256:") {
-                Some(hex) => parse_hex_digest(&hex.to_ascii_lowercase())
-                    .ok_or_else(|| format!("{key:?} is not sha256: and 64 hex digits"))?,
-                None if key.len() < 16 => {
-                    return Err(format!(
-                        "a key must have at least 16 characters ({} has {})",
-                        redact(&key),
-                        key.len()
-                    ));
-                }
-                None => digest(&key),
-            };
+            let d = Secret::parse(&key)?;
             if consumers.is_empty() {
                 return Err(format!("{} grants no consumer", redact(&key)));
             }
@@ -152,7 +188,10 @@ impl ApiKeys {
         let Some(key) = presented(headers) else {
             return Ok(None);
         };
-        self.by_digest.get(&digest(key)).map(Some).ok_or(UnknownKey)
+        self.by_digest
+            .get(&Secret::of(key))
+            .map(Some)
+            .ok_or(UnknownKey)
     }
 }
 

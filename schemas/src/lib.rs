@@ -16,6 +16,7 @@ pub mod control;
 pub mod headers;
 pub mod records;
 pub mod registry;
+pub mod serve;
 pub mod wire;
 
 #[cfg(test)]

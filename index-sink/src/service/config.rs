@@ -43,6 +43,8 @@ pub struct SinkConfig {
     pub settings: Settings,
     /// The API keys of search and items (per consumer), if they need one.
     pub api_keys: Option<std::sync::Arc<embedstream_schemas::access::ApiKeys>>,
+    /// Serve over TLS with this certificate and key.
+    pub tls: Option<embedstream_schemas::serve::Tls>,
 }
 
 /// The config file.

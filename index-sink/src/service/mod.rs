@@ -159,10 +159,9 @@ pub async fn run(
         .layer(DefaultBodyLimit::max(settings.http.max_body_bytes));
     tracing::info!(listen = %local, "Serving the query API and /metrics.");
     let server_token = token.clone();
+    let tls = config.tls.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(server_token.cancelled_owned())
-            .await
+        embedstream_schemas::serve::serve(listener, app, tls.as_ref(), server_token).await
     });
 
     token.cancelled().await;

@@ -117,7 +117,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if !args.once {
-        let server = super::platform::serve(args.listen, metrics, shutdown.clone()).await?;
+        let http = &args.platform.http;
+        let listen = http.metrics_listen.unwrap_or(args.listen);
+        let server = super::platform::serve(listen, metrics, http.tls()?, shutdown.clone()).await?;
         let result = consume(&args, &shutdown).await;
         shutdown.cancel();
         let _ = server.await;

@@ -312,6 +312,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
                     super::platform::serve(
                         listen,
                         embedstream_pipeline::telemetry::metrics_router()?,
+                        None,
                         shutdown.clone(),
                     )
                     .await?,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use embedstream_schemas::serve::Tls;
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::Layout;
 use embedstream_topics::kafka::Replication;
@@ -52,11 +53,85 @@ impl KafkaArgs {
     }
 }
 
+/// How a process serves HTTP: TLS, and where `/metrics` goes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HttpArgs {
+    /// Serve every HTTP API of the process over TLS with this certificate chain (PEM, leaf
+    /// first); needs `--tls-key`.
+    #[arg(long, env = "EMBEDSTREAM_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "EMBEDSTREAM_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Certificates (PEM) this process trusts when it calls another service over HTTPS (the
+    /// router calling the sinks), besides the system's; by default the process's own
+    /// `--tls-cert`.
+    #[arg(long, env = "EMBEDSTREAM_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/ready` on this address only, apart from the APIs.
+    #[arg(long, env = "EMBEDSTREAM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl HttpArgs {
+    /// The certificate and key, when given.
+    pub fn tls(&self) -> anyhow::Result<Option<Tls>> {
+        Tls::from_options(self.tls_cert.clone(), self.tls_key.clone()).map_err(anyhow::Error::msg)
+    }
+
+    /// The certificates to trust as a client: `--tls-ca`, else the process's own certificate.
+    pub fn trusted(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref().or(self.tls_cert.as_deref())
+    }
+
+    /// The PEM text of [`Self::trusted`], checked to hold certificates.
+    pub fn trusted_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = self.trusted() else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the certificates {}", path.display()))?;
+        anyhow::ensure!(
+            reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        Ok(Some(pem))
+    }
+
+    /// `https` when the process serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The routes to merge into the process's own API: `routes` itself, or none when
+    /// `--metrics-listen` serves them on their own address (started here, until `shutdown`).
+    pub async fn place(
+        &self,
+        routes: axum::Router,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<axum::Router> {
+        match self.metrics_listen {
+            None => Ok(routes),
+            Some(listen) => {
+                serve(listen, routes, self.tls()?, shutdown.clone()).await?;
+                Ok(axum::Router::new())
+            }
+        }
+    }
+}
+
 /// Where the platform's Kafka, registry and topics are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlatformArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Schema registry URL.
     #[arg(
         long,
@@ -115,19 +190,26 @@ impl PlatformArgs {
 }
 
 /// Serves `router` (the process's `/metrics`, `/healthz`, `/ready`) on `listen` until
-/// `shutdown`.
+/// `shutdown`, over TLS with `tls`.
 pub async fn serve(
     listen: SocketAddr,
     router: axum::Router,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%listen, "Serving /metrics.");
+    if let Some(tls) = &tls {
+        // A bad pair fails the command now rather than the server later.
+        tls.config().await?;
+    }
+    tracing::info!(%listen, tls = tls.is_some(), "Serving /metrics.");
     Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        if let Err(e) =
+            embedstream_schemas::serve::serve(listener, router, tls.as_ref(), shutdown).await
+        {
+            tracing::error!(%listen, error = %e, "The /metrics server stopped.");
+        }
     }))
 }

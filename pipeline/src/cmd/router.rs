@@ -151,6 +151,8 @@ impl Assembly {
             timeout: self.timeout,
             status: StatusFeed::new(),
             api_keys: self.platform.api_keys()?,
+            tls: self.platform.http.tls()?,
+            trust_pem: self.platform.http.trusted_pem()?,
         };
         feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(

@@ -120,6 +120,7 @@ impl SinkArgs {
             adapters_dir: self.adapters.path(),
             settings,
             api_keys: self.platform.api_keys()?,
+            tls: self.platform.http.tls()?,
         })
     }
 }

@@ -264,8 +264,10 @@ impl Sinks {
         listen.set_port(port);
         let token = self.token.child_token();
         self.running.insert(model.clone(), token.clone());
-        self.backends
-            .insert(model.to_string(), format!("http://{listen}"));
+        self.backends.insert(
+            model.to_string(),
+            format!("{}://{listen}", self.platform.http.scheme()),
+        );
         tracing::info!(%model, %listen, "Starting the version's index sink.");
         let args = SinkArgs::for_model(
             self.platform.clone(),

@@ -23,7 +23,7 @@ use super::reports::REPORT_RETENTION;
 use super::score::{Score, Thresholds, cross_verdict, kind_label, score, self_verdict};
 use crate::control::ControlLog;
 use crate::embed::burn_model::{Device, load_embedder};
-use crate::embed::engine::{Engine, EngineConfig};
+use crate::embed::engine::{Engine, EngineConfig, EngineThreads};
 use crate::embed::tokenize::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::models;
@@ -64,6 +64,44 @@ pub struct Drift {
     topic: String,
     /// The versions the last scoring reported on (whose gauges are current).
     scored: std::sync::Mutex<BTreeSet<String>>,
+    /// The engines of the versions being scored, loaded once and kept between scorings while
+    /// their folder's files stay the same (a changed folder is loaded again; a version no
+    /// longer scored is unloaded): a model loaded and dropped every interval would cost its
+    /// load time each time and leave the allocator's heap higher after every scoring.
+    engines: tokio::sync::Mutex<BTreeMap<String, Loaded>>,
+    /// The versions embedded during the current scoring.
+    used: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// A loaded model: its engine, its threads, and the fingerprint of the folder it came from.
+struct Loaded {
+    engine: Engine,
+    threads: EngineThreads,
+    folder: String,
+}
+
+/// Names, sizes and modification times of the files in `dir`: a changed build changes it.
+fn fingerprint(dir: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            Some(format!(
+                "{}:{}:{modified}",
+                e.file_name().to_string_lossy(),
+                meta.len()
+            ))
+        })
+        .collect();
+    files.sort();
+    format!("{}|{}", dir.display(), files.join(","))
 }
 
 impl std::fmt::Debug for Drift {
@@ -73,6 +111,15 @@ impl std::fmt::Debug for Drift {
             .field("canaries", &self.canaries.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Stops an engine and waits for its threads.
+async fn unload(loaded: Loaded) {
+    let Loaded {
+        engine, threads, ..
+    } = loaded;
+    drop(engine);
+    let _ = tokio::task::spawn_blocking(move || threads.join()).await;
 }
 
 impl Drift {
@@ -98,10 +145,13 @@ impl Drift {
             producer,
             topic,
             scored: std::sync::Mutex::default(),
+            engines: tokio::sync::Mutex::default(),
+            used: std::sync::Mutex::default(),
         })
     }
 
-    /// Embeds the canaries with `model`'s folder, loaded now.
+    /// Embeds the canaries with `model`'s folder (loaded on first use, and again when the
+    /// folder's files change).
     pub async fn embed(&self, model: &ModelRef) -> Result<Vec<Vec<f32>>> {
         let dir = match self.config.model_dirs.get(&model.to_string()) {
             Some(dir) => dir.clone(),
@@ -112,6 +162,36 @@ impl Drift {
                     .map_err(Error::task(format!("fetching {model}")))??
             }
         };
+        let key = model.to_string();
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        let folder = fingerprint(&dir);
+        let engine = {
+            let mut engines = self.engines.lock().await;
+            match engines.get(&key) {
+                Some(loaded) if loaded.folder == folder => loaded.engine.clone(),
+                _ => {
+                    if let Some(stale) = engines.remove(&key) {
+                        tracing::info!(%model, "The model's folder changed: loading it again.");
+                        unload(stale).await;
+                    }
+                    let loaded = self.load(model, dir, folder).await?;
+                    let engine = loaded.engine.clone();
+                    engines.insert(key, loaded);
+                    engine
+                }
+            }
+        };
+        let texts = self.canaries.iter().map(|c| c.text.clone()).collect();
+        engine.embed(texts).await.map_err(|source| Error::Engine {
+            model: model.to_string(),
+            source,
+        })
+    }
+
+    async fn load(&self, model: &ModelRef, dir: PathBuf, folder: String) -> Result<Loaded> {
         let device = self.config.device;
         let name = format!("drift:{model}");
         let (engine, threads) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -126,14 +206,28 @@ impl Drift {
         })
         .await
         .map_err(Error::task(format!("loading {model}")))??;
-        let texts = self.canaries.iter().map(|c| c.text.clone()).collect();
-        let vectors = engine.embed(texts).await.map_err(|source| Error::Engine {
-            model: model.to_string(),
-            source,
-        });
-        drop(engine);
-        threads.join();
-        vectors
+        Ok(Loaded {
+            engine,
+            threads,
+            folder,
+        })
+    }
+
+    /// Unloads the engines of the versions this scoring did not embed.
+    async fn unload_unused(&self) {
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut engines = self.engines.lock().await;
+        let unused: Vec<String> = engines
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        for key in unused {
+            if let Some(loaded) = engines.remove(&key) {
+                tracing::info!(model = %key, "No longer scored: its model is unloaded.");
+                unload(loaded).await;
+            }
+        }
     }
 
     /// The saved reference of `model`, made now when there is none (or it embeds another
@@ -218,6 +312,13 @@ impl Drift {
     /// One scoring: references for new versions, a self report per active version, a
     /// cross-version report for the migration in progress. Returns the reports published.
     pub async fn tick(&self, control: &ControlLog) -> Result<Vec<DriftReport>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let reports = self.score_all(control).await;
+        self.unload_unused().await;
+        reports
+    }
+
+    async fn score_all(&self, control: &ControlLog) -> Result<Vec<DriftReport>> {
         let state = control.state();
         let mut reports = Vec::new();
         let mut live: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();

@@ -342,3 +342,114 @@ async fn the_platform_runs_over_a_sasl_ssl_listener_and_bad_credentials_are_clea
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("401"), "{stderr}");
 }
+
+/// `embedstream registry` as a secured deployment of its own: HTTPS with the test CA's
+/// certificate, changes only with a listed user, `/metrics` on an address of its own; and the
+/// platform's clients register through it with the credentials in the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_serves_https_guards_its_changes_and_moves_metrics_to_their_own_address() {
+    let dir = std::env::temp_dir().join(embedstream_topics::testing::unique("secured-registry"));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir, "ca", true);
+    std::fs::write(
+        dir.join("users.toml"),
+        format!(
+            "[users]\n{USER} = \"sha256:{}\"\n",
+            embedstream_schemas::access::Secret::hex_of(PASSWORD)
+        ),
+    )
+    .unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let mut registry = Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args([
+            "registry",
+            "--bootstrap",
+            &embedstream_topics::testing::bootstrap(),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--topic",
+            &embedstream_topics::testing::unique("_schemas-secured"),
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--tls-cert")
+        .arg(dir.join("broker.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("broker.pk8"))
+        .arg("--users")
+        .arg(dir.join("users.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{base}/subjects"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not serve HTTPS: {}",
+            std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Plain HTTP gets no answer on the TLS port.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/subjects")).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // A change needs the listed user; the codec takes it from the URL.
+    let schema = serde_json::json!({"schema": r#"{"type":"record","name":"T","fields":[{"name":"id","type":"string"}]}"#});
+    let refused = client
+        .post(format!("{base}/subjects/t-value/versions"))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(schema.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let accepted = client
+        .post(format!("{base}/subjects/t-value/versions"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(schema.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+
+    // `/metrics` answers on its own address (over the same TLS), not on the API's.
+    let metrics = client
+        .get(format!("https://localhost:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("embedstream_registry_requests_total"),
+        "{text}"
+    );
+    let on_api = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(on_api.status().as_u16(), 404);
+    let ready = client
+        .get(format!("https://localhost:{metrics_port}/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    let _ = registry.kill();
+    let _ = registry.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

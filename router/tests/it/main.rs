@@ -15,6 +15,7 @@ use embedstream_schemas::access::ApiKeys;
 use embedstream_schemas::consumers::default_consumers;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::serve::Tls;
 use embedstream_topics::ModelRef;
 use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::names::TopicNames;
@@ -66,6 +67,56 @@ async fn sink(shutdown: &CancellationToken) -> Sink {
 }
 
 async fn sink_with_keys(shutdown: &CancellationToken, api_keys: Option<Arc<ApiKeys>>) -> Sink {
+    sink_with(shutdown, api_keys, None).await
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, made with `openssl`, and a client
+/// that trusts it.
+struct TestTls {
+    tls: Tls,
+    pem: Vec<u8>,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+fn test_tls() -> TestTls {
+    let dir = TempDir(std::env::temp_dir().join(testing::unique("router-tls")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(&dir.0)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+        ])
+        .args(["-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read(dir.0.join("cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    TestTls {
+        tls: Tls {
+            cert: dir.0.join("cert.pem"),
+            key: dir.0.join("key.pem"),
+        },
+        pem,
+        client,
+        _dir: dir,
+    }
+}
+
+async fn sink_with(
+    shutdown: &CancellationToken,
+    api_keys: Option<Arc<ApiKeys>>,
+    tls: Option<&TestTls>,
+) -> Sink {
     let kafka = testing::kafka();
     let prefix = testing::unique("router");
     let guard = DeleteTopicsOnDrop::new(kafka.clone(), &prefix);
@@ -119,6 +170,7 @@ async fn sink_with_keys(shutdown: &CancellationToken, api_keys: Option<Arc<ApiKe
         adapters_dir: data.0.join("adapters"),
         settings: Settings::default(),
         api_keys,
+        tls: tls.map(|t| t.tls.clone()),
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -126,8 +178,10 @@ async fn sink_with_keys(shutdown: &CancellationToken, api_keys: Option<Arc<ApiKe
             panic!("the sink failed: {e}");
         }
     });
-    let url = format!("http://{listen}");
-    let client = reqwest::Client::new();
+    let (url, client) = match tls {
+        Some(t) => (format!("https://{listen}"), t.client.clone()),
+        None => (format!("http://{listen}"), reqwest::Client::new()),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let items = match client.get(format!("{url}/v1/stats")).send().await {
@@ -164,6 +218,15 @@ async fn router_with_keys(
     shutdown: &CancellationToken,
     api_keys: Option<Arc<ApiKeys>>,
 ) -> String {
+    router_with(backends, shutdown, api_keys, None).await
+}
+
+async fn router_with(
+    backends: BTreeMap<String, String>,
+    shutdown: &CancellationToken,
+    api_keys: Option<Arc<ApiKeys>>,
+    tls: Option<&TestTls>,
+) -> String {
     let listen = free_addr();
     let config = RouterConfig {
         listen,
@@ -173,6 +236,8 @@ async fn router_with_keys(
         timeout: Duration::from_secs(2),
         status: StatusFeed::new(),
         api_keys,
+        tls: tls.map(|t| t.tls.clone()),
+        trust_pem: tls.map(|t| t.pem.clone()),
     };
     let (_tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
     let stop = shutdown.clone();
@@ -182,9 +247,12 @@ async fn router_with_keys(
             .await
             .unwrap();
     });
-    let url = format!("http://{listen}");
+    let (url, client) = match tls {
+        Some(t) => (format!("https://{listen}"), t.client.clone()),
+        None => (format!("http://{listen}"), reqwest::Client::new()),
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("{url}/v1/plans")).await.is_err() {
+    while client.get(format!("{url}/v1/plans")).send().await.is_err() {
         assert!(Instant::now() < deadline, "the router did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -393,5 +461,49 @@ async fn an_api_key_reads_as_its_own_consumers_only() {
         .await
         .unwrap();
     assert_eq!(stats.status().as_u16(), 200);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_router_and_its_sinks_answer_https_only() {
+    let shutdown = CancellationToken::new();
+    let tls = test_tls();
+    let sink = sink_with(&shutdown, None, Some(&tls)).await;
+    let backends = BTreeMap::from([(MINILM.to_owned(), sink.url.clone())]);
+    let url = router_with(backends, &shutdown, None, Some(&tls)).await;
+    assert!(url.starts_with("https://") && sink.url.starts_with("https://"));
+    // No control log here: the request names its plan.
+    let query = json!({"consumer": "search", "vector": vector(3), "k": 1,
+        "plan": [{"model": MINILM, "weight": 1.0}]});
+    // The router calls its sink over HTTPS, trusting the certificate it was given.
+    let answer: Value = tls
+        .client
+        .post(format!("{url}/v1/search"))
+        .json(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["results"][0]["item_id"], "item-3", "{answer}");
+    // Plain HTTP to a TLS port gets no answer, and a client that does not trust the
+    // certificate is refused.
+    let plain = url.replacen("https://", "http://", 1);
+    let r = reqwest::Client::new()
+        .post(format!("{plain}/v1/search"))
+        .json(&query)
+        .send()
+        .await;
+    assert!(r.is_err() || !r.unwrap().status().is_success());
+    let untrusting = reqwest::Client::new()
+        .post(format!("{url}/v1/search"))
+        .json(&query)
+        .send()
+        .await;
+    assert!(
+        untrusting.is_err(),
+        "a client without the certificate was served"
+    );
     shutdown.cancel();
 }

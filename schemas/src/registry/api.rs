@@ -1,6 +1,7 @@
 //! The Confluent REST subset: the routes, request parsing and response shapes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::{WriteAuth, require_writer};
 use super::compat::Compatibility;
 use super::error::RegistryError;
 use super::state::{Registration, RegistryState, VersionSpec, parse_schema};
@@ -33,8 +35,13 @@ fn ok(body: serde_json::Value) -> ApiResult {
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// The registry's routes, over `store`.
+/// The registry's routes, over `store`, open to anyone who reaches them.
 pub fn router(store: Store) -> Router {
+    router_with_auth(store, None)
+}
+
+/// The registry's routes, over `store`; with `auth`, changes need its credentials.
+pub fn router_with_auth(store: Store, auth: Option<Arc<WriteAuth>>) -> Router {
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
@@ -73,6 +80,7 @@ pub fn router(store: Store) -> Router {
                 .delete(delete_subject_config),
         )
         .fallback(|| async { RegistryError::NotFound })
+        .layer(middleware::from_fn_with_state(auth, require_writer))
         .layer(middleware::from_fn(observe))
         .with_state(store)
 }

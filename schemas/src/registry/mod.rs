@@ -8,6 +8,7 @@
 //! modes other than READWRITE, contexts, or leader election between several instances.
 
 mod api;
+pub mod auth;
 pub mod compat;
 pub mod error;
 mod http;
@@ -15,6 +16,7 @@ pub mod state;
 mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use embedstream_topics::KafkaConfig;
 
-pub use api::router;
+pub use api::{router, router_with_auth};
+pub use auth::WriteAuth;
 pub use compat::Compatibility;
 pub use error::RegistryError;
 pub use http::CONTENT_TYPE;
@@ -39,6 +42,10 @@ pub struct RegistryConfig {
     pub topic: String,
     /// How long a write may take to be acknowledged and read back.
     pub write_timeout: Duration,
+    /// Who may change the registry; `None`: anyone who reaches it.
+    pub auth: Option<Arc<WriteAuth>>,
+    /// Serve over TLS with this certificate and key.
+    pub tls: Option<crate::serve::Tls>,
 }
 
 /// Why the registry could not start.
@@ -97,10 +104,9 @@ pub async fn run(
         shutdown.child_token(),
     )
     .await?;
-    let app = router(store).merge(extra);
+    let app = router_with_auth(store, config.auth.clone()).merge(extra);
     tracing::info!(listen = %config.listen, topic = %config.topic, "Schema registry is serving.");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    crate::serve::serve(listener, app, config.tls.as_ref(), shutdown)
         .await
         .map_err(|source| StartError::Bind {
             addr: config.listen,

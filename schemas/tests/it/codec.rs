@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common::TestRegistry;
 
-fn event(i: usize) -> ItemEvent {
+pub(crate) fn event(i: usize) -> ItemEvent {
     ItemEvent {
         item_id: format!("item-{i}"),
         op: if i.is_multiple_of(3) {

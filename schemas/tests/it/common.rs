@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use embedstream_schemas::registry::{Store, router};
+use std::sync::Arc;
+
+use embedstream_schemas::registry::{Store, WriteAuth, router_with_auth};
 use embedstream_topics::testing::{kafka, unique};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -27,6 +29,15 @@ impl TestRegistry {
 
     /// A registry over `topic` (which may hold a previous registry's log).
     pub async fn start_on(topic: &str) -> Self {
+        Self::serve(topic, None).await
+    }
+
+    /// A registry over a new, unique schemas topic whose changes need `auth`'s credentials.
+    pub async fn start_with_auth(auth: WriteAuth) -> Self {
+        Self::serve(&unique("it-schemas"), Some(Arc::new(auth))).await
+    }
+
+    async fn serve(topic: &str, auth: Option<Arc<WriteAuth>>) -> Self {
         let shutdown = CancellationToken::new();
         let store = Store::open(
             &kafka(),
@@ -40,7 +51,7 @@ impl TestRegistry {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let token = shutdown.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, router(store))
+            axum::serve(listener, router_with_auth(store, auth))
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
                 .unwrap();

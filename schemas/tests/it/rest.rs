@@ -1,5 +1,9 @@
+use embedstream_schemas::Codec;
+use embedstream_schemas::access::Secret;
+use embedstream_schemas::records::ItemEvent;
+use embedstream_schemas::registry::WriteAuth;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -185,4 +189,143 @@ async fn soft_and_permanent_deletes() {
         json!([])
     );
     r.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_users_file_only_listed_credentials_change_the_registry_and_reads_stay_open() {
+    let auth = WriteAuth::parse(&format!(
+        "[users]\nembedstream = \"sha256:{}\"\n[tokens]\n\"a-deployer-token-000001\" = \"deployer\"\n",
+        Secret::hex_of("the-embedstream-password")
+    ))
+    .unwrap();
+    let reg = TestRegistry::start_with_auth(auth).await;
+    let subject = "guarded-value";
+    let with_user = reg
+        .url
+        .replacen("http://", "http://embedstream:the-embedstream-password@", 1);
+    let send = |method: Method, url: String, auth: Option<&'static str>, body: Option<Value>| async move {
+        let mut req = reqwest::Client::new().request(method, url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", CT).body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        (status, value)
+    };
+    let schema = json!({ "schema": V1 });
+    let versions = |base: &str| format!("{base}/subjects/{subject}/versions");
+
+    // No credentials, a wrong password, an unknown token: 401 with Confluent's code; nothing stored.
+    let (status, body) = send(Method::POST, versions(&reg.url), None, Some(schema.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(error_code(&body), 40101);
+    let wrong = reg
+        .url
+        .replacen("http://", "http://embedstream:not-the-password-at-all@", 1);
+    let (status, _) = send(Method::POST, versions(&wrong), None, Some(schema.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(
+        Method::POST,
+        versions(&reg.url),
+        Some("Bearer not-a-listed-token-0001"),
+        Some(schema.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = reg
+        .call(Method::GET, &format!("/subjects/{subject}/versions"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused write stored nothing"
+    );
+
+    // Basic auth from the URL's user info (as Confluent's clients send it) registers.
+    let (status, body) = send(
+        Method::POST,
+        versions(&with_user),
+        None,
+        Some(schema.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_i64().unwrap();
+
+    // Reads, lookups and compatibility checks stay open.
+    let (status, _) = reg
+        .call(Method::GET, &format!("/schemas/ids/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = reg
+        .call(
+            Method::POST,
+            &format!("/subjects/{subject}"),
+            Some(schema.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = reg
+        .call(
+            Method::POST,
+            &format!("/compatibility/subjects/{subject}/versions/latest"),
+            Some(json!({ "schema": V2_COMPATIBLE })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Config and deletes are changes too; the bearer token makes them.
+    let config = format!("{}/config/{subject}", reg.url);
+    let (status, _) = send(
+        Method::PUT,
+        config.clone(),
+        None,
+        Some(json!({"compatibility": "NONE"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(
+        Method::DELETE,
+        format!("{}/subjects/{subject}", reg.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = reg
+        .call(Method::GET, &format!("/subjects/{subject}/versions"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "a refused delete deleted nothing");
+    let (status, body) = send(
+        Method::PUT,
+        config,
+        Some("Bearer a-deployer-token-000001"),
+        Some(json!({"compatibility": "NONE"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The platform's codec takes the credentials from the URL: it registers and reads back.
+    let codec = Codec::new(&with_user);
+    let topic = "guarded-codec";
+    let record = crate::codec::event(1);
+    let bytes = codec
+        .encode(topic, &record)
+        .await
+        .expect("the codec registers with the URL's credentials");
+    let back: ItemEvent = Codec::new(&reg.url).decode(&bytes).await.unwrap();
+    assert_eq!(back, record);
+    let refused = Codec::new(&reg.url)
+        .encode("guarded-codec-2", &record)
+        .await
+        .unwrap_err();
+    // Missing credentials are not the record's fault: the writer pauses and retries (never
+    // dead-letters), and the error says why.
+    assert!(refused.is_retryable(), "{refused}");
+    assert!(refused.to_string().contains("401"), "{refused}");
+    reg.stop().await;
 }
