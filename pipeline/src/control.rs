@@ -12,7 +12,8 @@
 //! [`ControlLog::publish`] fail with the record's offset and error, and the record is tried
 //! again every 30 s (a schema restored to the registry resumes the follower). A record that
 //! decodes but that the state refuses (e.g. a payload that does not match its kind) is skipped
-//! by every process alike. Registry outages are waited out. Not guaranteed: two writers racing
+//! by every process alike. Registry outages are waited out, and a consumer that stops fetching
+//! while the log has more records (librdkafka after a partition was leaderless) is replaced. Not guaranteed: two writers racing
 //! on one key both land; the later offset wins (callers serialise their own changes).
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelSpec};
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -46,6 +47,9 @@ pub struct ControlView {
 
 /// Gauge: 1 while this process's control-log follower is halted at an undecodable record.
 pub const HALTED: &str = "embedstream_control_log_halted";
+
+/// Counter: the control log's consumer was found stalled and replaced.
+pub const REPLACED: &str = "embedstream_control_log_consumer_replaced_total";
 
 /// How often a halted follower tries its record again.
 const HALT_RETRY: Duration = Duration::from_secs(30);
@@ -88,26 +92,21 @@ impl ControlLog {
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
             .map_err(Error::kafka(kafka))?;
-        let consumer: StreamConsumer = kafka
-            .client()
-            .set(
-                "group.id",
-                format!("embedstream-control-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(Error::kafka(kafka))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(Error::kafka(kafka))?;
-        consumer.assign(&tpl).map_err(Error::kafka(kafka))?;
-        let (_, high) = consumer
+        let consumer = follower(kafka, topic, Offset::Beginning)?;
+        let probe: BaseConsumer = kafka.client().create().map_err(Error::kafka(kafka))?;
+        let (_, high) = probe
             .fetch_watermarks(topic, 0, timeout)
             .map_err(Error::kafka(kafka))?;
         let (tx, view) = watch::channel(ControlView::default());
-        tokio::spawn(follow(consumer, codec.clone(), tx, shutdown));
+        let follow = Follow {
+            kafka: kafka.clone(),
+            topic: topic.to_owned(),
+            probe: Arc::new(probe),
+            codec: codec.clone(),
+            tx,
+            shutdown,
+        };
+        tokio::spawn(follow.run(consumer));
         let log = Self {
             producer,
             codec,
@@ -233,66 +232,154 @@ pub fn model_ref(m: &ModelVersionRecord) -> Option<embedstream_topics::ModelRef>
     embedstream_topics::ModelRef::new(&m.model_id, version).ok()
 }
 
-async fn follow(
-    consumer: StreamConsumer,
+/// A consumer of the control log's one partition from `offset`, in no group.
+fn follower(kafka: &KafkaConfig, topic: &str, offset: Offset) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = kafka
+        .client()
+        .set(
+            "group.id",
+            format!("embedstream-control-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(Error::kafka(kafka))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, offset)
+        .map_err(Error::kafka(kafka))?;
+    consumer.assign(&tpl).map_err(Error::kafka(kafka))?;
+    Ok(consumer)
+}
+
+/// How long the follower waits for a record before it asks whether the log has more.
+const STALL_CHECK: Duration = Duration::from_secs(10);
+
+/// The follower's task: applies records in order; a consumer that stops fetching while the log
+/// has records past the follower (two checks in a row) is replaced by a new one at the next
+/// offset. librdkafka clients can stop fetching a partition for good after it was leaderless
+/// for a moment (a broker fenced after a pause), with nothing reported.
+struct Follow {
+    kafka: KafkaConfig,
+    topic: String,
+    /// A client of its own for the log's end, apart from the consumer it checks.
+    probe: Arc<BaseConsumer>,
     codec: Codec,
     tx: watch::Sender<ControlView>,
     shutdown: CancellationToken,
-) {
-    let mut stream = consumer.stream();
-    let mut state = ControlState::default();
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => return,
-            msg = stream.next() => msg,
-        };
-        let msg = match msg {
-            None => return,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "Error reading the control log; retrying.");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+}
+
+impl Follow {
+    async fn run(self, mut consumer: StreamConsumer) {
+        let mut state = ControlState::default();
+        let mut next = 0;
+        loop {
+            if !self.read(&consumer, &mut state, &mut next).await {
+                return;
             }
-            Some(Ok(m)) => m,
-        };
-        let offset = msg.offset();
-        let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
-        let record = match msg.payload() {
-            None => None,
-            Some(bytes) => {
-                let mut backoff = Duration::from_millis(500);
-                loop {
-                    let wait = match codec.decode::<ControlRecord>(bytes).await {
-                        Ok(r) => break Some(r),
-                        Err(e) if e.is_retryable() => {
-                            tracing::warn!(error = %e, offset, "Registry unavailable while reading the control log; retrying.");
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            backoff
+            tracing::warn!(topic = %self.topic, next_offset = next, "The control log's consumer stopped fetching while the log has more records; replacing it.");
+            metrics::counter!(REPLACED).increment(1);
+            consumer = loop {
+                match follower(&self.kafka, &self.topic, Offset::Offset(next)) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot create the control log's consumer; retrying.");
+                        tokio::select! {
+                            () = self.shutdown.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, offset, key = %key, "Halting at a control record that cannot be decoded; the state before it stays in force. Trying it again every 30 s.");
-                            metrics::gauge!(HALTED).set(1.0);
-                            tx.send_modify(|v| {
-                                v.halted = Some(format!("the record cannot be decoded: {e}"));
-                            });
-                            HALT_RETRY
-                        }
-                    };
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
                     }
                 }
-            }
-        };
-        if let Err(e) = state.apply(&key, record) {
-            tracing::error!(error = %e, offset, "Skipping a control record the state refuses.");
+            };
         }
-        metrics::gauge!(HALTED).set(0.0);
-        tx.send_replace(ControlView {
-            state: Arc::new(state.clone()),
-            next_offset: offset + 1,
-            halted: None,
-        });
+    }
+
+    /// Whether the log holds a record at or past `next` (its end is past it).
+    async fn behind(&self, next: i64) -> bool {
+        let (probe, topic) = (Arc::clone(&self.probe), self.topic.clone());
+        tokio::task::spawn_blocking(move || probe.fetch_watermarks(&topic, 0, STALL_CHECK))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|(_, high)| high > next)
+    }
+
+    /// Applies records until shutdown (`false`) or until `consumer` is stalled (`true`).
+    async fn read(
+        &self,
+        consumer: &StreamConsumer,
+        state: &mut ControlState,
+        next: &mut i64,
+    ) -> bool {
+        let (codec, tx, shutdown) = (&self.codec, &self.tx, &self.shutdown);
+        let mut stream = consumer.stream();
+        let mut quiet_checks = 0;
+        loop {
+            let msg = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                msg = tokio::time::timeout(STALL_CHECK, stream.next()) => msg,
+            };
+            let msg = match msg {
+                Err(_) => {
+                    if self.behind(*next).await {
+                        quiet_checks += 1;
+                        if quiet_checks >= 2 {
+                            return true;
+                        }
+                    } else {
+                        quiet_checks = 0;
+                    }
+                    continue;
+                }
+                Ok(None) => return false,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "Error reading the control log; retrying.");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            quiet_checks = 0;
+            let offset = msg.offset();
+            let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
+            let record = match msg.payload() {
+                None => None,
+                Some(bytes) => {
+                    let mut backoff = Duration::from_millis(500);
+                    loop {
+                        let wait = match codec.decode::<ControlRecord>(bytes).await {
+                            Ok(r) => break Some(r),
+                            Err(e) if e.is_retryable() => {
+                                tracing::warn!(error = %e, offset, "Registry unavailable while reading the control log; retrying.");
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                backoff
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, offset, key = %key, "Halting at a control record that cannot be decoded; the state before it stays in force. Trying it again every 30 s.");
+                                metrics::gauge!(HALTED).set(1.0);
+                                tx.send_modify(|v| {
+                                    v.halted = Some(format!("the record cannot be decoded: {e}"));
+                                });
+                                HALT_RETRY
+                            }
+                        };
+                        tokio::select! {
+                            () = shutdown.cancelled() => return false,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            };
+            if let Err(e) = state.apply(&key, record) {
+                tracing::error!(error = %e, offset, "Skipping a control record the state refuses.");
+            }
+            metrics::gauge!(HALTED).set(0.0);
+            *next = offset + 1;
+            tx.send_replace(ControlView {
+                state: Arc::new(state.clone()),
+                next_offset: offset + 1,
+                halted: None,
+            });
+        }
     }
 }

@@ -286,3 +286,73 @@ async fn an_undecodable_control_record_halts_every_follower_at_it() {
     );
     token.cancel();
 }
+
+/// A follower whose broker froze for longer than the broker's session timeout (the single
+/// broker is fenced and the log's partition is leaderless for a moment): it still applies
+/// the records written after the thaw, by replacing its consumer when that stops fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_records_written_after_its_broker_froze_and_thawed() {
+    let stack = crate::common::OwnStack::start("control-frozen").await;
+    let p = Platform::on(&stack.bootstrap, &stack.registry, "control-frozen");
+    p.ensure_topics().await;
+    activate_minilm(&p).await;
+    let token = CancellationToken::new();
+    let follower = control(&p, &token).await;
+    let before = follower.subscribe().borrow().next_offset;
+    stack.stop_broker();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stack.continue_broker();
+    // A writer of its own, started after the thaw.
+    let spec = embedstream_topics::catalog::lookup(&super::MPNET.parse().unwrap()).unwrap();
+    let writer_token = CancellationToken::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let writer = loop {
+        match ControlLog::open(
+            &p.kafka,
+            Codec::new(&p.registry),
+            &p.names.control(),
+            writer_token.clone(),
+        )
+        .await
+        {
+            Ok(log) => break log,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no writer after the thaw: {e}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    writer
+        .set_model_state(
+            &spec,
+            embedstream_schemas::records::ModelState::Registered,
+            "test",
+        )
+        .await
+        .unwrap();
+    let written = writer.subscribe().borrow().next_offset;
+    assert!(written > before);
+    let mut view = follower.subscribe();
+    let applied = tokio::time::timeout(
+        Duration::from_secs(90),
+        view.wait_for(|v| v.next_offset >= written),
+    )
+    .await;
+    assert!(
+        applied.is_ok(),
+        "the follower stayed at offset {} of {written} after the thaw",
+        follower.subscribe().borrow().next_offset
+    );
+    assert!(
+        follower
+            .state()
+            .models()
+            .any(|m| m.model_id == spec.model.id),
+        "the record written after the thaw is applied"
+    );
+    writer_token.cancel();
+    token.cancel();
+}
