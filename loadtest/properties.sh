@@ -17,8 +17,11 @@ targets=(
   "embedstream-schemas|--lib|properties::replaying_a_corrupt_schemas_log_never_panics"
   "embedstream-index-sink|--test=it|properties::a_damaged_snapshot_opens_or_is_refused"
   "embedstream-adapter|--lib|tests::a_damaged_artifact_loads_or_is_refused"
+  "embedstream-index-sink|--lib|service::properties::any_search_request_gets_an_answer_or_a_clear_client_error"
+  "embedstream-index-sink|--lib|service::properties::any_item_id_gets_an_answer_or_a_clear_client_error"
+  "embedstream-router|--test=it|properties::any_search_request_gets_an_answer_or_an_error_that_says_why"
 )
-cargo test --release -p embedstream-schemas -p embedstream-index-sink -p embedstream-adapter --no-run -q
+cargo test --release -p embedstream-schemas -p embedstream-index-sink -p embedstream-adapter -p embedstream-router --no-run -q
 for t in "${targets[@]}"; do
   IFS='|' read -r crate target name <<<"$t"
   end=$(( $(date +%s) + minutes * 60 ))

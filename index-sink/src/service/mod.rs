@@ -19,6 +19,8 @@ mod consumer;
 mod error;
 mod http;
 pub mod metrics;
+#[cfg(test)]
+mod properties;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! version whose sink is not there. A version that fails is left out and named; when every
 //! version fails the query fails with 503; a sink's 400 is the client's error.
 
+mod properties;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
