@@ -27,6 +27,7 @@ use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelSpec};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -243,6 +244,7 @@ fn follower(kafka: &KafkaConfig, topic: &str, offset: Offset) -> Result<StreamCo
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(Error::kafka(kafka))?;
     let mut tpl = TopicPartitionList::new();
@@ -294,14 +296,14 @@ impl Follow {
         }
     }
 
-    /// Whether the log holds a record at or past `next` (its end is past it).
-    async fn behind(&self, next: i64) -> bool {
+    /// The log's end offset, asked with the probe (`None` when the brokers do not answer).
+    async fn end(&self) -> Option<i64> {
         let (probe, topic) = (Arc::clone(&self.probe), self.topic.clone());
         tokio::task::spawn_blocking(move || probe.fetch_watermarks(&topic, 0, STALL_CHECK))
             .await
             .ok()
             .and_then(Result::ok)
-            .is_some_and(|(_, high)| high > next)
+            .map(|(_, high)| high)
     }
 
     /// Applies records until shutdown (`false`) or until `consumer` is stalled (`true`).
@@ -314,6 +316,10 @@ impl Follow {
         let (codec, tx, shutdown) = (&self.codec, &self.tx, &self.shutdown);
         let mut stream = consumer.stream();
         let mut quiet_checks = 0;
+        // The log's end when the consumer last reported reaching it: records the compaction
+        // removed at the end of the log leave the end past the last record, and a consumer at
+        // the end must not be taken for a stalled one.
+        let mut end_at_eof: Option<i64> = None;
         loop {
             let msg = tokio::select! {
                 () = shutdown.cancelled() => return false,
@@ -321,7 +327,9 @@ impl Follow {
             };
             let msg = match msg {
                 Err(_) => {
-                    if self.behind(*next).await {
+                    let end = self.end().await;
+                    let behind = end.is_some_and(|e| e > *next && end_at_eof.is_none_or(|a| e > a));
+                    if behind {
                         quiet_checks += 1;
                         if quiet_checks >= 2 {
                             return true;
@@ -332,6 +340,10 @@ impl Follow {
                     continue;
                 }
                 Ok(None) => return false,
+                Ok(Some(Err(KafkaError::PartitionEOF(_)))) => {
+                    end_at_eof = self.end().await;
+                    continue;
+                }
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "Error reading the control log; retrying.");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -340,6 +352,7 @@ impl Follow {
                 Ok(Some(Ok(m))) => m,
             };
             quiet_checks = 0;
+            end_at_eof = None;
             let offset = msg.offset();
             let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
             let record = match msg.payload() {

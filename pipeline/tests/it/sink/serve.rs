@@ -89,12 +89,27 @@ async fn queries_are_exact_over_hot_and_main_with_updates_deletes_and_poison() {
     for gone in ["item-2", "item-3", "item-4", "item-5", "item-6"] {
         assert_eq!(sink.item(gone).await, None, "{gone} must be gone");
     }
-    let metrics = reqwest::get(sink.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The lag gauge comes with the client's first statistics (every second by default).
+    let expected = [
+        "embedstream_sink_query_seconds_bucket{consumer=\"exact\"",
+        "embedstream_sink_freshness_seconds",
+        "embedstream_sink_consumer_lag_records",
+        "embedstream_index_hot_vectors",
+        "embedstream_index_compactions_total",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = reqwest::get(sink.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if expected.iter().all(|name| text.contains(name)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for kind in [
         "dimension_mismatch",
         "non_finite",
@@ -107,13 +122,7 @@ async fn queries_are_exact_over_hot_and_main_with_updates_deletes_and_poison() {
             "no poison count for {kind} in /metrics"
         );
     }
-    for name in [
-        "embedstream_sink_query_seconds_bucket{consumer=\"exact\"",
-        "embedstream_sink_freshness_seconds",
-        "embedstream_sink_consumer_lag_records",
-        "embedstream_index_hot_vectors",
-        "embedstream_index_compactions_total",
-    ] {
+    for name in expected {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 
