@@ -193,26 +193,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = args
-                .platform()
-                .http
-                .place(
-                    telemetry::service_router(args.platform().kafka()?)?,
-                    &shutdown,
-                )
-                .await?;
+            let routes = args.platform().service_routes(&shutdown).await?;
             cmd::up::run(args, routes, shutdown).await?;
         }
         Command::Sink(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = args
-                .platform
-                .http
-                .place(
-                    telemetry::service_router(args.platform.kafka()?)?,
-                    &shutdown,
-                )
-                .await?;
+            let routes = args.platform.service_routes(&shutdown).await?;
             cmd::sink::run(args, routes, shutdown).await?;
         }
         Command::Produce(args) => cmd::produce::run(args).await?,
@@ -225,14 +211,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {
             let shutdown = shutdown_on_signal();
-            let routes = args
-                .platform
-                .http
-                .place(
-                    telemetry::service_router(args.platform.kafka()?)?,
-                    &shutdown,
-                )
-                .await?;
+            let routes = args.platform.service_routes(&shutdown).await?;
             cmd::router::run(args, routes, shutdown).await?;
         }
         Command::Migrate { target, command } => cmd::migrate::run(target, command).await?,

@@ -146,17 +146,25 @@ pub struct ApiKeys {
     by_digest: BTreeMap<Secret, Grant>,
 }
 
+/// Reads a file of secrets with `parse`, naming the file in either error.
+pub(crate) fn load_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, KeysError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|reason| KeysError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    })
+}
+
 impl ApiKeys {
     /// Reads a keys file.
     pub fn load(path: &Path) -> Result<Self, KeysError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|reason| KeysError::Invalid {
-            path: path.display().to_string(),
-            reason,
-        })
+        load_file(path, Self::parse)
     }
 
     /// Parses the text of a keys file.

@@ -157,6 +157,16 @@ impl PlatformArgs {
         self.kafka.config()
     }
 
+    /// The routes a service merges into its API: `/metrics`, `/healthz` and `/ready` for its
+    /// Kafka clients, or none when `--metrics-listen` serves them apart (until `shutdown`).
+    pub async fn service_routes(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<axum::Router> {
+        let routes = embedstream_pipeline::telemetry::service_router(self.kafka()?)?;
+        self.http.place(routes, shutdown).await
+    }
+
     /// The query APIs' keys, if configured.
     pub fn api_keys(
         &self,

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::json_response;
-use crate::access::{KeysError, Secret};
+use crate::access::{KeysError, Secret, load_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,14 +55,7 @@ pub struct WriteAuth {
 impl WriteAuth {
     /// Reads a users file.
     pub fn load(path: &Path) -> Result<Self, KeysError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|reason| KeysError::Invalid {
-            path: path.display().to_string(),
-            reason,
-        })
+        load_file(path, Self::parse)
     }
 
     /// Parses the text of a users file.
