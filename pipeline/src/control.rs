@@ -274,11 +274,11 @@ struct Follow {
 impl Follow {
     async fn run(self, mut consumer: StreamConsumer) {
         let mut state = ControlState::default();
-        let mut next = 0;
         loop {
-            if !self.read(&consumer, &mut state, &mut next).await {
+            if !self.read(&consumer, &mut state).await {
                 return;
             }
+            let next = self.tx.borrow().next_offset;
             tracing::warn!(topic = %self.topic, next_offset = next, "The control log's consumer stopped fetching while the log has more records; replacing it.");
             metrics::counter!(REPLACED).increment(1);
             consumer = loop {
@@ -307,12 +307,7 @@ impl Follow {
     }
 
     /// Applies records until shutdown (`false`) or until `consumer` is stalled (`true`).
-    async fn read(
-        &self,
-        consumer: &StreamConsumer,
-        state: &mut ControlState,
-        next: &mut i64,
-    ) -> bool {
+    async fn read(&self, consumer: &StreamConsumer, state: &mut ControlState) -> bool {
         let (codec, tx, shutdown) = (&self.codec, &self.tx, &self.shutdown);
         let mut stream = consumer.stream();
         let mut quiet_checks = 0;
@@ -328,7 +323,8 @@ impl Follow {
             let msg = match msg {
                 Err(_) => {
                     let end = self.end().await;
-                    let behind = end.is_some_and(|e| e > *next && end_at_eof.is_none_or(|a| e > a));
+                    let next = tx.borrow().next_offset;
+                    let behind = end.is_some_and(|e| e > next && end_at_eof.is_none_or(|a| e > a));
                     if behind {
                         quiet_checks += 1;
                         if quiet_checks >= 2 {
@@ -387,7 +383,6 @@ impl Follow {
                 tracing::error!(error = %e, offset, "Skipping a control record the state refuses.");
             }
             metrics::gauge!(HALTED).set(0.0);
-            *next = offset + 1;
             tx.send_replace(ControlView {
                 state: Arc::new(state.clone()),
                 next_offset: offset + 1,
