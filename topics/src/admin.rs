@@ -334,7 +334,7 @@ impl Admin {
                     out.push(Ensured::Created(name));
                 }
                 Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    let (partitions, replicas) = self.layout(&name)?.unwrap_or((0, 0));
+                    let (partitions, replicas) = self.settled_layout(&name).await?;
                     if partitions < spec.partitions {
                         return Err(Error::TooFewPartitions {
                             topic: name,
@@ -464,6 +464,22 @@ impl Admin {
 
     /// The partition count of `topic` and its replication factor (the fewest replicas of any
     /// partition), or `None` if the broker does not know it.
+    /// The layout of a topic the broker says exists: a topic another client just created can
+    /// be missing from the metadata for a moment, so it is asked again (within the client's
+    /// timeout) before it counts as having no partitions.
+    async fn settled_layout(&self, topic: &str) -> Result<(i32, i32)> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(layout) = self.layout(topic)? {
+                return Ok(layout);
+            }
+            if Instant::now() >= deadline {
+                return Ok((0, 0));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn layout(&self, topic: &str) -> Result<Option<(i32, i32)>> {
         let md = self.metadata(Some(topic))?;
         Ok(md

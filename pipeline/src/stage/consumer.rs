@@ -17,6 +17,7 @@ use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::membership::{Membership, Watchdog};
 use super::metrics as m;
 use super::offsets::OffsetTracker;
 
@@ -88,6 +89,8 @@ pub struct StageContext {
     /// Whether the consumer commits offsets itself (at-least-once); exactly-once commits them
     /// in its transactions.
     pub commits_offsets: bool,
+    /// The group membership from the statistics.
+    pub membership: Membership,
 }
 
 /// A partition's lag: from the committed offset when the client knows it (at-least-once);
@@ -106,7 +109,11 @@ fn lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
 
 impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
+        if let Some(group) = &statistics.cgrp {
+            self.membership.observe(group);
+        }
         if let Some(topic) = statistics.topics.get(&self.topic) {
+            self.membership.observe_fetch(topic);
             for (partition, p) in &topic.partitions {
                 if let Some(lag) = lag(p)
                     && *partition >= 0
@@ -197,19 +204,36 @@ pub struct Batching {
     pub linger: Duration,
 }
 
-/// Polls until `shutdown`, sending batches to `out`. Returns when cancelled or when the
-/// receiving side is gone.
+/// Why the consumer thread returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Cancelled, or the receiving side is gone.
+    Stopped,
+    /// The consumer stayed out of its group while the brokers answered ([`Watchdog`]).
+    Stuck,
+}
+
+/// Polls until `shutdown`, sending batches to `out`, and returns [`Ended::Stuck`] when the
+/// watchdog gives the consumer up.
 pub fn consume_loop(
     consumer: &BaseConsumer<StageContext>,
     batching: Batching,
     out: &mpsc::Sender<Batch>,
     shutdown: &CancellationToken,
-) {
+    watchdog: &Watchdog,
+) -> Ended {
     let tracker = consumer.context().tracker.clone();
     let mut buffer: Vec<OwnedMessage> = Vec::new();
     let mut buffer_epoch = 0;
     let mut first_at = Instant::now();
+    let mut looked_at = Instant::now();
     while !shutdown.is_cancelled() {
+        if looked_at.elapsed() >= watchdog.every {
+            looked_at = Instant::now();
+            if watchdog.stuck(&consumer.context().membership) {
+                return Ended::Stuck;
+            }
+        }
         let wait = if buffer.is_empty() {
             Duration::from_millis(100)
         } else {
@@ -253,10 +277,11 @@ pub fn consume_loop(
                 given_up,
             };
             if out.blocking_send(batch).is_err() {
-                return;
+                return Ended::Stopped;
             }
         }
     }
+    Ended::Stopped
 }
 
 /// Reads how far a consumer group is behind on a topic, through one Kafka client kept for it

@@ -22,6 +22,7 @@
 mod ack;
 pub mod consumer;
 mod flow;
+pub mod membership;
 pub mod metrics;
 pub mod models;
 pub mod offsets;
@@ -32,6 +33,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::counter;
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::ModelState;
 use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
@@ -42,7 +44,9 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::consumer::{Batch, Batching, StageContext, Tracker};
+use self::consumer::{Batch, Batching, Ended, StageContext, Tracker};
+use self::membership::{Membership, Watchdog};
+use self::metrics as m;
 use self::models::ActiveModels;
 use self::validate::Limits;
 
@@ -113,13 +117,16 @@ pub enum Delivery {
 /// holds back `read_committed` readers when its successor has another transactional id.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The group session (Kafka's default): a crashed member's partitions move after this long.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// Runs the stage until `shutdown`; returns after the taken batches are finished and
 /// committed. An error is fatal (the process should exit non-zero and be restarted: nothing
-/// unacknowledged was committed).
+/// unacknowledged was committed). A group consumer that the [`membership::Watchdog`] gives up
+/// is replaced in the process, with a new producer: the same as a restart, without one.
 pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()> {
     let codec = Codec::new(&config.registry_url);
-    let admin = Admin::new(&config.kafka, Duration::from_secs(30))?;
-    admin
+    Admin::new(&config.kafka, Duration::from_secs(30))?
         .ensure(&named_platform_topics(&config.names, config.layout, &[]))
         .await?;
     let control = ControlLog::open(
@@ -138,7 +145,26 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             .await?;
         tracing::info!(model = %initial, "Empty control log: registered the initial model as active.");
     }
+    loop {
+        match run_member(&config, &codec, &control, &shutdown).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::Stuck => {
+                counter!(m::CONSUMER_REPLACED).increment(1);
+                tracing::warn!("Starting over with a new group consumer and producer.");
+            }
+        }
+    }
+}
 
+/// One group member: a consumer, a producer and the tasks between them, until shutdown, a
+/// failure, or the watchdog giving the consumer up.
+async fn run_member(
+    config: &StageConfig,
+    codec: &Codec,
+    control: &ControlLog,
+    shutdown: &CancellationToken,
+) -> Result<Ended> {
+    let admin = Admin::new(&config.kafka, Duration::from_secs(30))?;
     let kafka = Error::kafka(&config.kafka);
     let items = config.names.items();
     let tracker = Arc::new(Tracker::default());
@@ -158,13 +184,17 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         // right only when every partition is revoked (cooperative-sticky would lose them).
         .set("partition.assignment.strategy", "range,roundrobin")
         // Kafka's default. A crashed member's partitions move after this long.
-        .set("session.timeout.ms", "45000")
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT.as_millis().to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .create_with_context(StageContext {
             tracker: tracker.clone(),
             topic: items.clone(),
             drain_timeout: config.drain_timeout,
             commits_offsets: config.delivery == Delivery::AtLeastOnce,
+            membership: Membership::default(),
         })
         .map_err(&kafka)?;
     consumer.subscribe(&[&items]).map_err(&kafka)?;
@@ -228,13 +258,27 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     let (sent_tx, sent_rx) = mpsc::channel::<Sent>(config.in_flight_batches);
 
     let poll_stop = shutdown.child_token();
+    let stuck = CancellationToken::new();
     let poll_thread = {
         let consumer = consumer.clone();
         let stop = poll_stop.clone();
+        let stuck = stuck.clone();
         let batching = config.batching;
+        let watchdog = Watchdog {
+            after: SESSION_TIMEOUT * 2,
+            every: Duration::from_secs(10),
+            kafka: config.kafka.clone(),
+            topic: items.clone(),
+        };
         std::thread::Builder::new()
             .name("stage-consumer".into())
-            .spawn(move || consumer::consume_loop(&consumer, batching, &batch_tx, &stop))
+            .spawn(move || {
+                if consumer::consume_loop(&consumer, batching, &batch_tx, &stop, &watchdog)
+                    == Ended::Stuck
+                {
+                    stuck.cancel();
+                }
+            })
             .map_err(Error::io("stage-consumer thread"))?
     };
 
@@ -251,15 +295,15 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
         submitted_rx,
         sent_tx,
         producer.clone(),
-        codec,
+        codec.clone(),
         config.names.items_dlq(),
         config.dead_letters,
         transactions,
     ));
     let ack = tokio::spawn(ack_loop(sent_rx, consumer.clone(), tracker.clone()));
 
-    // The first task to fail stops the others; shutdown stops the consumer first, and the
-    // rest drain what it handed over.
+    // The first task to fail stops the others; shutdown (or a stuck consumer) stops the
+    // consumer first, and the rest drain what it handed over.
     let mut prepare = prepare;
     let mut produce = produce;
     let mut ack = ack;
@@ -268,6 +312,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     let failure = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
+        () = stuck.cancelled() => None,
         r = &mut prepare => Some(("prepare", r)),
         r = &mut produce => Some(("produce", r)),
         r = &mut ack => Some(("acknowledge", r)),
@@ -277,6 +322,11 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     if joined.is_err() {
         tracing::error!("The consumer thread panicked.");
     }
+    let ended = if stuck.is_cancelled() && !shutdown.is_cancelled() {
+        Ended::Stuck
+    } else {
+        Ended::Stopped
+    };
     let result = match failure {
         Some((task, r)) => Err(task_failed(task, r)),
         None => {
@@ -306,6 +356,16 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
             }
         }
     };
+    if ended == Ended::Stuck {
+        // Whatever the drain did, the next member starts from the committed offsets, as a
+        // restarted process would. Closing a stuck consumer may wait on its group: the old
+        // clients are dropped on a thread of their own.
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "The replaced member's drain failed; its events are read again.");
+        }
+        std::thread::spawn(move || drop((consumer, producer)));
+        return Ok(Ended::Stuck);
+    }
     // Commit what was stored; whatever was not acknowledged is re-delivered after a restart.
     // (Exactly-once committed each batch's offsets in its transaction.)
     if config.delivery == Delivery::AtLeastOnce
@@ -315,7 +375,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     }
     consumer.unsubscribe();
     tracing::info!("The embed stage stopped.");
-    result
+    result.map(|()| Ended::Stopped)
 }
 
 fn flatten(

@@ -281,16 +281,13 @@ async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
 /// dual-writing: nothing ends a range early or moves a checkpoint past what was written; the
 /// same backfill run finishes once the broker thaws, and every item ends with its newest event.
 ///
-/// Ignored: a freeze longer than the controller's `broker.session.timeout.ms` (9 s) fences
-/// the single broker, every partition is leaderless for a moment, and librdkafka 2.12 clients
-/// that saw the leaderless metadata can stop fetching for good
-/// (<https://github.com/confluentinc/librdkafka/issues/5430>). The control log's followers
-/// replace such a consumer and the backfill finishes; the stage's group consumer, whose
-/// session timed out meanwhile, never rejoins its group (the coordinator stays unknown), so the
-/// stage stops making progress until it is restarted (nothing is lost or written wrongly).
-/// Run it with `--run-ignored only`.
+/// A freeze longer than the controller's `broker.session.timeout.ms` (9 s) fences the single
+/// broker, every partition is leaderless for a moment, and librdkafka 2.12 clients that saw the
+/// leaderless metadata can stop fetching for good, or, for a group consumer whose session timed
+/// out meanwhile, never rejoin the group (<https://github.com/confluentinc/librdkafka/issues/5430>).
+/// The control log's followers and the stage's watchdog replace such consumers, so the stage
+/// catches up by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the stage's librdkafka 2.12 group consumer never rejoins after a fenced broker (confluentinc/librdkafka#5430)"]
 async fn a_broker_frozen_for_10s_mid_backfill_skips_nothing() {
     let stack = crate::common::OwnStack::start("backfill-frozen").await;
     let p = Platform::on(&stack.bootstrap, &stack.registry, "backfill-frozen");
