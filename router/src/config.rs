@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedstream_schemas::access::ApiKeys;
-use embedstream_schemas::consumers::ConsumerProfile;
+use embedstream_schemas::consumers::Consumers;
 use embedstream_schemas::serve::Tls;
 
 use crate::blend::Blend;
@@ -21,8 +21,8 @@ pub struct RouterConfig {
     pub backends: Backends,
     /// Default blending method.
     pub blend: Blend,
-    /// Consumer profiles (default and largest `k`).
-    pub consumers: BTreeMap<String, ConsumerProfile>,
+    /// Consumer profiles (default and largest `k`), followed while the router runs.
+    pub consumers: Consumers,
     /// Per backend request.
     pub timeout: Duration,
     /// What the status page shows beside what it asks for (drift reports, recent latencies).

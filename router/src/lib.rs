@@ -42,17 +42,12 @@ use embedstream_schemas::consumers::export_slos;
 
 /// The router's routes.
 pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -> Router {
-    export_slos(&config.consumers);
-    let latency = config
-        .consumers
-        .keys()
-        .map(|c| {
-            (
-                c.clone(),
-                metrics_crate::histogram!(metrics::QUERY_SECONDS, "consumer" => c.clone()),
-            )
-        })
-        .collect();
+    export_slos(&config.consumers.current());
+    // Registered up front so every configured consumer's series is there before its first
+    // query; a consumer added later gets its series at its first query.
+    for c in config.consumers.names() {
+        let _ = metrics_crate::histogram!(metrics::QUERY_SECONDS, "consumer" => c);
+    }
     let mut client = reqwest::Client::builder()
         .timeout(config.timeout)
         .pool_max_idle_per_host(64);
@@ -65,7 +60,6 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
         config,
         client,
         plans,
-        latency,
     });
     // The query routes need a key when keys are configured; the status page (aggregates, no
     // item data) does not.

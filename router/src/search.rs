@@ -83,13 +83,14 @@ impl IntoResponse for RouteError {
 
 pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
-    let plans: BTreeMap<&String, Vec<serde_json::Value>> = shared
+    let plans: BTreeMap<String, Vec<serde_json::Value>> = shared
         .config
         .consumers
-        .keys()
+        .names()
+        .into_iter()
         .map(|c| {
             let entries = state
-                .read_plan_for(c)
+                .read_plan_for(&c)
                 .into_iter()
                 .map(|e| serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter}))
                 .collect();
@@ -159,12 +160,12 @@ pub(crate) async fn search(
         Err(e) if e.status == StatusCode::FORBIDDEN => (String::new(), "forbidden"),
         Err(_) => (String::new(), "unavailable"),
     };
-    if let Some(h) = shared.latency.get(&consumer) {
+    // Labels name configured consumers only (any other name is "unknown").
+    let label = if shared.config.consumers.contains(&consumer) {
         let seconds = started.elapsed().as_secs_f64();
-        h.record(seconds);
+        metrics_crate::histogram!(metrics::QUERY_SECONDS, "consumer" => consumer.clone())
+            .record(seconds);
         shared.config.status.record_latency(&consumer, seconds);
-    }
-    let label = if shared.config.consumers.contains_key(&consumer) {
         consumer
     } else {
         "unknown".to_owned()
@@ -222,13 +223,7 @@ async fn route(
                 format!(
                     "unknown consumer {:?}; configured: {}",
                     request.consumer,
-                    shared
-                        .config
-                        .consumers
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    shared.config.consumers.names().join(", ")
                 ),
             )
         })?;

@@ -7,13 +7,11 @@ use embedstream_schemas::control::ControlState;
 use tokio::sync::watch;
 
 use crate::config::RouterConfig;
-use ::metrics as metrics_crate;
 
 pub(crate) struct Shared {
     pub(crate) config: RouterConfig,
     pub(crate) client: reqwest::Client,
     pub(crate) plans: watch::Receiver<Arc<ControlState>>,
-    pub(crate) latency: BTreeMap<String, metrics_crate::Histogram>,
 }
 
 /// Each version's sink `GET path`: `{"id@v": body | null}` (null when it failed or 404).

@@ -101,9 +101,8 @@ pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
         dimension: None,
         sink,
     }));
-    let consumers = shared
-        .config
-        .consumers
+    let profiles = shared.config.consumers.current();
+    let consumers = profiles
         .iter()
         .map(|(name, profile)| {
             let plan = state.plan(name);

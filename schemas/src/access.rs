@@ -26,21 +26,25 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Why a keys file cannot be used.
+/// Why a settings file (API keys, registry users, consumers) cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum KeysError {
+pub enum FileError {
     /// The file cannot be read.
-    #[error("cannot read the API keys file {path}: {source}")]
+    #[error("cannot read the {what} file {path}: {source}")]
     Read {
+        /// What the file holds.
+        what: &'static str,
         /// Which file.
         path: String,
         /// Why.
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a keys file.
-    #[error("the API keys file {path} is not valid: {reason}")]
+    /// The file does not hold what it should.
+    #[error("the {what} file {path} is not valid: {reason}")]
     Invalid {
+        /// What the file holds.
+        what: &'static str,
         /// Which file.
         path: String,
         /// What is wrong.
@@ -146,16 +150,19 @@ pub struct ApiKeys {
     by_digest: BTreeMap<Secret, Grant>,
 }
 
-/// Reads a file of secrets with `parse`, naming the file in either error.
+/// Reads a settings file holding `what` with `parse`, naming the file in either error.
 pub(crate) fn load_file<T>(
+    what: &'static str,
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, KeysError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        what,
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|reason| KeysError::Invalid {
+    parse(&text).map_err(|reason| FileError::Invalid {
+        what,
         path: path.display().to_string(),
         reason,
     })
@@ -163,8 +170,8 @@ pub(crate) fn load_file<T>(
 
 impl ApiKeys {
     /// Reads a keys file.
-    pub fn load(path: &Path) -> Result<Self, KeysError> {
-        load_file(path, Self::parse)
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        load_file("API keys", path, Self::parse)
     }
 
     /// Parses the text of a keys file.

@@ -1,10 +1,18 @@
 //! The consumers of the indexes: who queries, how wide each searches, how many results each
 //! may ask for and its latency objective. The sinks, the router and the migration commands
-//! all read their consumers from here, so a consumer is named and tuned in one place.
+//! all read their consumers from here, so a consumer is named and tuned in one place: the
+//! built-in four, or a consumers file (`[consumers.<name>]` tables) that every process is given
+//! and follows while it runs ([`Consumers::follow_file`]).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{FileError, load_file};
 
 /// Gauge, by `consumer`: the consumer's p95 latency objective (its profile's `p95_slo_ms`),
 /// seconds; the alert rules compare the measured p95 with it.
@@ -55,10 +63,273 @@ pub fn default_consumer_names() -> Vec<String> {
     default_consumers().into_keys().collect()
 }
 
+/// Gauge: 1 while the consumers file on disk is refused (the process keeps serving the
+/// consumers it read last), 0 once it reads.
+pub const CONSUMERS_FILE_REFUSED: &str = "embedstream_consumers_file_refused";
+
+/// Consumer profiles by name.
+pub type Profiles = BTreeMap<String, ConsumerProfile>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumersFile {
+    consumers: Profiles,
+}
+
+/// Parses the text of a consumers file (`[consumers.<name>]` tables) and checks it.
+pub fn parse(text: &str) -> Result<Profiles, String> {
+    let file: ConsumersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    check(&file.consumers)?;
+    Ok(file.consumers)
+}
+
+/// Reads a consumers file.
+pub fn load(path: &Path) -> Result<Profiles, FileError> {
+    load_file("consumers", path, parse)
+}
+
+/// What every set of profiles must hold: at least one consumer; names of letters, digits, `_`,
+/// `-` and `.` (at most 64: they are metric labels); `ef_search` ≥ 1; 1 ≤ `default_k` ≤
+/// `max_k`. An index's own `max_k` bound is checked where the index is known.
+pub fn check(profiles: &Profiles) -> Result<(), String> {
+    if profiles.is_empty() {
+        return Err("at least one consumer is needed".to_owned());
+    }
+    for (name, p) in profiles {
+        let bad = |reason: String| Err(format!("consumers.{name}: {reason}"));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return bad("a name is 1 to 64 letters, digits, '_', '-' or '.'".to_owned());
+        }
+        if p.ef_search == 0 {
+            return bad("ef_search must be at least 1".to_owned());
+        }
+        if p.max_k == 0 {
+            return bad("max_k must be at least 1".to_owned());
+        }
+        if p.default_k == 0 || p.default_k > p.max_k {
+            return bad(format!("default_k must be in 1..={}", p.max_k));
+        }
+    }
+    Ok(())
+}
+
+/// A process's consumers, shared by its handlers and replaced as a whole when the consumers
+/// file changes: a request sees one set, never half of a change.
+#[derive(Debug, Clone)]
+pub struct Consumers(Arc<RwLock<Arc<Profiles>>>);
+
+impl Default for Consumers {
+    fn default() -> Self {
+        Self::new(default_consumers())
+    }
+}
+
+impl Consumers {
+    /// These profiles.
+    pub fn new(profiles: Profiles) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(profiles))))
+    }
+
+    /// The built-in consumers, or the file's when one is given.
+    pub fn from_file(path: Option<&Path>) -> Result<Self, FileError> {
+        Ok(match path {
+            Some(path) => Self::new(load(path)?),
+            None => Self::default(),
+        })
+    }
+
+    /// The current profiles.
+    pub fn current(&self) -> Arc<Profiles> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One consumer's profile.
+    pub fn get(&self, name: &str) -> Option<ConsumerProfile> {
+        self.current().get(name).cloned()
+    }
+
+    /// Whether a consumer is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.current().contains_key(name)
+    }
+
+    /// The configured names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.current().keys().cloned().collect()
+    }
+
+    /// Replaces every profile at once.
+    pub fn replace(&self, profiles: Profiles) {
+        export_slos(&profiles);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+    }
+
+    /// Follows a consumers file until `shutdown`: when it changes (its modification time or
+    /// size, looked at every `every`), it is read and checked, with `extra` for what the
+    /// process itself needs (a sink's `max_k` bound), and replaces the profiles. A file that
+    /// cannot be read or is refused leaves the profiles as they were, logs why and sets
+    /// [`CONSUMERS_FILE_REFUSED`] until a good file replaces it.
+    pub fn follow_file(
+        &self,
+        path: PathBuf,
+        every: Duration,
+        extra: impl Fn(&Profiles) -> Result<(), String> + Send + 'static,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let consumers = self.clone();
+        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        metrics::gauge!(CONSUMERS_FILE_REFUSED).set(0.0);
+        tokio::spawn(async move {
+            let mut seen = stamp(&path);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let read = load(&path).map_err(|e| e.to_string()).and_then(|profiles| {
+                    extra(&profiles).map_err(|reason| {
+                        format!("the consumers file {}: {reason}", path.display())
+                    })?;
+                    Ok(profiles)
+                });
+                match read {
+                    Ok(profiles) => {
+                        tracing::info!(
+                            path = %path.display(),
+                            consumers = ?profiles.keys().collect::<Vec<_>>(),
+                            "Consumers file read again."
+                        );
+                        consumers.replace(profiles);
+                        metrics::gauge!(CONSUMERS_FILE_REFUSED).set(0.0);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "Consumers file refused; the consumers read last stay.");
+                        metrics::gauge!(CONSUMERS_FILE_REFUSED).set(1.0);
+                    }
+                }
+            }
+        })
+    }
+}
+
 /// Sets [`CONSUMER_SLO_SECONDS`] for each consumer profile.
 pub fn export_slos(consumers: &BTreeMap<String, ConsumerProfile>) {
     for (name, profile) in consumers {
         metrics::gauge!(CONSUMER_SLO_SECONDS, "consumer" => name.clone())
             .set(profile.p95_slo_ms as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+        [consumers.search]
+        ef_search = 100
+        default_k = 10
+        max_k = 100
+        p95_slo_ms = 50
+
+        [consumers.catalog-audit]
+        ef_search = 300
+        default_k = 20
+        max_k = 200
+    "#;
+
+    #[test]
+    fn a_consumers_file_reads_with_the_default_objective() {
+        let profiles = parse(TWO).unwrap();
+        assert_eq!(
+            profiles.keys().collect::<Vec<_>>(),
+            ["catalog-audit", "search"]
+        );
+        assert_eq!(profiles["catalog-audit"].p95_slo_ms, 100);
+        assert_eq!(profiles["search"].max_k, 100);
+    }
+
+    #[test]
+    fn a_bad_consumers_file_is_refused_with_the_reason() {
+        for (text, reason) in [
+            ("[consumers]", "at least one consumer"),
+            (
+                "[consumers.a]\nef_search = 1\ndefault_k = 9\nmax_k = 5",
+                "consumers.a: default_k must be in 1..=5",
+            ),
+            (
+                "[consumers.a]\nef_search = 0\ndefault_k = 1\nmax_k = 5",
+                "ef_search must be at least 1",
+            ),
+            (
+                "[consumers.\"a b\"]\nef_search = 1\ndefault_k = 1\nmax_k = 5",
+                "a name is 1 to 64",
+            ),
+            (
+                "[consumers.a]\nef_search = 1\ndefault_k = 1\nmax_k = 5\nef = 3",
+                "unknown field `ef`",
+            ),
+            ("[other]\nx = 1", "unknown field `other`"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(reason), "{text:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_followed_file_replaces_the_consumers_and_a_refused_one_keeps_them() {
+        let dir = std::env::temp_dir().join(format!("consumers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("consumers.toml");
+        std::fs::write(&path, TWO).unwrap();
+        let consumers = Consumers::from_file(Some(&path)).unwrap();
+        assert_eq!(consumers.names(), ["catalog-audit", "search"]);
+        let stop = CancellationToken::new();
+        let task = consumers.follow_file(
+            path.clone(),
+            Duration::from_millis(20),
+            |p| match p.values().any(|c| c.max_k > 150) {
+                true => Err("max_k above the index's 150".to_owned()),
+                false => Ok(()),
+            },
+            stop.clone(),
+        );
+        // Refused by the process's own bound: the two stay.
+        std::fs::write(&path, TWO.replace("max_k = 100", "max_k = 160")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(consumers.names(), ["catalog-audit", "search"]);
+        assert_eq!(consumers.get("search").unwrap().max_k, 100);
+        // Refused by the shared checks, then a good file: the good one replaces them.
+        std::fs::write(&path, "[consumers.x]\nef_search = 0").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(consumers.names(), ["catalog-audit", "search"]);
+        std::fs::write(
+            &path,
+            "[consumers.ads]\nef_search = 64\ndefault_k = 5\nmax_k = 50\np95_slo_ms = 30",
+        )
+        .unwrap();
+        for _ in 0..200 {
+            if consumers.names() == ["ads"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(consumers.names(), ["ads"]);
+        assert!(!consumers.contains("search"));
+        stop.cancel();
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

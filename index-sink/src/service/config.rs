@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use embedstream_schemas::consumers::{ConsumerProfile, default_consumers};
+use embedstream_schemas::consumers::{self, ConsumerProfile, Profiles, default_consumers};
 use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,9 @@ pub struct SinkConfig {
     pub api_keys: Option<std::sync::Arc<embedstream_schemas::access::ApiKeys>>,
     /// Serve over TLS with this certificate and key.
     pub tls: Option<embedstream_schemas::serve::Tls>,
+    /// A consumers file whose profiles replace `settings.consumers` (the caller reads it in)
+    /// and which the sink follows while it runs.
+    pub consumers_file: Option<PathBuf>,
 }
 
 /// The config file.
@@ -208,30 +211,12 @@ impl Settings {
         self.index
             .validate()
             .map_err(|source| ServiceError::Index { source })?;
-        if self.consumers.is_empty() {
-            return Err(ServiceError::Settings {
+        consumers::check(&self.consumers)
+            .and_then(|()| within_index_bound(&self.consumers, self.index.max_k))
+            .map_err(|reason| ServiceError::Settings {
                 field: "consumers".to_owned(),
-                reason: "at least one consumer profile is needed".to_owned(),
-            });
-        }
-        for (name, p) in &self.consumers {
-            let bad = |reason: String| ServiceError::Settings {
-                field: format!("consumers.{name}"),
                 reason,
-            };
-            if p.ef_search == 0 {
-                return Err(bad("ef_search must be at least 1".to_owned()));
-            }
-            if p.max_k == 0 || p.max_k > self.index.max_k {
-                return Err(bad(format!(
-                    "max_k must be in 1..={} (index.max_k)",
-                    self.index.max_k
-                )));
-            }
-            if p.default_k == 0 || p.default_k > p.max_k {
-                return Err(bad(format!("default_k must be in 1..={}", p.max_k)));
-            }
-        }
+            })?;
         if self.http.max_concurrent_queries == 0 {
             return Err(ServiceError::Settings {
                 field: "http.max_concurrent_queries".to_owned(),
@@ -239,6 +224,20 @@ impl Settings {
             });
         }
         Ok(self)
+    }
+}
+
+/// How often a followed consumers file is looked at.
+pub(crate) const CONSUMERS_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A sink's own bound on its consumers: no `max_k` above the index's.
+pub(crate) fn within_index_bound(profiles: &Profiles, index_max_k: usize) -> Result<(), String> {
+    match profiles.iter().find(|(_, p)| p.max_k > index_max_k) {
+        Some((name, p)) => Err(format!(
+            "consumers.{name}: max_k {} is above the index's max_k {index_max_k}",
+            p.max_k
+        )),
+        None => Ok(()),
     }
 }
 

@@ -29,12 +29,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use embedstream_topics::ModelRef;
-use metrics::Histogram;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 
 use embedstream_schemas::access::{ApiKeys, Grant, require_key};
-use embedstream_schemas::consumers::{ConsumerProfile, export_slos};
+use embedstream_schemas::consumers::{Consumers, export_slos};
 
 use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
@@ -124,28 +124,22 @@ pub(crate) struct Api {
     pub(crate) model: ModelRef,
     pub(crate) topic: String,
     pub(crate) group: String,
-    pub(crate) consumers: BTreeMap<String, ConsumerProfile>,
+    pub(crate) consumers: Consumers,
     pub(crate) http: HttpSettings,
     pub(crate) embedder: Option<Arc<dyn QueryEmbedder>>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) admission: Semaphore,
-    pub(crate) latency: BTreeMap<String, Histogram>,
     pub(crate) adapters: Adapters,
 }
 
 impl Api {
-    pub(crate) fn latency_histograms(
-        consumers: &BTreeMap<String, ConsumerProfile>,
-        model: &ModelRef,
-    ) -> BTreeMap<String, Histogram> {
-        export_slos(consumers);
-        consumers
-            .keys()
-            .map(|c| {
-                let h = metrics::histogram!(m::QUERY_SECONDS, "consumer" => c.clone(), "model_version" => model.to_string());
-                (c.clone(), h)
-            })
-            .collect()
+    /// Exports the consumers' objectives and registers their latency series, so each is
+    /// there before its first query (a consumer added later gets its series at its first).
+    pub(crate) fn register_consumers(consumers: &Consumers, model: &ModelRef) {
+        export_slos(&consumers.current());
+        for c in consumers.names() {
+            let _ = metrics::histogram!(m::QUERY_SECONDS, "consumer" => c, "model_version" => model.to_string());
+        }
     }
 }
 
@@ -231,7 +225,9 @@ async fn search(
     let started = Instant::now();
     let grant = grant.map_or(Grant::All, |g| g.0);
     let (consumer, result) = run_search(&api, &grant, &body, started).await;
-    let label = if api.consumers.contains_key(&consumer) {
+    // Labels name configured consumers only (any other name is "unknown").
+    let known = api.consumers.contains(&consumer);
+    let label = if known {
         consumer.clone()
     } else {
         "unknown".to_owned()
@@ -243,8 +239,9 @@ async fn search(
         Err(_) => "error",
     };
     metrics::counter!(m::QUERIES_TOTAL, "consumer" => label, "result" => outcome).increment(1);
-    if let (Ok(_), Some(h)) = (&result, api.latency.get(&consumer)) {
-        h.record(started.elapsed().as_secs_f64());
+    if result.is_ok() && known {
+        metrics::histogram!(m::QUERY_SECONDS, "consumer" => consumer, "model_version" => api.model.to_string())
+            .record(started.elapsed().as_secs_f64());
     }
     match result {
         Ok(r) => axum::Json(r).into_response(),
@@ -295,7 +292,7 @@ async fn answer(
             format!(
                 "unknown consumer {:?}; configured: {}",
                 request.consumer,
-                api.consumers.keys().cloned().collect::<Vec<_>>().join(", ")
+                api.consumers.names().join(", ")
             ),
         )
     })?;

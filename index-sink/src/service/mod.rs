@@ -28,9 +28,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use embedstream_schemas::Codec;
+use embedstream_schemas::consumers::Consumers;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use config::{CONSUMERS_FILE_CHECK, within_index_bound};
 pub use config::{HttpSettings, KafkaSettings, Settings, SinkConfig};
 pub use error::{ServiceError, ServiceResult};
 pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
@@ -143,13 +145,23 @@ pub async fn run(
         })
         .map_err(|_| ServiceError::Thread { what: "consumer" })?;
 
+    let consumers = Consumers::new(settings.consumers.clone());
+    http::Api::register_consumers(&consumers, &config.model);
+    if let Some(path) = &config.consumers_file {
+        let max_k = settings.index.max_k;
+        consumers.follow_file(
+            path.clone(),
+            CONSUMERS_FILE_CHECK,
+            move |p| within_index_bound(p, max_k),
+            token.clone(),
+        );
+    }
     let api = Arc::new(http::Api {
-        latency: http::Api::latency_histograms(&settings.consumers, &config.model),
         index: Arc::clone(&index),
         model: config.model.clone(),
         topic: config.topic.clone(),
         group: config.group.clone(),
-        consumers: settings.consumers.clone(),
+        consumers,
         admission: Semaphore::new(settings.http.max_concurrent_queries),
         http: settings.http.clone(),
         embedder,

@@ -17,6 +17,7 @@ use super::config::Settings;
 use super::consumer::Progress;
 use super::http::{Adapters, Api, router};
 use crate::{IndexConfig, ShardedIndex, Upsert, Write};
+use embedstream_schemas::consumers::Consumers;
 
 const DIM: usize = 8;
 
@@ -48,12 +49,11 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
     let settings = Settings::default();
     let model = "minilm-l6-v2@1".parse().unwrap();
     let api = Arc::new(Api {
-        latency: Api::latency_histograms(&settings.consumers, &model),
         index: Arc::new(index),
         model,
         topic: "embeddings.minilm-l6-v2.v1".to_owned(),
         group: "properties".to_owned(),
-        consumers: settings.consumers.clone(),
+        consumers: Consumers::new(settings.consumers.clone()),
         admission: Semaphore::new(settings.http.max_concurrent_queries),
         http: settings.http.clone(),
         embedder: None,

@@ -13,7 +13,6 @@ use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
 use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites};
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_schemas::consumers::default_consumer_names;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +35,20 @@ pub struct Target {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// Consumers the migration gates (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = default_consumer_names(), global = true)]
+    /// Consumers the migration gates (comma-separated); by default every consumer of
+    /// `--consumers-file`, or the built-in ones.
+    #[arg(long, value_delimiter = ',', global = true)]
     pub consumers: Vec<String>,
+}
+
+impl Target {
+    /// The consumers the migration gates.
+    fn gated(&self) -> anyhow::Result<Vec<String>> {
+        if !self.consumers.is_empty() {
+            return Ok(self.consumers.clone());
+        }
+        Ok(self.platform.consumers()?.names())
+    }
 }
 
 /// The subcommands.
@@ -210,7 +220,7 @@ pub async fn run(target: Target, command: MigrateCommand) -> anyhow::Result<()> 
     }
     let token = CancellationToken::new();
     let log = target.platform.control_log(token.clone()).await?;
-    let migrator = Migrator::new(log.clone(), target.consumers.clone(), &operator());
+    let migrator = Migrator::new(log.clone(), target.gated()?, &operator());
     let result = local(&target, &migrator, command).await;
     token.cancel();
     result

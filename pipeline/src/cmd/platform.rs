@@ -149,6 +149,12 @@ pub struct PlatformArgs {
     /// `[keys]` `"<key or sha256:hex>" = ["consumer", ...]`. Without it those APIs are open.
     #[arg(long, env = "EMBEDSTREAM_API_KEYS")]
     pub api_keys: Option<std::path::PathBuf>,
+    /// The consumers (name, `ef_search`, `default_k`, `max_k`, `p95_slo_ms`): a TOML file of
+    /// `[consumers.<name>]` tables, read by the router, the sinks and the migration commands,
+    /// and followed while they run (a change applies within seconds, no restart). Without it,
+    /// the built-in `search`, `recsys`, `ads` and `dedup`.
+    #[arg(long, env = "EMBEDSTREAM_CONSUMERS_FILE")]
+    pub consumers_file: Option<std::path::PathBuf>,
 }
 
 impl PlatformArgs {
@@ -176,6 +182,13 @@ impl PlatformArgs {
             .map(|p| embedstream_schemas::access::ApiKeys::load(p).map(std::sync::Arc::new))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// The consumers: the file's, or the built-in ones.
+    pub fn consumers(&self) -> anyhow::Result<embedstream_schemas::consumers::Consumers> {
+        Ok(embedstream_schemas::consumers::Consumers::from_file(
+            self.consumers_file.as_deref(),
+        )?)
     }
 
     /// Topic names under the prefix.

@@ -13,7 +13,6 @@ use embedstream_pipeline::migrate::Migrator;
 use embedstream_pipeline::stage::consumer::GroupLag;
 use embedstream_router::admin;
 use embedstream_router::{Backends, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed};
-use embedstream_schemas::consumers::default_consumers;
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::DriftReport;
 use tokio::sync::watch;
@@ -137,12 +136,16 @@ impl Assembly {
         metrics: axum::Router,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let consumers = default_consumers();
-        let migrator = Migrator::new(
-            self.log.clone(),
-            consumers.keys().cloned().collect(),
-            "admin-api",
-        );
+        let consumers = self.platform.consumers()?;
+        if let Some(path) = &self.platform.consumers_file {
+            consumers.follow_file(
+                path.clone(),
+                Duration::from_secs(2),
+                |_| Ok(()),
+                shutdown.clone(),
+            );
+        }
+        let migrator = Migrator::new(self.log.clone(), consumers.names(), "admin-api");
         let config = RouterConfig {
             listen: self.listen,
             backends: self.backends,

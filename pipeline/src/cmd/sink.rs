@@ -105,10 +105,13 @@ impl SinkArgs {
         } else {
             format!("embedstream-sink-{prefix}-{model_part}-{}", self.replica)
         };
-        let settings = match &self.config {
+        let mut settings = match &self.config {
             Some(path) => Settings::load(path)?,
             None => Settings::default(),
         };
+        if let Some(path) = &self.platform.consumers_file {
+            settings.consumers = embedstream_schemas::consumers::load(path)?;
+        }
         Ok(SinkConfig {
             kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
@@ -121,6 +124,7 @@ impl SinkArgs {
             settings,
             api_keys: self.platform.api_keys()?,
             tls: self.platform.http.tls()?,
+            consumers_file: self.platform.consumers_file.clone(),
         })
     }
 }

@@ -7,6 +7,7 @@ mod properties;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use embedstream_index_sink::service::{self, Settings, SinkConfig};
 use embedstream_router::{Backends, Blend, RouterConfig, StatusFeed};
 use embedstream_schemas::Codec;
 use embedstream_schemas::access::ApiKeys;
-use embedstream_schemas::consumers::default_consumers;
+use embedstream_schemas::consumers::{self, Consumers, default_consumers};
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_schemas::serve::Tls;
@@ -69,7 +70,7 @@ async fn sink(shutdown: &CancellationToken) -> Sink {
 }
 
 async fn sink_with_keys(shutdown: &CancellationToken, api_keys: Option<Arc<ApiKeys>>) -> Sink {
-    sink_with(shutdown, api_keys, None).await
+    sink_with(shutdown, api_keys, None, None).await
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost, made with `openssl`, and a client
@@ -118,6 +119,7 @@ async fn sink_with(
     shutdown: &CancellationToken,
     api_keys: Option<Arc<ApiKeys>>,
     tls: Option<&TestTls>,
+    consumers_file: Option<&Path>,
 ) -> Sink {
     let kafka = testing::kafka();
     let prefix = testing::unique("router");
@@ -170,9 +172,14 @@ async fn sink_with(
         data_dir: data.0.clone(),
         listen,
         adapters_dir: data.0.join("adapters"),
-        settings: Settings::default(),
+        settings: Settings {
+            consumers: consumers_file
+                .map_or_else(default_consumers, |p| consumers::load(p).unwrap()),
+            ..Settings::default()
+        },
         api_keys,
         tls: tls.map(|t| t.tls.clone()),
+        consumers_file: consumers_file.map(Path::to_owned),
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -220,7 +227,7 @@ async fn router_with_keys(
     shutdown: &CancellationToken,
     api_keys: Option<Arc<ApiKeys>>,
 ) -> String {
-    router_with(backends, shutdown, api_keys, None).await
+    router_with(backends, shutdown, api_keys, None, Consumers::default()).await
 }
 
 async fn router_with(
@@ -228,13 +235,14 @@ async fn router_with(
     shutdown: &CancellationToken,
     api_keys: Option<Arc<ApiKeys>>,
     tls: Option<&TestTls>,
+    consumers: Consumers,
 ) -> String {
     let listen = free_addr();
     let config = RouterConfig {
         listen,
         backends: Backends::from(backends),
         blend: Blend::Rrf,
-        consumers: default_consumers(),
+        consumers,
         timeout: Duration::from_secs(2),
         status: StatusFeed::new(),
         api_keys,
@@ -470,9 +478,9 @@ async fn an_api_key_reads_as_its_own_consumers_only() {
 async fn over_tls_the_router_and_its_sinks_answer_https_only() {
     let shutdown = CancellationToken::new();
     let tls = test_tls();
-    let sink = sink_with(&shutdown, None, Some(&tls)).await;
+    let sink = sink_with(&shutdown, None, Some(&tls), None).await;
     let backends = BTreeMap::from([(MINILM.to_owned(), sink.url.clone())]);
-    let url = router_with(backends, &shutdown, None, Some(&tls)).await;
+    let url = router_with(backends, &shutdown, None, Some(&tls), Consumers::default()).await;
     assert!(url.starts_with("https://") && sink.url.starts_with("https://"));
     // No control log here: the request names its plan.
     let query = json!({"consumer": "search", "vector": vector(3), "k": 1,
@@ -507,5 +515,105 @@ async fn over_tls_the_router_and_its_sinks_answer_https_only() {
         untrusting.is_err(),
         "a client without the certificate was served"
     );
+    shutdown.cancel();
+}
+
+/// A consumer defined in a consumers file is served by the router and its sinks alike (any
+/// other name is one 400 naming the configured ones), and a change to the file applies to both
+/// while they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_come_from_a_file_the_router_and_the_sinks_follow() {
+    let shutdown = CancellationToken::new();
+    let dir = TempDir(std::env::temp_dir().join(testing::unique("consumers")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("consumers.toml");
+    let file = |max_k: usize, extra: &str| {
+        format!(
+            "[consumers.catalog-audit]\nef_search = 40\ndefault_k = 3\nmax_k = {max_k}\n\
+             p95_slo_ms = 200\n{extra}"
+        )
+    };
+    std::fs::write(&path, file(5, "")).unwrap();
+    let sink = sink_with(&shutdown, None, None, Some(&path)).await;
+    let consumers = Consumers::from_file(Some(&path)).unwrap();
+    consumers.follow_file(
+        path.clone(),
+        Duration::from_millis(100),
+        |_| Ok(()),
+        shutdown.clone(),
+    );
+    let router = router_with(
+        BTreeMap::from([(MINILM.to_owned(), sink.url.clone())]),
+        &shutdown,
+        None,
+        None,
+        consumers,
+    )
+    .await;
+    let ask = |consumer: &str, k: Option<usize>| {
+        let mut body = json!({
+            "consumer": consumer,
+            "vectors": {MINILM: vector(7)},
+            "plan": [{"model": MINILM, "weight": 1.0}],
+        });
+        if let Some(k) = k {
+            body["k"] = json!(k);
+        }
+        body
+    };
+    let direct =
+        |consumer: &str, k: usize| json!({"consumer": consumer, "vector": vector(7), "k": k});
+
+    let (status, body) = search(&router, ask("catalog-audit", None)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"].as_array().unwrap().len(),
+        3,
+        "default_k: {body}"
+    );
+    let (status, body) = search(&router, ask("search", None)).await;
+    assert_eq!(status, 400, "a built-in name not in the file: {body}");
+    assert_eq!(body["kind"], "unknown_consumer", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("catalog-audit"),
+        "{body}"
+    );
+    let (status, body) = search(&sink.url, direct("search", 3)).await;
+    assert_eq!(
+        (status, body["kind"].clone()),
+        (400, json!("unknown_consumer")),
+        "{body}"
+    );
+    let (status, body) = search(&router, ask("catalog-audit", Some(8))).await;
+    assert_eq!(
+        (status, body["kind"].clone()),
+        (400, json!("k_out_of_range")),
+        "{body}"
+    );
+
+    // A wider max_k and a new consumer: both processes take them without a restart.
+    std::fs::write(
+        &path,
+        file(
+            20,
+            "[consumers.search]\nef_search = 100\ndefault_k = 10\nmax_k = 100\n",
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (at_router, _) = search(&router, ask("catalog-audit", Some(8))).await;
+        let (at_sink, _) = search(&sink.url, direct("search", 4)).await;
+        if (at_router, at_sink) == (200, 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change did not apply: router {at_router}, sink {at_sink}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = search(&router, ask("catalog-audit", Some(8))).await;
+    assert_eq!(body["results"].as_array().unwrap().len(), 8, "{body}");
     shutdown.cancel();
 }

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use embedstream_router::{Backends, Blend, RouterConfig, StatusFeed};
-use embedstream_schemas::consumers::default_consumers;
+use embedstream_schemas::consumers::Consumers;
 use embedstream_schemas::control::ControlState;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -37,7 +37,7 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
         listen: "127.0.0.1:0".parse().unwrap(),
         backends: Backends::from(backends),
         blend: Blend::Rrf,
-        consumers: default_consumers(),
+        consumers: Consumers::default(),
         timeout: Duration::from_secs(1),
         status: StatusFeed::new(),
         api_keys: None,

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::json_response;
-use crate::access::{KeysError, Secret, load_file};
+use crate::access::{FileError, Secret, load_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +54,8 @@ pub struct WriteAuth {
 
 impl WriteAuth {
     /// Reads a users file.
-    pub fn load(path: &Path) -> Result<Self, KeysError> {
-        load_file(path, Self::parse)
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        load_file("registry users", path, Self::parse)
     }
 
     /// Parses the text of a users file.
