@@ -18,8 +18,13 @@
 //! 10th (0.9/70 ≈ 0.013) — so a consumer at "10% new" still gets the old version's answers;
 //! z-scores blend in proportion, and on the four consumers' golden sets they were as good or
 //! better at 0.1 and 0.9 and even on average at 0.5.
+//!
+//! Scores in an answer mean one thing: every result's `score` is the cosine its own version
+//! gave it (the version in `model_version`, the list that contributed most), `scores` has the
+//! cosine of each version that returned it, and a blended answer's rank score is apart in
+//! `blend_score` (its scale depends on the method, so never threshold on it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A blending method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -58,17 +63,38 @@ pub struct Ranked {
     pub hits: Vec<(String, f32)>,
 }
 
-/// One blended result.
+/// One result of an answer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Blended {
     /// Item.
     pub item_id: String,
-    /// Blended score (its scale depends on the method).
+    /// The cosine similarity `model_version` gave it: the same meaning with one version or a
+    /// blend, the score to threshold on.
     pub score: f64,
-    /// The version that contributed most.
+    /// The version whose score `score` is (in a blend, the one that contributed most).
     pub model_version: String,
     /// Every version that returned it.
     pub versions: Vec<String>,
+    /// The cosine each version in `versions` gave it.
+    pub scores: BTreeMap<String, f64>,
+    /// In a blended answer, the blend's rank score the results are ordered by (weighted RRF
+    /// or z-scores: its scale depends on the method); absent with one version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend_score: Option<f64>,
+}
+
+impl Blended {
+    /// A result of a one-version answer.
+    pub fn single(item_id: String, version: &str, score: f32) -> Self {
+        Self {
+            item_id,
+            score: f64::from(score),
+            model_version: version.to_owned(),
+            versions: vec![version.to_owned()],
+            scores: BTreeMap::from([(version.to_owned(), f64::from(score))]),
+            blend_score: None,
+        }
+    }
 }
 
 /// Merges the lists into the top `k`; ties break by item id, so results are deterministic.
@@ -76,7 +102,7 @@ pub fn blend(lists: &[Ranked], method: Blend, k: usize) -> Vec<Blended> {
     struct Acc {
         score: f64,
         best: (f64, usize),
-        versions: Vec<usize>,
+        versions: Vec<(usize, f32)>,
     }
     let mut acc: HashMap<&str, Acc> = HashMap::new();
     let stats: Vec<(f64, f64, f64)> = lists.iter().map(|l| zstats(&l.hits)).collect();
@@ -99,14 +125,17 @@ pub fn blend(lists: &[Ranked], method: Blend, k: usize) -> Vec<Blended> {
             if part > a.best.0 {
                 a.best = (part, li);
             }
-            a.versions.push(li);
+            a.versions.push((li, *score));
         }
     }
     if method == Blend::Zscore {
         // Missing from a list: that list's lowest z.
         for a in acc.values_mut() {
             for (li, list) in lists.iter().enumerate() {
-                if list.weight > 0.0 && !a.versions.contains(&li) && !list.hits.is_empty() {
+                if list.weight > 0.0
+                    && !a.versions.iter().any(|&(v, _)| v == li)
+                    && !list.hits.is_empty()
+                {
                     a.score += list.weight * stats[li].2;
                 }
             }
@@ -114,20 +143,36 @@ pub fn blend(lists: &[Ranked], method: Blend, k: usize) -> Vec<Blended> {
     }
     let mut out: Vec<Blended> = acc
         .into_iter()
-        .map(|(id, a)| Blended {
-            item_id: id.to_owned(),
-            score: a.score,
-            model_version: lists[a.best.1].version.clone(),
-            versions: a
-                .versions
-                .iter()
-                .map(|&i| lists[i].version.clone())
-                .collect(),
+        .map(|(id, a)| {
+            let best = a.best.1;
+            let cosine = |li: usize| {
+                a.versions
+                    .iter()
+                    .find(|&&(v, _)| v == li)
+                    .map_or(0.0, |&(_, s)| f64::from(s))
+            };
+            Blended {
+                item_id: id.to_owned(),
+                score: cosine(best),
+                model_version: lists[best].version.clone(),
+                versions: a
+                    .versions
+                    .iter()
+                    .map(|&(i, _)| lists[i].version.clone())
+                    .collect(),
+                scores: a
+                    .versions
+                    .iter()
+                    .map(|&(i, s)| (lists[i].version.clone(), f64::from(s)))
+                    .collect(),
+                blend_score: Some(a.score),
+            }
         })
         .collect();
+    let rank = |b: &Blended| b.blend_score.unwrap_or(b.score);
     out.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
+        rank(b)
+            .total_cmp(&rank(a))
             .then_with(|| a.item_id.cmp(&b.item_id))
     });
     out.truncate(k);
@@ -190,6 +235,29 @@ mod tests {
             let mostly_new = blend(&[old(0.1), new(0.9)], m, 2);
             assert_eq!(ids(&mostly_new), ["n1", "n2"], "{m:?}");
         }
+    }
+
+    #[test]
+    fn a_blended_result_keeps_each_versions_cosine_and_the_rank_score_apart() {
+        let old = list("old@1", 0.5, &[("a", 0.9), ("both", 0.8), ("c", 0.7)]);
+        let new = list("new@1", 0.5, &[("d", 0.6), ("both", 0.55), ("f", 0.2)]);
+        for m in [Blend::Rrf, Blend::Zscore] {
+            let r = blend(&[old.clone(), new.clone()], m, 6);
+            for b in &r {
+                assert_eq!(b.score, b.scores[&b.model_version], "{m:?}: {b:?}");
+                assert!(b.blend_score.is_some());
+            }
+            let both = r.iter().find(|b| b.item_id == "both").unwrap();
+            assert_eq!(both.scores["old@1"], f64::from(0.8f32));
+            assert_eq!(both.scores["new@1"], f64::from(0.55f32));
+            let ranks: Vec<f64> = r.iter().map(|b| b.blend_score.unwrap()).collect();
+            assert!(
+                ranks.windows(2).all(|w| w[0] >= w[1]),
+                "{m:?}: ordered by rank: {r:?}"
+            );
+        }
+        let single = Blended::single("x".into(), "old@1", 0.75);
+        assert_eq!((single.score, single.blend_score), (0.75, None));
     }
 
     #[test]

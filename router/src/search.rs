@@ -393,12 +393,7 @@ async fn route(
             .hits
             .into_iter()
             .take(k)
-            .map(|(item_id, score)| Blended {
-                item_id,
-                score: f64::from(score),
-                model_version: l.version.clone(),
-                versions: vec![l.version.clone()],
-            })
+            .map(|(item_id, score)| Blended::single(item_id, &l.version, score))
             .collect();
         (results, None)
     } else {
