@@ -17,6 +17,13 @@
 //!   5xx) or a schema id the registry does not know pauses only that partition; its record (and whatever of the partition was already
 //!   fetched) waits in order and is tried again after `kafka.retry_backoff`.
 //!
+//! - **A consumer that stops fetching is replaced.** When a partition that is not paused has
+//!   not moved for [`Loop::stall_after`] while a separate client sees records past its
+//!   position ([`embedstream_topics::stall::records_past`]), the loop gives the consumer up and
+//!   a new one resumes every partition where the index has applied up to
+//!   (`embedstream_sink_consumer_replaced_total`). The loop judges by its own positions, not
+//!   the client's statistics: a client in that state reports a stale end.
+//!
 //! Not guaranteed: the record whose apply is under way when the process is killed is
 //! replayed on restart (harmless: the index ignores versions it already holds).
 
@@ -26,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_schemas::{Codec, CodecError};
-use embedstream_topics::ModelRef;
+use embedstream_topics::stall::records_past;
 use embedstream_topics::time::now_ms;
+use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::statistics::Statistics;
@@ -109,14 +117,10 @@ impl ClientContext for SinkContext {
 
 impl ConsumerContext for SinkContext {}
 
-/// Creates the consumer (nothing is assigned yet).
-pub(crate) fn create(
-    config: &SinkConfig,
-    progress: Arc<Progress>,
-) -> ServiceResult<BaseConsumer<SinkContext>> {
-    let settings = &config.settings.kafka;
+/// The brokers with the sink's own client properties on top.
+pub(crate) fn kafka_config(config: &SinkConfig) -> ServiceResult<KafkaConfig> {
     let mut kafka = config.kafka.clone();
-    for (k, v) in &settings.properties {
+    for (k, v) in &config.settings.kafka.properties {
         kafka = kafka
             .with_property(k, v)
             .map_err(|e| ServiceError::Settings {
@@ -124,6 +128,16 @@ pub(crate) fn create(
                 reason: e.to_string(),
             })?;
     }
+    Ok(kafka)
+}
+
+/// Creates the consumer (nothing is assigned yet).
+pub(crate) fn create(
+    config: &SinkConfig,
+    progress: Arc<Progress>,
+) -> ServiceResult<BaseConsumer<SinkContext>> {
+    let settings = &config.settings.kafka;
+    let kafka = kafka_config(config)?;
     let mut client = kafka.client();
     client
         .set("group.id", &config.group)
@@ -164,7 +178,24 @@ pub(crate) struct Loop {
     pub(crate) metadata_refresh: Duration,
     pub(crate) progress: Arc<Progress>,
     pub(crate) shutdown: CancellationToken,
+    /// The brokers (with the sink's client properties), for the stall probe.
+    pub(crate) kafka: KafkaConfig,
+    /// How long a partition's fetching may stall, with records past it, before the consumer
+    /// is replaced.
+    pub(crate) stall_after: Duration,
 }
+
+/// Why [`Loop::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Shutdown.
+    Stopped,
+    /// The consumer stopped fetching a partition with records; replace it.
+    Stuck,
+}
+
+/// How often the loop looks for a stalled partition.
+const STALL_CHECK: Duration = Duration::from_secs(10);
 
 /// A partition waiting to retry its oldest record.
 #[derive(Debug)]
@@ -182,17 +213,31 @@ enum Outcome {
 }
 
 impl Loop {
-    /// Reads until `shutdown`, then commits what was processed. Returns an error only for
-    /// what the sink cannot go on after.
-    pub(crate) fn run(self, consumer: &BaseConsumer<SinkContext>) -> ServiceResult<()> {
+    /// Reads until `shutdown`, then commits what was processed, or until the consumer is
+    /// stuck. Returns an error only for what the sink cannot go on after. A replacement
+    /// consumer (`replacing`) resumes each partition where the index has applied up to.
+    pub(crate) fn run(
+        &self,
+        consumer: &BaseConsumer<SinkContext>,
+        replacing: bool,
+    ) -> ServiceResult<Ended> {
         let mut assigned = BTreeSet::new();
         let mut blocked: HashMap<i32, Blocked> = HashMap::new();
         let mut refreshed = Instant::now();
+        let mut looked_at = Instant::now();
+        // Per partition: its position when last seen moving, and since when.
+        let mut moved: HashMap<i32, (i64, Instant)> = HashMap::new();
         let mut waiting_logged = false;
         while !self.shutdown.is_cancelled() {
+            if looked_at.elapsed() >= STALL_CHECK {
+                looked_at = Instant::now();
+                if self.stuck(&mut moved, &blocked) {
+                    return Ok(Ended::Stuck);
+                }
+            }
             if assigned.is_empty() || refreshed.elapsed() >= self.metadata_refresh {
                 refreshed = Instant::now();
-                self.assign_new(consumer, &mut assigned)?;
+                self.assign_new(consumer, &mut assigned, replacing)?;
                 if assigned.is_empty() {
                     if !waiting_logged {
                         tracing::warn!(topic = %self.topic, "The topic does not exist yet; waiting for it.");
@@ -225,7 +270,46 @@ impl Loop {
         if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(error = %error, "Nothing committed at shutdown.");
         }
-        Ok(())
+        Ok(Ended::Stopped)
+    }
+
+    /// Whether a partition that is not paused stalled with records past it (see the module
+    /// docs); `moved` keeps each partition's last moving position between calls.
+    fn stuck(
+        &self,
+        moved: &mut HashMap<i32, (i64, Instant)>,
+        blocked: &HashMap<i32, Blocked>,
+    ) -> bool {
+        let now = Instant::now();
+        let positions = self.progress.lock().positions.clone();
+        let mut stalled = Vec::new();
+        for (&partition, &at) in &positions {
+            match moved.get(&partition) {
+                Some(&(last, since)) if last == at && !blocked.contains_key(&partition) => {
+                    if now.duration_since(since) >= self.stall_after {
+                        stalled.push((partition, at));
+                    }
+                }
+                _ => {
+                    moved.insert(partition, (at, now));
+                }
+            }
+        }
+        match records_past(&self.kafka, &self.topic, &stalled) {
+            Some((partition, position, end)) => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition,
+                    position,
+                    end,
+                    "The consumer stopped fetching a partition with records while the brokers answer; replacing it."
+                );
+                metrics::counter!(m::CONSUMER_REPLACED, "index" => self.topic.clone()).increment(1);
+                moved.clear();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Assigns the topic's partitions that are not assigned yet, each from the snapshots'
@@ -234,6 +318,7 @@ impl Loop {
         &self,
         consumer: &BaseConsumer<SinkContext>,
         assigned: &mut BTreeSet<i32>,
+        replacing: bool,
     ) -> ServiceResult<()> {
         let metadata = match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
             Ok(m) => m,
@@ -245,7 +330,11 @@ impl Loop {
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
             return Ok(());
         };
-        let resume = self.index.resume_offsets();
+        let mut resume = self.index.resume_offsets();
+        if replacing {
+            // Every record before a partition's applied offset is in the index.
+            resume.extend(self.index.applied_offsets());
+        }
         let mut tpl = TopicPartitionList::new();
         let mut added = Vec::new();
         for p in topic.partitions().iter().map(|p| p.id()) {

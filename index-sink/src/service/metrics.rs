@@ -22,6 +22,9 @@ pub const FRESHNESS_HISTOGRAMS: [&str; 2] = [FRESHNESS_SECONDS, EVENT_FRESHNESS_
 pub const CONSUMER_LAG: &str = "embedstream_sink_consumer_lag_records";
 /// Counter: records consumed.
 pub const CONSUMED_TOTAL: &str = "embedstream_sink_consumed_total";
+/// Consumers given up because they stopped fetching a partition with records (see
+/// `consumer`), by `index`; each was replaced by a new one.
+pub const CONSUMER_REPLACED: &str = "embedstream_sink_consumer_replaced_total";
 /// Counter: poison records skipped, by `error_type`.
 pub const POISON_TOTAL: &str = "embedstream_sink_poison_records_total";
 /// Counter: times a partition was paused to retry a record, by `error_type`

@@ -132,13 +132,34 @@ pub async fn run(
         metadata_refresh: settings.kafka.metadata_refresh,
         progress: Arc::clone(&progress),
         shutdown: token.clone(),
+        kafka: consumer::kafka_config(&config)?,
+        stall_after: Duration::from_secs(30),
     };
+    let (replace_config, replace_progress) = (config.clone(), Arc::clone(&progress));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let stop_on_end = token.clone();
     let consumer_thread = std::thread::Builder::new()
         .name("sink-consumer".into())
         .spawn(move || {
-            let result = work.run(&kafka);
+            let mut kafka = kafka;
+            let mut replacing = false;
+            let result = loop {
+                match work.run(&kafka, replacing) {
+                    Ok(consumer::Ended::Stuck) => {
+                        match consumer::create(&replace_config, Arc::clone(&replace_progress)) {
+                            Ok(fresh) => {
+                                // Closing the old client may wait on the brokers: off this thread.
+                                let old = std::mem::replace(&mut kafka, fresh);
+                                std::thread::spawn(move || drop(old));
+                                replacing = true;
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Ok(consumer::Ended::Stopped) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
             // Whatever ended the loop ends the service.
             stop_on_end.cancel();
             let _ = done_tx.send(result);

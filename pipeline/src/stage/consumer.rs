@@ -113,7 +113,7 @@ impl ClientContext for StageContext {
             self.membership.observe(group);
         }
         if let Some(topic) = statistics.topics.get(&self.topic) {
-            self.membership.observe_fetch(topic);
+            self.membership.fetch.observe(topic);
             for (partition, p) in &topic.partitions {
                 if let Some(lag) = lag(p)
                     && *partition >= 0

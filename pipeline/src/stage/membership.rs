@@ -6,23 +6,26 @@
 //! statistics have not shown the member joined and steady (group state `up`, join state
 //! `steady`), or an assigned partition's fetch position has not moved with nothing waiting in
 //! its fetch queue (so not held back by a slow stage) while a separate client sees records past
-//! that position; in both cases only while that separate client reads the topic's metadata.
-//! The stage then starts over with a new consumer and producer. Nothing is lost by it: the old member's unacknowledged events were
+//! that position ([`embedstream_topics::stall`]); in both cases only while that separate
+//! client reads the topic's metadata. The stage then starts over with a new consumer and
+//! producer. Nothing is lost by it: the old member's unacknowledged events were
 //! never committed, and its partitions were revoked (and drained) when its session ended.
 //! While the brokers do not answer, the consumer is left to reconnect by itself.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use embedstream_topics::KafkaConfig;
+use embedstream_topics::stall::{FetchStalls, records_past};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::statistics::{ConsumerGroup, Topic};
+use rdkafka::statistics::ConsumerGroup;
 
 /// The membership as the client's statistics last showed it.
 #[derive(Debug)]
 pub struct Membership {
     state: Mutex<Seen>,
+    /// The consumed topic's partitions whose fetching stalled.
+    pub fetch: FetchStalls,
 }
 
 #[derive(Debug)]
@@ -34,9 +37,6 @@ struct Seen {
     report_at: Instant,
     /// The last group and join states, to log changes.
     last: (String, String),
-    /// Per assigned partition: its fetch position, since when it has not moved with an empty
-    /// fetch queue (None while it moves or its queue holds records).
-    fetch: HashMap<i32, (i64, Option<Instant>)>,
 }
 
 impl Default for Membership {
@@ -46,8 +46,8 @@ impl Default for Membership {
                 steady_at: Instant::now(),
                 report_at: Instant::now(),
                 last: (String::new(), String::new()),
-                fetch: HashMap::new(),
             }),
+            fetch: FetchStalls::default(),
         }
     }
 }
@@ -72,43 +72,6 @@ impl Membership {
             );
             seen.last = (group.state.clone(), group.join_state.clone());
         }
-    }
-
-    /// Takes the consumed topic's part of a statistics report.
-    pub fn observe_fetch(&self, topic: &Topic) {
-        let mut seen = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let mut fetch = HashMap::new();
-        for p in topic.partitions.values() {
-            if p.partition < 0 || !p.desired {
-                continue;
-            }
-            let since = match seen.fetch.get(&p.partition) {
-                Some(&(next, since)) if next == p.next_offset && p.fetchq_cnt == 0 => {
-                    Some(since.unwrap_or(now))
-                }
-                _ => None,
-            };
-            fetch.insert(p.partition, (p.next_offset, since));
-        }
-        seen.fetch = fetch;
-    }
-
-    /// Assigned partitions whose fetch position has not moved, with an empty fetch queue, for
-    /// at least `after`: (partition, position).
-    pub fn stalled(&self, after: Duration) -> Vec<(i32, i64)> {
-        let seen = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.fetch
-            .iter()
-            .filter(|(_, (_, since))| since.is_some_and(|s| s.elapsed() >= after))
-            .map(|(&p, &(next, _))| (p, next))
-            .collect()
     }
 
     /// How long the member has not been seen joined and steady, and how old the last report
@@ -152,17 +115,17 @@ impl Watchdog {
         if report_age > self.every * 3 {
             return false;
         }
-        let stalled = membership.stalled(self.after);
+        let stalled = membership.fetch.stalled(self.after);
         if out_for < self.after && stalled.is_empty() {
             return false;
         }
-        let Some(probe) = self.probe() else {
+        if !self.brokers_answer() {
             tracing::info!(
                 out_for_secs = out_for.as_secs(),
                 "The brokers do not answer; the group consumer waits for them."
             );
             return false;
-        };
+        }
         if out_for >= self.after {
             let (state, join_state) = membership.last();
             tracing::warn!(
@@ -173,48 +136,36 @@ impl Watchdog {
             );
             return true;
         }
-        for (partition, next) in stalled {
-            match probe.fetch_watermarks(&self.topic, partition, Duration::from_secs(5)) {
-                Ok((low, high)) if high > next.max(low) => {
-                    tracing::warn!(
-                        partition,
-                        position = next,
-                        end = high,
-                        "The group consumer stopped fetching a partition with records while the brokers answer; replacing it."
-                    );
-                    return true;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, partition, "Probe watermarks not read."),
-            }
+        if let Some((partition, position, end)) = records_past(&self.kafka, &self.topic, &stalled) {
+            tracing::warn!(
+                partition,
+                position,
+                end,
+                "The group consumer stopped fetching a partition with records while the brokers answer; replacing it."
+            );
+            return true;
         }
         false
     }
 
-    /// A fresh client that reads the topic's metadata, every partition with a leader; None
-    /// while the brokers do not answer.
-    fn probe(&self) -> Option<BaseConsumer> {
+    /// Whether a fresh client reads the topic's metadata, every partition with a leader.
+    fn brokers_answer(&self) -> bool {
         let probe: BaseConsumer = match self.kafka.client().create() {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "Probe client not created.");
-                return None;
+                return false;
             }
         };
         match probe.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
-            Ok(m)
-                if m.topics().iter().any(|t| {
-                    t.error().is_none()
-                        && !t.partitions().is_empty()
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                }) =>
-            {
-                Some(probe)
-            }
-            Ok(_) => None,
+            Ok(m) => m.topics().iter().any(|t| {
+                t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "Probe metadata request failed.");
-                None
+                false
             }
         }
     }
@@ -222,47 +173,7 @@ impl Watchdog {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::statistics::Partition;
-
     use super::*;
-
-    fn topic(partitions: &[(i32, i64, i64)]) -> Topic {
-        Topic {
-            partitions: partitions
-                .iter()
-                .map(|&(partition, next_offset, fetchq_cnt)| {
-                    let p = Partition {
-                        partition,
-                        desired: true,
-                        next_offset,
-                        fetchq_cnt,
-                        ..Partition::default()
-                    };
-                    (partition, p)
-                })
-                .collect(),
-            ..Topic::default()
-        }
-    }
-
-    #[test]
-    fn a_partition_stalls_only_while_its_position_stays_with_an_empty_queue() {
-        let m = Membership::default();
-        m.observe_fetch(&topic(&[(0, 10, 0), (1, 5, 0), (2, 7, 3)]));
-        assert!(
-            m.stalled(Duration::ZERO).is_empty(),
-            "one report is no stall"
-        );
-        // Partition 0 moved, 1 stayed with an empty queue, 2 stayed with records queued.
-        m.observe_fetch(&topic(&[(0, 12, 0), (1, 5, 0), (2, 7, 3)]));
-        assert_eq!(m.stalled(Duration::ZERO), vec![(1, 5)]);
-        assert!(m.stalled(Duration::from_secs(60)).is_empty());
-        // Moving again clears it; a partition no longer assigned is forgotten.
-        m.observe_fetch(&topic(&[(0, 12, 0), (1, 6, 0)]));
-        assert_eq!(m.stalled(Duration::ZERO), vec![(0, 12)]);
-        m.observe_fetch(&topic(&[(1, 6, 0)]));
-        assert_eq!(m.stalled(Duration::ZERO), vec![(1, 6)]);
-    }
 
     #[test]
     fn only_an_up_and_steady_report_counts_as_joined() {

@@ -1,5 +1,5 @@
-//! Faults under the sink: kill -9 while a compaction is running, and the broker killed (-9)
-//! and restarted under a steady 2,000 writes/s. Each ends with the sink equal to the topic,
+//! Faults under the sink: kill -9 while a compaction is running, the broker killed (-9)
+//! and restarted under a steady 2,000 writes/s, and the broker frozen past its session. Each ends with the sink equal to the topic,
 //! per key: every live id at its last write, no deleted id.
 
 use std::time::{Duration, Instant};
@@ -155,5 +155,39 @@ async fn a_broker_killed_under_2k_writes_per_second_loses_nothing_at_the_sink() 
     );
     assert_items(&sink, &oracle).await;
     assert_exact_search(&sink, &oracle, "exact", &[11, 12, 13]).await;
+    assert!(terminate(&mut sink.child).success());
+}
+
+/// The broker frozen (SIGSTOP) for 12 s, longer than the controller's 9 s broker session, so
+/// it is fenced and its partitions are leaderless for a moment: the sink keeps reading what is
+/// written after the thaw (librdkafka clients that saw leaderless partitions can otherwise stop
+/// fetching for good) and ends equal to the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_frozen_past_its_session_leaves_the_sink_current() {
+    let stack = OwnStack::start("sink-broker-frozen").await;
+    let platform = Platform::on(&stack.bootstrap, &stack.registry, "sink-broker-frozen");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let mut oracle = Oracle::default();
+    let puts = |round: u64| {
+        (0..300)
+            .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(round * 1000 + i))))
+            .collect()
+    };
+    produce(&platform, &mut oracle, puts(1)).await;
+    let mut sink = Sink::start(&platform, &dir, &config(1000, 0.1), "sink").await;
+    sink.wait_caught_up(&platform, Duration::from_secs(60))
+        .await;
+    tokio::task::block_in_place(|| {
+        stack.stop_broker();
+        std::thread::sleep(Duration::from_secs(12));
+        stack.continue_broker();
+    });
+    // Every item rewritten after the thaw: a sink that stopped fetching serves round 1.
+    produce(&platform, &mut oracle, puts(2)).await;
+    sink.wait_caught_up(&platform, Duration::from_secs(180))
+        .await;
+    assert_items(&sink, &oracle).await;
+    assert_exact_search(&sink, &oracle, "exact", &[21, 22, 23]).await;
     assert!(terminate(&mut sink.child).success());
 }
