@@ -144,27 +144,23 @@ pub fn blend(lists: &[Ranked], method: Blend, k: usize) -> Vec<Blended> {
     let mut out: Vec<Blended> = acc
         .into_iter()
         .map(|(id, a)| {
-            let best = a.best.1;
-            let cosine = |li: usize| {
-                a.versions
-                    .iter()
-                    .find(|&&(v, _)| v == li)
-                    .map_or(0.0, |&(_, s)| f64::from(s))
-            };
+            let scores: BTreeMap<String, f64> = a
+                .versions
+                .iter()
+                .map(|&(i, s)| (lists[i].version.clone(), f64::from(s)))
+                .collect();
+            // The best contributor returned the item, so its cosine is in `scores`.
+            let model_version = lists[a.best.1].version.clone();
             Blended {
                 item_id: id.to_owned(),
-                score: cosine(best),
-                model_version: lists[best].version.clone(),
+                score: scores[&model_version],
+                model_version,
                 versions: a
                     .versions
                     .iter()
                     .map(|&(i, _)| lists[i].version.clone())
                     .collect(),
-                scores: a
-                    .versions
-                    .iter()
-                    .map(|&(i, s)| (lists[i].version.clone(), f64::from(s)))
-                    .collect(),
+                scores,
                 blend_score: Some(a.score),
             }
         })

@@ -67,6 +67,9 @@ pub fn default_consumer_names() -> Vec<String> {
 /// consumers it read last), 0 once it reads.
 pub const CONSUMERS_FILE_REFUSED: &str = "embedstream_consumers_file_refused";
 
+/// How often a process looks at the consumers file it follows.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
 /// Consumer profiles by name.
 pub type Profiles = BTreeMap<String, ConsumerProfile>;
 

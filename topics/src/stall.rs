@@ -64,6 +64,34 @@ impl FetchStalls {
     }
 }
 
+/// A fresh client, apart from the consumer being judged.
+fn probe(kafka: &KafkaConfig) -> Option<BaseConsumer> {
+    kafka
+        .client()
+        .create()
+        .map_err(|e| tracing::debug!(error = %e, "Probe client not created."))
+        .ok()
+}
+
+/// Whether a fresh client reads `topic`'s metadata with every partition led: the brokers
+/// answer, so a consumer that stays stuck is not waiting out an outage.
+pub fn leaders_known(kafka: &KafkaConfig, topic: &str) -> bool {
+    let Some(probe) = probe(kafka) else {
+        return false;
+    };
+    match probe.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(m) => m.topics().iter().any(|t| {
+            t.error().is_none()
+                && !t.partitions().is_empty()
+                && t.partitions().iter().all(|p| p.leader() >= 0)
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "Probe metadata request failed.");
+            false
+        }
+    }
+}
+
 /// The first of `stalled` (partition, position) with records past its position, as a fresh
 /// client sees the partition's end: (partition, position, end). None when there is none, or
 /// when the brokers do not answer.
@@ -75,13 +103,7 @@ pub fn records_past(
     if stalled.is_empty() {
         return None;
     }
-    let probe: BaseConsumer = match kafka.client().create() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "Probe client not created.");
-            return None;
-        }
-    };
+    let probe = probe(kafka)?;
     for &(partition, at) in stalled {
         match probe.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
             Ok((low, high)) if high > at.max(low) => return Some((partition, at, high)),

@@ -227,9 +227,6 @@ impl Settings {
     }
 }
 
-/// How often a followed consumers file is looked at.
-pub(crate) const CONSUMERS_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// A sink's own bound on its consumers: no `max_k` above the index's.
 pub(crate) fn within_index_bound(profiles: &Profiles, index_max_k: usize) -> Result<(), String> {
     match profiles.iter().find(|(_, p)| p.max_k > index_max_k) {

@@ -28,11 +28,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use embedstream_schemas::Codec;
-use embedstream_schemas::consumers::Consumers;
+use embedstream_schemas::consumers::{Consumers, FOLLOW_EVERY};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use config::{CONSUMERS_FILE_CHECK, within_index_bound};
+use config::within_index_bound;
 pub use config::{HttpSettings, KafkaSettings, Settings, SinkConfig};
 pub use error::{ServiceError, ServiceResult};
 pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
@@ -172,7 +172,7 @@ pub async fn run(
         let max_k = settings.index.max_k;
         consumers.follow_file(
             path.clone(),
-            CONSUMERS_FILE_CHECK,
+            FOLLOW_EVERY,
             move |p| within_index_bound(p, max_k),
             token.clone(),
         );

@@ -140,7 +140,7 @@ impl Assembly {
         if let Some(path) = &self.platform.consumers_file {
             consumers.follow_file(
                 path.clone(),
-                Duration::from_secs(2),
+                embedstream_schemas::consumers::FOLLOW_EVERY,
                 |_| Ok(()),
                 shutdown.clone(),
             );

@@ -209,7 +209,8 @@ pub struct Batching {
 pub enum Ended {
     /// Cancelled, or the receiving side is gone.
     Stopped,
-    /// The consumer stayed out of its group while the brokers answered ([`Watchdog`]).
+    /// The consumer stayed out of its group, or stopped fetching a partition with records,
+    /// while the brokers answered ([`Watchdog`]).
     Stuck,
 }
 

@@ -16,8 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use embedstream_topics::KafkaConfig;
-use embedstream_topics::stall::{FetchStalls, records_past};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use embedstream_topics::stall::{FetchStalls, leaders_known, records_past};
 use rdkafka::statistics::ConsumerGroup;
 
 /// The membership as the client's statistics last showed it.
@@ -119,7 +118,7 @@ impl Watchdog {
         if out_for < self.after && stalled.is_empty() {
             return false;
         }
-        if !self.brokers_answer() {
+        if !leaders_known(&self.kafka, &self.topic) {
             tracing::info!(
                 out_for_secs = out_for.as_secs(),
                 "The brokers do not answer; the group consumer waits for them."
@@ -146,28 +145,6 @@ impl Watchdog {
             return true;
         }
         false
-    }
-
-    /// Whether a fresh client reads the topic's metadata, every partition with a leader.
-    fn brokers_answer(&self) -> bool {
-        let probe: BaseConsumer = match self.kafka.client().create() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "Probe client not created.");
-                return false;
-            }
-        };
-        match probe.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
-            Ok(m) => m.topics().iter().any(|t| {
-                t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions().iter().all(|p| p.leader() >= 0)
-            }),
-            Err(e) => {
-                tracing::debug!(error = %e, "Probe metadata request failed.");
-                false
-            }
-        }
     }
 }
 

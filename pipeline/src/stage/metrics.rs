@@ -8,8 +8,9 @@ pub const PRODUCED: &str = "embedstream_stage_produced_total";
 /// Registry requests that failed and are tried again (`op` = decode | encode): the stage
 /// pauses on registry trouble instead of dead-lettering.
 pub const REGISTRY_RETRIES: &str = "embedstream_stage_registry_retries_total";
-/// Group consumers given up because they stayed out of their group while the brokers answered
-/// (see `membership`); each was replaced by a new consumer and producer.
+/// Group consumers given up because they stayed out of their group, or stopped fetching a
+/// partition with records, while the brokers answered (see `membership`); each was replaced
+/// by a new consumer and producer.
 pub const CONSUMER_REPLACED: &str = "embedstream_stage_consumer_replaced_total";
 /// Records dead-lettered, per reason.
 pub const DEAD_LETTERS: &str = "embedstream_stage_dead_letters_total";
