@@ -243,6 +243,14 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A text is over the model's token limit and the request asked not to truncate.
+    #[error("text {index} has more than the model's {max} tokens")]
+    TooLong {
+        /// Index in the request.
+        index: usize,
+        /// The model's limit, special tokens included.
+        max: usize,
+    },
     /// The engine stopped (model thread gone). Fatal.
     #[error("the embedding engine has stopped")]
     Stopped,

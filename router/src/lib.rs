@@ -13,11 +13,15 @@
 //! an entry with an adapter reads that version's index with the new model's queries mapped by
 //! the adapter, which the version's sink applies).
 //!
+//! `POST /v1/embeddings` (OpenAI's shape) and `POST /embed` (TEI's) embed texts with a version
+//! (or a consumer's current version), computed by that version's sink ([`embeddings`]).
+//!
 //! With API keys ([`embedstream_schemas::access`]) the query routes need a key, a search may
 //! only name a consumer its key grants, and the key goes on to the sinks with the query.
 pub mod admin;
 pub mod blend;
 mod config;
+mod embeddings;
 mod feed;
 pub mod metrics;
 mod search;
@@ -68,6 +72,8 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
         .route("/v1/plans", get(search::plans_route))
         .route("/v1/versions", get(search::versions_route))
         .route("/v1/items/{item_id}", get(search::item_route))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/embed", post(embeddings::tei))
         .layer(axum::middleware::from_fn_with_state(
             keys,
             embedstream_schemas::access::require_key,

@@ -6,3 +6,8 @@ pub const QUERY_SECONDS: &str = "embedstream_router_query_seconds";
 pub const QUERIES: &str = "embedstream_router_queries_total";
 /// Counter, by version: lists left out of a blend because the sink failed.
 pub const BACKEND_ERRORS: &str = "embedstream_router_backend_errors_total";
+/// Histogram, by `api` (`openai`, `tei`) and `model_version`: an embeddings request answered,
+/// seconds.
+pub const EMBED_SECONDS: &str = "embedstream_router_embed_seconds";
+/// Counter, by `api` and `result` (`ok`, `bad_request`, `unavailable`): embeddings requests.
+pub const EMBED_REQUESTS: &str = "embedstream_router_embed_requests_total";

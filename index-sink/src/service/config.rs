@@ -105,9 +105,12 @@ pub struct HttpSettings {
     /// Largest request body, bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Longest text of a text query, bytes.
+    /// Longest text of a text query or an embed request's input, bytes.
     #[serde(default = "default_max_text_bytes")]
     pub max_text_bytes: usize,
+    /// Most texts in one embed request.
+    #[serde(default = "default_max_embed_inputs")]
+    pub max_embed_inputs: usize,
 }
 
 fn default_index() -> IndexConfig {
@@ -134,6 +137,9 @@ const fn default_max_body_bytes() -> usize {
 }
 const fn default_max_text_bytes() -> usize {
     64 << 10
+}
+const fn default_max_embed_inputs() -> usize {
+    256
 }
 
 impl Default for Settings {
@@ -164,6 +170,7 @@ impl Default for HttpSettings {
         Self {
             max_concurrent_queries: default_max_concurrent_queries(),
             max_body_bytes: default_max_body_bytes(),
+            max_embed_inputs: default_max_embed_inputs(),
             max_text_bytes: default_max_text_bytes(),
         }
     }

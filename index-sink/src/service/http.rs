@@ -10,6 +10,7 @@
 //! - `GET /v1/stats`: per shard hot and main sizes, tombstones, covered offsets, last
 //!   compaction; the consumer's positions, lag and poison count.
 //! - `GET /v1/items/{item_id}`: the version (partition, offset) queries see, or 404.
+//! - `POST /v1/embed`: texts → this version's vectors ([`super::embed`]).
 //!
 //! Searches run on rayon (the index fans out over shards there), never on the runtime's
 //! workers; a semaphore bounds how many run at once. Text queries are embedded by the
@@ -38,6 +39,7 @@ use embedstream_schemas::consumers::{Consumers, export_slos};
 
 use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
+use super::embed::{EmbedRefusal, TextBatch, TextsFuture};
 use super::metrics as m;
 use crate::{Query, ShardStats, ShardedIndex};
 use embedstream_adapter::{self as adapter, Adapter, AdapterError};
@@ -59,6 +61,12 @@ pub trait QueryEmbedder: Send + Sync {
         let message = format!("this sink embeds no text with {model}; send a vector");
         drop(text);
         Box::pin(async move { Err(message.into()) })
+    }
+
+    /// The vectors of `batch` (`POST /v1/embed`), with the model's prompts applied.
+    fn embed_texts(&self, batch: TextBatch) -> TextsFuture {
+        drop(batch);
+        Box::pin(async { Err(EmbedRefusal::Failed("this sink embeds no texts".into())) })
     }
 }
 
@@ -150,6 +158,7 @@ pub(crate) fn router(api: Arc<Api>, keys: Option<Arc<ApiKeys>>) -> Router {
     let queries = Router::new()
         .route("/v1/search", post(search))
         .route("/v1/items/{item_id}", get(item))
+        .route("/v1/embed", post(super::embed::embed_route))
         .layer(axum::middleware::from_fn_with_state(keys, require_key));
     Router::new()
         .merge(queries)

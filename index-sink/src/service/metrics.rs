@@ -34,3 +34,9 @@ pub const RETRIES_TOTAL: &str = "embedstream_sink_retries_total";
 pub const BLOCKED_PARTITIONS: &str = "embedstream_sink_blocked_partitions";
 /// Gauge: items queries can return.
 pub const ITEMS: &str = "embedstream_sink_items";
+/// Histogram, by `model_version`: one `POST /v1/embed` request answered, seconds.
+pub const EMBED_SECONDS: &str = "embedstream_sink_embed_seconds";
+/// Counter, by `model_version` and `result` (`ok`, `bad_request`, `error`): embed requests.
+pub const EMBED_REQUESTS_TOTAL: &str = "embedstream_sink_embed_requests_total";
+/// Counter, by `model_version`: texts embedded for `POST /v1/embed`.
+pub const EMBED_TEXTS_TOTAL: &str = "embedstream_sink_embed_texts_total";

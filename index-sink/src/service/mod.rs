@@ -16,6 +16,7 @@
 
 mod config;
 mod consumer;
+mod embed;
 mod error;
 mod http;
 pub mod metrics;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::within_index_bound;
 pub use config::{HttpSettings, KafkaSettings, Settings, SinkConfig};
+pub use embed::{EmbedRefusal, Embedded, Prompt, TextBatch, TextsFuture};
 pub use error::{ServiceError, ServiceResult};
 pub use http::{EmbedError, EmbedFuture, QueryEmbedder};
 

@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use embedstream_index_sink::service::{self, EmbedFuture, QueryEmbedder, Settings, SinkConfig};
+use embedstream_index_sink::service::{
+    self, EmbedError, EmbedFuture, EmbedRefusal, Embedded, Prompt, QueryEmbedder, Settings,
+    SinkConfig, TextBatch, TextsFuture,
+};
 use embedstream_pipeline::embed::burn_model::Device;
-use embedstream_pipeline::embed::engine::{Engine, EngineConfig};
+use embedstream_pipeline::embed::engine::{EmbedOptions, Engine, EngineConfig, EngineError};
 use embedstream_topics::ModelRef;
 use embedstream_topics::names::parse_embeddings_topic;
 use tokio::sync::OnceCell;
@@ -52,6 +55,10 @@ pub struct SinkArgs {
     /// Where text queries are embedded: cpu or cuda (the model loads on the first one).
     #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
     device: Device,
+    /// Model replicas of the query engine (CPU only), each on its own threads: more serve
+    /// concurrent embed requests on more cores.
+    #[arg(long, env = "EMBEDSTREAM_SINK_EMBED_REPLICAS", default_value_t = 1)]
+    pub embed_replicas: usize,
 }
 
 impl SinkArgs {
@@ -72,6 +79,7 @@ impl SinkArgs {
             listen,
             config: None,
             device: Device::Cpu,
+            embed_replicas: 1,
         }
     }
 
@@ -132,14 +140,17 @@ impl SinkArgs {
 /// Embeds text queries with the serving engine, loaded on the first text query (a sink that
 /// only gets vectors never loads the model); queries through a Drift-Adapter are embedded with
 /// the adapter's new model, loaded the same way.
+#[derive(Clone)]
 struct LazyEngine {
     model: ModelRef,
     device: Device,
+    replicas: usize,
     engines: Arc<std::sync::Mutex<BTreeMap<String, Arc<OnceCell<Engine>>>>>,
 }
 
 impl LazyEngine {
-    fn embed_with(&self, model: &ModelRef, text: String) -> EmbedFuture {
+    /// The engine of `model`, loaded on first use.
+    async fn engine(&self, model: &ModelRef) -> Result<Engine, EmbedError> {
         let cell = Arc::clone(
             self.engines
                 .lock()
@@ -148,19 +159,33 @@ impl LazyEngine {
                 .or_default(),
         );
         let (model, device) = (model.clone(), self.device);
+        let config = EngineConfig {
+            replicas: self.replicas.max(1),
+            ..EngineConfig::default()
+        };
+        cell.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                embedstream_pipeline::embed::open(&model, device, config)
+            })
+            .await?
+            // The engine's threads stop when its last handle is dropped.
+            .map(|(engine, _threads)| engine)
+            .map_err(Into::into)
+        })
+        .await
+        .cloned()
+    }
+
+    /// A query text embedded by `model`, with the model's query prompt.
+    fn embed_query(&self, model: &ModelRef, text: String) -> EmbedFuture {
+        let this = self.clone();
+        let model = model.clone();
         Box::pin(async move {
-            let engine = cell
-                .get_or_try_init(|| async move {
-                    tokio::task::spawn_blocking(move || {
-                        embedstream_pipeline::embed::open(&model, device, EngineConfig::default())
-                    })
-                    .await?
-                    // The engine's threads stop when its last handle is dropped.
-                    .map(|(engine, _threads)| engine)
-                    .map_err(Into::into)
-                })
-                .await
-                .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e)?;
+            let engine = this.engine(&model).await?;
+            let text = match engine.prompts().for_input(true) {
+                Some(prompt) => format!("{prompt}{text}"),
+                None => text,
+            };
             let mut vectors = engine.embed(vec![text]).await?;
             vectors
                 .pop()
@@ -171,11 +196,57 @@ impl LazyEngine {
 
 impl QueryEmbedder for LazyEngine {
     fn embed(&self, text: String) -> EmbedFuture {
-        self.embed_with(&self.model.clone(), text)
+        self.embed_query(&self.model, text)
     }
 
     fn embed_as(&self, model: &ModelRef, text: String) -> EmbedFuture {
-        self.embed_with(model, text)
+        self.embed_query(model, text)
+    }
+
+    fn embed_texts(&self, batch: TextBatch) -> TextsFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let engine = this
+                .engine(&this.model)
+                .await
+                .map_err(EmbedRefusal::Failed)?;
+            let prompts = engine.prompts();
+            let prompt = match &batch.prompt {
+                Prompt::Default => prompts.resolve(None),
+                Prompt::Named(name) => prompts.resolve(Some(name)),
+                Prompt::Query => Ok(prompts.for_input(true)),
+                Prompt::Document => Ok(prompts.for_input(false)),
+            };
+            let prompt = prompt.map_err(|known| EmbedRefusal::UnknownPrompt {
+                name: match &batch.prompt {
+                    Prompt::Named(n) => n.clone(),
+                    _ => prompts.default_prompt_name.clone().unwrap_or_default(),
+                },
+                known,
+            })?;
+            let texts = match prompt {
+                Some(p) => batch.texts.iter().map(|t| format!("{p}{t}")).collect(),
+                None => batch.texts,
+            };
+            let options = EmbedOptions {
+                refuse_over_limit: !batch.truncate,
+                normalize: batch.normalize,
+            };
+            let done = engine
+                .embed_with(texts, options)
+                .await
+                .map_err(|e| match e {
+                    EngineError::TooLong { index, max } => EmbedRefusal::TooLong { index, max },
+                    EngineError::Tokenize { index, reason } => {
+                        EmbedRefusal::BadText { index, reason }
+                    }
+                    e @ EngineError::Stopped => EmbedRefusal::Failed(e.into()),
+                })?;
+            Ok(Embedded {
+                vectors: done.vectors,
+                tokens: done.tokens,
+            })
+        })
     }
 }
 
@@ -189,6 +260,7 @@ pub async fn run(
     let embedder: Arc<dyn QueryEmbedder> = Arc::new(LazyEngine {
         model: config.model.clone(),
         device: args.device,
+        replicas: args.embed_replicas,
         engines: Arc::default(),
     });
     service::run(config, Some(embedder), metrics, shutdown)

@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// Base directory of the sinks' snapshots (default `$EMBEDSTREAM_HOME/sink`).
     #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
     sink_data_dir: Option<PathBuf>,
+    /// Model replicas of each sink's query engine (text queries and the embeddings APIs), each
+    /// on its own threads (CPU only).
+    #[arg(long, env = "EMBEDSTREAM_SINK_EMBED_REPLICAS", default_value_t = 1)]
+    sink_embed_replicas: usize,
     /// Seconds between drift scorings of the canary set; 0 runs no drift consumer.
     #[arg(long, env = "EMBEDSTREAM_DRIFT_INTERVAL_SECS", default_value_t = 300)]
     drift_interval_secs: u64,
@@ -149,6 +153,7 @@ pub async fn run(
         base: args.sink_listen,
         next: 0,
         data_dir: args.sink_data_dir.clone(),
+        embed_replicas: args.sink_embed_replicas,
         metrics: metrics.clone(),
         token: token.clone(),
         backends: backends.clone(),
@@ -227,6 +232,7 @@ struct Sinks {
     base: SocketAddr,
     next: u16,
     data_dir: Option<PathBuf>,
+    embed_replicas: usize,
     metrics: axum::Router,
     token: CancellationToken,
     backends: Backends,
@@ -269,12 +275,13 @@ impl Sinks {
             format!("{}://{listen}", self.platform.http.scheme()),
         );
         tracing::info!(%model, %listen, "Starting the version's index sink.");
-        let args = SinkArgs::for_model(
+        let mut args = SinkArgs::for_model(
             self.platform.clone(),
             model.clone(),
             listen,
             self.data_dir.clone(),
         );
+        args.embed_replicas = self.embed_replicas;
         let (metrics, task) = (self.metrics.clone(), Task::Sink(model.clone()));
         tasks.spawn(async move { (task, super::sink::run(args, metrics, token).await) });
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use super::engine::Embedder;
+use super::engine::{Embedder, l2_normalize};
 use crate::encoder::{self, Batch, Encoder};
 use crate::error::Result;
 use crate::models::ModelConfig;
@@ -91,6 +91,18 @@ where
     }
 
     fn embed(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>> {
+        let mut vectors = self.embed_pooled(batch);
+        if self.config.normalize {
+            vectors.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        vectors
+    }
+
+    fn normalizes(&self) -> bool {
+        self.config.normalize
+    }
+
+    fn embed_pooled(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -101,7 +113,11 @@ where
             self.config.max_seq_length,
             &self.device,
         );
-        let out = self.encoder.embed(&self.config, &input);
+        let pooled = ModelConfig {
+            normalize: false,
+            ..self.config.clone()
+        };
+        let out = self.encoder.embed(&pooled, &input);
         let flat: Vec<f32> = out
             .into_data()
             .to_vec()

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::tokenize::TextTokenizer;
 pub use crate::error::EngineError;
+use crate::models::config::Prompts;
 
 /// Tokenizing one request (a batch of the stage).
 pub const TOKENIZE_SECONDS: &str = "embedstream_embed_tokenize_seconds";
@@ -40,6 +41,36 @@ pub trait Embedder: Send {
     fn computed_tokens(&self, batch: &[&[u32]]) -> u64 {
         (batch.len() * batch.iter().map(|t| t.len()).max().unwrap_or(0)) as u64
     }
+    /// Whether the model's own pipeline ends with L2 normalization (what a request that does
+    /// not say gets).
+    fn normalizes(&self) -> bool {
+        false
+    }
+    /// The pooled vectors of `batch` before any normalization; [`Embedder::embed`] for a
+    /// model that does not normalize.
+    fn embed_pooled(&mut self, batch: &[&[u32]]) -> Vec<Vec<f32>> {
+        self.embed(batch)
+    }
+}
+
+/// How one request's texts are embedded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedOptions {
+    /// Refuse a text over the model's token limit ([`EngineError::TooLong`]) instead of
+    /// truncating it.
+    pub refuse_over_limit: bool,
+    /// L2-normalize the vectors, or not; `None`: as the model's own pipeline does.
+    pub normalize: Option<bool>,
+}
+
+/// The vectors of one request, in its order, and the tokens each text took (special tokens
+/// included, after truncation).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embedded {
+    /// One vector per text.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens per text.
+    pub tokens: Vec<usize>,
 }
 
 /// Engine limits.
@@ -88,10 +119,14 @@ pub struct PhaseTimes {
     pub batches: u64,
 }
 
+type Reply = oneshot::Sender<Result<Embedded, EngineError>>;
+
 struct RequestState {
     vectors: Vec<Option<Vec<f32>>>,
+    tokens: Vec<usize>,
     remaining: usize,
-    reply: Option<oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>>,
+    normalize: Option<bool>,
+    reply: Option<Reply>,
 }
 
 struct Item {
@@ -115,21 +150,31 @@ enum ToBatcher {
 
 struct Request {
     texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+    options: EmbedOptions,
+    reply: Reply,
 }
 
 /// Vectors of a submitted request, not yet received.
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Result<Vec<Vec<f32>>, EngineError>>);
+pub struct Pending(oneshot::Receiver<Result<Embedded, EngineError>>);
 
 impl Pending {
     /// Waits for the vectors (from a plain thread).
     pub fn wait(self) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.0.blocking_recv().map_err(|_| EngineError::Stopped)?
+        Ok(self
+            .0
+            .blocking_recv()
+            .map_err(|_| EngineError::Stopped)??
+            .vectors)
     }
 
     /// Waits for the vectors (from async code).
     pub async fn recv(self) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self.recv_embedded().await?.vectors)
+    }
+
+    /// Waits for the vectors and token counts (from async code).
+    pub async fn recv_embedded(self) -> Result<Embedded, EngineError> {
         self.0.await.map_err(|_| EngineError::Stopped)?
     }
 }
@@ -141,6 +186,7 @@ pub struct Engine {
     times: Arc<Mutex<PhaseTimes>>,
     dimension: usize,
     max_seq_length: usize,
+    prompts: Arc<Prompts>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -262,6 +308,7 @@ impl Engine {
                 times,
                 dimension,
                 max_seq_length,
+                prompts: Arc::default(),
             },
             EngineThreads {
                 tokenizer: tokenizer_thread,
@@ -281,22 +328,59 @@ impl Engine {
         self.max_seq_length
     }
 
+    /// The model's prompts (none unless set with [`Engine::with_prompts`]).
+    pub fn prompts(&self) -> &Prompts {
+        &self.prompts
+    }
+
+    /// This engine, knowing its model's prompts.
+    #[must_use]
+    pub fn with_prompts(mut self, prompts: Prompts) -> Self {
+        self.prompts = Arc::new(prompts);
+        self
+    }
+
     /// Embeds texts; vectors come back in the same order. Waits when the queue is full.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self
+            .embed_with(texts, EmbedOptions::default())
+            .await?
+            .vectors)
+    }
+
+    /// [`Engine::embed`] with per-request options, also counting each text's tokens.
+    pub async fn embed_with(
+        &self,
+        texts: Vec<String>,
+        options: EmbedOptions,
+    ) -> Result<Embedded, EngineError> {
         let engine = self.clone();
         // The queue is bounded and std: block a blocking-pool thread, never a runtime worker.
-        let Pending(rx) = tokio::task::spawn_blocking(move || engine.submit(texts))
+        let pending = tokio::task::spawn_blocking(move || engine.submit_with(texts, options))
             .await
             .map_err(|_| EngineError::Stopped)??;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        pending.recv_embedded().await
     }
 
     /// Queues texts from a plain thread (waiting while the queue is full) and returns where
     /// the vectors will arrive, so a caller can keep several requests in flight.
     pub fn submit(&self, texts: Vec<String>) -> Result<Pending, EngineError> {
+        self.submit_with(texts, EmbedOptions::default())
+    }
+
+    /// [`Engine::submit`] with per-request options.
+    pub fn submit_with(
+        &self,
+        texts: Vec<String>,
+        options: EmbedOptions,
+    ) -> Result<Pending, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request { texts, reply })
+            .send(Request {
+                texts,
+                options,
+                reply,
+            })
             .map_err(|_| EngineError::Stopped)?;
         Ok(Pending(rx))
     }
@@ -337,12 +421,24 @@ fn tokenize_requests(
 ) {
     let tokenize_seconds =
         metrics::histogram!(TOKENIZE_SECONDS, "model_version" => name.to_owned());
-    for Request { texts, reply } in requests {
+    for Request {
+        texts,
+        options,
+        reply,
+    } in requests
+    {
         let start = Instant::now();
         let mut tokenized = Vec::with_capacity(texts.len());
         let mut failed = None;
         for (index, text) in texts.iter().enumerate() {
             match tokenizer.encode(text) {
+                Ok(t) if t.truncated && options.refuse_over_limit => {
+                    failed = Some(EngineError::TooLong {
+                        index,
+                        max: tokenizer.max_seq_length(),
+                    });
+                    break;
+                }
                 Ok(t) => tokenized.push(t.ids),
                 Err(reason) => {
                     failed = Some(EngineError::Tokenize { index, reason });
@@ -359,12 +455,14 @@ fn tokenize_requests(
             continue;
         }
         if tokenized.is_empty() {
-            let _ = reply.send(Ok(Vec::new()));
+            let _ = reply.send(Ok(Embedded::default()));
             continue;
         }
         let state = Arc::new(Mutex::new(RequestState {
             vectors: vec![None; tokenized.len()],
+            tokens: tokenized.iter().map(Vec::len).collect(),
             remaining: tokenized.len(),
+            normalize: options.normalize,
             reply: Some(reply),
         }));
         for (index, ids) in tokenized.into_iter().enumerate() {
@@ -500,7 +598,7 @@ fn model_loop(
         let Ok(batch) = batches.recv() else { return };
         let ids: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
         let start = Instant::now();
-        let vectors = model.embed(&ids);
+        let vectors = model.embed_pooled(&ids);
         infer_seconds.record(start.elapsed().as_secs_f64());
         batch_items.record(batch.len() as f64);
         let tokens = ids.iter().map(|i| i.len() as u64).sum::<u64>();
@@ -514,11 +612,15 @@ fn model_loop(
             t.tokens += tokens;
             t.padded_tokens += padded_tokens;
         }
-        for (item, vector) in batch.iter().zip(vectors) {
+        let model_normalizes = model.normalizes();
+        for (item, mut vector) in batch.iter().zip(vectors) {
             let mut state = item
                 .request
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if state.normalize.unwrap_or(model_normalizes) {
+                l2_normalize(&mut vector);
+            }
             state.vectors[item.index] = Some(vector);
             state.remaining -= 1;
             if state.remaining == 0
@@ -528,10 +630,17 @@ fn model_loop(
                     .into_iter()
                     .map(Option::unwrap_or_default)
                     .collect();
-                let _ = reply.send(Ok(vectors));
+                let tokens = std::mem::take(&mut state.tokens);
+                let _ = reply.send(Ok(Embedded { vectors, tokens }));
             }
         }
     }
+}
+
+/// Scales `v` to unit length (sentence-transformers' `Normalize`: a zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 #[cfg(test)]

@@ -39,5 +39,6 @@ pub fn open_named(
         }
     }
     let tokenizer = TextTokenizer::load(&dir, model_config.max_seq_length)?;
-    Ok(Engine::start_replicated(replicas, tokenizer, config, name))
+    let (engine, threads) = Engine::start_replicated(replicas, tokenizer, config, name);
+    Ok((engine.with_prompts(model_config.prompts), threads))
 }

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub struct Tokens {
     /// Token ids, special tokens included, at most `max_seq_length`.
     pub ids: Vec<u32>,
+    /// Whether the text was cut to fit `max_seq_length`.
+    pub truncated: bool,
 }
 
 /// A model's tokenizer.
@@ -68,6 +70,7 @@ impl TextTokenizer {
             .map_err(|e| format!("tokenizer failed: {e}"))?;
         Ok(Tokens {
             ids: enc.get_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
         })
     }
 }

@@ -40,6 +40,53 @@ pub struct ModelConfig {
     pub pooling: Pooling,
     /// Whether the pipeline ends with L2 normalization.
     pub normalize: bool,
+    /// The model's prompts.
+    pub prompts: Prompts,
+}
+
+/// Texts put before an input, by name (sentence-transformers' `prompts`, e.g. E5's
+/// `query: ` / `passage: `), and the one used when a request names none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Prompts {
+    /// Prompt name → text.
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// Used when a request names no prompt.
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
+}
+
+impl Prompts {
+    /// The names a query may give for documents, in order of preference.
+    pub const DOCUMENT_NAMES: [&str; 3] = ["document", "passage", "doc"];
+
+    /// The prompt `name` (or the default one when `None`): `Ok(None)` when there is none to
+    /// apply, `Err` with the known names when `name` is not one of them.
+    pub fn resolve(&self, name: Option<&str>) -> Result<Option<&str>, Vec<String>> {
+        match name.or(self.default_prompt_name.as_deref()) {
+            None => Ok(None),
+            Some(n) => self
+                .prompts
+                .get(n)
+                .map(|p| Some(p.as_str()).filter(|p| !p.is_empty()))
+                .ok_or_else(|| self.prompts.keys().cloned().collect()),
+        }
+    }
+
+    /// The prompt for a kind of input (`query` or `document`): the model's prompt of that
+    /// name (documents also `passage` / `doc`), none when the model has none for it.
+    pub fn for_input(&self, query: bool) -> Option<&str> {
+        let names: &[&str] = if query {
+            &["query"]
+        } else {
+            &Self::DOCUMENT_NAMES
+        };
+        names
+            .iter()
+            .find_map(|n| self.prompts.get(*n))
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,6 +209,21 @@ impl ModelConfig {
                 ),
             ));
         }
+        // Optional: most models have no prompts.
+        let prompts_path = dir.join("config_sentence_transformers.json");
+        let prompts: Prompts = if prompts_path.exists() {
+            read(&prompts_path)?
+        } else {
+            Prompts::default()
+        };
+        if let Some(name) = &prompts.default_prompt_name
+            && !prompts.prompts.contains_key(name)
+        {
+            return Err(bad(
+                &prompts_path,
+                format!("default_prompt_name {name:?} is not one of its prompts"),
+            ));
+        }
         Ok(Self {
             architecture,
             hidden_size: hf.hidden_size,
@@ -177,6 +239,47 @@ impl ModelConfig {
             max_seq_length: st.max_seq_length,
             pooling,
             normalize,
+            prompts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prompts;
+
+    fn e5() -> Prompts {
+        serde_json::from_str(
+            r#"{"prompts": {"query": "query: ", "passage": "passage: ", "none": ""},
+                "default_prompt_name": null, "similarity_fn_name": "cosine"}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn prompts_resolve_by_name_by_kind_and_by_default() {
+        let p = e5();
+        assert_eq!(p.resolve(Some("query")), Ok(Some("query: ")));
+        assert_eq!(p.resolve(Some("none")), Ok(None), "an empty prompt is none");
+        assert_eq!(p.resolve(None), Ok(None), "no default");
+        assert_eq!(
+            p.resolve(Some("title")),
+            Err(vec![
+                "none".to_owned(),
+                "passage".to_owned(),
+                "query".to_owned()
+            ])
+        );
+        assert_eq!(p.for_input(true), Some("query: "));
+        assert_eq!(p.for_input(false), Some("passage: "), "documents: passage");
+        let with_default = Prompts {
+            default_prompt_name: Some("query".to_owned()),
+            ..e5()
+        };
+        assert_eq!(with_default.resolve(None), Ok(Some("query: ")));
+        let bare = Prompts::default();
+        assert_eq!(bare.resolve(None), Ok(None));
+        assert_eq!(bare.for_input(true), None);
+        assert_eq!(bare.resolve(Some("query")), Err(Vec::new()));
     }
 }

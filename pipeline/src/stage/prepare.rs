@@ -198,13 +198,16 @@ pub(super) async fn vectors_of(
             model: model.label.clone(),
             source: EngineError::Stopped,
         }),
-        Err(EngineError::Tokenize { .. }) => {
+        // The stage truncates, so `TooLong` is not expected; like a tokenizer's refusal it
+        // poisons only its own text.
+        Err(EngineError::Tokenize { .. } | EngineError::TooLong { .. }) => {
             // Rare: embed one by one to find the culprits.
             let mut out = Vec::with_capacity(texts.len());
             for text in texts {
                 match model.engine.embed(vec![text.clone()]).await {
                     Ok(mut v) => out.push(Ok(v.pop().unwrap_or_default())),
                     Err(EngineError::Tokenize { reason, .. }) => out.push(Err(reason)),
+                    Err(e @ EngineError::TooLong { .. }) => out.push(Err(e.to_string())),
                     Err(EngineError::Stopped) => {
                         return Err(Error::Engine {
                             model: model.label.clone(),

@@ -8,6 +8,7 @@ mod adapter;
 mod cli;
 mod common;
 mod drift;
+mod embeddings;
 mod engine;
 mod health;
 mod migrate;

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::free_port;
+use crate::common::{KillOnDrop, free_port};
 use crate::stage::{MINILM, Platform, terminate, upsert};
 
 /// The `<tr …>` row of the table whose attribute `attr` is `value`, as the browser left it.
@@ -37,18 +37,6 @@ fn cells(row: &str) -> Vec<String> {
             text.trim().to_owned()
         })
         .collect()
-}
-
-/// Kills the child when a failed assertion unwinds past it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 async fn status(client: &reqwest::Client, query: u16) -> serde_json::Value {
