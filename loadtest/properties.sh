@@ -19,7 +19,9 @@ targets=(
   "embedstream-adapter|--lib|tests::a_damaged_artifact_loads_or_is_refused"
   "embedstream-index-sink|--lib|service::properties::any_search_request_gets_an_answer_or_a_clear_client_error"
   "embedstream-index-sink|--lib|service::properties::any_item_id_gets_an_answer_or_a_clear_client_error"
+  "embedstream-index-sink|--lib|service::properties::any_embed_request_gets_one_vector_per_input_or_a_clear_client_error"
   "embedstream-router|--test=it|properties::any_search_request_gets_an_answer_or_an_error_that_says_why"
+  "embedstream-router|--test=it|properties::any_embeddings_request_gets_an_error_in_its_apis_shape"
 )
 cargo test --release -p embedstream-schemas -p embedstream-index-sink -p embedstream-adapter -p embedstream-router --no-run -q
 for t in "${targets[@]}"; do

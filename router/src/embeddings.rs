@@ -34,6 +34,10 @@ use crate::metrics;
 use crate::shared::Shared;
 use ::metrics as metrics_crate;
 
+/// How long an embeddings request waits for its sink: a request of many long texts queued
+/// behind others takes seconds on a CPU, so the searches' backend timeout does not apply.
+const EMBED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A refused or failed embeddings request.
 #[derive(Debug)]
 struct Failure {
@@ -221,6 +225,7 @@ async fn call_sink(
     let mut call = shared
         .client
         .post(format!("{}/v1/embed", base.trim_end_matches('/')))
+        .timeout(EMBED_TIMEOUT)
         .json(&body);
     if let Some((name, value)) = forwarded(headers) {
         call = call.header(name, value);

@@ -1,6 +1,7 @@
 //! Properties of the query API over any request: whatever bytes or JSON a client sends to
-//! `/v1/search` (and whatever item id it asks `/v1/items` for), the sink answers 200 or a
-//! client error with a JSON body that says why — never a panic, never a 5xx other than 503.
+//! `/v1/search` or `/v1/embed` (and whatever item id it asks `/v1/items` for), the sink answers
+//! 200 or a client error with a JSON body that says why — never a panic, never a 5xx other
+//! than 503. An embed answer holds one vector per input.
 
 use std::sync::{Arc, LazyLock};
 
@@ -15,7 +16,8 @@ use tower::ServiceExt;
 
 use super::config::Settings;
 use super::consumer::Progress;
-use super::http::{Adapters, Api, router};
+use super::embed::{EmbedRefusal, Embedded, Prompt, TextBatch, TextsFuture};
+use super::http::{Adapters, Api, EmbedFuture, QueryEmbedder, router};
 use crate::{IndexConfig, ShardedIndex, Upsert, Write};
 use embedstream_schemas::consumers::Consumers;
 
@@ -29,7 +31,57 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 /// A sink's routes over a small index (no embedder: text queries are refused).
-static APP: LazyLock<Router> = LazyLock::new(|| {
+static APP: LazyLock<Router> = LazyLock::new(|| app(None));
+
+/// The same with an embedder (a stand-in for the model: vectors from the text's bytes).
+static EMBEDDING_APP: LazyLock<Router> = LazyLock::new(|| app(Some(Arc::new(Bytewise))));
+
+/// Embeds a text as its first `DIM` bytes (plus one); refuses what a model refuses: a prompt
+/// it does not have (it has `query`), a text over 64 bytes when truncation is refused.
+struct Bytewise;
+
+impl Bytewise {
+    fn vector(text: &str) -> Vec<f32> {
+        let mut v = vec![1.0; DIM];
+        for (x, b) in v.iter_mut().zip(text.bytes()) {
+            *x += f32::from(b);
+        }
+        v
+    }
+}
+
+impl QueryEmbedder for Bytewise {
+    fn embed(&self, text: String) -> EmbedFuture {
+        Box::pin(async move { Ok(Self::vector(&text)) })
+    }
+
+    fn embed_texts(&self, batch: TextBatch) -> TextsFuture {
+        Box::pin(async move {
+            let prompt = match batch.prompt {
+                Prompt::Named(name) if name != "query" => {
+                    return Err(EmbedRefusal::UnknownPrompt {
+                        name,
+                        known: vec!["query".to_owned()],
+                    });
+                }
+                Prompt::Named(_) | Prompt::Query => "query: ",
+                Prompt::Default | Prompt::Document => "",
+            };
+            let texts: Vec<String> = batch.texts.iter().map(|t| format!("{prompt}{t}")).collect();
+            if !batch.truncate
+                && let Some(index) = texts.iter().position(|t| t.len() > 64)
+            {
+                return Err(EmbedRefusal::TooLong { index, max: 64 });
+            }
+            Ok(Embedded {
+                tokens: texts.iter().map(|t| t.len().min(64)).collect(),
+                vectors: texts.iter().map(|t| Self::vector(t)).collect(),
+            })
+        })
+    }
+}
+
+fn app(embedder: Option<Arc<dyn QueryEmbedder>>) -> Router {
     let index = ShardedIndex::new(IndexConfig::with_dim(DIM)).unwrap();
     for i in 0..40_usize {
         let vector = (0..DIM)
@@ -56,12 +108,12 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
         consumers: Consumers::new(settings.consumers.clone()),
         admission: Semaphore::new(settings.http.max_concurrent_queries),
         http: settings.http.clone(),
-        embedder: None,
+        embedder,
         progress: Arc::new(Progress::default()),
         adapters: Adapters::new(std::env::temp_dir().join("embedstream-no-adapters")),
     });
     router(api, None).layer(DefaultBodyLimit::max(settings.http.max_body_bytes))
-});
+}
 
 /// Any JSON value, a few levels deep, with the numbers clients get wrong.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -140,10 +192,60 @@ fn search_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// An embed request: `inputs` (often texts, short and long, few and many), the options with
+/// good or any values, sometimes a stray field; or any JSON; or any bytes.
+fn embed_body() -> impl Strategy<Value = Vec<u8>> {
+    let inputs = prop_oneof![
+        ".{0,80}".prop_map(Value::String),
+        prop::collection::vec(".{0,80}".prop_map(Value::String), 0..300).prop_map(Value::Array),
+        json_value(),
+    ];
+    let option = |good: Value| prop_oneof![Just(good), json_value()];
+    let structured = (
+        prop::option::of(inputs),
+        prop::option::of(prop_oneof![
+            option(json!("query")),
+            option(json!("document"))
+        ]),
+        prop::option::of(prop_oneof![option(json!("query")), option(json!("title"))]),
+        prop::option::of(option(json!(false))),
+        prop::option::of(option(json!(true))),
+        prop::option::of((".{1,8}", json_value())),
+    )
+        .prop_map(|(inputs, input_type, prompt, truncate, normalize, stray)| {
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("inputs", inputs),
+                ("input_type", input_type),
+                ("prompt_name", prompt),
+                ("truncate", truncate),
+                ("normalize", normalize),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.to_owned(), v);
+                }
+            }
+            if let Some((k, v)) = stray {
+                body.insert(k, v);
+            }
+            serde_json::to_vec(&Value::Object(body)).unwrap()
+        });
+    prop_oneof![
+        6 => structured,
+        1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        1 => prop::collection::vec(any::<u8>(), 0..256),
+    ]
+}
+
 /// Sends one request; its status and body.
 fn call(request: Request<Body>) -> (StatusCode, Vec<u8>) {
+    call_on(&APP, request)
+}
+
+/// Sends one request to `app`; its status and body.
+fn call_on(app: &Router, request: Request<Body>) -> (StatusCode, Vec<u8>) {
     RUNTIME.block_on(async {
-        let response = APP.clone().oneshot(request).await.unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -189,6 +291,32 @@ proptest! {
         if status.is_success() {
             let v: Value = serde_json::from_slice(&answer).unwrap();
             prop_assert!(v["results"].is_array(), "{v}");
+        }
+    }
+
+    #[test]
+    fn any_embed_request_gets_one_vector_per_input_or_a_clear_client_error(body in embed_body()) {
+        let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let request = Request::post("/v1/embed")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, answer) = call_on(&EMBEDDING_APP, request);
+        explained(status, &answer)?;
+        if status.is_success() {
+            let v: Value = serde_json::from_slice(&answer).unwrap();
+            let inputs = match &sent["inputs"] {
+                Value::Array(a) => a.len(),
+                _ => 1,
+            };
+            prop_assert_eq!(v["embeddings"].as_array().map(Vec::len), Some(inputs), "{}", v);
+            prop_assert_eq!(v["tokens"].as_array().map(Vec::len), Some(inputs), "{}", v);
+            for e in v["embeddings"].as_array().unwrap() {
+                prop_assert_eq!(e.as_array().map(Vec::len), Some(DIM), "{}", v);
+            }
+        } else {
+            let v: Value = serde_json::from_slice(&answer).unwrap();
+            prop_assert!(v["kind"].is_string(), "{status}: {v}");
         }
     }
 

@@ -35,6 +35,9 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Send only the first this many texts (all when absent).
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[tokio::main]
@@ -52,6 +55,7 @@ async fn main() -> Result<()> {
                 .to_owned())
         })
         .collect::<Result<_>>()?;
+    let texts = &texts[..args.limit.unwrap_or(texts.len()).min(texts.len())];
     let batches: Vec<Vec<String>> = texts
         .chunks(args.batch.max(1))
         .map(<[String]>::to_vec)
@@ -80,6 +84,8 @@ async fn main() -> Result<()> {
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
+            let mut embedded = 0usize;
+            let mut first_error = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(batch) = batches.get(i) else { break };
@@ -89,32 +95,49 @@ async fn main() -> Result<()> {
                     json!({"inputs": batch, "model": model, "truncate": true})
                 };
                 let sent = Instant::now();
-                let ok = match client.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => match r.text().await {
-                        // TEI: an array of arrays, so one more '[' than vectors.
-                        Ok(t) => {
-                            let found = t.matches(marker).count();
-                            found == batch.len() + usize::from(marker == "[")
+                let outcome = match client.post(&url).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status();
+                        match r.text().await {
+                            // TEI: an array of arrays, so one more '[' than vectors.
+                            Ok(t)
+                                if status.is_success()
+                                    && t.matches(marker).count()
+                                        == batch.len() + usize::from(marker == "[") =>
+                            {
+                                Ok(())
+                            }
+                            Ok(t) => Err(format!("{status}: {}", &t[..t.len().min(300)])),
+                            Err(e) => Err(format!("{status}: unreadable body: {e}")),
                         }
-                        Err(_) => false,
-                    },
-                    _ => false,
+                    }
+                    Err(e) => Err(format!("no answer: {e}")),
+                };
+                let ok = match outcome {
+                    Ok(()) => true,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        false
+                    }
                 };
                 if ok {
                     latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    embedded += batch.len();
                 } else {
                     errors += 1;
                 }
             }
-            (latencies, errors)
+            (latencies, errors, embedded, first_error)
         });
     }
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut embedded, mut first_error) = (0, 0, None);
     while let Some(done) = tasks.join_next().await {
-        let (l, e) = done?;
+        let (l, e, t, f) = done?;
         latencies.extend(l);
         errors += e;
+        embedded += t;
+        first_error = first_error.or(f);
     }
     let seconds = started.elapsed().as_secs_f64();
     if latencies.is_empty() {
@@ -122,7 +145,6 @@ async fn main() -> Result<()> {
     }
     latencies.sort_by(f64::total_cmp);
     let requests = latencies.len();
-    let sent_texts: usize = batches.iter().map(Vec::len).sum();
     println!(
         "{}",
         json!({
@@ -130,13 +152,14 @@ async fn main() -> Result<()> {
             "batch": args.batch,
             "concurrency": args.concurrency,
             "requests": requests,
-            "texts": sent_texts,
+            "texts": embedded,
             "seconds": seconds,
             "requests_per_s": requests as f64 / seconds,
-            "texts_per_s": sent_texts as f64 / seconds,
+            "texts_per_s": embedded as f64 / seconds,
             "p50_ms": at_quantile(&latencies, 0.50),
             "p99_ms": at_quantile(&latencies, 0.99),
             "errors": errors,
+            "first_error": first_error,
         })
     );
     Ok(())

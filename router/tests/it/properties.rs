@@ -1,7 +1,8 @@
 //! Properties of the router's query API over any request: whatever bytes or JSON a client
-//! sends to `/v1/search` (plans included), the router answers 200 or an error with a JSON body
-//! that says why — a client error, or 502/503 when the versions it would read fail — never a
-//! panic or another 5xx. The versions' sinks here refuse connections at once.
+//! sends to `/v1/search` (plans included), `/v1/embeddings` or `/embed`, the router answers 200
+//! or an error with a JSON body that says why — a client error, or 502/503 when the versions
+//! it would read fail — never a panic or another 5xx. The versions' sinks here refuse
+//! connections at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -132,6 +133,90 @@ fn search_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// An embeddings request in OpenAI's shape (`openai`) or TEI's: the known fields with good or
+/// any values, sometimes a stray field, or any JSON, or any bytes.
+fn embed_body(openai: bool) -> impl Strategy<Value = Vec<u8>> {
+    let texts = prop_oneof![
+        ".{0,40}".prop_map(Value::String),
+        prop::collection::vec(".{0,40}".prop_map(Value::String), 0..40).prop_map(Value::Array),
+        json_value(),
+    ];
+    let model = prop_oneof![
+        prop::sample::select(vec![
+            MODELS[0], MODELS[1], MODELS[2], "search", "nobody", "", "x@0"
+        ])
+        .prop_map(|m| json!(m)),
+        json_value()
+    ];
+    let choice = |good: Vec<&'static str>| {
+        prop_oneof![
+            prop::sample::select(good).prop_map(|g| json!(g)),
+            json_value()
+        ]
+    };
+    let structured = (
+        prop::option::of(texts),
+        prop::option::of(model),
+        prop::option::of(choice(vec!["float", "base64", "query", "document"])),
+        prop::option::of(prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            json_value()
+        ]),
+        prop::option::of(choice(vec!["query", "passage", "Right", "Left"])),
+        prop::option::of((".{1,8}", json_value())),
+    )
+        .prop_map(move |(texts, model, format, flag, name, stray)| {
+            let keys: [&str; 5] = if openai {
+                [
+                    "input",
+                    "model",
+                    "encoding_format",
+                    "dimensions",
+                    "input_type",
+                ]
+            } else {
+                [
+                    "inputs",
+                    "model",
+                    "prompt_name",
+                    "truncate",
+                    "truncation_direction",
+                ]
+            };
+            let mut body = serde_json::Map::new();
+            for (key, value) in keys.into_iter().zip([texts, model, format, flag, name]) {
+                if let Some(v) = value {
+                    body.insert(key.to_owned(), v);
+                }
+            }
+            if let Some((k, v)) = stray {
+                body.insert(k, v);
+            }
+            serde_json::to_vec(&Value::Object(body)).unwrap()
+        });
+    prop_oneof![
+        4 => structured,
+        1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        1 => prop::collection::vec(any::<u8>(), 0..256),
+    ]
+}
+
+/// Posts `body` to `path` on the router: status and body bytes.
+fn post(path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    RUNTIME.block_on(async {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = APP.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(
         std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128)
@@ -139,16 +224,7 @@ proptest! {
 
     #[test]
     fn any_search_request_gets_an_answer_or_an_error_that_says_why(body in search_body()) {
-        let (status, answer) = RUNTIME.block_on(async {
-            let request = Request::post("/v1/search")
-                .header("content-type", "application/json")
-                .body(Body::from(body))
-                .unwrap();
-            let response = APP.clone().oneshot(request).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-            (status, bytes.to_vec())
-        });
+        let (status, answer) = post("/v1/search", body);
         prop_assert!(
             status.is_success()
                 || status.is_client_error()
@@ -162,6 +238,31 @@ proptest! {
                 TestCaseError::fail(format!("{status} without a JSON body ({e}): {}", String::from_utf8_lossy(&answer)))
             })?;
             prop_assert!(v["error"].is_string(), "{status}: {v}");
+        }
+    }
+
+    #[test]
+    fn any_embeddings_request_gets_an_error_in_its_apis_shape(
+        (openai, body) in any::<bool>().prop_flat_map(|o| (Just(o), embed_body(o))),
+    ) {
+        // The sinks are down, so no request succeeds: each is refused or unavailable.
+        let path = if openai { "/v1/embeddings" } else { "/embed" };
+        let (status, answer) = post(path, body);
+        prop_assert!(
+            status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE,
+            "status {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let v: Value = serde_json::from_slice(&answer).map_err(|e| {
+            TestCaseError::fail(format!("{status} without a JSON body ({e}): {}", String::from_utf8_lossy(&answer)))
+        })?;
+        if openai {
+            prop_assert!(v["error"]["message"].is_string(), "{status}: {v}");
+            prop_assert!(v["error"]["type"].is_string(), "{status}: {v}");
+            prop_assert!(v["error"]["code"].is_string(), "{status}: {v}");
+        } else {
+            prop_assert!(v["error"].is_string(), "{status}: {v}");
+            prop_assert!(v["error_type"].is_string(), "{status}: {v}");
         }
     }
 }
