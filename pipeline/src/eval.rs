@@ -57,11 +57,60 @@ pub struct GoldenQuery {
 
 /// Reads `golden.json`.
 pub fn load_golden(path: &Path) -> Result<BTreeMap<String, GoldenSet>> {
+    read_json(path)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     serde_json::from_str(&text).map_err(|source| Error::GoldenSet {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Golden sets by consumer, and where their query vectors are cached.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    /// Consumer → its set.
+    pub sets: BTreeMap<String, GoldenSet>,
+    /// Folder of the query vectors (`<id@v>.jsonl`).
+    pub cache: PathBuf,
+}
+
+impl Golden {
+    /// A `golden.json` holding every consumer's set; vectors cached in `vectors/` beside it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Ok(Self {
+            sets: load_golden(path)?,
+            cache: path.parent().unwrap_or(Path::new(".")).join("vectors"),
+        })
+    }
+
+    /// The sets a consumers file names (`golden_set`, relative to the file), one file per
+    /// consumer; consumers without one are not evaluated. Query ids are prefixed with the
+    /// consumer's name (two files may use the same ids), and vectors are cached in `vectors/`
+    /// beside the consumers file.
+    pub fn from_consumers(
+        file: &Path,
+        profiles: &embedstream_schemas::consumers::Profiles,
+    ) -> Result<Self> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let mut sets = BTreeMap::new();
+        for (consumer, profile) in profiles {
+            let Some(path) = &profile.golden_set else {
+                continue;
+            };
+            let mut set: GoldenSet = read_json(&dir.join(path))?;
+            for q in &mut set.queries {
+                q.id = format!("{consumer}:{}", q.id);
+            }
+            sets.insert(consumer.clone(), set);
+        }
+        Ok(Self {
+            sets,
+            cache: dir.join("vectors"),
+        })
+    }
 }
 
 /// An arm: a read plan to evaluate.
@@ -123,8 +172,8 @@ pub struct Evaluation {
 pub struct EvalConfig {
     /// Router base URL.
     pub router: String,
-    /// Golden sets file.
-    pub golden: PathBuf,
+    /// Golden sets.
+    pub golden: Golden,
     /// Versions: baseline first.
     pub versions: Vec<String>,
     /// Arms (plans) to evaluate; the first is the baseline.
@@ -271,17 +320,13 @@ struct RoutedHit {
 
 /// Runs the evaluation.
 pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
-    let golden = load_golden(&config.golden)?;
-    let cache = config
-        .golden
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("vectors");
+    let golden = &config.golden.sets;
+    let cache = &config.golden.cache;
     let mut vectors: BTreeMap<String, HashMap<String, Vec<f32>>> = BTreeMap::new();
     for v in &config.versions {
         vectors.insert(
             v.clone(),
-            query_vectors(&golden, &cache, v, config.device).await?,
+            query_vectors(golden, cache, v, config.device).await?,
         );
     }
     let client = reqwest::Client::builder()
@@ -332,7 +377,7 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
 
     let vectors = Arc::new(vectors);
     let mut consumers = Vec::new();
-    for (consumer, set) in &golden {
+    for (consumer, set) in golden {
         if !config.consumers.is_empty() && !config.consumers.contains(consumer) {
             continue;
         }
@@ -516,5 +561,57 @@ mod tests {
             (lo, hi),
             "seeded: repeatable"
         );
+    }
+
+    #[test]
+    fn golden_sets_come_from_the_consumers_file_beside_it() {
+        let dir = std::env::temp_dir().join(format!("embedstream-golden-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sets")).unwrap();
+        let set = |q: &str| {
+            serde_json::json!({"metric": "recall@k", "k": 10, "queries": [
+                {"id": "q1", "text": q, "relevant": ["pkg:a"]}
+            ]})
+            .to_string()
+        };
+        std::fs::write(dir.join("sets/search.json"), set("a shell")).unwrap();
+        std::fs::write(dir.join("ads.json"), set("an editor")).unwrap();
+        let file = dir.join("consumers.toml");
+        std::fs::write(
+            &file,
+            r#"
+[consumers.search]
+ef_search = 100
+default_k = 10
+max_k = 100
+golden_set = "sets/search.json"
+[consumers.ads]
+ef_search = 64
+default_k = 5
+max_k = 50
+golden_set = "ads.json"
+[consumers.audit]
+ef_search = 300
+default_k = 20
+max_k = 200
+"#,
+        )
+        .unwrap();
+        let profiles = embedstream_schemas::consumers::load(&file).unwrap();
+        let golden = Golden::from_consumers(&file, &profiles).unwrap();
+        assert_eq!(
+            golden.sets.keys().collect::<Vec<_>>(),
+            ["ads", "search"],
+            "a consumer without a golden_set is not evaluated"
+        );
+        assert_eq!(golden.sets["search"].queries[0].id, "search:q1");
+        assert_eq!(golden.sets["ads"].queries[0].id, "ads:q1", "ids kept apart");
+        assert_eq!(golden.sets["ads"].queries[0].text, "an editor");
+        assert_eq!(golden.cache, dir.join("vectors"));
+
+        // A set that is not one is refused, naming its file.
+        std::fs::write(dir.join("ads.json"), "{\"metric\": 3}").unwrap();
+        let err = Golden::from_consumers(&file, &profiles).unwrap_err();
+        assert!(err.to_string().contains("ads.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -33,6 +33,10 @@ pub struct ConsumerProfile {
     /// [`CONSUMER_SLO_SECONDS`] for the alert rule that compares it with the measured p95.
     #[serde(default = "default_p95_slo_ms")]
     pub p95_slo_ms: u64,
+    /// The consumer's golden set (`{"metric", "k", "queries"}`), a path relative to the
+    /// consumers file: what the migration gate and `eval` judge this consumer's quality by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_set: Option<PathBuf>,
 }
 
 const fn default_p95_slo_ms() -> u64 {
@@ -48,6 +52,7 @@ pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
         default_k,
         max_k,
         p95_slo_ms,
+        golden_set: None,
     };
     BTreeMap::from([
         ("search".to_owned(), p(100, 10, 100, 50)),

@@ -14,9 +14,10 @@ use super::platform::PlatformArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     pub platform: PlatformArgs,
-    /// Golden sets (`golden.json` from `loadtest/golden_sets.py`).
+    /// Golden sets (`golden.json` from `loadtest/golden_sets.py`); default: each consumer's
+    /// `golden_set` in the consumers file.
     #[arg(long)]
-    pub golden: PathBuf,
+    pub golden: Option<PathBuf>,
     /// The query router.
     #[arg(
         long,
@@ -103,24 +104,19 @@ pub fn arms(versions: &[String], blends: &[String], weights: &[f64]) -> Vec<Arm>
 /// Runs `eval`.
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (versions, _) = versions(&args.platform, &args.versions).await?;
+    let golden = args.platform.golden(args.golden.as_deref())?;
     if args.prepare {
-        let golden = eval::load_golden(&args.golden)?;
-        let cache = args
-            .golden
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("vectors");
         for v in &versions {
-            let n = eval::query_vectors(&golden, &cache, v, args.device)
+            let n = eval::query_vectors(&golden.sets, &golden.cache, v, args.device)
                 .await?
                 .len();
-            println!("{v}\t{n} query vectors in {}", cache.display());
+            println!("{v}\t{n} query vectors in {}", golden.cache.display());
         }
         return Ok(());
     }
     let config = EvalConfig {
         router: args.router.clone(),
-        golden: args.golden.clone(),
+        golden,
         arms: arms(&versions, &args.blends, &args.weights),
         versions,
         consumers: args.consumers.clone(),

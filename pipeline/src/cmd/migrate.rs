@@ -94,9 +94,10 @@ pub enum MigrateCommand {
     },
     /// Evaluate old vs new on every consumer's golden set and record the gate results.
     Gate {
-        /// Golden sets (`golden.json`).
+        /// Golden sets (`golden.json`); default: each consumer's `golden_set` in the consumers
+        /// file.
         #[arg(long)]
-        golden: std::path::PathBuf,
+        golden: Option<std::path::PathBuf>,
         /// The query router.
         #[arg(
             long,
@@ -251,7 +252,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             let consumers: Vec<String> = m.consumers().to_vec();
             let config = eval::EvalConfig {
                 router,
-                golden,
+                golden: target.platform.golden(golden.as_deref())?,
                 arms: super::eval::arms(&versions, &[], &[]),
                 versions,
                 consumers,

@@ -191,6 +191,29 @@ impl PlatformArgs {
         )?)
     }
 
+    /// The golden sets: `given` (a `golden.json`), else those the consumers file names.
+    pub fn golden(
+        &self,
+        given: Option<&std::path::Path>,
+    ) -> anyhow::Result<embedstream_pipeline::eval::Golden> {
+        use embedstream_pipeline::eval::Golden;
+        if let Some(path) = given {
+            return Ok(Golden::from_file(path)?);
+        }
+        let Some(file) = &self.consumers_file else {
+            anyhow::bail!(
+                "no golden sets: give --golden FILE, or name each consumer's golden_set in a consumers file"
+            );
+        };
+        let golden = Golden::from_consumers(file, &embedstream_schemas::consumers::load(file)?)?;
+        anyhow::ensure!(
+            !golden.sets.is_empty(),
+            "the consumers file {} names no golden_set; give --golden FILE or add one",
+            file.display()
+        );
+        Ok(golden)
+    }
+
     /// Topic names under the prefix.
     pub fn names(&self) -> TopicNames {
         TopicNames::new(&self.topic_prefix)

@@ -143,3 +143,32 @@ fn unknown_models_and_corrupt_weights_are_clear_errors() {
     assert!(stderr.contains("config.json has sha256"), "{stderr}");
     std::fs::remove_dir_all(&home).unwrap();
 }
+
+#[test]
+fn eval_without_golden_sets_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("embedstream-cli-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("consumers.toml");
+    std::fs::write(
+        &file,
+        "[consumers.audit]\nef_search = 300\ndefault_k = 20\nmax_k = 200\n",
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .args(["eval", "--versions", "minilm-l6-v2@1,mpnet-base-v2@1"])
+            .args(extra)
+            .env_remove("EMBEDSTREAM_CONSUMERS_FILE")
+            .output()
+            .unwrap()
+    };
+    let none = eval(&[]);
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(stderr.contains("no golden sets"), "{stderr}");
+    let without = eval(&["--consumers-file", file.to_str().unwrap()]);
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("names no golden_set"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
