@@ -26,7 +26,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::burn_model::Device;
-use crate::embed::engine::EngineConfig;
+use crate::embed::engine::{EmbedOptions, EngineConfig, InputKind};
 use crate::error::{Error, Result};
 use crate::migrate::plan::passes;
 
@@ -232,10 +232,18 @@ pub async fn query_vectors(
     .await
     .map_err(Error::task(format!("loading {label}")))??;
     let texts: Vec<String> = missing.iter().map(|(_, t)| t.clone()).collect();
-    let embedded = engine.embed(texts).await.map_err(|source| Error::Engine {
-        model: label,
-        source,
-    })?;
+    let queries = EmbedOptions {
+        input: InputKind::Query,
+        ..EmbedOptions::default()
+    };
+    let embedded = engine
+        .embed_with(texts, queries)
+        .await
+        .map_err(|source| Error::Engine {
+            model: label,
+            source,
+        })?
+        .vectors;
     std::fs::create_dir_all(cache_dir).map_err(Error::io(cache_dir))?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use embedstream_pipeline::embed::burn_model::Device;
-use embedstream_pipeline::embed::engine::{EngineConfig, Pending};
+use embedstream_pipeline::embed::engine::{EmbedOptions, EngineConfig, InputKind, Pending};
 use embedstream_topics::ModelRef;
 use serde_json::Value;
 
@@ -41,6 +41,10 @@ pub struct EmbedArgs {
     /// busy.
     #[arg(long, env = "EMBEDSTREAM_REPLICAS", default_value_t = 2)]
     replicas: usize,
+    /// What the texts are: `document` (the model's document prompt, if it has one), `query`
+    /// (its query prompt) or `as-is` (no prompt).
+    #[arg(long, default_value = "document", value_parser = ["document", "query", "as-is"])]
+    input_type: String,
     /// Texts longer than this many bytes are refused (they would be truncated anyway).
     #[arg(long, default_value_t = 1 << 20)]
     max_text_bytes: usize,
@@ -112,6 +116,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         None => Box::new(BufWriter::new(std::io::stdout())),
     };
 
+    let options = EmbedOptions {
+        input: match args.input_type.as_str() {
+            "query" => InputKind::Query,
+            "as-is" => InputKind::AsIs,
+            _ => InputKind::Document,
+        },
+        ..EmbedOptions::default()
+    };
     // Reader: validate lines, submit chunks; at most 4 chunks in flight.
     let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
     let max_bytes = args.max_text_bytes;
@@ -124,7 +136,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             if ids.is_empty() {
                 return Ok(());
             }
-            let pending = reader_engine.submit(std::mem::take(texts))?;
+            let pending = reader_engine.submit_with(std::mem::take(texts), options)?;
             tx.send(Chunk {
                 ids: std::mem::take(ids),
                 pending,

@@ -12,7 +12,9 @@ use embedstream_index_sink::service::{
     SinkConfig, TextBatch, TextsFuture,
 };
 use embedstream_pipeline::embed::burn_model::Device;
-use embedstream_pipeline::embed::engine::{EmbedOptions, Engine, EngineConfig, EngineError};
+use embedstream_pipeline::embed::engine::{
+    EmbedOptions, Engine, EngineConfig, EngineError, InputKind,
+};
 use embedstream_topics::ModelRef;
 use embedstream_topics::names::parse_embeddings_topic;
 use tokio::sync::OnceCell;
@@ -182,12 +184,13 @@ impl LazyEngine {
         let model = model.clone();
         Box::pin(async move {
             let engine = this.engine(&model).await?;
-            let text = match engine.prompts().for_input(true) {
-                Some(prompt) => format!("{prompt}{text}"),
-                None => text,
+            let query = EmbedOptions {
+                input: InputKind::Query,
+                ..EmbedOptions::default()
             };
-            let mut vectors = engine.embed(vec![text]).await?;
-            vectors
+            let mut embedded = engine.embed_with(vec![text], query).await?;
+            embedded
+                .vectors
                 .pop()
                 .ok_or_else(|| "the engine returned no vector".into())
         })
@@ -229,6 +232,7 @@ impl QueryEmbedder for LazyEngine {
                 None => batch.texts,
             };
             let options = EmbedOptions {
+                input: InputKind::AsIs,
                 refuse_over_limit: !batch.truncate,
                 normalize: batch.normalize,
             };

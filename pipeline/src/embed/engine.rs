@@ -53,9 +53,23 @@ pub trait Embedder: Send {
     }
 }
 
+/// What a request's texts are, which picks the model's prompt for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InputKind {
+    /// Items (the stage, backfills, drift canaries): the model's document prompt, if any.
+    #[default]
+    Document,
+    /// Queries: the model's query prompt, if any.
+    Query,
+    /// Texts embedded as they are (the caller applied a prompt itself, or wants none).
+    AsIs,
+}
+
 /// How one request's texts are embedded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmbedOptions {
+    /// What the texts are.
+    pub input: InputKind,
     /// Refuse a text over the model's token limit ([`EngineError::TooLong`]) instead of
     /// truncating it.
     pub refuse_over_limit: bool,
@@ -340,7 +354,8 @@ impl Engine {
         self
     }
 
-    /// Embeds texts; vectors come back in the same order. Waits when the queue is full.
+    /// Embeds texts as documents (with the model's document prompt, if it has one); vectors
+    /// come back in the same order. Waits when the queue is full.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EngineError> {
         Ok(self
             .embed_with(texts, EmbedOptions::default())
@@ -362,8 +377,8 @@ impl Engine {
         pending.recv_embedded().await
     }
 
-    /// Queues texts from a plain thread (waiting while the queue is full) and returns where
-    /// the vectors will arrive, so a caller can keep several requests in flight.
+    /// Queues texts (as documents) from a plain thread (waiting while the queue is full) and
+    /// returns where the vectors will arrive, so a caller can keep several requests in flight.
     pub fn submit(&self, texts: Vec<String>) -> Result<Pending, EngineError> {
         self.submit_with(texts, EmbedOptions::default())
     }
@@ -374,6 +389,15 @@ impl Engine {
         texts: Vec<String>,
         options: EmbedOptions,
     ) -> Result<Pending, EngineError> {
+        let prompt = match options.input {
+            InputKind::Document => self.prompts.for_input(false),
+            InputKind::Query => self.prompts.for_input(true),
+            InputKind::AsIs => None,
+        };
+        let texts = match prompt {
+            Some(p) => texts.into_iter().map(|t| format!("{p}{t}")).collect(),
+            None => texts,
+        };
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request {

@@ -52,3 +52,60 @@ async fn concurrent_requests_come_back_in_order() {
     drop(engine);
     threads.join();
 }
+
+/// Texts are documents unless said otherwise: each kind gets the model's prompt for it (a
+/// model with E5's prompts here), `AsIs` none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_input_gets_the_models_prompt_for_it() {
+    use embedstream_pipeline::embed::engine::{EmbedOptions, InputKind};
+    use embedstream_pipeline::models::config::Prompts;
+
+    let (spec, _) = model_dir("minilm-l6-v2@1");
+    let (engine, _threads) = open(&spec.model, Device::Cpu, EngineConfig::default()).unwrap();
+    let engine = engine.with_prompts(Prompts {
+        prompts: [("query", "query: "), ("passage", "passage: ")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        default_prompt_name: None,
+    });
+    let text = "a terminal multiplexer";
+    let embed = |input, text: &str| {
+        let engine = engine.clone();
+        let texts = vec![text.to_owned()];
+        async move {
+            let options = EmbedOptions {
+                input,
+                ..EmbedOptions::default()
+            };
+            let done = engine.embed_with(texts, options).await.unwrap();
+            (done.vectors[0].clone(), done.tokens[0])
+        }
+    };
+    let (query, query_tokens) = embed(InputKind::Query, text).await;
+    let (document, _) = embed(InputKind::Document, text).await;
+    let (bare, bare_tokens) = embed(InputKind::AsIs, text).await;
+    assert_eq!(
+        query,
+        embed(InputKind::AsIs, "query: a terminal multiplexer")
+            .await
+            .0
+    );
+    assert_eq!(
+        document,
+        embed(InputKind::AsIs, "passage: a terminal multiplexer")
+            .await
+            .0
+    );
+    assert_eq!(
+        document,
+        engine.embed(vec![text.to_owned()]).await.unwrap()[0],
+        "documents by default"
+    );
+    assert_ne!(query, bare);
+    assert_ne!(query, document);
+    assert!(
+        query_tokens > bare_tokens,
+        "the prompt's tokens are counted"
+    );
+}
