@@ -137,6 +137,25 @@ struct SinkAnswer {
     tokens: Vec<usize>,
 }
 
+/// The request body as `T`: a JSON object only (serde would also read a struct from an array,
+/// by position).
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(Failure::bad(
+            "invalid_json",
+            "the body must be a JSON object",
+            None,
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::bad(
+            "invalid_json",
+            format!("the body is not a valid embeddings request: {e}"),
+            None,
+        )
+    })
+}
+
 fn texts_of(inputs: Inputs, field: &'static str) -> Result<Vec<String>, Failure> {
     match inputs {
         Inputs::One(t) => Ok(vec![t]),
@@ -308,13 +327,7 @@ async fn openai_answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(String, Response), Failure> {
-    let request: OpenAiRequest = serde_json::from_slice(body).map_err(|e| {
-        Failure::bad(
-            "invalid_json",
-            format!("the body is not a valid embeddings request: {e}"),
-            None,
-        )
-    })?;
+    let request: OpenAiRequest = parse(body)?;
     let texts = texts_of(request.input, "input")?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -408,13 +421,7 @@ async fn tei_answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(String, Response), Failure> {
-    let request: TeiRequest = serde_json::from_slice(body).map_err(|e| {
-        Failure::bad(
-            "invalid_json",
-            format!("the body is not a valid embed request: {e}"),
-            None,
-        )
-    })?;
+    let request: TeiRequest = parse(body)?;
     let texts = texts_of(request.inputs, "inputs")?;
     if let Some(d) = request.truncation_direction.as_deref()
         && !d.eq_ignore_ascii_case("right")

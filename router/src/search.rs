@@ -196,6 +196,13 @@ async fn route(
     body: &[u8],
     started: Instant,
 ) -> Result<RouteResponse, RouteError> {
+    // serde would also read a struct from a JSON array, by position: only an object is one.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(RouteError::bad(
+            "invalid_json",
+            "the body must be a JSON object (a search request)",
+        ));
+    }
     let request: RouteRequest = serde_json::from_slice(body).map_err(|e| {
         RouteError::bad(
             "invalid_json",

@@ -208,6 +208,10 @@ pub(crate) async fn embed_route(State(api): State<Arc<Api>>, body: Bytes) -> Res
 }
 
 async fn embed_body(api: &Api, body: &[u8]) -> Result<(Embedded, usize), Refused> {
+    // serde would also read a struct from a JSON array, by position: only an object is one.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(bad("invalid_json", "the body must be a JSON object"));
+    }
     let request: EmbedRequest = serde_json::from_slice(body).map_err(|e| {
         bad(
             "invalid_json",

@@ -264,7 +264,14 @@ async fn run_search(
     body: &[u8],
     started: Instant,
 ) -> (String, Result<SearchResponse, ApiError>) {
-    let request: SearchRequest = match serde_json::from_slice(body) {
+    // serde would also read a struct from a JSON array, by position: only an object is one.
+    let object = body.trim_ascii_start().starts_with(b"{");
+    let parsed = if object {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    } else {
+        Err("not a JSON object".to_owned())
+    };
+    let request: SearchRequest = match parsed {
         Ok(r) => r,
         Err(e) => {
             return (

@@ -282,12 +282,16 @@ proptest! {
 
     #[test]
     fn any_search_request_gets_an_answer_or_a_clear_client_error(body in search_body()) {
+        let object = serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object());
         let request = Request::post("/v1/search")
             .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap();
         let (status, answer) = call(request);
         explained(status, &answer)?;
+        if !object {
+            prop_assert_eq!(status, StatusCode::BAD_REQUEST, "only an object is a request");
+        }
         if status.is_success() {
             let v: Value = serde_json::from_slice(&answer).unwrap();
             prop_assert!(v["results"].is_array(), "{v}");
@@ -303,6 +307,9 @@ proptest! {
             .unwrap();
         let (status, answer) = call_on(&EMBEDDING_APP, request);
         explained(status, &answer)?;
+        if !sent.is_object() {
+            prop_assert_eq!(status, StatusCode::BAD_REQUEST, "only an object is a request");
+        }
         if status.is_success() {
             let v: Value = serde_json::from_slice(&answer).unwrap();
             let inputs = match &sent["inputs"] {
