@@ -309,14 +309,25 @@ pub(crate) async fn openai(
 ) -> Response {
     let started = Instant::now();
     let grant = grant.map_or(Grant::All, |g| g.0);
-    match openai_answer(&shared, &grant, &headers, &body).await {
+    let result = openai_answer(&shared, &grant, &headers, &body).await;
+    finish("openai", started, result, Failure::openai)
+}
+
+/// Records the request's outcome and answers it, an error in the API's own shape.
+fn finish(
+    api: &'static str,
+    started: Instant,
+    result: Result<(String, Response), Failure>,
+    shape: fn(Failure) -> Response,
+) -> Response {
+    match result {
         Ok((version, answer)) => {
-            record("openai", &version, "ok", started);
+            record(api, &version, "ok", started);
             answer
         }
         Err(f) => {
-            record("openai", "", result_label(f.status), started);
-            f.openai()
+            record(api, "", result_label(f.status), started);
+            shape(f)
         }
     }
 }
@@ -403,16 +414,8 @@ pub(crate) async fn tei(
 ) -> Response {
     let started = Instant::now();
     let grant = grant.map_or(Grant::All, |g| g.0);
-    match tei_answer(&shared, &grant, &headers, &body).await {
-        Ok((version, answer)) => {
-            record("tei", &version, "ok", started);
-            answer
-        }
-        Err(f) => {
-            record("tei", "", result_label(f.status), started);
-            f.tei()
-        }
-    }
+    let result = tei_answer(&shared, &grant, &headers, &body).await;
+    finish("tei", started, result, Failure::tei)
 }
 
 async fn tei_answer(
