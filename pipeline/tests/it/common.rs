@@ -47,6 +47,65 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `embedstream up` on the platform's topics, on free ports, its data and log in
+/// [`up_dir`]; killed when dropped.
+pub struct Up {
+    pub process: KillOnDrop,
+    /// The query API's port (router, status page).
+    pub query: u16,
+    /// The `/metrics` port.
+    pub metrics: u16,
+    pub log_path: PathBuf,
+}
+
+/// The folder of a platform's `up`: its sinks' data, its log.
+pub fn up_dir(platform: &crate::stage::Platform) -> PathBuf {
+    std::env::temp_dir()
+        .join("embedstream-tests")
+        .join(&platform.prefix)
+}
+
+impl Up {
+    /// Starts `up` with `extra` arguments after the common ones.
+    pub fn start(platform: &crate::stage::Platform, extra: &[&str]) -> Self {
+        let (query, metrics, sink) = (free_port(), free_port(), free_port());
+        let dir = up_dir(platform);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join("up.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let process = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+                .arg("up")
+                .args(platform.args())
+                .args(["--group", &platform.group, "--partitions", "3"])
+                .args(["--listen", &format!("127.0.0.1:{metrics}")])
+                .args(["--query-listen", &format!("127.0.0.1:{query}")])
+                .args(["--sink-listen", &format!("127.0.0.1:{sink}")])
+                .arg("--sink-data-dir")
+                .arg(dir.join("sink"))
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        Self {
+            process,
+            query,
+            metrics,
+            log_path,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

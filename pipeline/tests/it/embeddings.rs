@@ -3,14 +3,13 @@
 //! stage. Vectors are checked against the engine itself, token counts against the model's
 //! tokenizer, and every refusal for its status and kind.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use embedstream_pipeline::embed::tokenize::TextTokenizer;
 use serde_json::{Value, json};
 
-use crate::common::{KillOnDrop, free_port, model_dir};
+use crate::common::{Up, model_dir};
 use crate::stage::{MINILM, Platform};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -40,32 +39,8 @@ async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) 
 async fn both_embeddings_apis_answer_with_the_versions_own_vectors() {
     let platform = Platform::new("embeddings-api");
     platform.ensure_topics().await;
-    let (query, metrics, sink) = (free_port(), free_port(), free_port());
-    let dir = std::env::temp_dir()
-        .join("embedstream-tests")
-        .join(&platform.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("up.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _up = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .arg("up")
-            .args(platform.args())
-            .args(["--group", &platform.group, "--partitions", "3"])
-            .args(["--listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--query-listen", &format!("127.0.0.1:{query}")])
-            .args(["--sink-listen", &format!("127.0.0.1:{sink}")])
-            .arg("--sink-data-dir")
-            .arg(dir.join("sink"))
-            .args(["--drift-interval-secs", "0"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let up = Up::start(&platform, &["--drift-interval-secs", "0"]);
+    let (query, metrics) = (up.query, up.metrics);
     let client = reqwest::Client::new();
     let openai = format!("http://127.0.0.1:{query}/v1/embeddings");
     let tei = format!("http://127.0.0.1:{query}/embed");
@@ -85,7 +60,7 @@ async fn both_embeddings_apis_answer_with_the_versions_own_vectors() {
         assert!(
             Instant::now() < deadline,
             "no embeddings from the router in 120 s (last: {status} {body}); its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            up.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -3,10 +3,10 @@
 //! size, the consumers with their plans and the latency of their queries, the drift consumer's
 //! report, and the search box answering a query given in the page's address.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{KillOnDrop, free_port};
+use crate::common::{Up, up_dir};
 use crate::stage::{MINILM, Platform, terminate, upsert};
 
 /// The `<tr …>` row of the table whose attribute `attr` is `value`, as the browser left it.
@@ -55,34 +55,19 @@ async fn status(client: &reqwest::Client, query: u16) -> serde_json::Value {
 async fn the_status_page_shows_the_running_platform_in_a_browser() {
     let platform = Platform::new("status-page");
     platform.ensure_topics().await;
-    let (query, metrics, sink) = (free_port(), free_port(), free_port());
-    let dir = std::env::temp_dir()
-        .join("embedstream-tests")
-        .join(&platform.prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("up.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut up = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_embedstream"))
-            .arg("up")
-            .args(platform.args())
-            .args(["--group", &platform.group, "--partitions", "3"])
-            .args(["--listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--query-listen", &format!("127.0.0.1:{query}")])
-            .args(["--sink-listen", &format!("127.0.0.1:{sink}")])
-            .arg("--sink-data-dir")
-            .arg(dir.join("sink"))
-            .args(["--drift-interval-secs", "15", "--drift-canaries", "50"])
-            .arg("--drift-state-dir")
-            .arg(dir.join("drift"))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let drift = up_dir(&platform).join("drift");
+    let mut up = Up::start(
+        &platform,
+        &[
+            "--drift-interval-secs",
+            "15",
+            "--drift-canaries",
+            "50",
+            "--drift-state-dir",
+            drift.to_str().unwrap(),
+        ],
     );
+    let query = up.query;
 
     let mut events: Vec<_> = (0..40)
         .map(|i| {
@@ -120,7 +105,7 @@ async fn the_status_page_shows_the_running_platform_in_a_browser() {
         assert!(
             Instant::now() < deadline,
             "the platform did not index 41 items and report drift in 180 s; its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            up.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -192,7 +177,7 @@ async fn the_status_page_shows_the_running_platform_in_a_browser() {
     assert_eq!(first[1], "pkg:gimp", "{first:?}");
 
     // SIGTERM: a clean stop of every task, exit 0.
-    let status = terminate(&mut up.0);
+    let status = terminate(&mut up.process.0);
     assert!(status.success(), "up exited {status:?}");
 }
 
