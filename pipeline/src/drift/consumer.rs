@@ -196,7 +196,7 @@ impl Drift {
         let name = format!("drift:{model}");
         let (engine, threads) = tokio::task::spawn_blocking(move || -> Result<_> {
             let (embedder, config) = load_embedder(&dir, device)?;
-            let tokenizer = TextTokenizer::load(&dir, config.max_seq_length)?;
+            let tokenizer = TextTokenizer::for_model(&dir, &config)?;
             Ok(Engine::start_replicated(
                 vec![embedder],
                 tokenizer,

@@ -38,7 +38,7 @@ pub fn open_named(
             replicas.push(load_embedder(&dir, device)?.0);
         }
     }
-    let tokenizer = TextTokenizer::load(&dir, model_config.max_seq_length)?;
+    let tokenizer = TextTokenizer::for_model(&dir, &model_config)?;
     let (engine, threads) = Engine::start_replicated(replicas, tokenizer, config, name);
     Ok((engine.with_prompts(model_config.prompts), threads))
 }

@@ -22,6 +22,7 @@ pub struct Tokens {
 pub struct TextTokenizer {
     inner: Tokenizer,
     max_seq_length: usize,
+    lower_case: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -33,6 +34,26 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// Loads the tokenizer of the model folder `dir` configured by `config`: its length limit
+    /// and lower-casing. A tokenizer with more tokens than the model's vocabulary (one that
+    /// does not belong to this model) is refused.
+    pub fn for_model(dir: &Path, config: &crate::models::ModelConfig) -> Result<Self> {
+        let mut tokenizer = Self::load(dir, config.max_seq_length)?;
+        tokenizer.lower_case = config.lower_case;
+        let tokens = tokenizer.inner.get_vocab_size(true);
+        if tokens > config.vocab_size {
+            return Err(Error::Config {
+                path: dir.join("tokenizer.json"),
+                reason: format!(
+                    "it has {tokens} tokens but config.json's vocab_size is {}: the tokenizer \
+                     is not this model's",
+                    config.vocab_size
+                ),
+            });
+        }
+        Ok(tokenizer)
+    }
+
     /// Loads `tokenizer.json` from a model folder, with the model's own length limit.
     pub fn load(dir: &Path, max_seq_length: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
@@ -54,6 +75,7 @@ impl TextTokenizer {
         Ok(Self {
             inner,
             max_seq_length,
+            lower_case: false,
         })
     }
 
@@ -64,6 +86,13 @@ impl TextTokenizer {
 
     /// Tokenizes one text.
     pub fn encode(&self, text: &str) -> Result<Tokens, String> {
+        let lowered;
+        let text = if self.lower_case {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
         let enc = self
             .inner
             .encode(text, true)

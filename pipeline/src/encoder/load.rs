@@ -107,7 +107,7 @@ pub fn load<B: Backend>(
     };
     let mut store = SafetensorsStore::from_file(&path).with_from_adapter(PyTorchToBurnAdapter);
     let specific = match config.architecture {
-        Architecture::Bert => BERT,
+        Architecture::Bert | Architecture::Roberta => BERT,
         Architecture::Mpnet => MPNET,
     };
     for (from, to) in COMMON.iter().chain(specific) {

@@ -1,6 +1,7 @@
-//! Transformer encoders in Burn: BERT (absolute positions, token types) and MPNet (relative
-//! position buckets shared across layers), with mean or CLS pooling and L2 normalization, as
-//! sentence-transformers runs them. One module type serves both architectures; the
+//! Transformer encoders in Burn: BERT (absolute positions, token types), RoBERTa /
+//! XLM-RoBERTa (BERT's layers, positions after the padding id) and MPNet (relative position
+//! buckets shared across layers), with mean, CLS, max or last-token pooling and L2
+//! normalization, as sentence-transformers runs them. One module type serves both architectures; the
 //! architecture (from the folder's `config.json`) decides which parts exist.
 //!
 //! Two ways to run a batch, with the same weights:
@@ -158,6 +159,18 @@ impl<B: Backend> Batch<B> {
         )
     }
 
+    /// 1.0 at each text's last token, 0.0 elsewhere, `[batch, len, 1]`.
+    fn last(&self) -> Tensor<B, 3> {
+        let mut last = Vec::with_capacity(self.lens.len() * self.len);
+        for &n in &self.lens {
+            last.extend((0..self.len).map(|i| if i + 1 == n { 1.0f32 } else { 0.0 }));
+        }
+        Tensor::from_data(
+            TensorData::new(last, [self.lens.len(), self.len, 1]),
+            &self.device,
+        )
+    }
+
     /// `true` where a query may not look: padded keys, `[batch, 1, len, len]`.
     fn attention_mask(&self) -> Tensor<B, 4, Bool> {
         let mut mask = Vec::with_capacity(self.lens.len() * self.len * self.len);
@@ -284,7 +297,7 @@ impl<B: Backend> Encoder<B> {
         Self {
             word_embeddings: embedding(c.vocab_size),
             position_embeddings: embedding(c.max_position_embeddings),
-            token_type_embeddings: (c.architecture == Architecture::Bert)
+            token_type_embeddings: (c.architecture != Architecture::Mpnet)
                 .then(|| embedding(c.type_vocab_size.max(1))),
             embeddings_norm: LayerNormConfig::new(h)
                 .with_epsilon(c.layer_norm_eps)
@@ -322,11 +335,12 @@ impl<B: Backend> Encoder<B> {
         }
     }
 
-    /// The first position id: BERT numbers positions from 0, MPNet from `padding_idx + 1`.
+    /// The first position id: BERT numbers positions from 0, MPNet and RoBERTa from
+    /// `padding_idx + 1`.
     fn first_position(c: &ModelConfig) -> i64 {
         match c.architecture {
             Architecture::Bert => 0,
-            Architecture::Mpnet => c.pad_token_id as i64 + 1,
+            Architecture::Mpnet | Architecture::Roberta => c.pad_token_id as i64 + 1,
         }
     }
 
@@ -385,6 +399,20 @@ impl<B: Backend> Encoder<B> {
                         out.copy_from_slice(&rows[..hidden]);
                     }
                 }
+                Pooling::Max => {
+                    out.fill(f32::NEG_INFINITY);
+                    for token in rows.chunks_exact(hidden) {
+                        out.iter_mut().zip(token).for_each(|(o, x)| *o = o.max(*x));
+                    }
+                    if n == 0 {
+                        out.fill(0.0);
+                    }
+                }
+                Pooling::LastToken => {
+                    if n > 0 {
+                        out.copy_from_slice(&rows[(n - 1) * hidden..]);
+                    }
+                }
             }
             if c.normalize {
                 let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -434,6 +462,12 @@ impl<B: Backend> Encoder<B> {
                 summed / counts
             }
             Pooling::Cls => x.slice([0..n, 0..1]).reshape([n, c.hidden_size]),
+            // sentence-transformers sets padded tokens to -1e9 before taking the maximum.
+            Pooling::Max => {
+                let padding = (real.neg() + 1.0) * -1e9;
+                (x + padding).max_dim(1).reshape([n, c.hidden_size])
+            }
+            Pooling::LastToken => (x * batch.last()).sum_dim(1).reshape([n, c.hidden_size]),
         };
         if c.normalize {
             let norm = pooled

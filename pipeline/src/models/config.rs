@@ -1,6 +1,10 @@
 //! A model folder's own configuration: the architecture from `config.json` (never from the
-//! model's name), the sequence limit from `sentence_bert_config.json`, the pooling from
-//! `1_Pooling/config.json`, and normalization from `modules.json`.
+//! model's name), the sequence limit and lower-casing from `sentence_bert_config.json`, the
+//! module pipeline from `modules.json` (Transformer, Pooling, optionally Normalize), the
+//! pooling from the Pooling module's `config.json`, and prompts from
+//! `config_sentence_transformers.json` when there is one. Anything the engine cannot run the
+//! way sentence-transformers does (another architecture, another module, another pooling) is
+//! refused with the file and the reason.
 
 use std::path::Path;
 
@@ -40,6 +44,9 @@ pub struct ModelConfig {
     pub pooling: Pooling,
     /// Whether the pipeline ends with L2 normalization.
     pub normalize: bool,
+    /// Whether texts are lower-cased before tokenizing (sentence-transformers'
+    /// `do_lower_case`).
+    pub lower_case: bool,
     /// The model's prompts.
     pub prompts: Prompts,
 }
@@ -113,13 +120,28 @@ fn default_act() -> String {
     "gelu".to_owned()
 }
 
+/// `sentence_bert_config.json`. Folders saved by sentence-transformers 6 leave both out: the
+/// limit is then the tokenizer's `model_max_length` and lower-casing is in `tokenizer.json`.
 #[derive(Deserialize)]
 struct SentenceBertConfig {
-    max_seq_length: usize,
+    #[serde(default)]
+    max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
 }
 
 #[derive(Deserialize)]
+struct TokenizerConfig {
+    #[serde(default)]
+    model_max_length: Option<f64>,
+}
+
+/// A Pooling module's `config.json`: `pooling_mode` (a name, or several names to concatenate)
+/// as sentence-transformers 6 writes it, or the older `pooling_mode_*` flags.
+#[derive(Deserialize)]
 struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode: Option<PoolingModes>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -128,12 +150,112 @@ struct PoolingConfig {
     pooling_mode_max_tokens: bool,
     #[serde(default)]
     pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+    #[serde(default = "yes")]
+    include_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PoolingModes {
+    One(String),
+    Several(Vec<String>),
 }
 
 #[derive(Deserialize)]
 struct Module {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+/// The module pipeline sentence-transformers runs: a Transformer at the folder's root, one
+/// Pooling module, and an optional Normalize, in that order.
+fn modules(dir: &Path) -> Result<(std::path::PathBuf, bool)> {
+    let path = dir.join("modules.json");
+    let modules: Vec<Module> = read(&path)?;
+    let bad = |reason: String| Error::Config {
+        path: path.clone(),
+        reason,
+    };
+    let kinds: Vec<&str> = modules
+        .iter()
+        .map(|m| m.kind.rsplit('.').next().unwrap_or(&m.kind))
+        .collect();
+    match kinds.as_slice() {
+        ["Transformer", "Pooling"] | ["Transformer", "Pooling", "Normalize"] => {}
+        other => {
+            return Err(bad(format!(
+                "modules {other:?} are not supported (Transformer, Pooling and an optional \
+                 Normalize)"
+            )));
+        }
+    }
+    if !modules[0].path.is_empty() {
+        return Err(bad(format!(
+            "the Transformer module must be the folder itself, not {:?}",
+            modules[0].path
+        )));
+    }
+    Ok((dir.join(&modules[1].path), kinds.len() == 3))
+}
+
+/// The one pooling mode a Pooling module's config selects.
+fn pooling(path: &Path) -> Result<Pooling> {
+    let pool: PoolingConfig = read(path)?;
+    let bad = |reason: String| Error::Config {
+        path: path.to_owned(),
+        reason,
+    };
+    if !pool.include_prompt {
+        return Err(bad(
+            "include_prompt false (pooling without the prompt's tokens) is not supported"
+                .to_owned(),
+        ));
+    }
+    let names: Vec<String> = match pool.pooling_mode {
+        Some(PoolingModes::One(name)) => vec![name],
+        Some(PoolingModes::Several(names)) => names,
+        None => [
+            (pool.pooling_mode_mean_tokens, "mean"),
+            (pool.pooling_mode_cls_token, "cls"),
+            (pool.pooling_mode_max_tokens, "max"),
+            (pool.pooling_mode_lasttoken, "lasttoken"),
+            (
+                pool.pooling_mode_mean_sqrt_len_tokens,
+                "mean_sqrt_len_tokens",
+            ),
+            (pool.pooling_mode_weightedmean_tokens, "weightedmean"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
+        .collect(),
+    };
+    match names.as_slice() {
+        [name] => match name.as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "max" => Ok(Pooling::Max),
+            "lasttoken" => Ok(Pooling::LastToken),
+            other => Err(bad(format!(
+                "pooling {other:?} is not supported (mean, cls, max, lasttoken)"
+            ))),
+        },
+        [] => Err(bad("no pooling mode is set".to_owned())),
+        several => Err(bad(format!(
+            "pooling modes {several:?} together (concatenated) are not supported: one of \
+             mean, cls, max, lasttoken"
+        ))),
+    }
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -156,10 +278,14 @@ impl ModelConfig {
         let architecture = match hf.model_type.as_str() {
             "bert" => Architecture::Bert,
             "mpnet" => Architecture::Mpnet,
+            "roberta" | "xlm-roberta" => Architecture::Roberta,
             other => {
                 return Err(bad(
                     &hf_path,
-                    format!("model_type {other:?} is not supported (bert, mpnet)"),
+                    format!(
+                        "model_type {other:?} is not supported (bert, mpnet, roberta, \
+                         xlm-roberta)"
+                    ),
                 ));
             }
         };
@@ -177,35 +303,35 @@ impl ModelConfig {
         }
         let st_path = dir.join("sentence_bert_config.json");
         let st: SentenceBertConfig = read(&st_path)?;
-        let pool_path = dir.join("1_Pooling").join("config.json");
-        let pool: PoolingConfig = read(&pool_path)?;
-        let pooling = match (
-            pool.pooling_mode_mean_tokens,
-            pool.pooling_mode_cls_token,
-            pool.pooling_mode_max_tokens || pool.pooling_mode_mean_sqrt_len_tokens,
-        ) {
-            (true, false, false) => Pooling::Mean,
-            (false, true, false) => Pooling::Cls,
-            _ => {
-                return Err(bad(
-                    &pool_path,
-                    "only mean or cls pooling is supported".to_owned(),
-                ));
-            }
-        };
-        let modules: Vec<Module> = read(&dir.join("modules.json"))?;
-        let normalize = modules.iter().any(|m| m.kind.ends_with("models.Normalize"));
-        // Positions: BERT uses 0.., MPNet starts after the padding id.
+        let (pool_path, normalize) = modules(dir)?;
+        let pooling = pooling(&pool_path.join("config.json"))?;
+        // Positions: BERT uses 0.., MPNet and RoBERTa start after the padding id.
         let position_offset = match architecture {
             Architecture::Bert => 0,
-            Architecture::Mpnet => hf.pad_token_id + 1,
+            Architecture::Mpnet | Architecture::Roberta => hf.pad_token_id + 1,
         };
-        if st.max_seq_length + position_offset > hf.max_position_embeddings {
+        let positions = hf.max_position_embeddings.saturating_sub(position_offset);
+        let tokenizer_limit = || -> Result<Option<usize>> {
+            let path = dir.join("tokenizer_config.json");
+            if !path.exists() {
+                return Ok(None);
+            }
+            let c: TokenizerConfig = read(&path)?;
+            // transformers writes a huge number when the tokenizer sets no limit.
+            Ok(c.model_max_length
+                .filter(|n| *n >= 1.0 && *n < 1e6)
+                .map(|n| n as usize))
+        };
+        let max_seq_length = match st.max_seq_length {
+            Some(n) => n,
+            None => tokenizer_limit()?.unwrap_or(positions).min(positions),
+        };
+        if max_seq_length > positions {
             return Err(bad(
                 &st_path,
                 format!(
-                    "max_seq_length {} exceeds the {} position embeddings",
-                    st.max_seq_length, hf.max_position_embeddings
+                    "max_seq_length {max_seq_length} exceeds the {} position embeddings",
+                    hf.max_position_embeddings
                 ),
             ));
         }
@@ -236,9 +362,10 @@ impl ModelConfig {
             layer_norm_eps: hf.layer_norm_eps,
             pad_token_id: hf.pad_token_id,
             relative_attention_num_buckets: hf.relative_attention_num_buckets,
-            max_seq_length: st.max_seq_length,
+            max_seq_length,
             pooling,
             normalize,
+            lower_case: st.do_lower_case,
             prompts,
         })
     }

@@ -99,3 +99,75 @@ fn minilm_matches_sentence_transformers_padded() {
 fn mpnet_matches_sentence_transformers_padded() {
     check("mpnet-base-v2@1", true);
 }
+
+/// The tiny random-weight models of `pipeline/scripts/tiny_models.py`: one per family and
+/// pooling mode, saved by sentence-transformers as a user's own model would be.
+const TINY: [&str; 7] = [
+    "bert-mean",
+    "bert-cls",
+    "bert-max",
+    "bert-lasttoken",
+    "roberta-mean",
+    "xlm-roberta-cls",
+    "mpnet-max",
+];
+
+fn tiny_dir(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
+}
+
+fn tiny_reference(name: &str) -> Reference {
+    let path = tiny_dir(name).with_extension("json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Every family and pooling mode, from the folder's own configs: the tokenizer gives
+/// sentence-transformers' ids, and both paths (packed and padded, each text alone and all in
+/// one batch) give its vectors.
+#[test]
+fn every_family_and_pooling_matches_sentence_transformers() {
+    use embedstream_pipeline::embed::tokenize::TextTokenizer;
+    use embedstream_pipeline::models::ModelConfig;
+    for name in TINY {
+        let dir = tiny_dir(name);
+        let reference = tiny_reference(name);
+        let config = ModelConfig::load(&dir).unwrap();
+        assert_eq!(config.max_seq_length, reference.max_seq_length, "{name}");
+        let tokenizer = TextTokenizer::for_model(&dir, &config).unwrap();
+        for t in &reference.texts {
+            let ids = tokenizer.encode(&t.text).unwrap().ids;
+            assert_eq!(ids, t.input_ids, "{name} {}: token ids", t.name);
+        }
+        let ids: Vec<&[u32]> = reference
+            .texts
+            .iter()
+            .map(|t| t.input_ids.as_slice())
+            .collect();
+        for padded in [false, true] {
+            let mut embedder = BurnEmbedder::<Cpu>::load(&dir, Default::default())
+                .unwrap()
+                .with_padded(padded);
+            assert_eq!(embedder.dimension(), reference.dimension, "{name}");
+            let batched = embedder.embed(&ids);
+            for (t, b) in reference.texts.iter().zip(&batched) {
+                let alone = embedder.embed(&[t.input_ids.as_slice()]).remove(0);
+                let scale = t.vector.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                for (what, v) in [("alone", &alone), ("batched", b)] {
+                    let c = cosine(v, &t.vector);
+                    let diff = v
+                        .iter()
+                        .zip(&t.vector)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        c >= 0.99999 && diff <= 1e-4 * scale.max(1.0),
+                        "{name} {} ({what}, padded {padded}): cosine {c}, max difference {diff}",
+                        t.name
+                    );
+                }
+            }
+        }
+    }
+}
