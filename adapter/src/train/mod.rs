@@ -26,7 +26,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use embedstream_topics::{ModelRef, catalog};
+use embedstream_topics::catalog::Catalog;
+use embedstream_topics::{ModelRef, ModelSpec};
 
 use crate::lines::{id_string, nonblank_lines, read_vectors};
 use crate::matrix::dot;
@@ -203,10 +204,10 @@ impl Pairs {
 
 /// Checks that the adapter `name` in `dir` can serve: it loads (checksum, shapes, finite
 /// weights) and its dimensions are its two models' dimensions in the catalog.
-pub fn check_deployable(dir: &Path, name: &str) -> Result<Adapter> {
+pub fn check_deployable(dir: &Path, name: &str, catalog: &Catalog) -> Result<Adapter> {
     let adapter = Adapter::load(&crate::resolve(dir, name)?)?;
     let dim = |m: &str| -> Result<usize> {
-        Ok(catalog::lookup(&m.parse::<ModelRef>()?)?.dimension as usize)
+        Ok(catalog.lookup(&m.parse::<ModelRef>()?)?.dimension as usize)
     };
     let (new_dim, old_dim) = (dim(&adapter.meta.new_model)?, dim(&adapter.meta.old_model)?);
     if adapter.meta.in_dim != new_dim || adapter.meta.out_dim != old_dim {
@@ -281,14 +282,14 @@ pub fn cosines(adapter: &Adapter, pairs: &Pairs) -> Result<(f64, f64)> {
 /// new dimension (the map would be under-determined), a fit that is not finite.
 pub fn train(
     pairs: &Pairs,
-    old: &ModelRef,
-    new: &ModelRef,
+    old: &ModelSpec,
+    new: &ModelSpec,
     name: &AdapterName,
     source: String,
     config: &TrainConfig,
 ) -> Result<Adapter> {
-    let new_dim = catalog::lookup(new)?.dimension as usize;
-    let old_dim = catalog::lookup(old)?.dimension as usize;
+    let (new_dim, old_dim) = (new.dimension as usize, old.dimension as usize);
+    let (old, new) = (&old.model, &new.model);
     if pairs.is_empty() {
         return Err(AdapterError::refused("no pairs"));
     }

@@ -270,11 +270,11 @@ fn joined_files_must_embed_the_same_items() {
 
 #[test]
 fn training_refuses_wrong_dimensions_and_too_few_pairs() {
-    let new: ModelRef = "mpnet-base-v2@1".parse().unwrap();
-    let old: ModelRef = "minilm-l6-v2@1".parse().unwrap();
+    let new = embedstream_topics::catalog::lookup(&"mpnet-base-v2@1".parse().unwrap()).unwrap();
+    let old = embedstream_topics::catalog::lookup(&"minilm-l6-v2@1".parse().unwrap()).unwrap();
     let name = AdapterName {
-        new: new.to_string(),
-        old: old.to_string(),
+        new: new.model.to_string(),
+        old: old.model.to_string(),
         kind: "procrustes",
         version: 1,
     };

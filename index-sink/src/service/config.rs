@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use embedstream_schemas::consumers::{self, ConsumerProfile, Profiles, default_consumers};
-use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
+use embedstream_topics::{KafkaConfig, ModelSpec};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ServiceError, ServiceResult};
@@ -25,8 +25,9 @@ pub struct SinkConfig {
     pub kafka: KafkaConfig,
     /// Schema registry URL (decoding `EmbeddingRecord`s).
     pub registry_url: String,
-    /// The model version whose topic this sink serves.
-    pub model: ModelRef,
+    /// The model version whose topic this sink serves (from the catalog: built-in or
+    /// registered).
+    pub spec: ModelSpec,
     /// Its embedding topic (`[<prefix>.]embeddings.<model>.v<N>`).
     pub topic: String,
     /// Consumer group of this replica: used for committed offsets (lag tools), never for

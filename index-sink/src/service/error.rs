@@ -41,13 +41,6 @@ pub enum ServiceError {
         /// Why.
         reason: String,
     },
-    /// Fatal: the model version is not in the catalog.
-    #[error("unknown model version")]
-    Model {
-        /// The catalog's error.
-        #[source]
-        source: embedstream_topics::Error,
-    },
     /// Fatal: the index core refused (configuration, snapshot directory, an incompatible
     /// snapshot).
     #[error("index")]

@@ -86,9 +86,10 @@ pub async fn run(
     routes: Router,
     shutdown: CancellationToken,
 ) -> ServiceResult<()> {
-    let spec = embedstream_topics::catalog::lookup(&config.model)
-        .map_err(|source| ServiceError::Model { source })?;
-    let settings = config.settings.clone().resolve(&spec, &config.topic)?;
+    let settings = config
+        .settings
+        .clone()
+        .resolve(&config.spec, &config.topic)?;
     let Some(not_before_ms) = tombstone_horizon(&config, &shutdown).await else {
         return Ok(());
     };
@@ -128,7 +129,7 @@ pub async fn run(
         index: Arc::clone(&index),
         codec: Codec::new(&config.registry_url),
         runtime: tokio::runtime::Handle::current(),
-        model: config.model.clone(),
+        model: config.spec.model.clone(),
         topic: config.topic.clone(),
         retry_backoff: settings.kafka.retry_backoff,
         metadata_refresh: settings.kafka.metadata_refresh,
@@ -169,7 +170,7 @@ pub async fn run(
         .map_err(|_| ServiceError::Thread { what: "consumer" })?;
 
     let consumers = Consumers::new(settings.consumers.clone());
-    http::Api::register_consumers(&consumers, &config.model);
+    http::Api::register_consumers(&consumers, &config.spec.model);
     if let Some(path) = &config.consumers_file {
         let max_k = settings.index.max_k;
         consumers.follow_file(
@@ -181,7 +182,7 @@ pub async fn run(
     }
     let api = Arc::new(http::Api {
         index: Arc::clone(&index),
-        model: config.model.clone(),
+        model: config.spec.model.clone(),
         topic: config.topic.clone(),
         group: config.group.clone(),
         consumers,

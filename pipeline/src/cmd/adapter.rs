@@ -24,7 +24,7 @@ use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval::{load_golden, metric_value};
 use embedstream_pipeline::migrate::backfill::{self, ItemsSource};
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_topics::ModelRef;
+use embedstream_topics::{ModelRef, ModelSpec};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -189,8 +189,8 @@ pub async fn run(command: AdapterCommand, shutdown: CancellationToken) -> anyhow
 }
 
 async fn embed_both(
-    old: &ModelRef,
-    new: &ModelRef,
+    old: &ModelSpec,
+    new: &ModelSpec,
     items: Vec<(String, String)>,
     device: Device,
 ) -> anyhow::Result<Pairs> {
@@ -199,6 +199,7 @@ async fn embed_both(
     for model in [old, new] {
         let started = Instant::now();
         let m = model.clone();
+        let model = &model.model;
         let (engine, threads) = tokio::task::spawn_blocking(move || {
             embedstream_pipeline::embed::open(&m, device, EngineConfig::default())
         })
@@ -243,6 +244,10 @@ fn read_items(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 
 async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = args.dir.path();
+    let (old, new) = (
+        args.platform.model_spec(&args.from).await?,
+        args.platform.model_spec(&args.to).await?,
+    );
     let (pairs, source) = if let Some(file) = &args.pairs_file {
         let all = Pairs::from_pairs_file(file)?;
         let n = all.len();
@@ -250,12 +255,16 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
             all.sample(args.pairs, args.seed),
             format!("pairs file {} ({n} pairs)", file.display()),
         )
-    } else if let (Some(old), Some(new)) = (&args.old_vectors, &args.new_vectors) {
-        let all = Pairs::join(old, new)?;
+    } else if let (Some(old_file), Some(new_file)) = (&args.old_vectors, &args.new_vectors) {
+        let all = Pairs::join(old_file, new_file)?;
         let n = all.len();
         (
             all.sample(args.pairs, args.seed),
-            format!("{} + {} ({n} items)", old.display(), new.display()),
+            format!(
+                "{} + {} ({n} items)",
+                old_file.display(),
+                new_file.display()
+            ),
         )
     } else {
         let (items, source) = if let Some(file) = &args.items {
@@ -276,13 +285,12 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 },
             };
             let items =
-                backfill::sample_items(&source, &args.from, args.pairs, args.seed, &shutdown)
-                    .await?;
+                backfill::sample_items(&source, &old, args.pairs, args.seed, &shutdown).await?;
             (items, format!("topic {}", args.platform.names().items()))
         };
         let n = items.len();
         (
-            embed_both(&args.from, &args.to, items, args.device).await?,
+            embed_both(&old, &new, items, args.device).await?,
             format!("{source}, {n} sampled with seed {}", args.seed),
         )
     };
@@ -311,7 +319,7 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
         ..TrainConfig::default()
     };
     let fitted = tokio::task::spawn_blocking(move || {
-        embedstream_adapter::train::train(&pairs, &args.from, &args.to, &name, source, &config)
+        embedstream_adapter::train::train(&pairs, &old, &new, &name, source, &config)
             .map(|a| (a, name))
     })
     .await??;

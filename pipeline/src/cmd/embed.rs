@@ -13,15 +13,18 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::{EmbedOptions, EngineConfig, InputKind, Pending};
-use embedstream_topics::ModelRef;
+use embedstream_topics::{ModelRef, ModelSpec};
 use serde_json::Value;
 
 /// Options of `embed`.
 #[derive(Debug, clap::Args)]
 pub struct EmbedArgs {
-    /// Model version (`id@version`, or just the id for version 1).
+    /// Model version (`id@version`, or just the id for version 1): built in, or registered
+    /// in the platform's control log (read only for a version that is not built in).
     #[arg(long)]
     model: String,
+    #[command(flatten)]
+    platform: super::platform::PlatformArgs,
     /// JSON lines to read (stdin when absent).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -92,15 +95,21 @@ fn parse_line(line: &str, max_bytes: usize) -> Result<(Value, String), (Option<V
     Ok((id, text.clone()))
 }
 
-pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
-    let model = parse_model(&args.model)?;
+/// The catalog entry of the model `args` names.
+pub async fn model_spec(args: &EmbedArgs) -> anyhow::Result<ModelSpec> {
+    args.platform.model_spec(&parse_model(&args.model)?).await
+}
+
+/// Embeds the input with `spec`, the model `args` names.
+pub fn run(args: EmbedArgs, spec: ModelSpec) -> anyhow::Result<()> {
+    let model = spec.model.clone();
     let config = EngineConfig {
         max_batch_size: args.batch_size.max(1),
         max_batch_tokens: args.batch_tokens.max(1),
         replicas: args.replicas.max(1),
         ..EngineConfig::default()
     };
-    let (engine, threads) = embedstream_pipeline::embed::open(&model, args.device, config)
+    let (engine, threads) = embedstream_pipeline::embed::open(&spec, args.device, config)
         .with_context(|| format!("cannot load model {model}"))?;
 
     let input: Box<dyn BufRead + Send> = match &args.input {

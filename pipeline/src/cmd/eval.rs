@@ -105,9 +105,10 @@ pub fn arms(versions: &[String], blends: &[String], weights: &[f64]) -> Vec<Arm>
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (versions, _) = versions(&args.platform, &args.versions).await?;
     let golden = args.platform.golden(args.golden.as_deref())?;
+    let catalog = args.platform.catalog().await?;
     if args.prepare {
         for v in &versions {
-            let n = eval::query_vectors(&golden.sets, &golden.cache, v, args.device)
+            let n = eval::query_vectors(&golden.sets, &golden.cache, v, &catalog, args.device)
                 .await?
                 .len();
             println!("{v}\t{n} query vectors in {}", golden.cache.display());
@@ -122,6 +123,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         consumers: args.consumers.clone(),
         concurrency: args.concurrency,
         device: args.device,
+        catalog,
     };
     let evaluation = eval::evaluate(&config).await?;
     print(&evaluation, args.json)?;

@@ -258,6 +258,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
                 consumers,
                 concurrency: 8,
                 device,
+                catalog: embedstream_pipeline::control::catalog(&state),
             };
             let evaluation = eval::evaluate(&config).await?;
             super::eval::print(&evaluation, json)?;

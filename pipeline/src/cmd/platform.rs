@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use embedstream_schemas::serve::Tls;
-use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::Layout;
+use embedstream_topics::catalog::Catalog;
 use embedstream_topics::kafka::Replication;
 use embedstream_topics::names::TopicNames;
+use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use tokio_util::sync::CancellationToken;
 
 /// Where the brokers are, and the librdkafka properties every Kafka client of the process gets
@@ -232,6 +233,23 @@ impl PlatformArgs {
         )
         .await
         .context("cannot open the control log")
+    }
+
+    /// The built-in models and those the control log registers.
+    pub async fn catalog(&self) -> anyhow::Result<Catalog> {
+        let token = CancellationToken::new();
+        let log = self.control_log(token.clone()).await?;
+        let catalog = embedstream_pipeline::control::catalog(&log.state());
+        token.cancel();
+        Ok(catalog)
+    }
+
+    /// `model`'s catalog entry (a built-in one without reading the control log).
+    pub async fn model_spec(&self, model: &ModelRef) -> anyhow::Result<ModelSpec> {
+        if let Ok(spec) = embedstream_topics::catalog::lookup(model) {
+            return Ok(spec);
+        }
+        Ok(self.catalog().await?.lookup(model)?)
     }
 }
 

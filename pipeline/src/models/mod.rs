@@ -7,6 +7,7 @@
 
 pub mod config;
 mod fetch;
+pub mod register;
 
 use std::path::{Path, PathBuf};
 

@@ -38,7 +38,7 @@ use embedstream_schemas::Codec;
 use embedstream_schemas::records::ModelState;
 use embedstream_topics::admin::{Admin, Layout, named_platform_topics};
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{KafkaConfig, ModelRef, catalog};
+use embedstream_topics::{KafkaConfig, ModelRef};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::mpsc;
@@ -139,7 +139,7 @@ pub async fn run(config: StageConfig, shutdown: CancellationToken) -> Result<()>
     if let Some(initial) = &config.initial_model
         && control.state().models().next().is_none()
     {
-        let spec = catalog::lookup(initial)?;
+        let spec = crate::control::catalog(&control.state()).lookup(initial)?;
         control
             .set_model_state(&spec, ModelState::Active, STAGE)
             .await?;

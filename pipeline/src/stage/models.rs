@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::MigrationPhase;
+use embedstream_topics::ModelRef;
 use embedstream_topics::admin::{Admin, Layout, TopicSpec};
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{ModelRef, catalog};
 
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{Engine, EngineConfig};
@@ -84,14 +84,15 @@ impl ActiveModels {
         if self.active.len() != before {
             tracing::info!(active = ?self.active.keys().collect::<Vec<_>>(), "A model version stopped being written.");
         }
+        let catalog = crate::control::catalog(state);
         for model in wanted {
             if self.active.contains_key(&model) || self.refused.contains_key(&model) {
                 continue;
             }
-            let spec = match catalog::lookup(&model) {
+            let spec = match catalog.lookup(&model) {
                 Ok(spec) => spec,
                 Err(e) => {
-                    tracing::error!(error = %e, %model, "The control log activates a model this build does not know; not writing it.");
+                    tracing::error!(error = %e, %model, "The control log activates a model it does not register; not writing it.");
                     self.refused.insert(model, e.to_string());
                     continue;
                 }
@@ -100,11 +101,11 @@ impl ActiveModels {
             self.admin
                 .ensure(&[TopicSpec::compacted(topic.clone(), self.layout.partitions)])
                 .await?;
-            let (device, config, m) = (self.device, self.engine, model.clone());
+            let (device, config, loading) = (self.device, self.engine, spec.clone());
             let label = model.to_string();
             let name = label.clone();
             let (engine, _threads) = tokio::task::spawn_blocking(move || {
-                crate::embed::open_named(&m, device, config, &name)
+                crate::embed::open_named(&loading, device, config, &name)
             })
             .await
             .map_err(crate::Error::task(format!("loading {model}")))??;

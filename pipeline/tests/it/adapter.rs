@@ -98,7 +98,7 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     // The old index: the 200 corpus items embedded with MiniLM.
     let (engine, _threads) = tokio::task::spawn_blocking(|| {
         embedstream_pipeline::embed::open(
-            &MINILM.parse().unwrap(),
+            &embedstream_topics::catalog::lookup(&MINILM.parse().unwrap()).unwrap(),
             Device::Cpu,
             EngineConfig::default(),
         )

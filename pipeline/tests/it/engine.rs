@@ -18,7 +18,7 @@ async fn concurrent_requests_come_back_in_order() {
         replicas: 2,
         ..EngineConfig::default()
     };
-    let (engine, threads) = open(&spec.model, Device::Cpu, config).unwrap();
+    let (engine, threads) = open(&spec, Device::Cpu, config).unwrap();
     let texts: Vec<String> = reference.texts.iter().map(|t| t.text.clone()).collect();
 
     // Eight requests at once, each a rotation of the fixture texts.
@@ -61,7 +61,7 @@ async fn each_kind_of_input_gets_the_models_prompt_for_it() {
     use embedstream_pipeline::models::config::Prompts;
 
     let (spec, _) = model_dir("minilm-l6-v2@1");
-    let (engine, _threads) = open(&spec.model, Device::Cpu, EngineConfig::default()).unwrap();
+    let (engine, _threads) = open(&spec, Device::Cpu, EngineConfig::default()).unwrap();
     let engine = engine.with_prompts(Prompts {
         prompts: [("query", "query: "), ("passage", "passage: ")]
             .into_iter()

@@ -12,6 +12,7 @@ mod embeddings;
 mod engine;
 mod health;
 mod migrate;
+mod models;
 mod parity;
 mod secured;
 mod sink;

@@ -166,7 +166,7 @@ async fn sink_with(
     let config = SinkConfig {
         kafka,
         registry_url: registry(),
-        model,
+        spec: embedstream_topics::catalog::lookup(&model).unwrap(),
         topic,
         group: testing::unique("router-sink"),
         data_dir: data.0.clone(),

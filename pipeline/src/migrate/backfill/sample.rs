@@ -5,7 +5,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::time::Duration;
 
 use embedstream_topics::names::TopicNames;
-use embedstream_topics::{KafkaConfig, ModelRef};
+use embedstream_topics::{KafkaConfig, ModelSpec};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ const SAMPLE_CHUNK: i64 = 1000;
 /// (the ones whose seeded hash is smallest).
 pub async fn sample_items(
     source: &ItemsSource,
-    old: &ModelRef,
+    old: &ModelSpec,
     n: usize,
     seed: u64,
     shutdown: &CancellationToken,

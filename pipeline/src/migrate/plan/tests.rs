@@ -20,6 +20,8 @@ fn spec(id: &str, dim: i32, state: ModelState) -> ModelVersionRecord {
         max_seq_length: 256,
         weights: "pypi:x".to_owned(),
         state,
+        weights_folder: None,
+        files: Vec::new(),
     }
 }
 

@@ -488,7 +488,7 @@ const WORDS: [&str; 12] = [
 
 pub fn engine() -> Engine {
     embedstream_pipeline::embed::open(
-        &MINILM.parse().unwrap(),
+        &embedstream_topics::catalog::lookup(&MINILM.parse().unwrap()).unwrap(),
         Device::Cpu,
         EngineConfig::default(),
     )
