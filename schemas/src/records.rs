@@ -111,6 +111,10 @@ pub struct EmbeddingRecord {
     pub event_time: i64,
     /// When the vector was computed, ms since the epoch.
     pub embed_time: i64,
+    /// The item event's attributes, as produced (never embedded).
+    pub attributes: HashMap<String, String>,
+    /// The item event's `producer.request_id`.
+    pub request_id: Option<String>,
 }
 
 /// Value of `items.dlq` (`dead_letter.avsc`).

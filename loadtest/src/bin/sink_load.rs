@@ -136,6 +136,8 @@ fn record(id: String, vector: Vec<f32>) -> EmbeddingRecord {
         },
         event_time: now,
         embed_time: now,
+        attributes: Default::default(),
+        request_id: None,
     }
 }
 

@@ -73,6 +73,8 @@ pub(super) async fn produce_loop(
                 Ok(Work::Upsert {
                     item_id,
                     event_time,
+                    attributes,
+                    request_id,
                     ..
                 }) => {
                     let i = upsert_index;
@@ -97,6 +99,8 @@ pub(super) async fn produce_loop(
                                 source: source.clone(),
                                 event_time: *event_time,
                                 embed_time,
+                                attributes: attributes.clone(),
+                                request_id: request_id.clone(),
                             };
                             outputs.push(Output {
                                 label: model.label.clone(),

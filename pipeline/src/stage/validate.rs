@@ -1,6 +1,8 @@
 //! What the embed stage does with one consumed record: embed it, delete it, or dead-letter it
 //! with a reason. Pure: decoding happens before, producing after.
 
+use std::collections::HashMap;
+
 use embedstream_schemas::CodecError;
 use embedstream_schemas::records::{ItemEvent, ItemOp};
 
@@ -15,6 +17,10 @@ pub enum Work {
         text: String,
         /// Producer's event time, ms.
         event_time: i64,
+        /// The event's attributes, carried to the embedding records.
+        attributes: HashMap<String, String>,
+        /// The event's `producer.request_id`, carried to the embedding records.
+        request_id: Option<String>,
     },
     /// Write a tombstone for `item_id` on every active version.
     Delete {
@@ -128,6 +134,8 @@ pub fn event(event: ItemEvent, limits: Limits) -> Result<Work, Poison> {
                 item_id: event.item_id,
                 text,
                 event_time: event.event_time,
+                attributes: event.attributes,
+                request_id: event.producer.and_then(|p| p.request_id),
             })
         }
     }
@@ -160,7 +168,9 @@ mod tests {
             Ok(Work::Upsert {
                 item_id: "a".into(),
                 text: "Title\nbody".into(),
-                event_time: 5
+                event_time: 5,
+                attributes: HashMap::new(),
+                request_id: None,
             })
         );
         assert_eq!(

@@ -148,6 +148,8 @@ async fn sink_with(
             },
             event_time: 0,
             embed_time: 0,
+            attributes: Default::default(),
+            request_id: None,
         };
         let bytes = codec.encode(&topic, &record).await.unwrap();
         producer

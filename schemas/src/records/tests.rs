@@ -73,6 +73,8 @@ fn embedding_records_round_trip() {
         source: source(),
         event_time: 1,
         embed_time: 2,
+        attributes: HashMap::from([("lang".to_owned(), "en".to_owned())]),
+        request_id: Some("req-1".to_owned()),
     });
 }
 

@@ -143,3 +143,50 @@ async fn forward_full_and_transitive_levels() {
     assert_eq!(r.register("t-value", v3).await.0, StatusCode::CONFLICT);
     r.stop().await;
 }
+
+/// Every shipped schema can read what each earlier release wrote: registered after its
+/// earlier versions (`schemas/history/<name>.v<N>.avsc`, oldest first) under
+/// BACKWARD_TRANSITIVE, the registry accepts it. A change that breaks this fails here rather
+/// than at a running platform's first write.
+#[tokio::test]
+async fn each_schema_is_backward_compatible_with_all_its_earlier_versions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let r = TestRegistry::start().await;
+    let mut checked = Vec::new();
+    for name in [
+        "item_event",
+        "embedding_record",
+        "dead_letter",
+        "drift_report",
+        "control_record",
+    ] {
+        let subject = format!("history-{name}-value");
+        let (status, _) = r
+            .call(
+                Method::PUT,
+                &format!("/config/{subject}"),
+                Some(json!({"compatibility": "BACKWARD_TRANSITIVE"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let mut versions = 0;
+        for n in 1.. {
+            let path = root.join(format!("history/{name}.v{n}.avsc"));
+            let Ok(schema) = std::fs::read_to_string(&path) else {
+                break;
+            };
+            let (status, body) = r.register(&subject, &schema).await;
+            assert_eq!(status, StatusCode::OK, "{}: {body}", path.display());
+            versions += 1;
+        }
+        let current = std::fs::read_to_string(root.join(format!("{name}.avsc"))).unwrap();
+        let (status, body) = r.register(&subject, &current).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{name}.avsc cannot read what an earlier version wrote: {body}"
+        );
+        checked.push((name, versions));
+    }
+    assert!(checked.iter().any(|(_, n)| *n > 0), "{checked:?}");
+}

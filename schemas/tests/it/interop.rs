@@ -126,6 +126,8 @@ async fn rust_records_to_python_avro_deserializer() {
             },
             event_time: 1_700_000_000_000,
             embed_time: 1_700_000_000_500,
+            attributes: Default::default(),
+            request_id: None,
         })
         .collect();
     for r in &records {

@@ -1,7 +1,7 @@
 //! The replayer: walks a partition backwards chunk by chunk, skips items the seen set says
 //! are newer elsewhere, embeds and produces the rest, and acknowledges the chunk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use embedstream_schemas::Codec;
@@ -32,6 +32,8 @@ pub(crate) enum Step {
         item_id: String,
         text: String,
         event_time: i64,
+        attributes: HashMap<String, String>,
+        request_id: Option<String>,
         offset: i64,
         partition: i32,
     },
@@ -227,11 +229,15 @@ impl Replayer {
                     item_id,
                     text,
                     event_time,
+                    attributes,
+                    request_id,
                 }) => steps.push(Step::Upsert {
                     key,
                     item_id,
                     text,
                     event_time,
+                    attributes,
+                    request_id,
                     offset: m.offset(),
                     partition: m.partition(),
                 }),
@@ -332,6 +338,8 @@ impl Replayer {
                 Step::Upsert {
                     item_id,
                     event_time,
+                    attributes,
+                    request_id,
                     offset,
                     partition,
                     ..
@@ -355,6 +363,8 @@ impl Replayer {
                         },
                         event_time,
                         embed_time,
+                        attributes,
+                        request_id,
                     };
                     count.embedded += 1;
                     report.embedded += 1;

@@ -65,6 +65,8 @@ pub fn record(id: &str, vector: Vec<f32>) -> EmbeddingRecord {
         },
         event_time: now,
         embed_time: now,
+        attributes: Default::default(),
+        request_id: None,
     }
 }
 

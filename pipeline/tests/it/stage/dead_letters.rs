@@ -101,6 +101,8 @@ async fn wrong_schema() {
             },
             event_time: 0,
             embed_time: 0,
+            attributes: Default::default(),
+            request_id: None,
         };
         // Registered under another subject, written to items by mistake.
         let bytes = Codec::new(&p.registry)

@@ -1,11 +1,12 @@
 //! Dual-write: activating a second model version in the control log makes the running stage
 //! write every later event to both versions, each counted on its own.
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use embedstream_schemas::Codec;
-use embedstream_schemas::records::{EmbeddingRecord, ItemEvent};
+use embedstream_schemas::records::{EmbeddingRecord, ItemEvent, ProducerMetadata};
 
 use super::*;
 use crate::common::free_port;
@@ -67,9 +68,18 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
         Duration::from_secs(120),
     )
     .await;
+    // Attributes and the producer's request id travel to every version's record.
     let after: Vec<ItemEvent> = (0..6)
-        .map(|i| {
-            upsert(
+        .map(|i| ItemEvent {
+            attributes: HashMap::from([
+                ("section".to_owned(), "utils".to_owned()),
+                ("n".to_owned(), i.to_string()),
+            ]),
+            producer: Some(ProducerMetadata {
+                source: "test".to_owned(),
+                request_id: Some(format!("req-{i}")),
+            }),
+            ..upsert(
                 &format!("new-{i}"),
                 &format!("An item written during the migration, number {i}"),
             )
@@ -98,17 +108,20 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
     let mpnet = p.names.embeddings(&"mpnet-base-v2@1".parse().unwrap());
     let mut on_mpnet: Vec<(String, Option<usize>)> = Vec::new();
     let codec = Codec::new(&p.registry);
+    let carried = |r: &EmbeddingRecord| {
+        let n = r.item_id.strip_prefix("new-").unwrap();
+        assert_eq!(r.attributes["n"], n, "{r:?}");
+        assert_eq!(r.attributes["section"], "utils", "{r:?}");
+        assert_eq!(r.request_id, Some(format!("req-{n}")), "{r:?}");
+    };
     for (key, value, _, _) in p.read_all(&mpnet) {
         let key = String::from_utf8(key.unwrap()).unwrap();
         let dim = match value {
-            Some(v) => Some(
-                codec
-                    .decode::<EmbeddingRecord>(&v)
-                    .await
-                    .unwrap()
-                    .vector
-                    .len(),
-            ),
+            Some(v) => {
+                let r = codec.decode::<EmbeddingRecord>(&v).await.unwrap();
+                carried(&r);
+                Some(r.vector.len())
+            }
             None => None,
         };
         on_mpnet.push((key, dim));
@@ -125,6 +138,16 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
     let minilm = p.embedding_state().await;
     assert_eq!(minilm.len(), 8 + 6 - 1, "MiniLM kept getting every event");
     assert!(minilm.values().all(|r| r.vector.len() == 384));
+    for r in minilm.values().filter(|r| r.item_id.starts_with("new-")) {
+        carried(r);
+    }
+    assert!(
+        minilm
+            .values()
+            .filter(|r| !r.item_id.starts_with("new-"))
+            .all(|r| r.attributes.is_empty() && r.request_id.is_none()),
+        "events without attributes give records without them"
+    );
     // Each version's writes are counted on their own.
     let ok = |v: &str| {
         metric(
