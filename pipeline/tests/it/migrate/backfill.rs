@@ -228,9 +228,13 @@ async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
     p.ensure_eagerly_cleaned(&p.names.items()).await;
     p.ensure_topics().await;
     activate_minilm(&p).await;
+    // Each event's attributes name its round: the replayed records carry the newest's.
     for round in 0..3 {
         let events: Vec<ItemEvent> = (0..30)
-            .map(|i| upsert(&format!("c-{i}"), &format!("Text {round} of item {i}.")))
+            .map(|i| ItemEvent {
+                attributes: HashMap::from([("round".to_owned(), round.to_string())]),
+                ..upsert(&format!("c-{i}"), &format!("Text {round} of item {i}."))
+            })
             .collect();
         p.produce_events(&events).await;
         sleep_ms(150).await;
@@ -275,6 +279,13 @@ async fn a_backfill_over_a_compacted_items_topic_rebuilds_the_live_state() {
         30 - deleted.len() + 6,
         "the live items and the 6 roll items"
     );
+    for (id, r) in live.iter().filter(|(id, _)| id.starts_with("c-")) {
+        assert_eq!(
+            r.attributes,
+            HashMap::from([("round".to_owned(), "2".to_owned())]),
+            "{id}: the replayed record carries its newest event's attributes"
+        );
+    }
 }
 
 /// The broker frozen (SIGSTOP) for 10 s while a backfill is half-way, with the stage
