@@ -47,6 +47,9 @@ pub struct ModelConfig {
     /// Whether texts are lower-cased before tokenizing (sentence-transformers'
     /// `do_lower_case`).
     pub lower_case: bool,
+    /// The Pooling module's config file, relative to the folder (its folder is named by
+    /// `modules.json`).
+    pub pooling_config: String,
     /// The model's prompts.
     pub prompts: Prompts,
 }
@@ -178,8 +181,9 @@ struct Module {
 }
 
 /// The module pipeline sentence-transformers runs: a Transformer at the folder's root, one
-/// Pooling module, and an optional Normalize, in that order.
-fn modules(dir: &Path) -> Result<(std::path::PathBuf, bool)> {
+/// Pooling module, and an optional Normalize, in that order. Returns the Pooling module's
+/// config file (relative to `dir`) and whether the vectors are normalized.
+fn modules(dir: &Path) -> Result<(String, bool)> {
     let path = dir.join("modules.json");
     let modules: Vec<Module> = read(&path)?;
     let bad = |reason: String| Error::Config {
@@ -205,7 +209,8 @@ fn modules(dir: &Path) -> Result<(std::path::PathBuf, bool)> {
             modules[0].path
         )));
     }
-    Ok((dir.join(&modules[1].path), kinds.len() == 3))
+    let pooling_config = format!("{}/config.json", modules[1].path.trim_matches('/'));
+    Ok((pooling_config, kinds.len() == 3))
 }
 
 /// The one pooling mode a Pooling module's config selects.
@@ -303,8 +308,8 @@ impl ModelConfig {
         }
         let st_path = dir.join("sentence_bert_config.json");
         let st: SentenceBertConfig = read(&st_path)?;
-        let (pool_path, normalize) = modules(dir)?;
-        let pooling = pooling(&pool_path.join("config.json"))?;
+        let (pooling_config, normalize) = modules(dir)?;
+        let pooling = pooling(&dir.join(&pooling_config))?;
         // Positions: BERT uses 0.., MPNet and RoBERTa start after the padding id.
         let position_offset = match architecture {
             Architecture::Bert => 0,
@@ -366,6 +371,7 @@ impl ModelConfig {
             pooling,
             normalize,
             lower_case: st.do_lower_case,
+            pooling_config,
             prompts,
         })
     }

@@ -17,7 +17,8 @@ use crate::embed::tokenize::TextTokenizer;
 use crate::encoder::Cpu;
 use crate::error::{Error, Result};
 
-/// Files every model folder must have, besides its Pooling module's `config.json`.
+/// Files every model folder must have, besides its Pooling module's `config.json` (which
+/// [`ModelConfig::load`] reads).
 const REQUIRED: [&str; 5] = [
     "config.json",
     "model.safetensors",
@@ -68,16 +69,13 @@ pub fn inspect(model: &ModelRef, dir: &Path, weights: WeightsSource) -> Result<M
             return Err(missing(dir.join(name)));
         }
     }
+    // Reads the Pooling module's config too, so a missing one is refused here.
     let config = ModelConfig::load(dir)?;
-    let pooling_config = pooling_config(dir)?;
-    if !dir.join(&pooling_config).is_file() {
-        return Err(missing(dir.join(&pooling_config)));
-    }
     let tokenizer = TextTokenizer::for_model(dir, &config)?;
     probe(dir, &config, &tokenizer)?;
 
     let mut paths: Vec<String> = REQUIRED.iter().map(|p| (*p).to_owned()).collect();
-    paths.push(pooling_config);
+    paths.push(config.pooling_config.clone());
     paths.extend(
         OPTIONAL
             .iter()
@@ -102,31 +100,6 @@ pub fn inspect(model: &ModelRef, dir: &Path, weights: WeightsSource) -> Result<M
         max_seq_length: u32::try_from(config.max_seq_length).unwrap_or(u32::MAX),
         weights: WeightsSource { files, ..weights },
     })
-}
-
-/// The Pooling module's config file, relative to the folder (`modules.json` names its folder).
-fn pooling_config(dir: &Path) -> Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Module {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        path: String,
-    }
-    let path = dir.join("modules.json");
-    let text = fs::read_to_string(&path).map_err(Error::io(&path))?;
-    let modules: Vec<Module> = serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    let pooling = modules
-        .iter()
-        .find(|m| m.kind.ends_with("Pooling"))
-        .ok_or_else(|| Error::Config {
-            path,
-            reason: "no Pooling module".to_owned(),
-        })?;
-    Ok(format!("{}/config.json", pooling.path.trim_matches('/')))
 }
 
 /// Loads the weights on the CPU and embeds one text: every tensor must fit the config and the
