@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
             offset: i as i64,
             event_time_ms: 0,
             source: None,
+            attributes: Default::default(),
         })?;
     }
     let truth: Vec<Vec<String>> = queries
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                 vector: q,
                 k: 10,
                 ef_search: ef,
+                filter: None,
             })?;
             found += hits.iter().filter(|h| want.contains(&h.item_id)).count();
         }

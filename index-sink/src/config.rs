@@ -95,6 +95,11 @@ pub struct MainConfig {
     /// links back, so `reverse_links` only applies when it is `null` (off).
     #[serde(default = "default_refine")]
     pub refine: Option<RefineConfig>,
+    /// Filtered queries: a main part where at most this many items match scans them exactly
+    /// (exact results); where more match, it walks the graph keeping matching items. The
+    /// crossover where the walk becomes cheaper is measured in `loadtest/reports/filter.md`.
+    #[serde(default = "default_filter_exact_max")]
+    pub filter_exact_max: usize,
 }
 
 /// The refinement pass over layer 0 (DiskANN's robust prune on the HNSW graph's own search).
@@ -184,6 +189,9 @@ const fn default_ef_construction() -> usize {
 const fn default_ef_search() -> usize {
     100
 }
+const fn default_filter_exact_max() -> usize {
+    2000
+}
 const fn default_seed() -> u64 {
     0x5eed_0001
 }
@@ -233,6 +241,7 @@ impl Default for MainConfig {
             keep_pruned: false,
             reverse_links: true,
             refine: default_refine(),
+            filter_exact_max: default_filter_exact_max(),
         }
     }
 }

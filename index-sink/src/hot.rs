@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 
+use embedstream_schemas::filter::Filter;
+
 use crate::topk::TopK;
-use crate::types::{Hit, ItemId, Version};
+use crate::types::{Attributes, Hit, ItemId, Version};
 use crate::vector::dot;
 
 /// What the index keeps about an item besides its vector.
@@ -17,6 +19,7 @@ pub(crate) struct Row {
     pub(crate) id: ItemId,
     pub(crate) version: Version,
     pub(crate) event_time_ms: i64,
+    pub(crate) attributes: Attributes,
 }
 
 #[derive(Debug, Clone)]
@@ -90,11 +93,14 @@ impl Hot {
         &self.vectors[i * self.dim..(i + 1) * self.dim]
     }
 
-    /// Exact top-`k` by dot product; `query` must be normalized.
-    pub(crate) fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+    /// Exact top-`k` by dot product among the rows `filter` matches; `query` must be
+    /// normalized.
+    pub(crate) fn search(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Vec<Hit> {
         let mut top = TopK::new(k);
         for (row, v) in self.rows.iter().zip(self.vectors.chunks_exact(self.dim)) {
-            top.offer(dot(query, v), &row.id);
+            if filter.is_none_or(|f| f.matches(&|name| row.attributes.get(name))) {
+                top.offer(dot(query, v), &row.id);
+            }
         }
         top.into_hits()
     }
@@ -113,6 +119,7 @@ mod tests {
                 source: None,
             },
             event_time_ms: 0,
+            attributes: Attributes::default(),
         }
     }
 
@@ -137,7 +144,7 @@ mod tests {
             assert_eq!(h.vector(i), want, "{}", r.id);
             assert_eq!(h.get(&r.id), Some(r));
         }
-        let hits = h.search(&[1.0, 0.0], 5);
+        let hits = h.search(&[1.0, 0.0], 5, None);
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].item_id, "c");
         assert!((hits[0].score - 0.6).abs() < 1e-6);

@@ -26,8 +26,9 @@ use rayon::prelude::*;
 use crate::compaction::{CompactionReason, Planner};
 use crate::config::IndexConfig;
 use crate::error::{Error, Result};
+use crate::filtered::{FilterPlan, Strategy};
 use crate::hash::shard_of;
-use crate::metrics::{query_duration, snapshot_corrupt, snapshot_expired};
+use crate::metrics::{filtered_search, query_duration, snapshot_corrupt, snapshot_expired};
 use embedstream_topics::time::now_ms;
 
 use crate::shard::{Offsets, Shard, header};
@@ -175,10 +176,21 @@ impl ShardedIndex {
         }
         let q = normalized(query.vector, self.config.dim)?;
         let ef = query.ef_search.unwrap_or(self.config.main.ef_search);
+        let plan = FilterPlan {
+            exact_max: self.config.main.filter_exact_max,
+        };
+        let filter = query.filter.map(|f| (f, plan));
         let lists: Vec<Vec<Hit>> = self
             .shards
             .par_iter()
-            .map(|s| s.search(&q, query.k, ef))
+            .map(|s| {
+                let (hits, strategy) = s.search(&q, query.k, ef, filter);
+                if filter.is_some() {
+                    let label = strategy.map_or("none", Strategy::label);
+                    filtered_search(&self.config.name, label).increment(1);
+                }
+                hits
+            })
             .collect();
         let hits = merge(lists, query.k);
         self.query_duration.record(started.elapsed().as_secs_f64());

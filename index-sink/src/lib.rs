@@ -18,6 +18,7 @@
 mod compaction;
 mod config;
 mod error;
+mod filtered;
 mod graph;
 mod hash;
 mod hot;
@@ -43,5 +44,5 @@ pub use hash::shard_of;
 pub use index::{Maintenance, ShardedIndex};
 pub use metrics::names as metric_names;
 pub use stats::{CompactionRecord, ShardStats};
-pub use types::{Applied, Delete, Hit, ItemId, Query, Source, Upsert, Version, Write};
+pub use types::{Applied, Attributes, Delete, Hit, ItemId, Query, Source, Upsert, Version, Write};
 pub use vector::{dot, normalized};

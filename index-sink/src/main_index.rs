@@ -11,8 +11,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use embedstream_schemas::filter::Filter;
+
 use crate::config::MainConfig;
 use crate::error::Result;
+use crate::filtered::{AttributeIndex, FilterPlan, Strategy};
 use crate::graph::{self, Graph, Scratch};
 use crate::hot::Row;
 use crate::topk::TopK;
@@ -29,6 +32,7 @@ pub(crate) struct MainIndex {
     /// By pid.
     rows: Vec<Row>,
     by_id: HashMap<ItemId, u32>,
+    attributes: AttributeIndex,
 }
 
 impl MainIndex {
@@ -37,6 +41,7 @@ impl MainIndex {
             graph: Graph::new(dim, Vec::new(), Vec::new(), Vec::new()),
             rows: Vec::new(),
             by_id: HashMap::new(),
+            attributes: AttributeIndex::default(),
         }
     }
 
@@ -69,7 +74,13 @@ impl MainIndex {
             .enumerate()
             .map(|(pid, r)| (r.id.clone(), pid as u32))
             .collect();
-        Self { graph, rows, by_id }
+        let attributes = AttributeIndex::build(&rows);
+        Self {
+            graph,
+            rows,
+            by_id,
+            attributes,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -133,6 +144,61 @@ impl MainIndex {
     }
 }
 
+impl MainIndex {
+    /// `search` among the items `filter` matches, by the strategy `plan` picks for how many
+    /// match (see `filtered.rs`); also says which strategy answered (none when nothing
+    /// matches).
+    pub(crate) fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+        plan: FilterPlan,
+        hidden: impl Fn(&str) -> bool,
+    ) -> (Vec<Hit>, Option<Strategy>) {
+        let n = self.len();
+        if n == 0 || k == 0 {
+            return (Vec::new(), None);
+        }
+        let allowed = self.attributes.select(filter, n);
+        let matching = allowed.count();
+        if matching == 0 {
+            return (Vec::new(), None);
+        }
+        if matching <= plan.exact_max {
+            let mut top = TopK::new(k);
+            for pid in allowed.iter() {
+                let row = &self.rows[pid as usize];
+                if !hidden(&row.id) {
+                    top.offer(dot(query, self.graph.vector(pid)), &row.id);
+                }
+            }
+            return (top.into_hits(), Some(Strategy::Exact));
+        }
+        let mut ef = ef.max(k).min(matching);
+        let hits = SCRATCH.with_borrow_mut(|scratch| {
+            loop {
+                let found = self.graph.search_filtered(query, ef, &allowed, scratch);
+                let mut top = TopK::new(k);
+                let mut visible = 0;
+                for c in found {
+                    let row = &self.rows[c.pid as usize];
+                    if !hidden(&row.id) {
+                        visible += 1;
+                        top.offer(dot(query, self.graph.vector(c.pid)), &row.id);
+                    }
+                }
+                if visible >= k || found.len() < ef || ef >= matching {
+                    return top.into_hits();
+                }
+                ef = (ef * 2).min(matching);
+            }
+        });
+        (hits, Some(Strategy::Graph))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +221,7 @@ mod tests {
                     offset: i as i64,
                 },
                 event_time_ms: 0,
+                attributes: Default::default(),
             });
         }
         let main = MainIndex::build(rows, &vectors, dim, &MainConfig::default()).unwrap();

@@ -23,6 +23,9 @@ pub mod names {
     pub const WRITES_TOTAL: &str = "embedstream_index_writes_total";
     /// Histogram: one query over all shards, seconds.
     pub const QUERY_SECONDS: &str = "embedstream_index_query_seconds";
+    /// Counter: filtered searches of a main part, by `strategy` (`exact`: a scan of the
+    /// matching items; `graph`: the walk keeping matching items; `none`: nothing matched).
+    pub const FILTERED_SEARCHES_TOTAL: &str = "embedstream_index_filtered_searches_total";
     /// Histogram: one compaction (capture, build, swap; snapshot excluded), seconds.
     pub const COMPACTION_SECONDS: &str = "embedstream_index_compaction_seconds";
     /// Counter: compactions finished, by `reason`.
@@ -113,6 +116,10 @@ pub(crate) fn ratio(tombstones: usize, main: usize) -> f64 {
 
 pub(crate) fn query_duration(index: &str) -> Histogram {
     histogram!(names::QUERY_SECONDS, "index" => index.to_owned())
+}
+
+pub(crate) fn filtered_search(index: &str, strategy: &'static str) -> Counter {
+    counter!(names::FILTERED_SEARCHES_TOTAL, "index" => index.to_owned(), "strategy" => strategy)
 }
 
 pub(crate) fn snapshot_corrupt(index: &str, shard: usize) -> Counter {

@@ -27,11 +27,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use embedstream_schemas::filter::Filter;
 use embedstream_topics::time::now_ms;
 
 use crate::compaction::CompactionReason;
 use crate::config::IndexConfig;
 use crate::error::{Error, Result};
+use crate::filtered::{FilterPlan, Strategy};
 use crate::hot::{Hot, Row};
 use crate::main_index::MainIndex;
 use crate::metrics::{ShardMetrics, ratio};
@@ -220,6 +222,7 @@ impl Shard {
                         id: u.item_id,
                         version,
                         event_time_ms: u.event_time_ms,
+                        attributes: u.attributes,
                     },
                     &vector,
                 );
@@ -238,14 +241,26 @@ impl Shard {
         Ok(outcome)
     }
 
-    /// Hot and main searched in parallel under one read lock; `query` normalized.
-    pub(crate) fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<Hit> {
+    /// Hot and main searched in parallel under one read lock, among the items `filter`
+    /// matches; `query` normalized. Also says how main answered a filtered search.
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<(&Filter, FilterPlan)>,
+    ) -> (Vec<Hit>, Option<Strategy>) {
         let st = self.read();
-        let (hot, main) = rayon::join(
-            || st.hot.search(query, k),
-            || st.main.search(query, k, ef, |id| st.shadows(id)),
+        let ((main, strategy), hot) = rayon::join(
+            || match filter {
+                None => (st.main.search(query, k, ef, |id| st.shadows(id)), None),
+                Some((f, plan)) => st
+                    .main
+                    .search_filtered(query, k, ef, f, plan, |id| st.shadows(id)),
+            },
+            || st.hot.search(query, k, filter.map(|(f, _)| f)),
         );
-        merge(vec![hot, main], k)
+        (merge(vec![hot, main], k), strategy)
     }
 
     /// The version of the item queries see, if any.

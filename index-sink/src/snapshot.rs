@@ -1,8 +1,9 @@
 //! Snapshot files: one shard's whole state (main's graph, rows and vectors; hot; pending
 //! deletes; merged deletes still remembered; the per-partition offsets the state covers; the last compaction) in one file.
 //!
-//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32; this build writes 2 and
-//! reads 1 and 2 — format 2 adds each write's source position), shard, shard count,
+//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32; this build writes 3 and
+//! reads 1 to 3 — format 2 adds each write's source position, format 3 each item's
+//! attributes), shard, shard count,
 //! dimension, routing function (u32 each), sequence number (u64), creation time (i64 ms);
 //! the body; then a footer: the byte length of everything before it (u64), CRC-32 of
 //! everything before it (u32), and `ESSNAPOK`. The main graph is stored as built — reading it
@@ -28,14 +29,15 @@ use crate::hot::{Hot, Row};
 use crate::main_index::MainIndex;
 use crate::shard::Graveyard;
 use crate::stats::CompactionRecord;
-use crate::types::{ItemId, Source, Version};
+use crate::types::{Attributes, ItemId, Source, Version};
 
 const MAGIC: &[u8; 8] = b"ESSNAP\r\n";
 const MAGIC_END: &[u8; 8] = b"ESSNAPOK";
 /// Version of the layout above; bump on any change.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The oldest format this build reads: format 1 has no source positions (its writes then
-/// order by the embedding topic alone until they are replaced).
+/// order by the embedding topic alone until they are replaced); formats 1 and 2 have no
+/// attributes (their items match no filter until they are written again).
 const OLDEST_READABLE: u32 = 1;
 const FOOTER_LEN: u64 = 8 + 4 + 8;
 
@@ -489,10 +491,17 @@ impl<W: io::Write> CrcWriter<W> {
         self.u32(s.len() as u32)?;
         self.bytes(s.as_bytes())
     }
+    /// Id, version, event time, then the attributes: their count and each name and value.
     fn row(&mut self, r: &Row) -> io::Result<()> {
         self.str(&r.id)?;
         self.version(r.version)?;
-        self.i64(r.event_time_ms)
+        self.i64(r.event_time_ms)?;
+        self.u64(r.attributes.len() as u64)?;
+        for (name, value) in r.attributes.iter() {
+            self.str(name)?;
+            self.str(value)?;
+        }
+        Ok(())
     }
     /// Partition, offset, then the source's (partition −1 when there is none).
     fn version(&mut self, v: Version) -> io::Result<()> {
@@ -582,10 +591,20 @@ impl<R: Read> CrcReader<R> {
         String::from_utf8(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
     }
     fn row(&mut self) -> io::Result<Row> {
+        let (id, version, event_time_ms) = (self.str()?, self.version()?, self.i64()?);
+        let attributes = if self.format >= 3 {
+            let pairs = (0..self.count(8)?)
+                .map(|_| Ok((self.str()?, self.str()?)))
+                .collect::<io::Result<Vec<_>>>()?;
+            Attributes::new(pairs)
+        } else {
+            Attributes::default()
+        };
         Ok(Row {
-            id: self.str()?,
-            version: self.version()?,
-            event_time_ms: self.i64()?,
+            id,
+            version,
+            event_time_ms,
+            attributes,
         })
     }
     fn version(&mut self) -> io::Result<Version> {

@@ -15,6 +15,9 @@
 //! re-partitioned), they cannot be compared and the write that arrives last wins.
 
 use std::fmt;
+use std::sync::Arc;
+
+use embedstream_schemas::filter::Filter;
 
 /// An item's id, as the key of the embedding topic.
 pub type ItemId = String;
@@ -60,6 +63,57 @@ impl fmt::Display for Version {
     }
 }
 
+/// An item's attributes as its record carried them, sorted by name; cloning shares them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes(Option<Arc<[(Box<str>, Box<str>)]>>);
+
+impl Attributes {
+    /// From name/value pairs (a name given twice keeps its last value).
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+            .collect();
+        if pairs.is_empty() {
+            return Self(None);
+        }
+        // Stable: of equal names the last given ends last, and dedup keeps the first of a
+        // run, so reverse first.
+        pairs.reverse();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        Self(Some(pairs.into()))
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let pairs = self.0.as_deref()?;
+        pairs
+            .binary_search_by(|(k, _)| (**k).cmp(name))
+            .ok()
+            .map(|i| &*pairs[i].1)
+    }
+
+    /// Every (name, value), by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (&**k, &**v))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.as_deref().map_or(0, <[_]>::len)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Insert or replace an item's vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upsert {
@@ -75,6 +129,8 @@ pub struct Upsert {
     pub event_time_ms: i64,
     /// The source event on `items`, when the record names it.
     pub source: Option<Source>,
+    /// The item's attributes, for filters.
+    pub attributes: Attributes,
 }
 
 /// Remove an item (a delete event or a Kafka tombstone).
@@ -159,7 +215,7 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// A query: the vector, how many results, and optionally a search width for main.
+/// A query: the vector, how many results, optionally a search width for main and a filter.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
     /// The query vector; normalized by the index.
@@ -169,4 +225,6 @@ pub struct Query<'a> {
     /// HNSW search width for main parts (the consumer's profile); `None`: the configured
     /// default. Raised to `k` when smaller.
     pub ef_search: Option<usize>,
+    /// Only items whose attributes match; `None`: every item.
+    pub filter: Option<&'a Filter>,
 }

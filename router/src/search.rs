@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use embedstream_schemas::access::{Grant, forwarded};
+use embedstream_schemas::filter;
 use embedstream_schemas::records::ReadPlanEntry;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,8 @@ struct RouteRequest {
     blend: Option<Blend>,
     #[serde(default)]
     plan: Option<Vec<PlanOverride>>,
+    #[serde(default)]
+    filter: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +258,12 @@ async fn route(
             "give exactly one of \"text\", \"vector\" or \"vectors\"",
         ));
     }
+    if let Some(f) = &request.filter {
+        // Checked here too, so that a bad filter is one clear 400 of its own kind rather
+        // than each version's sink refusing it.
+        filter::parse(f, &shared.config.consumers.attributes())
+            .map_err(|e| RouteError::bad(e.kind, e.message))?;
+    }
     let plan: Vec<ReadPlanEntry> = match &request.plan {
         Some(p) => {
             if p.len() > MAX_PLAN_ENTRIES {
@@ -315,6 +324,9 @@ async fn route(
         let mut forward = serde_json::json!({"consumer": request.consumer, "k": k});
         if let Some(name) = &entry.adapter {
             forward["adapter"] = serde_json::json!(name);
+        }
+        if let Some(f) = &request.filter {
+            forward["filter"] = f.clone();
         }
         if let Some(t) = &request.text {
             forward["text"] = serde_json::json!(t);

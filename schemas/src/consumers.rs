@@ -2,7 +2,9 @@
 //! may ask for and its latency objective. The sinks, the router and the migration commands
 //! all read their consumers from here, so a consumer is named and tuned in one place: the
 //! built-in four, or a consumers file (`[consumers.<name>]` tables) that every process is given
-//! and follows while it runs ([`Consumers::follow_file`]).
+//! and follows while it runs ([`Consumers::follow_file`]). The same file declares the item
+//! attributes search filters may name (an `[attributes]` table of `name = "keyword"` or
+//! `name = "number"`, see [`crate::filter`]); without a file, none are declared.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{FileError, load_file};
+use crate::filter::Declared;
 
 /// Gauge, by `consumer`: the consumer's p95 latency objective (its profile's `p95_slo_ms`),
 /// seconds; the alert rules compare the measured p95 with it.
@@ -78,22 +81,44 @@ pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 /// Consumer profiles by name.
 pub type Profiles = BTreeMap<String, ConsumerProfile>;
 
-#[derive(Debug, Deserialize)]
+/// What a consumers file holds: the consumers and the declared attributes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConsumersFile {
-    consumers: Profiles,
+pub struct ConsumersFile {
+    /// Consumer profiles by name.
+    pub consumers: Profiles,
+    /// The attributes filters may name, with how each compares.
+    #[serde(default)]
+    pub attributes: Declared,
 }
 
 /// Parses the text of a consumers file (`[consumers.<name>]` tables) and checks it.
 pub fn parse(text: &str) -> Result<Profiles, String> {
+    parse_file(text).map(|f| f.consumers)
+}
+
+/// [`parse`], with the `[attributes]` table.
+pub fn parse_file(text: &str) -> Result<ConsumersFile, String> {
     let file: ConsumersFile = toml::from_str(text).map_err(|e| e.to_string())?;
     check(&file.consumers)?;
-    Ok(file.consumers)
+    for name in file.attributes.keys() {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(format!(
+                "attributes.{name:?}: a name is 1 to 128 characters, none of them control characters"
+            ));
+        }
+    }
+    Ok(file)
 }
 
 /// Reads a consumers file.
 pub fn load(path: &Path) -> Result<Profiles, FileError> {
     load_file("consumers", path, parse)
+}
+
+/// Reads a consumers file, with its `[attributes]` table.
+pub fn load_all(path: &Path) -> Result<ConsumersFile, FileError> {
+    load_file("consumers", path, parse_file)
 }
 
 /// What every set of profiles must hold: at least one consumer; names of letters, digits, `_`,
@@ -126,10 +151,10 @@ pub fn check(profiles: &Profiles) -> Result<(), String> {
     Ok(())
 }
 
-/// A process's consumers, shared by its handlers and replaced as a whole when the consumers
-/// file changes: a request sees one set, never half of a change.
+/// A process's consumers and declared attributes, shared by its handlers and replaced as a
+/// whole when the consumers file changes: a request sees one set, never half of a change.
 #[derive(Debug, Clone)]
-pub struct Consumers(Arc<RwLock<Arc<Profiles>>>);
+pub struct Consumers(Arc<RwLock<Arc<ConsumersFile>>>);
 
 impl Default for Consumers {
     fn default() -> Self {
@@ -138,43 +163,72 @@ impl Default for Consumers {
 }
 
 impl Consumers {
-    /// These profiles.
+    /// These profiles, with no attributes declared.
     pub fn new(profiles: Profiles) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(profiles))))
+        Self::with_attributes(profiles, Declared::new())
+    }
+
+    /// These profiles and declared attributes.
+    pub fn with_attributes(profiles: Profiles, attributes: Declared) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(ConsumersFile {
+            consumers: profiles,
+            attributes,
+        }))))
     }
 
     /// The built-in consumers, or the file's when one is given.
     pub fn from_file(path: Option<&Path>) -> Result<Self, FileError> {
         Ok(match path {
-            Some(path) => Self::new(load(path)?),
+            Some(path) => {
+                let file = load_all(path)?;
+                Self::with_attributes(file.consumers, file.attributes)
+            }
             None => Self::default(),
         })
     }
 
+    fn file(&self) -> Arc<ConsumersFile> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The current profiles.
     pub fn current(&self) -> Arc<Profiles> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        Arc::new(self.file().consumers.clone())
+    }
+
+    /// The attributes filters may name now.
+    pub fn attributes(&self) -> Declared {
+        self.file().attributes.clone()
     }
 
     /// One consumer's profile.
     pub fn get(&self, name: &str) -> Option<ConsumerProfile> {
-        self.current().get(name).cloned()
+        self.file().consumers.get(name).cloned()
     }
 
     /// Whether a consumer is configured.
     pub fn contains(&self, name: &str) -> bool {
-        self.current().contains_key(name)
+        self.file().consumers.contains_key(name)
     }
 
     /// The configured names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.current().keys().cloned().collect()
+        self.file().consumers.keys().cloned().collect()
     }
 
-    /// Replaces every profile at once.
+    /// Replaces every profile at once; the declared attributes stay.
     pub fn replace(&self, profiles: Profiles) {
-        export_slos(&profiles);
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+        let attributes = self.attributes();
+        self.replace_all(ConsumersFile {
+            consumers: profiles,
+            attributes,
+        });
+    }
+
+    /// Replaces every profile and declared attribute at once.
+    pub fn replace_all(&self, file: ConsumersFile) {
+        export_slos(&file.consumers);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
     }
 
     /// Follows a consumers file until `shutdown`: when it changes (its modification time or
@@ -207,20 +261,21 @@ impl Consumers {
                     continue;
                 }
                 seen = now;
-                let read = load(&path).map_err(|e| e.to_string()).and_then(|profiles| {
-                    extra(&profiles).map_err(|reason| {
+                let read = load_all(&path).map_err(|e| e.to_string()).and_then(|file| {
+                    extra(&file.consumers).map_err(|reason| {
                         format!("the consumers file {}: {reason}", path.display())
                     })?;
-                    Ok(profiles)
+                    Ok(file)
                 });
                 match read {
-                    Ok(profiles) => {
+                    Ok(file) => {
                         tracing::info!(
                             path = %path.display(),
-                            consumers = ?profiles.keys().collect::<Vec<_>>(),
+                            consumers = ?file.consumers.keys().collect::<Vec<_>>(),
+                            attributes = ?file.attributes,
                             "Consumers file read again."
                         );
-                        consumers.replace(profiles);
+                        consumers.replace_all(file);
                         metrics::gauge!(CONSUMERS_FILE_REFUSED).set(0.0);
                     }
                     Err(reason) => {
@@ -267,6 +322,18 @@ mod tests {
         );
         assert_eq!(profiles["catalog-audit"].p95_slo_ms, 100);
         assert_eq!(profiles["search"].max_k, 100);
+    }
+
+    #[test]
+    fn a_consumers_file_declares_the_attributes_filters_may_name() {
+        use crate::filter::AttributeKind;
+        let text = format!("{TWO}\n[attributes]\nsection = \"keyword\"\nsize = \"number\"\n");
+        let file = parse_file(&text).unwrap();
+        assert_eq!(file.attributes["section"], AttributeKind::Keyword);
+        assert_eq!(file.attributes["size"], AttributeKind::Number);
+        assert!(parse_file(TWO).unwrap().attributes.is_empty());
+        let e = parse_file(&format!("{TWO}\n[attributes]\nsize = \"float\"\n")).unwrap_err();
+        assert!(e.contains("unknown variant `float`"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`headers`]: the Kafka headers of the topic contract (pure).
 //! - [`control`]: the platform state as a fold of the control log's records (pure).
 //! - [`consumers`]: the consumers of the indexes and their query profiles (pure).
+//! - [`filter`]: search filters on item attributes (pure).
 //! - [`codec`]: encode and decode records through a registry (`schema_registry_converter`).
 //! - [`registry`]: the registry server, storing its state in the compacted `_schemas` topic.
 
@@ -13,6 +14,7 @@ pub mod access;
 pub mod codec;
 pub mod consumers;
 pub mod control;
+pub mod filter;
 pub mod headers;
 pub mod records;
 pub mod registry;

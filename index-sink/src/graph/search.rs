@@ -6,6 +6,7 @@ use std::collections::BinaryHeap;
 
 use super::layout::{Graph, INVALID};
 use crate::config::{M, M0};
+use crate::filtered::Bits;
 use crate::sq8::{Codes, QueryCodes};
 use crate::vector::dots;
 
@@ -76,13 +77,20 @@ impl Scratch {
     }
 
     fn push(&mut self, pid: u32, query: &[f32], graph: &Graph, exact: bool) {
-        self.push_links(&[pid], query, graph, exact);
+        self.push_links(&[pid], query, graph, exact, None);
     }
 
     /// `push` for every link of a node at once: the unvisited ones are marked, their
     /// distances computed in one batch, then offered in link order (what pushing them one
-    /// by one does).
-    fn push_links(&mut self, links: &[u32], query: &[f32], graph: &Graph, exact: bool) {
+    /// by one does). `allowed`: see `offer_filtered`.
+    fn push_links(
+        &mut self,
+        links: &[u32],
+        query: &[f32],
+        graph: &Graph,
+        exact: bool,
+        allowed: Option<&Bits>,
+    ) {
         let (mut batch, mut dists) = (
             std::mem::take(&mut self.batch),
             std::mem::take(&mut self.dists),
@@ -99,7 +107,10 @@ impl Scratch {
             graph.codes.distances(&self.query, &batch, &mut dists);
         }
         for (&pid, &dist) in batch.iter().zip(&dists) {
-            self.offer(Cand { dist, pid });
+            match allowed {
+                None => self.offer(Cand { dist, pid }),
+                Some(allowed) => self.offer_filtered(Cand { dist, pid }, allowed),
+            }
         }
         (self.batch, self.dists) = (batch, dists);
     }
@@ -111,6 +122,21 @@ impl Scratch {
         };
         self.nearest.insert(idx, c);
         self.candidates.push(Reverse(c));
+    }
+
+    /// With a filter, `nearest` holds allowed nodes only, while every node closer than the
+    /// farthest of them (or any node while there are fewer than `ef`) is still walked
+    /// through: nodes that do not match lead to nodes that do.
+    fn offer_filtered(&mut self, c: Cand, allowed: &Bits) {
+        let full = self.nearest.len() >= self.ef;
+        if full && self.nearest.last().is_some_and(|far| c >= *far) {
+            return;
+        }
+        self.candidates.push(Reverse(c));
+        if allowed.contains(c.pid) {
+            let idx = self.nearest.binary_search(&c).unwrap_or_else(|i| i);
+            self.nearest.insert(idx, c);
+        }
     }
 
     fn cull(&mut self) {
@@ -143,6 +169,19 @@ impl Graph {
         self.search_with(query, ef, s, false)
     }
 
+    /// `search`, returning only pids in `allowed`: the upper layers are walked as without a
+    /// filter, layer 0 keeps the `ef` nearest allowed nodes found while walking through any.
+    pub(crate) fn search_filtered<'s>(
+        &self,
+        query: &[f32],
+        ef: usize,
+        allowed: &Bits,
+        s: &'s mut Scratch,
+    ) -> &'s [Cand] {
+        Codes::prepare(query, &mut s.query);
+        self.search_inner(query, ef, s, false, Some(allowed))
+    }
+
     /// `search` with f32 distances throughout, pausing while queries run (`yielding.rs`):
     /// for background work (the refinement pass), never for a query.
     pub(crate) fn search_exact<'s>(
@@ -161,6 +200,17 @@ impl Graph {
         s: &'s mut Scratch,
         exact: bool,
     ) -> &'s [Cand] {
+        self.search_inner(query, ef, s, exact, None)
+    }
+
+    fn search_inner<'s>(
+        &self,
+        query: &[f32],
+        ef: usize,
+        s: &'s mut Scratch,
+        exact: bool,
+        allowed: Option<&Bits>,
+    ) -> &'s [Cand] {
         let n = self.len();
         s.reset(n);
         if n == 0 {
@@ -170,13 +220,20 @@ impl Graph {
         s.push(0, query, self, exact);
         for layer in (0..=self.layers.len()).rev() {
             s.ef = if layer == 0 { ef.max(1) } else { 1 };
+            // Filtered, from layer 0 on: results are allowed nodes only; the entry points
+            // found on the layers above stay in the walk whether or not they are.
+            let allowed = allowed.filter(|_| layer == 0);
+            if let Some(allowed) = allowed {
+                s.nearest.retain(|c| allowed.contains(c.pid));
+            }
             while let Some(Reverse(c)) = s.candidates.pop() {
                 if let Some(far) = s.nearest.last()
                     && c.dist > far.dist
+                    && (allowed.is_none() || s.nearest.len() >= s.ef)
                 {
                     break;
                 }
-                s.push_links(self.links(layer, c.pid), query, self, exact);
+                s.push_links(self.links(layer, c.pid), query, self, exact, allowed);
                 s.nearest.truncate(s.ef);
             }
             if layer != 0 {

@@ -54,6 +54,7 @@ fn own_search_returns_what_instant_distance_returns() {
         // The crate's graph exactly, to compare searches.
         reverse_links: false,
         refine: None,
+        ..MainConfig::default()
     };
     // One thread: the build is deterministic, so both copies are the same graph.
     let pool = one_thread();

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::SinkConfig;
 use super::error::{ServiceError, ServiceResult};
 use super::metrics as m;
-use crate::{Applied, Delete, ShardedIndex, Source, Upsert};
+use crate::{Applied, Attributes, Delete, ShardedIndex, Source, Upsert};
 
 /// What the consumer has done, shared with `GET /v1/stats` and the lag gauge.
 #[derive(Debug, Default)]
@@ -567,6 +567,7 @@ impl Loop {
             offset,
             event_time_ms,
             source,
+            attributes: Attributes::new(record.attributes),
         });
         match result {
             Err(e) if e.is_retryable() => Ok(Outcome::Retry("hot_full")),

@@ -7,6 +7,9 @@
 //!   `{"error": message, "kind": ...}`: malformed JSON (a `NaN` literal included), unknown
 //!   consumer, both or neither of `vector`/`text`, `k` out of range, wrong dimension, a
 //!   non-finite or zero vector, an empty or too long text, text queries without a model.
+//!   `"filter"` keeps only items whose attributes match (`embedstream_schemas::filter`); a
+//!   filter naming an undeclared attribute (`undeclared_attribute`) or malformed
+//!   (`invalid_filter`) is a 400 too.
 //! - `GET /v1/stats`: per shard hot and main sizes, tombstones, covered offsets, last
 //!   compaction; the consumer's positions, lag and poison count.
 //! - `GET /v1/items/{item_id}`: the version (partition, offset) queries see, or 404.
@@ -36,6 +39,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use embedstream_schemas::access::{ApiKeys, Grant, require_key};
 use embedstream_schemas::consumers::{Consumers, export_slos};
+use embedstream_schemas::filter;
 
 use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
@@ -180,6 +184,9 @@ struct SearchRequest {
     /// this index's space first.
     #[serde(default)]
     adapter: Option<String>,
+    /// Only items whose attributes match (`embedstream_schemas::filter`).
+    #[serde(default)]
+    filter: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -322,6 +329,13 @@ async fn answer(
             ),
         ));
     }
+    let filter = match &request.filter {
+        None => None,
+        Some(json) => Some(
+            filter::parse(json, &api.consumers.attributes())
+                .map_err(|e| ApiError::bad(e.kind, e.message))?,
+        ),
+    };
     let dim = api.index.config().dim;
     let adapter = match &request.adapter {
         Some(name) => Some(api.adapters.get(name, &api.model, dim)?),
@@ -387,6 +401,7 @@ async fn answer(
             vector: &vector,
             k,
             ef_search: Some(ef_search),
+            filter: filter.as_ref(),
         });
         let _ = tx.send(hits);
     });

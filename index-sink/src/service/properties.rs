@@ -95,6 +95,7 @@ fn app(embedder: Option<Arc<dyn QueryEmbedder>>) -> Router {
                 offset: i as i64,
                 event_time_ms: 0,
                 source: None,
+                attributes: Default::default(),
             }))
             .unwrap();
     }

@@ -1,9 +1,10 @@
 use std::collections::BTreeMap;
 
 use embedstream_index_sink::{
-    CompactionReason, Delete, Hit, IndexConfig, Query, ShardedIndex, Source, Upsert, Version,
-    Write, dot, normalized,
+    Attributes, CompactionReason, Delete, Hit, IndexConfig, Query, ShardedIndex, Source, Upsert,
+    Version, Write, dot, normalized,
 };
+use embedstream_schemas::filter::{AttributeKind, Declared, parse};
 use embedstream_topics::testing::XorShift;
 
 /// The tests' generator ([`XorShift`]) with what these tests draw from it.
@@ -131,7 +132,27 @@ pub fn upsert(id: &str, vector: Vec<f32>, partition: i32, offset: i64) -> Write 
         offset,
         event_time_ms: 1_700_000_000_000 + offset,
         source: None,
+        attributes: Attributes::new([("parity".to_owned(), (offset % 2).to_string())]),
     })
+}
+
+/// Only items whose last write was at an even offset (`upsert` gives each write its
+/// offset's parity as an attribute).
+pub fn search_even(index: &ShardedIndex, q: &[f32], k: usize) -> Vec<Hit> {
+    let declared = Declared::from([("parity".to_owned(), AttributeKind::Number)]);
+    let filter = parse(
+        &serde_json::json!({"attribute": "parity", "eq": 0}),
+        &declared,
+    )
+    .unwrap();
+    index
+        .search(Query {
+            vector: q,
+            k,
+            ef_search: None,
+            filter: Some(&filter),
+        })
+        .unwrap()
 }
 
 pub fn delete(id: &str, partition: i32, offset: i64) -> Write {
@@ -159,6 +180,7 @@ pub fn search(index: &ShardedIndex, q: &[f32], k: usize) -> Vec<Hit> {
             vector: q,
             k,
             ef_search: None,
+            filter: None,
         })
         .unwrap()
 }

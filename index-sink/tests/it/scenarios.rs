@@ -197,6 +197,7 @@ fn bad_requests_and_records_are_rejected_without_effect() {
             vector: v,
             k,
             ef_search: None,
+            filter: None,
         })
     };
     assert!(matches!(

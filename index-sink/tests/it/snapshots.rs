@@ -86,6 +86,14 @@ fn round_trip_restores_main_hot_deletes_and_offsets() {
         for _ in 0..20 {
             let q = rng.unit(DIM);
             assert_eq!(search(&index, &q, 10), search(&reopened, &q, 10));
+            // Attributes come back too: the same items match a filter.
+            let even = search_even(&reopened, &q, 10);
+            assert_eq!(search_even(&index, &q, 10), even);
+            assert_eq!(even.len(), 10);
+            for h in &even {
+                let (version, _) = &oracle.items[&h.item_id];
+                assert_eq!(version.offset % 2, 0, "{h:?}");
+            }
         }
         // Replaying the whole log into the reopened index changes nothing.
         for w in &log {

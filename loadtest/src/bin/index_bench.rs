@@ -174,6 +174,7 @@ impl Data {
             offset: row as i64,
             event_time_ms: 0,
             source: None,
+            attributes: Default::default(),
         }
     }
 
@@ -284,6 +285,7 @@ fn search(args: SearchArgs) -> Result<()> {
                         vector: data.query(q),
                         k: 10,
                         ef_search: Some(ef),
+                        filter: None,
                     })?;
                     lat.push(t.elapsed());
                     let ids: Vec<String> = hits.into_iter().map(|h| h.item_id).collect();
@@ -337,6 +339,7 @@ fn query_loop(
             vector: data.query(q % data.nq()),
             k: 10,
             ef_search: Some(ef),
+            filter: None,
         });
         lat.push(t.elapsed());
         assert!(hits.is_ok_and(|h| h.len() == 10), "a query failed");
