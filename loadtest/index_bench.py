@@ -1,6 +1,6 @@
 """Index core versus hnswlib on the same vectors, queries and exact ground truth, in one run.
 
-  .dev/benchvenv/bin/python loadtest/index_bench.py --data DIR [--part recall,latency,compaction]
+  .dev/benchvenv/bin/python loadtest/index_bench.py --data DIR [--part recall,latency,compaction,filtered]
 
 DIR is what `loadtest/index_data.py` wrote. Parts (run one after another, never together: the
 machine's cores are the resource being measured):
@@ -18,6 +18,12 @@ machine's cores are the resource being measured):
   p50/p95/p99 per consumer profile's ef, queries one at a time.
 - compaction: one client querying back to back, idle (before and after) and while every shard's main is rebuilt
   (hot at 5% of main, compaction on its default 1-thread budget).
+- filtered: filtered search at 50%, 10% and 1% of the items matching (each row's bucket 0-99
+  drawn uniformly, seeded, so the filter is independent of the vectors). embedstream in the
+  sink's configuration (its default shards, one query thread): the strategy it picks per shard
+  (`auto`) and each strategy forced; hnswlib (M=16, ef_construction=200, one thread) with
+  post-filtering: it fetches k' = 10/selectivity x {1, 2, 4} neighbours (ef = max(k', 10))
+  and keeps the first 10 that match. Recall@10 against the exact filtered top 10.
 
 Indexes are cached in DIR (hnswlib's saved index, our snapshot directory) so a rerun measures
 queries without rebuilding. Results: JSON lines on stdout, a table on stderr.
@@ -181,7 +187,52 @@ def main():
                          f"{during['seconds']:.1f} s of compaction p50 {during['p50_us'] / 1000:.2f} ms "
                          f"p99 {during['p99_us'] / 1000:.2f} ms ({during['queries']} queries): "
                          f"p99 ratio {during['p99_us'] / idle['p99_us']:.2f}")
+    if "filtered" in parts:
+        table += filtered(args.data, base, queries)
     print("\n".join(table), file=sys.stderr)
+
+
+SELECTIVITY = {"50%": 50, "10%": 10, "1%": 1}  # bucket below this
+
+
+def filtered(data, base, queries):
+    buckets_path = os.path.join(data, "buckets.u8")
+    if not os.path.exists(buckets_path):
+        np.random.default_rng(20261207).integers(0, 100, len(base), dtype=np.uint8).tofile(buckets_path)
+    buckets = np.fromfile(buckets_path, dtype=np.uint8)
+    rows = ours(data, ["filtered"], "--shards", SHARDS, "--buckets", buckets_path,
+                "--snapshot-dir", os.path.join(data, f"ours-{SHARDS}shards-filtered"))
+    table = []
+    for share in SELECTIVITY:
+        for r in rows:
+            if r.get("kind") == "filtered" and r["selectivity"] == share:
+                table.append(f"filtered {share}: embedstream {r['mode']:5} ef {r['ef']:3}: recall@10 {r['recall10']:.3f}, "
+                             f"{r['qps']:.0f} QPS, p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms")
+    index = hnswlib_index(data, base, 16, 200)
+    for share, below in SELECTIVITY.items():
+        mask = buckets < below
+        rows_ok = np.flatnonzero(mask)
+        truth = np.argsort(-(queries @ base[rows_ok].T), axis=1)[:, :10]
+        truth = rows_ok[truth]
+        for factor in (1, 2, 4):
+            k = min(len(base), math.ceil(10 * 100 / below) * factor)
+            index.set_ef(max(k, 10))
+            index.knn_query(queries[:50], k=k)  # warm
+            lat = []
+            found = 0
+            for i, q in enumerate(queries):
+                t = time.perf_counter()
+                labels, _ = index.knn_query(q[None, :], k=k)
+                kept = [x for x in labels[0] if mask[x]][:10]
+                lat.append(time.perf_counter() - t)
+                found += len(set(kept) & set(truth[i]))
+            lat.sort()
+            rec = emit({"kind": "filtered", "system": "hnswlib-postfilter", "selectivity": share, "k_fetched": k,
+                        "recall10": found / (10 * len(queries)), "qps": len(queries) / sum(lat),
+                        "p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6})
+            table.append(f"filtered {share}: hnswlib post-filter k'={k}: recall@10 {rec['recall10']:.3f}, "
+                         f"{rec['qps']:.0f} QPS, p50 {rec['p50_us'] / 1000:.2f} ms, p99 {rec['p99_us'] / 1000:.2f} ms")
+    return table
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use embedstream_schemas::consumers::{self, ConsumerProfile, Profiles, default_consumers};
+use embedstream_schemas::filter::Declared;
 use embedstream_topics::{KafkaConfig, ModelSpec};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,10 @@ pub struct Settings {
     /// (`search`, `recsys`, `ads`, `dedup`) entirely.
     #[serde(default = "default_consumers")]
     pub consumers: BTreeMap<String, ConsumerProfile>,
+    /// The attributes search filters may name (`name = "keyword"` or `"number"`), as in a
+    /// consumers file's `[attributes]` table (which replaces this one when a file is given).
+    #[serde(default)]
+    pub attributes: Declared,
     /// The Kafka consumer.
     #[serde(default)]
     pub kafka: KafkaSettings,
@@ -148,6 +153,7 @@ impl Default for Settings {
         Self {
             index: default_index(),
             consumers: default_consumers(),
+            attributes: Declared::new(),
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
         }

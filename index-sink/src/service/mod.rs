@@ -169,7 +169,8 @@ pub async fn run(
         })
         .map_err(|_| ServiceError::Thread { what: "consumer" })?;
 
-    let consumers = Consumers::new(settings.consumers.clone());
+    let consumers =
+        Consumers::with_attributes(settings.consumers.clone(), settings.attributes.clone());
     http::Api::register_consumers(&consumers, &config.spec.model);
     if let Some(path) = &config.consumers_file {
         let max_k = settings.index.max_k;

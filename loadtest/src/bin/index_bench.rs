@@ -11,6 +11,12 @@
 //!   `idle` row pools both idle windows (each window's p99 is in it too): a rebuild under a
 //!   client that never stops takes minutes, and a VM's speed drifts over that long, so an idle
 //!   window on one side only would compare the rebuild with one moment of the drift.
+//! - `filtered`: filtered search. Each row gets the attributes `bucket` (a number, 0–99, from
+//!   `--buckets`: one byte per row) and `label` (`l<bucket>`); three filters select 50%
+//!   (`bucket < 50`, a range), 10% (`label` in ten labels) and 1% (`label` equal to one). Per
+//!   filter and `ef`: recall@10 against the exact filtered top 10 (computed here by a full
+//!   scan) and single-thread latency, for the sink's choice of strategy (`auto`) and for each
+//!   strategy forced (`graph`, `exact`), so the crossover can be read off.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +41,26 @@ struct Cli {
 enum Command {
     Search(SearchArgs),
     Compaction(CompactionArgs),
+    Filtered(FilteredArgs),
+}
+
+#[derive(Args)]
+struct FilteredArgs {
+    #[command(flatten)]
+    common: Common,
+    /// One byte per row of base: its bucket (0–99).
+    #[arg(long)]
+    buckets: PathBuf,
+    /// Keep the built index here and reuse it.
+    #[arg(long)]
+    snapshot_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    build_threads: usize,
+    #[arg(long, value_delimiter = ',', default_value = "64,100,200")]
+    efs: Vec<usize>,
+    /// Strategies: auto (the configured limit), graph (always walk), exact (always scan).
+    #[arg(long, value_delimiter = ',', default_value = "auto,graph,exact")]
+    modes: Vec<String>,
 }
 
 #[derive(Args)]
@@ -423,9 +449,135 @@ fn compaction(args: CompactionArgs) -> Result<()> {
     Ok(())
 }
 
+fn filtered(args: FilteredArgs) -> Result<()> {
+    use embedstream_index_sink::Attributes;
+    use embedstream_schemas::filter::{AttributeKind, Declared, parse};
+
+    let data = Data::load(&args.common.data)?;
+    let n = data.n();
+    let buckets = std::fs::read(&args.buckets).context("buckets")?;
+    if buckets.len() != n || buckets.iter().any(|&b| b >= 100) {
+        bail!("--buckets must hold one byte below 100 per row ({n})");
+    }
+    let mut config = config(&args.common, data.dim, n);
+    config.compaction.threads = args.build_threads;
+    let started = Instant::now();
+    let reused = {
+        let index = ShardedIndex::open(&args.snapshot_dir, config.clone())?;
+        let reused = index.len() == n && index.stats().iter().all(|s| s.hot_vectors == 0);
+        if !reused {
+            if !index.is_empty() {
+                bail!(
+                    "{} holds another index; remove it",
+                    args.snapshot_dir.display()
+                );
+            }
+            for row in 0..n {
+                let b = buckets[row];
+                index.apply(Upsert {
+                    attributes: Attributes::new([
+                        ("bucket".to_owned(), b.to_string()),
+                        ("label".to_owned(), format!("l{b}")),
+                    ]),
+                    ..data.upsert(row)
+                })?;
+            }
+            for shard in 0..index.stats().len() {
+                index.compact(shard, CompactionReason::Manual)?;
+            }
+        }
+        reused
+    };
+    println!(
+        "{}",
+        json!({
+            "kind": "build", "n": n, "dim": data.dim, "shards": args.common.shards,
+            "seconds": started.elapsed().as_secs_f64(), "loaded_from_snapshot": reused,
+        })
+    );
+    let declared = Declared::from([
+        ("bucket".to_owned(), AttributeKind::Number),
+        ("label".to_owned(), AttributeKind::Keyword),
+    ]);
+    let ten: Vec<String> = (0..10).map(|b| format!("l{b}")).collect();
+    let cases = [
+        ("50%", json!({"attribute": "bucket", "lt": 50}), 50u8),
+        ("10%", json!({"attribute": "label", "in": ten}), 10),
+        ("1%", json!({"attribute": "label", "eq": "l0"}), 1),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    for mode in &args.modes {
+        let mut config = config.clone();
+        config.main.filter_exact_max = match mode.as_str() {
+            "auto" => config.main.filter_exact_max,
+            "graph" => 0,
+            "exact" => usize::MAX,
+            other => bail!("unknown mode {other}"),
+        };
+        let index = ShardedIndex::open(&args.snapshot_dir, config)?;
+        for (share, json, below) in &cases {
+            let filter = parse(json, &declared)?;
+            let matching: Vec<usize> = (0..n).filter(|&r| buckets[r] < *below).collect();
+            let truth: Vec<Vec<usize>> = (0..data.nq())
+                .map(|q| {
+                    let query = data.query(q);
+                    let mut scored: Vec<(f32, usize)> = matching
+                        .iter()
+                        .map(|&r| (embedstream_index_sink::dot(query, data.row(r)), r))
+                        .collect();
+                    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    scored.into_iter().take(10).map(|(_, r)| r).collect()
+                })
+                .collect();
+            for &ef in &args.efs {
+                for pass in 0..2 {
+                    let mut lat = Vec::with_capacity(data.nq());
+                    let mut found = 0;
+                    let total = Instant::now();
+                    pool.install(|| -> Result<()> {
+                        for (q, want) in truth.iter().enumerate() {
+                            let t = Instant::now();
+                            let hits = index.search(Query {
+                                vector: data.query(q),
+                                k: 10,
+                                ef_search: Some(ef),
+                                filter: Some(&filter),
+                            })?;
+                            lat.push(t.elapsed());
+                            found += hits
+                                .iter()
+                                .filter_map(|h| h.item_id.strip_prefix('i')?.parse::<usize>().ok())
+                                .filter(|r| want.contains(r))
+                                .count();
+                        }
+                        Ok(())
+                    })?;
+                    if pass == 1 {
+                        let secs = total.elapsed().as_secs_f64();
+                        lat.sort();
+                        println!(
+                            "{}",
+                            json!({
+                                "kind": "filtered", "system": "embedstream", "mode": mode,
+                                "selectivity": share, "matching": matching.len(), "ef": ef,
+                                "recall10": found as f64 / (10 * data.nq()) as f64,
+                                "qps": data.nq() as f64 / secs,
+                                "p50_us": percentile(&lat, 0.5), "p95_us": percentile(&lat, 0.95),
+                                "p99_us": percentile(&lat, 0.99),
+                            })
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Search(args) => search(args),
         Command::Compaction(args) => compaction(args),
+        Command::Filtered(args) => filtered(args),
     }
 }

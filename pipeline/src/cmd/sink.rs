@@ -120,7 +120,9 @@ impl SinkArgs {
             None => Settings::default(),
         };
         if let Some(path) = &self.platform.consumers_file {
-            settings.consumers = embedstream_schemas::consumers::load(path)?;
+            let file = embedstream_schemas::consumers::load_all(path)?;
+            settings.consumers = file.consumers;
+            settings.attributes = file.attributes;
         }
         Ok(SinkConfig {
             kafka: self.platform.kafka()?,

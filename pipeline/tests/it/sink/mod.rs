@@ -4,6 +4,7 @@
 
 mod errors;
 mod faults;
+mod filter;
 mod recovery;
 mod serve;
 
