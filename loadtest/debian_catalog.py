@@ -3,7 +3,8 @@
   python3 loadtest/debian_catalog.py [--limit N] [--out FILE]
 
 Each line is {"id": "pkg:<name>", "title": <synopsis>, "text": "<synopsis>. <long description>",
-"attributes": {"source": <source package>, "section": <section>}} for one binary package (first occurrence of a name wins; order is the catalog's, so a run is
+"attributes": {"source": <source package>, "section": <section>, "installed_size": <KiB>}} for
+one binary package (first occurrence of a name wins; order is the catalog's, so a run is
 repeatable on one machine). Long descriptions come from apt's Translation-en lists, which
 Debian's container images skip: fetch them once with
 `apt-get update -o Acquire::Languages=en` (compose/dev does).
@@ -51,6 +52,8 @@ def packages(dump):
                 pkg["source"] = value.strip().split(" ")[0]
             elif key == "Section":
                 pkg["section"] = value.strip()
+            elif key == "Installed-Size":
+                pkg["installed_size"] = value.strip()
             elif key in ("Description", "Description-en"):
                 field = "Description"
                 pkg["synopsis"] = value.strip()
@@ -80,6 +83,8 @@ def main():
         long = " ".join(x for x in (p.get("long") or long_descriptions.get(name, [])) if x)
         text = p["synopsis"] + (". " + long if long else "")
         attributes = {"source": p.get("source") or name, "section": p.get("section", "")}
+        if p.get("installed_size"):
+            attributes["installed_size"] = p["installed_size"]
         line = {"id": f"pkg:{name}", "title": p["synopsis"], "text": text, "attributes": attributes}
         out.write(json.dumps(line) + "\n")
         n += 1

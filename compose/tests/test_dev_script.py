@@ -177,6 +177,27 @@ def test_up_runs_the_platform_and_down_stops_it(env):
         headers={"content-type": "application/json"},
         data=json.dumps({"consumer": "search", "text": "library", "k": 3}).encode()), timeout=30))
     assert len(hits["results"]) == 3, hits
+    # A filtered search on the attributes compose/consumers.toml declares for the demo
+    # catalog: only items of the section, under the size, as many as match up to k.
+    catalog = {}
+    for line in (state / "local" / "catalog.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        catalog[item["id"]] = item["attributes"]
+    sections = [a["section"] for a in catalog.values()]
+    section = max(set(sections), key=sections.count)
+    sizes = sorted(int(a["installed_size"]) for a in catalog.values() if a["section"] == section)
+    size = sizes[len(sizes) // 2]
+    matching = sum(1 for a in catalog.values() if a["section"] == section and int(a["installed_size"]) <= size)
+    body = {"consumer": "search", "text": "library", "k": 5,
+            "filter": {"and": [{"attribute": "section", "eq": section},
+                               {"attribute": "installed_size", "lte": size}]}}
+    filtered = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{query}/v1/search", method="POST",
+        headers={"content-type": "application/json"}, data=json.dumps(body).encode()), timeout=30))
+    assert len(filtered["results"]) == min(5, matching), filtered
+    for hit in filtered["results"]:
+        attributes = catalog[hit["item_id"]]
+        assert attributes["section"] == section and int(attributes["installed_size"]) <= size, (hit, attributes)
     # The status page, as a browser shows it: the version with its 60 items, and the search
     # box's answer to the query in the address.
     browser = subprocess.run(

@@ -337,6 +337,21 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_consumers_file_holds_the_built_in_profiles_and_the_catalog_attributes() {
+        use crate::filter::AttributeKind;
+        let file = parse_file(include_str!("../../compose/consumers.toml")).unwrap();
+        assert_eq!(file.consumers, default_consumers());
+        assert_eq!(
+            file.attributes,
+            Declared::from([
+                ("installed_size".to_owned(), AttributeKind::Number),
+                ("section".to_owned(), AttributeKind::Keyword),
+                ("source".to_owned(), AttributeKind::Keyword),
+            ])
+        );
+    }
+
+    #[test]
     fn a_bad_consumers_file_is_refused_with_the_reason() {
         for (text, reason) in [
             ("[consumers]", "at least one consumer"),
