@@ -190,7 +190,7 @@ const fn default_ef_search() -> usize {
     100
 }
 const fn default_filter_exact_max() -> usize {
-    2000
+    4000
 }
 const fn default_seed() -> u64 {
     0x5eed_0001

@@ -10,8 +10,10 @@
 //! - **narrow** (at most [`FilterPlan::exact_max`] items match): an exact scan of the matching
 //!   items' vectors. Exact results, and cheaper than a graph walk that would have to cross
 //!   many non-matching nodes to find enough matching ones;
-//! - **broad**: the HNSW walk over every node, keeping the `ef` nearest matching ones as
-//!   results (the nodes that do not match still lead the walk).
+//! - **broad**: the HNSW walk over every node, keeping the nearest matching ones as results
+//!   (the nodes that do not match still lead the walk). The walk meets matching nodes at the
+//!   rate they occur, so its width is the query's `ef` times the matching share (at least
+//!   `k`): about the work of an unfiltered walk of width `ef`.
 
 use std::collections::HashMap;
 use std::ops::Bound;

@@ -167,16 +167,18 @@ impl MainIndex {
             return (Vec::new(), None);
         }
         if matching <= plan.exact_max {
-            let mut top = TopK::new(k);
-            for pid in allowed.iter() {
-                let row = &self.rows[pid as usize];
-                if !hidden(&row.id) {
-                    top.offer(dot(query, self.graph.vector(pid)), &row.id);
-                }
-            }
-            return (top.into_hits(), Some(Strategy::Exact));
+            return (
+                self.scan(query, k, &allowed, &hidden),
+                Some(Strategy::Exact),
+            );
         }
-        let mut ef = ef.max(k).min(matching);
+        // The walk keeps matching nodes only, and finds them at the rate they occur: a
+        // width of `ef` times the matching share costs about what an unfiltered walk of
+        // width `ef` does (never below `k`).
+        let share = matching as f64 / n as f64;
+        let mut ef = ((ef as f64 * share).ceil() as usize)
+            .max(k)
+            .min(matching);
         let hits = SCRATCH.with_borrow_mut(|scratch| {
             loop {
                 let found = self.graph.search_filtered(query, ef, &allowed, scratch);
@@ -196,6 +198,53 @@ impl MainIndex {
             }
         });
         (hits, Some(Strategy::Graph))
+    }
+
+    /// The exact top `k` of the `allowed` items not `hidden`. Every allowed item is scored
+    /// (one batched pass over their f32 vectors); `hidden` (hash lookups) is asked only of
+    /// the best-scored ones, widening until `k` visible ones are found: any visible item
+    /// past them scores no higher than the `k` found, and those that tie with the worst of
+    /// them are offered too (ties rank by id).
+    fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: &crate::filtered::Bits,
+        hidden: &impl Fn(&str) -> bool,
+    ) -> Vec<Hit> {
+        let pids: Vec<u32> = allowed.iter().collect();
+        let mut scores = Vec::with_capacity(pids.len());
+        crate::vector::dots(query, &self.graph.vectors, self.graph.dim, &pids, &mut scores);
+        let mut order: Vec<(f32, u32)> = scores.into_iter().zip(pids).collect();
+        let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
+        let mut want = k.saturating_mul(2);
+        loop {
+            let m = want.min(order.len());
+            if m < order.len() {
+                order.select_nth_unstable_by(m, better);
+            }
+            let mut top = TopK::new(k);
+            let mut visible = 0;
+            for &(score, pid) in &order[..m] {
+                let row = &self.rows[pid as usize];
+                if !hidden(&row.id) {
+                    visible += 1;
+                    top.offer(score, &row.id);
+                }
+            }
+            if visible >= k || m == order.len() {
+                if let Some(worst) = top.worst_when_full() {
+                    for &(score, pid) in &order[m..] {
+                        let row = &self.rows[pid as usize];
+                        if score >= worst && !hidden(&row.id) {
+                            top.offer(score, &row.id);
+                        }
+                    }
+                }
+                return top.into_hits();
+            }
+            want = want.saturating_mul(4);
+        }
     }
 }
 

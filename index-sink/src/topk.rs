@@ -66,6 +66,11 @@ impl<'a> TopK<'a> {
         }
     }
 
+    /// The worst kept score once `k` are kept.
+    pub(crate) fn worst_when_full(&self) -> Option<f32> {
+        (self.heap.len() == self.k).then(|| self.heap.peek().map(|s| s.score))?
+    }
+
     /// Best first.
     pub(crate) fn into_hits(self) -> Vec<Hit> {
         self.heap
