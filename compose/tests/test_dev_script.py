@@ -8,6 +8,7 @@ import pathlib
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -198,6 +199,19 @@ def test_up_runs_the_platform_and_down_stops_it(env):
     for hit in filtered["results"]:
         attributes = catalog[hit["item_id"]]
         assert attributes["section"] == section and int(attributes["installed_size"]) <= size, (hit, attributes)
+    # Each API answers as its OpenAPI document says: schemathesis sends requests generated
+    # from the document (valid and invalid) and checks every answer's status, content type
+    # and body against it, and that none is a server error.
+    for name, port in (("router", query), ("sink", sink)):
+        st = subprocess.run(
+            [pathlib.Path(sys.executable).parent / "st", "run", f"http://127.0.0.1:{port}/openapi.json",
+             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                         "response_schema_conformance",
+             "--phases", "examples,coverage,fuzzing", "--max-examples", "20", "--seed", "7",
+             "--request-timeout", "60", "--workers", "2", "--no-color"],
+            capture_output=True, text=True, timeout=900)
+        if st.returncode != 0:
+            pytest.fail(f"{name}:\n{st.stdout}\n{st.stderr}", pytrace=False)
     # The status page, as a browser shows it: the version with its 60 items, and the search
     # box's answer to the query in the address.
     browser = subprocess.run(

@@ -176,9 +176,7 @@ impl MainIndex {
         // width of `ef` times the matching share costs about what an unfiltered walk of
         // width `ef` does (never below `k`).
         let share = matching as f64 / n as f64;
-        let mut ef = ((ef as f64 * share).ceil() as usize)
-            .max(k)
-            .min(matching);
+        let mut ef = ((ef as f64 * share).ceil() as usize).max(k).min(matching);
         let hits = SCRATCH.with_borrow_mut(|scratch| {
             loop {
                 let found = self.graph.search_filtered(query, ef, &allowed, scratch);
@@ -214,7 +212,13 @@ impl MainIndex {
     ) -> Vec<Hit> {
         let pids: Vec<u32> = allowed.iter().collect();
         let mut scores = Vec::with_capacity(pids.len());
-        crate::vector::dots(query, &self.graph.vectors, self.graph.dim, &pids, &mut scores);
+        crate::vector::dots(
+            query,
+            &self.graph.vectors,
+            self.graph.dim,
+            &pids,
+            &mut scores,
+        );
         let mut order: Vec<(f32, u32)> = scores.into_iter().zip(pids).collect();
         let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
         let mut want = k.saturating_mul(2);

@@ -63,14 +63,17 @@ impl fmt::Display for Version {
     }
 }
 
+/// One attribute: name and value.
+type Pair = (Box<str>, Box<str>);
+
 /// An item's attributes as its record carried them, sorted by name; cloning shares them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Attributes(Option<Arc<[(Box<str>, Box<str>)]>>);
+pub struct Attributes(Option<Arc<[Pair]>>);
 
 impl Attributes {
     /// From name/value pairs (a name given twice keeps its last value).
     pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+        let mut pairs: Vec<Pair> = pairs
             .into_iter()
             .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
             .collect();

@@ -2,7 +2,7 @@
 //! access. The commands themselves are a [`Migrations`] (the pipeline's migrator, which
 //! writes the control log); this module is their HTTP face: authentication, parsing, and the
 //! mapping of outcomes to status codes. Every route needs `Authorization: Bearer <token>`; without a configured token the
-//! routes answer 503 and do nothing.
+//! routes answer 404 (`admin_disabled`) and do nothing.
 //!
 //! - `GET  /admin/v1/migration/status` → [`Migrations::status`]
 //! - `POST /admin/v1/migration/start` `{"from", "to"}`
@@ -84,7 +84,7 @@ pub trait Migrations: Send + Sync + 'static {
     fn apply(&self, command: Command) -> CommandFuture<'_>;
 }
 
-struct Admin {
+pub(crate) struct Admin {
     migrations: Arc<dyn Migrations>,
     token: Option<String>,
 }
@@ -119,8 +119,8 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "kind": self.kind});
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let body = crate::openapi::ErrorBody::new(self.message, self.kind);
+        let mut response = body.into_response(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -137,8 +137,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), AdminError> {
     let Some(expected) = &admin.token else {
+        // Not a server failure to retry: the routes are not enabled on this router.
         return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "admin_disabled",
             "the admin API is disabled: start the service with EMBEDSTREAM_ADMIN_TOKEN set",
         ));
@@ -162,7 +163,19 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), AdminError> {
     }
 }
 
-async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+/// The current migration and every consumer's plan.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/migration/status",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The migration's status", body = Object),
+        (status = 401, description = "No or a wrong bearer token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "The admin API is disabled (no admin token)", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&admin, &headers) {
         return r.into_response();
     }
@@ -261,7 +274,25 @@ fn command(action: &str, body: &[u8]) -> Result<Command, AdminError> {
     })
 }
 
-async fn action(
+/// A migration action: `start` `{"from", "to"}`, `weight` `{"consumer", "new", "adapter"?}`,
+/// `cutover`, `rollback` or `decommission` `{"consumer"?, "force"?}`.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/migration/{action}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("action" = String, Path, description = "start, weight, cutover, rollback or decommission")),
+    request_body(content = Object, description = "The action's fields"),
+    responses(
+        (status = 200, description = "What the action wrote to the control log", body = Object),
+        (status = 400, description = "A body the action cannot read", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such action, or the admin API is disabled (no admin token)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused by the migration's rules", body = crate::openapi::ErrorBody),
+        (status = 500, description = "The control log could not be written", body = crate::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn action(
     State(admin): State<Arc<Admin>>,
     Path(action): Path<String>,
     headers: HeaderMap,

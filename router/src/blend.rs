@@ -27,7 +27,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 /// A blending method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Blend {
     /// Weighted reciprocal rank fusion.
@@ -64,7 +74,7 @@ pub struct Ranked {
 }
 
 /// One result of an answer.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Blended {
     /// Item.
     pub item_id: String,

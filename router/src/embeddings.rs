@@ -27,8 +27,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use embedstream_schemas::access::{Grant, forwarded};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::metrics;
 use crate::shared::Shared;
@@ -66,7 +67,14 @@ impl Failure {
             s if s.is_client_error() => "invalid_request_error",
             _ => "server_error",
         };
-        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.kind}});
+        let body = OpenAiError {
+            error: OpenAiErrorDetail {
+                message: self.message,
+                kind: kind.to_owned(),
+                param: self.param.map(str::to_owned),
+                code: self.kind,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 
@@ -78,9 +86,60 @@ impl Failure {
             StatusCode::SERVICE_UNAVAILABLE => "Unhealthy",
             _ => "Backend",
         };
-        let body = json!({"error": self.message, "error_type": error_type, "kind": self.kind});
+        let body = TeiError {
+            error: self.message,
+            error_type: error_type.to_owned(),
+            kind: self.kind,
+        };
         (self.status, Json(body)).into_response()
     }
+}
+
+/// OpenAI's error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiError {
+    error: OpenAiErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiErrorDetail {
+    /// For people.
+    message: String,
+    /// OpenAI's class: `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error` or `server_error`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The request field at fault, if one is.
+    param: Option<String>,
+    /// The platform's fixed word for the cause.
+    code: String,
+}
+
+/// TEI's error body, with the platform's `kind`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TeiError {
+    error: String,
+    /// `Validation`, `Unhealthy` or `Backend`.
+    error_type: String,
+    kind: String,
+}
+
+/// One text or several.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: requests are read into `Inputs`
+pub(crate) enum TextOrTexts {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A vector as numbers or as base64.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: answers are built as JSON values
+pub(crate) enum FloatsOrBase64 {
+    Floats(Vec<f32>),
+    Base64(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,37 +151,81 @@ enum Inputs {
     Tokens(serde::de::IgnoredAny),
 }
 
-#[derive(Debug, Deserialize)]
+/// OpenAI's embeddings request.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OpenAiRequest {
+pub(crate) struct OpenAiRequest {
+    /// The texts.
+    #[schema(value_type = TextOrTexts)]
     input: Inputs,
+    /// A registered version (`id@version`) or a consumer (its current version); the
+    /// `search` consumer's when left out.
     #[serde(default)]
     model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32).
     #[serde(default)]
     encoding_format: Option<String>,
+    /// Only the version's own dimension is accepted.
     #[serde(default)]
     dimensions: Option<usize>,
     /// Accepted from OpenAI clients; not used.
     #[serde(default, rename = "user")]
+    #[schema(value_type = Option<String>)]
     _user: Option<serde::de::IgnoredAny>,
+    /// `query` or `document`: which of the model's prompts to apply.
     #[serde(default)]
     input_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// TEI's embed request.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TeiRequest {
+pub(crate) struct TeiRequest {
+    /// The texts.
+    #[schema(value_type = TextOrTexts)]
     inputs: Inputs,
+    /// As in OpenAI's `model`.
     #[serde(default)]
     model: Option<String>,
+    /// L2-normalize the vectors (default true).
     #[serde(default = "yes")]
     normalize: bool,
+    /// Cut a text over the model's token limit instead of refusing it (413).
     #[serde(default)]
     truncate: bool,
+    /// One of the model's prompts by name.
     #[serde(default)]
     prompt_name: Option<String>,
+    /// Only `Right`.
     #[serde(default)]
     truncation_direction: Option<String>,
+}
+
+/// OpenAI's embeddings answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiList {
+    /// `list`.
+    object: &'static str,
+    data: Vec<OpenAiEmbedding>,
+    /// The version that computed them.
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OpenAiEmbedding {
+    /// `embedding`.
+    object: &'static str,
+    index: usize,
+    /// Numbers, or base64 of little-endian f32 with `encoding_format: base64`.
+    #[schema(value_type = FloatsOrBase64)]
+    embedding: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
 }
 
 const fn yes() -> bool {
@@ -301,6 +404,21 @@ fn result_label(status: StatusCode) -> &'static str {
 }
 
 /// `POST /v1/embeddings` (OpenAI).
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "embeddings",
+    request_body = OpenAiRequest,
+    responses(
+        (status = 200, description = "The vectors, in input order", body = OpenAiList),
+        (status = 400, description = "A request that cannot succeed", body = OpenAiError),
+        (status = 401, description = "An API key is needed", body = OpenAiError),
+        (status = 403, description = "The API key may not use this model or consumer", body = OpenAiError),
+        (status = 404, description = "Unknown model or consumer", body = OpenAiError),
+        (status = 413, description = "Too many inputs, or a text over the limits", body = OpenAiError),
+        (status = 503, description = "The version's sink cannot embed now", body = OpenAiError),
+    )
+)]
 pub(crate) async fn openai(
     State(shared): State<Arc<Shared>>,
     grant: Option<axum::Extension<Grant>>,
@@ -382,7 +500,7 @@ async fn openai_answer(
         ));
     }
     let tokens: usize = answer.tokens.iter().sum();
-    let data: Vec<Value> = answer
+    let data = answer
         .embeddings
         .into_iter()
         .enumerate()
@@ -393,19 +511,41 @@ async fn openai_answer(
             } else {
                 json!(vector)
             };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            OpenAiEmbedding {
+                object: "embedding",
+                index,
+                embedding,
+            }
         })
         .collect();
-    let body = json!({
-        "object": "list",
-        "data": data,
-        "model": answer.model_version,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    });
+    let body = OpenAiList {
+        object: "list",
+        data,
+        model: answer.model_version,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    };
     Ok((version, Json(body).into_response()))
 }
 
 /// `POST /embed` (TEI).
+#[utoipa::path(
+    post,
+    path = "/embed",
+    tag = "embeddings",
+    request_body = TeiRequest,
+    responses(
+        (status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>),
+        (status = 400, description = "A request that cannot succeed", body = TeiError),
+        (status = 401, description = "An API key is needed", body = TeiError),
+        (status = 403, description = "The API key may not use this model or consumer", body = TeiError),
+        (status = 404, description = "Unknown model or consumer", body = TeiError),
+        (status = 413, description = "Too many inputs, or a text over the limits", body = TeiError),
+        (status = 503, description = "The version's sink cannot embed now", body = TeiError),
+    )
+)]
 pub(crate) async fn tei(
     State(shared): State<Arc<Shared>>,
     grant: Option<axum::Extension<Grant>>,

@@ -13,6 +13,8 @@
 //! an entry with an adapter reads that version's index with the new model's queries mapped by
 //! the adapter, which the version's sink applies).
 //!
+//! `GET /openapi.json` describes every route ([`openapi`]).
+//!
 //! `POST /v1/embeddings` (OpenAI's shape) and `POST /embed` (TEI's) embed texts with a version
 //! (or a consumer's current version), computed by that version's sink ([`embeddings`]).
 //!
@@ -24,6 +26,7 @@ mod config;
 mod embeddings;
 mod feed;
 pub mod metrics;
+pub mod openapi;
 mod search;
 mod shared;
 mod status;
@@ -81,6 +84,7 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
     Router::new()
         .merge(queries)
         .route("/v1/status", get(status::status_json))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/status", get(status::status_page))
         .route(
             "/",

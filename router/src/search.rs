@@ -14,48 +14,72 @@ use embedstream_schemas::filter;
 use embedstream_schemas::records::ReadPlanEntry;
 use serde::{Deserialize, Serialize};
 
+use utoipa::ToSchema;
+
 use crate::blend::{self, Blend, Blended, Ranked};
 use crate::metrics;
+use crate::openapi::ErrorBody;
 use crate::shared::{Shared, fan_out_get};
 use ::metrics as metrics_crate;
 
 /// The most versions one query's plan may read (each is one sink request).
 const MAX_PLAN_ENTRIES: usize = 8;
 
-#[derive(Debug, Deserialize)]
+/// One version of a plan given with the request (for evaluation).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlanOverride {
+pub(crate) struct PlanOverride {
+    /// `id@version`.
     model: String,
+    /// Its weight, in [0, 1].
     weight: f64,
 }
 
-#[derive(Debug, Deserialize)]
+/// A search: give exactly one of `text`, `vector` and `vectors`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RouteRequest {
+pub(crate) struct RouteRequest {
+    /// A configured consumer: its profile sets the search width and the bounds of `k`.
     consumer: String,
+    /// Text, embedded by each version's own model.
     #[serde(default)]
     text: Option<String>,
+    /// A query vector (a plan of one version, or versions of one dimension).
     #[serde(default)]
     vector: Option<Vec<f32>>,
+    /// One query vector per version (`{"id@version": [...]}`), for clients that embed
+    /// themselves.
     #[serde(default)]
     vectors: Option<BTreeMap<String, Vec<f32>>>,
+    /// How many results (the consumer's `default_k` when left out).
     #[serde(default)]
     k: Option<usize>,
+    /// How the versions' lists are merged during a migration.
     #[serde(default)]
     blend: Option<Blend>,
+    /// Read these versions instead of the consumer's plan.
     #[serde(default)]
     plan: Option<Vec<PlanOverride>>,
+    /// Only items whose attributes match: `{"attribute", "eq" | "in" | "gt" | "gte" | "lt" |
+    /// "lte"}` conditions combined with `{"and": [...]}` / `{"or": [...]}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
-struct RouteResponse {
+/// A search's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RouteResponse {
+    /// Best first.
     results: Vec<Blended>,
     consumer: String,
     k: usize,
+    /// The method that merged the lists; null with one version.
     blend: Option<Blend>,
+    /// The versions read, as `[id@version, weight]` pairs.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
     plan: Vec<(String, f64)>,
+    /// Versions left out of this answer, with why.
     degraded: Vec<String>,
     took_ms: f64,
 }
@@ -79,11 +103,20 @@ impl RouteError {
 
 impl IntoResponse for RouteError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "kind": self.kind});
-        (self.status, axum::Json(body)).into_response()
+        ErrorBody::new(self.message, self.kind).into_response(self.status)
     }
 }
 
+/// Every consumer's effective read plan.
+#[utoipa::path(
+    get,
+    path = "/v1/plans",
+    tag = "search",
+    responses(
+        (status = 200, description = "`{consumer: [{\"model\", \"weight\", \"adapter\"}]}`", body = Object),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+    )
+)]
 pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
     let plans: BTreeMap<String, Vec<serde_json::Value>> = shared
@@ -104,6 +137,15 @@ pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// `GET /v1/versions`: each version's sink stats (`items`, `lag`, ...), null when it is down.
+#[utoipa::path(
+    get,
+    path = "/v1/versions",
+    tag = "search",
+    responses(
+        (status = 200, description = "`{version: {\"items\", \"lag\", \"topic\"} | null}`", body = Object),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+    )
+)]
 pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Response {
     let stats = fan_out_get(&shared, "/v1/stats", None).await;
     let brief: BTreeMap<String, serde_json::Value> = stats
@@ -121,6 +163,16 @@ pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Respons
 }
 
 /// `GET /v1/items/{id}`: where each version has the item (null: not there, or down).
+#[utoipa::path(
+    get,
+    path = "/v1/items/{item_id}",
+    tag = "search",
+    params(("item_id" = String, Path, description = "The item's id")),
+    responses(
+        (status = 200, description = "`{version: {\"partition\", \"offset\"} | null}`", body = Object),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+    )
+)]
 pub(crate) async fn item_route(
     State(shared): State<Arc<Shared>>,
     Path(item_id): Path<String>,
@@ -147,6 +199,21 @@ pub(crate) async fn item_route(
     .into_response()
 }
 
+/// Searches the versions of the consumer's plan and merges their lists.
+#[utoipa::path(
+    post,
+    path = "/v1/search",
+    tag = "search",
+    request_body = RouteRequest,
+    responses(
+        (status = 200, description = "The results", body = RouteResponse),
+        (status = 400, description = "A request that cannot succeed (see `kind`)", body = ErrorBody),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+        (status = 403, description = "The API key may not query as this consumer", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit"),
+        (status = 503, description = "No version could answer, or the consumer reads none", body = ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(shared): State<Arc<Shared>>,
     grant: Option<axum::Extension<Grant>>,

@@ -80,6 +80,13 @@ fn migration(state: &ControlState) -> Option<MigrationStatus> {
 }
 
 /// `GET /v1/status`.
+/// The platform at a glance: versions, the migration, consumers' plans and latency, drift.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    responses((status = 200, description = "`{generated_at_ms, serving_default, stage, versions, migration, consumers, drift}`", body = Object))
+)]
 pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
     let mut stats = fan_out_get(&shared, "/v1/stats", None).await;

@@ -332,7 +332,7 @@ impl Filter {
                 .is_some_and(|v| values.binary_search_by(|x| x.as_str().cmp(v)).is_ok()),
             Self::Number { attribute, values } => get(attribute)
                 .and_then(number_value)
-                .is_some_and(|v| values.iter().any(|x| *x == v)),
+                .is_some_and(|v| values.contains(&v)),
             Self::Range {
                 attribute,
                 min,

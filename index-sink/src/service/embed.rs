@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::http::{Api, EmbedError};
 use super::metrics as m;
@@ -113,23 +114,40 @@ impl Inputs {
     }
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
+/// One text or several.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: requests are read into `Inputs`
+pub(crate) enum TextOrTexts {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Which of the model's prompts applies.
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy, ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum InputType {
+pub(crate) enum InputType {
     Query,
     Document,
 }
 
-#[derive(Debug, Deserialize)]
+/// Texts to embed with this version.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EmbedRequest {
+pub(crate) struct EmbedRequest {
+    /// The texts.
+    #[schema(value_type = TextOrTexts)]
     inputs: Inputs,
+    /// `query` or `document`: the model's prompt for that kind of text.
     #[serde(default)]
     input_type: Option<InputType>,
+    /// One of the model's prompts by name.
     #[serde(default)]
     prompt_name: Option<String>,
+    /// Cut a text over the token limit (default); `false` refuses it (413).
     #[serde(default = "yes")]
     truncate: bool,
+    /// L2-normalize; the model's own pipeline decides when left out.
     #[serde(default)]
     normalize: Option<bool>,
 }
@@ -138,8 +156,9 @@ const fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Serialize)]
-struct EmbedResponse {
+/// The vectors, in input order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EmbedResponse {
     model_version: String,
     dimension: usize,
     embeddings: Vec<Vec<f32>>,
@@ -171,12 +190,28 @@ fn too_large(kind: &'static str, message: impl Into<String>) -> Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "kind": self.kind});
+        let body = super::openapi::ErrorBody {
+            error: self.message,
+            kind: self.kind.to_owned(),
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
 
 /// `POST /v1/embed`. Any key the sink accepts may embed: the answer holds no item data.
+#[utoipa::path(
+    post,
+    path = "/v1/embed",
+    tag = "embeddings",
+    request_body = EmbedRequest,
+    responses(
+        (status = 200, description = "The vectors", body = EmbedResponse),
+        (status = 400, description = "A request that cannot succeed (see `kind`)", body = super::openapi::ErrorBody),
+        (status = 401, description = "An API key is needed", body = super::openapi::ErrorBody),
+        (status = 413, description = "Too many inputs, or a text over the limits", body = super::openapi::ErrorBody),
+        (status = 503, description = "The model could not load or the engine stopped", body = super::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn embed_route(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     let started = Instant::now();
     let result = embed_body(&api, &body).await;

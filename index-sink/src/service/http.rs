@@ -14,6 +14,7 @@
 //!   compaction; the consumer's positions, lag and poison count.
 //! - `GET /v1/items/{item_id}`: the version (partition, offset) queries see, or 404.
 //! - `POST /v1/embed`: texts → this version's vectors ([`super::embed`]).
+//! - `GET /openapi.json`: this API's OpenAPI document ([`super::openapi`]).
 //!
 //! Searches run on rayon (the index fans out over shards there), never on the runtime's
 //! workers; a semaphore bounds how many run at once. Text queries are embedded by the
@@ -40,6 +41,9 @@ use tokio::sync::{Semaphore, oneshot};
 use embedstream_schemas::access::{ApiKeys, Grant, require_key};
 use embedstream_schemas::consumers::{Consumers, export_slos};
 use embedstream_schemas::filter;
+use utoipa::ToSchema;
+
+use super::openapi::ErrorBody;
 
 use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
@@ -167,17 +171,23 @@ pub(crate) fn router(api: Arc<Api>, keys: Option<Arc<ApiKeys>>) -> Router {
     Router::new()
         .merge(queries)
         .route("/v1/stats", get(stats))
+        .route("/openapi.json", get(super::openapi::openapi_json))
         .with_state(api)
 }
 
-#[derive(Debug, Deserialize)]
+/// A search: give one of `vector` and `text`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SearchRequest {
+pub(crate) struct SearchRequest {
+    /// A configured consumer: its profile sets the search width and the bounds of `k`.
     consumer: String,
+    /// A query vector of this version's dimension.
     #[serde(default)]
     vector: Option<Vec<f32>>,
+    /// Text, embedded with this version's model.
     #[serde(default)]
     text: Option<String>,
+    /// How many results (the consumer's `default_k` when left out).
     #[serde(default)]
     k: Option<usize>,
     /// A Drift-Adapter: the query (vector or text) is the new model's and is mapped into
@@ -186,11 +196,13 @@ struct SearchRequest {
     adapter: Option<String>,
     /// Only items whose attributes match (`embedstream_schemas::filter`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
-struct SearchResponse {
+/// A search's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SearchResponse {
     results: Vec<Result1>,
     consumer: String,
     k: usize,
@@ -201,9 +213,11 @@ struct SearchResponse {
     took_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct Result1 {
+/// One result.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Result1 {
     item_id: String,
+    /// Cosine similarity with the query.
     score: f32,
     model_version: String,
 }
@@ -228,12 +242,31 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "kind": self.kind});
+        let body = ErrorBody {
+            error: self.message,
+            kind: self.kind.to_owned(),
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
 
-async fn search(
+/// Searches this version's index.
+#[utoipa::path(
+    post,
+    path = "/v1/search",
+    tag = "search",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "The results, best first", body = SearchResponse),
+        (status = 400, description = "A request that cannot succeed (see `kind`)", body = ErrorBody),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+        (status = 403, description = "The API key may not query as this consumer", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit"),
+        (status = 500, description = "The search failed", body = ErrorBody),
+        (status = 503, description = "The sink is shutting down, or cannot embed the text now", body = ErrorBody),
+    )
+)]
+pub(crate) async fn search(
     State(api): State<Arc<Api>>,
     grant: Option<axum::Extension<Grant>>,
     body: Bytes,
@@ -507,7 +540,14 @@ struct StatsResponse {
     shards: Vec<ShardStats>,
 }
 
-async fn stats(State(api): State<Arc<Api>>) -> Response {
+/// The index's and the consumer's state.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "status",
+    responses((status = 200, description = "`{topic, model_version, group, dim, items, lag, consumer, resume_offsets, applied_offsets, shards}`", body = Object))
+)]
+pub(crate) async fn stats(State(api): State<Arc<Api>>) -> Response {
     let index = Arc::clone(&api.index);
     // Counting visible items walks each shard under its read lock: not on a runtime worker.
     let Ok((items, resume, applied, shards)) = tokio::task::spawn_blocking(move || {
@@ -539,7 +579,19 @@ async fn stats(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-async fn item(State(api): State<Arc<Api>>, Path(item_id): Path<String>) -> Response {
+/// The version of an item that queries see.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{item_id}",
+    tag = "search",
+    params(("item_id" = String, Path, description = "The item's id")),
+    responses(
+        (status = 200, description = "`{item_id, partition, offset, source, model_version}`", body = Object),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+        (status = 404, description = "Absent or deleted", body = ErrorBody),
+    )
+)]
+pub(crate) async fn item(State(api): State<Arc<Api>>, Path(item_id): Path<String>) -> Response {
     match api.index.lookup(&item_id) {
         Some(v) => axum::Json(serde_json::json!({
             "item_id": item_id,

@@ -20,6 +20,7 @@ mod embed;
 mod error;
 mod http;
 pub mod metrics;
+pub mod openapi;
 #[cfg(test)]
 mod properties;
 

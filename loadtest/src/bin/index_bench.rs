@@ -472,8 +472,7 @@ fn filtered(args: FilteredArgs) -> Result<()> {
                     args.snapshot_dir.display()
                 );
             }
-            for row in 0..n {
-                let b = buckets[row];
+            for (row, &b) in buckets.iter().enumerate() {
                 index.apply(Upsert {
                     attributes: Attributes::new([
                         ("bucket".to_owned(), b.to_string()),

@@ -44,6 +44,9 @@ fn attributes(i: u64, round: u64) -> HashMap<String, String> {
     ])
 }
 
+/// Which items a filter keeps, by their attributes.
+type Keep = Box<dyn Fn(&HashMap<String, String>) -> bool>;
+
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let r = client.post(url).json(body).send().await.unwrap();
     let status = r.status().as_u16();
@@ -125,7 +128,7 @@ async fn filtered_search_through_the_router_is_exact_before_and_after_rewrites()
     }
     let plan = json!([{"model": MINILM, "weight": 1.0}]);
 
-    let filters: Vec<(Value, Box<dyn Fn(&HashMap<String, String>) -> bool>)> = vec![
+    let filters: Vec<(Value, Keep)> = vec![
         (
             json!({"attribute": "section", "eq": "utils"}),
             Box::new(|a| a["section"] == "utils"),
