@@ -102,7 +102,14 @@ impl ShardedIndex {
                     tracing::warn!(shard = i, path = %l.path.display(), created_ms = l.created_ms, "Snapshot is older than the topic keeps tombstones; the shard is rebuilt by a replay from the beginning.");
                     snapshot_expired(&config.name, i).increment(1);
                 }
-                !stale
+                // Its items have no attributes: filters would miss them until each is
+                // written again. The topic has them; a replay brings them back.
+                let without_attributes = l.format < snapshot::ATTRIBUTES_FORMAT;
+                if without_attributes && !stale {
+                    tracing::warn!(shard = i, path = %l.path.display(), format = l.format, "Snapshot predates item attributes; the shard is rebuilt by a replay from the beginning.");
+                    snapshot_expired(&config.name, i).increment(1);
+                }
+                !stale && !without_attributes
             });
             match &loaded {
                 Some(l) => {

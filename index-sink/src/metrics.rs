@@ -40,7 +40,8 @@ pub mod names {
     /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
     pub const SNAPSHOT_CORRUPT_TOTAL: &str = "embedstream_index_snapshot_corrupt_total";
     /// Counter: snapshots set aside at open because they are older than the topic keeps
-    /// tombstones (the shard is rebuilt by a replay from the beginning).
+    /// tombstones, or of a format without item attributes (the shard is rebuilt by a replay
+    /// from the beginning).
     pub const SNAPSHOT_EXPIRED_TOTAL: &str = "embedstream_index_snapshot_expired_total";
 }
 

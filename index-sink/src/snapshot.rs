@@ -37,9 +37,11 @@ const MAGIC_END: &[u8; 8] = b"ESSNAPOK";
 pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The oldest format this build reads: format 1 has no source positions (its writes then
 /// order by the embedding topic alone until they are replaced); formats 1 and 2 have no
-/// attributes (their items match no filter until they are written again).
+/// attributes, so the index sets them aside at open and replays the topic instead.
 const OLDEST_READABLE: u32 = 1;
 const FOOTER_LEN: u64 = 8 + 4 + 8;
+/// The first format that keeps items' attributes.
+pub(crate) const ATTRIBUTES_FORMAT: u32 = 3;
 
 /// Who a snapshot belongs to; a valid file with other values is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub(crate) struct Content<'a> {
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub(crate) path: PathBuf,
+    /// The file's format version.
+    pub(crate) format: u32,
     pub(crate) seq: u64,
     pub(crate) created_ms: i64,
     pub(crate) main: MainIndex,
@@ -442,6 +446,7 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
         header,
         Loaded {
             path: path.to_owned(),
+            format: r.format,
             seq,
             created_ms,
             main,

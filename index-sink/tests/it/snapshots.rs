@@ -225,3 +225,37 @@ fn snapshot_of_another_layout_is_refused() {
     let err = ShardedIndex::open(&dir.0, config(DIM + 1, 2)).unwrap_err();
     assert!(matches!(err, Error::SnapshotIncompatible { .. }), "{err}");
 }
+
+#[test]
+fn a_snapshot_without_attributes_is_set_aside_and_the_topic_replayed() {
+    let dir = TempDir::new("format2");
+    let c = config(DIM, 1);
+    {
+        let index = ShardedIndex::open(&dir.0, c.clone()).unwrap();
+        index.apply(upsert("a", Rng::new(3).unit(DIM), 0, 0)).unwrap();
+        index.apply(delete("a", 0, 1)).unwrap();
+        index.persist().unwrap();
+    }
+    assert!(
+        !ShardedIndex::open(&dir.0, c.clone())
+            .unwrap()
+            .resume_offsets()
+            .is_empty(),
+        "a current snapshot resumes where it stopped"
+    );
+    // The same state in format 2: with no rows in main or hot (one pending delete), its
+    // bytes differ from format 3's only in the version, then the checksum.
+    let path = snaps(&dir.0, ".snap").pop().unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let body = bytes.len() - 20;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body + 8..body + 12].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+    let reopened = ShardedIndex::open(&dir.0, c).unwrap();
+    assert!(
+        reopened.resume_offsets().is_empty(),
+        "a snapshot without attributes must be replayed from the start"
+    );
+    assert_eq!(reopened.len(), 0);
+}
