@@ -12,8 +12,9 @@
 //!   many non-matching nodes to find enough matching ones;
 //! - **broad**: the HNSW walk over every node, keeping the nearest matching ones as results
 //!   (the nodes that do not match still lead the walk). The walk meets matching nodes at the
-//!   rate they occur, so its width is the query's `ef` times the matching share (at least
-//!   `k`): about the work of an unfiltered walk of width `ef`.
+//!   rate they occur, so its width is the query's `ef` times the square root of the matching
+//!   share (at least `k`): `ef` itself would cost 1 / share times an unfiltered walk,
+//!   `ef` × share the same work as one but less recall on data without structure.
 
 use std::collections::HashMap;
 use std::ops::Bound;

@@ -172,11 +172,14 @@ impl MainIndex {
                 Some(Strategy::Exact),
             );
         }
-        // The walk keeps matching nodes only, and finds them at the rate they occur: a
-        // width of `ef` times the matching share costs about what an unfiltered walk of
-        // width `ef` does (never below `k`).
+        // The walk keeps matching nodes only and meets them at the rate they occur, so a
+        // width of `ef` would cost 1 / share times an unfiltered walk's work, and a width of
+        // `ef` × share the same work but less recall on data without structure. The width
+        // is `ef` × √share (never below `k`): between the two.
         let share = matching as f64 / n as f64;
-        let mut ef = ((ef as f64 * share).ceil() as usize).max(k).min(matching);
+        let mut ef = ((ef as f64 * share.sqrt()).ceil() as usize)
+            .max(k)
+            .min(matching);
         let hits = SCRATCH.with_borrow_mut(|scratch| {
             loop {
                 let found = self.graph.search_filtered(query, ef, &allowed, scratch);

@@ -232,7 +232,9 @@ fn a_snapshot_without_attributes_is_set_aside_and_the_topic_replayed() {
     let c = config(DIM, 1);
     {
         let index = ShardedIndex::open(&dir.0, c.clone()).unwrap();
-        index.apply(upsert("a", Rng::new(3).unit(DIM), 0, 0)).unwrap();
+        index
+            .apply(upsert("a", Rng::new(3).unit(DIM), 0, 0))
+            .unwrap();
         index.apply(delete("a", 0, 1)).unwrap();
         index.persist().unwrap();
     }
