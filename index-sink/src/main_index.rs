@@ -121,10 +121,26 @@ impl MainIndex {
         if n == 0 || k == 0 {
             return Vec::new();
         }
-        let mut ef = ef.max(k).min(n);
+        self.walk(query, k, ef.max(k).min(n), None, &hidden)
+    }
+
+    /// The top `k` not `hidden` of a graph walk of width `ef` (among `allowed` when given),
+    /// widening the walk while hidden items crowd the results out, up to every candidate.
+    fn walk(
+        &self,
+        query: &[f32],
+        k: usize,
+        mut ef: usize,
+        allowed: Option<&crate::filtered::Bits>,
+        hidden: &impl Fn(&str) -> bool,
+    ) -> Vec<Hit> {
+        let limit = allowed.map_or(self.len(), crate::filtered::Bits::count);
         SCRATCH.with_borrow_mut(|scratch| {
             loop {
-                let found = self.graph.search(query, ef, scratch);
+                let found = match allowed {
+                    None => self.graph.search(query, ef, scratch),
+                    Some(a) => self.graph.search_filtered(query, ef, a, scratch),
+                };
                 let mut top = TopK::new(k);
                 let mut visible = 0;
                 for c in found {
@@ -135,10 +151,10 @@ impl MainIndex {
                     }
                 }
                 // Fewer than `ef` found: the search saw everything it can reach.
-                if visible >= k || found.len() < ef || ef >= n {
+                if visible >= k || found.len() < ef || ef >= limit {
                     return top.into_hits();
                 }
-                ef = (ef * 2).min(n);
+                ef = (ef * 2).min(limit);
             }
         })
     }
@@ -177,27 +193,10 @@ impl MainIndex {
         // `ef` × share the same work but less recall on data without structure. The width
         // is `ef` × √share (never below `k`): between the two.
         let share = matching as f64 / n as f64;
-        let mut ef = ((ef as f64 * share.sqrt()).ceil() as usize)
+        let ef = ((ef as f64 * share.sqrt()).ceil() as usize)
             .max(k)
             .min(matching);
-        let hits = SCRATCH.with_borrow_mut(|scratch| {
-            loop {
-                let found = self.graph.search_filtered(query, ef, &allowed, scratch);
-                let mut top = TopK::new(k);
-                let mut visible = 0;
-                for c in found {
-                    let row = &self.rows[c.pid as usize];
-                    if !hidden(&row.id) {
-                        visible += 1;
-                        top.offer(dot(query, self.graph.vector(c.pid)), &row.id);
-                    }
-                }
-                if visible >= k || found.len() < ef || ef >= matching {
-                    return top.into_hits();
-                }
-                ef = (ef * 2).min(matching);
-            }
-        });
+        let hits = self.walk(query, k, ef, Some(&allowed), &hidden);
         (hits, Some(Strategy::Graph))
     }
 
