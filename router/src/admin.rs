@@ -119,7 +119,7 @@ fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> 
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let body = crate::openapi::ErrorBody::new(self.message, self.kind);
+        let body = embedstream_schemas::api::ErrorBody::new(self.message, self.kind);
         let mut response = body.into_response(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -171,8 +171,8 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), AdminError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The migration's status", body = Object),
-        (status = 401, description = "No or a wrong bearer token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "The admin API is disabled (no admin token)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = embedstream_schemas::api::ErrorBody),
+        (status = 404, description = "The admin API is disabled (no admin token)", body = embedstream_schemas::api::ErrorBody),
     )
 )]
 pub(crate) async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
@@ -285,11 +285,11 @@ fn command(action: &str, body: &[u8]) -> Result<Command, AdminError> {
     request_body(content = Object, description = "The action's fields"),
     responses(
         (status = 200, description = "What the action wrote to the control log", body = Object),
-        (status = 400, description = "A body the action cannot read", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No or a wrong bearer token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such action, or the admin API is disabled (no admin token)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "Refused by the migration's rules", body = crate::openapi::ErrorBody),
-        (status = 500, description = "The control log could not be written", body = crate::openapi::ErrorBody),
+        (status = 400, description = "A body the action cannot read", body = embedstream_schemas::api::ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = embedstream_schemas::api::ErrorBody),
+        (status = 404, description = "No such action, or the admin API is disabled (no admin token)", body = embedstream_schemas::api::ErrorBody),
+        (status = 409, description = "Refused by the migration's rules", body = embedstream_schemas::api::ErrorBody),
+        (status = 500, description = "The control log could not be written", body = embedstream_schemas::api::ErrorBody),
     )
 )]
 pub(crate) async fn action(

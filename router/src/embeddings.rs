@@ -124,15 +124,6 @@ pub(crate) struct TeiError {
     kind: String,
 }
 
-/// One text or several.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // a schema only: requests are read into `Inputs`
-pub(crate) enum TextOrTexts {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// A vector as numbers or as base64.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -156,7 +147,7 @@ enum Inputs {
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpenAiRequest {
     /// The texts.
-    #[schema(value_type = TextOrTexts)]
+    #[schema(value_type = embedstream_schemas::api::TextOrTexts)]
     input: Inputs,
     /// A registered version (`id@version`) or a consumer (its current version); the
     /// `search` consumer's when left out.
@@ -182,7 +173,7 @@ pub(crate) struct OpenAiRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TeiRequest {
     /// The texts.
-    #[schema(value_type = TextOrTexts)]
+    #[schema(value_type = embedstream_schemas::api::TextOrTexts)]
     inputs: Inputs,
     /// As in OpenAI's `model`.
     #[serde(default)]

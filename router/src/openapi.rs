@@ -3,33 +3,9 @@
 
 use std::sync::OnceLock;
 
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
-
-/// A refused or failed request: a message for people and a fixed `kind` for programs.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ErrorBody {
-    /// What went wrong, for people.
-    pub(crate) error: String,
-    /// What went wrong, for programs: a fixed word per cause (`unknown_consumer`,
-    /// `invalid_filter`, ...).
-    pub(crate) kind: String,
-}
-
-impl ErrorBody {
-    pub(crate) fn new(error: impl Into<String>, kind: impl Into<String>) -> Self {
-        Self {
-            error: error.into(),
-            kind: kind.into(),
-        }
-    }
-
-    pub(crate) fn into_response(self, status: StatusCode) -> Response {
-        (status, axum::Json(self)).into_response()
-    }
-}
+use axum::response::Response;
+use embedstream_schemas::api;
+use utoipa::OpenApi;
 
 /// The admin API's bearer token.
 struct AdminToken;
@@ -73,16 +49,12 @@ struct RouterApi;
 /// The document, as JSON.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        RouterApi::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    })
+    api::document(&DOCUMENT, RouterApi::openapi)
 }
 
 /// `GET /openapi.json`.
 pub(crate) async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+    api::document_response(document())
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use utoipa::ToSchema;
 
 use crate::blend::{self, Blend, Blended, Ranked};
 use crate::metrics;
-use crate::openapi::ErrorBody;
 use crate::shared::{Shared, fan_out_get};
 use ::metrics as metrics_crate;
+use embedstream_schemas::api::ErrorBody;
 
 /// The most versions one query's plan may read (each is one sink request).
 const MAX_PLAN_ENTRIES: usize = 8;

@@ -11,6 +11,7 @@
 //! - [`registry`]: the registry server, storing its state in the compacted `_schemas` topic.
 
 pub mod access;
+pub mod api;
 pub mod codec;
 pub mod consumers;
 pub mod control;

@@ -24,6 +24,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use embedstream_schemas::api::ErrorBody;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -114,15 +115,6 @@ impl Inputs {
     }
 }
 
-/// One text or several.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // a schema only: requests are read into `Inputs`
-pub(crate) enum TextOrTexts {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// Which of the model's prompts applies.
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -136,7 +128,7 @@ pub(crate) enum InputType {
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmbedRequest {
     /// The texts.
-    #[schema(value_type = TextOrTexts)]
+    #[schema(value_type = embedstream_schemas::api::TextOrTexts)]
     inputs: Inputs,
     /// `query` or `document`: the model's prompt for that kind of text.
     #[serde(default)]
@@ -190,11 +182,7 @@ fn too_large(kind: &'static str, message: impl Into<String>) -> Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let body = super::openapi::ErrorBody {
-            error: self.message,
-            kind: self.kind.to_owned(),
-        };
-        (self.status, axum::Json(body)).into_response()
+        ErrorBody::new(self.message, self.kind).into_response(self.status)
     }
 }
 
@@ -206,10 +194,10 @@ impl IntoResponse for Refused {
     request_body = EmbedRequest,
     responses(
         (status = 200, description = "The vectors", body = EmbedResponse),
-        (status = 400, description = "A request that cannot succeed (see `kind`)", body = super::openapi::ErrorBody),
-        (status = 401, description = "An API key is needed", body = super::openapi::ErrorBody),
-        (status = 413, description = "Too many inputs, or a text over the limits", body = super::openapi::ErrorBody),
-        (status = 503, description = "The model could not load or the engine stopped", body = super::openapi::ErrorBody),
+        (status = 400, description = "A request that cannot succeed (see `kind`)", body = ErrorBody),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+        (status = 413, description = "Too many inputs, or a text over the limits", body = ErrorBody),
+        (status = 503, description = "The model could not load or the engine stopped", body = ErrorBody),
     )
 )]
 pub(crate) async fn embed_route(State(api): State<Arc<Api>>, body: Bytes) -> Response {

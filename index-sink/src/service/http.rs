@@ -43,7 +43,7 @@ use embedstream_schemas::consumers::{Consumers, export_slos};
 use embedstream_schemas::filter;
 use utoipa::ToSchema;
 
-use super::openapi::ErrorBody;
+use embedstream_schemas::api::ErrorBody;
 
 use super::config::HttpSettings;
 use super::consumer::{Progress, ProgressState};
@@ -242,11 +242,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.message,
-            kind: self.kind.to_owned(),
-        };
-        (self.status, axum::Json(body)).into_response()
+        ErrorBody::new(self.message, self.kind).into_response(self.status)
     }
 }
 

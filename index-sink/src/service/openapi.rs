@@ -3,19 +3,9 @@
 
 use std::sync::OnceLock;
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
-
-/// A refused or failed request: a message for people and a fixed `kind` for programs.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ErrorBody {
-    /// What went wrong, for people.
-    pub(crate) error: String,
-    /// What went wrong, for programs: a fixed word per cause.
-    pub(crate) kind: String,
-}
+use axum::response::Response;
+use embedstream_schemas::api;
+use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,16 +26,12 @@ struct SinkApi;
 /// The document, as JSON.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        SinkApi::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    })
+    api::document(&DOCUMENT, SinkApi::openapi)
 }
 
 /// `GET /openapi.json`.
 pub(crate) async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+    api::document_response(document())
 }
 
 #[cfg(test)]
