@@ -40,15 +40,54 @@ pub(crate) fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsum
         .map_err(Error::kafka(kafka))
 }
 
-/// The partitions of `topic`, sorted; an error when it has none.
-pub(crate) fn partitions(
+/// How long a metadata or watermark request waits for the brokers before it is asked again.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the metadata request `ask` until the brokers answer it. Broker trouble (a timeout, a
+/// partition between leaders after a broker pause, a broker away) waits and asks again, with a
+/// warning and a backoff up to 5 s; an error no retry mends ([`embedstream_topics::kafka::is_fatal`])
+/// is returned; shutdown while waiting is [`Error::Interrupted`].
+async fn until_answered<T>(
+    what: &str,
+    topic: &str,
+    kafka: &KafkaConfig,
+    shutdown: &CancellationToken,
+    mut ask: impl FnMut() -> std::result::Result<T, KafkaError>,
+) -> Result<T> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match ask() {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.rdkafka_error_code()
+                    .is_some_and(embedstream_topics::kafka::is_fatal) =>
+            {
+                return Err(Error::kafka(kafka)(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "The brokers did not answer a {what} request; asking again.");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(Error::Interrupted),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The partitions of `topic`, sorted; an error when it has none. Waits out broker trouble
+/// (see [`until_answered`]).
+pub(crate) async fn partitions(
     reader: &StreamConsumer,
     topic: &str,
     kafka: &KafkaConfig,
+    shutdown: &CancellationToken,
 ) -> Result<Vec<i32>> {
-    let metadata = reader
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(Error::kafka(kafka))?;
+    let metadata = until_answered("metadata", topic, kafka, shutdown, || {
+        reader.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    })
+    .await?;
     let mut partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -61,6 +100,21 @@ pub(crate) fn partitions(
         });
     }
     Ok(partitions)
+}
+
+/// The low and high watermarks of `topic`'s partition `p`. Waits out broker trouble (see
+/// [`until_answered`]).
+pub(crate) async fn watermarks(
+    reader: &StreamConsumer,
+    topic: &str,
+    p: i32,
+    kafka: &KafkaConfig,
+    shutdown: &CancellationToken,
+) -> Result<(i64, i64)> {
+    until_answered("watermark", topic, kafka, shutdown, || {
+        reader.fetch_watermarks(topic, p, METADATA_TIMEOUT)
+    })
+    .await
 }
 
 /// `[lo, hi)` of one partition, read in offset order; fewer records where compaction removed

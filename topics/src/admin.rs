@@ -218,16 +218,6 @@ impl ProducerContext for ConnectionErrors {
     fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
-/// Errors no retry mends: the client's credentials or its trust in the broker's certificate.
-fn is_fatal(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SSL
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-    )
-}
-
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin")
@@ -292,7 +282,9 @@ impl Admin {
             match self.probe.client().fetch_metadata(topic, round) {
                 Ok(md) => return Ok(md),
                 Err(source) => {
-                    let fatal = self.reason().is_some_and(|(code, _)| is_fatal(code));
+                    let fatal = self
+                        .reason()
+                        .is_some_and(|(code, _)| crate::kafka::is_fatal(code));
                     if fatal || Instant::now() >= deadline {
                         return Err(self.error(topic.unwrap_or("*"), source));
                     }

@@ -26,7 +26,7 @@ use std::path::Path;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 
 use crate::error::{Error, Result};
 
@@ -103,6 +103,21 @@ pub struct KafkaConfig {
     bootstrap: String,
     properties: BTreeMap<String, String>,
     replication: Replication,
+}
+
+/// Errors no retry mends: the client's credentials, its trust in the broker's certificate, or
+/// what its principal may do. Every other broker error (timeouts, a partition between leaders,
+/// a broker away) is waited out by the platform's clients.
+pub fn is_fatal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SSL
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 impl fmt::Debug for KafkaConfig {

@@ -23,14 +23,13 @@ use embedstream_schemas::records::{DeadLetter, SourceCoordinates};
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::names::TopicNames;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::range::{PartitionRange, new_reader, partitions};
+use crate::range::{PartitionRange, new_reader, partitions, watermarks};
 use crate::stage::prepare::decode_waiting;
 
 /// Header of a replayed record: `<dlq topic>/<partition>/<offset>` of its letter.
@@ -175,8 +174,8 @@ async fn read_letters(
     let reader = new_reader(&source.kafka, "dlq")?;
     let codec = Codec::new(&source.registry_url);
     let mut taken = 0;
-    for p in partitions(&reader, &topic, &source.kafka)? {
-        let (low, high) = watermarks(&reader, &topic, p, &source.kafka)?;
+    for p in partitions(&reader, &topic, &source.kafka, shutdown).await? {
+        let (low, high) = watermarks(&reader, &topic, p, &source.kafka, shutdown).await?;
         let lo = selection.from_offset.unwrap_or(low).max(low);
         let hi = selection.to_offset.unwrap_or(high).min(high);
         let mut range = PartitionRange::open(&source.kafka, &topic, p, lo, hi)?;
@@ -199,17 +198,6 @@ async fn read_letters(
         }
     }
     Ok(taken)
-}
-
-fn watermarks(
-    reader: &StreamConsumer,
-    topic: &str,
-    p: i32,
-    kafka: &KafkaConfig,
-) -> Result<(i64, i64)> {
-    reader
-        .fetch_watermarks(topic, p, Duration::from_secs(10))
-        .map_err(Error::kafka(kafka))
 }
 
 /// Lists the selected letters.
@@ -321,7 +309,7 @@ async fn latest_offsets(
     }
     let reader = new_reader(&source.kafka, "dlq-replay")?;
     for (p, first) in from {
-        let (_, high) = watermarks(&reader, items, p, &source.kafka)?;
+        let (_, high) = watermarks(&reader, items, p, &source.kafka, shutdown).await?;
         let mut range = PartitionRange::open(&source.kafka, items, p, first + 1, high)?;
         while let Some(m) = range.next(shutdown).await? {
             if let Some(k) = m.key()

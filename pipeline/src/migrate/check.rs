@@ -26,15 +26,14 @@ use std::time::{Duration, Instant};
 use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_topics::ModelRef;
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::backfill::{BackfillConfig, BackfillReport, Replayer, Step, partitions};
 use super::plan;
 use crate::control::ControlLog;
-use crate::error::{Error, Result};
-use crate::range::PartitionRange;
+use crate::error::Result;
+use crate::range::{PartitionRange, watermarks};
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -195,11 +194,8 @@ impl View {
         shutdown: &CancellationToken,
     ) -> Result<HashSet<String>> {
         let mut touched = HashSet::new();
-        for p in partitions(&r.reader, &self.topic, &r.kafka)? {
-            let (low, high) = r
-                .reader
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
-                .map_err(Error::kafka(&r.kafka))?;
+        for p in partitions(&r.reader, &self.topic, &r.kafka, shutdown).await? {
+            let (low, high) = watermarks(&r.reader, &self.topic, p, &r.kafka, shutdown).await?;
             let from = self.next.get(&p).copied().unwrap_or(low).max(low);
             let mut range = PartitionRange::open(&r.kafka, &self.topic, p, from, high)?;
             while let Some(m) = range.next(shutdown).await? {
@@ -329,7 +325,7 @@ impl Checker {
         // A new migration since the last check writes another topic with another model.
         if self.replayer.as_ref().is_none_or(|r| r.to != new) {
             let spec = crate::control::catalog(&state).lookup(&new)?;
-            self.replayer = Some(Replayer::open(&config.replay, &spec, "check").await?);
+            self.replayer = Some(Replayer::open(&config.replay, &spec, "check", &shutdown).await?);
         }
         let r = self.replayer.as_ref().expect("opened above");
         let rate = config.sample.clamp(f64::MIN_POSITIVE, 1.0);

@@ -23,14 +23,13 @@
 //!   threads: run the backfill beside a live stage with a rate that leaves the stage its CPU.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use embedstream_schemas::records::{
     BackfillProgress, ControlKind, MigrationPhase, MigrationRecord,
 };
 use embedstream_topics::ModelRef;
 use embedstream_topics::time::now_ms;
-use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::ControlLog;
@@ -76,12 +75,10 @@ async fn walk(
     let migration = plan::current(&state)?.clone();
     let to: ModelRef = migration.to_model.parse()?;
     let spec = crate::control::catalog(&state).lookup(&to)?;
-    let work = Replayer::open(&config, &spec, "backfill").await?;
+    let work = Replayer::open(&config, &spec, "backfill", &shutdown).await?;
     // Loaded now, so a model that cannot load fails the backfill before it writes anything.
     work.engine().await?;
-    let (reader, kafka, items) = (&work.reader, &config.kafka, &work.items);
-    let timeout = Duration::from_secs(30);
-    let partitions = work.partitions()?;
+    let partitions = work.partitions(&shutdown).await?;
 
     // Checkpoints: resume each partition, or start it at its current watermarks.
     let mut progress: BTreeMap<i32, BackfillProgress> = state
@@ -93,9 +90,7 @@ async fn walk(
         if progress.contains_key(&p) {
             continue;
         }
-        let (low, high) = reader
-            .fetch_watermarks(items, p, timeout)
-            .map_err(Error::kafka(kafka))?;
+        let (low, high) = work.watermarks(p, &shutdown).await?;
         let b = BackfillProgress {
             migration_id: migration.migration_id.clone(),
             partition: p,

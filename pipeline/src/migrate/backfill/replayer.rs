@@ -10,7 +10,7 @@ use embedstream_topics::admin::{Admin, TopicSpec};
 use embedstream_topics::time::now_ms;
 use embedstream_topics::{KafkaConfig, ModelRef, ModelSpec};
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use super::config::{BackfillConfig, BackfillReport};
 use crate::embed::burn_model::Device;
 use crate::embed::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, Error, Result};
-use crate::range::{PartitionRange, new_reader, partitions};
+use crate::range::{PartitionRange, new_reader, partitions, watermarks};
 use crate::stage::prepare::decode;
 use crate::stage::produce::{encode, send_raw, source_headers};
 use crate::stage::validate::{Limits, Work};
@@ -97,6 +97,7 @@ impl Replayer {
         config: &BackfillConfig,
         spec: &ModelSpec,
         name: &str,
+        shutdown: &CancellationToken,
     ) -> Result<Self> {
         let to = &spec.model;
         let kafka = &config.kafka;
@@ -127,7 +128,7 @@ impl Replayer {
             limits: config.limits,
             kafka: kafka.clone(),
         };
-        let count = i32::try_from(replayer.partitions()?.len()).unwrap_or(i32::MAX);
+        let count = i32::try_from(replayer.partitions(shutdown).await?.len()).unwrap_or(i32::MAX);
         Admin::new(kafka, Duration::from_secs(30))?
             .ensure(&[TopicSpec::compacted(replayer.topic.clone(), count)])
             .await?;
@@ -156,8 +157,17 @@ impl Replayer {
     }
 
     /// The partitions of `items`, sorted.
-    pub(crate) fn partitions(&self) -> Result<Vec<i32>> {
-        partitions(&self.reader, &self.items, &self.kafka)
+    pub(crate) async fn partitions(&self, shutdown: &CancellationToken) -> Result<Vec<i32>> {
+        partitions(&self.reader, &self.items, &self.kafka, shutdown).await
+    }
+
+    /// The low and high watermarks of partition `p` of `items`, waiting out broker trouble.
+    pub(crate) async fn watermarks(
+        &self,
+        p: i32,
+        shutdown: &CancellationToken,
+    ) -> Result<(i64, i64)> {
+        watermarks(&self.reader, &self.items, p, &self.kafka, shutdown).await
     }
 }
 
@@ -185,10 +195,7 @@ impl Replayer {
         keys: &mut HashSet<Vec<u8>>,
         shutdown: &CancellationToken,
     ) -> Result<i64> {
-        let (_, high) = self
-            .reader
-            .fetch_watermarks(&self.items, p, Duration::from_secs(10))
-            .map_err(Error::kafka(&self.kafka))?;
+        let (_, high) = self.watermarks(p, shutdown).await?;
         if high <= from {
             return Ok(from.max(high));
         }

@@ -2,11 +2,9 @@
 //! adapter training).
 
 use std::collections::{BinaryHeap, HashSet};
-use std::time::Duration;
 
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::{KafkaConfig, ModelSpec};
-use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BackfillConfig, BackfillReport};
@@ -14,7 +12,7 @@ use super::replayer::{Replayer, Step};
 
 use crate::embed::burn_model::Device;
 use crate::embed::engine::EngineConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stage::validate::Limits;
 
 /// Where the items to sample are.
@@ -59,14 +57,11 @@ pub async fn sample_items(
         limits: source.limits,
         by: "sample".into(),
     };
-    let replayer = Replayer::open(&config, old, "sample").await?;
+    let replayer = Replayer::open(&config, old, "sample", shutdown).await?;
     let (mut seen, mut report) = (HashSet::new(), BackfillReport::default());
     let mut kept: BinaryHeap<(u64, String, String)> = BinaryHeap::with_capacity(n + 1);
-    for p in replayer.partitions()? {
-        let (low, high) = replayer
-            .reader
-            .fetch_watermarks(&replayer.items, p, Duration::from_secs(10))
-            .map_err(Error::kafka(&replayer.kafka))?;
+    for p in replayer.partitions(shutdown).await? {
+        let (low, high) = replayer.watermarks(p, shutdown).await?;
         let mut end = high;
         while end > low {
             let lo = (end - SAMPLE_CHUNK).max(low);
