@@ -130,6 +130,16 @@ impl Adapter {
         self.normalized(out)
     }
 
+    /// Fused reads: `normalize((1 − weight) · own + weight · apply(new))`, the query in the
+    /// old space built from both models' queries of one text (`own` is the old model's,
+    /// `new` the new model's). `weight` is in (0, 1]; 0.5 is the plain sum of the two. A
+    /// weight out of range, an `own` of the wrong dimension, or a sum that cannot be
+    /// normalized is an error.
+    pub fn fuse(&self, own: &[f32], new: &[f32], weight: f64) -> Result<Vec<f32>, AdapterError> {
+        let adapted = self.apply(new)?;
+        fuse_mapped(&self.meta.name, own, &adapted, weight)
+    }
+
     fn check_input(&self, x: &[f32]) -> Result<(), AdapterError> {
         if x.len() == self.meta.in_dim {
             Ok(())
@@ -184,17 +194,53 @@ impl Adapter {
         Some(out)
     }
 
-    fn normalized(&self, mut out: Vec<f32>) -> Result<Vec<f32>, AdapterError> {
-        let norm = f64::from(dot(&out, &out)).sqrt();
-        if !(norm.is_finite() && norm > 1e-12) {
-            return Err(AdapterError::Degenerate {
-                name: self.meta.name.clone(),
-            });
-        }
-        let inv = (1.0 / norm) as f32;
-        for v in &mut out {
-            *v *= inv;
-        }
-        Ok(out)
+    fn normalized(&self, out: Vec<f32>) -> Result<Vec<f32>, AdapterError> {
+        normalized(&self.meta.name, out)
     }
+}
+
+/// `normalize((1 − weight) · own + weight · adapted)` for an adapted query already in the old
+/// space (see [`Adapter::fuse`]); `name` names the adapter in errors.
+pub fn fuse_mapped(
+    name: &str,
+    own: &[f32],
+    adapted: &[f32],
+    weight: f64,
+) -> Result<Vec<f32>, AdapterError> {
+    if !(weight > 0.0 && weight <= 1.0) {
+        return Err(AdapterError::refused(format!(
+            "a fuse weight is in (0, 1], not {weight}"
+        )));
+    }
+    if own.len() != adapted.len() {
+        return Err(AdapterError::Dimension {
+            name: name.to_owned(),
+            new_model: "the old model (the fused query's own part)".to_owned(),
+            expected: adapted.len(),
+            got: own.len(),
+        });
+    }
+    let (a, b) = ((1.0 - weight) as f32, weight as f32);
+    normalized(
+        name,
+        own.iter()
+            .zip(adapted)
+            .map(|(o, m)| a * o + b * m)
+            .collect(),
+    )
+}
+
+/// `out` scaled to unit length; a vector that is not finite or is zero is an error.
+fn normalized(name: &str, mut out: Vec<f32>) -> Result<Vec<f32>, AdapterError> {
+    let norm = f64::from(dot(&out, &out)).sqrt();
+    if !(norm.is_finite() && norm > 1e-12) {
+        return Err(AdapterError::Degenerate {
+            name: name.to_owned(),
+        });
+    }
+    let inv = (1.0 / norm) as f32;
+    for v in &mut out {
+        *v *= inv;
+    }
+    Ok(out)
 }

@@ -29,6 +29,7 @@ use crate::embed::burn_model::Device;
 use crate::embed::engine::{EmbedOptions, EngineConfig, InputKind};
 use crate::error::{Error, Result};
 use crate::migrate::plan::passes;
+use embedstream_schemas::records::ReadPlanEntry;
 
 /// One consumer's golden set.
 #[derive(Debug, Clone, Deserialize)]
@@ -118,8 +119,8 @@ impl Golden {
 pub struct Arm {
     /// Name in the table (`old`, `new`, `rrf@0.5`, ...).
     pub name: String,
-    /// `(version, weight)`.
-    pub plan: Vec<(String, f64)>,
+    /// The versions read, with their weights and adapters.
+    pub plan: Vec<ReadPlanEntry>,
     /// Blending method, for blends.
     pub blend: Option<String>,
 }
@@ -292,31 +293,8 @@ pub fn metric_value(metric: &str, k: usize, relevant: &BTreeSet<&str>, results: 
 
 /// Paired bootstrap: 95% interval of the mean of `diffs`.
 pub fn bootstrap_ci(diffs: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
-    if diffs.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mut state = seed;
-    let mut next = || {
-        // splitmix64
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let n = diffs.len();
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| {
-            let mut sum = 0.0;
-            for _ in 0..n {
-                sum += diffs[(next() % n as u64) as usize];
-            }
-            sum / n as f64
-        })
-        .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    (at(0.025), at(0.975))
+    use embedstream_adapter::eval::{Resamples, weighted_mean};
+    Resamples::new(diffs.len(), resamples, seed).interval(|c| weighted_mean(diffs, c))
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,7 +324,12 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
         .unwrap_or_default();
     let router = config.router.trim_end_matches('/').to_owned();
 
-    // Presence of every relevant item in every version.
+    // Presence of every relevant item in every index an arm reads.
+    let read: BTreeSet<String> = config
+        .arms
+        .iter()
+        .flat_map(|a| a.plan.iter().map(|e| e.model.clone()))
+        .collect();
     let relevant: BTreeSet<String> = golden
         .iter()
         .filter(|(c, _)| config.consumers.is_empty() || config.consumers.contains(c))
@@ -354,11 +337,11 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
         .collect();
     let present: HashMap<String, bool> = futures::stream::iter(relevant)
         .map(|id| {
-            let (client, router, versions) = (&client, &router, &config.versions);
+            let (client, router, read) = (&client, &router, &read);
             async move {
                 let url = format!("{router}/v1/items/{}", encode(&id));
                 let v = get_json(client, &url).await?;
-                let all = versions.iter().all(|ver| !v[ver].is_null());
+                let all = read.iter().all(|ver| !v[ver].is_null());
                 Ok::<_, Error>((id, all))
             }
         })
@@ -415,16 +398,24 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
                     let (client, router, vectors) = (&client, &router, Arc::clone(&vectors));
                     async move {
                         let mut map = serde_json::Map::new();
-                        for (v, w) in &arm.plan {
-                            if *w > 0.0 {
-                                let vec = vectors.get(v).and_then(|m| m.get(&q.id))?;
-                                map.insert(v.clone(), serde_json::json!(vec));
+                        for e in arm.plan.iter().filter(|e| e.weight > 0.0) {
+                            // An adapter's entry reads with the new model's query (and, fused,
+                            // with the entry's own model's too).
+                            let mut models = vec![query_model(e)];
+                            if e.fuse.is_some() {
+                                models.push(e.model.clone());
+                            }
+                            for v in models {
+                                let vec = vectors.get(&v).and_then(|m| m.get(&q.id))?;
+                                map.insert(v, serde_json::json!(vec));
                             }
                         }
                         let plan: Vec<_> = arm
                             .plan
                             .iter()
-                            .map(|(m, w)| serde_json::json!({"model": m, "weight": w}))
+                            .map(|e| {
+                                serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter, "fuse": e.fuse})
+                            })
                             .collect();
                         let mut body = serde_json::json!({
                             "consumer": consumer,
@@ -495,6 +486,14 @@ pub async fn evaluate(config: &EvalConfig) -> Result<Evaluation> {
     })
 }
 
+/// The model whose query vector an entry reads with: the adapter's new model, or its own.
+pub fn query_model(e: &ReadPlanEntry) -> String {
+    e.adapter
+        .as_deref()
+        .and_then(|a| a.parse::<embedstream_adapter::AdapterName>().ok())
+        .map_or_else(|| e.model.clone(), |n| n.new)
+}
+
 fn encode(id: &str) -> String {
     id.bytes()
         .map(|b| {
@@ -503,6 +502,38 @@ fn encode(id: &str) -> String {
             } else {
                 format!("%{b:02X}")
             }
+        })
+        .collect()
+}
+
+/// The adapter gate results of an evaluation whose arms are `old` (the old version with its
+/// own queries) then reads of the old version through `adapter`: they pass when the adapter's
+/// reads are not worse than the old model's own beyond the interval (the old index is the
+/// same in both arms, so coverage does not enter).
+pub fn adapter_gate_results(
+    eval: &Evaluation,
+    migration_id: &str,
+    adapter: &str,
+    fuse: Option<f64>,
+) -> Vec<embedstream_schemas::records::GateResult> {
+    eval.consumers
+        .iter()
+        .filter_map(|c| {
+            let (old, read) = (c.arms.first()?, c.arms.get(1)?);
+            Some(embedstream_schemas::records::GateResult {
+                migration_id: migration_id.to_owned(),
+                consumer: c.consumer.clone(),
+                metric: c.metric.clone(),
+                old_value: old.mean,
+                new_value: read.mean,
+                ci_low: read.ci_low,
+                ci_high: read.ci_high,
+                coverage: 1.0,
+                passed: passes(read.ci_high, 1.0) && c.failed == 0 && c.queries > 0,
+                queries: i32::try_from(c.queries).unwrap_or(i32::MAX),
+                adapter: Some(adapter.to_owned()),
+                fuse,
+            })
         })
         .collect()
 }
@@ -528,6 +559,8 @@ pub fn gate_results(
                 coverage: eval.coverage,
                 passed: passes(new.ci_high, eval.coverage) && c.failed == 0 && c.queries > 0,
                 queries: i32::try_from(c.queries).unwrap_or(i32::MAX),
+                adapter: None,
+                fuse: None,
             })
         })
         .collect()

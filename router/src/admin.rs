@@ -45,6 +45,11 @@ pub enum Command {
         new: f64,
         /// A Drift-Adapter for the old version's entry.
         adapter: Option<String>,
+        /// With the adapter, fused reads: the adapted query's weight beside the old model's
+        /// own query, in (0, 1].
+        fuse: Option<f64>,
+        /// Read through the adapter although its gate did not pass (recorded).
+        force: bool,
     },
     /// `migrate cutover`: one consumer (or all) reads the new version only.
     Cutover {
@@ -196,6 +201,10 @@ struct WeightBody {
     new: f64,
     #[serde(default)]
     adapter: Option<String>,
+    #[serde(default)]
+    fuse: Option<f64>,
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,10 +246,19 @@ fn command(action: &str, body: &[u8]) -> Result<Command, AdminError> {
         }
         "weight" => {
             let b: WeightBody = parse(body)?;
+            if b.adapter.is_none() && (b.fuse.is_some() || b.force) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "\"fuse\" and \"force\" go with an \"adapter\"",
+                ));
+            }
             Command::Weight {
                 consumer: b.consumer,
                 new: b.new,
                 adapter: b.adapter,
+                fuse: b.fuse,
+                force: b.force,
             }
         }
         "cutover" => {

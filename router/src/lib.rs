@@ -9,9 +9,10 @@
 //! version passes the sink's scores through unchanged. A version whose sink fails (down,
 //! 5xx, timeout) is left out and named in `degraded`; the query fails (503) only when every
 //! version failed. A sink's 400 is the client's error and is returned as is.
-//! `GET /v1/plans` shows every consumer's effective plan (`[{"model", "weight", "adapter"}]`;
-//! an entry with an adapter reads that version's index with the new model's queries mapped by
-//! the adapter, which the version's sink applies).
+//! `GET /v1/plans` shows every consumer's effective plan (`[{"model", "weight", "adapter",
+//! "fuse"}]`; an entry with an adapter reads that version's index with the new model's queries
+//! mapped by the adapter, which the version's sink applies; with `fuse`, the sink searches the
+//! mapped query fused with its own model's query of the same text).
 //!
 //! `GET /openapi.json` describes every route ([`openapi`]).
 //!

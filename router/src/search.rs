@@ -33,6 +33,13 @@ pub(crate) struct PlanOverride {
     model: String,
     /// Its weight, in [0, 1].
     weight: f64,
+    /// Read it through this Drift-Adapter (queries of the adapter's new model).
+    #[serde(default)]
+    adapter: Option<String>,
+    /// With `adapter`, fused reads: the adapted query's weight in (0, 1] beside the version's
+    /// own model's query.
+    #[serde(default)]
+    fuse: Option<f64>,
 }
 
 /// A search: give exactly one of `text`, `vector` and `vectors`.
@@ -113,7 +120,7 @@ impl IntoResponse for RouteError {
     path = "/v1/plans",
     tag = "search",
     responses(
-        (status = 200, description = "`{consumer: [{\"model\", \"weight\", \"adapter\"}]}`", body = Object),
+        (status = 200, description = "`{consumer: [{\"model\", \"weight\", \"adapter\", \"fuse\"}]}`", body = Object),
         (status = 401, description = "An API key is needed", body = ErrorBody),
     )
 )]
@@ -128,7 +135,7 @@ pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
             let entries = state
                 .read_plan_for(&c)
                 .into_iter()
-                .map(|e| serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter}))
+                .map(|e| serde_json::json!({"model": e.model, "weight": e.weight, "adapter": e.adapter, "fuse": e.fuse}))
                 .collect();
             (c, entries)
         })
@@ -345,11 +352,21 @@ async fn route(
                     "plan weights must be in [0, 1]",
                 ));
             }
+            if p.iter().any(|e| {
+                e.fuse
+                    .is_some_and(|w| e.adapter.is_none() || !(w > 0.0 && w <= 1.0))
+            }) {
+                return Err(RouteError::bad(
+                    "invalid_plan",
+                    "\"fuse\" goes with an \"adapter\" and is in (0, 1]",
+                ));
+            }
             p.iter()
                 .map(|e| ReadPlanEntry {
                     model: e.model.clone(),
                     weight: e.weight,
-                    adapter: None,
+                    adapter: e.adapter.clone(),
+                    fuse: e.fuse,
                 })
                 .collect()
         }
@@ -391,6 +408,10 @@ async fn route(
         let mut forward = serde_json::json!({"consumer": request.consumer, "k": k});
         if let Some(name) = &entry.adapter {
             forward["adapter"] = serde_json::json!(name);
+            // Fused: the sink also needs its own model's query of the same text.
+            if let Some(w) = entry.fuse {
+                forward["fuse"] = serde_json::json!(w);
+            }
         }
         if let Some(f) = &request.filter {
             forward["filter"] = f.clone();
@@ -414,6 +435,18 @@ async fn route(
                 ));
             };
             forward["vector"] = serde_json::json!(v);
+            if entry.fuse.is_some() {
+                let Some(own) = vs.get(&entry.model) else {
+                    return Err(RouteError::bad(
+                        "missing_vector",
+                        format!(
+                            "\"vectors\" has no vector for {}: its fused reads need it beside {}'s",
+                            entry.model, query_model
+                        ),
+                    ));
+                };
+                forward["own_vector"] = serde_json::json!(own);
+            }
         }
         let url = format!("{}/v1/search", base.trim_end_matches('/'));
         let mut call = shared.client.post(url).json(&forward);

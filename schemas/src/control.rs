@@ -2,7 +2,8 @@
 //! over its records.
 //!
 //! Every change is one record whose key names the entity it replaces (`model/<id>@<v>`,
-//! `migration/<id>`, `plan/<consumer>`, `gate/<migration>/<consumer>`); a tombstone removes the
+//! `migration/<id>`, `plan/<consumer>`, `gate/<migration>/<consumer>`, and
+//! `gate/<migration>/<consumer>/adapter` for an adapter gate); a tombstone removes the
 //! entity. Folding the log from the beginning, in order, gives the same state in every process,
 //! which is why any process can restart at any time and resume. This module does no I/O: the
 //! follower that reads the topic lives with the stages.
@@ -34,6 +35,11 @@ pub fn gate_key(migration_id: &str, consumer: &str) -> String {
     format!("gate/{migration_id}/{consumer}")
 }
 
+/// Key of an adapter gate result: the latest one of a consumer in a migration.
+pub fn adapter_gate_key(migration_id: &str, consumer: &str) -> String {
+    format!("gate/{migration_id}/{consumer}/adapter")
+}
+
 /// Key of a backfill checkpoint.
 pub fn backfill_key(migration_id: &str, partition: i32) -> String {
     format!("backfill/{migration_id}/{partition}")
@@ -51,10 +57,10 @@ pub fn key_of(record: &ControlRecord) -> Option<String> {
             .as_ref()
             .map(|m| migration_key(&m.migration_id)),
         ControlKind::ReadPlan => record.read_plan.as_ref().map(|p| plan_key(&p.consumer)),
-        ControlKind::GateResult => record
-            .gate
-            .as_ref()
-            .map(|g| gate_key(&g.migration_id, &g.consumer)),
+        ControlKind::GateResult => record.gate.as_ref().map(|g| match g.adapter {
+            None => gate_key(&g.migration_id, &g.consumer),
+            Some(_) => adapter_gate_key(&g.migration_id, &g.consumer),
+        }),
         ControlKind::Backfill => record
             .backfill
             .as_ref()
@@ -175,7 +181,7 @@ impl ControlState {
         self.plans.values()
     }
 
-    /// Every gate result.
+    /// Every gate result, cutover and adapter gates.
     pub fn gates(&self) -> impl Iterator<Item = &GateResult> {
         self.gates.values()
     }
@@ -188,6 +194,11 @@ impl ControlState {
     /// The gate result of a consumer in a migration.
     pub fn gate(&self, migration_id: &str, consumer: &str) -> Option<&GateResult> {
         self.gates.get(&gate_key(migration_id, consumer))
+    }
+
+    /// The latest adapter gate result of a consumer in a migration.
+    pub fn adapter_gate(&self, migration_id: &str, consumer: &str) -> Option<&GateResult> {
+        self.gates.get(&adapter_gate_key(migration_id, consumer))
     }
 
     /// A migration's backfill checkpoints, by partition.
@@ -215,6 +226,7 @@ impl ControlState {
                     model,
                     weight: 1.0,
                     adapter: None,
+                    fuse: None,
                 }]
             })
             .unwrap_or_default()

@@ -295,6 +295,10 @@ pub struct ReadPlanEntry {
     pub weight: f64,
     /// Adapter artifact applied to queries first.
     pub adapter: Option<String>,
+    /// With an adapter, fused reads: the query searched is `normalize((1 − fuse) · own +
+    /// fuse · adapted)`, `own` being this version's model's query; `None`: adapted alone.
+    #[serde(default)]
+    pub fuse: Option<f64>,
 }
 
 /// What one consumer reads.
@@ -311,7 +315,9 @@ pub struct ReadPlan {
     pub previous: Vec<ReadPlanEntry>,
 }
 
-/// Result of a cutover gate for one consumer.
+/// Result of a gate for one consumer: a cutover gate (the new version against the old), or an
+/// adapter gate (`adapter` set: the old version read through the adapter against the old
+/// model's own queries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateResult {
     /// Migration gated.
@@ -320,9 +326,9 @@ pub struct GateResult {
     pub consumer: String,
     /// Metric name, e.g. `recall@10`.
     pub metric: String,
-    /// Old version's value.
+    /// Old version's value (old model's queries on the old index).
     pub old_value: f64,
-    /// New version's value.
+    /// New version's value; on an adapter gate, the adapter reads' value.
     pub new_value: f64,
     /// Lower bound of the CI of new - old.
     pub ci_low: f64,
@@ -335,6 +341,12 @@ pub struct GateResult {
     /// Golden queries the metrics were computed on.
     #[serde(default)]
     pub queries: i32,
+    /// Set on an adapter gate: the adapter the old version was read through.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// The adapter gate's fuse weight (see [`ReadPlanEntry::fuse`]).
+    #[serde(default)]
+    pub fuse: Option<f64>,
 }
 
 /// Checkpoint of one partition of a backfill: offsets `[next_end, end)` of `items` are done

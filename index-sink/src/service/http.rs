@@ -194,6 +194,14 @@ pub(crate) struct SearchRequest {
     /// this index's space first.
     #[serde(default)]
     adapter: Option<String>,
+    /// With `adapter`, fused reads: the index is searched with `normalize((1 − fuse) · own +
+    /// fuse · adapted)`, `own` being this version's model's query of the same text (embedded
+    /// here for `text`, or `own_vector`) and `adapted` the mapped new-model query; in (0, 1].
+    #[serde(default)]
+    fuse: Option<f64>,
+    /// With `fuse` and `vector`: this version's model's vector of the same query.
+    #[serde(default)]
+    own_vector: Option<Vec<f32>>,
     /// Only items whose attributes match (`embedstream_schemas::filter`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -210,6 +218,8 @@ pub(crate) struct SearchResponse {
     model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     adapter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuse: Option<f64>,
     took_ms: f64,
 }
 
@@ -370,6 +380,27 @@ async fn answer(
         Some(name) => Some(api.adapters.get(name, &api.model, dim)?),
         None => None,
     };
+    if let Some(w) = request.fuse {
+        if adapter.is_none() {
+            return Err(ApiError::bad(
+                "fuse_needs_adapter",
+                "\"fuse\" fuses an adapted query with this version's own: name the \"adapter\"",
+            ));
+        }
+        if !(w > 0.0 && w <= 1.0) {
+            return Err(ApiError::bad(
+                "invalid_fuse",
+                format!("\"fuse\" is the adapted query's weight, in (0, 1]; not {w}"),
+            ));
+        }
+    }
+    if request.own_vector.is_some() && (request.fuse.is_none() || request.vector.is_none()) {
+        return Err(ApiError::bad(
+            "invalid_own_vector",
+            "\"own_vector\" goes with \"fuse\" and \"vector\"",
+        ));
+    }
+    let mut own = request.own_vector;
     let vector = match (request.vector, request.text) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
@@ -383,14 +414,33 @@ async fn answer(
                 "give a query: \"vector\" (an array of numbers) or \"text\"",
             ));
         }
+        (Some(_), None) if request.fuse.is_some() && own.is_none() => {
+            return Err(ApiError::bad(
+                "fuse_needs_own_vector",
+                "fused reads of a \"vector\" need \"own_vector\", this version's model's vector of the same query (or send \"text\")",
+            ));
+        }
         (Some(v), None) => v,
+        (None, Some(text)) if request.fuse.is_some() => {
+            // Both models' queries of the text, embedded side by side.
+            let (new, mine) = tokio::join!(
+                embed(api, text.clone(), adapter.as_deref()),
+                embed(api, text, None)
+            );
+            own = Some(mine?);
+            new?
+        }
         (None, Some(text)) => embed(api, text, adapter.as_deref()).await?,
     };
     let vector = match &adapter {
         None => vector,
         Some(a) => {
             let mapped_at = Instant::now();
-            let mapped = a.apply(&vector).map_err(|e| match e {
+            let mapped = match (&own, request.fuse) {
+                (Some(own), Some(w)) => a.fuse(own, &vector, w),
+                _ => a.apply(&vector),
+            };
+            let mapped = mapped.map_err(|e| match e {
                 AdapterError::Dimension { .. } => {
                     ApiError::bad("dimension_mismatch", e.to_string())
                 }
@@ -466,6 +516,7 @@ async fn answer(
         ef_search,
         model_version,
         adapter: request.adapter,
+        fuse: request.fuse,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

@@ -142,8 +142,18 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-const FIELDS: [&str; 9] = [
-    "consumer", "vector", "text", "k", "ef", "adapter", "filter", "plan", "model",
+const FIELDS: [&str; 11] = [
+    "consumer",
+    "vector",
+    "text",
+    "k",
+    "ef",
+    "adapter",
+    "fuse",
+    "own_vector",
+    "filter",
+    "plan",
+    "model",
 ];
 
 /// A search request: the fields a client may send (and some it may not), each with any value,

@@ -7,8 +7,9 @@
 //!   writes the next version of `<new>_to_<old>.<kind>` into the adapters folder.
 //! - `apply --adapter NAME` maps `{"id", "vector"}` lines from the new space into the old one.
 //! - `list` shows the artifacts and their training metadata.
-//! - `eval` measures, on the golden sets, each adapter's recall against the full re-embed's
-//!   (the recovery ratio); `loadtest/` times the map.
+//! - `eval` measures, on the golden sets, each adapter's reads (adapted, and fused with the
+//!   old model's query) against both the old model's own queries and a full re-embed, with 95%
+//!   intervals; `loadtest/` times the map.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use embedstream_adapter::eval::{ConsumerSet, Query, evaluate};
+use embedstream_adapter::eval::{ConsumerSet, Estimate, Query, evaluate};
 use embedstream_adapter::train::{Pairs, TrainConfig};
 use embedstream_adapter::{self as adapter, Adapter, AdapterKind};
 use embedstream_pipeline::embed::burn_model::Device;
@@ -167,6 +168,9 @@ pub struct EvalArgs {
     /// The golden queries embedded with the new model.
     #[arg(long)]
     new_queries: PathBuf,
+    /// Weights of the adapted query in the fused arms (`fused@w`), each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    fuse_weights: Vec<f64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -436,36 +440,58 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for name in &args.adapters {
         let a = Adapter::load(&adapter::resolve(&dir, name)?)?;
-        rows.push(evaluate(&a, &sets, &old_items, &new_items, &metric_value)?);
+        rows.push(evaluate(
+            &a,
+            &sets,
+            &old_items,
+            &new_items,
+            &args.fuse_weights,
+            &metric_value,
+        )?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    let ci = |e: &Estimate| format!("{:.3} [{:.3}, {:.3}]", e.value, e.ci_low, e.ci_high);
     for r in &rows {
         println!(
-            "{} ({} pairs, held-out cosine {}): mean recovery {:.3} (f32 {:.3}), int8 vs f32 cosine mean {:.6} min {:.6}",
+            "{} ({} pairs, held-out cosine {}): adapted recovers {:.3} of a re-embed, {:.3} of the old model; int8 vs f32 cosine mean {:.6} min {:.6}",
             r.adapter,
             r.pairs,
             r.holdout_cosine
                 .map_or("-".to_owned(), |c| format!("{c:.4}")),
             r.mean_recovery,
-            r.mean_recovery_exact,
+            r.mean_recovery_old,
             r.int8_cosine_mean,
             r.int8_cosine_min
         );
         for c in &r.consumers {
             println!(
-                "  {:<8} {:<12} old {:.3}  full re-embed {:.3}  adapter {:.3}  recovery {:.3} (f32 {:.3})  ({} queries)",
+                "  {} {} ({} queries; 95% intervals): old/old {}  new/new {}",
                 c.consumer,
                 c.metric,
-                c.old,
-                c.full_reembed,
-                c.adapter,
-                c.recovery,
-                c.recovery_exact,
-                c.queries
+                c.queries,
+                ci(&c.old),
+                ci(&c.full_reembed)
             );
+            for a in &c.arms {
+                let verdict = if a.vs_old.ci_high < 0.0 {
+                    "worse than old/old"
+                } else if a.vs_old.ci_low > 0.0 {
+                    "better than old/old"
+                } else {
+                    "not distinguishable from old/old"
+                };
+                println!(
+                    "    {:<12} {}  vs old {}  recovery: of new/new {}, of old/old {}  ({verdict})",
+                    a.arm,
+                    ci(&a.metric),
+                    ci(&a.vs_old),
+                    ci(&a.recovery_new),
+                    ci(&a.recovery_old)
+                );
+            }
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::eval::{self, Arm, EvalConfig, Evaluation};
+use embedstream_pipeline::migrate::plan;
 use tokio_util::sync::CancellationToken;
 
 use super::platform::PlatformArgs;
@@ -83,7 +84,7 @@ pub fn arms(versions: &[String], blends: &[String], weights: &[f64]) -> Vec<Arm>
                 1 => "new".to_owned(),
                 _ => v.clone(),
             },
-            plan: vec![(v.clone(), 1.0)],
+            plan: vec![plan::entry(v, 1.0)],
             blend: None,
         })
         .collect();
@@ -92,7 +93,10 @@ pub fn arms(versions: &[String], blends: &[String], weights: &[f64]) -> Vec<Arm>
             for w in weights {
                 arms.push(Arm {
                     name: format!("{b}@{w}"),
-                    plan: vec![(versions[0].clone(), 1.0 - w), (versions[1].clone(), *w)],
+                    plan: vec![
+                        plan::entry(&versions[0], 1.0 - w),
+                        plan::entry(&versions[1], *w),
+                    ],
                     blend: Some(b.clone()),
                 });
             }

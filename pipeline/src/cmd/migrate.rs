@@ -11,8 +11,9 @@ use embedstream_pipeline::embed::engine::EngineConfig;
 use embedstream_pipeline::eval;
 use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
-use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites};
+use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, plan};
 use embedstream_pipeline::stage::validate::Limits;
+use embedstream_schemas::records::ReadPlanEntry;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
@@ -89,8 +90,17 @@ pub enum MigrateCommand {
         new_weight: f64,
         /// Read the old version's share "new model via adapter": queries embedded with the new
         /// model, mapped into the old space by this Drift-Adapter (`embedstream adapter train`).
+        /// Refused unless `migrate gate --adapter` found these reads not worse than the old
+        /// model's own queries for this consumer.
         #[arg(long)]
         adapter: Option<String>,
+        /// With --adapter, fused reads: the old index is searched with normalize((1 - W) * the
+        /// old model's query + W * the adapted new-model query); `--fuse` alone is W = 0.5.
+        #[arg(long, requires = "adapter", num_args = 0..=1, default_missing_value = "0.5", value_name = "W")]
+        fuse: Option<f64>,
+        /// With --adapter, read through it even though its gate did not pass (recorded).
+        #[arg(long, requires = "adapter")]
+        force: bool,
     },
     /// Evaluate old vs new on every consumer's golden set and record the gate results.
     Gate {
@@ -108,6 +118,16 @@ pub enum MigrateCommand {
         /// Where query embeddings run.
         #[arg(long, env = "EMBEDSTREAM_DEVICE", default_value = "cpu")]
         device: Device,
+        /// The adapter gate instead: reads of the old version through this Drift-Adapter
+        /// against the old model's own queries (what `migrate weight --adapter` asks for).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// With --adapter, gate fused reads with this weight (`--fuse` alone: 0.5).
+        #[arg(long, requires = "adapter", num_args = 0..=1, default_missing_value = "0.5", value_name = "W")]
+        fuse: Option<f64>,
+        /// One consumer (default: all).
+        #[arg(long)]
+        consumer: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -234,7 +254,13 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             consumer,
             new_weight,
             adapter,
-        } => m.weight(&consumer, new_weight, adapter.as_deref()).await?,
+            fuse,
+            force,
+        } => {
+            let adapter = adapter.map(|name| plan::AdapterRead { name, fuse });
+            m.weight(&consumer, new_weight, adapter.as_ref(), force)
+                .await?
+        }
         MigrateCommand::Cutover { consumer, force } => {
             m.cutover(consumer.as_deref(), force).await?
         }
@@ -244,16 +270,51 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             golden,
             router,
             device,
+            adapter,
+            fuse,
+            consumer,
             json,
         } => {
             let state = m.log().state();
-            let migration = embedstream_pipeline::migrate::plan::current(&state)?.clone();
+            let migration = plan::current(&state)?.clone();
             let versions = vec![migration.from_model.clone(), migration.to_model.clone()];
-            let consumers: Vec<String> = m.consumers().to_vec();
+            let consumers: Vec<String> = match consumer {
+                Some(c) if m.consumers().contains(&c) => vec![c],
+                Some(c) => anyhow::bail!(
+                    "unknown consumer {c:?}; known: {}",
+                    m.consumers().join(", ")
+                ),
+                None => m.consumers().to_vec(),
+            };
+            let arms = match &adapter {
+                None => super::eval::arms(&versions, &[], &[]),
+                Some(name) => {
+                    if let Some(w) = fuse.filter(|w| !(*w > 0.0 && *w <= 1.0)) {
+                        anyhow::bail!("--fuse is in (0, 1], not {w}");
+                    }
+                    let read = ReadPlanEntry {
+                        adapter: Some(name.clone()),
+                        fuse,
+                        ..plan::entry(&migration.from_model, 1.0)
+                    };
+                    vec![
+                        eval::Arm {
+                            name: "old".into(),
+                            plan: vec![plan::entry(&migration.from_model, 1.0)],
+                            blend: None,
+                        },
+                        eval::Arm {
+                            name: if fuse.is_some() { "fused" } else { "adapted" }.into(),
+                            plan: vec![read],
+                            blend: None,
+                        },
+                    ]
+                }
+            };
             let config = eval::EvalConfig {
                 router,
                 golden: target.platform.golden(golden.as_deref())?,
-                arms: super::eval::arms(&versions, &[], &[]),
+                arms,
                 versions,
                 consumers,
                 concurrency: 8,
@@ -262,7 +323,12 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             };
             let evaluation = eval::evaluate(&config).await?;
             super::eval::print(&evaluation, json)?;
-            let gates = eval::gate_results(&evaluation, &migration.migration_id);
+            let gates = match &adapter {
+                None => eval::gate_results(&evaluation, &migration.migration_id),
+                Some(name) => {
+                    eval::adapter_gate_results(&evaluation, &migration.migration_id, name, fuse)
+                }
+            };
             for g in &gates {
                 eprintln!(
                     "gate {}: {} {}",
@@ -550,10 +616,12 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
             consumer,
             new_weight,
             adapter,
+            fuse,
+            force,
         } => (
             false,
             "weight",
-            serde_json::json!({"consumer": consumer, "new": new_weight, "adapter": adapter}),
+            serde_json::json!({"consumer": consumer, "new": new_weight, "adapter": adapter, "fuse": fuse, "force": force}),
         ),
         MigrateCommand::Cutover { consumer, force } => (
             false,

@@ -19,7 +19,12 @@ impl Migrations for Migrator {
                     consumer,
                     new,
                     adapter,
-                } => self.weight(&consumer, new, adapter.as_deref()).await,
+                    fuse,
+                    force,
+                } => {
+                    let adapter = adapter.map(|name| super::plan::AdapterRead { name, fuse });
+                    self.weight(&consumer, new, adapter.as_ref(), force).await
+                }
                 Command::Cutover { consumer, force } => {
                     self.cutover(consumer.as_deref(), force).await
                 }

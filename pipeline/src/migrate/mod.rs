@@ -92,22 +92,24 @@ impl Migrator {
     ///
     /// An `adapter` must be an artifact in the adapters folder (`$EMBEDSTREAM_ADAPTERS`, else
     /// `$EMBEDSTREAM_HOME/adapters`) that loads, passes its checks and has the two models'
-    /// dimensions; the sinks load it from their own folder when a query names it.
+    /// dimensions; the sinks load it from their own folder when a query names it. Reads through
+    /// it are refused unless the consumer's adapter gate passed for it (see [`plan::weight`]).
     pub async fn weight(
         &self,
         consumer: &str,
         new_weight: f64,
-        adapter: Option<&str>,
+        adapter: Option<&plan::AdapterRead>,
+        force: bool,
     ) -> Result<Applied> {
-        if let Some(name) = adapter {
+        if let Some(a) = adapter {
             embedstream_adapter::train::check_deployable(
                 &crate::models::adapters_dir(),
-                name,
+                &a.name,
                 &crate::control::catalog(&self.log.state()),
             )?;
         }
         let records = self.decided(|s, known, by, now| {
-            plan::weight(s, consumer, new_weight, adapter, known, by, now)
+            plan::weight(s, consumer, new_weight, adapter, force, known, by, now)
         })?;
         self.write(records).await
     }

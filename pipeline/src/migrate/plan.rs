@@ -58,6 +58,11 @@ pub enum Refused {
     /// The gate refuses the cutover of these consumers.
     #[error("cutover refused by the gate (use --force to override; it is recorded): {}", .0.join("; "))]
     Gate(Vec<String>),
+    /// The adapter gate refuses reads through this adapter.
+    #[error(
+        "reads through the adapter refused by the gate (use --force to override; it is recorded): {0}"
+    )]
+    AdapterGate(String),
     /// Decommission would leave a consumer without its index.
     #[error("cannot decommission: {0}")]
     Decommission(String),
@@ -77,11 +82,13 @@ pub fn effective_plan(state: &ControlState, consumer: &str) -> Vec<ReadPlanEntry
     state.read_plan_for(consumer)
 }
 
-fn entry(model: &str, weight: f64) -> ReadPlanEntry {
+/// A plan entry reading `model` with its own queries.
+pub fn entry(model: &str, weight: f64) -> ReadPlanEntry {
     ReadPlanEntry {
         model: model.to_owned(),
         weight,
         adapter: None,
+        fuse: None,
     }
 }
 
@@ -266,18 +273,31 @@ fn phase_change(
     })
 }
 
+/// Reads of the old version through a Drift-Adapter (from the new model into the old one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterRead {
+    /// The adapter's name.
+    pub name: String,
+    /// Fused reads: the adapted query's weight beside the old model's own query, in (0, 1];
+    /// `None`: the adapted query alone.
+    pub fuse: Option<f64>,
+}
+
 /// `migrate weight --consumer C --new W`: the consumer reads a blend, `W` of the new version.
 ///
-/// With `adapter` (a Drift-Adapter from the new model into the old one), the old version's
-/// share is read "new model via adapter": queries are embedded with the new model and mapped
-/// into the old index's space, so the whole query side moves to the new model before the
-/// backfill is done.
+/// With `adapter`, the old version's share is read "new model via adapter": queries are
+/// embedded with the new model and mapped into the old index's space (fused with the old
+/// model's own query when `fuse` is set), so the query side moves to the new model before the
+/// backfill is done. Refused unless the consumer's adapter gate, for this adapter and fuse
+/// weight, found those reads not worse than the old model's own (with `force`, written with
+/// `forced` set).
 #[allow(clippy::too_many_arguments)]
 pub fn weight(
     state: &ControlState,
     consumer: &str,
     new_weight: f64,
-    adapter: Option<&str>,
+    adapter: Option<&AdapterRead>,
+    force: bool,
     known: &[String],
     by: &str,
     now: i64,
@@ -287,7 +307,14 @@ pub fn weight(
     if !(0.0..1.0).contains(&new_weight) || !new_weight.is_finite() {
         return Err(Refused::Weight(new_weight));
     }
-    if let Some(name) = adapter {
+    let mut forced = false;
+    if let Some(AdapterRead { name, fuse }) = adapter {
+        if let Some(w) = fuse.filter(|w| !(*w > 0.0 && *w <= 1.0)) {
+            return Err(Refused::Adapter {
+                name: name.clone(),
+                reason: format!("the fuse weight is in (0, 1], not {w}"),
+            });
+        }
         let refuse = |reason: String| Refused::Adapter {
             name: name.to_owned(),
             reason,
@@ -300,9 +327,17 @@ pub fn weight(
                 parsed.new, parsed.old, m.from_model, m.to_model, m.to_model, m.from_model
             )));
         }
+        let gate = state.adapter_gate(&m.migration_id, consumer);
+        if let Some(refusal) = adapter_gate_refusal(gate, consumer, name, *fuse) {
+            if !force {
+                return Err(Refused::AdapterGate(refusal));
+            }
+            forced = true;
+        }
     }
     let old = ReadPlanEntry {
-        adapter: adapter.map(str::to_owned),
+        adapter: adapter.map(|a| a.name.clone()),
+        fuse: adapter.and_then(|a| a.fuse),
         ..entry(&m.from_model, 1.0 - new_weight)
     };
     let entries = if new_weight == 0.0 {
@@ -310,7 +345,7 @@ pub fn weight(
     } else {
         vec![old, entry(&m.to_model, new_weight)]
     };
-    let mut records = vec![plan_change(state, &m, consumer, entries, false, by, now)];
+    let mut records = vec![plan_change(state, &m, consumer, entries, forced, by, now)];
     if matches!(
         m.phase,
         MigrationPhase::DualWrite | MigrationPhase::Backfill | MigrationPhase::RolledBack
@@ -338,6 +373,42 @@ pub fn gate_refusal(gate: Option<&GateResult>, consumer: &str) -> Option<String>
     if !g.passed {
         return Some(format!(
             "{consumer}: {} new {:.3} vs old {:.3}, difference CI [{:+.3}, {:+.3}] below 0",
+            g.metric, g.new_value, g.old_value, g.ci_low, g.ci_high
+        ));
+    }
+    None
+}
+
+/// Why the adapter gate refuses reads of `consumer` through `adapter` (fused with `fuse`), or
+/// `None` when it lets them through: its latest adapter gate measured this adapter with this
+/// fuse weight and found the reads not worse than the old model's own queries beyond the
+/// interval.
+pub fn adapter_gate_refusal(
+    gate: Option<&GateResult>,
+    consumer: &str,
+    adapter: &str,
+    fuse: Option<f64>,
+) -> Option<String> {
+    let how = |a: &str, f: Option<f64>| match f {
+        Some(w) => format!("{a} fused at {w}"),
+        None => a.to_owned(),
+    };
+    let asked = how(adapter, fuse);
+    let Some(g) = gate else {
+        return Some(format!(
+            "{consumer}: no adapter gate result; run `embedstream migrate gate --consumer {consumer} --adapter {adapter}{}`",
+            fuse.map_or(String::new(), |w| format!(" --fuse {w}"))
+        ));
+    };
+    let measured = how(g.adapter.as_deref().unwrap_or("-"), g.fuse);
+    if measured != asked {
+        return Some(format!(
+            "{consumer}: the last adapter gate measured {measured}, not {asked}"
+        ));
+    }
+    if !g.passed {
+        return Some(format!(
+            "{consumer}: {} through {asked} {:.3} vs the old model's own queries {:.3}, difference CI [{:+.3}, {:+.3}] below 0",
             g.metric, g.new_value, g.old_value, g.ci_low, g.ci_high
         ));
     }

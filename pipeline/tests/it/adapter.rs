@@ -1,8 +1,9 @@
 //! The Drift-Adapter served end to end against the real broker: an adapter trained with
-//! `embedstream adapter train` on 800 canary items, a consumer's read plan set to "new model
-//! via adapter" with `migrate weight --adapter`, and MPNet text queries answered by the MiniLM
-//! index through the router and the sink, with recall checked on a fixed sample. Adapters that
-//! cannot serve are refused before anything is deployed.
+//! `embedstream adapter train` on 800 canary items, gated with `migrate gate --adapter` on a
+//! golden set through the router, a consumer's read plan set to fused reads with `migrate
+//! weight --adapter --fuse`, and text queries answered by the MiniLM index through the router
+//! and the sink, with recall checked on a fixed sample. Adapters that cannot serve are refused
+//! before anything is deployed; a damaged one is refused by its gate (and `--force` recorded).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -142,33 +143,38 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
             .output()
             .unwrap(),
     );
-    let weight = |adapter: &str| {
+    let weight = |adapter: &str, extra: &[&str]| {
         migrate_command(
             &p,
             &[
-                "weight",
-                "--consumer",
-                "search",
-                "--new",
-                "0",
-                "--adapter",
-                adapter,
-            ],
+                &[
+                    "weight",
+                    "--consumer",
+                    "search",
+                    "--new",
+                    "0",
+                    "--adapter",
+                    adapter,
+                ],
+                extra,
+            ]
+            .concat(),
         )
         .env("EMBEDSTREAM_ADAPTERS", &adapters)
         .output()
         .unwrap()
     };
-    let refused = weight(&bad.meta.name);
+    let refused = weight(&bad.meta.name, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("cannot serve this index"),
         "{stderr}"
     );
-    let refused = weight(&format!("{MINILM}_to_{MPNET}.procrustes.v1"));
+    let refused = weight(&format!("{MINILM}_to_{MPNET}.procrustes.v1"), &[]);
     assert!(!refused.status.success());
     let token = CancellationToken::new();
-    let plan = control(&p, &token).await.state().read_plan_for("search");
+    let log = control(&p, &token).await;
+    let plan = log.state().read_plan_for("search");
     assert!(
         plan.iter().all(|e| e.adapter.is_none()),
         "nothing deployed: {plan:?}"
@@ -186,8 +192,6 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
         "{body}"
     );
 
-    // Deployed: search reads MiniLM's index with MPNet queries through the adapter.
-    ok(&weight(&name));
     let router_port = free_port();
     let _router = Killed(
         Command::new(env!("CARGO_BIN_EXE_embedstream"))
@@ -202,17 +206,99 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     );
     let client = reqwest::Client::new();
     let router = format!("http://127.0.0.1:{router_port}");
+
+    // The adapter gate: reads through an adapter are refused until a gate run on the
+    // consumer's golden set found them not worse than the old model's own queries.
+    let golden = dir.join("golden").join("golden.json");
+    write_golden(&golden, corpus);
+    let refused = weight(&name, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("no adapter gate result"),
+        "{stderr}"
+    );
+    let gate = |adapter: &str, extra: &[&str]| {
+        let golden = golden.display().to_string();
+        let args = [
+            &[
+                "gate",
+                "--consumer",
+                "search",
+                "--golden",
+                &golden,
+                "--router",
+                &router,
+                "--adapter",
+                adapter,
+            ],
+            extra,
+        ]
+        .concat();
+        let out = migrate_command(&p, &args).output().unwrap();
+        ok(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A damaged adapter (a map unrelated to the two spaces): its reads are worse, refused,
+    // and only a recorded --force deploys it.
+    let damaged = damaged_adapter(&adapters);
+    let printed = gate(&damaged, &[]);
+    assert!(printed.contains("gate search: recall@10 FAIL"), "{printed}");
+    let refused = weight(&damaged, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("below 0"),
+        "{stderr}"
+    );
+    ok(&weight(&damaged, &["--force"]));
+    wait_for(&log, |s| {
+        s.plan("search")
+            .is_some_and(|p| p.forced && p.entries[0].adapter.as_deref() == Some(&damaged))
+    })
+    .await;
+    // The trained adapter, fused with the old model's query: measured, passed, deployed.
+    let printed = gate(&name, &["--fuse"]);
+    assert!(printed.contains("gate search: recall@10 PASS"), "{printed}");
+    let g = log
+        .state()
+        .adapter_gate(
+            &log.state().migrations().next().unwrap().migration_id,
+            "search",
+        )
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (g.adapter.as_deref(), g.fuse),
+        (Some(name.as_str()), Some(0.5))
+    );
+    eprintln!(
+        "adapter gate, fused: {} {:.3} vs old/old {:.3}, CI [{:+.3}, {:+.3}]",
+        g.metric, g.new_value, g.old_value, g.ci_low, g.ci_high
+    );
+    // Its gate does not cover the adapter alone.
+    assert!(!weight(&name, &[]).status.success());
+    ok(&weight(&name, &["--fuse"]));
+    wait_for(&log, |s| {
+        s.plan("search").is_some_and(|p| {
+            !p.forced
+                && p.entries[0].adapter.as_deref() == Some(&name)
+                && p.entries[0].fuse == Some(0.5)
+        })
+    })
+    .await;
+
+    // Deployed: search reads MiniLM's index with fused queries.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client.get(format!("{router}/v1/plans")).send().await
             && let Ok(v) = r.json::<Value>().await
-            && v.to_string().contains(&name)
+            && v["search"][0]["adapter"] == name.as_str()
+            && v["search"][0]["fuse"] == 0.5
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the router never showed the adapter plan"
+            "the router never showed the fused adapter plan"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -251,6 +337,84 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
         (400, Some("unknown_adapter")),
         "{body}"
     );
+    let (status, body) = sink
+        .search(
+            json!({"consumer": "search", "vector": vec![0.1; 768], "adapter": name, "fuse": 0.5}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (400, Some("fuse_needs_own_vector")),
+        "{body}"
+    );
+    let (status, body) = sink
+        .search(json!({"consumer": "search", "text": "x", "fuse": 0.5}))
+        .await;
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (400, Some("fuse_needs_adapter")),
+        "{body}"
+    );
+    let (status, body) = sink
+        .search(json!({"consumer": "search", "text": "x", "adapter": name, "fuse": 1.5}))
+        .await;
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (400, Some("invalid_fuse")),
+        "{body}"
+    );
     token.cancel();
-    eprintln!("recall@10 through the adapter: {recall}");
+    eprintln!("recall@10 through the fused adapter reads: {recall}");
+}
+
+/// A golden set for `search`: each item's first eight words find that item.
+fn write_golden(path: &Path, corpus: &[(String, String)]) {
+    let queries: Vec<Value> = corpus
+        .iter()
+        .map(|(id, text)| {
+            let words: Vec<&str> = text.split_whitespace().take(8).collect();
+            json!({"id": format!("q-{id}"), "text": words.join(" "), "relevant": [id], "exclude": []})
+        })
+        .collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let golden = json!({"search": {"metric": "recall@10", "k": 10, "queries": queries}});
+    std::fs::write(path, golden.to_string()).unwrap();
+}
+
+/// An adapter of the right models and dimensions whose map has nothing to do with the two
+/// spaces (a fixed pseudo-random low-rank map): what a bad push looks like.
+fn damaged_adapter(dir: &Path) -> String {
+    let name = format!("{MPNET}_to_{MINILM}.affine.v2");
+    let mut state = 7u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let rank = 32;
+    let adapter = Adapter::new(
+        AdapterMeta::new(&name.parse().unwrap(), 768, 384, "test".into()),
+        Layers::LowRank {
+            u: Matrix::new(rank, 768, (0..rank * 768).map(|_| next()).collect()),
+            v: Matrix::new(384, rank, (0..384 * rank).map(|_| next()).collect()),
+            b: vec![0.0; 384],
+        },
+    );
+    adapter
+        .save(&dir.join(format!("{name}.safetensors")))
+        .unwrap();
+    name
+}
+
+/// Waits until the control log's state satisfies `done`.
+async fn wait_for(
+    log: &embedstream_pipeline::control::ControlLog,
+    done: impl Fn(&embedstream_schemas::control::ControlState) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(&log.state()) {
+        assert!(Instant::now() < deadline, "the control log never showed it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

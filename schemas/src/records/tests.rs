@@ -229,11 +229,13 @@ fn control_records_round_trip() {
                     model: "minilm-l6-v2@1".into(),
                     weight: 0.9,
                     adapter: None,
+                    fuse: None,
                 },
                 ReadPlanEntry {
                     model: "mpnet-base-v2@1".into(),
                     weight: 0.1,
                     adapter: Some("a1".into()),
+                    fuse: Some(0.5),
                 },
             ],
             forced: false,
@@ -241,6 +243,7 @@ fn control_records_round_trip() {
                 model: "minilm-l6-v2@1".into(),
                 weight: 1.0,
                 adapter: None,
+                fuse: None,
             }],
         }),
         ..base.clone()
@@ -266,6 +269,8 @@ fn control_records_round_trip() {
             coverage: 0.995,
             passed: true,
             queries: 800,
+            adapter: Some("a1".into()),
+            fuse: Some(0.5),
         }),
         backfill: Some(BackfillProgress {
             migration_id: "m1".into(),

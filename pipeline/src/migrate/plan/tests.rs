@@ -69,6 +69,8 @@ fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
         coverage,
         passed: passes(ci_high, coverage),
         queries: 500,
+        adapter: None,
+        fuse: None,
     };
     apply(s, vec![gate_record(g, "t", 3)]);
 }
@@ -120,7 +122,7 @@ fn start_needs_an_active_source_version() {
 #[test]
 fn weights_blend_and_keep_the_plan_to_restore() {
     let mut s = started();
-    let r = weight(&s, "search", 0.1, None, &known(), "t", 3).unwrap();
+    let r = weight(&s, "search", 0.1, None, false, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let plan = s.plan("search").unwrap();
     assert_eq!(
@@ -129,7 +131,7 @@ fn weights_blend_and_keep_the_plan_to_restore() {
     );
     assert_eq!(models(&plan.previous), [(OLD.to_owned(), 1.0)]);
     assert_eq!(current(&s).unwrap().phase, MigrationPhase::Blended);
-    let r = weight(&s, "search", 0.5, None, &known(), "t", 4).unwrap();
+    let r = weight(&s, "search", 0.5, None, false, &known(), "t", 4).unwrap();
     apply(&mut s, r);
     assert_eq!(
         models(&s.plan("search").unwrap().previous),
@@ -137,14 +139,14 @@ fn weights_blend_and_keep_the_plan_to_restore() {
         "the saved plan is the one before the migration, not the last blend"
     );
     assert!(matches!(
-        weight(&s, "search", 1.0, None, &known(), "t", 5),
+        weight(&s, "search", 1.0, None, false, &known(), "t", 5),
         Err(Refused::Weight(_))
     ));
     assert!(matches!(
-        weight(&s, "nobody", 0.5, None, &known(), "t", 5),
+        weight(&s, "nobody", 0.5, None, false, &known(), "t", 5),
         Err(Refused::UnknownConsumer { .. })
     ));
-    assert!(weight(&s, "search", f64::NAN, None, &known(), "t", 5).is_err());
+    assert!(weight(&s, "search", f64::NAN, None, false, &known(), "t", 5).is_err());
 }
 
 #[test]
@@ -188,7 +190,7 @@ fn rollback_restores_the_plan_in_one_record_and_recutover_works() {
     let mut s = started();
     gate(&mut s, "search", 0.02, 1.0);
     gate(&mut s, "ads", 0.02, 1.0);
-    let r = weight(&s, "ads", 0.5, None, &known(), "t", 3).unwrap();
+    let r = weight(&s, "ads", 0.5, None, false, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let r = cutover(&s, None, false, &known(), "t", 4).unwrap();
     apply(&mut s, r);
@@ -258,7 +260,7 @@ fn decommission_retires_the_version_nobody_reads() {
 
     // A migration rolled back everywhere retires its new version.
     let mut s = started();
-    let r = weight(&s, "ads", 0.5, None, &known(), "t", 3).unwrap();
+    let r = weight(&s, "ads", 0.5, None, false, &known(), "t", 3).unwrap();
     apply(&mut s, r);
     let r = rollback(&s, None, &known(), "t", 4).unwrap();
     apply(&mut s, r);
@@ -272,16 +274,46 @@ fn decommission_retires_the_version_nobody_reads() {
     assert_eq!(active, ["minilm-l6-v2"]);
 }
 
+fn adapter_gate(s: &mut ControlState, consumer: &str, adapter: &str, fuse: Option<f64>, ci: f64) {
+    let m = current(s).unwrap().clone();
+    let g = GateResult {
+        migration_id: m.migration_id,
+        consumer: consumer.to_owned(),
+        metric: "recall@10".to_owned(),
+        old_value: 0.5,
+        new_value: 0.5 + ci - 0.01,
+        ci_low: ci - 0.02,
+        ci_high: ci,
+        coverage: 1.0,
+        passed: passes(ci, 1.0),
+        queries: 500,
+        adapter: Some(adapter.to_owned()),
+        fuse,
+    };
+    apply(s, vec![gate_record(g, "t", 3)]);
+}
+
+fn read(name: &str, fuse: Option<f64>) -> AdapterRead {
+    AdapterRead {
+        name: name.to_owned(),
+        fuse,
+    }
+}
+
 #[test]
-fn a_plan_can_read_the_old_version_through_an_adapter() {
-    let s = started();
+fn a_plan_can_read_the_old_version_through_an_adapter_its_gate_passed() {
+    let mut s = started();
     let name = "mpnet-base-v2@1_to_minilm-l6-v2@1.procrustes.v2";
-    let r = weight(&s, "search", 0.0, Some(name), &known(), "t", 3).unwrap();
+    let plain = read(name, None);
+    adapter_gate(&mut s, "search", name, None, 0.01);
+    let r = weight(&s, "search", 0.0, Some(&plain), false, &known(), "t", 3).unwrap();
     let plan = r[0].read_plan.as_ref().unwrap();
     assert_eq!(plan.entries.len(), 1);
     assert_eq!(plan.entries[0].model, "minilm-l6-v2@1");
     assert_eq!(plan.entries[0].adapter.as_deref(), Some(name));
-    let r = weight(&s, "search", 0.25, Some(name), &known(), "t", 3).unwrap();
+    assert_eq!(plan.entries[0].fuse, None);
+    assert!(!plan.forced);
+    let r = weight(&s, "search", 0.25, Some(&plain), false, &known(), "t", 3).unwrap();
     let e = &r[0].read_plan.as_ref().unwrap().entries;
     assert_eq!((e[0].weight, e[0].adapter.as_deref()), (0.75, Some(name)));
     assert_eq!(
@@ -295,10 +327,77 @@ fn a_plan_can_read_the_old_version_through_an_adapter() {
     ] {
         assert!(
             matches!(
-                weight(&s, "search", 0.0, Some(wrong), &known(), "t", 3),
+                weight(
+                    &s,
+                    "search",
+                    0.0,
+                    Some(&read(wrong, None)),
+                    true,
+                    &known(),
+                    "t",
+                    3
+                ),
                 Err(Refused::Adapter { .. })
             ),
             "{wrong}"
         );
     }
+    for w in [0.0, -0.5, 1.5, f64::NAN] {
+        assert!(matches!(
+            weight(
+                &s,
+                "search",
+                0.0,
+                Some(&read(name, Some(w))),
+                true,
+                &known(),
+                "t",
+                3
+            ),
+            Err(Refused::Adapter { .. })
+        ));
+    }
+}
+
+#[test]
+fn the_adapter_gate_refuses_reads_it_did_not_pass_and_force_is_recorded() {
+    let mut s = started();
+    let name = "mpnet-base-v2@1_to_minilm-l6-v2@1.procrustes.v2";
+    let fused = read(name, Some(0.5));
+    let refused = |s: &ControlState, a: &AdapterRead, consumer: &str| match weight(
+        s,
+        consumer,
+        0.0,
+        Some(a),
+        false,
+        &known(),
+        "t",
+        3,
+    ) {
+        Err(Refused::AdapterGate(why)) => why,
+        other => panic!("not refused by the gate: {other:?}"),
+    };
+    // No gate yet.
+    assert!(refused(&s, &fused, "search").contains("no adapter gate result"));
+    // A gate of the adapter alone does not cover fused reads, nor another consumer's.
+    adapter_gate(&mut s, "search", name, None, 0.02);
+    assert!(refused(&s, &fused, "search").contains("not"));
+    assert!(refused(&s, &fused, "ads").contains("no adapter gate result"));
+    // Fused reads measured worse than the old model's own queries.
+    adapter_gate(&mut s, "search", name, Some(0.5), -0.01);
+    assert!(refused(&s, &fused, "search").contains("below 0"));
+    // Forced: written, and marked.
+    let r = weight(&s, "search", 0.0, Some(&fused), true, &known(), "t", 3).unwrap();
+    let plan = r[0].read_plan.as_ref().unwrap();
+    assert!(plan.forced);
+    assert_eq!(plan.entries[0].fuse, Some(0.5));
+    // Measured not worse: accepted without force.
+    adapter_gate(&mut s, "search", name, Some(0.5), 0.03);
+    let r = weight(&s, "search", 0.0, Some(&fused), false, &known(), "t", 3).unwrap();
+    assert!(!r[0].read_plan.as_ref().unwrap().forced);
+    // The cutover gate is apart from the adapter gate.
+    assert!(
+        s.gate(&current(&s).unwrap().migration_id, "search")
+            .is_none()
+    );
 }

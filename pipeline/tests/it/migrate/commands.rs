@@ -36,6 +36,8 @@ fn failing_gate(migration: &str, consumer: &str) -> GateResult {
         coverage: 1.0,
         passed: false,
         queries: 500,
+        adapter: None,
+        fuse: None,
     }
 }
 
