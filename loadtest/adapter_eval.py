@@ -1,27 +1,28 @@
-"""Drift-Adapter evaluation: recovery ratio and added latency, MiniLM -> MPNet.
+"""Drift-Adapter evaluation, MiniLM (old index) <- MPNet (new queries): what adapted and fused
+reads are worth against both models, and the added latency of the map.
 
-  python3 loadtest/adapter_eval.py [--golden .dev/golden] [--catalog .dev/bench/catalog-attr.jsonl]
+  python3 loadtest/adapter_eval.py                      # the Debian catalog's golden sets
+  python3 loadtest/adapter_eval.py --set .dev/golden-wordnet --name wordnet   # any other set
 
-Needs the golden sets (`loadtest/golden_sets.py`, which also caches the golden queries'
-vectors per model in GOLDEN/vectors/) and the Debian catalog (`loadtest/debian_catalog.py`).
+Two regimes. The Debian catalog (`--golden`, from `loadtest/golden_sets.py`, with its query
+vectors cached in GOLDEN/vectors/; `--catalog` from `loadtest/debian_catalog.py`), where the
+two models are close; and any set DIR holding `items.jsonl` and `golden.json` in the same
+format (`loadtest/eval_sets.py` builds one from WordNet where MPNet is clearly better).
 
-1. Training pairs: 20,000 catalog packages that are not in the golden catalog, alternately
-   their synopsis and the first 24 words of their description (short texts: MPNet embeds
-   ~4 texts/s of full descriptions on 2 cores), embedded with both models (`embedstream embed`).
-2. The golden catalog (1,000 items, long descriptions) embedded with both models: the old
-   index (MiniLM) and the full re-embed (MPNet).
-3. Pairs for N: the paper's setting, a sample of the index's own items: the 1,000 golden-catalog
-   items first, then N - 1,000 of the other packages (N = 1k is the catalog alone). None of the
-   golden queries' texts is in the pairs (search and ads queries are synopses, held out of the
-   catalog texts; recsys and dedup queries are catalog items, which the results exclude).
-4. For each kind (procrustes, affine, mlp) and N in {1k, 5k, 20k}: `embedstream adapter train
-   --old-vectors --new-vectors --pairs N` (10% held out), then `embedstream adapter eval`:
-   per consumer, the metric with MiniLM queries on the MiniLM index (old), MPNet queries on the
-   MPNet index (full re-embed), MPNet queries mapped by the adapter on the MiniLM index
-   (adapter); recovery = adapter / full re-embed; latency = one `apply` per query, p50/p99.
-   Search is exact (brute force), so the numbers are the spaces', not an ANN's.
+1. Pairs. Debian: the 1,000 golden-catalog items first, then other packages' short texts (their
+   synopsis, or their description's first 24 words) up to N. A set DIR: a seeded sample of N of
+   its own items (the paper's setting: the index's own items). Embedded with both models
+   (`embedstream embed`, documents); the queries with the query prompt.
+2. For each variant (kind × N, plus `--hidden` for wider MLPs): `embedstream adapter train
+   --old-vectors --new-vectors --pairs N` (10% held out), then `embedstream adapter eval
+   --fuse-weights`: per consumer, with 95% bootstrap intervals over the queries, old/old,
+   new/new (a full re-embed), the adapted reads (int8, as served) and fused reads
+   (normalize((1 - w) old query + w adapted query)) on the old catalog, each with its recovery
+   of new/new and of old/old and its difference with old/old. Latency: one `apply` per query,
+   p50/p99 (`adapter-bench`). Search is exact, so the numbers are the spaces', not an ANN's.
 
-Writes loadtest/reports/adapter/{summary.json,report.md}; intermediate files in .dev/adapter.
+Writes loadtest/reports/adapter/{summary,report}[-NAME].{json,md}; intermediate files in
+.dev/adapter[-NAME].
 """
 
 import argparse
@@ -63,98 +64,152 @@ def pair_texts(catalog, golden_items, out, n):
             f.write(json.dumps(r) + "\n")
 
 
-def embed(model, inp, out):
+def embed(model, inp, out, kind="document"):
     if os.path.exists(out) and sum(1 for _ in open(out)) == sum(1 for _ in open(inp)):
         return
-    run([BIN, "embed", "--model", model, "--input", inp, "--output", out])
+    run([BIN, "embed", "--model", model, "--input-type", kind, "--input", inp, "--output", out])
+
+
+def set_inputs(a):
+    """(golden.json, {model: items vectors}, {model: query vectors}, {model: pair vectors})."""
+    vec = {m: os.path.join(a.work, f"pairs-{m}.jsonl") for m in (OLD, NEW)}
+    if a.set is None:
+        golden = os.path.join(a.golden, "golden.json")
+        texts = os.path.join(a.work, "pair_texts.jsonl")
+        if not os.path.exists(texts):
+            pair_texts(a.catalog, os.path.join(a.golden, "items.jsonl"), texts, max(a.sizes))
+        items = {m: os.path.join(a.work, f"items-{m}.jsonl") for m in (OLD, NEW)}
+        queries = {m: os.path.join(a.golden, "vectors", f"{m}.jsonl") for m in (OLD, NEW)}
+        for m in (OLD, NEW):
+            embed(m, texts, vec[m])
+            embed(m, os.path.join(a.golden, "items.jsonl"), items[m])
+            if not os.path.exists(queries[m]):
+                sys.exit(f"{queries[m]}: missing; `embedstream eval --prepare` writes the golden query vectors")
+        # The indexed items first, then the outside pairs.
+        pairs = {}
+        for m in (OLD, NEW):
+            pairs[m] = open(items[m]).read().splitlines() + open(vec[m]).read().splitlines()
+        return golden, items, queries, pairs
+    golden = os.path.join(a.set, "golden.json")
+    qtexts = os.path.join(a.work, "queries.jsonl")
+    with open(qtexts, "w") as f:
+        for set_ in json.load(open(golden)).values():
+            for q in set_["queries"]:
+                f.write(json.dumps({"id": q["id"], "text": q["text"]}) + "\n")
+    items = {m: os.path.join(a.set, f"items.{m}.jsonl") for m in (OLD, NEW)}
+    queries = {m: os.path.join(a.set, f"queries.{m}.jsonl") for m in (OLD, NEW)}
+    pairs = {}
+    for m in (OLD, NEW):
+        embed(m, os.path.join(a.set, "items.jsonl"), items[m])
+        embed(m, qtexts, queries[m], "query")
+        lines = open(items[m]).read().splitlines()
+        random.Random(7).shuffle(lines)
+        pairs[m] = lines
+    return golden, items, queries, pairs
+
+
+def ci(e):
+    return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--golden", default=os.path.join(ROOT, ".dev", "golden"))
     ap.add_argument("--catalog", default=os.path.join(ROOT, ".dev", "bench", "catalog-attr.jsonl"))
-    ap.add_argument("--work", default=os.path.join(ROOT, ".dev", "adapter"))
+    ap.add_argument("--set", help="a set folder (items.jsonl, golden.json) instead of the Debian golden sets")
+    ap.add_argument("--name", default="", help="suffix of the report and work folder")
+    ap.add_argument("--work")
     ap.add_argument("--pairs", default="1000,5000,20000")
     ap.add_argument("--kinds", default="procrustes,affine,mlp")
+    ap.add_argument("--wide-hidden", type=int, default=1024, help="one more MLP per N with this hidden size (0: none)")
+    ap.add_argument("--fuse-weights", default="0.3,0.5,0.7")
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "reports", "adapter"))
     a = ap.parse_args()
+    suffix = f"-{a.name}" if a.name else ""
+    a.work = a.work or os.path.join(ROOT, ".dev", f"adapter{suffix}")
     os.makedirs(a.work, exist_ok=True)
-    sizes = [int(x) for x in a.pairs.split(",")]
-    texts = os.path.join(a.work, "pair_texts.jsonl")
-    if not os.path.exists(texts):
-        pair_texts(a.catalog, os.path.join(a.golden, "items.jsonl"), texts, max(sizes))
-    vec = {m: os.path.join(a.work, f"{m}.jsonl") for m in (OLD, NEW)}
-    items = {m: os.path.join(a.work, f"items-{m}.jsonl") for m in (OLD, NEW)}
-    for m in (OLD, NEW):
-        embed(m, texts, vec[m])
-        embed(m, os.path.join(a.golden, "items.jsonl"), items[m])
+    a.sizes = [int(x) for x in a.pairs.split(",")]
+    golden, items, queries, pairs = set_inputs(a)
     artifacts = os.path.join(a.work, "artifacts")
     if os.path.isdir(artifacts):
         for f in os.listdir(artifacts):
             os.remove(os.path.join(artifacts, f))
-    names = []
+    available = min(len(pairs[OLD]), len(pairs[NEW]))
+    sizes = sorted({min(n, available) for n in a.sizes})
     mixes = {}
     for n in sizes:
         for m in (OLD, NEW):
-            path = os.path.join(a.work, f"pairs-{n}-{m}.jsonl")
-            corpus = open(items[m]).read().splitlines()
-            others = open(vec[m]).read().splitlines()
+            path = os.path.join(a.work, f"pairs-{n}-{m}.part.jsonl")
             with open(path, "w") as f:
-                f.write("\n".join(corpus + others[:max(0, n - len(corpus))]) + "\n")
+                f.write("\n".join(pairs[m][:n]) + "\n")
             mixes[(n, m)] = path
-    for kind in a.kinds.split(","):
-        for n in sizes:
-            t = time.time()
-            out = run([BIN, "adapter", "train", "--adapters-dir", artifacts, "--from", OLD, "--to", NEW,
-                       "--kind", kind, "--old-vectors", mixes[(n, OLD)], "--new-vectors", mixes[(n, NEW)],
-                       "--pairs", str(n), "--json"], capture_output=True, text=True).stdout
-            meta = json.loads(out)
-            meta["wall_seconds"] = time.time() - t
-            names.append(meta)
+    variants = [(kind, n, None) for kind in a.kinds.split(",") for n in sizes]
+    if a.wide_hidden:
+        variants += [("mlp", n, a.wide_hidden) for n in sizes]
+    names = []
+    for kind, n, hidden in variants:
+        t = time.time()
+        extra = ["--hidden", str(hidden)] if hidden else []
+        out = run([BIN, "adapter", "train", "--adapters-dir", artifacts, "--from", OLD, "--to", NEW,
+                   "--kind", kind, "--old-vectors", mixes[(n, OLD)], "--new-vectors", mixes[(n, NEW)],
+                   "--pairs", str(n), "--json", *extra], capture_output=True, text=True).stdout
+        meta = json.loads(out)
+        meta["wall_seconds"] = time.time() - t
+        meta["variant"] = f"{kind}{f' (hidden {hidden})' if hidden else ''}"
+        names.append(meta)
     res = run([BIN, "adapter", "eval", "--adapters-dir", artifacts, "--adapters", ",".join(m["name"] for m in names),
-               "--golden", os.path.join(a.golden, "golden.json"), "--old-items", items[OLD], "--new-items", items[NEW],
-               "--old-queries", os.path.join(a.golden, "vectors", f"{OLD}.jsonl"),
-               "--new-queries", os.path.join(a.golden, "vectors", f"{NEW}.jsonl"), "--json"],
+               "--golden", golden, "--old-items", items[OLD], "--new-items", items[NEW],
+               "--old-queries", queries[OLD], "--new-queries", queries[NEW],
+               "--fuse-weights", a.fuse_weights, "--json"],
               capture_output=True, text=True).stdout
     rows = json.loads(res)
     timings = json.loads(run([os.path.join(ROOT, "target", "release", "adapter-bench"), "--adapters-dir", artifacts,
-                              "--adapters", ",".join(m["name"] for m in names),
-                              "--queries", os.path.join(a.golden, "vectors", f"{NEW}.jsonl")],
+                              "--adapters", ",".join(m["name"] for m in names), "--queries", queries[NEW]],
                              capture_output=True, text=True).stdout)
-    for r, t in zip(rows, timings):
+    for r, t, m in zip(rows, timings, names):
         r.update({k: v for k, v in t.items() if k.endswith(("_p50", "_p99"))})
-    for r, m in zip(rows, names):
         r["fit_seconds"] = m["fit_seconds"]
         r["params"] = m["params"]
+        r["variant"] = m["variant"]
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump({"old": OLD, "new": NEW, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
-    consumers = [c["consumer"] for c in rows[0]["consumers"]]
+    command = "python3 loadtest/adapter_eval.py" + (f" --set {a.set} --name {a.name}" if a.set else "")
+    with open(os.path.join(a.out, f"summary{suffix}.json"), "w") as f:
+        json.dump({"old": OLD, "new": NEW, "command": command, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+    first = rows[0]["consumers"]
     lines = [
-        "# Drift-Adapter evaluation: MiniLM (old index) <- MPNet (new queries)",
+        f"# Drift-Adapter evaluation{f' ({a.name})' if a.name else ' (Debian catalog)'}: MiniLM (old index) <- MPNet (new queries)",
         "",
-        "`python3 loadtest/adapter_eval.py` (2 cores; golden sets of `loadtest/golden_sets.py`, 1,000 items).",
-        "Pairs: the 1,000 indexed items, then other Debian packages (short texts) up to N; 10% held out.",
-        "Exact search, so the numbers are the spaces'. Recovery = adapter metric / full re-embed metric;",
-        "latency = one `apply` (map + normalize) per query, single thread, back to back over the golden",
-        "queries. The sink serves with int8 products (`apply`); f32 (`apply --exact`) is shown beside it.",
+        f"`{command}` ({os.cpu_count()} cores). Exact search; 95% bootstrap intervals over the queries.",
+        "Adapted = MPNet queries mapped into MiniLM's space (int8, as served); fused@w = normalize((1 - w) MiniLM query",
+        "+ w adapted query); ÷ new = recovery of a full re-embed (new/new), ÷ old = ratio to keeping MiniLM for queries",
+        "(old/old). A row is **worse** than old/old when its difference's interval is below 0.",
         "",
-        "| consumer | metric | old (MiniLM) | full re-embed (MPNet) |",
-        "|---|---|---|---|",
+        "| consumer | metric | queries | old/old (MiniLM) | new/new (MPNet re-embed) |",
+        "|---|---|---|---|---|",
     ]
-    for c in rows[0]["consumers"]:
-        lines.append(f"| {c['consumer']} | {c['metric']} | {c['old']:.3f} | {c['full_reembed']:.3f} |")
-    lines += ["", "| kind | pairs | held-out cosine | " + " | ".join(f"{c} (recovery)" for c in consumers)
-              + " | mean recovery (f32) | int8 vs f32 cosine, min | apply p50 / p99 µs | f32 p50 / p99 µs | fit s |",
-              "|---|---|---|" + "---|" * len(consumers) + "---|---|---|---|---|"]
+    for c in first:
+        lines.append(f"| {c['consumer']} | {c['metric']} | {c['queries']} | {ci(c['old'])} | {ci(c['full_reembed'])} |")
+    for c in first:
+        lines += ["", f"### {c['consumer']} ({c['metric']})", "",
+                  "| variant | pairs | held-out cos | arm | metric | − old/old | ÷ new | ÷ old |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            rc = next(x for x in r["consumers"] if x["consumer"] == c["consumer"])
+            for arm in rc["arms"]:
+                if arm["arm"] == "adapted_f32":
+                    continue
+                d = arm["vs_old"]
+                mark = " **worse**" if d["ci_high"] < 0 else (" better" if d["ci_low"] > 0 else "")
+                lines.append(f"| {r['variant']} | {r['pairs']} | {r['holdout_cosine']:.4f} | {arm['arm']} | "
+                             f"{ci(arm['metric'])} | {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]{mark} | "
+                             f"{arm['recovery_new']['value']:.3f} | {arm['recovery_old']['value']:.3f} |")
+    lines += ["", "| variant | pairs | int8 vs f32 cosine, min | apply p50 / p99 µs | f32 p50 / p99 µs | fit s |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
-        cells = " | ".join(f"{c['adapter']:.3f} ({c['recovery']:.3f})" for c in r["consumers"])
-        hc = r["holdout_cosine"]
-        lines.append(f"| {r['kind']} | {r['pairs']} | {hc:.4f} | {cells} | {r['mean_recovery']:.3f} "
-                     f"({r['mean_recovery_exact']:.3f}) | {r['int8_cosine_min']:.6f} | "
+        lines.append(f"| {r['variant']} | {r['pairs']} | {r['int8_cosine_min']:.6f} | "
                      f"{r['latency_us_p50']:.1f} / {r['latency_us_p99']:.1f} | "
                      f"{r['exact_latency_us_p50']:.1f} / {r['exact_latency_us_p99']:.1f} | {r['fit_seconds']:.1f} |")
-    report = os.path.join(a.out, "report.md")
+    report = os.path.join(a.out, f"report{suffix}.md")
     # The hand-written reading of the numbers (from "## Reading it" on) is kept across runs.
     reading = ""
     if os.path.exists(report):

@@ -229,3 +229,113 @@ proptest::proptest! {
         }
     }
 }
+
+/// An adapter that swaps the two coordinates of a 2-d space: on data where the new space is
+/// the old one swapped, it is exact; a query of the old model is exact on its own.
+fn swap() -> Adapter {
+    Adapter::new(
+        meta(AdapterKind::Procrustes, 2, 2),
+        Layers::Linear {
+            w: Matrix::new(2, 2, vec![0.0, 1.0, 1.0, 0.0]),
+            b: vec![0.0; 2],
+        },
+    )
+}
+
+fn at(angle: f32) -> Vec<f32> {
+    vec![angle.cos(), angle.sin()]
+}
+
+#[test]
+fn fusing_weighs_both_queries_and_refuses_what_it_cannot_normalize() {
+    let a = swap();
+    // new = (0, 1) maps to (1, 0); fused with own = (0, 1) at 0.5 is the diagonal.
+    let f = a.fuse(&[0.0, 1.0], &[0.0, 1.0], 0.5).unwrap();
+    assert!(
+        (f[0] - f[1]).abs() < 1e-6 && (f[0] - 0.5f32.sqrt()).abs() < 1e-4,
+        "{f:?}"
+    );
+    // Weight 1 is the adapted query alone.
+    let f = a.fuse(&[0.0, 1.0], &[0.0, 1.0], 1.0).unwrap();
+    assert!((f[0] - 1.0).abs() < 1e-3 && f[1].abs() < 1e-3, "{f:?}");
+    for w in [0.0, -0.1, 1.5, f64::NAN] {
+        assert!(matches!(
+            a.fuse(&[0.0, 1.0], &[0.0, 1.0], w),
+            Err(AdapterError::Refused { .. })
+        ));
+    }
+    // Opposite queries at equal weight cancel out.
+    assert!(matches!(
+        a.fuse(&[-1.0, 0.0], &[0.0, 1.0], 0.5),
+        Err(AdapterError::Degenerate { .. })
+    ));
+    assert!(matches!(
+        a.fuse(&[1.0, 0.0, 0.0], &[0.0, 1.0], 0.5),
+        Err(AdapterError::Dimension { .. })
+    ));
+}
+
+#[test]
+fn evaluation_compares_every_arm_with_both_models_on_the_same_queries() {
+    // 40 items around the circle; query i is item i. The old model's queries are exact; the
+    // new model's are exact in the new (swapped) space for the even queries and point two
+    // items further for the odd ones: a new model worse than the old one, which the exact adapter
+    // carries over whole (it recovers all of the re-embed and half of old/old).
+    let items: Vec<(String, Vec<f32>)> = (0..40)
+        .map(|i| (format!("i{i}"), at(i as f32 * 0.157)))
+        .collect();
+    let swapped = |v: &[f32]| vec![v[1], v[0]];
+    let new_items: Vec<(String, Vec<f32>)> = items
+        .iter()
+        .map(|(id, v)| (id.clone(), swapped(v)))
+        .collect();
+    let new_q: Vec<Vec<f32>> = (0..40)
+        .map(|i| {
+            let j = if i % 2 == 0 { i } else { (i + 2) % 40 };
+            swapped(&items[j].1)
+        })
+        .collect();
+    let excluded: Vec<String> = Vec::new();
+    let queries: Vec<eval::Query> = (0..40)
+        .map(|i| eval::Query {
+            old: &items[i].1,
+            new: &new_q[i],
+            relevant: [items[i].0.as_str()].into_iter().collect(),
+            exclude: &excluded,
+        })
+        .collect();
+    let sets = [eval::ConsumerSet {
+        consumer: "search".into(),
+        metric: "precision@1".into(),
+        k: 1,
+        queries,
+    }];
+    let metric = |_: &str, _: usize, rel: &std::collections::BTreeSet<&str>, r: &[String]| {
+        f64::from(u8::from(
+            r.first().is_some_and(|id| rel.contains(id.as_str())),
+        ))
+    };
+    let row = eval::evaluate(&swap(), &sets, &items, &new_items, &[0.2], &metric).unwrap();
+    let c = &row.consumers[0];
+    assert_eq!((c.old.value, c.old.ci_low, c.old.ci_high), (1.0, 1.0, 1.0));
+    let adapted = c.arm("adapted").unwrap();
+    assert!((adapted.metric.value - 0.5).abs() < 1e-9, "{adapted:?}");
+    assert!(adapted.metric.ci_low < 0.5 && adapted.metric.ci_high > 0.5);
+    assert!((c.full_reembed.value - 0.5).abs() < 1e-9, "{c:?}");
+    // Worse than old/old beyond the interval; all of the re-embed, half of old/old.
+    assert!(adapted.vs_old.ci_high < 0.0, "{adapted:?}");
+    assert!((adapted.recovery_new.value - 1.0).abs() < 1e-9);
+    assert!(adapted.recovery_new.ci_low <= 1.0 && adapted.recovery_new.ci_high >= 1.0);
+    assert!((adapted.recovery_old.value - 0.5).abs() < 1e-9);
+    // Fused with the exact old query at weight 0.2, the odd queries are pulled back to their
+    // item: as good as old/old.
+    let fused = c.arm("fused@0.2").unwrap();
+    assert_eq!(fused.metric.value, 1.0, "{fused:?}");
+    assert!(fused.vs_old.ci_low <= 0.0 && fused.vs_old.ci_high >= 0.0);
+    assert!((fused.recovery_new.value - 2.0).abs() < 1e-9);
+    assert_eq!(row.mean_recovery, adapted.recovery_new.value);
+    assert!(matches!(
+        eval::evaluate(&swap(), &sets, &items, &new_items, &[0.0], &metric),
+        Err(AdapterError::Refused { .. })
+    ));
+}

@@ -4,7 +4,8 @@
 //! - per model version (control log): its state, and its sink's `/v1/stats` (topic, items,
 //!   lag, per-shard hot/main/tombstones/last compaction), or `null` when the sink is down;
 //! - the current migration: phase, backfill coverage (from the control log's checkpoints) and
-//!   its gate results; every consumer's read plan (weights, adapters);
+//!   its gate results (cutover gates, and adapter gates with the adapter reads' ratio to the
+//!   old model's own); every consumer's read plan (weights, adapters, fused reads);
 //! - per consumer: its p95 objective and the latency of its last queries through this router;
 //! - drift reports over time, as the platform feeds them in
 //!   ([`crate::StatusFeed::record_drift`]).

@@ -286,6 +286,24 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     })
     .await;
 
+    // The status page's data shows the adapter gate with its measured values.
+    let status: Value = client
+        .get(format!("{router}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gates = status["migration"]["gates"].as_array().unwrap();
+    assert!(
+        gates.iter().any(|shown| shown["adapter"] == name.as_str()
+            && shown["fuse"] == 0.5
+            && shown["passed"] == true
+            && shown["new_value"].as_f64() == Some(g.new_value)),
+        "{status}"
+    );
+
     // Deployed: search reads MiniLM's index with fused queries.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
