@@ -35,6 +35,13 @@ pub struct EvalArgs {
     /// Weights of the new version in the blends.
     #[arg(long, value_delimiter = ',', default_value = "0.5")]
     pub weights: Vec<f64>,
+    /// Drift-Adapters (new model into the baseline's) whose reads of the baseline's index are
+    /// evaluated as well: adapted, and fused at each of `--fuse-weights`.
+    #[arg(long, value_delimiter = ',')]
+    pub adapters: Vec<String>,
+    /// Weights of the adapted query in the fused arms, each in (0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    pub fuse_weights: Vec<f64>,
     /// Consumers (default: every consumer in the golden file).
     #[arg(long, value_delimiter = ',')]
     pub consumers: Vec<String>,
@@ -122,7 +129,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let config = EvalConfig {
         router: args.router.clone(),
         golden,
-        arms: arms(&versions, &args.blends, &args.weights),
+        arms: [
+            arms(&versions, &args.blends, &args.weights),
+            adapter_arms(&versions[0], &args.adapters, &args.fuse_weights)?,
+        ]
+        .concat(),
         versions,
         consumers: args.consumers.clone(),
         concurrency: args.concurrency,
@@ -132,6 +143,34 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let evaluation = eval::evaluate(&config).await?;
     print(&evaluation, args.json)?;
     Ok(())
+}
+
+/// The arms reading the baseline `old` through each adapter: adapted, then fused at each weight.
+pub fn adapter_arms(old: &str, adapters: &[String], fuse: &[f64]) -> anyhow::Result<Vec<Arm>> {
+    if let Some(w) = fuse.iter().find(|w| !(**w > 0.0 && **w <= 1.0)) {
+        anyhow::bail!("--fuse-weights are in (0, 1], not {w}");
+    }
+    let mut out = Vec::new();
+    for a in adapters {
+        let read = |fuse: Option<f64>| embedstream_schemas::records::ReadPlanEntry {
+            adapter: Some(a.clone()),
+            fuse,
+            ..plan::entry(old, 1.0)
+        };
+        out.push(Arm {
+            name: format!("adapted {a}"),
+            plan: vec![read(None)],
+            blend: None,
+        });
+        for &w in fuse {
+            out.push(Arm {
+                name: format!("fused@{w} {a}"),
+                plan: vec![read(Some(w))],
+                blend: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Prints the table (or JSON).
@@ -151,9 +190,22 @@ pub fn print(e: &Evaluation, json: bool) -> anyhow::Result<()> {
             "{:<7} {:<12} n={:<4} (dropped {}, failed {})",
             c.consumer, c.metric, c.queries, c.dropped, c.failed
         );
+        let old = c.arms.first().map_or(0.0, |a| a.mean);
+        let new = c.arms.iter().find(|a| a.arm == "new").map(|a| a.mean);
         for a in &c.arms {
+            // Reads through an adapter: their ratio to both models' own reads.
+            let recovery = if a.arm.starts_with("adapted ") || a.arm.starts_with("fused@") {
+                let ratio = |b: f64| if b > 0.0 { a.mean / b } else { f64::NAN };
+                format!(
+                    "  ÷ old {:.3}{}",
+                    ratio(old),
+                    new.map_or(String::new(), |n| format!("  ÷ new {:.3}", ratio(n)))
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "    {:<10} {:.3}   diff vs old {:+.3}  95% CI [{:+.3}, {:+.3}]",
+                "    {:<10} {:.3}   diff vs old {:+.3}  95% CI [{:+.3}, {:+.3}]{recovery}",
                 a.arm, a.mean, a.diff, a.ci_low, a.ci_high
             );
         }
