@@ -4,9 +4,8 @@ reads are worth against both models, and the added latency of the map.
   python3 loadtest/adapter_eval.py                      # the Debian catalog's golden sets
   python3 loadtest/adapter_eval.py --set .dev/golden-wordnet --name wordnet   # any other set
 
-Two regimes. The Debian catalog (`--golden`, from `loadtest/golden_sets.py`, with its query
-vectors cached in GOLDEN/vectors/; `--catalog` from `loadtest/debian_catalog.py`), where the
-two models are close; and any set DIR holding `items.jsonl` and `golden.json` in the same
+Two regimes. The Debian catalog (`--golden`, from `loadtest/golden_sets.py`; `--catalog` from
+`loadtest/debian_catalog.py`), where the two models are close; and any set DIR holding `items.jsonl` and `golden.json` in the same
 format (`loadtest/eval_sets.py` builds one from WordNet where MPNet is clearly better).
 
 1. Pairs. Debian: the 1,000 golden-catalog items first, then other packages' short texts (their
@@ -70,6 +69,23 @@ def embed(model, inp, out, kind="document"):
     run([BIN, "embed", "--model", model, "--input-type", kind, "--input", inp, "--output", out])
 
 
+def query_vectors(golden, folder):
+    """{model: FOLDER/queries.<model>.jsonl}: the golden queries (each id once) embedded with
+    each model and the query prompt, unless already there."""
+    qtexts = os.path.join(folder, "queries.jsonl")
+    seen = set()
+    with open(qtexts, "w") as f:
+        for set_ in json.load(open(golden)).values():
+            for q in set_["queries"]:
+                if q["id"] not in seen:
+                    seen.add(q["id"])
+                    f.write(json.dumps({"id": q["id"], "text": q["text"]}) + "\n")
+    out = {m: os.path.join(folder, f"queries.{m}.jsonl") for m in (OLD, NEW)}
+    for m in (OLD, NEW):
+        embed(m, qtexts, out[m], "query")
+    return out
+
+
 def set_inputs(a):
     """(golden.json, {model: items vectors}, {model: query vectors}, {model: pair vectors})."""
     vec = {m: os.path.join(a.work, f"pairs-{m}.jsonl") for m in (OLD, NEW)}
@@ -79,29 +95,21 @@ def set_inputs(a):
         if not os.path.exists(texts):
             pair_texts(a.catalog, os.path.join(a.golden, "items.jsonl"), texts, max(a.sizes))
         items = {m: os.path.join(a.work, f"items-{m}.jsonl") for m in (OLD, NEW)}
-        queries = {m: os.path.join(a.golden, "vectors", f"{m}.jsonl") for m in (OLD, NEW)}
+        queries = query_vectors(golden, a.work)
         for m in (OLD, NEW):
             embed(m, texts, vec[m])
             embed(m, os.path.join(a.golden, "items.jsonl"), items[m])
-            if not os.path.exists(queries[m]):
-                sys.exit(f"{queries[m]}: missing; `embedstream eval --prepare` writes the golden query vectors")
         # The indexed items first, then the outside pairs.
         pairs = {}
         for m in (OLD, NEW):
             pairs[m] = open(items[m]).read().splitlines() + open(vec[m]).read().splitlines()
         return golden, items, queries, pairs
     golden = os.path.join(a.set, "golden.json")
-    qtexts = os.path.join(a.work, "queries.jsonl")
-    with open(qtexts, "w") as f:
-        for set_ in json.load(open(golden)).values():
-            for q in set_["queries"]:
-                f.write(json.dumps({"id": q["id"], "text": q["text"]}) + "\n")
     items = {m: os.path.join(a.set, f"items.{m}.jsonl") for m in (OLD, NEW)}
-    queries = {m: os.path.join(a.set, f"queries.{m}.jsonl") for m in (OLD, NEW)}
+    queries = query_vectors(golden, a.set)
     pairs = {}
     for m in (OLD, NEW):
         embed(m, os.path.join(a.set, "items.jsonl"), items[m])
-        embed(m, qtexts, queries[m], "query")
         lines = open(items[m]).read().splitlines()
         random.Random(7).shuffle(lines)
         pairs[m] = lines

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::matrix::dot;
@@ -45,7 +46,7 @@ pub struct ConsumerSet<'a> {
 }
 
 /// A metric of one query's results: `(metric, k, relevant, results) -> value`.
-pub type Metric<'m> = dyn Fn(&str, usize, &BTreeSet<&str>, &[String]) -> f64 + 'm;
+pub type Metric<'m> = dyn Fn(&str, usize, &BTreeSet<&str>, &[String]) -> f64 + Sync + 'm;
 
 /// A value measured on a sample of queries, with its 95% bootstrap interval (percentile,
 /// resampling queries, every arm of a consumer on the same resamples).
@@ -242,27 +243,41 @@ pub fn evaluate(
         }
         let mut names = vec!["adapted".to_owned(), "adapted_f32".to_owned()];
         names.extend(fuse_weights.iter().map(|w| format!("fused@{w}")));
+        // Per query: old/old, new/new, the int8 map's cosine to the f32 map, and each arm.
+        let scored: Vec<(f64, f64, f64, Vec<f64>)> = set
+            .queries
+            .par_iter()
+            .map(|q| {
+                let m = |v: &[f32]| {
+                    let results = top(v, old_items, set.k, q.exclude);
+                    metric(&set.metric, set.k, &q.relevant, &results)
+                };
+                let full = metric(
+                    &set.metric,
+                    set.k,
+                    &q.relevant,
+                    &top(q.new, new_items, set.k, q.exclude),
+                );
+                let served = adapter.apply(q.new)?;
+                let f32_map = adapter.apply_exact(q.new)?;
+                let mut arms = vec![m(&served), m(&f32_map)];
+                for &w in fuse_weights {
+                    let fused = crate::apply::fuse_mapped(&adapter.meta.name, q.old, &served, w)?;
+                    arms.push(m(&fused));
+                }
+                Ok((m(q.old), full, f64::from(dot(&served, &f32_map)), arms))
+            })
+            .collect::<Result<_, AdapterError>>()?;
         let (mut old, mut full) = (Vec::new(), Vec::new());
         let mut arms: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-        for q in &set.queries {
-            let m = |v: &[f32]| {
-                let results = top(v, old_items, set.k, q.exclude);
-                metric(&set.metric, set.k, &q.relevant, &results)
-            };
-            old.push(m(q.old));
-            let results = top(q.new, new_items, set.k, q.exclude);
-            full.push(metric(&set.metric, set.k, &q.relevant, &results));
-            let served = adapter.apply(q.new)?;
-            let f32_map = adapter.apply_exact(q.new)?;
-            let c = f64::from(dot(&served, &f32_map));
+        for (o, f, c, values) in scored {
+            old.push(o);
+            full.push(f);
             cos_sum += c;
             cos_min = cos_min.min(c);
             cos_n += 1;
-            arms[0].push(m(&served));
-            arms[1].push(m(&f32_map));
-            for (i, &w) in fuse_weights.iter().enumerate() {
-                let fused = crate::apply::fuse_mapped(&adapter.meta.name, q.old, &served, w)?;
-                arms[2 + i].push(m(&fused));
+            for (arm, v) in arms.iter_mut().zip(values) {
+                arm.push(v);
             }
         }
         let resamples = Resamples::new(old.len(), 2000, 0x5EED);
