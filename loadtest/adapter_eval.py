@@ -12,7 +12,8 @@ format (`loadtest/eval_sets.py` builds one from WordNet where MPNet is clearly b
    synopsis, or their description's first 24 words) up to N. A set DIR: a seeded sample of N of
    its own items (the paper's setting: the index's own items). Embedded with both models
    (`embedstream embed`, documents); the queries with the query prompt.
-2. For each variant (kind × N, plus `--hidden` for wider MLPs): `embedstream adapter train
+2. For each variant (kind × N, `--hidden` for wider MLPs, and per kind the largest N plus texts
+   like the consumer's queries, `--query-like`, when given): `embedstream adapter train
    --old-vectors --new-vectors --pairs N` (10% held out), then `embedstream adapter eval
    --fuse-weights`: per consumer, with 95% bootstrap intervals over the queries, old/old,
    new/new (a full re-embed), the adapted reads (int8, as served) and fused reads
@@ -131,6 +132,8 @@ def main():
     ap.add_argument("--kinds", default="procrustes,affine,mlp")
     ap.add_argument("--wide-hidden", type=int, default=1024, help="one more MLP per N with this hidden size (0: none)")
     ap.add_argument("--fuse-weights", default="0.3,0.5,0.7")
+    ap.add_argument("--query-like", help="texts like the consumer's queries ({id, text} lines) for one more "
+                    "variant per kind: the largest pair count plus these (a set folder's query_like.jsonl by default)")
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "reports", "adapter"))
     a = ap.parse_args()
     suffix = f"-{a.name}" if a.name else ""
@@ -151,19 +154,32 @@ def main():
             with open(path, "w") as f:
                 f.write("\n".join(pairs[m][:n]) + "\n")
             mixes[(n, m)] = path
-    variants = [(kind, n, None) for kind in a.kinds.split(",") for n in sizes]
+    variants = [(kind, n, None, False) for kind in a.kinds.split(",") for n in sizes]
     if a.wide_hidden:
-        variants += [("mlp", n, a.wide_hidden) for n in sizes]
+        variants += [("mlp", n, a.wide_hidden, False) for n in sizes]
+    query_like = a.query_like or (os.path.join(a.set, "query_like.jsonl") if a.set else None)
+    if query_like and os.path.exists(query_like):
+        # The largest item sample plus texts like the queries (a query log's), embedded as queries.
+        n = sizes[-1]
+        for m in (OLD, NEW):
+            ql = os.path.join(a.work, f"query-like-{m}.jsonl")
+            embed(m, query_like, ql, "query")
+            path = os.path.join(a.work, f"pairs-{n}-ql-{m}.part.jsonl")
+            with open(path, "w") as f:
+                f.write("\n".join(pairs[m][:n] + open(ql).read().splitlines()) + "\n")
+            mixes[(f"{n}+ql", m)] = path
+        variants += [(kind, f"{n}+ql", None, True) for kind in a.kinds.split(",")]
     names = []
-    for kind, n, hidden in variants:
+    for kind, n, hidden, ql in variants:
         t = time.time()
         extra = ["--hidden", str(hidden)] if hidden else []
+        count = sum(1 for _ in open(mixes[(n, OLD)]))
         out = run([BIN, "adapter", "train", "--adapters-dir", artifacts, "--from", OLD, "--to", NEW,
                    "--kind", kind, "--old-vectors", mixes[(n, OLD)], "--new-vectors", mixes[(n, NEW)],
-                   "--pairs", str(n), "--json", *extra], capture_output=True, text=True).stdout
+                   "--pairs", str(count), "--json", *extra], capture_output=True, text=True).stdout
         meta = json.loads(out)
         meta["wall_seconds"] = time.time() - t
-        meta["variant"] = f"{kind}{f' (hidden {hidden})' if hidden else ''}"
+        meta["variant"] = f"{kind}{f' (hidden {hidden})' if hidden else ''}{' + query-like texts' if ql else ''}"
         names.append(meta)
     res = run([BIN, "adapter", "eval", "--adapters-dir", artifacts, "--adapters", ",".join(m["name"] for m in names),
                "--golden", golden, "--old-items", items[OLD], "--new-items", items[NEW],

@@ -31,7 +31,9 @@ word. Everything is seeded and the input is a fixed package version, so a run is
 Writes DIR/items.jsonl ({"id", "text", "attributes": {"pos"}}: the catalog to index),
 DIR/golden.json ({"search": {"metric": "recall@10", "k": 10, "queries": [{"id", "text",
 "relevant", "exclude"}]}}, the format of loadtest/golden_sets.py) and DIR/queries.jsonl (the
-golden queries' {"id", "text"}, input for `embedstream embed`). Measuring both models exactly:
+golden queries' {"id", "text"}, input for `embedstream embed`) and DIR/query_like.jsonl (texts
+made like the queries from other synsets, none of them a golden query's: what a query log gives
+adapter training, `adapter_eval.py --query-like`). Measuring both models exactly:
 
   B=target/release/embedstream; D=.dev/golden-wordnet
   for m in minilm-l6-v2@1 mpnet-base-v2@1; do
@@ -156,6 +158,8 @@ def main():
     ap.add_argument("--items", type=int, default=12000)
     ap.add_argument("--queries", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--query-like", type=int, default=5000,
+                    help="texts like the queries, of synsets that are not golden queries (query_like.jsonl)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
 
@@ -205,6 +209,10 @@ def main():
     with open(os.path.join(args.out, "queries.jsonl"), "w") as out:
         for q in golden["search"]["queries"]:
             out.write(json.dumps({"id": q["id"], "text": q["text"]}) + "\n")
+    # Texts like the queries, of other synsets: what a query log would give adapter training.
+    with open(os.path.join(args.out, "query_like.jsonl"), "w") as out:
+        for s in pool[args.queries: args.queries + args.query_like]:
+            out.write(json.dumps({"id": f"ql:{s['id']}", "text": query(s)}) + "\n")
     shared = sum(len(q["relevant"]) > 1 for q in golden["search"]["queries"])
     print(f"{args.task}: {len(catalog)} items, {len(queries)} queries "
           f"({shared} with more than one relevant item); pool {len(pool)} synsets")

@@ -89,21 +89,29 @@ async fn activating_a_second_version_turns_on_dual_write_without_a_restart() {
     p.produce_raw(&[(Some(b"old-0".to_vec()), None)]).await;
     p.wait_caught_up(Duration::from_secs(180)).await;
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(terminate(&mut stage).success());
     // The stage runs exactly-once here, where the client does not know the committed offsets:
-    // its lag still comes out, from its position.
-    assert!(
-        metrics
+    // its lag still comes out, from its position, with the client's statistics (every 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
             .lines()
-            .any(|l| l.starts_with("embedstream_stage_consumer_lag_records{")),
-        "the stage exports its lag per partition"
-    );
+            .any(|l| l.starts_with("embedstream_stage_consumer_lag_records{"))
+        {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage exports its lag per partition"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(terminate(&mut stage).success());
 
     let mpnet = p.names.embeddings(&"mpnet-base-v2@1".parse().unwrap());
     let mut on_mpnet: Vec<(String, Option<usize>)> = Vec::new();
