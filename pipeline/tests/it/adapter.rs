@@ -338,49 +338,32 @@ async fn new_model_queries_are_answered_by_the_old_index_through_the_adapter() {
     let recall = found as f64 / corpus.len() as f64;
     assert!(recall >= 0.95, "recall@10 through the adapter: {recall}");
 
-    // The sink's own checks of adapter queries.
-    let (status, body) = sink
-        .search(json!({"consumer": "search", "vector": vec![0.1; 384], "adapter": name}))
-        .await;
-    assert_eq!(
-        (status, body["kind"].as_str()),
-        (400, Some("dimension_mismatch")),
-        "{body}"
-    );
-    let (status, body) = sink
-        .search(json!({"consumer": "search", "text": "x", "adapter": "nope@1_to_minilm-l6-v2@1.mlp.v1"}))
-        .await;
-    assert_eq!(
-        (status, body["kind"].as_str()),
-        (400, Some("unknown_adapter")),
-        "{body}"
-    );
-    let (status, body) = sink
-        .search(
-            json!({"consumer": "search", "vector": vec![0.1; 768], "adapter": name, "fuse": 0.5}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["kind"].as_str()),
-        (400, Some("fuse_needs_own_vector")),
-        "{body}"
-    );
-    let (status, body) = sink
-        .search(json!({"consumer": "search", "text": "x", "fuse": 0.5}))
-        .await;
-    assert_eq!(
-        (status, body["kind"].as_str()),
-        (400, Some("fuse_needs_adapter")),
-        "{body}"
-    );
-    let (status, body) = sink
-        .search(json!({"consumer": "search", "text": "x", "adapter": name, "fuse": 1.5}))
-        .await;
-    assert_eq!(
-        (status, body["kind"].as_str()),
-        (400, Some("invalid_fuse")),
-        "{body}"
-    );
+    // The sink's own checks of adapter queries: each a 400 of its kind.
+    let vector = |dim: usize| json!(vec![0.1; dim]);
+    for (request, kind) in [
+        (
+            json!({"vector": vector(384), "adapter": name}),
+            "dimension_mismatch",
+        ),
+        (
+            json!({"text": "x", "adapter": "nope@1_to_minilm-l6-v2@1.mlp.v1"}),
+            "unknown_adapter",
+        ),
+        (
+            json!({"vector": vector(768), "adapter": name, "fuse": 0.5}),
+            "fuse_needs_own_vector",
+        ),
+        (json!({"text": "x", "fuse": 0.5}), "fuse_needs_adapter"),
+        (
+            json!({"text": "x", "adapter": name, "fuse": 1.5}),
+            "invalid_fuse",
+        ),
+    ] {
+        let mut request = request;
+        request["consumer"] = json!("search");
+        let (status, body) = sink.search(request).await;
+        assert_eq!((status, body["kind"].as_str()), (400, Some(kind)), "{body}");
+    }
     token.cancel();
     eprintln!("recall@10 through the fused adapter reads: {recall}");
 }
