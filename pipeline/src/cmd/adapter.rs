@@ -454,6 +454,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ci = |e: &Estimate| format!("{:.3} [{:.3}, {:.3}]", e.value, e.ci_low, e.ci_high);
+    let diff = |e: &Estimate| format!("{:+.3} [{:+.3}, {:+.3}]", e.value, e.ci_low, e.ci_high);
     for r in &rows {
         println!(
             "{} ({} pairs, held-out cosine {}): adapted recovers {:.3} of a re-embed, {:.3} of the old model; int8 vs f32 cosine mean {:.6} min {:.6}",
@@ -487,7 +488,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                     "    {:<12} {}  vs old {}  recovery: of new/new {}, of old/old {}  ({verdict})",
                     a.arm,
                     ci(&a.metric),
-                    ci(&a.vs_old),
+                    diff(&a.vs_old),
                     ci(&a.recovery_new),
                     ci(&a.recovery_old)
                 );
