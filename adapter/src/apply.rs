@@ -199,6 +199,12 @@ impl Adapter {
     }
 }
 
+/// Whether `weight` is a fuse weight: the adapted query's share of a fused query, in (0, 1]
+/// (NaN is not).
+pub fn is_fuse_weight(weight: f64) -> bool {
+    weight > 0.0 && weight <= 1.0
+}
+
 /// `normalize((1 − weight) · own + weight · adapted)` for an adapted query already in the old
 /// space (see [`Adapter::fuse`]); `name` names the adapter in errors.
 pub fn fuse_mapped(
@@ -207,7 +213,7 @@ pub fn fuse_mapped(
     adapted: &[f32],
     weight: f64,
 ) -> Result<Vec<f32>, AdapterError> {
-    if !(weight > 0.0 && weight <= 1.0) {
+    if !is_fuse_weight(weight) {
         return Err(AdapterError::refused(format!(
             "a fuse weight is in (0, 1], not {weight}"
         )));

@@ -228,7 +228,7 @@ pub fn evaluate(
     fuse_weights: &[f64],
     metric: &Metric<'_>,
 ) -> Result<AdapterRow, AdapterError> {
-    if let Some(w) = fuse_weights.iter().find(|w| !(**w > 0.0 && **w <= 1.0)) {
+    if let Some(w) = fuse_weights.iter().find(|w| !crate::is_fuse_weight(**w)) {
         return Err(AdapterError::refused(format!(
             "a fuse weight is in (0, 1], not {w}"
         )));

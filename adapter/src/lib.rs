@@ -36,7 +36,7 @@ pub mod name;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use apply::Adapter;
+pub use apply::{Adapter, is_fuse_weight};
 pub use artifact::{AdapterMeta, list, next_name, resolve};
 pub use error::AdapterError;
 pub use matrix::{Layers, Matrix};

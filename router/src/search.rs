@@ -354,7 +354,7 @@ async fn route(
             }
             if p.iter().any(|e| {
                 e.fuse
-                    .is_some_and(|w| e.adapter.is_none() || !(w > 0.0 && w <= 1.0))
+                    .is_some_and(|w| e.adapter.is_none() || !embedstream_adapter::is_fuse_weight(w))
             }) {
                 return Err(RouteError::bad(
                     "invalid_plan",

@@ -387,7 +387,7 @@ async fn answer(
                 "\"fuse\" fuses an adapted query with this version's own: name the \"adapter\"",
             ));
         }
-        if !(w > 0.0 && w <= 1.0) {
+        if !adapter::is_fuse_weight(w) {
             return Err(ApiError::bad(
                 "invalid_fuse",
                 format!("\"fuse\" is the adapted query's weight, in (0, 1]; not {w}"),

@@ -147,30 +147,33 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 /// The arms reading the baseline `old` through each adapter: adapted, then fused at each weight.
 pub fn adapter_arms(old: &str, adapters: &[String], fuse: &[f64]) -> anyhow::Result<Vec<Arm>> {
-    if let Some(w) = fuse.iter().find(|w| !(**w > 0.0 && **w <= 1.0)) {
+    if let Some(w) = fuse
+        .iter()
+        .find(|w| !embedstream_adapter::is_fuse_weight(**w))
+    {
         anyhow::bail!("--fuse-weights are in (0, 1], not {w}");
     }
     let mut out = Vec::new();
     for a in adapters {
-        let read = |fuse: Option<f64>| embedstream_schemas::records::ReadPlanEntry {
-            adapter: Some(a.clone()),
-            fuse,
-            ..plan::entry(old, 1.0)
-        };
-        out.push(Arm {
-            name: format!("adapted {a}"),
-            plan: vec![read(None)],
-            blend: None,
-        });
+        out.push(adapter_arm(old, a, None, format!("adapted {a}")));
         for &w in fuse {
-            out.push(Arm {
-                name: format!("fused@{w} {a}"),
-                plan: vec![read(Some(w))],
-                blend: None,
-            });
+            out.push(adapter_arm(old, a, Some(w), format!("fused@{w} {a}")));
         }
     }
     Ok(out)
+}
+
+/// The arm `name` reading all of `old` through `adapter`, fused at `fuse` when set.
+pub fn adapter_arm(old: &str, adapter: &str, fuse: Option<f64>, name: String) -> Arm {
+    Arm {
+        name,
+        plan: vec![embedstream_schemas::records::ReadPlanEntry {
+            adapter: Some(adapter.to_owned()),
+            fuse,
+            ..plan::entry(old, 1.0)
+        }],
+        blend: None,
+    }
 }
 
 /// Prints the table (or JSON).

@@ -13,7 +13,6 @@ use embedstream_pipeline::migrate::backfill::{self, BackfillConfig};
 use embedstream_pipeline::migrate::check::{CheckConfig, CheckReport, Checker};
 use embedstream_pipeline::migrate::{Migrator, Status, VersionWrites, plan};
 use embedstream_pipeline::stage::validate::Limits;
-use embedstream_schemas::records::ReadPlanEntry;
 use embedstream_topics::{KafkaConfig, ModelRef};
 use tokio_util::sync::CancellationToken;
 
@@ -289,26 +288,18 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             let arms = match &adapter {
                 None => super::eval::arms(&versions, &[], &[]),
                 Some(name) => {
-                    if let Some(w) = fuse.filter(|w| !(*w > 0.0 && *w <= 1.0)) {
+                    if let Some(w) = fuse.filter(|w| !embedstream_adapter::is_fuse_weight(*w)) {
                         anyhow::bail!("--fuse is in (0, 1], not {w}");
                     }
-                    let read = ReadPlanEntry {
-                        adapter: Some(name.clone()),
+                    let mut arms = super::eval::arms(&versions[..1], &[], &[]);
+                    let label = if fuse.is_some() { "fused" } else { "adapted" };
+                    arms.push(super::eval::adapter_arm(
+                        &migration.from_model,
+                        name,
                         fuse,
-                        ..plan::entry(&migration.from_model, 1.0)
-                    };
-                    vec![
-                        eval::Arm {
-                            name: "old".into(),
-                            plan: vec![plan::entry(&migration.from_model, 1.0)],
-                            blend: None,
-                        },
-                        eval::Arm {
-                            name: if fuse.is_some() { "fused" } else { "adapted" }.into(),
-                            plan: vec![read],
-                            blend: None,
-                        },
-                    ]
+                        label.into(),
+                    ));
+                    arms
                 }
             };
             let config = eval::EvalConfig {

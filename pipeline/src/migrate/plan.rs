@@ -309,7 +309,7 @@ pub fn weight(
     }
     let mut forced = false;
     if let Some(AdapterRead { name, fuse }) = adapter {
-        if let Some(w) = fuse.filter(|w| !(*w > 0.0 && *w <= 1.0)) {
+        if let Some(w) = fuse.filter(|w| !embedstream_adapter::is_fuse_weight(*w)) {
             return Err(Refused::Adapter {
                 name: name.clone(),
                 reason: format!("the fuse weight is in (0, 1], not {w}"),

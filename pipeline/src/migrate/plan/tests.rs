@@ -56,10 +56,11 @@ fn started() -> ControlState {
     s
 }
 
-fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
-    let m = current(s).unwrap().clone();
-    let g = GateResult {
-        migration_id: m.migration_id,
+/// A cutover gate result of `consumer` in the current migration whose difference's interval
+/// ends at `ci_high`.
+fn gate_result(s: &ControlState, consumer: &str, ci_high: f64, coverage: f64) -> GateResult {
+    GateResult {
+        migration_id: current(s).unwrap().migration_id.clone(),
         consumer: consumer.to_owned(),
         metric: "recall@10".to_owned(),
         old_value: 0.8,
@@ -71,7 +72,11 @@ fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
         queries: 500,
         adapter: None,
         fuse: None,
-    };
+    }
+}
+
+fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
+    let g = gate_result(s, consumer, ci_high, coverage);
     apply(s, vec![gate_record(g, "t", 3)]);
 }
 
@@ -275,20 +280,10 @@ fn decommission_retires_the_version_nobody_reads() {
 }
 
 fn adapter_gate(s: &mut ControlState, consumer: &str, adapter: &str, fuse: Option<f64>, ci: f64) {
-    let m = current(s).unwrap().clone();
     let g = GateResult {
-        migration_id: m.migration_id,
-        consumer: consumer.to_owned(),
-        metric: "recall@10".to_owned(),
-        old_value: 0.5,
-        new_value: 0.5 + ci - 0.01,
-        ci_low: ci - 0.02,
-        ci_high: ci,
-        coverage: 1.0,
-        passed: passes(ci, 1.0),
-        queries: 500,
         adapter: Some(adapter.to_owned()),
         fuse,
+        ..gate_result(s, consumer, ci, 1.0)
     };
     apply(s, vec![gate_record(g, "t", 3)]);
 }
