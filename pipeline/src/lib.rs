@@ -11,6 +11,7 @@ pub mod eval;
 mod hex;
 pub mod migrate;
 pub mod models;
+pub mod query_log;
 mod range;
 pub mod stage;
 pub mod telemetry;

@@ -33,6 +33,8 @@ pub struct RouterConfig {
     pub tls: Option<Tls>,
     /// Certificates (PEM) to trust when calling the sinks over HTTPS, besides the system's.
     pub trust_pem: Option<Vec<u8>>,
+    /// Where answered text queries go ([`crate::QueryLog`]); none: not logged.
+    pub query_log: Option<crate::QueryLog>,
 }
 
 /// The sink of each version (`id@version` → base URL), shared: `embedstream up` adds a

@@ -14,6 +14,9 @@
 //! mapped by the adapter, which the version's sink applies; with `fuse`, the sink searches the
 //! mapped query fused with its own model's query of the same text).
 //!
+//! Answered text queries go to a query log ([`QueryLog`]) unless the consumer or the request
+//! opts out.
+//!
 //! `GET /openapi.json` describes every route ([`openapi`]).
 //!
 //! `POST /v1/embeddings` (OpenAI's shape) and `POST /embed` (TEI's) embed texts with a version
@@ -28,6 +31,7 @@ mod embeddings;
 mod feed;
 pub mod metrics;
 pub mod openapi;
+mod query_log;
 mod search;
 mod shared;
 mod status;
@@ -45,6 +49,7 @@ use ::metrics as metrics_crate;
 pub use self::blend::{Blend, Blended, Ranked};
 pub use self::config::{Backends, RouterConfig};
 pub use self::feed::{DriftPoint, StageProgress, StatusFeed};
+pub use self::query_log::QueryLog;
 use self::shared::Shared;
 use embedstream_schemas::consumers::export_slos;
 

@@ -11,3 +11,7 @@ pub const BACKEND_ERRORS: &str = "embedstream_router_backend_errors_total";
 pub const EMBED_SECONDS: &str = "embedstream_router_embed_seconds";
 /// Counter, by `api` and `result` (`ok`, `bad_request`, `unavailable`): embeddings requests.
 pub const EMBED_REQUESTS: &str = "embedstream_router_embed_requests_total";
+/// Counter, by consumer: text queries queued for the query log.
+pub const QUERY_LOG_QUEUED: &str = "embedstream_router_query_log_queued_total";
+/// Counter, by consumer: text queries not logged because the log's queue was full.
+pub const QUERY_LOG_DROPPED: &str = "embedstream_router_query_log_dropped_total";

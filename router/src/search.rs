@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use embedstream_schemas::access::{Grant, forwarded};
 use embedstream_schemas::filter;
-use embedstream_schemas::records::ReadPlanEntry;
+use embedstream_schemas::records::{LoggedQuery, ReadPlanEntry};
+use embedstream_topics::time::now_ms;
 use serde::{Deserialize, Serialize};
 
 use utoipa::ToSchema;
@@ -72,6 +73,10 @@ pub(crate) struct RouteRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// `false`: do not log this query's text (the query log trains adapters on queries like
+    /// the consumer's; requests with a `plan` are never logged).
+    #[serde(default)]
+    log_query: Option<bool>,
 }
 
 /// A search's answer.
@@ -504,6 +509,7 @@ async fn route(
             message: format!("no version could answer: {}", degraded.join("; ")),
         });
     }
+    let answered: Vec<String> = lists.iter().map(|l| l.version.clone()).collect();
     let method = request.blend.unwrap_or(shared.config.blend);
     let (results, blend_used) = if lists.len() == 1 {
         // One version: its own scores, unchanged.
@@ -518,6 +524,25 @@ async fn route(
     } else {
         (blend::blend(&lists, method, k), Some(method))
     };
+    if let (Some(log), Some(text)) = (&shared.config.query_log, &request.text)
+        && profile.log_queries
+        && request.log_query != Some(false)
+        && request.plan.is_none()
+    {
+        log.offer(LoggedQuery {
+            consumer: request.consumer.clone(),
+            text: text.clone(),
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            models: answered,
+            k: i32::try_from(k).unwrap_or(i32::MAX),
+            filtered: request.filter.is_some(),
+            results: i32::try_from(results.len()).unwrap_or(i32::MAX),
+            query_time: now_ms(),
+        });
+    }
     Ok(RouteResponse {
         results,
         consumer: request.consumer,

@@ -40,6 +40,14 @@ pub struct ConsumerProfile {
     /// consumers file: what the migration gate and `eval` judge this consumer's quality by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub golden_set: Option<PathBuf>,
+    /// Whether the router logs this consumer's text queries to the `queries` topic (for
+    /// training adapters on queries like its own); `false` opts the consumer out.
+    #[serde(default = "yes")]
+    pub log_queries: bool,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 const fn default_p95_slo_ms() -> u64 {
@@ -56,6 +64,7 @@ pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
         max_k,
         p95_slo_ms,
         golden_set: None,
+        log_queries: true,
     };
     BTreeMap::from([
         ("search".to_owned(), p(100, 10, 100, 50)),

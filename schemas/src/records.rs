@@ -189,6 +189,31 @@ pub struct DriftReport {
     pub report_time: i64,
 }
 
+/// Value of `queries` (`query_log.avsc`): one text query the router answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedQuery {
+    /// The consumer that asked.
+    pub consumer: String,
+    /// The query text, as given.
+    pub text: String,
+    /// The caller's `x-request-id`, when it sent one.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The versions (`id@version`) that answered, in plan order.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Results asked for.
+    pub k: i32,
+    /// Whether the query had an attribute filter.
+    #[serde(default)]
+    pub filtered: bool,
+    /// Results returned.
+    #[serde(default)]
+    pub results: i32,
+    /// When the router answered, ms since the epoch.
+    pub query_time: i64,
+}
+
 /// Which payload a control record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -419,6 +444,7 @@ avro_record!(
     "drift_report.avsc",
     "io.embedstream.DriftReport"
 );
+avro_record!(LoggedQuery, "query_log.avsc", "io.embedstream.LoggedQuery");
 avro_record!(
     ControlRecord,
     "control_record.avsc",

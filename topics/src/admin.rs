@@ -125,6 +125,7 @@ pub fn named_platform_topics(
         TopicSpec::retained(names.items_dlq(), 1, 4 * WEEK),
         TopicSpec::compacted(names.control(), 1),
         TopicSpec::retained(names.drift_reports(), 1, 4 * WEEK),
+        query_log_topic(names),
     ];
     topics.extend(
         models
@@ -132,6 +133,12 @@ pub fn named_platform_topics(
             .map(|m| TopicSpec::compacted(names.embeddings(m), partitions)),
     );
     topics
+}
+
+/// The router's query log: user text, so kept a week only (a retention the operator can
+/// shorten on the topic; `ensure` reports a difference rather than undoing it).
+pub fn query_log_topic(names: &names::TopicNames) -> TopicSpec {
+    TopicSpec::retained(names.queries(), 1, WEEK)
 }
 
 /// What `ensure` found or did for one topic.

@@ -10,6 +10,9 @@ pub const ITEMS_DLQ: &str = "items.dlq";
 pub const CONTROL: &str = "embedstream.control";
 /// Drift reports of the canary scorer.
 pub const DRIFT_REPORTS: &str = "drift.reports";
+/// Text queries the router answered, for training adapters on queries like the consumers'
+/// (retained for a week; consumers and requests can opt out).
+pub const QUERIES: &str = "queries";
 /// The schema registry's storage (compacted, one partition), named as Confluent's.
 pub const SCHEMAS: &str = "_schemas";
 
@@ -69,6 +72,11 @@ impl TopicNames {
     /// Drift reports.
     pub fn drift_reports(&self) -> String {
         self.name(DRIFT_REPORTS)
+    }
+
+    /// The router's query log.
+    pub fn queries(&self) -> String {
+        self.name(QUERIES)
     }
 
     /// The embedding topic of one model version.

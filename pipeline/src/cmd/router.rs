@@ -10,6 +10,7 @@ use anyhow::Context;
 use embedstream_pipeline::control::ControlLog;
 use embedstream_pipeline::drift;
 use embedstream_pipeline::migrate::Migrator;
+use embedstream_pipeline::query_log;
 use embedstream_pipeline::stage::consumer::GroupLag;
 use embedstream_router::admin;
 use embedstream_router::{Backends, Blend, DriftPoint, RouterConfig, StageProgress, StatusFeed};
@@ -51,6 +52,10 @@ pub struct RouterArgs {
         default_value = "embedstream-embed-stage"
     )]
     pub stage_group: String,
+    /// Log answered text queries to the `queries` topic (consumers with `log_queries = false`
+    /// and requests with `"log_query": false` are never logged); `false` turns it off.
+    #[arg(long, env = "EMBEDSTREAM_QUERY_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub query_log: bool,
 }
 
 fn parse_backend(s: &str) -> Result<(String, String), String> {
@@ -102,6 +107,7 @@ pub async fn run(
         timeout: Duration::from_millis(args.backend_timeout_ms),
         admin_token: args.admin_token,
         stage_group: args.stage_group,
+        query_log: args.query_log,
         platform: args.platform,
     }
     .serve(metrics, shutdown)
@@ -126,6 +132,8 @@ pub struct Assembly {
     pub admin_token: Option<String>,
     /// The embed stage's consumer group (its backlog on the status page).
     pub stage_group: String,
+    /// Whether answered text queries go to the `queries` topic.
+    pub query_log: bool,
 }
 
 impl Assembly {
@@ -156,7 +164,20 @@ impl Assembly {
             api_keys: self.platform.api_keys()?,
             tls: self.platform.http.tls()?,
             trust_pem: self.platform.http.trusted_pem()?,
+            query_log: None,
         };
+        let mut config = config;
+        if self.query_log {
+            let (log, queue) = embedstream_router::QueryLog::channel(query_log::QUEUE);
+            query_log::spawn(
+                self.platform.kafka()?,
+                &self.platform.registry_url,
+                &self.platform.names(),
+                queue,
+                shutdown.clone(),
+            );
+            config.query_log = Some(log);
+        }
         feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(
             &self.platform,

@@ -73,6 +73,10 @@ pub struct UpArgs {
     /// Bearer token of the admin API (`/admin/v1/migration/...`); disabled when unset.
     #[arg(long, env = "EMBEDSTREAM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Log answered text queries to the `queries` topic (consumers with `log_queries = false`
+    /// and requests with `"log_query": false` are never logged); `false` turns it off.
+    #[arg(long, env = "EMBEDSTREAM_QUERY_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    query_log: bool,
 }
 
 /// What a task of `up` was, and how it ended.
@@ -179,6 +183,7 @@ pub async fn run(
             timeout: Duration::from_secs(2),
             admin_token: args.admin_token.clone(),
             stage_group: args.stage.group().to_owned(),
+            query_log: args.query_log,
         };
         let (metrics, token) = (metrics.clone(), token.clone());
         tasks.spawn(async move { (Task::Router, assembly.serve(metrics, token).await) });

@@ -14,6 +14,7 @@ mod health;
 mod migrate;
 mod models;
 mod parity;
+mod query_log;
 mod secured;
 mod sink;
 mod stage;

@@ -250,6 +250,7 @@ async fn router_with(
         api_keys,
         tls: tls.map(|t| t.tls.clone()),
         trust_pem: tls.map(|t| t.pem.clone()),
+        query_log: None,
     };
     let (_tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
     let stop = shutdown.clone();

@@ -44,6 +44,7 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
         api_keys: None,
         tls: None,
         trust_pem: None,
+        query_log: None,
     };
     let (tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
     std::mem::forget(tx);

@@ -46,6 +46,7 @@ fn every_schema_parses_with_its_declared_name() {
     check::<EmbeddingRecord>();
     check::<DeadLetter>();
     check::<DriftReport>();
+    check::<LoggedQuery>();
     check::<ControlRecord>();
 }
 
@@ -151,6 +152,30 @@ fn a_dead_letter_written_before_sizes_were_kept_reads_as_untruncated() {
     assert_eq!(letter.source.offset, 9);
     assert_eq!(letter.original_value_size, None);
     assert!(!letter.truncated);
+}
+
+#[test]
+fn logged_queries_round_trip() {
+    round_trip(&LoggedQuery {
+        consumer: "search".into(),
+        text: "a tool to resize partitions".into(),
+        request_id: Some("r-1".into()),
+        models: vec!["minilm-l6-v2@1".into(), "mpnet-base-v2@1".into()],
+        k: 10,
+        filtered: true,
+        results: 10,
+        query_time: 7,
+    });
+    round_trip(&LoggedQuery {
+        consumer: "ads".into(),
+        text: String::new(),
+        request_id: None,
+        models: Vec::new(),
+        k: 5,
+        filtered: false,
+        results: 0,
+        query_time: 0,
+    });
 }
 
 #[test]

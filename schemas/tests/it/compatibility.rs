@@ -158,6 +158,7 @@ async fn each_schema_is_backward_compatible_with_all_its_earlier_versions() {
         "embedding_record",
         "dead_letter",
         "drift_report",
+        "query_log",
         "control_record",
     ] {
         let subject = format!("history-{name}-value");
