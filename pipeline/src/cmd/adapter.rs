@@ -3,8 +3,10 @@
 //! - `train --from OLD --to NEW --kind K` fits a map from NEW's space into OLD's (so OLD's
 //!   index answers NEW's queries) on pairs: a sample of `--pairs N` live items of the `items`
 //!   topic (or of `--items FILE`) embedded with both models, or pairs the user brings
-//!   (`--pairs-file`, or two `embed` outputs with `--old-vectors` / `--new-vectors`). It
-//!   writes the next version of `<new>_to_<old>.<kind>` into the adapters folder.
+//!   (`--pairs-file`, or two `embed` outputs with `--old-vectors` / `--new-vectors`). A sample
+//!   of queries can be added to the items: from the router's query log (`--query-log`, the
+//!   `queries` topic) or a file (`--queries`), embedded by both models as queries. It writes
+//!   the next version of `<new>_to_<old>.<kind>` into the adapters folder.
 //! - `apply --adapter NAME` maps `{"id", "vector"}` lines from the new space into the old one.
 //! - `list` shows the artifacts and their training metadata.
 //! - `eval` measures, on the golden sets, each adapter's reads (adapted, and fused with the
@@ -18,12 +20,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use embedstream_adapter::eval::{ConsumerSet, Estimate, Query, evaluate};
+use embedstream_adapter::train::linear::ProcrustesOptions;
 use embedstream_adapter::train::{Pairs, TrainConfig};
 use embedstream_adapter::{self as adapter, Adapter, AdapterKind};
 use embedstream_pipeline::embed::burn_model::Device;
-use embedstream_pipeline::embed::engine::EngineConfig;
+use embedstream_pipeline::embed::engine::{EmbedOptions, EngineConfig, InputKind};
 use embedstream_pipeline::eval::{load_golden, metric_value};
 use embedstream_pipeline::migrate::backfill::{self, ItemsSource};
+use embedstream_pipeline::query_log;
 use embedstream_pipeline::stage::validate::Limits;
 use embedstream_topics::{ModelRef, ModelSpec};
 use serde_json::Value;
@@ -116,12 +120,33 @@ pub struct TrainArgs {
     /// Embed a sample of these items (`{"id", "text"}` lines) instead of the `items` topic.
     #[arg(long)]
     items: Option<PathBuf>,
+    /// Also train on pairs of queries from the router's query log (the `queries` topic): a
+    /// seeded sample of `--query-pairs` distinct texts, embedded by both models as queries.
+    #[arg(long, conflicts_with_all = ["pairs_file", "old_vectors", "new_vectors"])]
+    query_log: bool,
+    /// Also train on pairs of these queries (one text per line), embedded by both models as
+    /// queries.
+    #[arg(long, conflicts_with_all = ["pairs_file", "old_vectors", "new_vectors"])]
+    queries: Option<PathBuf>,
+    /// With `--query-log`: only this consumer's queries (default: every consumer's).
+    #[arg(long, requires = "query_log")]
+    query_consumer: Option<String>,
+    /// Query pairs to add with `--query-log` or `--queries`.
+    #[arg(long, default_value_t = 1000)]
+    query_pairs: usize,
     /// Share of the pairs held out to measure the fit.
     #[arg(long, default_value_t = 0.1)]
     holdout: f64,
     /// Seed of the sample, the hold-out split and the MLP.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// procrustes: whiten both spaces first (a whitened Procrustes, CCA's directions matched
+    /// one to one), each covariance regularized by this share of its mean eigenvalue.
+    #[arg(long)]
+    whiten: Option<f64>,
+    /// procrustes: scale each output coordinate by its least-squares factor after the map.
+    #[arg(long)]
+    diag_scale: bool,
     /// affine: rank of the map.
     #[arg(long, default_value_t = TrainConfig::default().rank)]
     rank: usize,
@@ -192,12 +217,27 @@ pub async fn run(command: AdapterCommand, shutdown: CancellationToken) -> anyhow
     }
 }
 
+/// Pairs of `items` (embedded as documents) and of `queries` (embedded as queries, with ids
+/// `query:<n>`), each embedded by both models.
 async fn embed_both(
     old: &ModelSpec,
     new: &ModelSpec,
     items: Vec<(String, String)>,
+    queries: Vec<String>,
     device: Device,
 ) -> anyhow::Result<Pairs> {
+    let kinds: Vec<InputKind> = std::iter::repeat_n(InputKind::Document, items.len())
+        .chain(std::iter::repeat_n(InputKind::Query, queries.len()))
+        .collect();
+    let items: Vec<(String, String)> = items
+        .into_iter()
+        .chain(
+            queries
+                .into_iter()
+                .enumerate()
+                .map(|(i, q)| (format!("query:{i}"), q)),
+        )
+        .collect();
     let texts: Vec<String> = items.iter().map(|(_, t)| t.clone()).collect();
     let mut vectors = Vec::new();
     for model in [old, new] {
@@ -209,8 +249,27 @@ async fn embed_both(
         })
         .await??;
         let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(256) {
-            out.extend(engine.embed(chunk.to_vec()).await?);
+        for (chunk, kinds) in texts.chunks(256).zip(kinds.chunks(256)) {
+            // A chunk is items or queries, never both, except where the two meet.
+            let mut start = 0;
+            while start < chunk.len() {
+                let input = kinds[start];
+                let end = kinds[start..]
+                    .iter()
+                    .position(|k| *k != input)
+                    .map_or(chunk.len(), |n| start + n);
+                let options = EmbedOptions {
+                    input,
+                    ..EmbedOptions::default()
+                };
+                out.extend(
+                    engine
+                        .embed_with(chunk[start..end].to_vec(), options)
+                        .await?
+                        .vectors,
+                );
+                start = end;
+            }
             tracing::info!(model = %model, done = out.len(), of = texts.len(), "Embedding the sample.");
         }
         drop(engine);
@@ -223,6 +282,69 @@ async fn embed_both(
         pairs.push(id, &vectors[1][i], &vectors[0][i], "the sample")?;
     }
     Ok(pairs)
+}
+
+/// The queries `--query-log` / `--queries` add, and how the artifact's source names them.
+async fn training_queries(
+    args: &TrainArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Vec<String>, String)> {
+    let mut queries = Vec::new();
+    let mut sources = Vec::new();
+    if args.query_log {
+        let names = args.platform.names();
+        let sampled = query_log::sample_texts(
+            &args.platform.kafka()?,
+            &args.platform.registry_url,
+            &names,
+            args.query_consumer.as_deref(),
+            args.query_pairs,
+            args.seed,
+            shutdown,
+        )
+        .await?;
+        if sampled.is_empty() {
+            bail!(
+                "the query log ({}) has no text queries{}; it fills as the router answers them",
+                names.queries(),
+                args.query_consumer
+                    .as_deref()
+                    .map(|c| format!(" of consumer {c:?}"))
+                    .unwrap_or_default()
+            );
+        }
+        sources.push(format!(
+            "{} queries of {}{}",
+            sampled.len(),
+            names.queries(),
+            args.query_consumer
+                .as_deref()
+                .map(|c| format!(" (consumer {c})"))
+                .unwrap_or_default()
+        ));
+        queries.extend(sampled);
+    }
+    if let Some(file) = &args.queries {
+        let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        lines.sort_by_cached_key(|t| {
+            embedstream_topics::hash::fnv1a64(format!("{}:{t}", args.seed).as_bytes())
+        });
+        lines.dedup();
+        lines.truncate(args.query_pairs);
+        if lines.is_empty() {
+            bail!("{} has no queries (one text per line)", file.display());
+        }
+        sources.push(format!("{} queries of {}", lines.len(), file.display()));
+        queries.extend(lines);
+    }
+    let source = sources.iter().map(|s| format!(" + {s}")).collect();
+    Ok((queries, source))
 }
 
 fn read_items(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -248,10 +370,14 @@ fn read_items(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 
 async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = args.dir.path();
+    if args.kind != AdapterKind::Procrustes && (args.whiten.is_some() || args.diag_scale) {
+        bail!("--whiten and --diag-scale are options of --kind procrustes");
+    }
     let (old, new) = (
         args.platform.model_spec(&args.from).await?,
         args.platform.model_spec(&args.to).await?,
     );
+    let (queries, query_source) = training_queries(&args, &shutdown).await?;
     let (pairs, source) = if let Some(file) = &args.pairs_file {
         let all = Pairs::from_pairs_file(file)?;
         let n = all.len();
@@ -294,8 +420,11 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
         };
         let n = items.len();
         (
-            embed_both(&old, &new, items, args.device).await?,
-            format!("{source}, {n} sampled with seed {}", args.seed),
+            embed_both(&old, &new, items, queries, args.device).await?,
+            format!(
+                "{source}, {n} sampled with seed {}{query_source}",
+                args.seed
+            ),
         )
     };
     if pairs.len() < args.pairs {
@@ -320,6 +449,10 @@ async fn train(args: TrainArgs, shutdown: CancellationToken) -> anyhow::Result<(
         hidden: args.hidden,
         epochs: args.epochs,
         lr: args.lr,
+        procrustes: ProcrustesOptions {
+            whiten: args.whiten,
+            diag_scale: args.diag_scale,
+        },
         ..TrainConfig::default()
     };
     let fitted = tokio::task::spawn_blocking(move || {
