@@ -8,7 +8,8 @@
 //! `normalize(map(x))`:
 //!
 //! - `procrustes`: `W x + b` with `W` (out × in) = `s · V Uᵀ`, orthonormal rows scaled by one
-//!   factor `s`;
+//!   factor `s` (trained on whitened spaces or with a per-coordinate scale, `W` is a general
+//!   matrix of the same shape);
 //! - `affine`: `V (U x) + b`, a rank-r linear map (`U`: r × in, `V`: out × r);
 //! - `mlp`: the Procrustes map plus a residual `W₂ relu(W₁ x + b₁) + b₂`.
 //!

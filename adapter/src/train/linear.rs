@@ -50,8 +50,90 @@ fn export(w: &DMatrix<f64>, c: &Centered) -> (Matrix, Vec<f32>) {
 /// Orthogonal Procrustes with scale and translation: `y ≈ s Rᵀ (x − x̄) + ȳ`, `R` (in × out)
 /// with orthonormal columns from the SVD of `Xᵀ Y = U Σ Vᵀ` (`R = U Vᵀ`), `s = tr Σ / ‖X‖²`.
 pub fn procrustes(pairs: &Pairs) -> Result<Layers> {
-    let (w, b) = procrustes_weights(pairs)?;
+    procrustes_with(pairs, &ProcrustesOptions::default())
+}
+
+/// Variants of the Procrustes fit, each still one linear map (the sink serves it as it serves
+/// plain Procrustes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcrustesOptions {
+    /// Whiten both spaces before the rotation (`y ≈ Σ_y^{½} Rᵀ Σ_x^{-½} (x − x̄) + ȳ`, `R` from
+    /// the SVD of the whitened cross-covariance `Σ_x^{-½} Σ_xy Σ_y^{-½}`: the canonical
+    /// directions of CCA matched one to one, without shrinking by their correlations — the
+    /// shrunk map is ridge regression, which `affine` at full rank is). The value regularizes
+    /// each covariance by that share of its mean eigenvalue.
+    pub whiten: Option<f64>,
+    /// Scale each output coordinate of the fitted map by its least-squares factor (a diagonal
+    /// scaling after the rotation).
+    pub diag_scale: bool,
+}
+
+/// Procrustes with `options`.
+pub fn procrustes_with(pairs: &Pairs, options: &ProcrustesOptions) -> Result<Layers> {
+    let c = centered(pairs);
+    let mut w = match options.whiten {
+        Some(eps) => whitened_map(&c, eps)?,
+        None => procrustes_map(&c)?,
+    };
+    if options.diag_scale {
+        w = diag_scaled(&c, w);
+    }
+    let (w, b) = export(&w, &c);
     Ok(Layers::Linear { w, b })
+}
+
+/// `Σ^{power}` of the covariance `AᵀA / n`, its eigenvalues raised by `eps` times their mean.
+fn covariance_power(a: &DMatrix<f64>, eps: f64, power: f64) -> DMatrix<f64> {
+    let n = a.nrows().max(1) as f64;
+    let cov = a.tr_mul(a) / n;
+    let eig = SymmetricEigen::new(cov);
+    let mean =
+        eig.eigenvalues.iter().map(|v| v.max(0.0)).sum::<f64>() / eig.eigenvalues.len() as f64;
+    let d = DVector::from_iterator(
+        eig.eigenvalues.len(),
+        eig.eigenvalues
+            .iter()
+            .map(|&v| (v.max(0.0) + eps * mean).powf(power)),
+    );
+    &eig.eigenvectors * DMatrix::from_diagonal(&d) * eig.eigenvectors.transpose()
+}
+
+/// Whitened Procrustes (see [`ProcrustesOptions::whiten`]), as out × in.
+fn whitened_map(c: &Centered, eps: f64) -> Result<DMatrix<f64>> {
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(AdapterError::refused(
+            "the whitening's regularization must be a positive number",
+        ));
+    }
+    let x_inv_sqrt = covariance_power(&c.x, eps, -0.5);
+    let y_sqrt = covariance_power(&c.y, eps, 0.5);
+    let y_inv_sqrt = covariance_power(&c.y, eps, -0.5);
+    let m = &x_inv_sqrt * c.x.tr_mul(&c.y) * &y_inv_sqrt;
+    let svd = m.svd(true, true);
+    let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
+        return Err(AdapterError::refused(
+            "the SVD of the whitened cross-covariance did not converge",
+        ));
+    };
+    let r = u * v_t;
+    Ok(y_sqrt * r.transpose() * x_inv_sqrt)
+}
+
+/// `diag(d) w`, `d_j` the least-squares scale of output coordinate `j` over the pairs.
+fn diag_scaled(c: &Centered, w: DMatrix<f64>) -> DMatrix<f64> {
+    let fitted = &c.x * w.transpose();
+    let mut w = w;
+    for j in 0..w.nrows() {
+        let (f, y) = (fitted.column(j), c.y.column(j));
+        let denominator = f.norm_squared();
+        let d = if denominator > 0.0 {
+            f.dot(&y) / denominator
+        } else {
+            1.0
+        };
+        w.row_mut(j).scale_mut(d);
+    }
+    w
 }
 
 /// `s Rᵀ` (out × in).

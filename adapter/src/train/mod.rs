@@ -8,7 +8,8 @@
 //! mapped new vectors to their old vectors on both parts.
 //!
 //! Kinds ([`linear`], [`mlp`]):
-//! - `procrustes`: orthogonal Procrustes with one scale and a translation. The dimension change
+//! - `procrustes`: orthogonal Procrustes with one scale and a translation (optionally on
+//!   whitened spaces, and with a per-coordinate scale after it: [`linear::ProcrustesOptions`]). The dimension change
 //!   (768 → 384 for MPNet → MiniLM) is handled explicitly: the map's 768 × 384 matrix has
 //!   orthonormal columns, i.e. it is an orthogonal map of the new space followed by keeping 384
 //!   coordinates — the square Procrustes problem with the old space zero-padded to 768
@@ -243,6 +244,8 @@ pub struct TrainConfig {
     pub lr: f64,
     /// MLP: pairs per step.
     pub batch: usize,
+    /// Procrustes: whitening and diagonal scaling ([`linear::ProcrustesOptions`]).
+    pub procrustes: linear::ProcrustesOptions,
 }
 
 impl Default for TrainConfig {
@@ -257,6 +260,7 @@ impl Default for TrainConfig {
             epochs: 40,
             lr: 1e-3,
             batch: 128,
+            procrustes: linear::ProcrustesOptions::default(),
         }
     }
 }
@@ -319,7 +323,16 @@ pub fn train(
     let started = Instant::now();
     let mut params = HashMap::new();
     let layers = match config.kind {
-        AdapterKind::Procrustes => linear::procrustes(&fit)?,
+        AdapterKind::Procrustes => {
+            let options = config.procrustes;
+            if let Some(eps) = options.whiten {
+                params.insert("whiten".into(), eps.to_string());
+            }
+            if options.diag_scale {
+                params.insert("diag_scale".into(), "true".into());
+            }
+            linear::procrustes_with(&fit, &options)?
+        }
         AdapterKind::Affine => {
             params.insert("rank".into(), config.rank.to_string());
             params.insert("ridge".into(), config.ridge.to_string());

@@ -118,6 +118,52 @@ fn procrustes_recovers_a_rotation_across_a_dimension_change() {
 }
 
 #[test]
+fn whitening_and_a_diagonal_scale_recover_a_stretched_rotation_that_plain_procrustes_cannot() {
+    // The old space is the rotation's 8 coordinates, each stretched by its own factor.
+    let stretch = [0.15_f32, 0.3, 0.5, 0.8, 1.0, 1.5, 2.5, 4.0];
+    let f = |x: &[f32]| -> Vec<f32> {
+        rotate_and_drop(x)
+            .iter()
+            .zip(stretch)
+            .map(|(v, s)| v * s)
+            .collect()
+    };
+    let pairs = synthetic(2000, 16, 8, f);
+    let (fit, held) = pairs.split(0.2, 1);
+    let held_cosine = |options: linear::ProcrustesOptions| {
+        let layers = linear::procrustes_with(&fit, &options).unwrap();
+        cosines(&adapter(layers, AdapterKind::Procrustes, &fit), &held)
+            .unwrap()
+            .0
+    };
+    let plain = held_cosine(linear::ProcrustesOptions::default());
+    let scaled = held_cosine(linear::ProcrustesOptions {
+        diag_scale: true,
+        ..Default::default()
+    });
+    let whitened = held_cosine(linear::ProcrustesOptions {
+        whiten: Some(1e-6),
+        ..Default::default()
+    });
+    assert!(
+        scaled > plain + 0.02 && scaled > 0.98,
+        "diag {scaled} vs plain {plain}"
+    );
+    assert!(
+        whitened > plain + 0.02 && whitened > 0.98,
+        "whitened {whitened} vs plain {plain}"
+    );
+    // A bad regularization is refused, not fitted.
+    for eps in [0.0, -1.0, f64::NAN] {
+        let options = linear::ProcrustesOptions {
+            whiten: Some(eps),
+            ..Default::default()
+        };
+        assert!(linear::procrustes_with(&fit, &options).is_err(), "{eps}");
+    }
+}
+
+#[test]
 fn low_rank_affine_recovers_a_rank_3_map_and_not_with_rank_1() {
     let u = noise(3, 3 * 16);
     let v = noise(5, 8 * 3);
