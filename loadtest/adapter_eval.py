@@ -12,7 +12,8 @@ format (`loadtest/eval_sets.py` builds one from WordNet where MPNet is clearly b
    synopsis, or their description's first 24 words) up to N. A set DIR: a seeded sample of N of
    its own items (the paper's setting: the index's own items). Embedded with both models
    (`embedstream embed`, documents); the queries with the query prompt.
-2. For each variant (kind × N, `--hidden` for wider MLPs, and per kind the largest N plus texts
+2. For each variant (kind × N, `--hidden` for wider MLPs, Procrustes with whitening and/or a
+   diagonal scale (`--procrustes-options`), and per kind the largest N plus texts
    like the consumer's queries, `--query-like`, when given): `embedstream adapter train
    --old-vectors --new-vectors --pairs N` (10% held out), then `embedstream adapter eval
    --fuse-weights`: per consumer, with 95% bootstrap intervals over the queries, old/old,
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -132,6 +134,9 @@ def main():
     ap.add_argument("--kinds", default="procrustes,affine,mlp")
     ap.add_argument("--wide-hidden", type=int, default=1024, help="one more MLP per N with this hidden size (0: none)")
     ap.add_argument("--fuse-weights", default="0.3,0.5,0.7")
+    ap.add_argument("--procrustes-options", default="whiten=0.01;diag-scale;whiten=0.01,diag-scale",
+                    help="more Procrustes variants per N, `;`-separated, each `,`-separated options of "
+                         "`adapter train` without their dashes (whiten=EPS, diag-scale); empty: none")
     ap.add_argument("--query-like", help="texts like the consumer's queries ({id, text} lines) for one more "
                     "variant per kind: the largest pair count plus these (a set folder's query_like.jsonl by default)")
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "reports", "adapter"))
@@ -154,9 +159,16 @@ def main():
             with open(path, "w") as f:
                 f.write("\n".join(pairs[m][:n]) + "\n")
             mixes[(n, m)] = path
-    variants = [(kind, n, None, False) for kind in a.kinds.split(",") for n in sizes]
+    variants = [(kind, n, None, False, []) for kind in a.kinds.split(",") for n in sizes]
     if a.wide_hidden:
-        variants += [("mlp", n, a.wide_hidden, False) for n in sizes]
+        variants += [("mlp", n, a.wide_hidden, False, []) for n in sizes]
+    options = []
+    for option in filter(None, a.procrustes_options.split(";")):
+        flags = []
+        for o in option.split(","):
+            flags += ["--" + o.split("=")[0]] + (o.split("=", 1)[1:] if "=" in o else [])
+        options.append(flags)
+    variants += [("procrustes", n, None, False, flags) for flags in options for n in sizes]
     query_like = a.query_like or (os.path.join(a.set, "query_like.jsonl") if a.set else None)
     if query_like and os.path.exists(query_like):
         # The largest item sample plus texts like the queries (a query log's), embedded as queries.
@@ -168,18 +180,20 @@ def main():
             with open(path, "w") as f:
                 f.write("\n".join(pairs[m][:n] + open(ql).read().splitlines()) + "\n")
             mixes[(f"{n}+ql", m)] = path
-        variants += [(kind, f"{n}+ql", None, True) for kind in a.kinds.split(",")]
+        variants += [(kind, f"{n}+ql", None, True, []) for kind in a.kinds.split(",")]
+        variants += [("procrustes", f"{n}+ql", None, True, flags) for flags in options]
     names = []
-    for kind, n, hidden, ql in variants:
+    for kind, n, hidden, ql, flags in variants:
         t = time.time()
-        extra = ["--hidden", str(hidden)] if hidden else []
+        extra = (["--hidden", str(hidden)] if hidden else []) + flags
         count = sum(1 for _ in open(mixes[(n, OLD)]))
         out = run([BIN, "adapter", "train", "--adapters-dir", artifacts, "--from", OLD, "--to", NEW,
                    "--kind", kind, "--old-vectors", mixes[(n, OLD)], "--new-vectors", mixes[(n, NEW)],
                    "--pairs", str(count), "--json", *extra], capture_output=True, text=True).stdout
         meta = json.loads(out)
         meta["wall_seconds"] = time.time() - t
-        meta["variant"] = f"{kind}{f' (hidden {hidden})' if hidden else ''}{' + query-like texts' if ql else ''}"
+        meta["variant"] = (f"{kind}{f' (hidden {hidden})' if hidden else ''}{' + query-like texts' if ql else ''}"
+                           f"{f' ({chr(32).join(flags)})' if flags else ''}")
         names.append(meta)
     res = run([BIN, "adapter", "eval", "--adapters-dir", artifacts, "--adapters", ",".join(m["name"] for m in names),
                "--golden", golden, "--old-items", items[OLD], "--new-items", items[NEW],
@@ -196,7 +210,7 @@ def main():
         r["params"] = m["params"]
         r["variant"] = m["variant"]
     os.makedirs(a.out, exist_ok=True)
-    command = "python3 loadtest/adapter_eval.py" + (f" --set {a.set} --name {a.name}" if a.set else "")
+    command = shlex.join(["python3", "loadtest/adapter_eval.py", *sys.argv[1:]])
     with open(os.path.join(a.out, f"summary{suffix}.json"), "w") as f:
         json.dump({"old": OLD, "new": NEW, "command": command, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
     first = rows[0]["consumers"]
