@@ -154,6 +154,19 @@ impl Assembly {
             );
         }
         let migrator = Migrator::new(self.log.clone(), consumers.names(), "admin-api");
+        let query_log = if self.query_log {
+            let (log, queue) = embedstream_router::QueryLog::channel(query_log::QUEUE);
+            query_log::spawn(
+                self.platform.kafka()?,
+                &self.platform.registry_url,
+                &self.platform.names(),
+                queue,
+                shutdown.clone(),
+            );
+            Some(log)
+        } else {
+            None
+        };
         let config = RouterConfig {
             listen: self.listen,
             backends: self.backends,
@@ -164,20 +177,8 @@ impl Assembly {
             api_keys: self.platform.api_keys()?,
             tls: self.platform.http.tls()?,
             trust_pem: self.platform.http.trusted_pem()?,
-            query_log: None,
+            query_log,
         };
-        let mut config = config;
-        if self.query_log {
-            let (log, queue) = embedstream_router::QueryLog::channel(query_log::QUEUE);
-            query_log::spawn(
-                self.platform.kafka()?,
-                &self.platform.registry_url,
-                &self.platform.names(),
-                queue,
-                shutdown.clone(),
-            );
-            config.query_log = Some(log);
-        }
         feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(
             &self.platform,
