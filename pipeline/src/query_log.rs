@@ -2,7 +2,9 @@
 //! (`query_log.avsc`), keyed by consumer.
 //!
 //! - [`spawn`] writes the router's queue ([`embedstream_router::QueryLog`]) to it. Broker or
-//!   registry trouble pauses the writer (it retries the record in hand with a backoff);
+//!   registry trouble pauses the writer (it retries the record in hand with a backoff; registry
+//!   waits are counted in `embedstream_stage_registry_retries_total{op="encode"}`, as the
+//!   stage's own are);
 //!   meanwhile the router's bounded queue fills and further queries go unlogged, counted there.
 //!   A record the registry refuses for good is counted and skipped.
 //! - [`sample_texts`] reads it back for `adapter train --query-log`: a seeded sample of the
@@ -22,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::range::{PartitionRange, new_reader, partitions, watermarks};
+use crate::stage::prepare::decode_waiting;
+use crate::stage::produce::encode;
 
 /// Counter: logged queries the broker acknowledged.
 pub const WRITTEN: &str = "embedstream_query_log_written_total";
@@ -75,26 +79,18 @@ pub fn spawn(
                 () = shutdown.cancelled() => break,
                 q = queue.recv() => match q { Some(q) => q, None => break },
             };
-            let mut backoff = Duration::from_millis(200);
-            let payload = loop {
-                match codec.encode(&topic, &query).await {
-                    Ok(p) => break Some(p),
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, topic, "Cannot encode a logged query yet; retrying.");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic, "A logged query cannot be encoded; skipped.");
-                        ::metrics::counter!(FAILED, "reason" => "encode").increment(1);
-                        break None;
-                    }
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            let encoded = tokio::select! {
+                () = shutdown.cancelled() => return,
+                encoded = encode(&codec, &topic, &query) => encoded,
             };
-            let Some(payload) = payload else { continue };
+            let payload = match encoded {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "A logged query cannot be encoded; skipped.");
+                    ::metrics::counter!(FAILED, "reason" => "encode").increment(1);
+                    continue;
+                }
+            };
             // Queued in the client at once; the delivery is awaited on the side so that one
             // round trip per query does not bound the log's rate.
             let mut backoff = Duration::from_millis(50);
@@ -133,10 +129,9 @@ pub fn spawn(
     });
 }
 
-/// A seeded sample of at most `n` distinct texts (compared trimmed) of the query log, of
-/// `consumer`'s queries or of every consumer's: the whole topic is read, and the texts whose
-/// seeded hash is smallest are kept (memory: the hashes of the texts seen and the `n` kept).
-/// An undecodable record is skipped with a warning; registry trouble waits.
+/// A [`TextSample`] of at most `n` of the query log's texts, of `consumer`'s queries or of
+/// every consumer's: the whole topic is read. An undecodable record is skipped with a warning;
+/// registry trouble waits.
 pub async fn sample_texts(
     kafka: &KafkaConfig,
     registry_url: &str,
@@ -149,8 +144,7 @@ pub async fn sample_texts(
     let topic = names.queries();
     let codec = Codec::new(registry_url);
     let reader = new_reader(kafka, "query-log")?;
-    let mut seen = HashSet::new();
-    let mut kept: BinaryHeap<(u64, String)> = BinaryHeap::with_capacity(n + 1);
+    let mut sample = TextSample::new(n, seed);
     for p in partitions(&reader, &topic, kafka, shutdown).await? {
         let (low, high) = watermarks(&reader, &topic, p, kafka, shutdown).await?;
         let mut range = PartitionRange::open(kafka, &topic, p, low, high)?;
@@ -158,36 +152,97 @@ pub async fn sample_texts(
             let Some(bytes) = rdkafka::Message::payload(&m) else {
                 continue;
             };
-            let query = loop {
-                match codec.decode::<LoggedQuery>(bytes).await {
-                    Ok(q) => break Some(q),
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, topic, "Cannot decode the query log yet; retrying.");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Err(crate::error::Error::Interrupted),
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic, partition = p, offset = rdkafka::Message::offset(&m), "Skipping an undecodable logged query.");
-                        break None;
-                    }
+            let query = match decode_waiting::<LoggedQuery>(&codec, bytes, shutdown).await {
+                None => return Err(crate::error::Error::Interrupted),
+                Some(Ok(q)) => q,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, topic, partition = p, offset = rdkafka::Message::offset(&m), "Skipping an undecodable logged query.");
+                    continue;
                 }
             };
-            let Some(query) = query else { continue };
             if consumer.is_some_and(|c| c != query.consumer) {
                 continue;
             }
-            let text = query.text.trim();
-            let hash = embedstream_topics::hash::fnv1a64(format!("{seed}:{text}").as_bytes());
-            if text.is_empty() || !seen.insert(hash) {
-                continue;
-            }
-            kept.push((hash, text.to_owned()));
-            if kept.len() > n {
-                kept.pop();
-            }
+            sample.offer(&query.text);
         }
     }
-    Ok(kept.into_sorted_vec().into_iter().map(|(_, t)| t).collect())
+    Ok(sample.into_texts())
+}
+
+/// A seeded sample of at most `n` distinct texts (compared trimmed; blank ones left out): the
+/// texts whose seeded hash is smallest, in hash order. Memory: the hashes of the texts offered
+/// and the `n` kept.
+#[derive(Debug)]
+pub struct TextSample {
+    n: usize,
+    seed: u64,
+    seen: HashSet<u64>,
+    kept: BinaryHeap<(u64, String)>,
+}
+
+impl TextSample {
+    /// An empty sample of at most `n` texts under `seed`.
+    pub fn new(n: usize, seed: u64) -> Self {
+        Self {
+            n,
+            seed,
+            seen: HashSet::new(),
+            kept: BinaryHeap::with_capacity(n + 1),
+        }
+    }
+
+    /// Offers one text.
+    pub fn offer(&mut self, text: &str) {
+        let text = text.trim();
+        let seed = self.seed;
+        let hash = embedstream_topics::hash::fnv1a64(format!("{seed}:{text}").as_bytes());
+        if text.is_empty() || !self.seen.insert(hash) {
+            return;
+        }
+        self.kept.push((hash, text.to_owned()));
+        if self.kept.len() > self.n {
+            self.kept.pop();
+        }
+    }
+
+    /// The texts kept, in hash order.
+    pub fn into_texts(self) -> Vec<String> {
+        self.kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextSample;
+
+    fn sample(texts: &[&str], n: usize, seed: u64) -> Vec<String> {
+        let mut s = TextSample::new(n, seed);
+        texts.iter().for_each(|t| s.offer(t));
+        s.into_texts()
+    }
+
+    #[test]
+    fn a_sample_keeps_distinct_trimmed_texts_whatever_their_order() {
+        let texts: Vec<String> = (0..50).map(|i| format!("query {i}")).collect();
+        let mut offered: Vec<&str> = texts.iter().map(String::as_str).collect();
+        offered.extend([" query 3 ", "query 3", "", "   "]);
+        let all = sample(&offered, 100, 7);
+        assert_eq!(all.len(), 50, "{all:?}");
+        assert!(all.iter().all(|t| t.trim() == t && !t.is_empty()));
+
+        let five = sample(&offered, 5, 7);
+        assert_eq!(five.len(), 5);
+        assert_eq!(five, all[..5], "the smallest hashes, in hash order");
+        offered.reverse();
+        assert_eq!(
+            sample(&offered, 5, 7),
+            five,
+            "the order texts arrive in does not matter"
+        );
+        assert_ne!(sample(&offered, 5, 8), five, "another seed, another sample");
+    }
 }

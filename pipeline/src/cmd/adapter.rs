@@ -226,19 +226,8 @@ async fn embed_both(
     queries: Vec<String>,
     device: Device,
 ) -> anyhow::Result<Pairs> {
-    let kinds: Vec<InputKind> = std::iter::repeat_n(InputKind::Document, items.len())
-        .chain(std::iter::repeat_n(InputKind::Query, queries.len()))
-        .collect();
-    let items: Vec<(String, String)> = items
-        .into_iter()
-        .chain(
-            queries
-                .into_iter()
-                .enumerate()
-                .map(|(i, q)| (format!("query:{i}"), q)),
-        )
-        .collect();
-    let texts: Vec<String> = items.iter().map(|(_, t)| t.clone()).collect();
+    let item_texts: Vec<String> = items.iter().map(|(_, t)| t.clone()).collect();
+    let total = items.len() + queries.len();
     let mut vectors = Vec::new();
     for model in [old, new] {
         let started = Instant::now();
@@ -248,37 +237,31 @@ async fn embed_both(
             embedstream_pipeline::embed::open(&m, device, EngineConfig::default())
         })
         .await??;
-        let mut out = Vec::with_capacity(texts.len());
-        for (chunk, kinds) in texts.chunks(256).zip(kinds.chunks(256)) {
-            // A chunk is items or queries, never both, except where the two meet.
-            let mut start = 0;
-            while start < chunk.len() {
-                let input = kinds[start];
-                let end = kinds[start..]
-                    .iter()
-                    .position(|k| *k != input)
-                    .map_or(chunk.len(), |n| start + n);
+        let mut out = Vec::with_capacity(total);
+        for (texts, input) in [
+            (&item_texts, InputKind::Document),
+            (&queries, InputKind::Query),
+        ] {
+            for chunk in texts.chunks(256) {
                 let options = EmbedOptions {
                     input,
                     ..EmbedOptions::default()
                 };
-                out.extend(
-                    engine
-                        .embed_with(chunk[start..end].to_vec(), options)
-                        .await?
-                        .vectors,
-                );
-                start = end;
+                out.extend(engine.embed_with(chunk.to_vec(), options).await?.vectors);
+                tracing::info!(model = %model, done = out.len(), of = total, "Embedding the sample.");
             }
-            tracing::info!(model = %model, done = out.len(), of = texts.len(), "Embedding the sample.");
         }
         drop(engine);
         threads.join();
-        tracing::info!(model = %model, items = texts.len(), seconds = started.elapsed().as_secs_f64(), "Embedded the sample.");
+        tracing::info!(model = %model, items = total, seconds = started.elapsed().as_secs_f64(), "Embedded the sample.");
         vectors.push(out);
     }
+    let ids = items
+        .into_iter()
+        .map(|(id, _)| id)
+        .chain((0..queries.len()).map(|i| format!("query:{i}")));
     let mut pairs = Pairs::default();
-    for (i, (id, _)) in items.into_iter().enumerate() {
+    for (i, id) in ids.enumerate() {
         pairs.push(id, &vectors[1][i], &vectors[0][i], "the sample")?;
     }
     Ok(pairs)
@@ -326,17 +309,9 @@ async fn training_queries(
     }
     if let Some(file) = &args.queries {
         let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-        let mut lines: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
-        lines.sort_by_cached_key(|t| {
-            embedstream_topics::hash::fnv1a64(format!("{}:{t}", args.seed).as_bytes())
-        });
-        lines.dedup();
-        lines.truncate(args.query_pairs);
+        let mut sample = query_log::TextSample::new(args.query_pairs, args.seed);
+        text.lines().for_each(|l| sample.offer(l));
+        let lines = sample.into_texts();
         if lines.is_empty() {
             bail!("{} has no queries (one text per line)", file.display());
         }
