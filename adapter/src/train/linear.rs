@@ -82,20 +82,31 @@ pub fn procrustes_with(pairs: &Pairs, options: &ProcrustesOptions) -> Result<Lay
     Ok(Layers::Linear { w, b })
 }
 
-/// `Σ^{power}` of the covariance `AᵀA / n`, its eigenvalues raised by `eps` times their mean.
-fn covariance_power(a: &DMatrix<f64>, eps: f64, power: f64) -> DMatrix<f64> {
-    let n = a.nrows().max(1) as f64;
-    let cov = a.tr_mul(a) / n;
-    let eig = SymmetricEigen::new(cov);
-    let mean =
-        eig.eigenvalues.iter().map(|v| v.max(0.0)).sum::<f64>() / eig.eigenvalues.len() as f64;
-    let d = DVector::from_iterator(
-        eig.eigenvalues.len(),
-        eig.eigenvalues
-            .iter()
-            .map(|&v| (v.max(0.0) + eps * mean).powf(power)),
-    );
-    &eig.eigenvectors * DMatrix::from_diagonal(&d) * eig.eigenvectors.transpose()
+/// The covariance `AᵀA / n` in its eigenbasis, each eigenvalue raised by `eps` times their
+/// mean: decomposed once, raised to any power.
+struct Spectrum {
+    vectors: DMatrix<f64>,
+    values: DVector<f64>,
+}
+
+impl Spectrum {
+    fn of(a: &DMatrix<f64>, eps: f64) -> Self {
+        let n = a.nrows().max(1) as f64;
+        let eig = SymmetricEigen::new(a.tr_mul(a) / n);
+        let mean =
+            eig.eigenvalues.iter().map(|v| v.max(0.0)).sum::<f64>() / eig.eigenvalues.len() as f64;
+        let values = eig.eigenvalues.map(|v| v.max(0.0) + eps * mean);
+        Self {
+            vectors: eig.eigenvectors,
+            values,
+        }
+    }
+
+    /// `Σ^{power}`.
+    fn power(&self, power: f64) -> DMatrix<f64> {
+        let d = self.values.map(|v| v.powf(power));
+        &self.vectors * DMatrix::from_diagonal(&d) * self.vectors.transpose()
+    }
 }
 
 /// Whitened Procrustes (see [`ProcrustesOptions::whiten`]), as out × in.
@@ -105,9 +116,9 @@ fn whitened_map(c: &Centered, eps: f64) -> Result<DMatrix<f64>> {
             "the whitening's regularization must be a positive number",
         ));
     }
-    let x_inv_sqrt = covariance_power(&c.x, eps, -0.5);
-    let y_sqrt = covariance_power(&c.y, eps, 0.5);
-    let y_inv_sqrt = covariance_power(&c.y, eps, -0.5);
+    let x_inv_sqrt = Spectrum::of(&c.x, eps).power(-0.5);
+    let y = Spectrum::of(&c.y, eps);
+    let (y_sqrt, y_inv_sqrt) = (y.power(0.5), y.power(-0.5));
     let m = &x_inv_sqrt * c.x.tr_mul(&c.y) * &y_inv_sqrt;
     let svd = m.svd(true, true);
     let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
