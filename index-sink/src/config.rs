@@ -37,6 +37,11 @@ pub struct IndexConfig {
     /// lower the latency further.
     #[serde(default = "default_shards")]
     pub shards: usize,
+    /// The slice of the version's id-hash space this index holds (`"i/n"`, default `"0/1"`:
+    /// every item). Writes of items outside it are skipped (their offsets still count as
+    /// applied). A snapshot directory belongs to one slice: opening it as another is refused.
+    #[serde(default)]
+    pub slice: embedstream_topics::slice::Slice,
     /// Largest `k` a query may ask for.
     #[serde(default = "default_max_k")]
     pub max_k: usize,
@@ -275,6 +280,7 @@ impl IndexConfig {
             name: default_name(),
             dim,
             shards: default_shards(),
+            slice: embedstream_topics::slice::Slice::WHOLE,
             max_k: default_max_k(),
             hot: HotConfig::default(),
             main: MainConfig::default(),

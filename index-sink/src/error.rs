@@ -58,6 +58,16 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// Fatal: the snapshot directory holds another slice's index.
+    #[error("{dir} holds the index of slice {held}, not of slice {wanted}")]
+    OtherSliceDirectory {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The slice its marker names.
+        held: String,
+        /// The slice asked for.
+        wanted: String,
+    },
     /// Fatal: file-system I/O on the snapshot directory failed.
     #[error("{op} {path}")]
     Io {

@@ -39,6 +39,40 @@ use crate::types::{Applied, Hit, Query, Version, Write};
 use crate::vector::normalized;
 use crate::yielding::QueryInFlight;
 
+/// The file in a snapshot directory that names the slice its snapshots hold.
+const SLICE_MARKER: &str = "SLICE";
+
+/// Marks `dir` as `slice`'s, or checks that it is. A directory without a marker holds the
+/// whole space (it predates slices) or nothing yet.
+fn claim_slice(dir: &Path, slice: embedstream_topics::slice::Slice) -> Result<()> {
+    let path = dir.join(SLICE_MARKER);
+    let held = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_snapshots = std::fs::read_dir(dir)
+                .map_err(|e| Error::io("list snapshot directory", dir, e))?
+                .filter_map(std::result::Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".snap"));
+            if has_snapshots && !slice.is_whole() {
+                embedstream_topics::slice::Slice::WHOLE.to_string()
+            } else {
+                std::fs::write(&path, format!("{slice}\n"))
+                    .map_err(|e| Error::io("write slice marker", &path, e))?;
+                return Ok(());
+            }
+        }
+        Err(e) => return Err(Error::io("read slice marker", &path, e)),
+    };
+    if held != slice.to_string() {
+        return Err(Error::OtherSliceDirectory {
+            dir: dir.to_owned(),
+            held,
+            wanted: slice.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// See the module docs.
 pub struct ShardedIndex {
     config: IndexConfig,
@@ -90,6 +124,7 @@ impl ShardedIndex {
         config.validate()?;
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot directory", dir, e))?;
+        claim_slice(dir, config.slice)?;
         let mut shards = Vec::with_capacity(config.shards);
         for i in 0..config.shards {
             let loaded = snapshot::load_newest(dir, header(i, &config), |path, error| {
@@ -165,6 +200,14 @@ impl ShardedIndex {
     /// vector or empty id, retryable [`Error::HotFull`]. Nothing is changed on error.
     pub fn apply(&self, write: impl Into<Write>) -> Result<Applied> {
         let write = write.into();
+        if !self.config.slice.contains(write.item_id()) {
+            // No shard holds it: the record is done, as far as this slice is concerned.
+            let version = write.version();
+            let mut offsets = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = offsets.entry(version.partition).or_insert(0);
+            *next = (*next).max(version.offset.saturating_add(1));
+            return Ok(Applied::OtherSlice);
+        }
         let shard = &self.shards[self.shard_of(write.item_id())];
         shard.apply(write, &self.offsets, self.config.hot.max_vectors)
     }
@@ -391,5 +434,50 @@ mod tests {
         let index = ShardedIndex::new(IndexConfig::with_dim(4)).unwrap();
         assert_eq!(policy(), SCHED_OTHER);
         assert_eq!(index.pool.install(policy), SCHED_IDLE);
+    }
+
+    #[test]
+    fn a_slice_keeps_its_items_only_and_its_directory_only() {
+        use crate::types::Upsert;
+        use embedstream_topics::slice::Slice;
+        let dir = std::env::temp_dir().join(format!("es-slice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = IndexConfig::with_dim(2);
+        config.slice = Slice::new(1, 2).unwrap();
+        let index = ShardedIndex::open(&dir, config.clone()).unwrap();
+        let mut kept = 0;
+        for i in 0..200_i64 {
+            let id = format!("item-{i}");
+            let applied = index
+                .apply(Upsert {
+                    item_id: id.clone(),
+                    vector: vec![1.0, i as f32],
+                    partition: 0,
+                    offset: i,
+                    event_time_ms: 0,
+                    source: None,
+                    attributes: crate::Attributes::default(),
+                })
+                .unwrap();
+            if config.slice.contains(&id) {
+                assert_eq!(applied, Applied::Upserted);
+                kept += 1;
+            } else {
+                assert_eq!(applied, Applied::OtherSlice);
+                assert!(index.lookup(&id).is_none());
+            }
+        }
+        assert_eq!(index.len(), kept);
+        assert!((60..140).contains(&kept), "{kept}");
+        // Skipped records still count as applied: a restart does not read them again.
+        assert_eq!(index.applied_offsets().get(&0), Some(&200));
+        drop(index);
+        config.slice = Slice::new(0, 2).unwrap();
+        let refused = ShardedIndex::open(&dir, config).unwrap_err();
+        assert!(
+            matches!(refused, Error::OtherSliceDirectory { .. }),
+            "{refused}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -173,6 +173,7 @@ impl Shard {
             Applied::Deleted => self.metrics.deleted.increment(1),
             Applied::AlreadyCovered => self.metrics.covered.increment(1),
             Applied::Stale => self.metrics.stale.increment(1),
+            Applied::OtherSlice => {}
         }
         self.metrics
             .sizes(st.hot.len(), st.main.len(), st.tombstones);

@@ -207,6 +207,9 @@ pub enum Applied {
     AlreadyCovered,
     /// A replay: the index holds a newer (or the same) version of the item.
     Stale,
+    /// The item belongs to another slice ([`crate::IndexConfig::slice`]): nothing changed
+    /// but the partition's applied offset.
+    OtherSlice,
 }
 
 /// One search result.

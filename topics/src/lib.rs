@@ -10,6 +10,7 @@ mod error;
 pub mod hash;
 pub mod kafka;
 pub mod names;
+pub mod slice;
 pub mod stall;
 pub mod time;
 

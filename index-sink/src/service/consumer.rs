@@ -602,7 +602,7 @@ impl Loop {
                 }
                 Ok(())
             }
-            Ok(Applied::AlreadyCovered | Applied::Stale) => Ok(()),
+            Ok(Applied::AlreadyCovered | Applied::Stale | Applied::OtherSlice) => Ok(()),
             Err(e) if e.is_poison() => {
                 // Only a tombstone or poison-delete with an empty id gets here; nothing to do.
                 tracing::debug!(error = %e, "Delete skipped.");
