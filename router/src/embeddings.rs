@@ -273,7 +273,7 @@ fn resolve(shared: &Shared, grant: &Grant, model: Option<&str>) -> Result<String
                 .to_owned(),
             param: Some("model"),
         })?,
-        Some(name) if shared.config.backends.get(name).is_some() => name.to_owned(),
+        Some(name) if shared.config.backends.serves(name) => name.to_owned(),
         Some(name) if shared.config.consumers.contains(name) => {
             if !grant.allows(name) {
                 return Err(Failure {
@@ -307,7 +307,7 @@ fn resolve(shared: &Shared, grant: &Grant, model: Option<&str>) -> Result<String
                     shared
                         .config
                         .backends
-                        .snapshot()
+                        .layouts()
                         .into_keys()
                         .collect::<Vec<_>>()
                         .join(", "),

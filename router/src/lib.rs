@@ -35,6 +35,7 @@ mod query_log;
 mod search;
 mod shared;
 mod status;
+mod topology;
 
 use std::sync::Arc;
 
@@ -51,6 +52,7 @@ pub use self::config::{Backends, RouterConfig};
 pub use self::feed::{DriftPoint, StageProgress, StatusFeed};
 pub use self::query_log::QueryLog;
 use self::shared::Shared;
+pub use self::topology::{MAX_LAG, Replica, Scatter, SliceTarget, spawn_health_checks};
 use embedstream_schemas::consumers::export_slos;
 
 /// The router's routes.
@@ -80,6 +82,7 @@ pub fn router(config: RouterConfig, plans: watch::Receiver<Arc<ControlState>>) -
         .route("/v1/search", post(search::search))
         .route("/v1/plans", get(search::plans_route))
         .route("/v1/versions", get(search::versions_route))
+        .route("/v1/slices", get(search::slices_route))
         .route("/v1/items/{item_id}", get(search::item_route))
         .route("/v1/embeddings", post(embeddings::openai))
         .route("/embed", post(embeddings::tei))
@@ -107,10 +110,25 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, backends = ?config.backends.snapshot(), blend = ?config.blend, "Routing queries.");
+    tracing::info!(listen = %listener.local_addr()?, replicas = config.backends.snapshot().len(), blend = ?config.blend, "Routing queries.");
     let tls = config.tls.clone();
+    topology::spawn_health_checks(
+        config.backends.clone(),
+        health_client(&config),
+        topology::CHECK_EVERY,
+        shutdown.clone(),
+    );
     let app = router(config, plans).merge(extra);
     embedstream_schemas::serve::serve(listener, app, tls.as_ref(), shutdown).await
+}
+
+/// The client of the health checks: the query client's trust, without its request timeout.
+fn health_client(config: &RouterConfig) -> reqwest::Client {
+    let mut client = reqwest::Client::builder().pool_max_idle_per_host(4);
+    for cert in trusted(config.trust_pem.as_deref()) {
+        client = client.add_root_certificate(cert);
+    }
+    client.build().unwrap_or_default()
 }
 
 /// The certificates of a PEM bundle (none when it is not one: checked where it is read).

@@ -36,6 +36,7 @@ impl utoipa::Modify for AdminToken {
         crate::search::search,
         crate::search::plans_route,
         crate::search::versions_route,
+        crate::search::slices_route,
         crate::search::item_route,
         crate::embeddings::openai,
         crate::embeddings::tei,
@@ -79,6 +80,7 @@ mod tests {
                 "/v1/items/{item_id}",
                 "/v1/plans",
                 "/v1/search",
+                "/v1/slices",
                 "/v1/status",
                 "/v1/versions",
             ]

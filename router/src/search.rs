@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use crate::blend::{self, Blend, Blended, Ranked};
 use crate::metrics;
-use crate::shared::{Shared, fan_out_get};
+use crate::shared::{Shared, get_each, version_stats};
 use ::metrics as metrics_crate;
 use embedstream_schemas::api::ErrorBody;
 
@@ -93,6 +93,9 @@ pub(crate) struct RouteResponse {
     plan: Vec<(String, f64)>,
     /// Versions left out of this answer, with why.
     degraded: Vec<String>,
+    /// Slices of the versions read that did not answer, with why: the results lack their
+    /// items. Empty when every slice answered.
+    partial: Vec<String>,
     took_ms: f64,
 }
 
@@ -159,19 +162,33 @@ pub(crate) async fn plans_route(State(shared): State<Arc<Shared>>) -> Response {
     )
 )]
 pub(crate) async fn versions_route(State(shared): State<Arc<Shared>>) -> Response {
-    let stats = fan_out_get(&shared, "/v1/stats", None).await;
+    let stats = version_stats(&shared).await;
     let brief: BTreeMap<String, serde_json::Value> = stats
         .into_iter()
         .map(|(m, v)| {
             let b = if v.is_null() {
                 v
             } else {
-                serde_json::json!({"items": v["items"], "lag": v["lag"], "topic": v["topic"]})
+                serde_json::json!({"items": v["items"], "lag": v["lag"], "topic": v["topic"], "slices": v["slices"]})
             };
             (m, b)
         })
         .collect();
     axum::Json(brief).into_response()
+}
+
+/// `GET /v1/slices`: every sink instance the router knows, with its slice, pool and health.
+#[utoipa::path(
+    get,
+    path = "/v1/slices",
+    tag = "search",
+    responses(
+        (status = 200, description = "Every sink instance, by version, slice, pool and id", body = Vec<crate::topology::Replica>),
+        (status = 401, description = "An API key is needed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn slices_route(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.config.backends.snapshot()).into_response()
 }
 
 /// `GET /v1/items/{id}`: where each version has the item (null: not there, or down).
@@ -200,15 +217,20 @@ pub(crate) async fn item_route(
             }
         })
         .collect();
-    axum::Json(
-        fan_out_get(
-            &shared,
-            &format!("/v1/items/{encoded}"),
-            forwarded(&headers).as_ref(),
-        )
-        .await,
+    let owners = shared.config.backends.owners(&item_id);
+    let mut found: BTreeMap<String, serde_json::Value> = get_each(
+        &shared,
+        owners,
+        &format!("/v1/items/{encoded}"),
+        forwarded(&headers).as_ref(),
     )
-    .into_response()
+    .await
+    .into_iter()
+    .collect();
+    for r in shared.config.backends.snapshot() {
+        found.entry(r.model).or_insert(serde_json::Value::Null);
+    }
+    axum::Json(found).into_response()
 }
 
 /// Searches the versions of the consumer's plan and merges their lists.
@@ -236,7 +258,8 @@ pub(crate) async fn search(
     let grant = grant.map_or(Grant::All, |g| g.0);
     let result = route(&shared, &grant, &headers, &body, started).await;
     let (consumer, outcome) = match &result {
-        Ok(r) if r.degraded.is_empty() => (r.consumer.clone(), "ok"),
+        Ok(r) if r.degraded.is_empty() && r.partial.is_empty() => (r.consumer.clone(), "ok"),
+        Ok(r) if r.degraded.is_empty() => (r.consumer.clone(), "partial"),
         Ok(r) => (r.consumer.clone(), "degraded"),
         Err(e) if e.status == StatusCode::BAD_REQUEST => (String::new(), "bad_request"),
         Err(e) if e.status == StatusCode::FORBIDDEN => (String::new(), "forbidden"),
@@ -258,6 +281,71 @@ pub(crate) async fn search(
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// What one slice's replicas answered.
+enum SliceAnswer {
+    Hits(Vec<(String, f32)>),
+    /// A 400: the request cannot succeed anywhere.
+    Refused(String),
+    Failed(String),
+}
+
+/// Asks the slice's replicas in order until one answers: a replica that cannot be reached is
+/// marked down at once, so the queries after this one skip it until a check finds it back.
+async fn ask_slice(
+    shared: &Shared,
+    model: &str,
+    target: &crate::topology::SliceTarget,
+    forward: &serde_json::Value,
+    key: Option<&(axum::http::HeaderName, axum::http::HeaderValue)>,
+) -> SliceAnswer {
+    let slice = target.slice.to_string();
+    let mut why = Vec::new();
+    for (attempt, (id, base)) in target.replicas.iter().enumerate() {
+        if attempt > 0 {
+            metrics_crate::counter!(metrics::FAILOVERS, "model_version" => model.to_owned(), "slice" => slice.clone(), "pool" => target.pool.clone()).increment(1);
+        }
+        let started = Instant::now();
+        let mut call = shared
+            .client
+            .post(format!("{}/v1/search", base.trim_end_matches('/')))
+            .json(forward);
+        if let Some((name, value)) = key {
+            call = call.header(name, value);
+        }
+        match call.send().await {
+            Ok(r) if r.status() == StatusCode::BAD_REQUEST => {
+                let text = r.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                return SliceAnswer::Refused(message);
+            }
+            Ok(r) if r.status().is_success() => match r.json::<SinkResponse>().await {
+                Ok(body) => {
+                    metrics_crate::histogram!(metrics::SLICE_QUERY_SECONDS, "model_version" => model.to_owned(), "slice" => slice.clone(), "pool" => target.pool.clone(), "replica" => id.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    return SliceAnswer::Hits(
+                        body.results
+                            .into_iter()
+                            .map(|h| (h.item_id, h.score))
+                            .collect(),
+                    );
+                }
+                Err(e) => why.push(format!("{id}: unreadable answer: {e}")),
+            },
+            Ok(r) => why.push(format!("{id}: answered {}", r.status())),
+            Err(e) => {
+                if e.is_connect() {
+                    shared.config.backends.mark(id, false, None, None);
+                }
+                why.push(format!("{id}: {e}"));
+            }
+        }
+    }
+    SliceAnswer::Failed(why.join("; "))
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,15 +477,21 @@ async fn route(
         });
     }
     let mut degraded = Vec::new();
-    let mut calls = Vec::new();
+    let mut partial = Vec::new();
+    let mut versions = Vec::new();
     for entry in &plan {
-        let Some(base) = shared.config.backends.get(&entry.model) else {
-            degraded.push(format!(
-                "{}: no sink configured for this version",
-                entry.model
-            ));
+        let scatter = shared
+            .config
+            .backends
+            .scatter(&entry.model, profile.pool.as_deref());
+        if scatter.slices.is_empty() {
+            degraded.push(if shared.config.backends.serves(&entry.model) {
+                scatter.missing.join("; ")
+            } else {
+                format!("{}: no sink configured for this version", entry.model)
+            });
             continue;
-        };
+        }
         // "New model via adapter": the query is the new model's, and the old version's sink
         // maps it into its space with the adapter.
         let query_model = match &entry.adapter {
@@ -453,54 +547,66 @@ async fn route(
                 forward["own_vector"] = serde_json::json!(own);
             }
         }
-        let url = format!("{}/v1/search", base.trim_end_matches('/'));
-        let mut call = shared.client.post(url).json(&forward);
-        if let Some((name, value)) = &key {
-            call = call.header(name, value);
-        }
-        let call = call.send();
-        calls.push((entry.clone(), call));
+        versions.push((entry.clone(), scatter, forward));
     }
+    let asked = versions.iter().map(|(entry, scatter, forward)| {
+        let slices = scatter
+            .slices
+            .iter()
+            .map(|target| ask_slice(shared, &entry.model, target, forward, key.as_ref()));
+        futures::future::join_all(slices)
+    });
+    let answers = futures::future::join_all(asked).await;
     let mut lists = Vec::new();
-    for (entry, call) in calls {
-        match call.await {
-            Ok(r) if r.status() == StatusCode::BAD_REQUEST => {
-                let text = r.text().await.unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_owned))
-                    .unwrap_or(text);
-                return Err(RouteError::bad(
-                    "rejected_by_sink",
-                    format!("{}: {message}", entry.model),
-                ));
+    for ((entry, scatter, _), answers) in versions.into_iter().zip(answers) {
+        let mut hits = Vec::new();
+        let mut failed = scatter.missing;
+        let mut answered = 0;
+        for (target, answer) in scatter.slices.iter().zip(answers) {
+            match answer {
+                SliceAnswer::Hits(h) => {
+                    answered += 1;
+                    hits.extend(h);
+                }
+                SliceAnswer::Refused(message) => {
+                    return Err(RouteError::bad(
+                        "rejected_by_sink",
+                        format!("{}: {message}", entry.model),
+                    ));
+                }
+                SliceAnswer::Failed(why) => failed.push(format!(
+                    "{}: slice {} in pool {}: {why}",
+                    entry.model, target.slice, target.pool
+                )),
             }
-            Ok(r) if r.status().is_success() => match r.json::<SinkResponse>().await {
-                Ok(body) => lists.push(Ranked {
-                    version: entry.model.clone(),
-                    weight: entry.weight,
-                    hits: body
-                        .results
-                        .into_iter()
-                        .map(|h| (h.item_id, h.score))
-                        .collect(),
-                }),
-                Err(e) => degraded.push(format!("{}: unreadable answer: {e}", entry.model)),
-            },
-            Ok(r) => degraded.push(format!("{}: sink answered {}", entry.model, r.status())),
-            Err(e) => degraded.push(format!("{}: {e}", entry.model)),
         }
+        if answered == 0 {
+            degraded.push(failed.join("; "));
+            continue;
+        }
+        partial.extend(failed);
+        // The index's own order: higher score first, then the smaller item id.
+        hits.sort_by(|a: &(String, f32), b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        hits.truncate(k);
+        lists.push(Ranked {
+            version: entry.model.clone(),
+            weight: entry.weight,
+            hits,
+        });
     }
     for d in &degraded {
         // A label names a configured version only: a request's plan can name anything.
         let version = d.split(':').next().unwrap_or_default();
-        let version = if shared.config.backends.get(version).is_some() {
+        let version = if shared.config.backends.serves(version) {
             version.to_owned()
         } else {
             "unknown".to_owned()
         };
         metrics_crate::counter!(metrics::BACKEND_ERRORS, "model_version" => version).increment(1);
         tracing::warn!(consumer = %request.consumer, reason = %d, "A version was left out of a query.");
+    }
+    for p in &partial {
+        tracing::warn!(consumer = %request.consumer, reason = %p, "A slice was left out of a query.");
     }
     if lists.is_empty() {
         return Err(RouteError {
@@ -550,6 +656,7 @@ async fn route(
         blend: blend_used,
         plan: plan.iter().map(|e| (e.model.clone(), e.weight)).collect(),
         degraded,
+        partial,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

@@ -14,33 +14,91 @@ pub(crate) struct Shared {
     pub(crate) plans: watch::Receiver<Arc<ControlState>>,
 }
 
-/// Each version's sink `GET path`: `{"id@v": body | null}` (null when it failed or 404).
-pub(crate) async fn fan_out_get(
+/// `GET path` of each of `targets` (`(version, base URL)`), at once: `{"id@v": body | null}`
+/// (null when it failed or answered an error). A version named twice keeps its last answer.
+pub(crate) async fn get_each(
     shared: &Shared,
+    targets: Vec<(String, String)>,
     path: &str,
     key: Option<&(axum::http::HeaderName, axum::http::HeaderValue)>,
-) -> BTreeMap<String, serde_json::Value> {
-    let calls: Vec<_> = shared
-        .config
-        .backends
-        .snapshot()
-        .into_iter()
-        .map(|(model, base)| {
-            let url = format!("{}{path}", base.trim_end_matches('/'));
-            let mut call = shared.client.get(url);
-            if let Some((name, value)) = key {
-                call = call.header(name, value);
+) -> Vec<(String, serde_json::Value)> {
+    let calls = targets.into_iter().map(|(model, base)| {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut call = shared.client.get(url);
+        if let Some((name, value)) = key {
+            call = call.header(name, value);
+        }
+        async move {
+            let value = match call.send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.json().await.unwrap_or(serde_json::Value::Null)
+                }
+                _ => serde_json::Value::Null,
+            };
+            (model, value)
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Each version's `/v1/stats`: its one instance's, or, for a version in slices, one replica's
+/// per slice summed (`items`, `lag`) with their shards listed together and `slices` saying
+/// which answered. Null when no slice answered.
+pub(crate) async fn version_stats(shared: &Shared) -> BTreeMap<String, serde_json::Value> {
+    let layouts = shared.config.backends.layouts();
+    let mut targets = Vec::new();
+    for (model, scatter) in &layouts {
+        for t in &scatter.slices {
+            if let Some((_, url)) = t.replicas.first() {
+                targets.push((format!("{model}\u{0}{}", t.slice), url.clone()));
             }
-            (model.clone(), call.send())
-        })
-        .collect();
-    let mut out = BTreeMap::new();
-    for (model, call) in calls {
-        let value = match call.await {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(serde_json::Value::Null),
-            _ => serde_json::Value::Null,
-        };
-        out.insert(model, value);
+        }
     }
-    out
+    let answers: BTreeMap<String, serde_json::Value> = get_each(shared, targets, "/v1/stats", None)
+        .await
+        .into_iter()
+        .collect();
+    layouts
+        .into_iter()
+        .map(|(model, scatter)| {
+            let parts: Vec<(String, &serde_json::Value)> = scatter
+                .slices
+                .iter()
+                .map(|t| {
+                    let v = answers
+                        .get(&format!("{model}\u{0}{}", t.slice))
+                        .unwrap_or(&serde_json::Value::Null);
+                    (t.slice.to_string(), v)
+                })
+                .collect();
+            let answered: Vec<&(String, &serde_json::Value)> =
+                parts.iter().filter(|(_, v)| !v.is_null()).collect();
+            let value = match answered.as_slice() {
+                [] => serde_json::Value::Null,
+                [(slice, one)] if parts.len() == 1 && slice == "0/1" => (*one).clone(),
+                _ => {
+                    let sum = |field: &str| -> i64 {
+                        answered.iter().filter_map(|(_, v)| v[field].as_i64()).sum()
+                    };
+                    let shards: Vec<serde_json::Value> = answered
+                        .iter()
+                        .flat_map(|(_, v)| v["shards"].as_array().cloned().unwrap_or_default())
+                        .collect();
+                    let slices: BTreeMap<String, bool> = parts
+                        .iter()
+                        .map(|(s, v)| (s.clone(), !v.is_null()))
+                        .chain(scatter.missing.iter().map(|m| (m.clone(), false)))
+                        .collect();
+                    serde_json::json!({
+                        "topic": answered[0].1["topic"],
+                        "items": sum("items"),
+                        "lag": sum("lag"),
+                        "shards": shards,
+                        "slices": slices,
+                    })
+                }
+            };
+            (model, value)
+        })
+        .collect()
 }

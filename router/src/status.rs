@@ -3,6 +3,8 @@
 //!
 //! - per model version (control log): its state, and its sink's `/v1/stats` (topic, items,
 //!   lag, per-shard hot/main/tombstones/last compaction), or `null` when the sink is down;
+//! - every sink instance (slice, replica pool, standby or not, whether queries go to it, health
+//!   and lag as the router's checks see them);
 //! - the current migration: phase, backfill coverage (from the control log's checkpoints) and
 //!   its gate results (cutover gates, and adapter gates with the adapter reads' ratio to the
 //!   old model's own); every consumer's read plan (weights, adapters, fused reads);
@@ -18,7 +20,8 @@ use embedstream_schemas::control::ControlState;
 use serde::Serialize;
 
 use crate::feed::{DriftPoint, LatencySummary, StageProgress};
-use crate::shared::{Shared, fan_out_get};
+use crate::shared::{Shared, version_stats};
+use crate::topology::Replica;
 
 #[derive(Debug, Serialize)]
 struct VersionStatus {
@@ -58,6 +61,8 @@ struct StatusResponse {
     /// The embed stage's backlog on `items` (null until the platform has read it).
     stage: Option<StageProgress>,
     versions: Vec<VersionStatus>,
+    /// Every sink instance: version, slice, pool, role and health as this router sees them.
+    replicas: Vec<Replica>,
     migration: Option<MigrationStatus>,
     consumers: Vec<ConsumerStatus>,
     drift: Vec<DriftPoint>,
@@ -90,7 +95,7 @@ fn migration(state: &ControlState) -> Option<MigrationStatus> {
 )]
 pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.plans.borrow().clone();
-    let mut stats = fan_out_get(&shared, "/v1/stats", None).await;
+    let mut stats = version_stats(&shared).await;
     let mut versions: Vec<VersionStatus> = state
         .models()
         .map(|m| {
@@ -131,6 +136,7 @@ pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
         serving_default: state.serving_default(),
         stage: shared.config.status.stage(),
         versions,
+        replicas: shared.config.backends.snapshot(),
         migration: migration(&state),
         consumers,
         drift: shared.config.status.drift(),

@@ -44,6 +44,11 @@ pub struct ConsumerProfile {
     /// training adapters on queries like its own); `false` opts the consumer out.
     #[serde(default = "yes")]
     pub log_queries: bool,
+    /// The replica pool the router reads this consumer's queries from, where a version has
+    /// replicas in it (dedicated replicas: another consumer's load cannot reach them); none:
+    /// the `shared` pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 const fn yes() -> bool {
@@ -65,6 +70,7 @@ pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
         p95_slo_ms,
         golden_set: None,
         log_queries: true,
+        pool: None,
     };
     BTreeMap::from([
         ("search".to_owned(), p(100, 10, 100, 50)),
@@ -130,6 +136,16 @@ pub fn load_all(path: &Path) -> Result<ConsumersFile, FileError> {
     load_file("consumers", path, parse_file)
 }
 
+/// Whether `name` may name a consumer or a replica pool: 1 to 64 letters, digits, `_`, `-` and
+/// `.` (names are metric labels).
+pub fn is_label_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// What every set of profiles must hold: at least one consumer; names of letters, digits, `_`,
 /// `-` and `.` (at most 64: they are metric labels); `ef_search` ≥ 1; 1 ≤ `default_k` ≤
 /// `max_k`. An index's own `max_k` bound is checked where the index is known.
@@ -139,13 +155,11 @@ pub fn check(profiles: &Profiles) -> Result<(), String> {
     }
     for (name, p) in profiles {
         let bad = |reason: String| Err(format!("consumers.{name}: {reason}"));
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        if !is_label_name(name) {
             return bad("a name is 1 to 64 letters, digits, '_', '-' or '.'".to_owned());
+        }
+        if p.pool.as_deref().is_some_and(|pool| !is_label_name(pool)) {
+            return bad("a pool is named by 1 to 64 letters, digits, '_', '-' or '.'".to_owned());
         }
         if p.ef_search == 0 {
             return bad("ef_search must be at least 1".to_owned());

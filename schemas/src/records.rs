@@ -214,6 +214,52 @@ pub struct LoggedQuery {
     pub query_time: i64,
 }
 
+/// Value of `embedstream.instances` (`sink_instance.avsc`): a sink instance announcing itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkInstance {
+    /// Unique name of the instance; the record's key.
+    pub instance_id: String,
+    /// The version it serves (`id@version`).
+    pub model: String,
+    /// Its embedding topic.
+    pub topic: String,
+    /// The slice it holds (index).
+    pub slice: i32,
+    /// The slice count of its layout (1: the whole version).
+    pub slices: i32,
+    /// Its replica pool.
+    #[serde(default = "shared_pool")]
+    pub pool: String,
+    /// A hot standby: served only when its pool's active replicas of the slice are short.
+    #[serde(default)]
+    pub standby: bool,
+    /// Base URL of its query API.
+    pub url: String,
+    /// Whether it has caught up with its topic since it started.
+    pub ready: bool,
+    /// Records of its topic not yet applied, when announced (-1: unknown).
+    #[serde(default = "unknown_lag")]
+    pub lag: i64,
+    /// Items it held, when announced.
+    #[serde(default)]
+    pub items: i64,
+    /// When the instance started, ms since the epoch.
+    pub started_at: i64,
+    /// When this record was written, ms since the epoch.
+    pub announced_at: i64,
+}
+
+/// The replica pool of instances and consumers that name none.
+pub const SHARED_POOL: &str = "shared";
+
+fn shared_pool() -> String {
+    SHARED_POOL.to_owned()
+}
+
+const fn unknown_lag() -> i64 {
+    -1
+}
+
 /// Which payload a control record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -445,6 +491,11 @@ avro_record!(
     "io.embedstream.DriftReport"
 );
 avro_record!(LoggedQuery, "query_log.avsc", "io.embedstream.LoggedQuery");
+avro_record!(
+    SinkInstance,
+    "sink_instance.avsc",
+    "io.embedstream.SinkInstance"
+);
 avro_record!(
     ControlRecord,
     "control_record.avsc",

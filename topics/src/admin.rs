@@ -126,6 +126,7 @@ pub fn named_platform_topics(
         TopicSpec::compacted(names.control(), 1),
         TopicSpec::retained(names.drift_reports(), 1, 4 * WEEK),
         query_log_topic(names),
+        instances_topic(names),
     ];
     topics.extend(
         models
@@ -139,6 +140,11 @@ pub fn named_platform_topics(
 /// shorten on the topic; `ensure` reports a difference rather than undoing it).
 pub fn query_log_topic(names: &names::TopicNames) -> TopicSpec {
     TopicSpec::retained(names.queries(), 1, WEEK)
+}
+
+/// Sink instances' announcements: one record per instance, the newest kept.
+pub fn instances_topic(names: &names::TopicNames) -> TopicSpec {
+    TopicSpec::compacted(names.instances(), 1)
 }
 
 /// What `ensure` found or did for one topic.

@@ -13,6 +13,7 @@ pub const DRIFT_REPORTS: &str = "drift.reports";
 /// Text queries the router answered, for training adapters on queries like the consumers'
 /// (retained for a week; consumers and requests can opt out).
 pub const QUERIES: &str = "queries";
+pub const INSTANCES: &str = "embedstream.instances";
 /// The schema registry's storage (compacted, one partition), named as Confluent's.
 pub const SCHEMAS: &str = "_schemas";
 
@@ -77,6 +78,11 @@ impl TopicNames {
     /// The router's query log.
     pub fn queries(&self) -> String {
         self.name(QUERIES)
+    }
+
+    /// Where sink instances announce themselves (compacted, keyed by instance id).
+    pub fn instances(&self) -> String {
+        self.name(INSTANCES)
     }
 
     /// The embedding topic of one model version.

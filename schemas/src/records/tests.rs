@@ -47,6 +47,7 @@ fn every_schema_parses_with_its_declared_name() {
     check::<DeadLetter>();
     check::<DriftReport>();
     check::<LoggedQuery>();
+    check::<SinkInstance>();
     check::<ControlRecord>();
 }
 
@@ -175,6 +176,25 @@ fn logged_queries_round_trip() {
         filtered: false,
         results: 0,
         query_time: 0,
+    });
+}
+
+#[test]
+fn sink_instances_round_trip() {
+    round_trip(&SinkInstance {
+        instance_id: "minilm-l6-v2@1/1of4/r0".into(),
+        model: "minilm-l6-v2@1".into(),
+        topic: "embeddings.minilm-l6-v2.v1".into(),
+        slice: 1,
+        slices: 4,
+        pool: SHARED_POOL.into(),
+        standby: true,
+        url: "http://127.0.0.1:9411".into(),
+        ready: false,
+        lag: -1,
+        items: 12,
+        started_at: 5,
+        announced_at: 6,
     });
 }
 

@@ -159,6 +159,7 @@ async fn each_schema_is_backward_compatible_with_all_its_earlier_versions() {
         "dead_letter",
         "drift_report",
         "query_log",
+        "sink_instance",
         "control_record",
     ] {
         let subject = format!("history-{name}-value");
