@@ -9,6 +9,7 @@ pub mod encoder;
 mod error;
 pub mod eval;
 mod hex;
+pub mod instances;
 pub mod migrate;
 pub mod models;
 pub mod query_log;

@@ -1,7 +1,6 @@
 //! `embedstream router`: the query router (blended reads per consumer, following the control
 //! log) with the migration admin API and `/metrics`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +32,10 @@ pub struct RouterArgs {
         default_value = "127.0.0.1:9400"
     )]
     pub listen: SocketAddr,
-    /// The sink of a version: `id@version=http://host:port` (repeat for each version).
-    #[arg(long = "backend", value_parser = parse_backend, required = true)]
+    /// The sink of a version that does not announce itself: `id@version=http://host:port`
+    /// (repeat for each version). Sinks that announce themselves on `embedstream.instances`
+    /// (slices, replicas) are found without it.
+    #[arg(long = "backend", value_parser = parse_backend)]
     pub backends: Vec<(String, String)>,
     /// How two versions' lists are merged: rrf or zscore.
     #[arg(long, default_value = "zscore")]
@@ -102,7 +103,13 @@ pub async fn run(
     Assembly {
         log,
         listen: args.listen,
-        backends: args.backends.into_iter().collect::<BTreeMap<_, _>>().into(),
+        backends: {
+            let backends = Backends::default();
+            for (model, url) in args.backends {
+                backends.insert(model, url);
+            }
+            backends
+        },
         blend: args.blend,
         timeout: Duration::from_millis(args.backend_timeout_ms),
         admin_token: args.admin_token,
@@ -145,6 +152,13 @@ impl Assembly {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let consumers = self.platform.consumers()?;
+        embedstream_pipeline::instances::follow(
+            self.platform.kafka()?,
+            &self.platform.registry_url,
+            &self.platform.names(),
+            self.backends.clone(),
+            shutdown.clone(),
+        );
         if let Some(path) = &self.platform.consumers_file {
             consumers.follow_file(
                 path.clone(),

@@ -15,8 +15,10 @@ use embedstream_pipeline::embed::burn_model::Device;
 use embedstream_pipeline::embed::engine::{
     EmbedOptions, Engine, EngineConfig, EngineError, InputKind,
 };
+use embedstream_schemas::records::SHARED_POOL;
 use embedstream_topics::ModelRef;
 use embedstream_topics::names::parse_embeddings_topic;
+use embedstream_topics::slice::Slice;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +36,33 @@ pub struct SinkArgs {
     /// The embedding topic, instead of `--model` (with the prefix, if any).
     #[arg(long, env = "EMBEDSTREAM_SINK_TOPIC")]
     topic: Option<String>,
-    /// This serving replica's name: each replica has its own consumer group and snapshots
-    /// and holds the whole index.
+    /// This serving replica's name: each replica has its own consumer group and snapshots.
     #[arg(long, env = "EMBEDSTREAM_SINK_REPLICA", default_value = "r0")]
     replica: String,
+    /// The slice of the version this instance holds, `i/n`: the items whose slice hash is `i`
+    /// modulo `n` (default `0/1`, every item). Routers scatter each query to one replica of
+    /// every slice.
+    #[arg(long, env = "EMBEDSTREAM_SINK_SLICE", default_value = "0/1")]
+    slice: Slice,
+    /// The replica pool this instance serves in: consumers pinned to a pool (`pool` in the
+    /// consumers file) read only its replicas.
+    #[arg(long, env = "EMBEDSTREAM_SINK_POOL", default_value = SHARED_POOL)]
+    pool: String,
+    /// A hot standby: kept current, and served only while the pool's other replicas of the
+    /// slice are fewer than it announces.
+    #[arg(long, env = "EMBEDSTREAM_SINK_STANDBY")]
+    standby: bool,
+    /// Announce the instance on `embedstream.instances` for routers to find (`false`: routers
+    /// must be given its URL with `--backend`).
+    #[arg(long, env = "EMBEDSTREAM_SINK_ANNOUNCE", default_value_t = true, action = clap::ArgAction::Set)]
+    announce: bool,
+    /// The URL routers reach this instance at (default: the scheme and `--listen`).
+    #[arg(long, env = "EMBEDSTREAM_SINK_URL")]
+    url: Option<String>,
+    /// The instance's unique name in announcements (default
+    /// `<id>@<version>/<slice i>of<n>/<pool>/<replica>`).
+    #[arg(long, env = "EMBEDSTREAM_SINK_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// Base directory of snapshots (they go in `<dir>/<topic>/<replica>`); default
     /// `$EMBEDSTREAM_HOME/sink`, or `.dev/sink`.
     #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
@@ -76,6 +101,12 @@ impl SinkArgs {
             model: Some(model),
             topic: None,
             replica: "r0".to_owned(),
+            slice: Slice::WHOLE,
+            pool: SHARED_POOL.to_owned(),
+            standby: false,
+            announce: false,
+            url: None,
+            instance_id: None,
             data_dir,
             adapters: super::adapter::DirArg { dir: None },
             listen,
@@ -83,6 +114,12 @@ impl SinkArgs {
             device: Device::Cpu,
             embed_replicas: 1,
         }
+    }
+
+    /// Serves `slice` of the version and announces itself.
+    pub fn slice(&mut self, slice: Slice) {
+        self.slice = slice;
+        self.announce = true;
     }
 
     async fn sink_config(&self) -> anyhow::Result<SinkConfig> {
@@ -110,15 +147,34 @@ impl SinkArgs {
         });
         let prefix = self.platform.topic_prefix.trim_end_matches('.');
         let model_part = format!("{}-v{}", model.id, model.version);
-        let group = if prefix.is_empty() {
-            format!("embedstream-sink-{model_part}-{}", self.replica)
+        // A whole-version instance keeps the names it had before slices.
+        let (slice_dir, slice_part) = if self.slice.is_whole() {
+            (PathBuf::new(), String::new())
         } else {
-            format!("embedstream-sink-{prefix}-{model_part}-{}", self.replica)
+            let s = format!("slice-{}-of-{}", self.slice.index(), self.slice.count());
+            (PathBuf::from(&s), format!("-{s}"))
+        };
+        let pool_part = if self.pool == SHARED_POOL {
+            String::new()
+        } else {
+            format!("-{}", self.pool)
+        };
+        let group = if prefix.is_empty() {
+            format!(
+                "embedstream-sink-{model_part}{slice_part}{pool_part}-{}",
+                self.replica
+            )
+        } else {
+            format!(
+                "embedstream-sink-{prefix}-{model_part}{slice_part}{pool_part}-{}",
+                self.replica
+            )
         };
         let mut settings = match &self.config {
             Some(path) => Settings::load(path)?,
             None => Settings::default(),
         };
+        settings.index.slice = self.slice;
         if let Some(path) = &self.platform.consumers_file {
             let file = embedstream_schemas::consumers::load_all(path)?;
             settings.consumers = file.consumers;
@@ -127,7 +183,14 @@ impl SinkArgs {
         Ok(SinkConfig {
             kafka: self.platform.kafka()?,
             registry_url: self.platform.registry_url.clone(),
-            data_dir: base.join(&topic).join(&self.replica),
+            data_dir: if self.pool == SHARED_POOL {
+                base.join(&topic).join(slice_dir).join(&self.replica)
+            } else {
+                base.join(&topic)
+                    .join(slice_dir)
+                    .join(&self.pool)
+                    .join(&self.replica)
+            },
             spec: self.platform.model_spec(&model).await?,
             topic,
             group,
@@ -268,6 +331,11 @@ pub async fn run(
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        embedstream_schemas::consumers::is_label_name(&args.pool),
+        "--pool {:?}: a pool is named by 1 to 64 letters, digits, '_', '-' or '.'",
+        args.pool
+    );
     let config = args.sink_config().await?;
     let embedder: Arc<dyn QueryEmbedder> = Arc::new(LazyEngine {
         model: config.spec.model.clone(),
@@ -276,7 +344,59 @@ pub async fn run(
         replicas: args.embed_replicas,
         engines: Arc::default(),
     });
-    service::run(config, Some(embedder), metrics, shutdown)
+    // Announced, the service stops only after the instance's retirement went out.
+    let (service_token, announcer) = if args.announce {
+        let own = format!("{}://{}", args.platform.http.scheme(), config.listen);
+        let url = args.url.clone().unwrap_or_else(|| own.clone());
+        anyhow::ensure!(
+            args.url.is_some()
+                || (config.listen.port() != 0 && !config.listen.ip().is_unspecified()),
+            "an announced sink needs --url when --listen is {} (routers must reach it there)",
+            config.listen
+        );
+        let who = embedstream_pipeline::instances::Announcement {
+            instance_id: args.instance_id.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/{}of{}/{}/{}",
+                    config.spec.model,
+                    args.slice.index(),
+                    args.slice.count(),
+                    args.pool,
+                    args.replica
+                )
+            }),
+            model: config.spec.model.to_string(),
+            topic: config.topic.clone(),
+            slice: args.slice,
+            pool: args.pool.clone(),
+            standby: args.standby,
+            url,
+            stats_url: own,
+            trust_pem: args.platform.http.trusted_pem()?,
+        };
+        let service = CancellationToken::new();
+        let announcer = embedstream_pipeline::instances::announce(
+            args.platform.kafka()?,
+            &args.platform.registry_url,
+            &args.platform.names(),
+            who,
+            shutdown.clone(),
+            service.clone(),
+        );
+        (service, Some(announcer))
+    } else {
+        (shutdown, None)
+    };
+    let served = service::run(config, Some(embedder), metrics, service_token.clone())
         .await
-        .context("the index sink failed")
+        .context("the index sink failed");
+    if let Some(announcer) = announcer {
+        if served.is_err() {
+            // The service ended on its own: nothing will cancel the announcer's wait.
+            announcer.abort();
+        } else {
+            let _ = announcer.await;
+        }
+    }
+    served
 }

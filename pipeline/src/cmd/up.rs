@@ -57,6 +57,11 @@ pub struct UpArgs {
     /// Base directory of the sinks' snapshots (default `$EMBEDSTREAM_HOME/sink`).
     #[arg(long, env = "EMBEDSTREAM_SINK_DATA_DIR")]
     sink_data_dir: Option<PathBuf>,
+    /// Slices per version: each version is served by this many sink instances, each holding
+    /// one slice of its items and announcing itself, and the router scatters every query to
+    /// all of them. 1: one sink holds the whole version.
+    #[arg(long, env = "EMBEDSTREAM_SLICES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    slices: u32,
     /// Model replicas of each sink's query engine (text queries and the embeddings APIs), each
     /// on its own threads (CPU only).
     #[arg(long, env = "EMBEDSTREAM_SINK_EMBED_REPLICAS", default_value_t = 1)]
@@ -158,6 +163,7 @@ pub async fn run(
         next: 0,
         data_dir: args.sink_data_dir.clone(),
         embed_replicas: args.sink_embed_replicas,
+        slices: args.slices,
         metrics: metrics.clone(),
         token: token.clone(),
         backends: backends.clone(),
@@ -238,6 +244,7 @@ struct Sinks {
     next: u16,
     data_dir: Option<PathBuf>,
     embed_replicas: usize,
+    slices: u32,
     metrics: axum::Router,
     token: CancellationToken,
     backends: Backends,
@@ -266,35 +273,60 @@ impl Sinks {
         if self.running.contains_key(model) {
             return;
         }
-        let Some(port) = self.base.port().checked_add(self.next) else {
-            tracing::error!(%model, base = %self.base, "No port left after the sink base port: not starting the version's sink.");
-            return;
+        let slices = match embedstream_topics::slice::Slice::all(self.slices) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%model, error = %e, "Not starting the version's sinks.");
+                return;
+            }
         };
-        self.next += 1;
-        let mut listen = self.base;
-        listen.set_port(port);
         let token = self.token.child_token();
-        self.running.insert(model.clone(), token.clone());
-        self.backends.insert(
-            model.to_string(),
-            format!("{}://{listen}", self.platform.http.scheme()),
-        );
-        tracing::info!(%model, %listen, "Starting the version's index sink.");
-        let mut args = SinkArgs::for_model(
-            self.platform.clone(),
-            model.clone(),
-            listen,
-            self.data_dir.clone(),
-        );
-        args.embed_replicas = self.embed_replicas;
-        let (metrics, task) = (self.metrics.clone(), Task::Sink(model.clone()));
-        tasks.spawn(async move { (task, super::sink::run(args, metrics, token).await) });
+        for slice in slices {
+            let Some(port) = self.base.port().checked_add(self.next) else {
+                tracing::error!(%model, base = %self.base, "No port left after the sink base port: not starting the version's sink.");
+                token.cancel();
+                return;
+            };
+            self.next += 1;
+            let mut listen = self.base;
+            listen.set_port(port);
+            let mut args = SinkArgs::for_model(
+                self.platform.clone(),
+                model.clone(),
+                listen,
+                self.data_dir.clone(),
+            );
+            args.embed_replicas = self.embed_replicas;
+            if slice.is_whole() {
+                // One sink: the router is told where it is.
+                self.backends.insert(
+                    model.to_string(),
+                    format!("{}://{listen}", self.platform.http.scheme()),
+                );
+            } else {
+                // Slices announce themselves, as they would from processes of their own.
+                args.slice(slice);
+            }
+            tracing::info!(%model, %listen, %slice, "Starting an index sink of the version.");
+            let (metrics, task, token) = (
+                self.metrics.clone(),
+                Task::Sink(model.clone()),
+                token.clone(),
+            );
+            tasks.spawn(async move { (task, super::sink::run(args, metrics, token).await) });
+        }
+        self.running.insert(model.clone(), token);
     }
 
     /// A sink's task ended: expected when its version was retired (or everything stops); a
     /// failure is logged and the sink stays down.
     fn stopped(&mut self, model: &ModelRef, result: anyhow::Result<()>) {
-        let live = self.running.remove(model).is_some();
+        // The version's other slices stop too: a restart starts them all again.
+        let live = self
+            .running
+            .remove(model)
+            .inspect(CancellationToken::cancel)
+            .is_some();
         match result {
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),

@@ -7,6 +7,7 @@ mod faults;
 mod filter;
 mod recovery;
 mod serve;
+mod slices;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -207,10 +208,17 @@ impl Sink {
         let port = free_port();
         let log = dir.join(format!("{log_name}.log"));
         let out = std::fs::File::create(&log).unwrap();
+        // Replica `test` unless `extra` names one.
+        let replica: &[&str] = if extra.contains(&"--replica") {
+            &[]
+        } else {
+            &["--replica", "test"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
             .arg("sink")
             .args(platform.args())
-            .args(["--model", "minilm-l6-v2@1", "--replica", "test"])
+            .args(["--model", "minilm-l6-v2@1"])
+            .args(replica)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--config")

@@ -1,0 +1,383 @@
+//! A version past one process: sink binaries each holding one slice (or one replica of a
+//! pool) announce themselves on the real broker, and the router binary finds them there,
+//! scatters each query to one replica per slice and merges. Checked against the exact
+//! oracle: four slices answer exactly; a killed slice is flagged in the answer, which is still
+//! exact over the rest; a killed replica of a pinned consumer costs no query, and its standby
+//! is promoted.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use embedstream_topics::slice::Slice;
+use serde_json::{Value, json};
+
+use super::{Oracle, Put, Sink, config, free_port, produce, record, test_dir, unit_vector};
+use crate::migrate::Killed;
+use crate::stage::Platform;
+
+const MINILM: &str = "minilm-l6-v2@1";
+
+const CONSUMERS: &str = r#"
+[consumers.exact]
+ef_search = 1000
+default_k = 10
+max_k = 100
+
+[consumers.ads]
+ef_search = 1000
+default_k = 5
+max_k = 50
+pool = "ads"
+"#;
+
+struct Router {
+    _process: Killed,
+    port: u16,
+    client: reqwest::Client,
+}
+
+impl Router {
+    async fn start(platform: &Platform, consumers: &Path) -> Self {
+        let port = free_port();
+        let process = Killed(
+            Command::new(env!("CARGO_BIN_EXE_embedstream"))
+                .arg("router")
+                .args(platform.args())
+                .arg("--consumers-file")
+                .arg(consumers)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let router = Self {
+            _process: process,
+            port,
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while router
+            .client
+            .get(router.url("/v1/plans"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the router never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        router
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn replicas(&self) -> Vec<Value> {
+        let r = self
+            .client
+            .get(self.url("/v1/slices"))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Vec<Value>>().await.unwrap()
+    }
+
+    /// Waits until the router knows `n` instances, each caught up and healthy.
+    async fn wait_replicas(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let replicas = self.replicas().await;
+            let up = replicas
+                .iter()
+                .filter(|r| r["ready"] == true && r["healthy"] == true)
+                .count();
+            if replicas.len() == n && up == n {
+                return replicas;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router never saw {n} healthy caught-up instances: {replicas:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn search(&self, consumer: &str, query: &[f32], k: usize) -> (u16, Value) {
+        let plan = json!([{"model": MINILM, "weight": 1.0}]);
+        let r = self
+            .client
+            .post(self.url("/v1/search"))
+            .json(&json!({"consumer": consumer, "vector": query, "k": k, "plan": plan}))
+            .send()
+            .await;
+        match r {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({"error": e.to_string()})),
+        }
+    }
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["item_id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The exact top k among live items `keep` accepts.
+fn exact(oracle: &Oracle, query: &[f32], k: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut all: Vec<(String, f32)> = oracle
+        .live()
+        .filter(|(id, _, _)| keep(id))
+        .map(|(id, v, _)| (id.clone(), v.iter().zip(query).map(|(a, b)| a * b).sum()))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.into_iter().take(k).map(|(id, _)| id).collect()
+}
+
+async fn start_sink(platform: &Platform, dir: &Path, name: &str, extra: &[&str]) -> Sink {
+    let consumers = dir.join("consumers.toml");
+    let mut args = vec!["--consumers-file", consumers.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Sink::start_with(platform, dir, &config(100, 0.5), name, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_slices_answer_exactly_through_the_router_and_a_dead_slice_is_flagged() {
+    let platform = Platform::new("sink-slices");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, CONSUMERS).unwrap();
+    let mut oracle = Oracle::default();
+    let puts = (0..800)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    // Some items rewritten and some deleted: every slice applies its own items' history.
+    let mut later: Vec<Put> = (0..100)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(5_000 + i))))
+        .collect();
+    later.extend((700..760).map(|i| Put::Tombstone(format!("item-{i}"))));
+    produce(&platform, &mut oracle, later).await;
+
+    let mut sinks = Vec::new();
+    for i in 0..4 {
+        let (replica, slice) = (format!("s{i}"), format!("{i}/4"));
+        let sink = start_sink(
+            &platform,
+            &dir,
+            &format!("slice-{i}"),
+            &["--replica", &replica, "--slice", &slice],
+        )
+        .await;
+        sinks.push(sink);
+    }
+    let router = Router::start(&platform, &consumers).await;
+    router.wait_replicas(4).await;
+
+    // Each slice holds exactly its items, and together they hold every live item once.
+    let mut total = 0;
+    for (i, sink) in sinks.iter().enumerate() {
+        let slice = Slice::new(i as u32, 4).unwrap();
+        let want = oracle
+            .live()
+            .filter(|(id, _, _)| slice.contains(id))
+            .count();
+        let items = sink.stats().await["items"].as_u64().unwrap() as usize;
+        assert_eq!(items, want, "slice {slice}");
+        total += items;
+    }
+    assert_eq!(total, oracle.live_count());
+    let versions: Value = router
+        .client
+        .get(router.url("/v1/versions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions[MINILM]["items"], total as u64, "{versions}");
+    let item: Value = router
+        .client
+        .get(router.url("/v1/items/item-5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(item[MINILM]["offset"].is_i64(), "{item}");
+
+    for seed in 0..30 {
+        let q = unit_vector(100_000 + seed);
+        let (status, body) = router.search("exact", &q, 10).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], json!([]), "{body}");
+        assert_eq!(ids(&body), exact(&oracle, &q, 10, |_| true), "query {seed}");
+    }
+
+    // Slice 2 dies: answers still come, say what they lack, and are exact over the rest.
+    let dead = Slice::new(2, 4).unwrap();
+    let killed = sinks.remove(2);
+    drop(killed);
+    for seed in 0..10 {
+        let q = unit_vector(200_000 + seed);
+        let (status, body) = router.search("exact", &q, 10).await;
+        assert_eq!(status, 200, "{body}");
+        let partial = body["partial"].as_array().unwrap();
+        assert_eq!(partial.len(), 1, "{body}");
+        assert!(partial[0].as_str().unwrap().contains("slice 2/4"), "{body}");
+        assert_eq!(
+            ids(&body),
+            exact(&oracle, &q, 10, |id| !dead.contains(id)),
+            "query {seed}"
+        );
+    }
+    let metrics = router
+        .client
+        .get(router.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"embedstream_router_queries_total{consumer="exact",result="partial"} 10"#),
+        "{metrics}"
+    );
+
+    // Back from its snapshots and a replay: whole answers again.
+    let back = start_sink(
+        &platform,
+        &dir,
+        "slice-2-again",
+        &["--replica", "s2", "--slice", "2/4"],
+    )
+    .await;
+    sinks.insert(2, back);
+    router.wait_replicas(4).await;
+    for seed in 0..10 {
+        let q = unit_vector(300_000 + seed);
+        let (status, body) = router.search("exact", &q, 10).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], json!([]), "{body}");
+        assert_eq!(ids(&body), exact(&oracle, &q, 10, |_| true), "query {seed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
+    let platform = Platform::new("sink-failover");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, CONSUMERS).unwrap();
+    let mut oracle = Oracle::default();
+    let puts = (0..300)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+
+    let pool = ["--pool", "ads"];
+    let mut p1 = start_sink(
+        &platform,
+        &dir,
+        "p1",
+        &[&["--replica", "p1"], &pool[..]].concat(),
+    )
+    .await;
+    let _p2 = start_sink(
+        &platform,
+        &dir,
+        "p2",
+        &[&["--replica", "p2"], &pool[..]].concat(),
+    )
+    .await;
+    let _standby = start_sink(
+        &platform,
+        &dir,
+        "standby",
+        &[&["--replica", "standby", "--standby"], &pool[..]].concat(),
+    )
+    .await;
+    let router = Router::start(&platform, &consumers).await;
+    let replicas = router.wait_replicas(3).await;
+    let serving: BTreeSet<String> = replicas
+        .iter()
+        .filter(|r| r["active"] == true)
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serving.len(), 2, "two primaries serve: {replicas:#?}");
+    assert!(
+        serving.iter().all(|id| !id.contains("standby")),
+        "{serving:?}"
+    );
+
+    let queries: Vec<Vec<f32>> = (0..50).map(|s| unit_vector(400_000 + s)).collect();
+    let answers: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| exact(&oracle, q, 5, |_| true))
+        .collect();
+    let mut asked = 0;
+    let mut wrong = Vec::new();
+    let mut ask = async |router: &Router, asked: &mut usize| {
+        let i = *asked % queries.len();
+        *asked += 1;
+        let (status, body) = router.search("ads", &queries[i], 5).await;
+        if status != 200 || body["partial"] != json!([]) || ids(&body) != answers[i] {
+            wrong.push(format!("query {i}: {status} {body}"));
+        }
+    };
+    for _ in 0..50 {
+        ask(&router, &mut asked).await;
+    }
+
+    // kill -9 of a serving replica, under queries.
+    let killed_at = Instant::now();
+    p1.child.kill().unwrap();
+    let _ = p1.child.wait();
+    let mut recovered = None;
+    while killed_at.elapsed() < Duration::from_secs(40) {
+        ask(&router, &mut asked).await;
+        if recovered.is_none() {
+            let replicas = router.replicas().await;
+            let active: Vec<&Value> = replicas
+                .iter()
+                .filter(|r| r["active"] == true && r["healthy"] == true)
+                .collect();
+            if active.len() == 2 && active.iter().any(|r| r["standby"] == true) {
+                recovered = Some(killed_at.elapsed());
+            }
+        } else if killed_at.elapsed() > recovered.unwrap() + Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = recovered.expect("the standby was never promoted");
+    eprintln!(
+        "failover: two healthy replicas serve again {:.2} s after kill -9; {asked} queries, {} wrong or failed",
+        recovered.as_secs_f64(),
+        wrong.len()
+    );
+    assert!(recovered < Duration::from_secs(30), "{recovered:?}");
+    assert!(
+        wrong.is_empty(),
+        "{} of {asked} queries failed or were wrong: {wrong:#?}",
+        wrong.len()
+    );
+}
