@@ -308,6 +308,17 @@ impl Backends {
     }
 }
 
+impl From<BTreeMap<String, String>> for Backends {
+    /// Whole-version sinks by version ([`Backends::insert`]).
+    fn from(map: BTreeMap<String, String>) -> Self {
+        let backends = Self::default();
+        for (model, url) in map {
+            backends.insert(model, url);
+        }
+        backends
+    }
+}
+
 /// The pool a consumer of `wanted` reads for `model` (see the module docs).
 fn pool_for(replicas: &BTreeMap<String, Replica>, model: &str, wanted: Option<&str>) -> String {
     let has = |p: &str| replicas.values().any(|r| r.model == model && r.pool == p);

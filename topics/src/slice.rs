@@ -118,7 +118,7 @@ impl Slice {
         }
         // Disjoint residue classes: they cover everything when their shares sum to one.
         let lcm = slices.iter().fold(1u64, |l, s| {
-            l / u64::from(gcd64(l, s.count.into())) * u64::from(s.count)
+            l / gcd64(l, s.count.into()) * u64::from(s.count)
         });
         slices.iter().map(|s| lcm / u64::from(s.count)).sum::<u64>() == lcm
     }
