@@ -5,7 +5,8 @@
 //!
 //! Guarantees: a shard with nothing to merge (empty hot, no pending deletes) is never
 //! planned; a shard already being compacted is never planned twice; policies are asked in a
-//! fixed order (hot share, tombstones, interval) and the first that fires is the reason.
+//! fixed order (hot share, tombstones, recall, interval) and the first that fires is the
+//! reason.
 
 use std::fmt;
 use std::time::Duration;
@@ -74,6 +75,22 @@ impl CompactionPolicy for Interval {
     }
 }
 
+/// Rebuild when the recall self-check fell more than `max_drop` below its post-build baseline.
+#[derive(Debug, Clone, Copy)]
+pub struct RecallDrop {
+    /// Largest tolerated drop of recall@10.
+    pub max_drop: f64,
+}
+
+impl CompactionPolicy for RecallDrop {
+    fn reason(&self) -> CompactionReason {
+        CompactionReason::Recall
+    }
+    fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
+        matches!((s.recall_at_10, s.recall_baseline), (Some(now), Some(base)) if now < base - self.max_drop)
+    }
+}
+
 /// Asks the policies, in order, for every shard.
 #[derive(Debug)]
 pub struct Planner {
@@ -90,6 +107,9 @@ impl Planner {
             }),
             Box::new(Tombstones {
                 max_ratio: config.max_tombstone_ratio,
+            }),
+            Box::new(RecallDrop {
+                max_drop: config.max_recall_drop,
             }),
         ];
         if let Some(every) = config.interval {
@@ -134,6 +154,8 @@ mod tests {
             since_ms,
             compacting: false,
             last_compaction: None,
+            recall_at_10: None,
+            recall_baseline: None,
         }
     }
 
@@ -171,6 +193,15 @@ mod tests {
             Some(CompactionReason::Interval)
         );
         assert_eq!(plan(stats(0, 100_000, 0, 0, now - 600_000)), None);
+        // Recall more than 2 points under its baseline, with something to merge.
+        let recall = |now_r, base| {
+            let mut s = stats(1, 100_000, 0, 0, now);
+            s.recall_at_10 = Some(now_r);
+            s.recall_baseline = Some(base);
+            s
+        };
+        assert_eq!(plan(recall(0.935, 0.95)), None);
+        assert_eq!(plan(recall(0.92, 0.95)), Some(CompactionReason::Recall));
         let mut busy = stats(5000, 0, 0, 0, now);
         busy.compacting = true;
         assert_eq!(plan(busy), None);

@@ -161,6 +161,17 @@ pub struct CompactionConfig {
     /// How often the background maintenance thread asks the policies.
     #[serde(default = "default_check_every", with = "duration")]
     pub check_every: Duration,
+    /// Recall self-check: how often each shard measures its recall@10 against an exact scan
+    /// on a sample of its own vectors (on the compaction threads). `null` turns it off.
+    #[serde(default = "default_recall_every", with = "opt_duration")]
+    pub recall_every: Option<Duration>,
+    /// Vectors each recall self-check queries (the same ones each time while they live).
+    #[serde(default = "default_recall_queries")]
+    pub recall_queries: usize,
+    /// Policy `recall`: rebuild when the self-check's recall@10 is more than this below the
+    /// first one measured after the build (the runbook's 2 points).
+    #[serde(default = "default_max_recall_drop")]
+    pub max_recall_drop: f64,
 }
 
 /// Snapshots and recovery.
@@ -215,6 +226,15 @@ const fn default_interval() -> Option<Duration> {
 const fn default_max_tombstone_ratio() -> f64 {
     0.08
 }
+const fn default_recall_every() -> Option<Duration> {
+    Some(Duration::from_secs(600))
+}
+const fn default_recall_queries() -> usize {
+    100
+}
+const fn default_max_recall_drop() -> f64 {
+    0.02
+}
 const fn default_check_every() -> Duration {
     Duration::from_secs(5)
 }
@@ -260,6 +280,9 @@ impl Default for CompactionConfig {
             interval: default_interval(),
             max_tombstone_ratio: default_max_tombstone_ratio(),
             check_every: default_check_every(),
+            recall_every: default_recall_every(),
+            recall_queries: default_recall_queries(),
+            max_recall_drop: default_max_recall_drop(),
         }
     }
 }

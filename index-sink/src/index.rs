@@ -328,6 +328,35 @@ impl ShardedIndex {
         Ok(ran)
     }
 
+    /// Runs the recall self-check of every shard that is due (see
+    /// [`crate::CompactionConfig::recall_every`]) and not being compacted; returns how many
+    /// ran. A drop below the baseline is left to the planner's `recall` policy.
+    pub fn check_recall_due(&self) -> usize {
+        let Some(every) = self.config.compaction.recall_every else {
+            return 0;
+        };
+        let mut ran = 0;
+        for shard in &self.shards {
+            if shard.stats().compacting || !shard.recall_due(every) {
+                continue;
+            }
+            if let Some(recall) = shard.check_recall(
+                self.config.compaction.recall_queries,
+                self.config.main.ef_search,
+                &self.pool,
+            ) {
+                ran += 1;
+                let stats = shard.stats();
+                if let Some(base) = stats.recall_baseline
+                    && recall < base - self.config.compaction.max_recall_drop
+                {
+                    tracing::warn!(index = %self.config.name, shard = stats.shard, recall, baseline = base, "Recall fell below the post-build baseline; the shard will be rebuilt.");
+                }
+            }
+        }
+        ran
+    }
+
     /// Snapshots every shard as it is, without rebuilding (for a clean shutdown: restart
     /// then replays nothing that was applied). No-op without a snapshot directory.
     pub fn persist(&self) -> Result<()> {
@@ -338,7 +367,8 @@ impl ShardedIndex {
         Ok(())
     }
 
-    /// Starts a thread that runs [`Self::compact_due`] every `compaction.check_every` until
+    /// Starts a thread that runs [`Self::compact_due`] and [`Self::check_recall_due`] every
+    /// `compaction.check_every` until
     /// the returned handle is stopped or dropped. Errors are logged and retried next round.
     pub fn spawn_maintenance(self: &Arc<Self>) -> Maintenance {
         let (stop, stopped) = mpsc::channel::<()>();
@@ -353,6 +383,7 @@ impl ShardedIndex {
                             if let Err(error) = index.compact_due() {
                                 tracing::error!(error = %error, "Compaction failed; retrying next round.");
                             }
+                            index.check_recall_due();
                         }
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
@@ -479,5 +510,61 @@ mod tests {
             "{refused}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_recall_self_check_sets_a_baseline_and_a_drop_plans_a_rebuild() {
+        use crate::types::Upsert;
+        let mut config = IndexConfig::with_dim(96);
+        config.shards = 1;
+        config.compaction.threads = 1;
+        config.main.ef_search = 400;
+        // An unrefined graph, whose narrow searches miss more.
+        config.main.refine = None;
+        config.main.ef_construction = 16;
+        let index = ShardedIndex::new(config).unwrap();
+        let mut seed = 7_u64;
+        let mut random = move || {
+            (0..96)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                })
+                .collect::<Vec<f32>>()
+        };
+        let upsert = |i: i64, vector: Vec<f32>| Upsert {
+            item_id: format!("item-{i}"),
+            vector,
+            partition: 0,
+            offset: i,
+            event_time_ms: 0,
+            source: None,
+            attributes: crate::Attributes::default(),
+        };
+        for i in 0..4000 {
+            index.apply(upsert(i, random())).unwrap();
+        }
+        index.compact(0, CompactionReason::Manual).unwrap().unwrap();
+        assert_eq!(index.check_recall_due(), 1);
+        let stats = &index.stats()[0];
+        let base = stats.recall_baseline.unwrap();
+        assert_eq!(stats.recall_at_10, Some(base));
+        assert!(base > 0.9, "{base}");
+        // Not due again until `recall_every` has passed.
+        assert_eq!(index.check_recall_due(), 0);
+        // The same main searched narrowly: recall falls, and with a write to merge the
+        // planner rebuilds for it.
+        let narrow = index.shards[0].check_recall(100, 10, &index.pool).unwrap();
+        assert!(narrow < base - 0.02, "{narrow} vs {base}");
+        assert!(index.plan().is_empty(), "nothing to merge yet");
+        index.apply(upsert(4000, random())).unwrap();
+        assert_eq!(index.plan(), vec![(0, CompactionReason::Recall)]);
+        // A new main gets a baseline of its own.
+        index.compact(0, CompactionReason::Recall).unwrap().unwrap();
+        assert_eq!(index.stats()[0].recall_baseline, None);
+        assert_eq!(index.check_recall_due(), 1);
+        assert!(index.stats()[0].recall_baseline.unwrap() > 0.9);
     }
 }

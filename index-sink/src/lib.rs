@@ -35,7 +35,9 @@ mod types;
 mod vector;
 mod yielding;
 
-pub use compaction::{CompactionPolicy, CompactionReason, HotShare, Interval, Planner, Tombstones};
+pub use compaction::{
+    CompactionPolicy, CompactionReason, HotShare, Interval, Planner, RecallDrop, Tombstones,
+};
 pub use config::{
     CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,
 };

@@ -37,6 +37,11 @@ pub mod names {
     pub const SNAPSHOT_WRITE_SECONDS: &str = "embedstream_index_snapshot_write_seconds";
     /// Gauge: size of the shard's newest snapshot, bytes.
     pub const SNAPSHOT_BYTES: &str = "embedstream_index_snapshot_bytes";
+    /// Gauge: the shard's recall@10 by its last self-check (its search against an exact scan,
+    /// on a sample of its own vectors).
+    pub const RECALL_AT_10: &str = "embedstream_index_recall_at_10";
+    /// Gauge: the shard's recall@10 measured first after its main was built or loaded.
+    pub const RECALL_BASELINE: &str = "embedstream_index_recall_baseline";
     /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
     pub const SNAPSHOT_CORRUPT_TOTAL: &str = "embedstream_index_snapshot_corrupt_total";
     /// Counter: snapshots set aside at open because they are older than the topic keeps
@@ -60,6 +65,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) last_compaction: Gauge,
     pub(crate) snapshot_write: Histogram,
     pub(crate) snapshot_bytes: Gauge,
+    pub(crate) recall: Gauge,
+    pub(crate) recall_baseline: Gauge,
     index: String,
     shard: String,
 }
@@ -90,6 +97,8 @@ impl ShardMetrics {
             last_compaction: gauge!(names::LAST_COMPACTION_TIMESTAMP_SECONDS, "index" => i.clone(), "shard" => s.clone()),
             snapshot_write: histogram!(names::SNAPSHOT_WRITE_SECONDS, "index" => i.clone(), "shard" => s.clone()),
             snapshot_bytes: gauge!(names::SNAPSHOT_BYTES, "index" => i.clone(), "shard" => s.clone()),
+            recall: gauge!(names::RECALL_AT_10, "index" => i.clone(), "shard" => s.clone()),
+            recall_baseline: gauge!(names::RECALL_BASELINE, "index" => i.clone(), "shard" => s.clone()),
             index: i,
             shard: s,
         }

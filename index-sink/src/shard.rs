@@ -76,10 +76,24 @@ impl State {
     }
 }
 
+/// The recall self-check of the current main.
+#[derive(Debug, Default)]
+struct RecallCheck {
+    /// The main the numbers belong to (its allocation's address; a swap changes it).
+    main: usize,
+    baseline: Option<f64>,
+    last: Option<f64>,
+    checked: Option<Instant>,
+}
+
+/// Results a recall self-check compares.
+const RECALL_K: usize = 10;
+
 #[derive(Debug)]
 pub(crate) struct Shard {
     id: usize,
     dim: usize,
+    recall: Mutex<RecallCheck>,
     state: RwLock<State>,
     /// Held for a whole compaction or snapshot: one at a time per shard, in order.
     busy: Mutex<()>,
@@ -128,6 +142,7 @@ impl Shard {
         Self {
             id,
             dim: config.dim,
+            recall: Mutex::new(RecallCheck::default()),
             state: RwLock::new(state),
             busy: Mutex::new(()),
             metrics,
@@ -285,7 +300,17 @@ impl Shard {
     pub(crate) fn stats(&self) -> ShardStats {
         let compacting = self.busy.try_lock().is_err();
         let st = self.read();
+        let (recall_at_10, recall_baseline) = {
+            let r = lock(&self.recall);
+            if r.main == Arc::as_ptr(&st.main) as usize {
+                (r.last, r.baseline)
+            } else {
+                (None, None)
+            }
+        };
         ShardStats {
+            recall_at_10,
+            recall_baseline,
             shard: self.id,
             hot_vectors: st.hot.len(),
             main_vectors: st.main.len(),
@@ -297,6 +322,86 @@ impl Shard {
             compacting,
             last_compaction: st.last.clone(),
         }
+    }
+
+    /// Whether the recall self-check is due: never run on the current main, or `every` ago.
+    pub(crate) fn recall_due(&self, every: Duration) -> bool {
+        let main = Arc::as_ptr(&self.read().main) as usize;
+        let r = lock(&self.recall);
+        r.main != main || r.checked.is_none_or(|at| at.elapsed() >= every)
+    }
+
+    /// Measures recall@10 of this shard's search at `ef` against an exact scan of what it
+    /// holds now, querying the vectors of `queries` of its items (those with the smallest
+    /// salted item hash, so the same items while they live), on `pool`. The first
+    /// measurement of a main is its baseline. `None` when the shard holds too few items.
+    pub(crate) fn check_recall(
+        &self,
+        queries: usize,
+        ef: usize,
+        pool: &rayon::ThreadPool,
+    ) -> Option<f64> {
+        let (main, hot, deletes) = {
+            let st = self.read();
+            (st.main.clone(), st.hot.clone(), st.deletes.clone())
+        };
+        let measured = pool.install(|| {
+            use rayon::prelude::*;
+            let graph = main.graph();
+            let mut visible: Vec<(&str, &[f32])> = main
+                .rows()
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| !hot.contains(&row.id) && !deletes.contains_key(&row.id))
+                .map(|(pid, row)| (row.id.as_str(), graph.vector(pid as u32)))
+                .collect();
+            visible.extend(
+                hot.rows()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| (row.id.as_str(), hot.vector(i))),
+            );
+            if visible.len() < 2 * RECALL_K || queries == 0 {
+                return None;
+            }
+            let salted = |id: &str| {
+                embedstream_topics::hash::fnv1a64(format!("recall-check/{id}").as_bytes())
+            };
+            let mut sample: Vec<(u64, usize)> = visible
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (salted(id), i))
+                .collect();
+            sample.sort_unstable();
+            sample.truncate(queries);
+            let found: usize = sample
+                .par_iter()
+                .map(|&(_, q)| {
+                    let query = visible[q].1;
+                    let exact = exact_top(&visible, query, RECALL_K);
+                    let (approx, _) = self.search(query, RECALL_K, ef, None);
+                    approx
+                        .iter()
+                        .filter(|h| exact.contains(&h.item_id.as_str()))
+                        .count()
+                })
+                .sum();
+            Some(found as f64 / (sample.len() * RECALL_K) as f64)
+        })?;
+        let mut r = lock(&self.recall);
+        let main = Arc::as_ptr(&main) as usize;
+        if r.main != main {
+            *r = RecallCheck {
+                main,
+                baseline: Some(measured),
+                ..RecallCheck::default()
+            };
+            self.metrics.recall_baseline.set(measured);
+        }
+        r.last = Some(measured);
+        r.checked = Some(Instant::now());
+        self.metrics.recall.set(measured);
+        Some(measured)
     }
 
     /// Rebuilds main from main ∪ hot − deleted on `pool`, swaps it in and, if `dir` is
@@ -474,6 +579,23 @@ impl Shard {
         );
         Ok(())
     }
+}
+
+/// The ids of the `k` vectors of `visible` closest to `query` (higher dot product first, then
+/// the smaller id: the index's order).
+fn exact_top<'a>(visible: &[(&'a str, &[f32])], query: &[f32], k: usize) -> Vec<&'a str> {
+    let mut top: Vec<(f32, &'a str)> = Vec::with_capacity(k + 1);
+    let before = |a: &(f32, &str), b: &(f32, &str)| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    for &(id, v) in visible {
+        let cand = (crate::vector::dot(query, v), id);
+        if top.len() == k && before(&top[k - 1], &cand).is_le() {
+            continue;
+        }
+        let at = top.partition_point(|t| before(t, &cand).is_lt());
+        top.insert(at, cand);
+        top.truncate(k);
+    }
+    top.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Coverage only grows: what the shard covered stays in its state through swaps, and after a

@@ -286,6 +286,7 @@ fn reason_code(r: CompactionReason) -> u8 {
         CompactionReason::Tombstones => 2,
         CompactionReason::Interval => 3,
         CompactionReason::Manual => 4,
+        CompactionReason::Recall => 5,
     }
 }
 
@@ -295,6 +296,7 @@ fn reason_from(code: u8) -> Option<CompactionReason> {
         2 => CompactionReason::Tombstones,
         3 => CompactionReason::Interval,
         4 => CompactionReason::Manual,
+        5 => CompactionReason::Recall,
         _ => return None,
     })
 }

@@ -18,6 +18,8 @@ pub enum CompactionReason {
     Interval,
     /// Asked for by the caller.
     Manual,
+    /// The recall self-check fell below its post-build baseline ([`crate::RecallDrop`]).
+    Recall,
 }
 
 impl CompactionReason {
@@ -28,6 +30,7 @@ impl CompactionReason {
             Self::Tombstones => "tombstones",
             Self::Interval => "interval",
             Self::Manual => "manual",
+            Self::Recall => "recall",
         }
     }
 }
@@ -74,4 +77,8 @@ pub struct ShardStats {
     pub compacting: bool,
     /// The last compaction, if any.
     pub last_compaction: Option<CompactionRecord>,
+    /// Recall@10 by the last self-check of the current main (none before the first).
+    pub recall_at_10: Option<f64>,
+    /// Recall@10 measured first after the current main was built or loaded.
+    pub recall_baseline: Option<f64>,
 }
