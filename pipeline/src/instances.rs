@@ -9,6 +9,9 @@
 //!   first and only then lets the sink stop, after [`DRAIN`], so routers stop sending it
 //!   queries before it stops answering. Broker or registry trouble delays announcements;
 //!   the sink serves meanwhile.
+//! - [`retire`] writes an instance's tombstone from anywhere (`embedstream slices retire`):
+//!   routers stop using the instance at once, and the instance, which watches its own key,
+//!   stops announcing and stops after [`DRAIN`].
 //! - [`follow`] reads the topic from the beginning into a router's
 //!   [`embedstream_router::Backends`] and keeps following it: an announcement adds or
 //!   refreshes an instance, a tombstone forgets it. A record that cannot be decoded is skipped
@@ -148,11 +151,22 @@ impl Announcer {
         let stats_url = format!("{}/v1/stats", self.who.stats_url.trim_end_matches('/'));
         let mut ready = false;
         let mut last: Option<(bool, i64)> = None;
+        // Cancelled when the instance's tombstone appears after its first announcement.
+        let retired = CancellationToken::new();
+        let mut watching: Option<tokio::task::JoinHandle<()>> = None;
+        let _stop_watching = shutdown.clone().drop_guard();
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Some(producer),
+                () = retired.cancelled() => {
+                    tracing::info!(instance = %self.who.instance_id, "The instance was retired; it stops after draining its queries.");
+                    if let Some(w) = watching.take() {
+                        w.abort();
+                    }
+                    return Some(producer);
+                }
                 _ = tick.tick() => {}
             }
             let Some(stats) = stats(&client, &stats_url).await else {
@@ -185,8 +199,17 @@ impl Announcer {
             };
             let due = last
                 .is_none_or(|(r, at)| r != ready || now_ms() - at >= HEARTBEAT.as_millis() as i64);
-            if due && self.send(&producer, Some(&record)).await {
+            if due && let Some(offset) = self.send(&producer, Some(&record)).await {
                 last = Some((ready, record.announced_at));
+                if watching.is_none() {
+                    watching = Some(watch_for_retirement(
+                        self.kafka.clone(),
+                        self.topic.clone(),
+                        self.who.instance_id.clone(),
+                        offset + 1,
+                        retired.clone(),
+                    ));
+                }
             }
         }
     }
@@ -218,14 +241,14 @@ impl Announcer {
         Ok(out)
     }
 
-    /// Writes the announcement (or the tombstone); whether the broker took it.
-    async fn send(&self, producer: &FutureProducer, record: Option<&SinkInstance>) -> bool {
+    /// Writes the announcement (or the tombstone); its offset when the broker took it.
+    async fn send(&self, producer: &FutureProducer, record: Option<&SinkInstance>) -> Option<i64> {
         let payload = match record {
             Some(r) => match encode(&self.codec, &self.topic, r).await {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "The instance's announcement cannot be encoded.");
-                    return false;
+                    return None;
                 }
             },
             None => None,
@@ -235,22 +258,134 @@ impl Announcer {
             out = out.payload(p);
         }
         match producer.send(out, Duration::from_secs(10)).await {
-            Ok(_) => true,
+            Ok(delivery) => Some(delivery.offset),
             Err((e, _)) => {
                 tracing::warn!(error = %e, "The instance's announcement was not delivered.");
-                false
+                None
             }
         }
     }
 
     async fn retire(&self, producer: &FutureProducer) {
         let sent = tokio::time::timeout(Duration::from_secs(10), self.send(producer, None)).await;
-        if matches!(sent, Ok(true)) {
+        if matches!(sent, Ok(Some(_))) {
             tracing::info!(instance = %self.who.instance_id, "Retired the instance's announcement.");
         } else {
             tracing::warn!(instance = %self.who.instance_id, "The instance's retirement was not delivered; routers find it down.");
         }
     }
+}
+
+/// Cancels `retired` when `instance_id`'s tombstone appears on `topic` at or after `from`.
+fn watch_for_retirement(
+    kafka: KafkaConfig,
+    topic: String,
+    instance_id: String,
+    from: i64,
+    retired: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        let reader = loop {
+            match follower(&kafka, &topic, Offset::Offset(from)) {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "Cannot watch the instance's key yet; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut stream = reader.stream();
+        while let Some(message) = stream.next().await {
+            let Ok(message) = message else { continue };
+            if message.key() == Some(instance_id.as_bytes()) && message.payload().is_none() {
+                retired.cancel();
+                return;
+            }
+        }
+    })
+}
+
+/// A consumer of the announcements' one partition from `offset`, outside any group, without
+/// end-of-partition events (a follower idles there).
+fn follower(
+    kafka: &KafkaConfig,
+    topic: &str,
+    offset: Offset,
+) -> std::result::Result<rdkafka::consumer::StreamConsumer, rdkafka::error::KafkaError> {
+    let reader: rdkafka::consumer::StreamConsumer = kafka
+        .client()
+        .set(
+            "group.id",
+            format!("embedstream-instances-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, offset)?;
+    reader.assign(&tpl)?;
+    Ok(reader)
+}
+
+/// Writes `instance_id`'s tombstone: routers forget the instance, and the instance stops.
+pub async fn retire(
+    kafka: &KafkaConfig,
+    names: &TopicNames,
+    instance_id: &str,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka.client().set("message.timeout.ms", "10000").create()?;
+    let topic = names.instances();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&topic).key(instance_id),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("the retirement was not delivered: {e}"))?;
+    Ok(())
+}
+
+/// Every instance announced now (the topic read to its end): id → its last announcement.
+pub async fn read_all(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    names: &TopicNames,
+    shutdown: &CancellationToken,
+) -> Result<BTreeMap<String, SinkInstance>> {
+    let topic = names.instances();
+    let codec = Codec::new(registry_url);
+    let reader = new_reader(kafka, "instances-list")?;
+    let (low, high) = watermarks(&reader, &topic, 0, kafka, shutdown).await?;
+    let mut out = BTreeMap::new();
+    if high <= low {
+        return Ok(out);
+    }
+    let mut range = crate::range::PartitionRange::open(kafka, &topic, 0, low, high)?;
+    while let Some(m) = range.next(shutdown).await? {
+        let Some(key) = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        match m.payload() {
+            None => {
+                out.remove(&key);
+            }
+            Some(bytes) => match decode_waiting::<SinkInstance>(&codec, bytes, shutdown).await {
+                None => break,
+                Some(Ok(i)) if i.instance_id == key => {
+                    out.insert(key, i);
+                }
+                Some(_) => tracing::warn!(key, "An undecodable announcement; skipped."),
+            },
+        }
+    }
+    Ok(out)
 }
 
 async fn stats(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {

@@ -81,6 +81,11 @@ enum Command {
     },
     /// Produce JSON lines as Avro item events to `items` (for demos and load tests).
     Produce(cmd::produce::ProduceArgs),
+    /// Sink instances by slice and pool: list them, retire one, split a slice by replay.
+    Slices {
+        #[command(subcommand)]
+        command: cmd::slices::SlicesCommand,
+    },
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -228,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
             let routes = args.platform.service_routes(&shutdown).await?;
             cmd::sink::run(args, routes, shutdown).await?;
         }
+        Command::Slices { command } => cmd::slices::run(command, shutdown_on_signal()).await?,
         Command::Produce(args) => cmd::produce::run(args).await?,
         Command::Dlq { command } => cmd::dlq::run(command, shutdown_on_signal()).await?,
         Command::Eval(args) => cmd::eval::run(args).await?,

@@ -10,5 +10,6 @@ pub mod platform;
 pub mod produce;
 pub mod router;
 pub mod sink;
+pub mod slices;
 pub mod stage;
 pub mod up;

@@ -122,6 +122,26 @@ impl SinkArgs {
         self.announce = true;
     }
 
+    /// Serves in `pool`, as `replica`, with the config file `config`.
+    pub fn placed(&mut self, pool: &str, replica: &str, config: Option<PathBuf>) {
+        pool.clone_into(&mut self.pool);
+        replica.clone_into(&mut self.replica);
+        self.config = config;
+    }
+
+    /// The id it announces itself under.
+    pub fn instance_id(&self, model: &ModelRef) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{model}/{}of{}/{}/{}",
+                self.slice.index(),
+                self.slice.count(),
+                self.pool,
+                self.replica
+            )
+        })
+    }
+
     async fn sink_config(&self) -> anyhow::Result<SinkConfig> {
         let names = self.platform.names();
         let model = match (&self.topic, &self.model) {
@@ -355,16 +375,7 @@ pub async fn run(
             config.listen
         );
         let who = embedstream_pipeline::instances::Announcement {
-            instance_id: args.instance_id.clone().unwrap_or_else(|| {
-                format!(
-                    "{}/{}of{}/{}/{}",
-                    config.spec.model,
-                    args.slice.index(),
-                    args.slice.count(),
-                    args.pool,
-                    args.replica
-                )
-            }),
+            instance_id: args.instance_id(&config.spec.model),
             model: config.spec.model.to_string(),
             topic: config.topic.clone(),
             slice: args.slice,

@@ -248,7 +248,8 @@ struct Sinks {
     metrics: axum::Router,
     token: CancellationToken,
     backends: Backends,
-    running: BTreeMap<ModelRef, CancellationToken>,
+    /// Per version, the token of its sinks and how many of them still run.
+    running: BTreeMap<ModelRef, (CancellationToken, usize)>,
 }
 
 impl Sinks {
@@ -258,7 +259,7 @@ impl Sinks {
         for m in state.models() {
             let Some(model) = model_ref(m) else { continue };
             if m.state == ModelState::Retired {
-                if let Some(token) = self.running.remove(&model) {
+                if let Some((token, _)) = self.running.remove(&model) {
                     tracing::info!(%model, "The version is retired: stopping its sink.");
                     token.cancel();
                     self.backends.remove(&model.to_string());
@@ -281,6 +282,7 @@ impl Sinks {
             }
         };
         let token = self.token.child_token();
+        let mut started = 0;
         for slice in slices {
             let Some(port) = self.base.port().checked_add(self.next) else {
                 tracing::error!(%model, base = %self.base, "No port left after the sink base port: not starting the version's sink.");
@@ -314,19 +316,26 @@ impl Sinks {
                 token.clone(),
             );
             tasks.spawn(async move { (task, super::sink::run(args, metrics, token).await) });
+            started += 1;
         }
-        self.running.insert(model.clone(), token);
+        self.running.insert(model.clone(), (token, started));
     }
 
-    /// A sink's task ended: expected when its version was retired (or everything stops); a
-    /// failure is logged and the sink stays down.
+    /// A sink's task ended: expected when its version was retired, when its slice was retired
+    /// (`slices retire`), or when everything stops. A failure stops the version's other
+    /// slices too and leaves them down; a later start starts them all again.
     fn stopped(&mut self, model: &ModelRef, result: anyhow::Result<()>) {
-        // The version's other slices stop too: a restart starts them all again.
-        let live = self
-            .running
-            .remove(model)
-            .inspect(CancellationToken::cancel)
-            .is_some();
+        let live = match self.running.get_mut(model) {
+            Some((token, left)) => {
+                *left = left.saturating_sub(1);
+                if result.is_err() || *left == 0 {
+                    token.cancel();
+                    self.running.remove(model);
+                }
+                true
+            }
+            None => false,
+        };
         match result {
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),

@@ -384,3 +384,140 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
         wrong.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
+    let platform = Platform::new("sink-split");
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, CONSUMERS).unwrap();
+    let mut oracle = Oracle::default();
+    let puts = (0..600)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let mut old = start_sink(
+        &platform,
+        &dir,
+        "s0",
+        &["--replica", "s0", "--slice", "0/2"],
+    )
+    .await;
+    let _other = start_sink(
+        &platform,
+        &dir,
+        "s1",
+        &["--replica", "s1", "--slice", "1/2"],
+    )
+    .await;
+    let router = Router::start(&platform, &consumers).await;
+    router.wait_replicas(2).await;
+
+    let queries: Vec<Vec<f32>> = (0..40).map(|s| unit_vector(500_000 + s)).collect();
+    let answers: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| exact(&oracle, q, 10, |_| true))
+        .collect();
+    let (mut asked, mut wrong) = (0, Vec::new());
+    let mut ask = async |router: &Router, asked: &mut usize| {
+        let i = *asked % queries.len();
+        *asked += 1;
+        let (status, body) = router.search("exact", &queries[i], 10).await;
+        if status != 200 || body["partial"] != json!([]) || ids(&body) != answers[i] {
+            wrong.push(format!("query {i}: {status} {body}"));
+        }
+    };
+    for _ in 0..40 {
+        ask(&router, &mut asked).await;
+    }
+
+    let (a, b) = (free_port(), free_port());
+    let split_log = std::fs::File::create(dir.join("split.log")).unwrap();
+    let _split = Killed(
+        Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .args(["slices", "split"])
+            .args(platform.args())
+            .arg("--consumers-file")
+            .arg(&consumers)
+            .args(["--model", MINILM, "--slice", "0/2", "--replica", "halves"])
+            .args(["--listen", &format!("127.0.0.1:{a}")])
+            .args(["--listen", &format!("127.0.0.1:{b}")])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(dir.join("sink.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(split_log.try_clone().unwrap())
+            .stderr(split_log)
+            .spawn()
+            .unwrap(),
+    );
+    // Queries all along: before the halves catch up, at the switch, and after.
+    let started = Instant::now();
+    let switched = loop {
+        ask(&router, &mut asked).await;
+        let replicas = router.replicas().await;
+        let slices: BTreeSet<String> = replicas
+            .iter()
+            .filter(|r| r["active"] == true)
+            .map(|r| r["slice"].as_str().unwrap().to_owned())
+            .collect();
+        if slices == BTreeSet::from(["0/4".to_owned(), "1/2".to_owned(), "2/4".to_owned()]) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the split never switched: {replicas:#?}; log: {}",
+            std::fs::read_to_string(dir.join("split.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The retired instance stops by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        ask(&router, &mut asked).await;
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old slice's sink did not stop: {}",
+            old.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}: {}", old.log_text());
+    for _ in 0..40 {
+        ask(&router, &mut asked).await;
+    }
+    eprintln!(
+        "split: switched {:.1} s after start; {asked} queries, {} wrong or failed",
+        switched.as_secs_f64(),
+        wrong.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {asked} queries failed or were wrong: {wrong:#?}",
+        wrong.len()
+    );
+    // Each half holds exactly its items.
+    for (port, slice) in [(a, "0/4"), (b, "2/4")] {
+        let slice: Slice = slice.parse().unwrap();
+        let stats: Value = router
+            .client
+            .get(format!("http://127.0.0.1:{port}/v1/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let want = oracle
+            .live()
+            .filter(|(id, _, _)| slice.contains(id))
+            .count();
+        assert_eq!(stats["items"].as_u64().unwrap() as usize, want, "{slice}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Fills an embedding topic with the rows of a `base.f32` (from `index_data.py`): row `i` is
+//! item `i<i>`, written once, as fast as the broker takes them (the stage's producer
+//! settings: idempotent, acks=all). Used by `loadtest/slices_bench.py` to give every sink
+//! the same catalog. Creates the topic (compacted) when missing. Prints `{"records",
+//! "seconds", "per_second"}`. `--delete-prefix P` deletes a run's topics instead.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use embedstream_loadtest::read_le_words;
+use embedstream_schemas::codec::{Codec, encode_datum};
+use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::wire;
+use embedstream_topics::KafkaConfig;
+use embedstream_topics::admin::{Admin, TopicSpec};
+use embedstream_topics::time::now_ms;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    #[arg(long)]
+    topic: String,
+    /// Vectors: a base.f32 from index_data.py.
+    #[arg(long)]
+    vectors: std::path::PathBuf,
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// Rows to write (all when 0).
+    #[arg(long, default_value_t = 0)]
+    n: usize,
+    /// Partitions of the topic, created (compacted) when missing.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Delete every topic whose name starts with this prefix and exit (a run's cleanup).
+    #[arg(long)]
+    delete_prefix: Option<String>,
+}
+
+fn record(row: usize, vector: Vec<f32>) -> EmbeddingRecord {
+    let now = now_ms();
+    EmbeddingRecord {
+        item_id: format!("i{row}"),
+        model_id: "minilm-l6-v2".into(),
+        model_version: 1,
+        dimension: vector.len() as i32,
+        vector,
+        normalized: true,
+        source: SourceCoordinates {
+            topic: "items".into(),
+            partition: 0,
+            offset: row as i64,
+        },
+        event_time: now,
+        embed_time: now,
+        attributes: Default::default(),
+        request_id: None,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let kafka = KafkaConfig::from_sources(&args.bootstrap, None, std::env::vars(), &[])?;
+    let admin = Admin::new(&kafka, Duration::from_secs(30))?;
+    if let Some(prefix) = &args.delete_prefix {
+        let names: Vec<String> = admin
+            .list()?
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| n.starts_with(prefix.as_str()))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        admin.delete(&names).await?;
+        println!("{}", serde_json::json!({ "deleted": names }));
+        return Ok(());
+    }
+    admin
+        .ensure(&[TopicSpec::compacted(&args.topic, args.partitions)])
+        .await?;
+    let words = read_le_words(&args.vectors, f32::from_le_bytes)?;
+    let rows: Vec<&[f32]> = words.chunks_exact(args.dim).collect();
+    let n = if args.n == 0 {
+        rows.len()
+    } else {
+        args.n.min(rows.len())
+    };
+    if n == 0 {
+        bail!("no vectors");
+    }
+    let codec = Codec::new(&args.registry_url);
+    let first = codec
+        .encode(&args.topic, &record(0, rows[0].to_vec()))
+        .await?;
+    let (schema_id, _) = wire::split(&first)?;
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        .client()
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .create()?;
+    let started = Instant::now();
+    for (row, vector) in rows.iter().take(n).enumerate() {
+        let payload = wire::frame(schema_id, &encode_datum(&record(row, vector.to_vec()))?);
+        let key = format!("i{row}");
+        loop {
+            match producer.send(
+                BaseRecord::<str, [u8]>::to(&args.topic)
+                    .key(&key)
+                    .payload(&payload),
+            ) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"records": n, "seconds": seconds, "per_second": n as f64 / seconds})
+    );
+    Ok(())
+}
