@@ -33,7 +33,8 @@ pool = "ads"
 "#;
 
 struct Router {
-    _process: Killed,
+    /// The router process, when it is one of its own (not `up`'s).
+    _process: Option<Killed>,
     port: u16,
     client: reqwest::Client,
 }
@@ -54,7 +55,7 @@ impl Router {
                 .unwrap(),
         );
         let router = Self {
-            _process: process,
+            _process: Some(process),
             port,
             client: reqwest::Client::new(),
         };
@@ -519,5 +520,64 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
             .filter(|(id, _, _)| slice.contains(id))
             .count();
         assert_eq!(stats["items"].as_u64().unwrap() as usize, want, "{slice}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_each_version_in_slices_and_the_router_merges_them() {
+    let platform = Platform::new("up-slices");
+    platform.ensure_topics().await;
+    let dir = crate::common::up_dir(&platform);
+    std::fs::create_dir_all(&dir).unwrap();
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, CONSUMERS).unwrap();
+    let mut oracle = Oracle::default();
+    let puts = (0..300)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    let up = crate::common::Up::start(
+        &platform,
+        &[
+            "--slices",
+            "3",
+            "--drift-interval-secs",
+            "0",
+            "--consumers-file",
+            consumers.to_str().unwrap(),
+        ],
+    );
+    let router = Router {
+        _process: None,
+        port: up.query,
+        client: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while router
+        .client
+        .get(router.url("/v1/plans"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "up never answered: {}", up.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replicas = router.wait_replicas(3).await;
+    let slices: BTreeSet<&str> = replicas
+        .iter()
+        .map(|r| r["slice"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slices,
+        BTreeSet::from(["0/3", "1/3", "2/3"]),
+        "{replicas:#?}"
+    );
+    for seed in 0..10 {
+        let q = unit_vector(600_000 + seed);
+        let (status, body) = router.search("exact", &q, 10).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partial"], json!([]), "{body}");
+        assert_eq!(ids(&body), exact(&oracle, &q, 10, |_| true), "query {seed}");
     }
 }
