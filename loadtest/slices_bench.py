@@ -50,7 +50,7 @@ pool = "single"
 
 SINK_CONFIG = """
 [index]
-shards = 2
+shards = {shards}
 
 [index.compaction]
 threads = 1
@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ef", type=int, default=100)
+    ap.add_argument("--shards", type=int, default=2, help="shards inside the single instance")
+    ap.add_argument("--slice-shards", type=int, default=2, help="shards inside each slice")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--registry", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"))
     ap.add_argument("--report", help="write a markdown summary here")
@@ -117,7 +119,10 @@ def main():
         f.write(CONSUMERS.format(ef=args.ef))
     sink_config = os.path.join(work, "sink.toml")
     with open(sink_config, "w") as f:
-        f.write(SINK_CONFIG)
+        f.write(SINK_CONFIG.format(shards=args.shards))
+    slice_config = os.path.join(work, "slice.toml")
+    with open(slice_config, "w") as f:
+        f.write(SINK_CONFIG.format(shards=args.slice_shards))
     common = ["--bootstrap", args.bootstrap, "--registry-url", args.registry, "--topic-prefix", prefix,
               "--consumers-file", consumers]
     env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
@@ -139,13 +144,14 @@ def main():
         print(f"filled {topic}: {filled}", file=sys.stderr)
 
         sinks = {}
-        layouts = [("single", ["--pool", "single", "--replica", "whole"])]
-        layouts += [(f"slice-{i}", ["--slice", f"{i}/{args.slices}", "--replica", f"s{i}"]) for i in range(args.slices)]
+        layouts = [("single", ["--pool", "single", "--replica", "whole", "--config", sink_config])]
+        layouts += [(f"slice-{i}", ["--slice", f"{i}/{args.slices}", "--replica", f"s{i}", "--config", slice_config])
+                    for i in range(args.slices)]
         started = time.time()
         for name, extra in layouts:
             port = free_port()
             p = start(name, [os.path.join(BIN, "embedstream"), "sink", *common, "--model", MODEL,
-                             "--data-dir", os.path.join(work, "data"), "--config", sink_config,
+                             "--data-dir", os.path.join(work, "data"),
                              "--listen", f"127.0.0.1:{port}", *extra])
             sinks[name] = (p, f"http://127.0.0.1:{port}")
         router_port = free_port()
@@ -186,8 +192,9 @@ def main():
 
         def ask(consumer, q):
             t = time.perf_counter()
+            # The run's prefix has no control log entries: the plan names the version.
             body = http(f"{router}/v1/search", {"consumer": consumer, "vector": q.tolist(), "k": 10,
-                                                 "log_query": False})
+                                                 "plan": [{"model": MODEL, "weight": 1.0}]})
             ms = (time.perf_counter() - t) * 1000
             return ms, body
 
@@ -206,6 +213,7 @@ def main():
                 out[c]["partial"] += 1 if body.get("partial") else 0
         result = {
             "data": args.data, "n": int(meta["n"]), "dim": dim, "slices": args.slices, "ef_search": args.ef,
+            "shards": args.shards, "slice_shards": args.slice_shards,
             "queries": len(queries), "filled": filled, "settled_s": settled_s, "items": items,
             "rss_mb": {name: rss_mb(p.pid) for name, (p, _) in sinks.items()},
         }
@@ -221,7 +229,7 @@ def main():
 `{' '.join(sys.argv)}`
 
 {result['n']:,} vectors of dimension {dim} ({args.data}), {len(queries)} held-out queries, k 10, ef_search {args.ef}
-for both, one client, one query at a time, through one router. The sinks settled (caught up,
+for both, {args.shards} shard(s) inside the single instance and {args.slice_shards} inside each slice, one client, one query at a time, through one router. The sinks settled (caught up,
 compacted) in {settled_s:.0f} s after start; items per sink: {items}.
 
 | consumer | reads | recall@10 vs exact | p50 ms | p95 ms | p99 ms | partial answers |

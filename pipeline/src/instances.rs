@@ -414,21 +414,7 @@ pub fn follow(
                 Admin::new(&kafka, Duration::from_secs(30))?
                     .ensure(std::slice::from_ref(&spec))
                     .await?;
-                // Like `new_reader`, without end-of-partition events: a follower idles there.
-                let reader: rdkafka::consumer::StreamConsumer = kafka
-                    .client()
-                    .set(
-                        "group.id",
-                        format!("embedstream-instances-{}", uuid::Uuid::new_v4()),
-                    )
-                    .set("enable.auto.commit", "false")
-                    .set("enable.auto.offset.store", "false")
-                    .set("fetch.wait.max.ms", "100")
-                    .create()?;
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
-                reader.assign(&tpl)?;
-                anyhow::Ok(reader)
+                anyhow::Ok(follower(&kafka, &topic, Offset::Beginning)?)
             };
             match ready.await {
                 Ok(r) => break r,

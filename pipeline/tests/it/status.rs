@@ -153,6 +153,12 @@ async fn the_status_page_shows_the_running_platform_in_a_browser() {
     assert_eq!(version[2], platform.embeddings());
     assert_eq!(version[3], "41", "items: {version:?}");
 
+    // Its one sink: the whole version, serving, up.
+    let replica = cells(row(&dom, "data-replica", MINILM));
+    assert_eq!(replica[1..3], ["0/1", "shared"], "{replica:?}");
+    assert_eq!(replica[4], "serving", "{replica:?}");
+    assert_eq!(replica[6], "up", "{replica:?}");
+
     // The consumer that queried: its plan, 5 queries (the page's own search comes after the
     // table was drawn, or is counted: at least 5), and a p95 next to its 50 ms objective.
     let search = cells(row(&dom, "data-consumer", "search"));

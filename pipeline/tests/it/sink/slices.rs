@@ -147,6 +147,25 @@ fn exact(oracle: &Oracle, query: &[f32], k: usize, keep: impl Fn(&str) -> bool) 
     all.into_iter().take(k).map(|(id, _)| id).collect()
 }
 
+/// A platform named `name` whose embedding topic holds `items` records (`item-<i>`), its
+/// test folder with the consumers file, and the oracle of what the topic holds.
+async fn setup(
+    name: &str,
+    items: u64,
+) -> (Platform, std::path::PathBuf, std::path::PathBuf, Oracle) {
+    let platform = Platform::new(name);
+    platform.ensure_topics().await;
+    let dir = test_dir(&platform);
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, CONSUMERS).unwrap();
+    let mut oracle = Oracle::default();
+    let puts = (0..items)
+        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
+        .collect();
+    produce(&platform, &mut oracle, puts).await;
+    (platform, dir, consumers, oracle)
+}
+
 async fn start_sink(platform: &Platform, dir: &Path, name: &str, extra: &[&str]) -> Sink {
     let consumers = dir.join("consumers.toml");
     let mut args = vec!["--consumers-file", consumers.to_str().unwrap()];
@@ -156,16 +175,7 @@ async fn start_sink(platform: &Platform, dir: &Path, name: &str, extra: &[&str])
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_slices_answer_exactly_through_the_router_and_a_dead_slice_is_flagged() {
-    let platform = Platform::new("sink-slices");
-    platform.ensure_topics().await;
-    let dir = test_dir(&platform);
-    let consumers = dir.join("consumers.toml");
-    std::fs::write(&consumers, CONSUMERS).unwrap();
-    let mut oracle = Oracle::default();
-    let puts = (0..800)
-        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
-        .collect();
-    produce(&platform, &mut oracle, puts).await;
+    let (platform, dir, consumers, mut oracle) = setup("sink-slices", 800).await;
     // Some items rewritten and some deleted: every slice applies its own items' history.
     let mut later: Vec<Put> = (0..100)
         .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(5_000 + i))))
@@ -283,16 +293,7 @@ async fn four_slices_answer_exactly_through_the_router_and_a_dead_slice_is_flagg
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
-    let platform = Platform::new("sink-failover");
-    platform.ensure_topics().await;
-    let dir = test_dir(&platform);
-    let consumers = dir.join("consumers.toml");
-    std::fs::write(&consumers, CONSUMERS).unwrap();
-    let mut oracle = Oracle::default();
-    let puts = (0..300)
-        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
-        .collect();
-    produce(&platform, &mut oracle, puts).await;
+    let (platform, dir, consumers, oracle) = setup("sink-failover", 300).await;
 
     let pool = ["--pool", "ads"];
     let mut p1 = start_sink(
@@ -388,16 +389,7 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
-    let platform = Platform::new("sink-split");
-    platform.ensure_topics().await;
-    let dir = test_dir(&platform);
-    let consumers = dir.join("consumers.toml");
-    std::fs::write(&consumers, CONSUMERS).unwrap();
-    let mut oracle = Oracle::default();
-    let puts = (0..600)
-        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
-        .collect();
-    produce(&platform, &mut oracle, puts).await;
+    let (platform, dir, consumers, oracle) = setup("sink-split", 600).await;
     let mut old = start_sink(
         &platform,
         &dir,
