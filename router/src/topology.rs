@@ -5,8 +5,8 @@
 //! Instances come from the command line or `embedstream up` ([`Backends::insert`], a whole
 //! version at one URL) and from their announcements on `embedstream.instances`
 //! ([`Backends::announce`], [`Backends::forget`]). The router checks every instance's health
-//! itself ([`spawn_health_checks`]) and marks one down at once when a query to it fails, so
-//! queries move off a dead or lagging replica before the next check.
+//! itself ([`spawn_health_checks`]) and marks one down at once when a query cannot connect to
+//! it, so queries move off a dead replica before the next check.
 //!
 //! Rules:
 //! - **Pools.** A consumer pinned to a pool reads only that pool's replicas of a version that
@@ -76,6 +76,9 @@ pub struct Replica {
     pub down_since_ms: Option<i64>,
     /// Whether it is among the replicas its slice's queries go to now.
     pub active: bool,
+    /// Checks in a row it failed without refusing the connection.
+    #[serde(skip)]
+    failed_checks: u32,
 }
 
 impl Replica {
@@ -145,6 +148,7 @@ impl Backends {
                 seen_ms: now_ms(),
                 down_since_ms: None,
                 active: false,
+                failed_checks: 0,
             },
         );
     }
@@ -190,6 +194,7 @@ impl Backends {
                 seen_ms: instance.announced_at,
                 down_since_ms,
                 active: false,
+                failed_checks: 0,
             },
         );
     }
@@ -207,6 +212,7 @@ impl Backends {
         };
         let now = now_ms();
         if healthy {
+            r.failed_checks = 0;
             r.down_since_ms = None;
             r.seen_ms = now;
         } else if r.healthy || r.down_since_ms.is_none() {
@@ -221,6 +227,23 @@ impl Backends {
         }
         ::metrics::gauge!(metrics::REPLICA_HEALTHY, "model_version" => r.model.clone(), "slice" => r.slice.to_string(), "pool" => r.pool.clone(), "replica" => r.id.clone())
             .set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// A check of an instance failed: one that refused the connection is down at once; one
+    /// that did not answer in time or answered an error is down after two checks in a row (a
+    /// busy instance is not dropped for one slow answer).
+    pub fn check_failed(&self, instance_id: &str, refused: bool) {
+        let failed = {
+            let mut replicas = self.write();
+            let Some(r) = replicas.get_mut(instance_id) else {
+                return;
+            };
+            r.failed_checks = r.failed_checks.saturating_add(1);
+            refused || r.failed_checks >= 2
+        };
+        if failed {
+            self.mark(instance_id, false, None, None);
+        }
     }
 
     /// Whether any instance serves `model`.
@@ -433,8 +456,9 @@ fn plan(replicas: &BTreeMap<String, Replica>, model: &str, pool: &str, turn: usi
     out
 }
 
-/// Checks every instance's `/v1/stats` every `every` until `shutdown`: an instance that does
-/// not answer within `every` (or answers an error) is down until it answers again.
+/// Checks every instance's `/v1/stats` every `every` until `shutdown`. An instance that
+/// refuses the connection is down at once; one that does not answer within `every` (or
+/// answers an error) twice in a row is down; either is up again at its next answer.
 pub fn spawn_health_checks(
     backends: Backends,
     client: reqwest::Client,
@@ -461,9 +485,10 @@ pub fn spawn_health_checks(
                     async move {
                         let answer = match call.await {
                             Ok(r) if r.status().is_success() => {
-                                r.json::<serde_json::Value>().await.ok()
+                                r.json::<serde_json::Value>().await.map_err(|_| false)
                             }
-                            _ => None,
+                            Ok(_) => Err(false),
+                            Err(e) => Err(e.is_connect()),
                         };
                         (id, answer)
                     }
@@ -471,10 +496,10 @@ pub fn spawn_health_checks(
                 .collect();
             for (id, answer) in futures::future::join_all(checks).await {
                 match answer {
-                    Some(stats) => {
+                    Ok(stats) => {
                         backends.mark(&id, true, stats["lag"].as_i64(), stats["items"].as_i64())
                     }
-                    None => backends.mark(&id, false, None, None),
+                    Err(refused) => backends.check_failed(&id, refused),
                 }
             }
         }
@@ -586,6 +611,22 @@ mod tests {
             "2/4's items have no instance: {:?}",
             s.missing
         );
+    }
+
+    #[test]
+    fn one_slow_check_does_not_drop_a_replica_but_a_refused_connection_does() {
+        let b = Backends::default();
+        b.announce(&instance("a", "0/1", SHARED_POOL, false, true));
+        let healthy = |b: &Backends| b.snapshot()[0].healthy;
+        b.check_failed("a", false);
+        assert!(healthy(&b), "one slow check");
+        b.check_failed("a", false);
+        assert!(!healthy(&b), "two in a row");
+        b.mark("a", true, Some(0), None);
+        b.check_failed("a", false);
+        assert!(healthy(&b), "the count starts again after an answer");
+        b.check_failed("a", true);
+        assert!(!healthy(&b), "refused");
     }
 
     #[test]
