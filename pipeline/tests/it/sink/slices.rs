@@ -295,28 +295,15 @@ async fn four_slices_answer_exactly_through_the_router_and_a_dead_slice_is_flagg
 async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
     let (platform, dir, consumers, oracle) = setup("sink-failover", 300).await;
 
-    let pool = ["--pool", "ads"];
-    let mut p1 = start_sink(
-        &platform,
-        &dir,
-        "p1",
-        &[&["--replica", "p1"], &pool[..]].concat(),
-    )
-    .await;
-    let _p2 = start_sink(
-        &platform,
-        &dir,
-        "p2",
-        &[&["--replica", "p2"], &pool[..]].concat(),
-    )
-    .await;
-    let _standby = start_sink(
-        &platform,
-        &dir,
-        "standby",
-        &[&["--replica", "standby", "--standby"], &pool[..]].concat(),
-    )
-    .await;
+    // The ads pool: two primaries and a hot standby.
+    let mut pool = Vec::new();
+    for (replica, standby) in [("p1", false), ("p2", false), ("standby", true)] {
+        let mut args = vec!["--replica", replica, "--pool", "ads"];
+        if standby {
+            args.push("--standby");
+        }
+        pool.push(start_sink(&platform, &dir, replica, &args).await);
+    }
     let router = Router::start(&platform, &consumers).await;
     let replicas = router.wait_replicas(3).await;
     let serving: BTreeSet<String> = replicas
@@ -351,8 +338,8 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
 
     // kill -9 of a serving replica, under queries.
     let killed_at = Instant::now();
-    p1.child.kill().unwrap();
-    let _ = p1.child.wait();
+    pool[0].child.kill().unwrap();
+    let _ = pool[0].child.wait();
     let mut recovered = None;
     while killed_at.elapsed() < Duration::from_secs(40) {
         ask(&router, &mut asked).await;
