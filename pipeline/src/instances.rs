@@ -154,18 +154,14 @@ impl Announcer {
         // Cancelled when the instance's tombstone appears after its first announcement.
         let retired = CancellationToken::new();
         let mut watching: Option<tokio::task::JoinHandle<()>> = None;
-        let _stop_watching = shutdown.clone().drop_guard();
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return Some(producer),
+                () = shutdown.cancelled() => break,
                 () = retired.cancelled() => {
                     tracing::info!(instance = %self.who.instance_id, "The instance was retired; it stops after draining its queries.");
-                    if let Some(w) = watching.take() {
-                        w.abort();
-                    }
-                    return Some(producer);
+                    break;
                 }
                 _ = tick.tick() => {}
             }
@@ -212,6 +208,10 @@ impl Announcer {
                 }
             }
         }
+        if let Some(w) = watching {
+            w.abort();
+        }
+        Some(producer)
     }
 
     async fn open(
