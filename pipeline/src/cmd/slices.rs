@@ -149,6 +149,15 @@ async fn split(
         tasks.spawn(async move { super::sink::run(sink, metrics, token).await });
     }
     tracing::info!(slice = %args.slice, halves = ?ids, "Serving both halves; waiting for them to catch up.");
+    // The announcements as a router sees them, followed for as long as the halves run.
+    let seen = embedstream_router::Backends::default();
+    instances::follow(
+        kafka.clone(),
+        &args.platform.registry_url,
+        &names,
+        seen.clone(),
+        token.clone(),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.catch_up_secs);
     loop {
         tokio::select! {
@@ -162,18 +171,19 @@ async fn split(
             }
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let all =
-            instances::read_all(&kafka, &args.platform.registry_url, &names, &shutdown).await?;
-        if ids.iter().all(|id| all.get(id).is_some_and(|i| i.ready)) {
+        let all = seen.snapshot();
+        if ids
+            .iter()
+            .all(|id| all.iter().any(|r| &r.id == id && r.ready))
+        {
             let old: Vec<String> = all
-                .values()
-                .filter(|i| {
-                    i.model == args.model.to_string()
-                        && i.pool == args.pool
-                        && u32::try_from(i.slice).ok() == Some(args.slice.index())
-                        && u32::try_from(i.slices).ok() == Some(args.slice.count())
+                .iter()
+                .filter(|r| {
+                    r.model == args.model.to_string()
+                        && r.pool == args.pool
+                        && r.slice == args.slice
                 })
-                .map(|i| i.instance_id.clone())
+                .map(|r| r.id.clone())
                 .collect();
             for id in &old {
                 instances::retire(&kafka, &names, id).await?;
