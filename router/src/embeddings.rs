@@ -307,8 +307,8 @@ fn resolve(shared: &Shared, grant: &Grant, model: Option<&str>) -> Result<String
                     shared
                         .config
                         .backends
-                        .layouts()
-                        .into_keys()
+                        .models()
+                        .into_iter()
                         .collect::<Vec<_>>()
                         .join(", "),
                     shared.config.consumers.names().join(", ")

@@ -227,8 +227,8 @@ pub(crate) async fn item_route(
     .await
     .into_iter()
     .collect();
-    for r in shared.config.backends.snapshot() {
-        found.entry(r.model).or_insert(serde_json::Value::Null);
+    for model in shared.config.backends.models() {
+        found.entry(model).or_insert(serde_json::Value::Null);
     }
     axum::Json(found).into_response()
 }

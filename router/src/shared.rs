@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use embedstream_schemas::control::ControlState;
+use embedstream_topics::slice::Slice;
 use tokio::sync::watch;
 
 use crate::config::RouterConfig;
@@ -14,15 +15,15 @@ pub(crate) struct Shared {
     pub(crate) plans: watch::Receiver<Arc<ControlState>>,
 }
 
-/// `GET path` of each of `targets` (`(version, base URL)`), at once: `{"id@v": body | null}`
-/// (null when it failed or answered an error). A version named twice keeps its last answer.
-pub(crate) async fn get_each(
+/// `GET path` of each of `targets` (`(label, base URL)`), at once: each label with the body,
+/// or null when the call failed or answered an error.
+pub(crate) async fn get_each<K>(
     shared: &Shared,
-    targets: Vec<(String, String)>,
+    targets: Vec<(K, String)>,
     path: &str,
     key: Option<&(axum::http::HeaderName, axum::http::HeaderValue)>,
-) -> Vec<(String, serde_json::Value)> {
-    let calls = targets.into_iter().map(|(model, base)| {
+) -> Vec<(K, serde_json::Value)> {
+    let calls = targets.into_iter().map(|(label, base)| {
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let mut call = shared.client.get(url);
         if let Some((name, value)) = key {
@@ -35,7 +36,7 @@ pub(crate) async fn get_each(
                 }
                 _ => serde_json::Value::Null,
             };
-            (model, value)
+            (label, value)
         }
     });
     futures::future::join_all(calls).await
@@ -50,32 +51,33 @@ pub(crate) async fn version_stats(shared: &Shared) -> BTreeMap<String, serde_jso
     for (model, scatter) in &layouts {
         for t in &scatter.slices {
             if let Some((_, url)) = t.replicas.first() {
-                targets.push((format!("{model}\u{0}{}", t.slice), url.clone()));
+                targets.push(((model.clone(), t.slice), url.clone()));
             }
         }
     }
-    let answers: BTreeMap<String, serde_json::Value> = get_each(shared, targets, "/v1/stats", None)
-        .await
-        .into_iter()
-        .collect();
+    let answers: BTreeMap<(String, Slice), serde_json::Value> =
+        get_each(shared, targets, "/v1/stats", None)
+            .await
+            .into_iter()
+            .collect();
     layouts
         .into_iter()
         .map(|(model, scatter)| {
-            let parts: Vec<(String, &serde_json::Value)> = scatter
+            let parts: Vec<(Slice, &serde_json::Value)> = scatter
                 .slices
                 .iter()
                 .map(|t| {
                     let v = answers
-                        .get(&format!("{model}\u{0}{}", t.slice))
+                        .get(&(model.clone(), t.slice))
                         .unwrap_or(&serde_json::Value::Null);
-                    (t.slice.to_string(), v)
+                    (t.slice, v)
                 })
                 .collect();
-            let answered: Vec<&(String, &serde_json::Value)> =
+            let answered: Vec<&(Slice, &serde_json::Value)> =
                 parts.iter().filter(|(_, v)| !v.is_null()).collect();
             let value = match answered.as_slice() {
                 [] => serde_json::Value::Null,
-                [(slice, one)] if parts.len() == 1 && slice == "0/1" => (*one).clone(),
+                [(slice, one)] if parts.len() == 1 && slice.is_whole() => (*one).clone(),
                 _ => {
                     let sum = |field: &str| -> i64 {
                         answered.iter().filter_map(|(_, v)| v[field].as_i64()).sum()
@@ -86,7 +88,7 @@ pub(crate) async fn version_stats(shared: &Shared) -> BTreeMap<String, serde_jso
                         .collect();
                     let slices: BTreeMap<String, bool> = parts
                         .iter()
-                        .map(|(s, v)| (s.clone(), !v.is_null()))
+                        .map(|(s, v)| (s.to_string(), !v.is_null()))
                         .chain(scatter.missing.iter().map(|m| (m.clone(), false)))
                         .collect();
                     serde_json::json!({

@@ -117,6 +117,9 @@ pub struct SliceTarget {
     pub pool: String,
     /// `(instance id, base URL)`, first choice first.
     pub replicas: Vec<(String, String)>,
+    /// How many of `replicas`, from the first, are active: queries go to them in turn, and
+    /// to the others only when those fail.
+    pub active: usize,
 }
 
 impl Backends {
@@ -278,8 +281,13 @@ impl Backends {
             .collect();
         for (model, pool) in pools {
             for target in plan(&replicas, &model, &pool, 0).slices {
-                let promoted = promoted_count(&replicas, &model, &pool, target.slice);
-                active.extend(target.replicas.into_iter().take(promoted).map(|(id, _)| id));
+                active.extend(
+                    target
+                        .replicas
+                        .into_iter()
+                        .take(target.active)
+                        .map(|(id, _)| id),
+                );
             }
         }
         let mut out: Vec<Replica> = replicas.into_values().collect();
@@ -300,11 +308,15 @@ impl Backends {
         plan(&replicas, model, &pool, turn)
     }
 
+    /// Every version some instance serves.
+    pub fn models(&self) -> BTreeSet<String> {
+        self.read().values().map(|r| r.model.clone()).collect()
+    }
+
     /// The instance holding `item_id` that a query of the shared pool would read, per
     /// version: `(version, base URL)`; a version none can serve is left out.
     pub fn owners(&self, item_id: &str) -> Vec<(String, String)> {
-        let models: BTreeSet<String> = self.read().values().map(|r| r.model.clone()).collect();
-        models
+        self.models()
             .into_iter()
             .filter_map(|m| {
                 let scatter = self.scatter(&m, None);
@@ -320,8 +332,7 @@ impl Backends {
 
     /// Every version served, with one instance per slice of its shared layout.
     pub fn layouts(&self) -> BTreeMap<String, Scatter> {
-        let models: BTreeSet<String> = self.read().values().map(|r| r.model.clone()).collect();
-        models
+        self.models()
             .into_iter()
             .map(|m| {
                 let s = self.scatter(&m, None);
@@ -353,20 +364,6 @@ fn pool_for(replicas: &BTreeMap<String, Replica>, model: &str, wanted: Option<&s
             .find(|r| r.model == model)
             .map_or_else(|| SHARED_POOL.to_owned(), |r| r.pool.clone()),
     }
-}
-
-/// How many of a slice's ordered replicas are active: the pool's non-standby count, at least 1.
-fn promoted_count(
-    replicas: &BTreeMap<String, Replica>,
-    model: &str,
-    pool: &str,
-    slice: Slice,
-) -> usize {
-    replicas
-        .values()
-        .filter(|r| r.model == model && r.pool == pool && r.slice == slice && !r.standby)
-        .count()
-        .max(1)
 }
 
 /// Coarsest first: the slices that do not overlap one taken before.
@@ -409,7 +406,7 @@ fn plan(replicas: &BTreeMap<String, Replica>, model: &str, pool: &str, turn: usi
     for slice in cover {
         let of_slice: Vec<&Replica> = mine.iter().copied().filter(|r| r.slice == slice).collect();
         let wanted = of_slice.iter().filter(|r| !r.standby).count().max(1);
-        let mut primaries: Vec<&Replica> = of_slice
+        let primaries: Vec<&Replica> = of_slice
             .iter()
             .copied()
             .filter(|r| r.usable() && !r.standby)
@@ -419,18 +416,19 @@ fn plan(replicas: &BTreeMap<String, Replica>, model: &str, pool: &str, turn: usi
             .copied()
             .filter(|r| r.usable() && r.standby)
             .collect();
-        // Within the lag bound first; ties keep id order, so the rotation below is stable.
-        primaries.sort_by_key(|r| !r.within_lag());
+        // Standbys within the lag bound are promoted first; ties keep id order.
         standbys.sort_by_key(|r| !r.within_lag());
         // Promote standbys while the healthy primaries are short of the announced count.
         let short = wanted.saturating_sub(primaries.len());
         let promoted: Vec<&Replica> = standbys.drain(..short.min(standbys.len())).collect();
         let mut active: Vec<&Replica> = primaries.into_iter().chain(promoted).collect();
+        // Within the lag bound first; ties keep id order, so the rotation below is stable.
         active.sort_by_key(|r| !r.within_lag());
         let within = active.iter().filter(|r| r.within_lag()).count();
         if within > 1 {
             active[..within].rotate_left(turn % within);
         }
+        let active_count = active.len();
         let order: Vec<(String, String)> = active
             .into_iter()
             .chain(standbys)
@@ -451,6 +449,7 @@ fn plan(replicas: &BTreeMap<String, Replica>, model: &str, pool: &str, turn: usi
             slice,
             pool: pool.to_owned(),
             replicas: order,
+            active: active_count,
         });
     }
     out
