@@ -202,10 +202,7 @@ impl ShardedIndex {
         let write = write.into();
         if !self.config.slice.contains(write.item_id()) {
             // No shard holds it: the record is done, as far as this slice is concerned.
-            let version = write.version();
-            let mut offsets = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
-            let next = offsets.entry(version.partition).or_insert(0);
-            *next = (*next).max(version.offset.saturating_add(1));
+            crate::shard::advance(&self.offsets, write.version());
             return Ok(Applied::OtherSlice);
         }
         let shard = &self.shards[self.shard_of(write.item_id())];

@@ -107,6 +107,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The global next offset per partition.
 pub(crate) type Offsets = Mutex<BTreeMap<i32, i64>>;
 
+/// Moves the global next offset of `version`'s partition past it (never back).
+pub(crate) fn advance(offsets: &Offsets, version: Version) {
+    let mut offsets = lock(offsets);
+    let next = offsets.entry(version.partition).or_insert(0);
+    *next = (*next).max(version.offset.saturating_add(1));
+}
+
 impl Shard {
     pub(crate) fn new(id: usize, config: &IndexConfig, loaded: Option<Loaded>) -> Self {
         let metrics = ShardMetrics::new(&config.name, id);
@@ -178,11 +185,7 @@ impl Shard {
         };
         let mut st = self.write();
         let outcome = self.apply_locked(&mut st, write, vector, max_hot)?;
-        {
-            let mut offsets = lock(offsets);
-            let next = offsets.entry(version.partition).or_insert(0);
-            *next = (*next).max(version.offset.saturating_add(1));
-        }
+        advance(offsets, version);
         match outcome {
             Applied::Upserted => self.metrics.upserted.increment(1),
             Applied::Deleted => self.metrics.deleted.increment(1),
