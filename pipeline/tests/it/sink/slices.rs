@@ -54,23 +54,44 @@ impl Router {
                 .spawn()
                 .unwrap(),
         );
-        let router = Self {
-            _process: Some(process),
+        let mut router = Self::at(port);
+        router._process = Some(process);
+        router.wait_up(Duration::from_secs(30), String::new).await;
+        router
+    }
+
+    /// The router at `port` (one it did not start).
+    fn at(port: u16) -> Self {
+        Self {
+            _process: None,
             port,
             client: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while router
-            .client
-            .get(router.url("/v1/plans"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "the router never answered");
+        }
+    }
+
+    /// Waits until it answers; `log` says why not.
+    async fn wait_up(&self, timeout: Duration, log: impl Fn() -> String) {
+        let deadline = Instant::now() + timeout;
+        while self.client.get(self.url("/v1/plans")).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the router never answered: {}",
+                log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        router
+    }
+
+    /// `GET url` as JSON.
+    async fn get_json(&self, url: &str) -> Value {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,13 +99,7 @@ impl Router {
     }
 
     async fn replicas(&self) -> Vec<Value> {
-        let r = self
-            .client
-            .get(self.url("/v1/slices"))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Vec<Value>>().await.unwrap()
+        serde_json::from_value(self.get_json(&self.url("/v1/slices")).await).unwrap()
     }
 
     /// Waits until the router knows `n` instances, each caught up and healthy.
@@ -122,6 +137,55 @@ impl Router {
             }
             Err(e) => (0, json!({"error": e.to_string()})),
         }
+    }
+}
+
+/// Queries asked in turn through the router, each checked against its exact answer: any
+/// failed, partial or different answer is kept.
+struct Probe {
+    consumer: &'static str,
+    k: usize,
+    queries: Vec<Vec<f32>>,
+    answers: Vec<Vec<String>>,
+    asked: usize,
+    wrong: Vec<String>,
+}
+
+impl Probe {
+    /// `n` queries from `seed` on, with the exact top `k` of `oracle`.
+    fn new(oracle: &Oracle, consumer: &'static str, k: usize, seed: u64, n: u64) -> Self {
+        let queries: Vec<Vec<f32>> = (0..n).map(|s| unit_vector(seed + s)).collect();
+        let answers = queries
+            .iter()
+            .map(|q| exact(oracle, q, k, |_| true))
+            .collect();
+        Self {
+            consumer,
+            k,
+            queries,
+            answers,
+            asked: 0,
+            wrong: Vec::new(),
+        }
+    }
+
+    async fn ask(&mut self, router: &Router) {
+        let i = self.asked % self.queries.len();
+        self.asked += 1;
+        let (status, body) = router.search(self.consumer, &self.queries[i], self.k).await;
+        if status != 200 || body["partial"] != json!([]) || ids(&body) != self.answers[i] {
+            self.wrong.push(format!("query {i}: {status} {body}"));
+        }
+    }
+
+    fn assert_all_right(&self) {
+        assert!(
+            self.wrong.is_empty(),
+            "{} of {} queries failed or were wrong: {:#?}",
+            self.wrong.len(),
+            self.asked,
+            self.wrong
+        );
     }
 }
 
@@ -211,25 +275,9 @@ async fn four_slices_answer_exactly_through_the_router_and_a_dead_slice_is_flagg
         total += items;
     }
     assert_eq!(total, oracle.live_count());
-    let versions: Value = router
-        .client
-        .get(router.url("/v1/versions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions = router.get_json(&router.url("/v1/versions")).await;
     assert_eq!(versions[MINILM]["items"], total as u64, "{versions}");
-    let item: Value = router
-        .client
-        .get(router.url("/v1/items/item-5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let item = router.get_json(&router.url("/v1/items/item-5")).await;
     assert!(item[MINILM]["offset"].is_i64(), "{item}");
 
     for seed in 0..30 {
@@ -317,23 +365,9 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
         "{serving:?}"
     );
 
-    let queries: Vec<Vec<f32>> = (0..50).map(|s| unit_vector(400_000 + s)).collect();
-    let answers: Vec<Vec<String>> = queries
-        .iter()
-        .map(|q| exact(&oracle, q, 5, |_| true))
-        .collect();
-    let mut asked = 0;
-    let mut wrong = Vec::new();
-    let mut ask = async |router: &Router, asked: &mut usize| {
-        let i = *asked % queries.len();
-        *asked += 1;
-        let (status, body) = router.search("ads", &queries[i], 5).await;
-        if status != 200 || body["partial"] != json!([]) || ids(&body) != answers[i] {
-            wrong.push(format!("query {i}: {status} {body}"));
-        }
-    };
+    let mut probe = Probe::new(&oracle, "ads", 5, 400_000, 50);
     for _ in 0..50 {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
     }
 
     // kill -9 of a serving replica, under queries.
@@ -342,7 +376,7 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
     let _ = pool[0].child.wait();
     let mut recovered = None;
     while killed_at.elapsed() < Duration::from_secs(40) {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
         match recovered {
             None => {
                 let replicas = router.replicas().await;
@@ -362,16 +396,13 @@ async fn a_killed_replica_costs_no_query_and_the_standby_takes_over() {
     }
     let recovered = recovered.expect("the standby was never promoted");
     eprintln!(
-        "failover: two healthy replicas serve again {:.2} s after kill -9; {asked} queries, {} wrong or failed",
+        "failover: two healthy replicas serve again {:.2} s after kill -9; {} queries, {} wrong or failed",
         recovered.as_secs_f64(),
-        wrong.len()
+        probe.asked,
+        probe.wrong.len()
     );
     assert!(recovered < Duration::from_secs(30), "{recovered:?}");
-    assert!(
-        wrong.is_empty(),
-        "{} of {asked} queries failed or were wrong: {wrong:#?}",
-        wrong.len()
-    );
+    probe.assert_all_right();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,22 +425,9 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
     let router = Router::start(&platform, &consumers).await;
     router.wait_replicas(2).await;
 
-    let queries: Vec<Vec<f32>> = (0..40).map(|s| unit_vector(500_000 + s)).collect();
-    let answers: Vec<Vec<String>> = queries
-        .iter()
-        .map(|q| exact(&oracle, q, 10, |_| true))
-        .collect();
-    let (mut asked, mut wrong) = (0, Vec::new());
-    let mut ask = async |router: &Router, asked: &mut usize| {
-        let i = *asked % queries.len();
-        *asked += 1;
-        let (status, body) = router.search("exact", &queries[i], 10).await;
-        if status != 200 || body["partial"] != json!([]) || ids(&body) != answers[i] {
-            wrong.push(format!("query {i}: {status} {body}"));
-        }
-    };
+    let mut probe = Probe::new(&oracle, "exact", 10, 500_000, 40);
     for _ in 0..40 {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
     }
 
     let (a, b) = (free_port(), free_port());
@@ -437,7 +455,7 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
     // Queries all along: before the halves catch up, at the switch, and after.
     let started = Instant::now();
     let switched = loop {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
         let replicas = router.replicas().await;
         let slices: BTreeSet<String> = replicas
             .iter()
@@ -457,7 +475,7 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
     // The retired instance stops by itself.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
         if let Some(status) = old.child.try_wait().unwrap() {
             break status;
         }
@@ -470,30 +488,21 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
     };
     assert!(status.success(), "{status}: {}", old.log_text());
     for _ in 0..40 {
-        ask(&router, &mut asked).await;
+        probe.ask(&router).await;
     }
     eprintln!(
-        "split: switched {:.1} s after start; {asked} queries, {} wrong or failed",
+        "split: switched {:.1} s after start; {} queries, {} wrong or failed",
         switched.as_secs_f64(),
-        wrong.len()
+        probe.asked,
+        probe.wrong.len()
     );
-    assert!(
-        wrong.is_empty(),
-        "{} of {asked} queries failed or were wrong: {wrong:#?}",
-        wrong.len()
-    );
+    probe.assert_all_right();
     // Each half holds exactly its items.
     for (port, slice) in [(a, "0/4"), (b, "2/4")] {
         let slice: Slice = slice.parse().unwrap();
-        let stats: Value = router
-            .client
-            .get(format!("http://127.0.0.1:{port}/v1/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = router
+            .get_json(&format!("http://127.0.0.1:{port}/v1/stats"))
+            .await;
         let want = oracle
             .live()
             .filter(|(id, _, _)| slice.contains(id))
@@ -504,17 +513,8 @@ async fn a_slice_splits_by_replay_while_queries_get_exact_answers_throughout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_each_version_in_slices_and_the_router_merges_them() {
-    let platform = Platform::new("up-slices");
-    platform.ensure_topics().await;
-    let dir = crate::common::up_dir(&platform);
-    std::fs::create_dir_all(&dir).unwrap();
-    let consumers = dir.join("consumers.toml");
-    std::fs::write(&consumers, CONSUMERS).unwrap();
-    let mut oracle = Oracle::default();
-    let puts = (0..300)
-        .map(|i| Put::Record(record(&format!("item-{i}"), unit_vector(i))))
-        .collect();
-    produce(&platform, &mut oracle, puts).await;
+    // `up` keeps its data in the same test folder.
+    let (platform, _, consumers, oracle) = setup("up-slices", 300).await;
     let up = crate::common::Up::start(
         &platform,
         &[
@@ -526,22 +526,8 @@ async fn up_serves_each_version_in_slices_and_the_router_merges_them() {
             consumers.to_str().unwrap(),
         ],
     );
-    let router = Router {
-        _process: None,
-        port: up.query,
-        client: reqwest::Client::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while router
-        .client
-        .get(router.url("/v1/plans"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "up never answered: {}", up.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let router = Router::at(up.query);
+    router.wait_up(Duration::from_secs(120), || up.log()).await;
     let replicas = router.wait_replicas(3).await;
     let slices: BTreeSet<&str> = replicas
         .iter()
