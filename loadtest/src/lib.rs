@@ -1,9 +1,34 @@
 //! What the benchmark drivers share: reading the little-endian arrays `index_data.py` writes,
-//! and the nearest-rank quantile of sorted samples.
+//! the nearest-rank quantile of sorted samples, and the MiniLM embedding record they write.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_topics::time::now_ms;
+
+/// A MiniLM v1 embedding record of `item_id`, as the stage writes it, naming the source event
+/// at `source_offset` of `items` partition 0 (a later offset is a newer event).
+pub fn embedding_record(item_id: String, vector: Vec<f32>, source_offset: i64) -> EmbeddingRecord {
+    let now = now_ms();
+    EmbeddingRecord {
+        item_id,
+        model_id: "minilm-l6-v2".into(),
+        model_version: 1,
+        dimension: vector.len() as i32,
+        vector,
+        normalized: true,
+        source: SourceCoordinates {
+            topic: "items".into(),
+            partition: 0,
+            offset: source_offset,
+        },
+        event_time: now,
+        embed_time: now,
+        attributes: Default::default(),
+        request_id: None,
+    }
+}
 
 /// A file of little-endian 4-byte words (`base.f32`, `truth.u32`, ...), decoded by `from`
 /// (`f32::from_le_bytes`, `u32::from_le_bytes`).

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use embedstream_loadtest::{at_quantile, read_le_words};
+use embedstream_loadtest::{at_quantile, embedding_record, read_le_words};
 use embedstream_schemas::codec::{Codec, encode_datum};
-use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_schemas::wire;
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::kafka::ClientBuilder;
@@ -113,32 +113,16 @@ impl ProducerContext for Acks {
     }
 }
 
-/// The model the sink serves (its records are checked against it).
-const MODEL_ID: &str = "minilm-l6-v2";
-
 /// The next source offset a made-up record names.
 static NEXT_SOURCE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
+/// A record of `id`, each a newer source event than the last, as the stage writes them.
 fn record(id: String, vector: Vec<f32>) -> EmbeddingRecord {
-    let now = now_ms();
-    EmbeddingRecord {
-        item_id: id,
-        model_id: MODEL_ID.into(),
-        model_version: 1,
-        dimension: vector.len() as i32,
+    embedding_record(
+        id,
         vector,
-        normalized: true,
-        // Each call is a newer source event than the last, as the stage writes them.
-        source: SourceCoordinates {
-            topic: "items".into(),
-            partition: 0,
-            offset: NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        },
-        event_time: now,
-        embed_time: now,
-        attributes: Default::default(),
-        request_id: None,
-    }
+        NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 fn summary(mut ms: Vec<f64>) -> serde_json::Value {

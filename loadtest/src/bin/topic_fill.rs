@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use embedstream_loadtest::read_le_words;
+use embedstream_loadtest::{embedding_record, read_le_words};
 use embedstream_schemas::codec::{Codec, encode_datum};
-use embedstream_schemas::records::{EmbeddingRecord, SourceCoordinates};
+use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_schemas::wire;
 use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::{Admin, TopicSpec};
-use embedstream_topics::time::now_ms;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -42,25 +41,9 @@ struct Args {
     delete_prefix: Option<String>,
 }
 
+/// Row `row`'s record: item `i<row>`, its source event at offset `row`.
 fn record(row: usize, vector: Vec<f32>) -> EmbeddingRecord {
-    let now = now_ms();
-    EmbeddingRecord {
-        item_id: format!("i{row}"),
-        model_id: "minilm-l6-v2".into(),
-        model_version: 1,
-        dimension: vector.len() as i32,
-        vector,
-        normalized: true,
-        source: SourceCoordinates {
-            topic: "items".into(),
-            partition: 0,
-            offset: row as i64,
-        },
-        event_time: now,
-        embed_time: now,
-        attributes: Default::default(),
-        request_id: None,
-    }
+    embedding_record(format!("i{row}"), vector, row as i64)
 }
 
 #[tokio::main(flavor = "current_thread")]
