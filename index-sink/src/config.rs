@@ -57,6 +57,65 @@ pub struct IndexConfig {
     /// Snapshots written at each swap.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// The cold tier: older items in memory-mapped segment files.
+    #[serde(default)]
+    pub cold: ColdConfig,
+}
+
+/// The cold tier. Off by default: every item is held in memory (hot part and main). On,
+/// each compaction moves the items whose event time is older than `hot_window` out of the
+/// main into a new **segment**: an HNSW graph with its vectors and 8-bit codes written to a
+/// file in the snapshot directory and memory-mapped, so the operating system keeps in memory
+/// only the pages queries touch and a shard can hold more vectors than its memory (each
+/// item's id, version and attributes stay in memory). Queries search the hot tier (hot part
+/// and main) and every segment, unless they ask for the hot tier only. Needs snapshots on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdConfig {
+    /// Whether the cold tier is on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Items whose event time is within this window of now stay in the hot tier.
+    #[serde(default = "default_hot_window", with = "duration")]
+    pub hot_window: Duration,
+    /// Fewest aged items a compaction moves at once: below it they wait in main, so that a
+    /// trickle of aging items does not make a segment per compaction. Policy `age` rebuilds
+    /// a shard whose main holds this many aged items.
+    #[serde(default = "default_min_move")]
+    pub min_move: usize,
+    /// Most segments per shard: past it, a compaction merges the smallest ones. Each
+    /// segment is one more graph search per query.
+    #[serde(default = "default_max_segments")]
+    pub max_segments: usize,
+    /// Largest segment a merge makes. A build holds its segment's vectors in memory, so this
+    /// bounds a compaction's memory, not the tier's size.
+    #[serde(default = "default_segment_max_vectors")]
+    pub segment_max_vectors: usize,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            hot_window: default_hot_window(),
+            min_move: default_min_move(),
+            max_segments: default_max_segments(),
+            segment_max_vectors: default_segment_max_vectors(),
+        }
+    }
+}
+
+const fn default_hot_window() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+const fn default_min_move() -> usize {
+    1000
+}
+const fn default_max_segments() -> usize {
+    8
+}
+const fn default_segment_max_vectors() -> usize {
+    2_000_000
 }
 
 /// The hot part of each shard: exact search over recent writes.
@@ -309,6 +368,7 @@ impl IndexConfig {
             main: MainConfig::default(),
             compaction: CompactionConfig::default(),
             snapshot: SnapshotConfig::default(),
+            cold: ColdConfig::default(),
         }
     }
 
@@ -323,6 +383,15 @@ impl IndexConfig {
         }
         if self.max_k == 0 {
             return bad("max_k", "must be at least 1");
+        }
+        if self.cold.enabled && !self.snapshot.enabled {
+            return bad("cold.enabled", "the cold tier needs snapshots on");
+        }
+        if self.cold.enabled && (self.cold.max_segments < 2 || self.cold.segment_max_vectors == 0) {
+            return bad(
+                "cold.max_segments",
+                "must be at least 2, and segment_max_vectors at least 1",
+            );
         }
         if self.main.ef_construction == 0 || self.main.ef_search == 0 {
             return bad("main.ef_*", "must be at least 1");
@@ -354,7 +423,7 @@ impl IndexConfig {
     }
 }
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"30d"`.
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -365,6 +434,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(24 * 3600).map(Duration::from_secs),
         _ => None,
     }
 }

@@ -88,6 +88,15 @@ pub enum Error {
         /// Which check failed.
         reason: &'static str,
     },
+    /// Internal, like `SnapshotCorrupt`: a cold segment file failed its checks (the snapshot
+    /// that names it is then unusable and handled as corrupt).
+    #[error("cold segment {path} is corrupt: {reason}")]
+    SegmentCorrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Which check failed.
+        reason: String,
+    },
     /// Fatal: a valid snapshot belongs to another index layout (shard count, dimension or
     /// hash), so loading it would misroute items. Use a fresh directory and replay the topic.
     #[error("snapshot {path} does not fit this index: {reason}")]

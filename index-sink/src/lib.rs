@@ -15,6 +15,7 @@
 //! [`service`] is the I/O edge on top of it: the Kafka consumer of one embedding topic and
 //! the HTTP query API (`embedstream sink`).
 
+mod cold;
 mod compaction;
 mod config;
 mod error;
@@ -30,6 +31,7 @@ mod shard;
 mod snapshot;
 mod sq8;
 mod stats;
+mod store;
 mod topk;
 mod types;
 mod vector;
@@ -39,7 +41,7 @@ pub use compaction::{
     CompactionPolicy, CompactionReason, HotShare, Interval, Planner, RecallDrop, Tombstones,
 };
 pub use config::{
-    CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,
+    ColdConfig, CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,
 };
 pub use error::{Error, GraphBridgeError, Result};
 pub use hash::shard_of;

@@ -461,15 +461,15 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
     ))
 }
 
-struct CrcWriter<W> {
-    inner: W,
-    hasher: crc32fast::Hasher,
-    len: u64,
+pub(crate) struct CrcWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: crc32fast::Hasher,
+    pub(crate) len: u64,
     buf: Vec<u8>,
 }
 
 impl<W: io::Write> CrcWriter<W> {
-    fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         Self {
             inner,
             hasher: crc32fast::Hasher::new(),
@@ -477,29 +477,29 @@ impl<W: io::Write> CrcWriter<W> {
             buf: Vec::with_capacity(1 << 16),
         }
     }
-    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
         self.hasher.update(b);
         self.len += b.len() as u64;
         self.inner.write_all(b)
     }
-    fn u32(&mut self, v: u32) -> io::Result<()> {
+    pub(crate) fn u32(&mut self, v: u32) -> io::Result<()> {
         self.bytes(&v.to_le_bytes())
     }
-    fn i32(&mut self, v: i32) -> io::Result<()> {
+    pub(crate) fn i32(&mut self, v: i32) -> io::Result<()> {
         self.bytes(&v.to_le_bytes())
     }
-    fn u64(&mut self, v: u64) -> io::Result<()> {
+    pub(crate) fn u64(&mut self, v: u64) -> io::Result<()> {
         self.bytes(&v.to_le_bytes())
     }
-    fn i64(&mut self, v: i64) -> io::Result<()> {
+    pub(crate) fn i64(&mut self, v: i64) -> io::Result<()> {
         self.bytes(&v.to_le_bytes())
     }
-    fn str(&mut self, s: &str) -> io::Result<()> {
+    pub(crate) fn str(&mut self, s: &str) -> io::Result<()> {
         self.u32(s.len() as u32)?;
         self.bytes(s.as_bytes())
     }
     /// Id, version, event time, then the attributes: their count and each name and value.
-    fn row(&mut self, r: &Row) -> io::Result<()> {
+    pub(crate) fn row(&mut self, r: &Row) -> io::Result<()> {
         self.str(&r.id)?;
         self.version(r.version)?;
         self.i64(r.event_time_ms)?;
@@ -511,7 +511,7 @@ impl<W: io::Write> CrcWriter<W> {
         Ok(())
     }
     /// Partition, offset, then the source's (partition −1 when there is none).
-    fn version(&mut self, v: Version) -> io::Result<()> {
+    pub(crate) fn version(&mut self, v: Version) -> io::Result<()> {
         self.i32(v.partition)?;
         self.i64(v.offset)?;
         let s = v.source.unwrap_or(Source {
@@ -521,13 +521,13 @@ impl<W: io::Write> CrcWriter<W> {
         self.i32(s.partition)?;
         self.i64(s.offset)
     }
-    fn f32s(&mut self, v: &[f32]) -> io::Result<()> {
+    pub(crate) fn f32s(&mut self, v: &[f32]) -> io::Result<()> {
         self.words(v, f32::to_le_bytes)
     }
-    fn u32s(&mut self, v: &[u32]) -> io::Result<()> {
+    pub(crate) fn u32s(&mut self, v: &[u32]) -> io::Result<()> {
         self.words(v, u32::to_le_bytes)
     }
-    fn words<T: Copy>(&mut self, v: &[T], f: fn(T) -> [u8; 4]) -> io::Result<()> {
+    pub(crate) fn words<T: Copy>(&mut self, v: &[T], f: fn(T) -> [u8; 4]) -> io::Result<()> {
         for chunk in v.chunks(1 << 14) {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
@@ -540,13 +540,13 @@ impl<W: io::Write> CrcWriter<W> {
     }
 }
 
-struct CrcReader<R> {
-    inner: R,
-    hasher: crc32fast::Hasher,
+pub(crate) struct CrcReader<R> {
+    pub(crate) inner: R,
+    pub(crate) hasher: crc32fast::Hasher,
     /// Bytes of content not read yet.
-    left: u64,
+    pub(crate) left: u64,
     /// Format version of the file (what its rows hold).
-    format: u32,
+    pub(crate) format: u32,
 }
 
 fn out_of_range() -> io::Error {
@@ -554,7 +554,7 @@ fn out_of_range() -> io::Error {
 }
 
 impl<R: Read> CrcReader<R> {
-    fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         if buf.len() as u64 > self.left {
             return Err(out_of_range());
         }
@@ -563,32 +563,32 @@ impl<R: Read> CrcReader<R> {
         self.left -= buf.len() as u64;
         Ok(())
     }
-    fn arr<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+    pub(crate) fn arr<const N: usize>(&mut self) -> io::Result<[u8; N]> {
         let mut b = [0u8; N];
         self.exact(&mut b)?;
         Ok(b)
     }
-    fn u32(&mut self) -> io::Result<u32> {
+    pub(crate) fn u32(&mut self) -> io::Result<u32> {
         self.arr().map(u32::from_le_bytes)
     }
-    fn i32(&mut self) -> io::Result<i32> {
+    pub(crate) fn i32(&mut self) -> io::Result<i32> {
         self.arr().map(i32::from_le_bytes)
     }
-    fn u64(&mut self) -> io::Result<u64> {
+    pub(crate) fn u64(&mut self) -> io::Result<u64> {
         self.arr().map(u64::from_le_bytes)
     }
-    fn i64(&mut self) -> io::Result<i64> {
+    pub(crate) fn i64(&mut self) -> io::Result<i64> {
         self.arr().map(i64::from_le_bytes)
     }
     /// A count of items of at least `min_size` bytes each, bounded by what is left.
-    fn count(&mut self, min_size: usize) -> io::Result<usize> {
+    pub(crate) fn count(&mut self, min_size: usize) -> io::Result<usize> {
         let n = self.u64()?;
         if n.saturating_mul(min_size.max(1) as u64) > self.left {
             return Err(out_of_range());
         }
         Ok(n as usize)
     }
-    fn str(&mut self) -> io::Result<String> {
+    pub(crate) fn str(&mut self) -> io::Result<String> {
         let len = self.u32()? as usize;
         if len as u64 > self.left {
             return Err(out_of_range());
@@ -597,7 +597,7 @@ impl<R: Read> CrcReader<R> {
         self.exact(&mut b)?;
         String::from_utf8(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
     }
-    fn row(&mut self) -> io::Result<Row> {
+    pub(crate) fn row(&mut self) -> io::Result<Row> {
         let (id, version, event_time_ms) = (self.str()?, self.version()?, self.i64()?);
         let attributes = if self.format >= 3 {
             let pairs = (0..self.count(8)?)
@@ -614,7 +614,7 @@ impl<R: Read> CrcReader<R> {
             attributes,
         })
     }
-    fn version(&mut self) -> io::Result<Version> {
+    pub(crate) fn version(&mut self) -> io::Result<Version> {
         let (partition, offset) = (self.i32()?, self.i64()?);
         if self.format < 2 {
             return Ok(Version {
@@ -633,13 +633,13 @@ impl<R: Read> CrcReader<R> {
             }),
         })
     }
-    fn f32s(&mut self, n: usize) -> io::Result<Vec<f32>> {
+    pub(crate) fn f32s(&mut self, n: usize) -> io::Result<Vec<f32>> {
         self.words(n, f32::from_le_bytes)
     }
-    fn u32s(&mut self, n: usize) -> io::Result<Vec<u32>> {
+    pub(crate) fn u32s(&mut self, n: usize) -> io::Result<Vec<u32>> {
         self.words(n, u32::from_le_bytes)
     }
-    fn words<T>(&mut self, n: usize, f: fn([u8; 4]) -> T) -> io::Result<Vec<T>> {
+    pub(crate) fn words<T>(&mut self, n: usize, f: fn([u8; 4]) -> T) -> io::Result<Vec<T>> {
         if (n as u64).saturating_mul(4) > self.left {
             return Err(out_of_range());
         }
@@ -655,8 +655,22 @@ impl<R: Read> CrcReader<R> {
         }
         Ok(out)
     }
+    /// Hashes the next `n` bytes without keeping them.
+    pub(crate) fn skip(&mut self, n: u64) -> io::Result<()> {
+        if n > self.left {
+            return Err(out_of_range());
+        }
+        let mut buf = vec![0u8; (n as usize).min(1 << 16)];
+        let mut todo = n;
+        while todo > 0 {
+            let b = &mut buf[..(todo as usize).min(1 << 16)];
+            self.exact(b)?;
+            todo -= b.len() as u64;
+        }
+        Ok(())
+    }
     /// Hashes whatever content the parser left unread (after a parse error).
-    fn by_ref_take_rest(&mut self, scratch: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn by_ref_take_rest(&mut self, scratch: &mut Vec<u8>) -> io::Result<()> {
         scratch.resize(1 << 16, 0);
         while self.left > 0 {
             let take = (self.left as usize).min(scratch.len());

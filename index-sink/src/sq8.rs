@@ -14,6 +14,8 @@
 //! fits an i32 for `dim` < 512, and longer vectors are summed in i64 per 512-value chunk. The
 //! SIMD and scalar paths compute the same integers, hence the same distances (tested).
 
+use crate::store::Store;
+
 /// Query values are scaled to ±`Q_MAX`.
 const Q_MAX: f32 = 32767.0;
 /// Vector values are scaled to ±`V_MAX`.
@@ -27,8 +29,8 @@ const CHUNK: usize = 512;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Codes {
     dim: usize,
-    codes: Vec<i8>,
-    scales: Vec<f32>,
+    codes: Store<i8>,
+    scales: Store<f32>,
 }
 
 /// A query prepared for [`Codes::distances`].
@@ -53,7 +55,21 @@ impl Codes {
             codes.extend(v.iter().map(|x| (x * inv).round() as i8));
             scales.push(scale);
         }
+        Self {
+            dim,
+            codes: codes.into(),
+            scales: scales.into(),
+        }
+    }
+
+    /// Codes read back from a segment file: `codes` holds `n * dim` values, `scales` `n`.
+    pub(crate) fn from_parts(dim: usize, codes: Store<i8>, scales: Store<f32>) -> Self {
         Self { dim, codes, scales }
+    }
+
+    /// The codes, by pid (`n * dim`), and each vector's scale.
+    pub(crate) fn parts(&self) -> (&[i8], &[f32]) {
+        (&self.codes, &self.scales)
     }
 
     /// Prepares `query` (`dim` values, finite).

@@ -1,8 +1,10 @@
-//! The graph's layout: vectors in one `Vec<f32>`, neighbour lists in `Vec<u32>`, by point id.
+//! The graph's layout: vectors in one array of `f32`, neighbour lists in arrays of `u32`, by
+//! point id; each array owned or mapped from a segment file (`store.rs`).
 
 use crate::config::{M, M0};
 use crate::error::Result;
 use crate::sq8::Codes;
+use crate::store::Store;
 
 pub(super) const INVALID: u32 = u32::MAX;
 
@@ -11,11 +13,11 @@ pub(super) const INVALID: u32 = u32::MAX;
 pub(crate) struct Graph {
     pub(crate) dim: usize,
     /// `n * dim`, by pid.
-    pub(crate) vectors: Vec<f32>,
+    pub(crate) vectors: Store<f32>,
     /// `n * M0` neighbour ids, `u32::MAX`-terminated.
-    pub(crate) zero: Vec<u32>,
+    pub(crate) zero: Store<u32>,
     /// Upper layers, lowest first; layer `i` holds nodes `0..len/M` with `M` links each.
-    pub(crate) layers: Vec<Vec<u32>>,
+    pub(crate) layers: Vec<Store<u32>>,
     /// `vectors` in 8 bits, for the traversal (see `sq8.rs`).
     pub(super) codes: Codes,
 }
@@ -37,11 +39,38 @@ impl Graph {
         let codes = Codes::new(&vectors, dim);
         Self {
             dim,
+            vectors: vectors.into(),
+            zero: zero.into(),
+            layers: layers.into_iter().map(Store::from).collect(),
+            codes,
+        }
+    }
+
+    /// A graph whose arrays are already laid out (read back from a segment file).
+    pub(crate) fn from_parts(
+        dim: usize,
+        vectors: Store<f32>,
+        zero: Store<u32>,
+        layers: Vec<Store<u32>>,
+        codes: Codes,
+    ) -> Self {
+        Self {
+            dim,
             vectors,
             zero,
             layers,
             codes,
         }
+    }
+
+    /// The 8-bit copies of the vectors.
+    pub(crate) fn codes(&self) -> &Codes {
+        &self.codes
+    }
+
+    /// Whether the vectors live in a mapped file.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.vectors.is_mapped()
     }
 
     pub(crate) fn len(&self) -> usize {
