@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
                 k: 10,
                 ef_search: ef,
                 filter: None,
+                hot_only: false,
             })?;
             found += hits.iter().filter(|h| want.contains(&h.item_id)).count();
         }

@@ -342,7 +342,7 @@ mod tests {
         let main = MainIndex::build(rows, &vectors, dim, &MainConfig::default()).unwrap();
         let name = file_name(3, 7, 0);
         let bytes = write(&dir, &name, 3, &main).unwrap();
-        assert_eq!(list(&dir, 3), [name.clone()]);
+        assert_eq!(list(&dir, 3), std::slice::from_ref(&name));
         let (back, size) = open(&dir, &name, 3, dim).unwrap();
         assert_eq!(size, bytes);
         assert!(back.graph().is_mapped());

@@ -4,14 +4,15 @@
 //! [`crate::ShardedIndex::compact`] or its maintenance thread.
 //!
 //! Guarantees: a shard with nothing to merge (empty hot, no pending deletes) is never
-//! planned; a shard already being compacted is never planned twice; policies are asked in a
-//! fixed order (hot share, tombstones, recall, interval) and the first that fires is the
-//! reason.
+//! planned (with the cold tier on, items in main older than the hot window count as
+//! something to merge, from `cold.min_move` of them); a shard already being compacted is never
+//! planned twice; policies are asked in a fixed order (hot share, tombstones, recall, age,
+//! interval) and the first that fires is the reason.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::CompactionConfig;
+use crate::config::{ColdConfig, CompactionConfig};
 pub use crate::stats::CompactionReason;
 use crate::stats::ShardStats;
 
@@ -91,15 +92,35 @@ impl CompactionPolicy for RecallDrop {
     }
 }
 
+/// Rebuild when main holds at least `min_move` items older than the cold tier's hot window,
+/// so that they move to the cold tier.
+#[derive(Debug, Clone, Copy)]
+pub struct Age {
+    /// Fewest aged items worth a move (`cold.min_move`).
+    pub min_move: usize,
+}
+
+impl CompactionPolicy for Age {
+    fn reason(&self) -> CompactionReason {
+        CompactionReason::Age
+    }
+    fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
+        s.aged_vectors >= self.min_move
+    }
+}
+
 /// Asks the policies, in order, for every shard.
 #[derive(Debug)]
 pub struct Planner {
     policies: Vec<Box<dyn CompactionPolicy>>,
+    /// With the cold tier on: this many aged items in main are something to do, like hot
+    /// writes and deletes are.
+    age_min_move: Option<usize>,
 }
 
 impl Planner {
     /// The policies of `config`, in the fixed order.
-    pub fn from_config(config: &CompactionConfig) -> Self {
+    pub fn from_config(config: &CompactionConfig, cold: &ColdConfig) -> Self {
         let mut policies: Vec<Box<dyn CompactionPolicy>> = vec![
             Box::new(HotShare {
                 fraction: config.hot_fraction,
@@ -112,22 +133,35 @@ impl Planner {
                 max_drop: config.max_recall_drop,
             }),
         ];
+        let age_min_move = cold.enabled.then_some(cold.min_move);
+        if let Some(min_move) = age_min_move {
+            policies.push(Box::new(Age { min_move }));
+        }
         if let Some(every) = config.interval {
             policies.push(Box::new(Interval { every }));
         }
-        Self { policies }
+        Self {
+            policies,
+            age_min_move,
+        }
     }
 
     /// Own policies, asked in the given order.
     pub fn new(policies: Vec<Box<dyn CompactionPolicy>>) -> Self {
-        Self { policies }
+        Self {
+            policies,
+            age_min_move: None,
+        }
     }
 
     /// The shards to rebuild and why.
     pub fn plan(&self, shards: &[ShardStats], now_ms: i64) -> Vec<(usize, CompactionReason)> {
         shards
             .iter()
-            .filter(|s| !s.compacting && (s.hot_vectors > 0 || s.pending_deletes > 0))
+            .filter(|s| {
+                let aged = self.age_min_move.is_some_and(|m| s.aged_vectors >= m);
+                !s.compacting && (s.hot_vectors > 0 || s.pending_deletes > 0 || aged)
+            })
             .filter_map(|s| {
                 self.policies
                     .iter()
@@ -156,6 +190,11 @@ mod tests {
             last_compaction: None,
             recall_at_10: None,
             recall_baseline: None,
+            aged_vectors: 0,
+            cold_vectors: 0,
+            cold_hidden: 0,
+            cold_segments: 0,
+            cold_bytes: 0,
         }
     }
 
@@ -165,7 +204,11 @@ mod tests {
             interval: Some(Duration::from_secs(60)),
             ..CompactionConfig::default()
         };
-        let p = Planner::from_config(&config);
+        let cold = ColdConfig {
+            enabled: true,
+            ..ColdConfig::default()
+        };
+        let p = Planner::from_config(&config, &cold);
         let now = 1_000_000;
         let plan = |s: ShardStats| p.plan(&[s], now).first().map(|x| x.1);
         // Empty main: the first build waits for min_hot (1000).
@@ -202,6 +245,16 @@ mod tests {
         };
         assert_eq!(plan(recall(0.935, 0.95)), None);
         assert_eq!(plan(recall(0.92, 0.95)), Some(CompactionReason::Recall));
+        // Aged items in main: nothing else to merge, from min_move (1000) of them.
+        let aged = |n| {
+            let mut s = stats(0, 100_000, 0, 0, now);
+            s.aged_vectors = n;
+            s
+        };
+        assert_eq!(plan(aged(999)), None);
+        assert_eq!(plan(aged(1000)), Some(CompactionReason::Age));
+        let off = Planner::from_config(&config, &ColdConfig::default());
+        assert!(off.plan(&[aged(5000)], now).is_empty());
         let mut busy = stats(5000, 0, 0, 0, now);
         busy.compacting = true;
         assert_eq!(plan(busy), None);

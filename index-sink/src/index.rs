@@ -82,6 +82,7 @@ pub struct ShardedIndex {
     pool: rayon::ThreadPool,
     planner: Planner,
     query_duration: Histogram,
+    hot_query_duration: Histogram,
 }
 
 impl std::fmt::Debug for ShardedIndex {
@@ -95,9 +96,16 @@ impl std::fmt::Debug for ShardedIndex {
 }
 
 impl ShardedIndex {
-    /// An empty index that writes no snapshots.
+    /// An empty index that writes no snapshots (so it has no cold tier: asking for one is
+    /// an error).
     pub fn new(config: IndexConfig) -> Result<Self> {
         config.validate()?;
+        if config.cold.enabled {
+            return Err(Error::InvalidConfig {
+                field: "cold.enabled",
+                reason: "the cold tier needs a snapshot directory (open one)",
+            });
+        }
         let shards = (0..config.shards)
             .map(|i| Shard::new(i, &config, None))
             .collect();
@@ -176,8 +184,9 @@ impl ShardedIndex {
             .build()
             .map_err(|source| Error::ThreadPool { source })?;
         Ok(Self {
-            planner: Planner::from_config(&config.compaction),
-            query_duration: query_duration(&config.name),
+            planner: Planner::from_config(&config.compaction, &config.cold),
+            query_duration: query_duration(&config.name, "all"),
+            hot_query_duration: query_duration(&config.name, "hot"),
             dir: dir.filter(|_| config.snapshot.enabled),
             config,
             shards,
@@ -231,7 +240,7 @@ impl ShardedIndex {
             .shards
             .par_iter()
             .map(|s| {
-                let (hits, strategy) = s.search(&q, query.k, ef, filter);
+                let (hits, strategy) = s.search(&q, query.k, ef, filter, query.hot_only);
                 if filter.is_some() {
                     let label = strategy.map_or("none", Strategy::label);
                     filtered_search(&self.config.name, label).increment(1);
@@ -240,7 +249,12 @@ impl ShardedIndex {
             })
             .collect();
         let hits = merge(lists, query.k);
-        self.query_duration.record(started.elapsed().as_secs_f64());
+        let duration = if query.hot_only {
+            &self.hot_query_duration
+        } else {
+            &self.query_duration
+        };
+        duration.record(started.elapsed().as_secs_f64());
         Ok(hits)
     }
 

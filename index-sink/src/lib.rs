@@ -38,7 +38,7 @@ mod vector;
 mod yielding;
 
 pub use compaction::{
-    CompactionPolicy, CompactionReason, HotShare, Interval, Planner, RecallDrop, Tombstones,
+    Age, CompactionPolicy, CompactionReason, HotShare, Interval, Planner, RecallDrop, Tombstones,
 };
 pub use config::{
     ColdConfig, CompactionConfig, HotConfig, IndexConfig, MainConfig, RefineConfig, SnapshotConfig,

@@ -33,6 +33,8 @@ pub(crate) struct MainIndex {
     rows: Vec<Row>,
     by_id: HashMap<ItemId, u32>,
     attributes: AttributeIndex,
+    /// The rows' event times, ascending.
+    event_times: Vec<i64>,
 }
 
 impl MainIndex {
@@ -42,6 +44,7 @@ impl MainIndex {
             rows: Vec::new(),
             by_id: HashMap::new(),
             attributes: AttributeIndex::default(),
+            event_times: Vec::new(),
         }
     }
 
@@ -75,12 +78,20 @@ impl MainIndex {
             .map(|(pid, r)| (r.id.clone(), pid as u32))
             .collect();
         let attributes = AttributeIndex::build(&rows);
+        let mut event_times: Vec<i64> = rows.iter().map(|r| r.event_time_ms).collect();
+        event_times.sort_unstable();
         Self {
             graph,
             rows,
             by_id,
             attributes,
+            event_times,
         }
+    }
+
+    /// How many items have an event time before `cutoff_ms`.
+    pub(crate) fn older_than(&self, cutoff_ms: i64) -> usize {
+        self.event_times.partition_point(|&t| t < cutoff_ms)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -21,8 +21,15 @@ pub mod names {
     pub const TOMBSTONE_RATIO: &str = "embedstream_index_tombstone_ratio";
     /// Counter: writes applied, by `outcome` (upserted, deleted, already_covered, stale).
     pub const WRITES_TOTAL: &str = "embedstream_index_writes_total";
-    /// Histogram: one query over all shards, seconds.
+    /// Histogram: one query over all shards, seconds, by `tier` (`all`, or `hot` for queries
+    /// that asked for the hot tier only).
     pub const QUERY_SECONDS: &str = "embedstream_index_query_seconds";
+    /// Gauge: items queries can find in the shard's cold tier.
+    pub const COLD_VECTORS: &str = "embedstream_index_cold_vectors";
+    /// Gauge: the shard's cold segments.
+    pub const COLD_SEGMENTS: &str = "embedstream_index_cold_segments";
+    /// Gauge: bytes of the shard's cold segment files (mapped, not all resident).
+    pub const COLD_BYTES: &str = "embedstream_index_cold_bytes";
     /// Counter: filtered searches of a main part, by `strategy` (`exact`: a scan of the
     /// matching items; `graph`: the walk keeping matching items; `none`: nothing matched).
     pub const FILTERED_SEARCHES_TOTAL: &str = "embedstream_index_filtered_searches_total";
@@ -67,6 +74,9 @@ pub(crate) struct ShardMetrics {
     pub(crate) snapshot_bytes: Gauge,
     pub(crate) recall: Gauge,
     pub(crate) recall_baseline: Gauge,
+    cold_vectors: Gauge,
+    cold_segments: Gauge,
+    cold_bytes: Gauge,
     index: String,
     shard: String,
 }
@@ -99,6 +109,9 @@ impl ShardMetrics {
             snapshot_bytes: gauge!(names::SNAPSHOT_BYTES, "index" => i.clone(), "shard" => s.clone()),
             recall: gauge!(names::RECALL_AT_10, "index" => i.clone(), "shard" => s.clone()),
             recall_baseline: gauge!(names::RECALL_BASELINE, "index" => i.clone(), "shard" => s.clone()),
+            cold_vectors: gauge!(names::COLD_VECTORS, "index" => i.clone(), "shard" => s.clone()),
+            cold_segments: gauge!(names::COLD_SEGMENTS, "index" => i.clone(), "shard" => s.clone()),
+            cold_bytes: gauge!(names::COLD_BYTES, "index" => i.clone(), "shard" => s.clone()),
             index: i,
             shard: s,
         }
@@ -114,6 +127,15 @@ impl ShardMetrics {
         self.tombstones.set(tombstones as f64);
         self.ratio.set(ratio(tombstones, main));
     }
+
+    /// The cold tier's sizes (live items count those the segments do not hide).
+    pub(crate) fn cold_sizes(&self, segments: &[crate::cold::Segment]) {
+        let live: usize = segments.iter().map(crate::cold::Segment::live).sum();
+        self.cold_vectors.set(live as f64);
+        self.cold_segments.set(segments.len() as f64);
+        let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+        self.cold_bytes.set(bytes as f64);
+    }
 }
 
 pub(crate) fn ratio(tombstones: usize, main: usize) -> f64 {
@@ -124,8 +146,8 @@ pub(crate) fn ratio(tombstones: usize, main: usize) -> f64 {
     }
 }
 
-pub(crate) fn query_duration(index: &str) -> Histogram {
-    histogram!(names::QUERY_SECONDS, "index" => index.to_owned())
+pub(crate) fn query_duration(index: &str, tier: &'static str) -> Histogram {
+    histogram!(names::QUERY_SECONDS, "index" => index.to_owned(), "tier" => tier)
 }
 
 pub(crate) fn filtered_search(index: &str, strategy: &'static str) -> Counter {

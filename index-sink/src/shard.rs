@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use embedstream_schemas::filter::Filter;
 use embedstream_topics::time::now_ms;
 
+use crate::cold::{self, Segment};
 use crate::compaction::CompactionReason;
 use crate::config::IndexConfig;
 use crate::error::{Error, Result};
@@ -42,6 +43,7 @@ pub(crate) use crate::stats::{CompactionRecord, ShardStats};
 use crate::topk::merge;
 use crate::types::{Applied, Hit, ItemId, Version, Write};
 use crate::vector::normalized;
+use rayon::prelude::*;
 
 /// How long a merged delete with a source is remembered.
 pub(crate) const DELETE_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -57,6 +59,10 @@ struct State {
     main: Arc<MainIndex>,
     /// Items of main that are in hot or in `deletes`.
     tombstones: usize,
+    /// The cold tier's segments.
+    cold: Vec<Segment>,
+    /// Live items of the segments that are in hot or in `deletes`.
+    cold_shadowed: usize,
     covered: BTreeMap<i32, i64>,
     since_ms: i64,
     last: Option<CompactionRecord>,
@@ -73,6 +79,26 @@ impl State {
         let hot = self.hot.rows().iter().filter(|r| self.main.contains(&r.id));
         let deleted = self.deletes.keys().filter(|id| self.main.contains(id));
         hot.count() + deleted.count()
+    }
+
+    /// The segment holding `id` live, if any (at most one does).
+    fn cold_holder(&self, id: &str) -> Option<&Segment> {
+        self.cold.iter().find(|s| s.holds(id))
+    }
+
+    fn count_cold_shadowed(&self) -> usize {
+        let shadowed = self.hot.rows().iter().map(|r| r.id.as_str());
+        let shadowed = shadowed.chain(self.deletes.keys().map(String::as_str));
+        shadowed.filter(|id| self.cold_holder(id).is_some()).count()
+    }
+
+    fn cold_live(&self) -> usize {
+        self.cold.iter().map(Segment::live).sum()
+    }
+
+    fn recount(&mut self) {
+        self.tombstones = self.count_tombstones();
+        self.cold_shadowed = self.count_cold_shadowed();
     }
 }
 
@@ -93,6 +119,8 @@ const RECALL_K: usize = 10;
 pub(crate) struct Shard {
     id: usize,
     dim: usize,
+    /// The cold tier's hot window in ms; `None` with the cold tier off.
+    hot_window_ms: Option<i64>,
     recall: Mutex<RecallCheck>,
     state: RwLock<State>,
     /// Held for a whole compaction or snapshot: one at a time per shard, in order.
@@ -124,6 +152,8 @@ impl Shard {
                 graveyard: HashMap::new(),
                 main: Arc::new(MainIndex::empty(config.dim)),
                 tombstones: 0,
+                cold: Vec::new(),
+                cold_shadowed: 0,
                 covered: BTreeMap::new(),
                 since_ms: now_ms(),
                 last: None,
@@ -136,19 +166,26 @@ impl Shard {
                     graveyard: l.graveyard,
                     main: Arc::new(l.main),
                     tombstones: 0,
+                    cold: l.cold,
+                    cold_shadowed: 0,
                     covered: l.covered,
                     since_ms: l.last.as_ref().map_or(l.created_ms, |r| r.finished_at_ms),
                     last: l.last,
                     seq: l.seq,
                 };
-                s.tombstones = s.count_tombstones();
+                s.recount();
                 s
             }
         };
         metrics.sizes(state.hot.len(), state.main.len(), state.tombstones);
+        metrics.cold_sizes(&state.cold);
         Self {
             id,
             dim: config.dim,
+            hot_window_ms: config
+                .cold
+                .enabled
+                .then_some(config.cold.hot_window.as_millis() as i64),
             recall: Mutex::new(RecallCheck::default()),
             state: RwLock::new(state),
             busy: Mutex::new(()),
@@ -220,11 +257,17 @@ impl Shard {
             .map(|r| r.version)
             .or_else(|| st.deletes.get(id).copied())
             .or_else(|| st.main.get(id).map(|r| r.version))
+            .or_else(|| {
+                st.cold_holder(id)
+                    .and_then(|s| s.main.get(id))
+                    .map(|r| r.version)
+            })
             .or_else(|| st.graveyard.get(id).map(|&(v, _)| v));
         if held.is_some_and(|held| !version.supersedes(held)) {
             return Ok(Applied::Stale);
         }
         let newly_shadowed = !st.shadows(id) && st.main.contains(id);
+        let newly_cold_shadowed = !st.shadows(id) && st.cold_holder(id).is_some();
         let outcome = match write {
             Write::Upsert(u) => {
                 if !st.hot.contains(&u.item_id) && st.hot.len() >= max_hot {
@@ -257,29 +300,47 @@ impl Shard {
         if newly_shadowed {
             st.tombstones += 1;
         }
+        if newly_cold_shadowed {
+            st.cold_shadowed += 1;
+        }
         Ok(outcome)
     }
 
-    /// Hot and main searched in parallel under one read lock, among the items `filter`
-    /// matches; `query` normalized. Also says how main answered a filtered search.
+    /// Hot, main and (unless `hot_only`) each cold segment searched in parallel under one
+    /// read lock, among the items `filter` matches; `query` normalized. Also says how main
+    /// answered a filtered search.
     pub(crate) fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
         filter: Option<(&Filter, FilterPlan)>,
+        hot_only: bool,
     ) -> (Vec<Hit>, Option<Strategy>) {
         let st = self.read();
-        let ((main, strategy), hot) = rayon::join(
-            || match filter {
-                None => (st.main.search(query, k, ef, |id| st.shadows(id)), None),
-                Some((f, plan)) => st
-                    .main
-                    .search_filtered(query, k, ef, f, plan, |id| st.shadows(id)),
+        let ((main, strategy), (hot, cold)) = rayon::join(
+            || search_part(&st.main, query, k, ef, filter, |id| st.shadows(id)),
+            || {
+                rayon::join(
+                    || st.hot.search(query, k, filter.map(|(f, _)| f)),
+                    || {
+                        if hot_only {
+                            return Vec::new();
+                        }
+                        st.cold
+                            .par_iter()
+                            .map(|seg| {
+                                let hidden = |id: &str| st.shadows(id) || seg.dead.contains(id);
+                                search_part(&seg.main, query, k, ef, filter, hidden).0
+                            })
+                            .collect::<Vec<_>>()
+                    },
+                )
             },
-            || st.hot.search(query, k, filter.map(|(f, _)| f)),
         );
-        (merge(vec![hot, main], k), strategy)
+        let mut lists = vec![hot, main];
+        lists.extend(cold);
+        (merge(lists, k), strategy)
     }
 
     /// The version of the item queries see, if any.
@@ -291,13 +352,16 @@ impl Shard {
         if st.deletes.contains_key(id) {
             return None;
         }
-        st.main.get(id).map(|r| r.version)
+        st.main
+            .get(id)
+            .or_else(|| st.cold_holder(id).and_then(|s| s.main.get(id)))
+            .map(|r| r.version)
     }
 
     /// Items queries can return.
     pub(crate) fn visible(&self) -> usize {
         let st = self.read();
-        st.hot.len() + st.main.len() - st.tombstones
+        st.hot.len() + st.main.len() - st.tombstones + st.cold_live() - st.cold_shadowed
     }
 
     pub(crate) fn stats(&self) -> ShardStats {
@@ -324,6 +388,13 @@ impl Shard {
             since_ms: st.since_ms,
             compacting,
             last_compaction: st.last.clone(),
+            aged_vectors: self
+                .hot_window_ms
+                .map_or(0, |w| st.main.older_than(now_ms() - w)),
+            cold_vectors: st.cold_live() - st.cold_shadowed,
+            cold_hidden: st.cold.iter().map(|s| s.dead.len()).sum::<usize>() + st.cold_shadowed,
+            cold_segments: st.cold.len(),
+            cold_bytes: st.cold.iter().map(|s| s.bytes).sum(),
         }
     }
 
@@ -334,8 +405,8 @@ impl Shard {
         r.main != main || r.checked.is_none_or(|at| at.elapsed() >= every)
     }
 
-    /// Measures recall@10 of this shard's search at `ef` against an exact scan of what it
-    /// holds now, querying the vectors of `queries` of its items (those with the smallest
+    /// Measures recall@10 of this shard's search of its hot tier (hot and main) at `ef`
+    /// against an exact scan of what that tier holds now, querying the vectors of `queries` of its items (those with the smallest
     /// salted item hash, so the same items while they live), on `pool`. The first
     /// measurement of a main is its baseline. `None` when the shard holds too few items.
     pub(crate) fn check_recall(
@@ -382,7 +453,7 @@ impl Shard {
                 .map(|&(_, q)| {
                     let query = visible[q].1;
                     let exact = exact_top(&visible, query, RECALL_K);
-                    let (approx, _) = self.search(query, RECALL_K, ef, None);
+                    let (approx, _) = self.search(query, RECALL_K, ef, None, true);
                     approx
                         .iter()
                         .filter(|h| exact.contains(&h.item_id.as_str()))
@@ -409,6 +480,11 @@ impl Shard {
 
     /// Rebuilds main from main ∪ hot − deleted on `pool`, swaps it in and, if `dir` is
     /// given, writes a snapshot. `None` if a compaction of this shard is already running.
+    ///
+    /// With the cold tier on, the items older than the hot window (from `cold.min_move` of
+    /// them) go to new segments instead of main, the segments hide what hot and the deletes
+    /// replaced, and segments past `cold.max_segments` or with more than
+    /// `compaction.max_tombstone_ratio` hidden are merged (their live items rebuilt into one).
     pub(crate) fn compact(
         &self,
         reason: CompactionReason,
@@ -421,27 +497,78 @@ impl Shard {
             return Ok(None);
         };
         let started = Instant::now();
-        let (main, hot, deletes) = {
-            let st = self.read();
-            (st.main.clone(), st.hot.clone(), st.deletes.clone())
+        let (main, hot, deletes, cold, seq) = {
+            let mut st = self.write();
+            // The number of this compaction's snapshot and segment files.
+            st.seq += 1;
+            let cold = st.cold.clone();
+            (
+                st.main.clone(),
+                st.hot.clone(),
+                st.deletes.clone(),
+                cold,
+                st.seq,
+            )
         };
         let dim = self.dim;
-        let new_main = pool.install(|| {
+        let cold_dir = dir.filter(|_| self.hot_window_ms.is_some());
+        let cutoff = self.hot_window_ms.map(|w| now_ms() - w);
+        let (new_main, new_cold, moved) = pool.install(|| -> Result<_> {
             let keep = |id: &str| !hot.contains(id) && !deletes.contains_key(id);
             let graph = main.graph();
-            let mut rows = Vec::with_capacity(main.len() + hot.len());
-            let mut vectors = Vec::with_capacity((main.len() + hot.len()) * dim);
+            let mut young = Part::with_capacity(main.len() + hot.len(), dim);
+            let mut aged = Part::with_capacity(0, dim);
+            let mut add = |row: &Row, vector: &[f32]| {
+                let old = cutoff.is_some_and(|c| row.event_time_ms < c) && cold_dir.is_some();
+                let part = if old { &mut aged } else { &mut young };
+                part.push(row.clone(), vector);
+            };
             for (pid, row) in main.rows().iter().enumerate() {
                 if keep(&row.id) {
-                    rows.push(row.clone());
-                    vectors.extend_from_slice(graph.vector(pid as u32));
+                    add(row, graph.vector(pid as u32));
                 }
             }
             for (i, row) in hot.rows().iter().enumerate() {
-                rows.push(row.clone());
-                vectors.extend_from_slice(hot.vector(i));
+                add(row, hot.vector(i));
             }
-            MainIndex::build(rows, &vectors, dim, &config.main)
+            if aged.rows.len() < config.cold.min_move {
+                young.append(aged);
+                aged = Part::with_capacity(0, dim);
+            }
+            let new_main = MainIndex::build(young.rows, &young.vectors, dim, &config.main)?;
+            let Some(cold_dir) = cold_dir else {
+                return Ok((new_main, cold, 0));
+            };
+            let moved = aged.rows.len();
+            let mut writer = SegmentWriter {
+                dir: cold_dir,
+                shard: self.id as u32,
+                seq,
+                next: 0,
+                config,
+            };
+            let mut segments = hide_replaced(&cold, &hot, &deletes);
+            segments.extend(writer.write_all(aged)?);
+            let merge = pick_merges(&segments, config);
+            if !merge.is_empty() {
+                let mut live = Part::with_capacity(0, dim);
+                for &i in &merge {
+                    let seg = &segments[i];
+                    let g = seg.main.graph();
+                    for (pid, row) in seg.main.rows().iter().enumerate() {
+                        if !seg.dead.contains(&row.id) {
+                            live.push(row.clone(), g.vector(pid as u32));
+                        }
+                    }
+                }
+                let mut i = 0;
+                segments.retain(|_| {
+                    i += 1;
+                    !merge.contains(&(i - 1))
+                });
+                segments.extend(writer.write_all(live)?);
+            }
+            Ok((new_main, segments, moved))
         })?;
         drop(main);
 
@@ -469,7 +596,8 @@ impl Shard {
                 }
             }
             st.main = Arc::new(new_main);
-            st.tombstones = st.count_tombstones();
+            st.cold = new_cold;
+            st.recount();
             raise_covered(&mut st.covered, &lock(offsets));
             let finished = now_ms();
             st.since_ms = finished;
@@ -482,15 +610,15 @@ impl Shard {
             st.last = Some(record.clone());
             self.metrics
                 .sizes(st.hot.len(), st.main.len(), st.tombstones);
+            self.metrics.cold_sizes(&st.cold);
             let snapshot = dir.map(|_| {
-                st.seq += 1;
                 (
-                    st.seq,
                     st.main.clone(),
                     st.hot.clone(),
                     st.deletes.clone(),
                     st.graveyard.clone(),
                     st.covered.clone(),
+                    st.cold.clone(),
                 )
             });
             (record, snapshot)
@@ -508,9 +636,10 @@ impl Shard {
             duration_ms = record.duration_ms,
             merged_hot = hot.len(),
             merged_deletes = deletes.len(),
+            moved_cold = moved,
             "Compacted shard."
         );
-        if let (Some(dir), Some((seq, main, hot, deletes, graveyard, covered))) = (dir, snapshot) {
+        if let (Some(dir), Some((main, hot, deletes, graveyard, covered, cold))) = (dir, snapshot) {
             let content = Content {
                 main: &main,
                 hot: &hot,
@@ -518,6 +647,7 @@ impl Shard {
                 graveyard: &graveyard,
                 covered: &covered,
                 last: Some(&record),
+                cold: &cold,
             };
             self.write_snapshot(dir, config, seq, &content)?;
         }
@@ -533,7 +663,7 @@ impl Shard {
         dir: &Path,
     ) -> Result<()> {
         let _busy = lock(&self.busy);
-        let (seq, main, hot, deletes, graveyard, covered, last) = {
+        let (seq, main, hot, deletes, graveyard, covered, last, cold) = {
             let mut st = self.write();
             st.seq += 1;
             // Under the write lock no write to this shard is half-applied, so the global
@@ -547,6 +677,7 @@ impl Shard {
                 st.graveyard.clone(),
                 st.covered.clone(),
                 st.last.clone(),
+                st.cold.clone(),
             )
         };
         let content = Content {
@@ -556,6 +687,7 @@ impl Shard {
             graveyard: &graveyard,
             covered: &covered,
             last: last.as_ref(),
+            cold: &cold,
         };
         self.write_snapshot(dir, config, seq, &content)
     }
@@ -581,6 +713,131 @@ impl Shard {
             "Wrote shard snapshot."
         );
         Ok(())
+    }
+}
+
+/// Rows and their vectors gathered for a build.
+struct Part {
+    rows: Vec<Row>,
+    vectors: Vec<f32>,
+}
+
+impl Part {
+    fn with_capacity(n: usize, dim: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+            vectors: Vec::with_capacity(n * dim),
+        }
+    }
+
+    fn push(&mut self, row: Row, vector: &[f32]) {
+        self.rows.push(row);
+        self.vectors.extend_from_slice(vector);
+    }
+
+    fn append(&mut self, mut other: Part) {
+        self.rows.append(&mut other.rows);
+        self.vectors.append(&mut other.vectors);
+    }
+}
+
+/// Builds and writes the segments of one compaction, numbered in order.
+struct SegmentWriter<'a> {
+    dir: &'a Path,
+    shard: u32,
+    seq: u64,
+    next: usize,
+    config: &'a IndexConfig,
+}
+
+impl SegmentWriter<'_> {
+    /// `part` as segments of at most `cold.segment_max_vectors` items, each built, written,
+    /// and opened again mapped (so that the built copy leaves memory).
+    fn write_all(&mut self, part: Part) -> Result<Vec<Segment>> {
+        let dim = self.config.dim;
+        let per = self.config.cold.segment_max_vectors;
+        let mut out = Vec::new();
+        let mut vectors = part.vectors.chunks(per * dim);
+        for rows in part.rows.chunks(per) {
+            let vectors = vectors
+                .next()
+                .expect("one chunk of vectors per chunk of rows");
+            let built = MainIndex::build(rows.to_vec(), vectors, dim, &self.config.main)?;
+            let name = cold::file_name(self.shard, self.seq, self.next);
+            self.next += 1;
+            cold::write(self.dir, &name, self.shard, &built)?;
+            drop(built);
+            let (main, bytes) = cold::open(self.dir, &name, self.shard, dim)?;
+            out.push(Segment {
+                name,
+                main: Arc::new(main),
+                dead: Arc::default(),
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `cold` with each segment's items that `hot` or `deletes` replaced added to its dead.
+fn hide_replaced(cold: &[Segment], hot: &Hot, deletes: &HashMap<ItemId, Version>) -> Vec<Segment> {
+    cold.iter()
+        .map(|seg| {
+            let replaced = hot.rows().iter().map(|r| &r.id).chain(deletes.keys());
+            let newly: Vec<&ItemId> = replaced.filter(|id| seg.holds(id)).collect();
+            if newly.is_empty() {
+                return seg.clone();
+            }
+            let mut dead = (*seg.dead).clone();
+            dead.extend(newly.into_iter().cloned());
+            Segment {
+                dead: Arc::new(dead),
+                ..seg.clone()
+            }
+        })
+        .collect()
+}
+
+/// Which segments to merge: those with more than `compaction.max_tombstone_ratio` of their
+/// items hidden, then the smallest while there are more than `cold.max_segments`, as long as
+/// the merge stays within `cold.segment_max_vectors`. Nothing when that leaves one segment
+/// with little hidden (a merge of one is only worth it to drop its hidden items).
+fn pick_merges(segments: &[Segment], config: &IndexConfig) -> Vec<usize> {
+    let cold = &config.cold;
+    let over =
+        |s: &Segment| ratio(s.dead.len(), s.main.len()) > config.compaction.max_tombstone_ratio;
+    let mut pick: Vec<usize> = (0..segments.len())
+        .filter(|&i| over(&segments[i]))
+        .collect();
+    let mut total: usize = pick.iter().map(|&i| segments[i].live()).sum();
+    let mut rest: Vec<usize> = (0..segments.len()).filter(|i| !pick.contains(i)).collect();
+    rest.sort_by_key(|&i| segments[i].live());
+    for i in rest {
+        let after = segments.len() - pick.len() + usize::from(!pick.is_empty());
+        if after <= cold.max_segments || total + segments[i].live() > cold.segment_max_vectors {
+            break;
+        }
+        pick.push(i);
+        total += segments[i].live();
+    }
+    if pick.len() == 1 && !over(&segments[pick[0]]) {
+        pick.clear();
+    }
+    pick
+}
+
+/// The top `k` of one main part or segment, hiding what `hidden` says.
+fn search_part(
+    main: &MainIndex,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+    filter: Option<(&Filter, FilterPlan)>,
+    hidden: impl Fn(&str) -> bool,
+) -> (Vec<Hit>, Option<Strategy>) {
+    match filter {
+        None => (main.search(query, k, ef, hidden), None),
+        Some((f, plan)) => main.search_filtered(query, k, ef, f, plan, hidden),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Snapshot files: one shard's whole state (main's graph, rows and vectors; hot; pending
 //! deletes; merged deletes still remembered; the per-partition offsets the state covers; the last compaction) in one file.
 //!
-//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32; this build writes 3 and
-//! reads 1 to 3 — format 2 adds each write's source position, format 3 each item's
-//! attributes), shard, shard count,
+//! Layout (little-endian): magic `ESSNAP\r\n`, format version (u32; this build writes 4 and
+//! reads 1 to 4 — format 2 adds each write's source position, format 3 each item's
+//! attributes, format 4 the cold segments), shard, shard count,
 //! dimension, routing function (u32 each), sequence number (u64), creation time (i64 ms);
-//! the body; then a footer: the byte length of everything before it (u64), CRC-32 of
+//! the cold segments the state uses (each: file name, item count, the ids hidden since it was
+//! written), first so that pruning can read them without the rest; the body; then a footer: the byte length of everything before it (u64), CRC-32 of
 //! everything before it (u32), and `ESSNAPOK`. The main graph is stored as built — reading it
 //! back costs I/O, not a rebuild.
 //!
@@ -15,13 +16,16 @@
 //! the footer and checksum before any of its content is used; length fields are bounded by
 //! the file size, so a corrupt one cannot make the reader allocate wildly. A corrupt file is
 //! renamed to `*.corrupt` (kept for inspection, never loaded again) and the next older one
-//! is tried. The newest `keep` valid files are kept, older ones deleted.
+//! is tried, and so is a snapshot naming a cold segment that is missing or fails its own
+//! checks. The newest `keep` valid files are kept, older ones deleted, and then every segment
+//! file none of the kept ones names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
+use crate::cold::{self, Segment};
 use crate::compaction::CompactionReason;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, M, M0};
@@ -34,7 +38,7 @@ use crate::types::{Attributes, ItemId, Source, Version};
 const MAGIC: &[u8; 8] = b"ESSNAP\r\n";
 const MAGIC_END: &[u8; 8] = b"ESSNAPOK";
 /// Version of the layout above; bump on any change.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// The oldest format this build reads: format 1 has no source positions (its writes then
 /// order by the embedding topic alone until they are replaced); formats 1 and 2 have no
 /// attributes, so the index sets them aside at open and replays the topic instead.
@@ -61,6 +65,7 @@ pub(crate) struct Content<'a> {
     pub(crate) graveyard: &'a Graveyard,
     pub(crate) covered: &'a BTreeMap<i32, i64>,
     pub(crate) last: Option<&'a CompactionRecord>,
+    pub(crate) cold: &'a [Segment],
 }
 
 /// What a snapshot held, read back.
@@ -77,6 +82,15 @@ pub(crate) struct Loaded {
     pub(crate) graveyard: Graveyard,
     pub(crate) covered: BTreeMap<i32, i64>,
     pub(crate) last: Option<CompactionRecord>,
+    pub(crate) cold: Vec<Segment>,
+}
+
+/// A cold segment as a snapshot names it.
+#[derive(Debug)]
+struct SegmentRef {
+    name: String,
+    items: u64,
+    dead: HashSet<ItemId>,
 }
 
 fn file_name(shard: u32, seq: u64) -> String {
@@ -169,10 +183,29 @@ pub(crate) fn write(
     Ok((path, len + FOOTER_LEN))
 }
 
-/// Deletes all but the newest `keep` snapshots of the shard, and its leftover temp files.
+/// Deletes all but the newest `keep` snapshots of the shard, the cold segment files none of
+/// those names (all are kept when one cannot be read), and its leftover temp files.
 pub(crate) fn prune(dir: &Path, shard: u32, keep: usize) -> Result<()> {
-    for (_, path) in list(dir, shard)?.into_iter().skip(keep) {
-        fs::remove_file(&path).map_err(|e| Error::io("delete old snapshot", &path, e))?;
+    let snapshots = list(dir, shard)?;
+    for (_, path) in snapshots.iter().skip(keep) {
+        fs::remove_file(path).map_err(|e| Error::io("delete old snapshot", path, e))?;
+    }
+    let named: Option<HashSet<String>> = snapshots
+        .iter()
+        .take(keep)
+        .map(|(_, path)| segment_names(path))
+        .try_fold(HashSet::new(), |mut all, names| {
+            all.extend(names?);
+            Some(all)
+        });
+    if let Some(named) = named {
+        for name in cold::list(dir, shard) {
+            if !named.contains(&name) {
+                let path = dir.join(&name);
+                fs::remove_file(&path)
+                    .map_err(|e| Error::io("delete unused cold segment", &path, e))?;
+            }
+        }
     }
     let prefix = format!(".shard-{shard:05}-");
     if let Ok(entries) = fs::read_dir(dir) {
@@ -212,6 +245,44 @@ pub(crate) fn load_newest(
     Ok(None)
 }
 
+/// The cold segments a snapshot names, read from its head only (no checksum); `None` when
+/// the head cannot be read.
+fn segment_names(path: &Path) -> Option<Vec<String>> {
+    let file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut r = CrcReader {
+        inner: BufReader::new(file),
+        hasher: crc32fast::Hasher::new(),
+        left: size.checked_sub(FOOTER_LEN)?,
+        format: FORMAT_VERSION,
+    };
+    let mut magic = [0u8; 8];
+    r.exact(&mut magic).ok()?;
+    if &magic != MAGIC {
+        return None;
+    }
+    r.format = r.u32().ok()?;
+    r.skip(4 * 4 + 8 + 8).ok()?;
+    if r.format < 4 {
+        return Some(Vec::new());
+    }
+    read_segment_refs(&mut r)
+        .ok()
+        .map(|refs| refs.into_iter().map(|s| s.name).collect())
+}
+
+fn read_segment_refs<R: Read>(r: &mut CrcReader<R>) -> io::Result<Vec<SegmentRef>> {
+    (0..r.count(20)?)
+        .map(|_| {
+            let (name, items) = (r.str()?, r.u64()?);
+            let dead = (0..r.count(4)?)
+                .map(|_| r.str())
+                .collect::<io::Result<HashSet<_>>>()?;
+            Ok(SegmentRef { name, items, dead })
+        })
+        .collect()
+}
+
 fn write_all<W: io::Write>(
     w: &mut CrcWriter<W>,
     h: Header,
@@ -225,6 +296,18 @@ fn write_all<W: io::Write>(
     }
     w.u64(seq)?;
     w.i64(created_ms)?;
+
+    w.u64(c.cold.len() as u64)?;
+    for segment in c.cold {
+        w.str(&segment.name)?;
+        w.u64(segment.main.len() as u64)?;
+        let mut dead: Vec<_> = segment.dead.iter().collect();
+        dead.sort();
+        w.u64(dead.len() as u64)?;
+        for id in dead {
+            w.str(id)?;
+        }
+    }
 
     w.u64(c.covered.len() as u64)?;
     for (&p, &o) in c.covered {
@@ -287,6 +370,7 @@ fn reason_code(r: CompactionReason) -> u8 {
         CompactionReason::Interval => 3,
         CompactionReason::Manual => 4,
         CompactionReason::Recall => 5,
+        CompactionReason::Age => 6,
     }
 }
 
@@ -297,6 +381,7 @@ fn reason_from(code: u8) -> Option<CompactionReason> {
         3 => CompactionReason::Interval,
         4 => CompactionReason::Manual,
         5 => CompactionReason::Recall,
+        6 => CompactionReason::Age,
         _ => return None,
     })
 }
@@ -338,17 +423,37 @@ fn read(path: &Path, expect: Header) -> Result<Loaded> {
     if tail.is_err() || r.hasher.clone().finalize() != want_crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let (header, loaded) = parsed?;
+    let (header, mut loaded, refs) = parsed?;
     if header != expect {
         return Err(Error::SnapshotIncompatible {
             path: path.to_owned(),
             reason: format!("snapshot has {header:?}, the index is {expect:?}"),
         });
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for r in refs {
+        let opened = cold::open(dir, &r.name, header.shard, header.dim as usize);
+        let (main, bytes) = match opened {
+            Ok(o) if o.0.len() as u64 == r.items && r.dead.iter().all(|id| o.0.contains(id)) => o,
+            Ok(_) => return Err(corrupt("a cold segment it names holds other items")),
+            Err(e) => {
+                tracing::warn!(snapshot = %path.display(), segment = %r.name, error = %e, "Cold segment of a snapshot cannot be used.");
+                return Err(corrupt("a cold segment it names is missing or corrupt"));
+            }
+        };
+        loaded.cold.push(Segment {
+            name: r.name,
+            main: std::sync::Arc::new(main),
+            dead: std::sync::Arc::new(r.dead),
+            bytes,
+        });
+    }
     Ok(loaded)
 }
 
-fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)> {
+/// The snapshot's content, and the cold segments it names (opened by [`read`] once the
+/// checksum has passed).
+fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded, Vec<SegmentRef>)> {
     let corrupt = |reason| Error::SnapshotCorrupt {
         path: path.to_owned(),
         reason,
@@ -377,6 +482,11 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
     let created_ms = r.i64().map_err(short)?;
     let dim = header.dim as usize;
     let body = (|| -> io::Result<_> {
+        let cold = if r.format >= 4 {
+            read_segment_refs(r)?
+        } else {
+            Vec::new()
+        };
         let mut covered = BTreeMap::new();
         for _ in 0..r.count(12)? {
             covered.insert(r.i32()?, r.i64()?);
@@ -420,10 +530,10 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
             }
         }
         Ok((
-            covered, last, rows, vectors, zero, layers, hot, deletes, graveyard,
+            cold, covered, last, rows, vectors, zero, layers, hot, deletes, graveyard,
         ))
     })();
-    let (covered, last, rows, vectors, zero, layers, hot, deletes, graveyard) =
+    let (cold, covered, last, rows, vectors, zero, layers, hot, deletes, graveyard) =
         body.map_err(short)?;
     if r.left != 0 {
         return Err(corrupt("bytes after the content"));
@@ -457,7 +567,9 @@ fn parse<R: Read>(r: &mut CrcReader<R>, path: &Path) -> Result<(Header, Loaded)>
             graveyard,
             covered,
             last,
+            cold: Vec::new(),
         },
+        cold,
     ))
 }
 

@@ -20,6 +20,9 @@ pub enum CompactionReason {
     Manual,
     /// The recall self-check fell below its post-build baseline ([`crate::RecallDrop`]).
     Recall,
+    /// Main holds enough items older than the hot window to move them to the cold tier
+    /// ([`crate::Age`]).
+    Age,
 }
 
 impl CompactionReason {
@@ -31,6 +34,7 @@ impl CompactionReason {
             Self::Interval => "interval",
             Self::Manual => "manual",
             Self::Recall => "recall",
+            Self::Age => "age",
         }
     }
 }
@@ -81,4 +85,15 @@ pub struct ShardStats {
     pub recall_at_10: Option<f64>,
     /// Recall@10 measured first after the current main was built or loaded.
     pub recall_baseline: Option<f64>,
+    /// Items of main older than the cold tier's hot window (0 with the cold tier off): what
+    /// the next compaction moves to the cold tier.
+    pub aged_vectors: usize,
+    /// Items in the cold tier's segments that queries can find.
+    pub cold_vectors: usize,
+    /// Items in the segments replaced or deleted since (dropped when a merge rewrites them).
+    pub cold_hidden: usize,
+    /// Cold segments.
+    pub cold_segments: usize,
+    /// Bytes of the segment files (mapped: the operating system keeps what queries touch).
+    pub cold_bytes: u64,
 }

@@ -233,4 +233,7 @@ pub struct Query<'a> {
     pub ef_search: Option<usize>,
     /// Only items whose attributes match; `None`: every item.
     pub filter: Option<&'a Filter>,
+    /// Only the hot tier (hot parts and mains: recent items, in memory), not the cold
+    /// tier's segments. Without a cold tier it changes nothing.
+    pub hot_only: bool,
 }

@@ -69,6 +69,7 @@ impl Graph {
     }
 
     /// Whether the vectors live in a mapped file.
+    #[cfg(test)]
     pub(crate) fn is_mapped(&self) -> bool {
         self.vectors.is_mapped()
     }

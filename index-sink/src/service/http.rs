@@ -206,6 +206,21 @@ pub(crate) struct SearchRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// Which tier to search: `all` (the default) or `hot`, the recent items held in memory
+    /// (tighter latency; without a cold tier, the same as `all`).
+    #[serde(default)]
+    tier: Tier,
+}
+
+/// The tiers a search covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Tier {
+    /// Every item.
+    #[default]
+    All,
+    /// Items within the cold tier's hot window only.
+    Hot,
 }
 
 /// A search's answer.
@@ -220,6 +235,8 @@ pub(crate) struct SearchResponse {
     adapter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fuse: Option<f64>,
+    /// The tiers searched.
+    tier: Tier,
     took_ms: f64,
 }
 
@@ -481,6 +498,7 @@ async fn answer(
             k,
             ef_search: Some(ef_search),
             filter: filter.as_ref(),
+            hot_only: request.tier == Tier::Hot,
         });
         let _ = tx.send(hits);
     });
@@ -517,6 +535,7 @@ async fn answer(
         model_version,
         adapter: request.adapter,
         fuse: request.fuse,
+        tier: request.tier,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

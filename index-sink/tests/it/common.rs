@@ -37,18 +37,43 @@ impl Rng {
 }
 
 /// Where the data is when the scenario checks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     /// Nothing compacted: every item in hot.
     HotOnly,
     /// Every shard compacted after the writes: everything in main.
     Main,
+    /// The cold tier on with a one-day hot window, and every shard compacted after the
+    /// writes: every item (their event times are in 2023) in memory-mapped cold segments.
+    Cold,
 }
 
-pub const STAGES: [Stage; 2] = [Stage::HotOnly, Stage::Main];
+pub const STAGES: [Stage; 3] = [Stage::HotOnly, Stage::Main, Stage::Cold];
+
+/// `config(dim, shards)`, with the cold tier on for [`Stage::Cold`].
+pub fn config_for(stage: Stage, dim: usize, shards: usize) -> IndexConfig {
+    let mut c = config(dim, shards);
+    if stage == Stage::Cold {
+        c.cold.enabled = true;
+        c.cold.hot_window = std::time::Duration::from_secs(24 * 3600);
+        c.cold.min_move = 1;
+    }
+    c
+}
+
+/// An empty index for the stage: in memory, or in a fresh directory for the cold tier.
+pub fn index_for(stage: Stage, dim: usize, shards: usize) -> (ShardedIndex, Option<TempDir>) {
+    let c = config_for(stage, dim, shards);
+    if stage == Stage::Cold {
+        let dir = TempDir::new("cold");
+        (ShardedIndex::open(&dir.0, c).unwrap(), Some(dir))
+    } else {
+        (ShardedIndex::new(c).unwrap(), None)
+    }
+}
 
 pub fn settle(index: &ShardedIndex, stage: Stage) {
-    if stage == Stage::Main {
+    if stage != Stage::HotOnly {
         for shard in 0..index.config().shards {
             index
                 .compact(shard, CompactionReason::Manual)
@@ -58,6 +83,9 @@ pub fn settle(index: &ShardedIndex, stage: Stage) {
         for s in index.stats() {
             assert_eq!(s.hot_vectors, 0, "{s:?}");
             assert_eq!(s.pending_deletes, 0, "{s:?}");
+            if stage == Stage::Cold {
+                assert_eq!(s.main_vectors, 0, "{s:?}");
+            }
         }
     }
 }
@@ -151,6 +179,7 @@ pub fn search_even(index: &ShardedIndex, q: &[f32], k: usize) -> Vec<Hit> {
             k,
             ef_search: None,
             filter: Some(&filter),
+            hot_only: false,
         })
         .unwrap()
 }
@@ -181,6 +210,7 @@ pub fn search(index: &ShardedIndex, q: &[f32], k: usize) -> Vec<Hit> {
             k,
             ef_search: None,
             filter: None,
+            hot_only: false,
         })
         .unwrap()
 }

@@ -81,7 +81,7 @@ proptest! {
         std::fs::write(dir.0.join(name), &file).unwrap();
         if let Ok(index) = ShardedIndex::open(&dir.0, config(DIM, 1)) {
             let q = vec![0.5; DIM];
-            let _ = index.search(Query { vector: &q, k: 5, ef_search: None, filter: None });
+            let _ = index.search(Query { vector: &q, k: 5, ef_search: None, filter: None, hot_only: false });
             let _ = index.len();
         }
     }

@@ -55,6 +55,7 @@ fn hnsw_recall_at_10_is_at_least_0_95() {
                 k: 10,
                 ef_search: Some(10),
                 filter: None,
+                hot_only: false,
             })
             .unwrap();
         let want = oracle.search(q, 10);
@@ -160,6 +161,7 @@ fn filtered_search_keeps_recall_at_50_10_and_1_percent_and_never_returns_a_non_m
                     k: 10,
                     ef_search: Some(100),
                     filter: Some(&filter),
+                    hot_only: false,
                 })
                 .unwrap();
             let mut want: Vec<(f32, usize)> = items

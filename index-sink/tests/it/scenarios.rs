@@ -1,5 +1,5 @@
 //! Search correctness, shadowing of stale main copies, idempotent replay and request
-//! validation, each run with the data in hot and with the data in main.
+//! validation, each run with the data in hot, in main and in the cold tier.
 
 use embedstream_index_sink::{Applied, Error, Query, ShardedIndex};
 
@@ -10,7 +10,7 @@ const DIM: usize = 32;
 #[test]
 fn search_equals_brute_force_oracle() {
     for stage in STAGES {
-        let index = ShardedIndex::new(config(DIM, 4)).unwrap();
+        let (index, _dir) = index_for(stage, DIM, 4);
         let mut rng = Rng::new(1);
         let mut oracle = Oracle::default();
         for i in 0..600 {
@@ -40,7 +40,7 @@ fn search_equals_brute_force_oracle() {
 #[test]
 fn updates_and_deletes_hide_stale_copies() {
     for stage in STAGES {
-        let index = ShardedIndex::new(config(DIM, 3)).unwrap();
+        let (index, _dir) = index_for(stage, DIM, 3);
         let mut rng = Rng::new(2);
         let mut oracle = Oracle::default();
         let mut old = Vec::new();
@@ -70,6 +70,10 @@ fn updates_and_deletes_hide_stale_copies() {
                 "every replaced or deleted main point is a tombstone"
             );
         }
+        if stage == Stage::Cold {
+            let hidden: usize = index.stats().iter().map(|s| s.cold_hidden).sum();
+            assert_eq!(hidden, 100, "every replaced or deleted cold item is hidden");
+        }
         for (i, v) in old.iter().enumerate().take(100) {
             let id = format!("item-{i:05}");
             let hits = search(&index, v, 10);
@@ -89,7 +93,13 @@ fn updates_and_deletes_hide_stale_copies() {
         }
         assert_same_state(&index, &oracle, (0..300).map(|i| format!("item-{i:05}")));
         // And the updated state survives a further compaction.
-        settle(&index, Stage::Main);
+        settle(&index, stage.max(Stage::Main));
+        if stage == Stage::Cold {
+            // A third of each segment hidden: each is rewritten without its hidden items.
+            for s in index.stats() {
+                assert_eq!(s.cold_hidden, 0, "{s:?}");
+            }
+        }
         assert_same_state(&index, &oracle, (0..300).map(|i| format!("item-{i:05}")));
         for v in old.iter().take(100) {
             assert_same_hits(
@@ -104,7 +114,7 @@ fn updates_and_deletes_hide_stale_copies() {
 #[test]
 fn replay_is_idempotent() {
     for stage in STAGES {
-        let index = ShardedIndex::new(config(DIM, 4)).unwrap();
+        let (index, _dir) = index_for(stage, DIM, 4);
         let mut rng = Rng::new(3);
         let log = random_log(&mut rng, DIM, 200, 1500, 3);
         let mut oracle = Oracle::default();
@@ -123,7 +133,7 @@ fn replay_is_idempotent() {
                 "{stage:?}: replay of {w:?} gave {applied:?}"
             );
         }
-        if stage == Stage::Main {
+        if stage != Stage::HotOnly {
             // After a swap the shard skips covered records without looking at the item.
             let w = log
                 .iter()
@@ -150,7 +160,7 @@ fn replay_is_idempotent() {
 fn the_later_source_event_wins_whatever_order_the_records_arrive_in() {
     for stage in STAGES {
         let dir = TempDir::new("source-order");
-        let c = config(DIM, 2);
+        let c = config_for(stage, DIM, 2);
         let index = ShardedIndex::open(&dir.0, c.clone()).unwrap();
         let mut rng = Rng::new(4);
         let newest = rng.unit(DIM);
@@ -198,6 +208,7 @@ fn bad_requests_and_records_are_rejected_without_effect() {
             k,
             ef_search: None,
             filter: None,
+            hot_only: false,
         })
     };
     assert!(matches!(

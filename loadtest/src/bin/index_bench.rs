@@ -312,6 +312,7 @@ fn search(args: SearchArgs) -> Result<()> {
                         k: 10,
                         ef_search: Some(ef),
                         filter: None,
+                        hot_only: false,
                     })?;
                     lat.push(t.elapsed());
                     let ids: Vec<String> = hits.into_iter().map(|h| h.item_id).collect();
@@ -366,6 +367,7 @@ fn query_loop(
             k: 10,
             ef_search: Some(ef),
             filter: None,
+            hot_only: false,
         });
         lat.push(t.elapsed());
         assert!(hits.is_ok_and(|h| h.len() == 10), "a query failed");
@@ -541,6 +543,7 @@ fn filtered(args: FilteredArgs) -> Result<()> {
                                 k: 10,
                                 ef_search: Some(ef),
                                 filter: Some(&filter),
+                                hot_only: false,
                             })?;
                             lat.push(t.elapsed());
                             found += hits
