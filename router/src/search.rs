@@ -77,6 +77,10 @@ pub(crate) struct RouteRequest {
     /// the consumer's; requests with a `plan` are never logged).
     #[serde(default)]
     log_query: Option<bool>,
+    /// `hot`: search only the recent items each index holds in memory (its hot tier), not
+    /// its cold tier; `all` (the default): every item.
+    #[serde(default)]
+    tier: embedstream_schemas::api::Tier,
 }
 
 /// A search's answer.
@@ -514,6 +518,9 @@ async fn route(
         }
         if let Some(f) = &request.filter {
             forward["filter"] = f.clone();
+        }
+        if request.tier != embedstream_schemas::api::Tier::All {
+            forward["tier"] = serde_json::json!(request.tier);
         }
         if let Some(t) = &request.text {
             forward["text"] = serde_json::json!(t);

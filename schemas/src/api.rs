@@ -44,6 +44,18 @@ pub enum TextOrTexts {
     Many(Vec<String>),
 }
 
+/// The tiers a search covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Every item.
+    #[default]
+    All,
+    /// The hot tier only: items within the index's hot window, held in memory (tighter
+    /// latency). Without a cold tier, every item.
+    Hot,
+}
+
 /// An OpenAPI document as JSON, rendered once into `cell`.
 pub fn document(
     cell: &'static OnceLock<String>,

@@ -209,18 +209,7 @@ pub(crate) struct SearchRequest {
     /// Which tier to search: `all` (the default) or `hot`, the recent items held in memory
     /// (tighter latency; without a cold tier, the same as `all`).
     #[serde(default)]
-    tier: Tier,
-}
-
-/// The tiers a search covers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Tier {
-    /// Every item.
-    #[default]
-    All,
-    /// Items within the cold tier's hot window only.
-    Hot,
+    tier: embedstream_schemas::api::Tier,
 }
 
 /// A search's answer.
@@ -236,7 +225,7 @@ pub(crate) struct SearchResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     fuse: Option<f64>,
     /// The tiers searched.
-    tier: Tier,
+    tier: embedstream_schemas::api::Tier,
     took_ms: f64,
 }
 
@@ -498,7 +487,7 @@ async fn answer(
             k,
             ef_search: Some(ef_search),
             filter: filter.as_ref(),
-            hot_only: request.tier == Tier::Hot,
+            hot_only: request.tier == embedstream_schemas::api::Tier::Hot,
         });
         let _ = tx.send(hits);
     });

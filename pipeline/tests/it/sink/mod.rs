@@ -2,6 +2,7 @@
 //! produced straight to a prefixed embedding topic, the sink binary consuming them, queries
 //! over HTTP checked against an exact oracle; kill -9 and restart; the query API's errors.
 
+mod cold;
 mod errors;
 mod faults;
 mod filter;
