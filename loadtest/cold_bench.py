@@ -1,7 +1,7 @@
 """The cold tier against the same vectors held in memory, side by side in one run, under a
 memory limit that the in-memory index does not fit.
 
-  python3 loadtest/cold_bench.py --data DIR [--work .dev/bench/cold] [--limit-share 0.5]
+  python3 loadtest/cold_bench.py --data DIR [--work .dev/bench/cold] [--limit-shares 0.5,0.33]
 
 Needs root (a cgroup v1 memory controller at /sys/fs/cgroup/memory, and
 /proc/sys/vm/drop_caches), `cargo build --release --bin cold-bench`, and DIR from
@@ -10,10 +10,10 @@ Needs root (a cgroup v1 memory controller at /sys/fs/cgroup/memory, and
 1. `cold-bench build` twice (kept in --work and reused): every row in memory (`hot`: the
    shards' mains) and every row in the cold tier (`cold`: memory-mapped segments), 2 shards,
    the sink's default graph settings.
-2. `serve hot`, no limit: its resident memory M while it serves is what the index takes in
-   memory.
-3. A memory cgroup limited to --limit-share × M (0.5: the index holds 2× what fits), the page
-   cache dropped before each run (mapped pages count against the limit):
+2. `serve hot` and `serve cold`, no limit: the resident memory M of `hot` while it serves is
+   what the index takes in memory.
+3. Per share in --limit-shares, a memory cgroup limited to share × M (0.5: the index holds 2×
+   what fits), the page cache dropped before each run (mapped pages count against the limit):
    - `serve cold` in it: open, then every query of queries.f32 one at a time, twice (the first
      pass reads from disk);
    - `serve hot` in it: the same index held in memory (expected: killed for memory).
@@ -82,7 +82,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--work", default=os.path.join(ROOT, ".dev", "bench", "cold"))
-    p.add_argument("--limit-share", type=float, default=0.5)
+    p.add_argument("--limit-shares", default="0.5,0.33")
     p.add_argument("--ef", type=int, default=100)
     p.add_argument("--report")
     a = p.parse_args()
@@ -98,18 +98,24 @@ def main():
     serve = lambda tier: ["serve", "--data", a.data, "--dir", os.path.join(a.work, tier),
                           "--tier", tier, "--ef", str(a.ef)]
 
-    drop_caches()
-    rc, free_hot, _, _ = run(serve("hot"))
-    if rc != 0:
-        sys.exit("serve hot failed")
-    limit = int(free_hot["rss_mb"] * a.limit_share * 1024 * 1024)
-    results = {"builds": builds, "hot_unlimited": free_hot, "limit_bytes": limit}
-    for tier in ("cold", "hot"):
+    results = {"builds": builds, "unlimited": {}, "limited": []}
+    for tier in ("hot", "cold"):
         drop_caches()
-        rc, out, peak, failcnt = run(serve(tier), cgroup_limit=limit)
-        results[f"{tier}_limited"] = {
-            "exit": rc, "result": out, "cgroup_peak_bytes": peak, "cgroup_failcnt": failcnt,
-        }
+        rc, out, _, _ = run(serve(tier))
+        if rc != 0:
+            sys.exit(f"serve {tier} failed")
+        results["unlimited"][tier] = out
+    in_memory = results["unlimited"]["hot"]["rss_mb"]
+    for share in (float(x) for x in a.limit_shares.split(",")):
+        limit = int(in_memory * share * 1024 * 1024)
+        runs = {"share": share, "limit_bytes": limit}
+        for tier in ("cold", "hot"):
+            drop_caches()
+            rc, out, peak, failcnt = run(serve(tier), cgroup_limit=limit)
+            runs[tier] = {
+                "exit": rc, "result": out, "cgroup_peak_bytes": peak, "cgroup_failcnt": failcnt,
+            }
+        results["limited"].append(runs)
     try:
         os.rmdir(CGROUP)
     except OSError:
@@ -123,31 +129,31 @@ def main():
 def table(r):
     mb = lambda b: f"{b / 1024 / 1024:.0f} MB"
     lines = [
-        f"Memory limit: {mb(r['limit_bytes'])} "
-        f"({r['limit_bytes'] / 1024 / 1024 / r['hot_unlimited']['rss_mb']:.2f} × the "
-        "in-memory index's resident memory while it serves).",
-        "",
-        "| run | items | recall@10 | pass | p50 ms | p95 ms | p99 ms | RSS MB (peak) | "
-        "cgroup peak | limit hits |",
+        "| run | memory limit | items | recall@10 | pass | p50 ms | p95 ms | p99 ms | "
+        "RSS MB (peak) | limit hits |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    runs = [("in memory, no limit", {"exit": 0, "result": r["hot_unlimited"],
-                                     "cgroup_peak_bytes": None, "cgroup_failcnt": None}),
-            ("cold tier, limited", r["cold_limited"]),
-            ("in memory, limited", r["hot_limited"])]
-    for name, run_ in runs:
+    runs = [(f"{'in memory' if t == 'hot' else 'cold tier'}", "none",
+             {"exit": 0, "result": r["unlimited"][t], "cgroup_failcnt": None})
+            for t in ("hot", "cold")]
+    for limited in r["limited"]:
+        limit = f"{mb(limited['limit_bytes'])} ({limited['share']:.2f}×)"
+        runs += [("cold tier", limit, limited["cold"]), ("in memory", limit, limited["hot"])]
+    for name, limit, run_ in runs:
         res = run_["result"]
-        peak = mb(run_["cgroup_peak_bytes"]) if run_["cgroup_peak_bytes"] else "–"
         hits = run_["cgroup_failcnt"] if run_["cgroup_failcnt"] is not None else "–"
         if run_["exit"] != 0 or res is None:
-            lines.append(f"| {name} | – | – | – | – | – | – | killed (exit {run_['exit']}) | "
-                         f"{peak} | {hits} |")
+            lines.append(f"| {name} | {limit} | – | – | – | – | – | – | "
+                         f"killed (exit {run_['exit']}) | {hits} |")
             continue
         for ps in res["passes"]:
             lines.append(
-                f"| {name} | {res['items']:,} | {ps['recall_at_10']:.3f} | {ps['pass'] + 1} | "
-                f"{ps['p50_ms']:.2f} | {ps['p95_ms']:.2f} | {ps['p99_ms']:.2f} | "
-                f"{res['rss_mb']:.0f} ({res['peak_rss_mb']:.0f}) | {peak} | {hits} |")
+                f"| {name} | {limit} | {res['items']:,} | {ps['recall_at_10']:.3f} | "
+                f"{ps['pass'] + 1} | {ps['p50_ms']:.2f} | {ps['p95_ms']:.2f} | "
+                f"{ps['p99_ms']:.2f} | {res['rss_mb']:.0f} ({res['peak_rss_mb']:.0f}) | {hits} |")
+    lines.append("")
+    lines.append("Memory limits are shares of the in-memory index's resident memory while it "
+                 f"serves ({r['unlimited']['hot']['rss_mb']:.0f} MB).")
     return "\n".join(lines) + "\n"
 
 

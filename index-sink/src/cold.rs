@@ -81,7 +81,9 @@ pub(crate) fn list(dir: &Path, shard: u32) -> Vec<String> {
     out
 }
 
-/// Maps a file read-only.
+/// Maps a file read-only, for random access: a graph search touches scattered nodes, and the
+/// kernel's default read-around (a run of pages per fault) would fill memory with pages no
+/// query asked for and evict the ones queries use.
 pub(crate) fn map_file(path: &Path) -> io::Result<Mmap> {
     let file = File::open(path)?;
     // SAFETY: segment files are immutable: written under a temporary name, renamed into place
@@ -89,9 +91,10 @@ pub(crate) fn map_file(path: &Path) -> io::Result<Mmap> {
     // deleting a mapped file keeps its pages until the map is dropped. Nothing else writes to
     // the snapshot directory.
     #[allow(unsafe_code)]
-    unsafe {
-        Mmap::map(&file)
-    }
+    let map = unsafe { Mmap::map(&file)? };
+    #[cfg(unix)]
+    map.advise(memmap2::Advice::Random)?;
+    Ok(map)
 }
 
 /// Writes `main`'s graph and rows as segment `name` in `dir`; returns the file's size.

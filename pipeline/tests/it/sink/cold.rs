@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::slices::{Router, ids};
 use super::{
     Oracle, Put, Sink, assert_exact_search, assert_items, config, produce, record, test_dir,
     unit_vector,
@@ -94,11 +95,26 @@ async fn aged_items_go_cold_stay_exact_and_survive_a_kill_9() {
             recent.observe(id.clone(), v.clone(), *at);
         }
     }
+    // The router passes the tier on: through it, the same answers.
+    let consumers = dir.join("consumers.toml");
+    std::fs::write(&consumers, "[consumers.exact]\nef_search = 1000\n").unwrap();
+    let router = Router::start(&platform, &consumers).await;
+    router.wait_replicas(1).await;
     for seed in [11, 12, 13] {
         let q = unit_vector(seed);
         let want: Vec<String> = recent.top_k(&q, 10).into_iter().map(|x| x.0).collect();
         assert_eq!(hot_only(&sink, &q).await, want, "query {seed}");
+        let body = json!({"consumer": "exact", "vector": q, "k": 10, "tier": "hot"});
+        let (status, routed) = router.search_body(body).await;
+        assert_eq!(status, 200, "{routed}");
+        assert_eq!(ids(&routed), want, "query {seed} through the router");
+        let all: Vec<String> = oracle.top_k(&q, 10).into_iter().map(|x| x.0).collect();
+        let body = json!({"consumer": "exact", "vector": q, "k": 10});
+        assert_eq!(ids(&router.search_body(body).await.1), all);
     }
+    let body = json!({"consumer": "exact", "vector": unit_vector(1), "tier": "warm"});
+    assert_eq!(router.search_body(body).await.0, 400);
+    drop(router);
 
     kill9(&mut sink.child);
     // While it is down: cold items replaced (still old) and deleted, recent ones replaced.

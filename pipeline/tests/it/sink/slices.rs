@@ -32,7 +32,7 @@ max_k = 50
 pool = "ads"
 "#;
 
-struct Router {
+pub(super) struct Router {
     /// The router process, when it is one of its own (not `up`'s).
     _process: Option<Killed>,
     port: u16,
@@ -40,7 +40,7 @@ struct Router {
 }
 
 impl Router {
-    async fn start(platform: &Platform, consumers: &Path) -> Self {
+    pub(super) async fn start(platform: &Platform, consumers: &Path) -> Self {
         let port = free_port();
         let process = Killed(
             Command::new(env!("CARGO_BIN_EXE_embedstream"))
@@ -103,7 +103,7 @@ impl Router {
     }
 
     /// Waits until the router knows `n` instances, each caught up and healthy.
-    async fn wait_replicas(&self, n: usize) -> Vec<Value> {
+    pub(super) async fn wait_replicas(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let replicas = self.replicas().await;
@@ -123,11 +123,17 @@ impl Router {
     }
 
     async fn search(&self, consumer: &str, query: &[f32], k: usize) -> (u16, Value) {
-        let plan = json!([{"model": MINILM, "weight": 1.0}]);
+        self.search_body(json!({"consumer": consumer, "vector": query, "k": k}))
+            .await
+    }
+
+    /// A search of MiniLM alone with `body`'s fields.
+    pub(super) async fn search_body(&self, mut body: Value) -> (u16, Value) {
+        body["plan"] = json!([{"model": MINILM, "weight": 1.0}]);
         let r = self
             .client
             .post(self.url("/v1/search"))
-            .json(&json!({"consumer": consumer, "vector": query, "k": k, "plan": plan}))
+            .json(&body)
             .send()
             .await;
         match r {
@@ -189,7 +195,7 @@ impl Probe {
     }
 }
 
-fn ids(body: &Value) -> Vec<String> {
+pub(super) fn ids(body: &Value) -> Vec<String> {
     body["results"]
         .as_array()
         .map(|a| {
