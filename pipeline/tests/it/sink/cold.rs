@@ -97,7 +97,11 @@ async fn aged_items_go_cold_stay_exact_and_survive_a_kill_9() {
     }
     // The router passes the tier on: through it, the same answers.
     let consumers = dir.join("consumers.toml");
-    std::fs::write(&consumers, "[consumers.exact]\nef_search = 1000\n").unwrap();
+    std::fs::write(
+        &consumers,
+        "[consumers.exact]\nef_search = 1000\ndefault_k = 10\nmax_k = 100\n",
+    )
+    .unwrap();
     let router = Router::start(&platform, &consumers).await;
     router.wait_replicas(1).await;
     for seed in [11, 12, 13] {
