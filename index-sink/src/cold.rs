@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write as _};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -99,33 +99,8 @@ pub(crate) fn map_file(path: &Path) -> io::Result<Mmap> {
 
 /// Writes `main`'s graph and rows as segment `name` in `dir`; returns the file's size.
 pub(crate) fn write(dir: &Path, name: &str, shard: u32, main: &MainIndex) -> Result<u64> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = (|| -> io::Result<u64> {
-        let file = File::create(&tmp)?;
-        let mut w = CrcWriter::new(BufWriter::with_capacity(1 << 20, file));
-        write_body(&mut w, shard, main)?;
-        let (len, crc) = (w.len, w.hasher.clone().finalize());
-        let mut inner = w.inner;
-        inner.write_all(&len.to_le_bytes())?;
-        inner.write_all(&crc.to_le_bytes())?;
-        inner.write_all(MAGIC_END)?;
-        let file = inner.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        Ok(len + FOOTER_LEN)
-    })();
-    let bytes = match written {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("write cold segment", &tmp, e));
-        }
-    };
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename cold segment into place", &path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync snapshot directory", dir, e))?;
-    Ok(bytes)
+    let ops = ["write cold segment", "rename cold segment into place"];
+    crate::snapshot::write_checksummed(dir, name, ops, MAGIC_END, |w| write_body(w, shard, main))
 }
 
 fn pad<W: io::Write>(w: &mut CrcWriter<W>) -> io::Result<()> {

@@ -154,17 +154,34 @@ pub(crate) fn write(
 ) -> Result<(PathBuf, u64)> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot directory", dir, e))?;
     let name = file_name(header.shard, seq);
-    let path = dir.join(&name);
+    let ops = ["write snapshot", "rename snapshot into place"];
+    let bytes = write_checksummed(dir, &name, ops, MAGIC_END, |w| {
+        write_all(w, header, seq, created_ms, content)
+    })?;
+    Ok((dir.join(name), bytes))
+}
+
+/// Writes file `name` of `dir` atomically: `body` to a temporary name, then the footer (the
+/// body's length, its CRC-32 and `magic_end`), fsynced, renamed into place, the directory
+/// fsynced. Returns the file's size. `ops` name the write and the rename in errors.
+pub(crate) fn write_checksummed(
+    dir: &Path,
+    name: &str,
+    ops: [&'static str; 2],
+    magic_end: &[u8; 8],
+    body: impl FnOnce(&mut CrcWriter<BufWriter<File>>) -> io::Result<()>,
+) -> Result<u64> {
+    let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| -> io::Result<u64> {
         let file = File::create(&tmp)?;
         let mut w = CrcWriter::new(BufWriter::with_capacity(1 << 20, file));
-        write_all(&mut w, header, seq, created_ms, content)?;
+        body(&mut w)?;
         let (len, crc) = (w.len, w.hasher.clone().finalize());
         let mut inner = w.inner;
         inner.write_all(&len.to_le_bytes())?;
         inner.write_all(&crc.to_le_bytes())?;
-        inner.write_all(MAGIC_END)?;
+        inner.write_all(magic_end)?;
         let file = inner.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
         Ok(len)
@@ -173,14 +190,14 @@ pub(crate) fn write(
         Ok(len) => len,
         Err(e) => {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::io("write snapshot", &tmp, e));
+            return Err(Error::io(ops[0], &tmp, e));
         }
     };
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename snapshot into place", &path, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io(ops[1], &path, e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync snapshot directory", dir, e))?;
-    Ok((path, len + FOOTER_LEN))
+    Ok(len + FOOTER_LEN)
 }
 
 /// Deletes all but the newest `keep` snapshots of the shard, the cold segment files none of

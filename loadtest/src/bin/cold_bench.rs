@@ -10,13 +10,13 @@
 //!   recall@10 against the exact top 10 and per-query latency per pass, and the process's
 //!   resident memory (now and at its peak).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use embedstream_index_sink::{CompactionReason, IndexConfig, Query, ShardedIndex, Upsert};
-use embedstream_loadtest::{at_quantile, read_le_words};
+use embedstream_loadtest::{VectorSet, at_quantile};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -82,37 +82,8 @@ fn config(c: &Common, dim: usize) -> IndexConfig {
     config
 }
 
-struct Data {
-    dim: usize,
-    base: Vec<f32>,
-    queries: Vec<f32>,
-    truth: Vec<u32>,
-}
-
-fn load(dir: &Path, with_base: bool) -> Result<Data> {
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).context("meta.json")?)?;
-    let dim = meta["dim"].as_u64().context("meta.json: dim")? as usize;
-    let base = if with_base {
-        read_le_words(&dir.join("base.f32"), f32::from_le_bytes)?
-    } else {
-        Vec::new()
-    };
-    let queries = read_le_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
-    let truth = read_le_words(&dir.join("truth.u32"), u32::from_le_bytes)?;
-    if base.len() % dim != 0 || truth.len() != queries.len() / dim * 100 {
-        bail!("data files do not match meta.json");
-    }
-    Ok(Data {
-        dim,
-        base,
-        queries,
-        truth,
-    })
-}
-
 fn build(c: &Common) -> Result<serde_json::Value> {
-    let data = load(&c.data, true)?;
+    let data = VectorSet::load(&c.data, true)?;
     let index = ShardedIndex::open(&c.dir, config(c, data.dim))?;
     let week_ago = embedstream_topics::time::now_ms() - 7 * 24 * 3600 * 1000;
     let started = Instant::now();
@@ -144,7 +115,7 @@ fn build(c: &Common) -> Result<serde_json::Value> {
 
 fn serve(a: &ServeArgs) -> Result<serde_json::Value> {
     let c = &a.common;
-    let data = load(&c.data, false)?;
+    let data = VectorSet::load(&c.data, false)?;
     let opened = Instant::now();
     let index = ShardedIndex::open(&c.dir, config(c, data.dim))?;
     let open_s = opened.elapsed().as_secs_f64();
@@ -164,15 +135,7 @@ fn serve(a: &ServeArgs) -> Result<serde_json::Value> {
                 hot_only: false,
             })?;
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-            let want = &data.truth[q * 100..q * 100 + 10];
-            found += hits
-                .iter()
-                .filter(|h| {
-                    h.item_id[1..]
-                        .parse::<u32>()
-                        .is_ok_and(|row| want.contains(&row))
-                })
-                .count();
+            found += data.hits_in_top10(q, hits.iter().map(|h| h.item_id.as_str()));
         }
         latencies.sort_by(f64::total_cmp);
         passes.push(json!({

@@ -18,7 +18,7 @@
 //!   scan) and single-thread latency, for the sink's choice of strategy (`auto`) and for each
 //!   strategy forced (`graph`, `exact`), so the crossover can be read off.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use clap::{Args, Parser, Subcommand};
 use embedstream_index_sink::{
     CompactionReason, IndexConfig, Query, RefineConfig, ShardedIndex, Upsert,
 };
-use embedstream_loadtest::{at_quantile, read_le_words};
+use embedstream_loadtest::{VectorSet as Data, at_quantile};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -149,49 +149,12 @@ struct CompactionArgs {
     load: f64,
 }
 
-struct Data {
-    dim: usize,
-    base: Vec<f32>,
-    queries: Vec<f32>,
-    /// Exact top-100 rows per query.
-    truth: Vec<u32>,
+/// The index's upserts of a vector set: row `i` is item `i<i>`.
+trait Rows {
+    fn upsert(&self, row: usize) -> Upsert;
 }
 
-impl Data {
-    fn load(dir: &Path) -> Result<Self> {
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).context("meta.json")?)?;
-        let dim = meta["dim"].as_u64().context("meta.dim")? as usize;
-        let base = read_le_words(&dir.join("base.f32"), f32::from_le_bytes)?;
-        let queries = read_le_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
-        let truth = read_le_words(&dir.join("truth.u32"), u32::from_le_bytes)?;
-        if base.len() % dim != 0 || truth.len() != queries.len() / dim * 100 {
-            bail!("data files do not match meta.json");
-        }
-        Ok(Self {
-            dim,
-            base,
-            queries,
-            truth,
-        })
-    }
-
-    fn n(&self) -> usize {
-        self.base.len() / self.dim
-    }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.base[i * self.dim..(i + 1) * self.dim]
-    }
-
-    fn query(&self, q: usize) -> &[f32] {
-        &self.queries[q * self.dim..(q + 1) * self.dim]
-    }
-
-    fn nq(&self) -> usize {
-        self.queries.len() / self.dim
-    }
-
+impl Rows for Data {
     fn upsert(&self, row: usize) -> Upsert {
         Upsert {
             item_id: format!("i{row}"),
@@ -202,16 +165,6 @@ impl Data {
             source: None,
             attributes: Default::default(),
         }
-    }
-
-    /// Found rows among the exact top 10.
-    fn hits_in_top10(&self, q: usize, item_ids: &[String]) -> usize {
-        let want = &self.truth[q * 100..q * 100 + 10];
-        item_ids
-            .iter()
-            .filter_map(|id| id.strip_prefix('i')?.parse::<u32>().ok())
-            .filter(|row| want.contains(row))
-            .count()
     }
 }
 
@@ -262,7 +215,7 @@ fn load_and_build(index: &ShardedIndex, data: &Data, rows: std::ops::Range<usize
 }
 
 fn search(args: SearchArgs) -> Result<()> {
-    let data = Data::load(&args.common.data)?;
+    let data = Data::load(&args.common.data, true)?;
     let n = data.n();
     let mut config = config(&args.common, data.dim, n);
     config.compaction.threads = args.build_threads;
@@ -316,7 +269,7 @@ fn search(args: SearchArgs) -> Result<()> {
                     })?;
                     lat.push(t.elapsed());
                     let ids: Vec<String> = hits.into_iter().map(|h| h.item_id).collect();
-                    found += data.hits_in_top10(q, &ids);
+                    found += data.hits_in_top10(q, ids.iter().map(String::as_str));
                 }
                 Ok(())
             })?;
@@ -377,7 +330,7 @@ fn query_loop(
 }
 
 fn compaction(args: CompactionArgs) -> Result<()> {
-    let data = Arc::new(Data::load(&args.common.data)?);
+    let data = Arc::new(Data::load(&args.common.data, true)?);
     let n = data.n();
     let mut config = config(&args.common, data.dim, n);
     config.snapshot.enabled = false;
@@ -455,7 +408,7 @@ fn filtered(args: FilteredArgs) -> Result<()> {
     use embedstream_index_sink::Attributes;
     use embedstream_schemas::filter::{AttributeKind, Declared, parse};
 
-    let data = Data::load(&args.common.data)?;
+    let data = Data::load(&args.common.data, true)?;
     let n = data.n();
     let buckets = std::fs::read(&args.buckets).context("buckets")?;
     if buckets.len() != n || buckets.iter().any(|&b| b >= 100) {
