@@ -50,11 +50,14 @@ async fn both_embeddings_apis_answer_with_the_versions_own_vectors() {
         "an image editor for photos and drawings",
     ];
 
-    // The version's sink appears once the stage has registered the model.
+    // The version's sink appears once the stage has registered the model, and consumers read
+    // it once the router has seen it become active in the control log (its sink can announce
+    // itself first: until then, a consumer's name is a 503 `no_plan`).
     let deadline = Instant::now() + Duration::from_secs(120);
     let first = loop {
         let (status, body) = post(&client, &openai, json!({"input": texts, "model": MINILM})).await;
-        if status == 200 {
+        let by_consumer = json!({"input": "x", "model": "search"});
+        if status == 200 && post(&client, &openai, by_consumer).await.0 == 200 {
             break body;
         }
         assert!(
