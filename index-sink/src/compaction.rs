@@ -76,7 +76,8 @@ impl CompactionPolicy for Interval {
     }
 }
 
-/// Rebuild when the recall self-check fell more than `max_drop` below its post-build baseline.
+/// Rebuild when the recall self-check, on the shard's own vectors or on the golden queries,
+/// fell more than `max_drop` below its post-build baseline.
 #[derive(Debug, Clone, Copy)]
 pub struct RecallDrop {
     /// Largest tolerated drop of recall@10.
@@ -88,7 +89,9 @@ impl CompactionPolicy for RecallDrop {
         CompactionReason::Recall
     }
     fn fires(&self, s: &ShardStats, _now_ms: i64) -> bool {
-        matches!((s.recall_at_10, s.recall_baseline), (Some(now), Some(base)) if now < base - self.max_drop)
+        let dropped = |now: Option<f64>, base: Option<f64>| matches!((now, base), (Some(now), Some(base)) if now < base - self.max_drop);
+        dropped(s.recall_at_10, s.recall_baseline)
+            || dropped(s.golden_recall_at_10, s.golden_recall_baseline)
     }
 }
 
@@ -190,6 +193,8 @@ mod tests {
             last_compaction: None,
             recall_at_10: None,
             recall_baseline: None,
+            golden_recall_at_10: None,
+            golden_recall_baseline: None,
             aged_vectors: 0,
             cold_vectors: 0,
             cold_hidden: 0,
@@ -245,6 +250,11 @@ mod tests {
         };
         assert_eq!(plan(recall(0.935, 0.95)), None);
         assert_eq!(plan(recall(0.92, 0.95)), Some(CompactionReason::Recall));
+        // The same on the golden queries.
+        let mut golden = stats(1, 100_000, 0, 0, now);
+        golden.golden_recall_at_10 = Some(0.90);
+        golden.golden_recall_baseline = Some(0.95);
+        assert_eq!(plan(golden), Some(CompactionReason::Recall));
         // Aged items in main: nothing else to merge, from min_move (1000) of them.
         let aged = |n| {
             let mut s = stats(0, 100_000, 0, 0, now);

@@ -83,6 +83,8 @@ pub struct ShardedIndex {
     planner: Planner,
     query_duration: Histogram,
     hot_query_duration: Histogram,
+    /// The consumers' golden query vectors for the recall self-check, normalized.
+    golden: std::sync::RwLock<Arc<Vec<Vec<f32>>>>,
 }
 
 impl std::fmt::Debug for ShardedIndex {
@@ -187,6 +189,7 @@ impl ShardedIndex {
             planner: Planner::from_config(&config.compaction, &config.cold),
             query_duration: query_duration(&config.name, "all"),
             hot_query_duration: query_duration(&config.name, "hot"),
+            golden: std::sync::RwLock::default(),
             dir: dir.filter(|_| config.snapshot.enabled),
             config,
             shards,
@@ -351,9 +354,11 @@ impl ShardedIndex {
             if shard.stats().compacting || !shard.recall_due(every) {
                 continue;
             }
+            let golden = Arc::clone(&self.golden.read().unwrap_or_else(PoisonError::into_inner));
             if let Some(recall) = shard.check_recall(
                 self.config.compaction.recall_queries,
                 self.config.main.ef_search,
+                &golden,
                 &self.pool,
             ) {
                 ran += 1;
@@ -366,6 +371,22 @@ impl ShardedIndex {
             }
         }
         ran
+    }
+
+    /// Sets the query vectors the recall self-check also measures (the consumers' golden
+    /// queries embedded with this index's model), and makes the check due at once. Vectors
+    /// that cannot be normalized (wrong dimension, zero, not finite) are an error and change
+    /// nothing.
+    pub fn set_golden_queries(&self, vectors: &[Vec<f32>]) -> Result<()> {
+        let normalized = vectors
+            .iter()
+            .map(|v| normalized(v, self.config.dim))
+            .collect::<Result<Vec<_>>>()?;
+        *self.golden.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(normalized);
+        for shard in &self.shards {
+            shard.recall_stale();
+        }
+        Ok(())
     }
 
     /// Snapshots every shard as it is, without rebuilding (for a clean shutdown: restart
@@ -565,10 +586,28 @@ mod tests {
         assert!(base > 0.9, "{base}");
         // Not due again until `recall_every` has passed.
         assert_eq!(index.check_recall_due(), 0);
-        // The same main searched narrowly: recall falls, and with a write to merge the
-        // planner rebuilds for it.
-        let narrow = index.shards[0].check_recall(100, 10, &index.pool).unwrap();
+        assert_eq!(stats.golden_recall_at_10, None);
+        // Golden queries (here: random ones) make it due at once, with a baseline of their own.
+        let golden: Vec<Vec<f32>> = (0..50).map(|_| random()).collect();
+        assert!(index.set_golden_queries(&[vec![1.0; 95]]).is_err());
+        index.set_golden_queries(&golden).unwrap();
+        assert_eq!(index.check_recall_due(), 1);
+        let stats = &index.stats()[0];
+        let golden_base = stats.golden_recall_baseline.unwrap();
+        assert_eq!(stats.golden_recall_at_10, Some(golden_base));
+        assert!(golden_base > 0.9, "{golden_base}");
+        // The same main searched narrowly: recall falls on both query sets, and with a write
+        // to merge the planner rebuilds for it.
+        let golden_now = index.golden.read().unwrap().clone();
+        let narrow = index.shards[0]
+            .check_recall(100, 10, &golden_now, &index.pool)
+            .unwrap();
         assert!(narrow < base - 0.02, "{narrow} vs {base}");
+        let golden_narrow = index.stats()[0].golden_recall_at_10.unwrap();
+        assert!(
+            golden_narrow < golden_base - 0.02,
+            "{golden_narrow} vs {golden_base}"
+        );
         assert!(index.plan().is_empty(), "nothing to merge yet");
         index.apply(upsert(4000, random())).unwrap();
         assert_eq!(index.plan(), vec![(0, CompactionReason::Recall)]);

@@ -49,6 +49,11 @@ pub mod names {
     pub const RECALL_AT_10: &str = "embedstream_index_recall_at_10";
     /// Gauge: the shard's recall@10 measured first after its main was built or loaded.
     pub const RECALL_BASELINE: &str = "embedstream_index_recall_baseline";
+    /// Gauge: the same self-check on the consumers' golden queries (embedded with the index's
+    /// model), where the consumers file names golden sets.
+    pub const GOLDEN_RECALL_AT_10: &str = "embedstream_index_golden_recall_at_10";
+    /// Gauge: the golden queries' recall@10 measured first on the current main.
+    pub const GOLDEN_RECALL_BASELINE: &str = "embedstream_index_golden_recall_baseline";
     /// Counter: snapshot files found corrupt at open (each one falls back to an older one).
     pub const SNAPSHOT_CORRUPT_TOTAL: &str = "embedstream_index_snapshot_corrupt_total";
     /// Counter: snapshots set aside at open because they are older than the topic keeps
@@ -74,6 +79,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) snapshot_bytes: Gauge,
     pub(crate) recall: Gauge,
     pub(crate) recall_baseline: Gauge,
+    pub(crate) golden_recall: Gauge,
+    pub(crate) golden_recall_baseline: Gauge,
     cold_vectors: Gauge,
     cold_segments: Gauge,
     cold_bytes: Gauge,
@@ -109,6 +116,8 @@ impl ShardMetrics {
             snapshot_bytes: gauge!(names::SNAPSHOT_BYTES, "index" => i.clone(), "shard" => s.clone()),
             recall: gauge!(names::RECALL_AT_10, "index" => i.clone(), "shard" => s.clone()),
             recall_baseline: gauge!(names::RECALL_BASELINE, "index" => i.clone(), "shard" => s.clone()),
+            golden_recall: gauge!(names::GOLDEN_RECALL_AT_10, "index" => i.clone(), "shard" => s.clone()),
+            golden_recall_baseline: gauge!(names::GOLDEN_RECALL_BASELINE, "index" => i.clone(), "shard" => s.clone()),
             cold_vectors: gauge!(names::COLD_VECTORS, "index" => i.clone(), "shard" => s.clone()),
             cold_segments: gauge!(names::COLD_SEGMENTS, "index" => i.clone(), "shard" => s.clone()),
             cold_bytes: gauge!(names::COLD_BYTES, "index" => i.clone(), "shard" => s.clone()),

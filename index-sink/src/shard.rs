@@ -109,6 +109,9 @@ struct RecallCheck {
     main: usize,
     baseline: Option<f64>,
     last: Option<f64>,
+    /// The same on the consumers' golden queries, when the index has them.
+    golden_baseline: Option<f64>,
+    golden_last: Option<f64>,
     checked: Option<Instant>,
 }
 
@@ -367,17 +370,19 @@ impl Shard {
     pub(crate) fn stats(&self) -> ShardStats {
         let compacting = self.busy.try_lock().is_err();
         let st = self.read();
-        let (recall_at_10, recall_baseline) = {
+        let (recall_at_10, recall_baseline, golden_recall_at_10, golden_recall_baseline) = {
             let r = lock(&self.recall);
             if r.main == Arc::as_ptr(&st.main) as usize {
-                (r.last, r.baseline)
+                (r.last, r.baseline, r.golden_last, r.golden_baseline)
             } else {
-                (None, None)
+                (None, None, None, None)
             }
         };
         ShardStats {
             recall_at_10,
             recall_baseline,
+            golden_recall_at_10,
+            golden_recall_baseline,
             shard: self.id,
             hot_vectors: st.hot.len(),
             main_vectors: st.main.len(),
@@ -398,6 +403,11 @@ impl Shard {
         }
     }
 
+    /// Makes the recall self-check due now (new golden queries).
+    pub(crate) fn recall_stale(&self) {
+        lock(&self.recall).checked = None;
+    }
+
     /// Whether the recall self-check is due: never run on the current main, or `every` ago.
     pub(crate) fn recall_due(&self, every: Duration) -> bool {
         let main = Arc::as_ptr(&self.read().main) as usize;
@@ -406,13 +416,16 @@ impl Shard {
     }
 
     /// Measures recall@10 of this shard's search of its hot tier (hot and main) at `ef`
-    /// against an exact scan of what that tier holds now, querying the vectors of `queries` of its items (those with the smallest
-    /// salted item hash, so the same items while they live), on `pool`. The first
-    /// measurement of a main is its baseline. `None` when the shard holds too few items.
+    /// against an exact scan of what that tier holds now, querying the vectors of `queries`
+    /// of its items (those with the smallest salted item hash, so the same items while they
+    /// live), and apart the `golden` query vectors (normalized), on `pool`. The first
+    /// measurement of a main is its baseline (the golden one's too, whenever the first
+    /// golden queries arrive). `None` when the shard holds too few items.
     pub(crate) fn check_recall(
         &self,
         queries: usize,
         ef: usize,
+        golden: &[Vec<f32>],
         pool: &rayon::ThreadPool,
     ) -> Option<f64> {
         let (main, hot, deletes) = {
@@ -448,20 +461,24 @@ impl Shard {
                 .collect();
             sample.sort_unstable();
             sample.truncate(queries);
-            let found: usize = sample
-                .par_iter()
-                .map(|&(_, q)| {
-                    let query = visible[q].1;
-                    let exact = exact_top(&visible, query, RECALL_K);
-                    let (approx, _) = self.search(query, RECALL_K, ef, None, true);
-                    approx
-                        .iter()
-                        .filter(|h| exact.contains(&h.item_id.as_str()))
-                        .count()
-                })
-                .sum();
-            Some(found as f64 / (sample.len() * RECALL_K) as f64)
+            let recall = |queries: Vec<&[f32]>| {
+                let found: usize = queries
+                    .par_iter()
+                    .map(|&query| {
+                        let exact = exact_top(&visible, query, RECALL_K);
+                        let (approx, _) = self.search(query, RECALL_K, ef, None, true);
+                        approx
+                            .iter()
+                            .filter(|h| exact.contains(&h.item_id.as_str()))
+                            .count()
+                    })
+                    .sum();
+                (!queries.is_empty()).then(|| found as f64 / (queries.len() * RECALL_K) as f64)
+            };
+            let own = recall(sample.iter().map(|&(_, q)| visible[q].1).collect())?;
+            Some((own, recall(golden.iter().map(Vec::as_slice).collect())))
         })?;
+        let (measured, golden) = measured;
         let mut r = lock(&self.recall);
         let main = Arc::as_ptr(&main) as usize;
         if r.main != main {
@@ -475,6 +492,14 @@ impl Shard {
         r.last = Some(measured);
         r.checked = Some(Instant::now());
         self.metrics.recall.set(measured);
+        if let Some(golden) = golden {
+            if r.golden_baseline.is_none() {
+                r.golden_baseline = Some(golden);
+                self.metrics.golden_recall_baseline.set(golden);
+            }
+            r.golden_last = Some(golden);
+            self.metrics.golden_recall.set(golden);
+        }
         Some(measured)
     }
 

@@ -85,6 +85,10 @@ pub struct ShardStats {
     pub recall_at_10: Option<f64>,
     /// Recall@10 measured first after the current main was built or loaded.
     pub recall_baseline: Option<f64>,
+    /// Recall@10 of the same self-check on the consumers' golden queries (none without them).
+    pub golden_recall_at_10: Option<f64>,
+    /// Its first measurement on the current main.
+    pub golden_recall_baseline: Option<f64>,
     /// Items of main older than the cold tier's hot window (0 with the cold tier off): what
     /// the next compaction moves to the cold tier.
     pub aged_vectors: usize,

@@ -18,6 +18,7 @@ mod config;
 mod consumer;
 mod embed;
 mod error;
+mod golden;
 mod http;
 pub mod metrics;
 pub mod openapi;
@@ -114,6 +115,16 @@ pub async fn run(
         "Index opened."
     );
     let maintenance = index.spawn_maintenance();
+    if let (Some(embedder), Some(file)) = (&embedder, &config.consumers_file) {
+        let texts = golden::texts(file, &settings.consumers);
+        if !texts.is_empty() {
+            tokio::spawn(golden::embed_into(
+                Arc::clone(embedder),
+                Arc::clone(&index),
+                texts,
+            ));
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -133,7 +133,22 @@ async fn aged_items_go_cold_stay_exact_and_survive_a_kill_9() {
         puts.push(aged(&format!("item-{i}"), 20_000 + i, 0));
     }
     produce(&platform, &mut oracle, puts).await;
-    let sink = Sink::start(&platform, &dir, &config, "second").await;
+    // Restarted with a consumers file that names a golden set: the recall self-check embeds
+    // its queries with the version's model and measures them too.
+    let golden = json!({"metric": "recall@k", "k": 10, "queries": [
+        {"id": "q1", "text": "GNU Bourne Again SHell", "relevant": []},
+        {"id": "q2", "text": "an image editor for photos", "relevant": []},
+        {"id": "q3", "text": "lossless data compression", "relevant": []},
+    ]});
+    std::fs::write(dir.join("golden.json"), golden.to_string()).unwrap();
+    let consumers_file = dir.join("consumers.toml");
+    let with_golden = format!(
+        "{}golden_set = \"golden.json\"\n",
+        std::fs::read_to_string(&consumers_file).unwrap()
+    );
+    std::fs::write(&consumers_file, with_golden).unwrap();
+    let args = ["--consumers-file", consumers_file.to_str().unwrap()];
+    let sink = Sink::start_with(&platform, &dir, &config, "second", &args).await;
     sink.wait_caught_up(&platform, Duration::from_secs(60))
         .await;
     assert_items(&sink, &oracle).await;
@@ -154,6 +169,26 @@ async fn aged_items_go_cold_stay_exact_and_survive_a_kill_9() {
     );
     assert_items(&sink, &oracle).await;
     assert_exact_search(&sink, &oracle, "exact", &[10, 11]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = sink.stats().await;
+        let golden: Vec<f64> = stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["golden_recall_at_10"].as_f64())
+            .collect();
+        if golden.len() == 2 {
+            assert!(golden.iter().all(|&r| r > 0.9), "{stats}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no golden recall measured: {stats}; log: {}",
+            sink.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for i in (0..400).step_by(5).filter(|i| i % 9 != 1) {
         // The replaced cold item (not deleted after) is found with its new vector.
         let q = unit_vector(10_000 + i);
