@@ -39,11 +39,22 @@ struct Args {
     /// Delete every topic whose name starts with this prefix and exit (a run's cleanup).
     #[arg(long)]
     delete_prefix: Option<String>,
+    /// Share of the rows (spread evenly by a hash of the row) whose event time is
+    /// `--old-age-days` ago instead of now: what an index's cold tier takes.
+    #[arg(long, default_value_t = 0.0)]
+    old_share: f64,
+    #[arg(long, default_value_t = 60)]
+    old_age_days: i64,
 }
 
-/// Row `row`'s record: item `i<row>`, its source event at offset `row`.
-fn record(row: usize, vector: Vec<f32>) -> EmbeddingRecord {
-    embedding_record(format!("i{row}"), vector, row as i64)
+/// Row `row`'s record: item `i<row>`, its source event at offset `row`, aged per `args`.
+fn record(args: &Args, row: usize, vector: Vec<f32>) -> EmbeddingRecord {
+    let mut r = embedding_record(format!("i{row}"), vector, row as i64);
+    let spread = (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    if (spread as f64) < args.old_share * f64::from(u32::MAX) {
+        r.event_time -= args.old_age_days * 24 * 3600 * 1000;
+    }
+    r
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,7 +89,7 @@ async fn main() -> Result<()> {
     }
     let codec = Codec::new(&args.registry_url);
     let first = codec
-        .encode(&args.topic, &record(0, rows[0].to_vec()))
+        .encode(&args.topic, &record(&args, 0, rows[0].to_vec()))
         .await?;
     let (schema_id, _) = wire::split(&first)?;
     let producer: ThreadedProducer<DefaultProducerContext> = kafka
@@ -90,7 +101,7 @@ async fn main() -> Result<()> {
         .create()?;
     let started = Instant::now();
     for (row, vector) in rows.iter().take(n).enumerate() {
-        let payload = wire::frame(schema_id, &encode_datum(&record(row, vector.to_vec()))?);
+        let payload = wire::frame(schema_id, &encode_datum(&record(&args, row, vector.to_vec()))?);
         let key = format!("i{row}");
         loop {
             match producer.send(
