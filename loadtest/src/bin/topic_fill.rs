@@ -101,7 +101,10 @@ async fn main() -> Result<()> {
         .create()?;
     let started = Instant::now();
     for (row, vector) in rows.iter().take(n).enumerate() {
-        let payload = wire::frame(schema_id, &encode_datum(&record(&args, row, vector.to_vec()))?);
+        let payload = wire::frame(
+            schema_id,
+            &encode_datum(&record(&args, row, vector.to_vec()))?,
+        );
         let key = format!("i{row}");
         loop {
             match producer.send(
