@@ -87,8 +87,9 @@ pub struct ColdConfig {
     /// segment is one more graph search per query.
     #[serde(default = "default_max_segments")]
     pub max_segments: usize,
-    /// Largest segment a merge makes. A build holds its segment's vectors in memory, so this
-    /// bounds a compaction's memory, not the tier's size.
+    /// Largest segment a compaction makes. A build holds its segment's vectors and graph in
+    /// memory (about 10 KB per 384-d item at its peak), so this bounds a compaction's memory,
+    /// not the tier's size.
     #[serde(default = "default_segment_max_vectors")]
     pub segment_max_vectors: usize,
 }
@@ -115,7 +116,7 @@ const fn default_max_segments() -> usize {
     8
 }
 const fn default_segment_max_vectors() -> usize {
-    2_000_000
+    500_000
 }
 
 /// The hot part of each shard: exact search over recent writes.
