@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ import urllib.request
 
 import numpy as np
 
-from slices_bench import BIN, MODEL, free_port, http, quantiles, rss_mb
+from slices_bench import (BIN, MODEL, Processes, delete_topics, fill_topic, free_port, held_out, http,
+                          quantiles, rss_mb)
 
 CONSUMERS = """
 [consumers.search]
@@ -95,11 +95,8 @@ def main():
     ap.add_argument("--report")
     args = ap.parse_args()
 
-    meta = json.load(open(os.path.join(args.data, "meta.json")))
+    meta, queries, truth = held_out(args.data, args.queries)
     dim = meta["dim"]
-    queries = np.fromfile(os.path.join(args.data, "queries.f32"), dtype="<f4").reshape(-1, dim)
-    truth = np.fromfile(os.path.join(args.data, "truth.u32"), dtype="<u4").reshape(len(queries), -1)
-    queries, truth = queries[: args.queries], truth[: args.queries]
 
     prefix = f"capacity{int(time.time())}"
     work = tempfile.mkdtemp(prefix="capacity-bench-")
@@ -111,23 +108,12 @@ def main():
         f.write(SINK_CONFIG.format(shards=args.slice_shards))
     common = ["--bootstrap", args.bootstrap, "--registry-url", args.registry, "--topic-prefix", prefix,
               "--consumers-file", consumers]
-    env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
-    procs = []
-
-    def start(name, argv):
-        log = open(os.path.join(work, f"{name}.log"), "w")
-        p = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
-        procs.append((name, p))
-        return p
+    procs = Processes(work)
+    start = procs.start
 
     try:
         topic = f"{prefix}.embeddings.minilm-l6-v2.v1"
-        fill = subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap,
-                               "--registry-url", args.registry, "--topic", topic,
-                               "--vectors", os.path.join(args.data, "base.f32"), "--dim", str(dim),
-                               "--old-share", str(args.old_share)],
-                              check=True, capture_output=True, text=True)
-        filled = json.loads(fill.stdout)
+        filled = fill_topic(args, topic, dim, "--old-share", str(args.old_share))
         print(f"filled {topic}: {filled}", file=sys.stderr)
 
         sinks = {}
@@ -229,16 +215,8 @@ def main():
             with open(args.report, "w") as f:
                 f.write(report(result))
     finally:
-        for name, p in reversed(procs):
-            p.terminate()
-        for name, p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap, "--topic", "-",
-                        "--vectors", "-", "--delete-prefix", prefix + "."],
-                       stdout=subprocess.DEVNULL)
+        procs.stop(timeout=30)
+        delete_topics(args, prefix)
 
 
 def report(r):

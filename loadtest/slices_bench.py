@@ -86,6 +86,55 @@ def rss_mb(pid):
     return None
 
 
+def held_out(data, n):
+    """meta.json, and the first n queries with their exact top 100, of an index_data.py set."""
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    dim = meta["dim"]
+    queries = np.fromfile(os.path.join(data, "queries.f32"), dtype="<f4").reshape(-1, dim)
+    truth = np.fromfile(os.path.join(data, "truth.u32"), dtype="<u4").reshape(len(queries), -1)
+    return meta, queries[:n], truth[:n]
+
+
+class Processes:
+    """The run's processes, each logging to <work>/<name>.log; stopped in reverse order."""
+
+    def __init__(self, work):
+        self.work = work
+        self.env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
+        self.procs = []
+
+    def start(self, name, argv):
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env, stdin=subprocess.DEVNULL)
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, timeout=20):
+        for _, p in reversed(self.procs):
+            p.terminate()
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def fill_topic(args, topic, dim, *extra):
+    """`topic-fill` of the set's base.f32 into `topic`; its JSON summary."""
+    fill = subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap,
+                           "--registry-url", args.registry, "--topic", topic,
+                           "--vectors", os.path.join(args.data, "base.f32"), "--dim", str(dim), *extra],
+                          check=True, capture_output=True, text=True)
+    return json.loads(fill.stdout)
+
+
+def delete_topics(args, prefix):
+    """The run's topics: the embedding topic and the platform topics the sinks created."""
+    subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap, "--topic", "-",
+                    "--vectors", "-", "--delete-prefix", prefix + "."],
+                   stdout=subprocess.DEVNULL)
+
+
 def quantiles(ms):
     ms = sorted(ms)
     at = lambda q: ms[min(len(ms) - 1, max(0, int(np.ceil(q * len(ms))) - 1))]
@@ -106,11 +155,8 @@ def main():
     ap.add_argument("--report", help="write a markdown summary here")
     args = ap.parse_args()
 
-    meta = json.load(open(os.path.join(args.data, "meta.json")))
+    meta, queries, truth = held_out(args.data, args.queries)
     dim = meta["dim"]
-    queries = np.fromfile(os.path.join(args.data, "queries.f32"), dtype="<f4").reshape(-1, dim)
-    truth = np.fromfile(os.path.join(args.data, "truth.u32"), dtype="<u4").reshape(len(queries), -1)
-    queries, truth = queries[: args.queries], truth[: args.queries]
 
     prefix = f"slices{int(time.time())}"
     work = tempfile.mkdtemp(prefix="slices-bench-")
@@ -125,22 +171,12 @@ def main():
         f.write(SINK_CONFIG.format(shards=args.slice_shards))
     common = ["--bootstrap", args.bootstrap, "--registry-url", args.registry, "--topic-prefix", prefix,
               "--consumers-file", consumers]
-    env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
-    procs = []
-
-    def start(name, argv):
-        log = open(os.path.join(work, f"{name}.log"), "w")
-        p = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
-        procs.append((name, p))
-        return p
+    procs = Processes(work)
+    start = procs.start
 
     try:
         topic = f"{prefix}.embeddings.minilm-l6-v2.v1"
-        fill = subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap,
-                               "--registry-url", args.registry, "--topic", topic,
-                               "--vectors", os.path.join(args.data, "base.f32"), "--dim", str(dim)],
-                              check=True, capture_output=True, text=True)
-        filled = json.loads(fill.stdout)
+        filled = fill_topic(args, topic, dim)
         print(f"filled {topic}: {filled}", file=sys.stderr)
 
         sinks = {}
@@ -242,17 +278,8 @@ Resident memory per sink (MB): {json.dumps({k: round(v or 0) for k, v in result[
 Topic fill: {filled['records']:,} records in {filled['seconds']:.1f} s ({filled['per_second']:,.0f}/s).
 """)
     finally:
-        for name, p in reversed(procs):
-            p.terminate()
-        for name, p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        # The run's topics: the embedding topic and the platform topics the sinks created.
-        subprocess.run([os.path.join(BIN, "topic-fill"), "--bootstrap", args.bootstrap, "--topic", "-",
-                        "--vectors", "-", "--delete-prefix", prefix + "."],
-                       stdout=subprocess.DEVNULL)
+        procs.stop()
+        delete_topics(args, prefix)
 
 
 if __name__ == "__main__":
