@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
-use embedstream_loadtest::{embedding_record, read_le_words};
+use embedstream_loadtest::embedding_record;
 use embedstream_schemas::codec::{Codec, encode_datum};
 use embedstream_schemas::records::EmbeddingRecord;
 use embedstream_schemas::wire;
@@ -77,19 +77,36 @@ async fn main() -> Result<()> {
     admin
         .ensure(&[TopicSpec::compacted(&args.topic, args.partitions)])
         .await?;
-    let words = read_le_words(&args.vectors, f32::from_le_bytes)?;
-    let rows: Vec<&[f32]> = words.chunks_exact(args.dim).collect();
+    // Rows are read as they are sent: a set of millions of rows never sits in memory whole.
+    let row_bytes = 4 * args.dim;
+    let size = std::fs::metadata(&args.vectors)
+        .with_context(|| args.vectors.display().to_string())?
+        .len();
+    let total = (size / row_bytes as u64) as usize;
     let n = if args.n == 0 {
-        rows.len()
+        total
     } else {
-        args.n.min(rows.len())
+        args.n.min(total)
     };
     if n == 0 {
         bail!("no vectors");
     }
+    let mut rows = std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(&args.vectors).with_context(|| args.vectors.display().to_string())?,
+    );
+    let mut bytes = vec![0u8; row_bytes];
+    let mut next_row = move || -> Result<Vec<f32>> {
+        std::io::Read::read_exact(&mut rows, &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    };
+    let first_row = next_row()?;
     let codec = Codec::new(&args.registry_url);
     let first = codec
-        .encode(&args.topic, &record(&args, 0, rows[0].to_vec()))
+        .encode(&args.topic, &record(&args, 0, first_row.clone()))
         .await?;
     let (schema_id, _) = wire::split(&first)?;
     let producer: ThreadedProducer<DefaultProducerContext> = kafka
@@ -100,11 +117,13 @@ async fn main() -> Result<()> {
         .set("compression.type", "lz4")
         .create()?;
     let started = Instant::now();
-    for (row, vector) in rows.iter().take(n).enumerate() {
-        let payload = wire::frame(
-            schema_id,
-            &encode_datum(&record(&args, row, vector.to_vec()))?,
-        );
+    let mut pending = Some(first_row);
+    for row in 0..n {
+        let vector = match pending.take() {
+            Some(v) => v,
+            None => next_row()?,
+        };
+        let payload = wire::frame(schema_id, &encode_datum(&record(&args, row, vector))?);
         let key = format!("i{row}");
         loop {
             match producer.send(
