@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, M, M0};
 use crate::main_index::MainIndex;
-use crate::snapshot::{CrcReader, CrcWriter};
+use crate::snapshot::{CrcReader, CrcWriter, read_checksummed};
 use crate::sq8::Codes;
 use crate::store::{Mapped, Store};
 use crate::types::ItemId;
@@ -33,7 +33,6 @@ use crate::types::ItemId;
 const MAGIC: &[u8; 8] = b"ESCOLD\r\n";
 const MAGIC_END: &[u8; 8] = b"ESCOLDOK";
 const FORMAT_VERSION: u32 = 1;
-const FOOTER_LEN: u64 = 8 + 4 + 8;
 /// Every array starts at a multiple of this (a cache line; more than any type's alignment).
 const ALIGN: u64 = 64;
 
@@ -153,34 +152,13 @@ pub(crate) fn open(dir: &Path, name: &str, shard: u32, dim: usize) -> Result<(Ma
     if cfg!(target_endian = "big") {
         return Err(corrupt("segments are mapped as little-endian".into()));
     }
-    let io = |e| Error::io("read cold segment", &path, e);
-    let mut file = File::open(&path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    if size < FOOTER_LEN + 8 {
-        return Err(corrupt("shorter than header and footer".into()));
-    }
-    file.seek(SeekFrom::Start(size - FOOTER_LEN)).map_err(io)?;
-    let mut footer = [0u8; FOOTER_LEN as usize];
-    file.read_exact(&mut footer).map_err(io)?;
-    let body_len = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-    let want_crc = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
-    if &footer[12..] != MAGIC_END || body_len != size - FOOTER_LEN {
-        return Err(corrupt("footer missing or wrong (truncated file)".into()));
-    }
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut r = CrcReader {
-        inner: BufReader::with_capacity(1 << 20, file),
-        hasher: crc32fast::Hasher::new(),
-        left: body_len,
-        format: crate::snapshot::FORMAT_VERSION,
-    };
-    let parsed = parse(&mut r, body_len, shard, dim);
-    let mut rest = Vec::new();
-    if r.by_ref_take_rest(&mut rest).is_err() || r.hasher.clone().finalize() != want_crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
+    let read = read_checksummed(&path, MAGIC_END, "read cold segment", |r| {
+        let body_len = r.left;
+        parse(r, body_len, shard, dim)
+    })?;
+    let (parsed, size) = read.map_err(|reason| corrupt(reason.into()))?;
     let (rows, layout) = parsed.map_err(|e| corrupt(e.to_string()))?;
-    let map = Arc::new(map_file(&path).map_err(io)?);
+    let map = Arc::new(map_file(&path).map_err(|e| Error::io("read cold segment", &path, e))?);
     let graph = layout
         .graph(&map, dim)
         .ok_or_else(|| corrupt("an array is out of range or misaligned".into()))?;

@@ -432,7 +432,7 @@ impl Shard {
             let st = self.read();
             (st.main.clone(), st.hot.clone(), st.deletes.clone())
         };
-        let measured = pool.install(|| {
+        let (measured, golden) = pool.install(|| {
             use rayon::prelude::*;
             let graph = main.graph();
             let mut visible: Vec<(&str, &[f32])> = main
@@ -478,7 +478,6 @@ impl Shard {
             let own = recall(sample.iter().map(|&(_, q)| visible[q].1).collect())?;
             Some((own, recall(golden.iter().map(Vec::as_slice).collect())))
         })?;
-        let (measured, golden) = measured;
         let mut r = lock(&self.recall);
         let main = Arc::as_ptr(&main) as usize;
         if r.main != main {
@@ -575,24 +574,24 @@ impl Shard {
             let mut segments = hide_replaced(&cold, &hot, &deletes);
             segments.extend(writer.write_all(aged)?);
             let merge = pick_merges(&segments, config);
-            if !merge.is_empty() {
-                let mut live = Part::with_capacity(0, dim);
-                for &i in &merge {
-                    let seg = &segments[i];
-                    let g = seg.main.graph();
-                    for (pid, row) in seg.main.rows().iter().enumerate() {
-                        if !seg.dead.contains(&row.id) {
-                            live.push(row.clone(), g.vector(pid as u32));
-                        }
+            if merge.is_empty() {
+                return Ok((new_main, segments, moved));
+            }
+            let (merged, kept): (Vec<_>, Vec<_>) = segments
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| merge.contains(i));
+            let mut live = Part::with_capacity(0, dim);
+            for (_, seg) in &merged {
+                let g = seg.main.graph();
+                for (pid, row) in seg.main.rows().iter().enumerate() {
+                    if !seg.dead.contains(&row.id) {
+                        live.push(row.clone(), g.vector(pid as u32));
                     }
                 }
-                let mut i = 0;
-                segments.retain(|_| {
-                    i += 1;
-                    !merge.contains(&(i - 1))
-                });
-                segments.extend(writer.write_all(live)?);
             }
+            let mut segments: Vec<Segment> = kept.into_iter().map(|(_, s)| s).collect();
+            segments.extend(writer.write_all(live)?);
             Ok((new_main, segments, moved))
         })?;
         drop(main);
@@ -782,12 +781,10 @@ impl SegmentWriter<'_> {
         let dim = self.config.dim;
         let per = self.config.cold.segment_max_vectors;
         let mut out = Vec::new();
-        let mut vectors = part.vectors.chunks(per * dim);
-        for rows in part.rows.chunks(per) {
-            let vectors = vectors
-                .next()
-                .expect("one chunk of vectors per chunk of rows");
-            let built = MainIndex::build(rows.to_vec(), vectors, dim, &self.config.main)?;
+        let mut rows = part.rows.into_iter();
+        for vectors in part.vectors.chunks(per * dim) {
+            let rows: Vec<Row> = rows.by_ref().take(per).collect();
+            let built = MainIndex::build(rows, vectors, dim, &self.config.main)?;
             let name = cold::file_name(self.shard, self.seq, self.next);
             self.next += 1;
             cold::write(self.dir, &name, self.shard, &built)?;

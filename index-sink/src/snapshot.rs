@@ -403,27 +403,33 @@ fn reason_from(code: u8) -> Option<CompactionReason> {
     })
 }
 
-fn read(path: &Path, expect: Header) -> Result<Loaded> {
-    let corrupt = |reason| Error::SnapshotCorrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let io = |e| Error::io("read snapshot", path, e);
+/// Reads a file [`write_checksummed`] wrote: checks the footer (`magic_end`, the length),
+/// runs `parse` over the body, hashes whatever it left unread, and checks the checksum before
+/// handing back what it parsed, with the file's size. Checksum first: a parse error in a file
+/// whose checksum fails is corruption, whatever the parser said. The inner error is the
+/// reason the file is corrupt; `io_op` names reading it in I/O errors.
+pub(crate) fn read_checksummed<T>(
+    path: &Path,
+    magic_end: &[u8; 8],
+    io_op: &'static str,
+    parse: impl FnOnce(&mut CrcReader<BufReader<File>>) -> T,
+) -> Result<std::result::Result<(T, u64), &'static str>> {
+    let io = |e| Error::io(io_op, path, e);
     let mut file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     if size < FOOTER_LEN + 8 {
-        return Err(corrupt("shorter than header and footer"));
+        return Ok(Err("shorter than header and footer"));
     }
     file.seek(SeekFrom::Start(size - FOOTER_LEN)).map_err(io)?;
     let mut footer = [0u8; FOOTER_LEN as usize];
     file.read_exact(&mut footer).map_err(io)?;
-    if &footer[12..] != MAGIC_END {
-        return Err(corrupt("footer missing (truncated or partial write)"));
+    if &footer[12..] != magic_end {
+        return Ok(Err("footer missing (truncated or partial write)"));
     }
     let body_len = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
     let want_crc = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
     if body_len != size - FOOTER_LEN {
-        return Err(corrupt("length in footer does not match file size"));
+        return Ok(Err("length in footer does not match file size"));
     }
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut r = CrcReader {
@@ -432,14 +438,22 @@ fn read(path: &Path, expect: Header) -> Result<Loaded> {
         left: body_len,
         format: FORMAT_VERSION,
     };
-    let parsed = parse(&mut r, path);
-    // Checksum first: a parse error in a file whose checksum fails is corruption, whatever
-    // the parser said.
+    let parsed = parse(&mut r);
     let mut rest = Vec::new();
     let tail = r.by_ref_take_rest(&mut rest);
     if tail.is_err() || r.hasher.clone().finalize() != want_crc {
-        return Err(corrupt("checksum mismatch"));
+        return Ok(Err("checksum mismatch"));
     }
+    Ok(Ok((parsed, size)))
+}
+
+fn read(path: &Path, expect: Header) -> Result<Loaded> {
+    let corrupt = |reason| Error::SnapshotCorrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let (parsed, _) =
+        read_checksummed(path, MAGIC_END, "read snapshot", |r| parse(r, path))?.map_err(corrupt)?;
     let (header, mut loaded, refs) = parsed?;
     if header != expect {
         return Err(Error::SnapshotIncompatible {
