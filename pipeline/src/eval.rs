@@ -31,30 +31,7 @@ use crate::error::{Error, Result};
 use crate::migrate::plan::passes;
 use embedstream_schemas::records::ReadPlanEntry;
 
-/// One consumer's golden set.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GoldenSet {
-    /// `recall@k` or `precision@1`.
-    pub metric: String,
-    /// Results cut.
-    pub k: usize,
-    /// Queries.
-    pub queries: Vec<GoldenQuery>,
-}
-
-/// One golden query.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GoldenQuery {
-    /// Id (also the cache key of its vectors).
-    pub id: String,
-    /// Query text.
-    pub text: String,
-    /// Relevant item ids.
-    pub relevant: Vec<String>,
-    /// Ids removed from the results first (the query item itself).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-}
+pub use embedstream_schemas::consumers::{GoldenQuery, GoldenSet};
 
 /// Reads `golden.json`.
 pub fn load_golden(path: &Path) -> Result<BTreeMap<String, GoldenSet>> {

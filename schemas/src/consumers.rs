@@ -96,6 +96,32 @@ pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 /// Consumer profiles by name.
 pub type Profiles = BTreeMap<String, ConsumerProfile>;
 
+/// One consumer's golden set (the file a profile's `golden_set` names): what `eval` and
+/// `migrate gate` judge it by, and whose queries the sinks' recall self-check measures.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenSet {
+    /// `recall@k` or `precision@1`.
+    pub metric: String,
+    /// Results cut.
+    pub k: usize,
+    /// Queries.
+    pub queries: Vec<GoldenQuery>,
+}
+
+/// One golden query.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenQuery {
+    /// Id (also the cache key of its vectors).
+    pub id: String,
+    /// Query text.
+    pub text: String,
+    /// Relevant item ids.
+    pub relevant: Vec<String>,
+    /// Ids removed from the results first (the query item itself).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
 /// What a consumers file holds: the consumers and the declared attributes.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

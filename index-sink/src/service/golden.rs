@@ -9,22 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use embedstream_schemas::consumers::ConsumerProfile;
-use serde::Deserialize;
+use embedstream_schemas::consumers::{ConsumerProfile, GoldenSet};
 
 use super::http::QueryEmbedder;
 use crate::ShardedIndex;
-
-/// What the self-check reads of a golden set (the format of `eval`'s sets).
-#[derive(Deserialize)]
-struct GoldenSet {
-    queries: Vec<GoldenQuery>,
-}
-
-#[derive(Deserialize)]
-struct GoldenQuery {
-    text: String,
-}
 
 /// The query texts of every consumer's golden set, each text once.
 pub(crate) fn texts(file: &Path, consumers: &BTreeMap<String, ConsumerProfile>) -> Vec<String> {
