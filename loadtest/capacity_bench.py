@@ -51,6 +51,9 @@ SINK_CONFIG = """
 [index]
 shards = {shards}
 
+[index.hot]
+max_vectors = {hot_max}
+
 [index.compaction]
 threads = 1
 check_every = "500ms"
@@ -59,6 +62,7 @@ recall_every = "1h"
 [index.cold]
 enabled = true
 hot_window = "30d"
+segment_max_vectors = {segment_max}
 """
 
 
@@ -90,6 +94,11 @@ def main():
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--ef", type=int, default=100)
+    ap.add_argument("--hot-max", type=int, default=1_000_000,
+                    help="index.hot.max_vectors: a shard's hot part holds at most this many; the sink "
+                         "stops reading until a compaction drains it, which bounds its memory")
+    ap.add_argument("--segment-max", type=int, default=500_000,
+                    help="index.cold.segment_max_vectors: the largest segment one build makes")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--registry", default=os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"))
     ap.add_argument("--report")
@@ -105,7 +114,7 @@ def main():
         f.write(CONSUMERS.format(ef=args.ef))
     sink_config = os.path.join(work, "slice.toml")
     with open(sink_config, "w") as f:
-        f.write(SINK_CONFIG.format(shards=args.slice_shards))
+        f.write(SINK_CONFIG.format(shards=args.slice_shards, hot_max=args.hot_max, segment_max=args.segment_max))
     common = ["--bootstrap", args.bootstrap, "--registry-url", args.registry, "--topic-prefix", prefix,
               "--consumers-file", consumers]
     procs = Processes(work)
@@ -131,16 +140,21 @@ def main():
         router = f"http://127.0.0.1:{router_port}"
 
         searchable_s = None
+        hot_full_s = hot_full_items = None
+        timeline = []
         peaks = {}
         deadline = time.time() + 6 * 3600
         while True:
             time.sleep(2)
             settled = True
             visible = 0
+            full = False
+            resident = 0
             for name, (p, url) in sinks.items():
                 if p.poll() is not None:
                     sys.exit(f"{name} exited; see {work}/{name}.log")
                 peaks[name] = max(peaks.get(name) or 0, peak_rss_mb(p.pid) or 0)
+                resident += rss_mb(p.pid) or 0
                 try:
                     s = http(f"{url}/v1/stats")
                 except OSError:
@@ -148,11 +162,16 @@ def main():
                     continue
                 visible += s["items"]
                 hot = sum(x["hot_vectors"] for x in s["shards"])
+                full = full or any(x["hot_vectors"] >= 0.9 * args.hot_max for x in s["shards"])
                 busy = any(x["compacting"] for x in s["shards"])
                 if s["lag"] > 0 or busy or hot > 0.02 * max(1, s["items"]) or s["items"] == 0:
                     settled = False
+            now = time.time() - started
+            timeline.append((round(now, 1), visible, round(resident)))
+            if hot_full_s is None and (full or visible >= filled["records"]):
+                hot_full_s, hot_full_items = now, visible
             if searchable_s is None and visible >= filled["records"]:
-                searchable_s = time.time() - started
+                searchable_s = now
             try:
                 up = [r for r in http(f"{router}/v1/slices") if r["ready"] and r["healthy"]]
             except OSError:
@@ -205,8 +224,11 @@ def main():
             "data": args.data, "n": int(meta["n"]), "dim": dim, "slices": args.slices,
             "slice_shards": args.slice_shards, "old_share": args.old_share, "ef_search": args.ef,
             "queries": len(queries), "filled": filled, "items": total,
+            "hot_max": args.hot_max, "segment_max": args.segment_max,
+            "hot_ingest_items": hot_full_items, "hot_ingest_s": hot_full_s,
+            "hot_ingest_per_s": hot_full_items / max(hot_full_s, 1e-9),
             "searchable_s": searchable_s, "ingest_per_s": total / searchable_s, "settled_s": settled_s,
-            "sinks": per_sink,
+            "sinks": per_sink, "timeline": timeline,
         }
         for c, v in out.items():
             result[c] = {"recall_at_10": float(np.mean(v["recall"])), "partial": v["partial"], **quantiles(v["ms"])}
@@ -228,9 +250,11 @@ def report(r):
     s, h = r["search"], r["recent"]
     return f"""{r['n']:,} vectors of dimension {r['dim']} in {r['slices']} slices ({r['slice_shards']} shard(s) each),
 {r['old_share']:.0%} of them 60 days old (cold tier, hot window 30 days); topic fill
-{r['filled']['records']:,} records in {r['filled']['seconds']:.0f} s. Ingest (sinks' start until every
-item is searchable): **{r['ingest_per_s']:,.0f} items/s** ({r['searchable_s']:,.0f} s); every sink settled
-(compacted, nothing compacting) after {r['settled_s']:,.0f} s.
+{r['filled']['records']:,} records in {r['filled']['seconds']:.0f} s; hot parts capped at {r['hot_max']:,} items per shard,
+segments at {r['segment_max']:,}. Ingest into the hot parts (until one is 90% full or all is read):
+**{r['hot_ingest_per_s']:,.0f} items/s** ({r['hot_ingest_items']:,} in {r['hot_ingest_s']:,.0f} s). Every item searchable
+after {r['searchable_s']:,.0f} s (**{r['ingest_per_s']:,.0f} items/s** end to end, paced by compaction once
+the hot parts are full); every sink settled (compacted, nothing compacting) after {r['settled_s']:,.0f} s.
 
 | sink | items | cold items | segments MB | RSS MB (peak) | compaction s | compaction s per million |
 |---|---|---|---|---|---|---|

@@ -41,22 +41,58 @@ def load(path):
     return ids, x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def nn_cosine(points, against, exclude_self=False, chunk=2048):
-    """Per point: the best cosine in `against` (excluding the identical row when asked)."""
-    out = np.empty(len(points), dtype=np.float32)
-    for s in range(0, len(points), chunk):
-        sims = points[s : s + chunk] @ against.T
-        if exclude_self:
-            sims[sims > 0.99999] = -2.0
-        out[s : s + chunk] = sims.max(axis=1)
+def nn_cosine(points, against, exclude_self=False, chunk=2048, block=200_000):
+    """Per point: the best cosine in `against` (excluding the identical row when asked), read
+    in blocks of rows so that `against` may be a memory-mapped file larger than memory."""
+    out = np.full(len(points), -2.0, dtype=np.float32)
+    for b in range(0, len(against), block):
+        rows = np.asarray(against[b : b + block])
+        for s in range(0, len(points), chunk):
+            sims = points[s : s + chunk] @ rows.T
+            if exclude_self:
+                sims[sims > 0.99999] = -2.0
+            np.maximum(out[s : s + chunk], sims.max(axis=1), out=out[s : s + chunk])
     return out
 
 
 def synthesize(real, count, sigma, chol, rng):
     src = rng.integers(0, len(real), size=count)
     z = rng.standard_normal((count, real.shape[1]), dtype=np.float32)
-    v = real[src] + sigma * (z @ chol.T)
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), src
+    return perturb(real[src], z, sigma, chol), src
+
+
+def perturb(x, z, sigma, chol):
+    v = x + sigma * (z @ chol.T)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_extended(path, real, n, sigma, chol, rng, chunk=100_000):
+    """base.f32 as `concatenate([real, synthesize(real, n - len(real))])[rng.permutation(n)]`
+    would make it, with the same draws from `rng`, but built a chunk of rows at a time in a
+    memory-mapped file: the noise is drawn twice from one saved generator state, once to
+    reach the permutation's draws and once to make the rows."""
+    count, dim = n - len(real), real.shape[1]
+    src = rng.integers(0, len(real), size=count)
+    state = rng.bit_generator.state
+    for s in range(0, count, chunk):
+        rng.standard_normal((min(chunk, count - s), dim), dtype=np.float32)
+    perm = rng.permutation(n)
+    after = rng.bit_generator.state
+    where = np.empty(n, dtype=np.int64)
+    where[perm] = np.arange(n)
+    base = np.memmap(path, dtype="<f4", mode="w+", shape=(n, dim))
+    order = np.argsort(where[: len(real)])
+    base[where[: len(real)][order]] = real[order]
+    rng.bit_generator.state = state
+    for s in range(0, count, chunk):
+        z = rng.standard_normal((min(chunk, count - s), dim), dtype=np.float32)
+        rows = perturb(real[src[s : s + len(z)]], z, sigma, chol)
+        at = where[len(real) + s : len(real) + s + len(z)]
+        order = np.argsort(at)
+        base[at[order]] = rows[order]
+    rng.bit_generator.state = after
+    base.flush()
+    return base
 
 
 def pick_sigma(real, chol, rng, target):
@@ -93,18 +129,19 @@ def main():
     dim = x.shape[1]
     args.n = args.n or len(real)
     meta = {"dim": dim, "queries": len(queries), "real_rows": int(min(len(real), args.n))}
+    os.makedirs(args.out, exist_ok=True)
+    base_path = os.path.join(args.out, "base.f32")
     if args.n <= len(real):
         base = real[: args.n]
         meta["extension"] = None
+        base.astype("<f4").tofile(base_path)
     else:
         sample = real[rng.choice(len(real), size=min(20000, len(real)), replace=False)]
         target = float(np.median(nn_cosine(sample, sample, exclude_self=True)))
         cov = np.cov(real, rowvar=False).astype(np.float64)
         chol = np.linalg.cholesky(cov + 1e-8 * np.eye(dim)).astype(np.float32)
         sigma, achieved = pick_sigma(real, chol, rng, target)
-        syn, _ = synthesize(real, args.n - len(real), sigma, chol, rng)
-        base = np.concatenate([real, syn])
-        base = base[rng.permutation(len(base))]
+        base = write_extended(base_path, real, args.n, sigma, chol, rng)
         check = sample[:2000]
         meta["extension"] = {
             "method": "x_r + sigma * L z, normalized; L L^T = Cov(real); sigma by bisection",
@@ -114,14 +151,12 @@ def main():
             "median_nn_cosine_real_in_extended": float(np.median(nn_cosine(check, base, exclude_self=True))),
         }
     meta["n"] = len(base)
-    os.makedirs(args.out, exist_ok=True)
-    base.astype("<f4").tofile(os.path.join(args.out, "base.f32"))
     queries.astype("<f4").tofile(os.path.join(args.out, "queries.f32"))
     truth = np.empty((len(queries), 100), dtype=np.uint32)
     best_vals = np.full((len(queries), 100), -np.inf, dtype=np.float32)
     best_rows = np.zeros((len(queries), 100), dtype=np.int64)
     for s in range(0, len(base), 100_000):
-        sims = queries @ base[s : s + 100_000].T
+        sims = queries @ np.asarray(base[s : s + 100_000]).T
         top = np.argpartition(-sims, 100, axis=1)[:, :100] if sims.shape[1] > 100 else np.argsort(-sims, axis=1)
         vals = np.take_along_axis(sims, top, axis=1)
         allv = np.concatenate([best_vals, vals], axis=1)
