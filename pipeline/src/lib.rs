@@ -1,6 +1,7 @@
 //! The embedding engine and the stream stage, migrations, the drift monitor, the eval
 //! harness, and what the `embedstream` binary's subcommands share (telemetry, shutdown).
 
+pub mod canary;
 pub mod control;
 pub mod dlq;
 pub mod drift;
@@ -12,6 +13,7 @@ mod hex;
 pub mod instances;
 pub mod migrate;
 pub mod models;
+pub mod outbox;
 pub mod query_log;
 mod range;
 pub mod stage;

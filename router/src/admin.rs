@@ -51,6 +51,13 @@ pub enum Command {
         /// Read through the adapter although its gate did not pass (recorded).
         force: bool,
     },
+    /// `migrate canary`: a share of `consumer`'s units read the new version alone.
+    Canary {
+        /// The consumer whose requests are split.
+        consumer: String,
+        /// Share of its units in the canary, 0 to 1 (0 ends the canary).
+        share: f64,
+    },
     /// `migrate cutover`: one consumer (or all) reads the new version only.
     Cutover {
         /// `None`: every consumer.
@@ -207,6 +214,13 @@ struct WeightBody {
     force: bool,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryBody {
+    consumer: String,
+    share: f64,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsumerBody {
@@ -261,6 +275,13 @@ fn command(action: &str, body: &[u8]) -> Result<Command, AdminError> {
                 force: b.force,
             }
         }
+        "canary" => {
+            let b: CanaryBody = parse(body)?;
+            Command::Canary {
+                consumer: b.consumer,
+                share: b.share,
+            }
+        }
         "cutover" => {
             let b: ConsumerBody = parse(body)?;
             Command::Cutover {
@@ -286,14 +307,17 @@ fn command(action: &str, body: &[u8]) -> Result<Command, AdminError> {
             return Err(error(
                 StatusCode::NOT_FOUND,
                 "unknown_action",
-                format!("no action {other:?}: start, weight, cutover, rollback, decommission"),
+                format!(
+                    "no action {other:?}: start, weight, canary, cutover, rollback, decommission"
+                ),
             ));
         }
     })
 }
 
 /// A migration action: `start` `{"from", "to"}`, `weight` `{"consumer", "new", "adapter"?}`,
-/// `cutover`, `rollback` or `decommission` `{"consumer"?, "force"?}`.
+/// `canary` `{"consumer", "share"}`, `cutover`, `rollback` or `decommission`
+/// `{"consumer"?, "force"?}`.
 #[utoipa::path(
     post,
     path = "/admin/v1/migration/{action}",

@@ -35,4 +35,6 @@ pub struct RouterConfig {
     pub trust_pem: Option<Vec<u8>>,
     /// Where answered text queries go ([`crate::QueryLog`]); none: not logged.
     pub query_log: Option<crate::QueryLog>,
+    /// Where answers served under a canary go ([`crate::ExposureLog`]); none: not logged.
+    pub exposure_log: Option<crate::ExposureLog>,
 }

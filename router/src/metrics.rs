@@ -16,6 +16,12 @@ pub const EMBED_REQUESTS: &str = "embedstream_router_embed_requests_total";
 pub const QUERY_LOG_QUEUED: &str = "embedstream_router_query_log_queued_total";
 /// Counter, by consumer: text queries not logged because the log's queue was full.
 pub const QUERY_LOG_DROPPED: &str = "embedstream_router_query_log_dropped_total";
+/// Counter, by consumer: answers under a canary queued for the exposures topic.
+pub const EXPOSURES_QUEUED: &str = "embedstream_router_exposures_queued_total";
+/// Counter, by consumer: exposures not logged because their queue was full.
+pub const EXPOSURES_DROPPED: &str = "embedstream_router_exposures_dropped_total";
+/// Counter, by consumer and `arm` (`control`, `canary`): answers served under a canary.
+pub const CANARY_REQUESTS: &str = "embedstream_router_canary_requests_total";
 /// Gauge, by `model_version`, `slice`, `pool` and `replica`: 1 while the router's checks find
 /// the sink instance answering.
 pub const REPLICA_HEALTHY: &str = "embedstream_router_replica_healthy";

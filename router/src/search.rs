@@ -10,8 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use embedstream_schemas::access::{Grant, forwarded};
+use embedstream_schemas::control::Arm;
 use embedstream_schemas::filter;
-use embedstream_schemas::records::{LoggedQuery, ReadPlanEntry};
+use embedstream_schemas::records::{Exposure, ExposureArm, LoggedQuery, ReadPlanEntry};
 use embedstream_topics::time::now_ms;
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +82,18 @@ pub(crate) struct RouteRequest {
     /// its cold tier; `all` (the default): every item.
     #[serde(default)]
     tier: embedstream_schemas::api::Tier,
+    /// Who asks (a user or session id): a consumer's canary draws the arm per unit, so a unit
+    /// stays in its arm across requests. Without one, each request is drawn on its own.
+    #[serde(default)]
+    unit_id: Option<String>,
+    /// The request's id, returned in the answer and logged with its exposure; feedback names
+    /// it. Default: the `x-request-id` header, else one the router makes.
+    #[serde(default)]
+    request_id: Option<String>,
 }
+
+/// The longest `unit_id` and `request_id` taken.
+const MAX_ID_LEN: usize = 256;
 
 /// A search's answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,6 +112,14 @@ pub(crate) struct RouteResponse {
     /// Slices of the versions read that did not answer, with why: the results lack their
     /// items. Empty when every slice answered.
     partial: Vec<String>,
+    /// The request's id (the caller's, or one the router made): feedback on these results
+    /// names it.
+    request_id: String,
+    /// The arm of a consumer's request-level canary this answer came from: `control` (the
+    /// consumer's plan, also when no canary runs) or `canary`; null when the request brought
+    /// its own `plan`.
+    #[schema(value_type = Option<String>)]
+    arm: Option<&'static str>,
     took_ms: f64,
 }
 
@@ -435,6 +455,34 @@ async fn route(
         filter::parse(f, &shared.config.consumers.attributes())
             .map_err(|e| RouteError::bad(e.kind, e.message))?;
     }
+    for (name, id) in [
+        ("unit_id", &request.unit_id),
+        ("request_id", &request.request_id),
+    ] {
+        if id
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > MAX_ID_LEN)
+        {
+            return Err(RouteError::bad(
+                "invalid_id",
+                format!("\"{name}\" is 1 to {MAX_ID_LEN} bytes"),
+            ));
+        }
+    }
+    let request_id = request
+        .request_id
+        .clone()
+        .or_else(|| {
+            headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty() && s.len() <= MAX_ID_LEN)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    // The arm: drawn per unit when the consumer runs a canary; none with a plan of its own.
+    let mut arm = None;
+    let mut canary = None;
     let plan: Vec<ReadPlanEntry> = match &request.plan {
         Some(p) => {
             if p.len() > MAX_PLAN_ENTRIES {
@@ -467,7 +515,16 @@ async fn route(
                 })
                 .collect()
         }
-        None => shared.plans.borrow().read_plan_for(&request.consumer),
+        None => {
+            let state = shared.plans.borrow();
+            let unit = request.unit_id.as_deref().unwrap_or(&request_id);
+            let (drawn, entries) = state.read_plan_for_unit(&request.consumer, unit);
+            arm = Some(drawn);
+            canary = state
+                .canary(&request.consumer)
+                .map(|c| (c.salt.clone(), c.share));
+            entries
+        }
     };
     let plan: Vec<ReadPlanEntry> = plan.into_iter().filter(|e| e.weight > 0.0).collect();
     if plan.is_empty() {
@@ -637,24 +694,57 @@ async fn route(
     } else {
         (blend::blend(&lists, method, k), Some(method))
     };
+    if let (Some((migration_id, share)), Some(drawn)) = (canary, arm) {
+        metrics_crate::counter!(
+            metrics::CANARY_REQUESTS,
+            "consumer" => request.consumer.clone(),
+            "arm" => drawn.as_str()
+        )
+        .increment(1);
+        if let Some(log) = &shared.config.exposure_log {
+            log.offer(
+                Exposure {
+                    request_id: request_id.clone(),
+                    unit_id: request
+                        .unit_id
+                        .clone()
+                        .unwrap_or_else(|| request_id.clone()),
+                    consumer: request.consumer.clone(),
+                    arm: match drawn {
+                        Arm::Control => ExposureArm::Control,
+                        Arm::Canary => ExposureArm::Canary,
+                    },
+                    migration_id,
+                    share,
+                    models: answered.clone(),
+                    items: results
+                        .iter()
+                        .map(|r: &Blended| r.item_id.clone())
+                        .collect(),
+                    served_at: now_ms(),
+                },
+                &request.consumer,
+            );
+        }
+    }
     if let (Some(log), Some(text)) = (&shared.config.query_log, &request.text)
         && profile.log_queries
         && request.log_query != Some(false)
         && request.plan.is_none()
     {
-        log.offer(LoggedQuery {
-            consumer: request.consumer.clone(),
-            text: text.clone(),
-            request_id: headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            models: answered,
-            k: i32::try_from(k).unwrap_or(i32::MAX),
-            filtered: request.filter.is_some(),
-            results: i32::try_from(results.len()).unwrap_or(i32::MAX),
-            query_time: now_ms(),
-        });
+        log.offer(
+            LoggedQuery {
+                consumer: request.consumer.clone(),
+                text: text.clone(),
+                request_id: Some(request_id.clone()),
+                models: answered,
+                k: i32::try_from(k).unwrap_or(i32::MAX),
+                filtered: request.filter.is_some(),
+                results: i32::try_from(results.len()).unwrap_or(i32::MAX),
+                query_time: now_ms(),
+            },
+            &request.consumer,
+        );
     }
     Ok(RouteResponse {
         results,
@@ -664,6 +754,8 @@ async fn route(
         plan: plan.iter().map(|e| (e.model.clone(), e.weight)).collect(),
         degraded,
         partial,
+        request_id,
+        arm: arm.map(Arm::as_str),
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

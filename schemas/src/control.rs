@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use crate::records::{
-    BackfillProgress, ControlKind, ControlRecord, GateResult, MigrationRecord, ModelState,
-    ModelVersionRecord, ReadPlan, ReadPlanEntry,
+    BackfillProgress, CanarySplit, ControlKind, ControlRecord, GateResult, MigrationRecord,
+    ModelState, ModelVersionRecord, ReadPlan, ReadPlanEntry,
 };
 
 /// Key of a model version's record.
@@ -232,6 +232,25 @@ impl ControlState {
             .unwrap_or_default()
     }
 
+    /// The consumer's request-level canary, when one runs (a share above 0).
+    pub fn canary(&self, consumer: &str) -> Option<&CanarySplit> {
+        self.plan(consumer)?
+            .canary
+            .as_ref()
+            .filter(|c| c.share > 0.0)
+    }
+
+    /// What one request of `consumer` from `unit` reads, and its arm: the canary's entries
+    /// when the unit falls in the consumer's canary, else [`Self::read_plan_for`].
+    pub fn read_plan_for_unit(&self, consumer: &str, unit: &str) -> (Arm, Vec<ReadPlanEntry>) {
+        match self.canary(consumer) {
+            Some(c) if canary_arm(c, consumer, unit) == Arm::Canary => {
+                (Arm::Canary, c.entries.clone())
+            }
+            _ => (Arm::Control, self.read_plan_for(consumer)),
+        }
+    }
+
     /// The version a consumer without a plan reads: the current migration's `from`, else the
     /// newest active version (`id@version`).
     pub fn serving_default(&self) -> Option<String> {
@@ -268,6 +287,58 @@ impl ControlState {
             .values()
             .filter(|m| m.phase != crate::records::MigrationPhase::Decommissioned)
             .max_by_key(|m| m.started_at)
+    }
+}
+
+/// The arm of a request under a consumer's canary split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arm {
+    /// The consumer's plan (also every request of a consumer without a canary).
+    Control,
+    /// The canary's entries.
+    Canary,
+}
+
+impl Arm {
+    /// `control` / `canary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Canary => "canary",
+        }
+    }
+}
+
+/// Where `unit` of `consumer` falls in `[0, 1)` under `salt`: FNV-1a 64 of
+/// `salt \0 consumer \0 unit`, mixed by SplitMix64's finalizer, as a fraction of 2^64. Fixed:
+/// changing it would move units between arms in the middle of an experiment.
+pub fn unit_position(salt: &str, consumer: &str, unit: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in [salt, consumer, unit].iter().enumerate() {
+        if i > 0 {
+            // The separator byte 0.
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for b in part.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    // The top 53 bits, exactly representable.
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The arm of `unit` of `consumer` under `split`: canary when its position is below the
+/// share, so a unit stays in the canary while the share only grows.
+pub fn canary_arm(split: &CanarySplit, consumer: &str, unit: &str) -> Arm {
+    if unit_position(&split.salt, consumer, unit) < split.share {
+        Arm::Canary
+    } else {
+        Arm::Control
     }
 }
 
@@ -336,5 +407,40 @@ mod tests {
         empty.model = None;
         assert!(s.apply("model/a@1", Some(empty)).is_err());
         assert!(s.active_models().is_empty());
+    }
+
+    #[test]
+    fn canary_units_are_sticky_spread_and_grow_with_the_share() {
+        let split = |share: f64, salt: &str| CanarySplit {
+            share,
+            entries: Vec::new(),
+            salt: salt.to_owned(),
+            started_at: 0,
+        };
+        let units: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
+        let in_canary = |s: &CanarySplit| -> Vec<&String> {
+            units
+                .iter()
+                .filter(|u| canary_arm(s, "ads", u) == Arm::Canary)
+                .collect()
+        };
+        let one = in_canary(&split(0.01, "m1"));
+        let five = in_canary(&split(0.05, "m1"));
+        // About the share (binomial sd ≈ 14 and 31 units).
+        assert!((140..=260).contains(&one.len()), "{}", one.len());
+        assert!((880..=1120).contains(&five.len()), "{}", five.len());
+        // Growing the share keeps every unit already in the canary.
+        assert!(one.iter().all(|u| five.contains(u)));
+        // The same unit always lands in the same arm.
+        assert_eq!(one, in_canary(&split(0.01, "m1")));
+        // Another migration (salt) or consumer draws other arms.
+        let other = in_canary(&split(0.05, "m2"));
+        let shared = five.iter().filter(|u| other.contains(u)).count();
+        assert!(shared < 150, "{shared} units in both migrations' canaries");
+        assert_ne!(
+            unit_position("m1", "ads", "user-1"),
+            unit_position("m1", "recsys", "user-1")
+        );
+        assert_eq!(in_canary(&split(1.0, "m1")).len(), units.len());
     }
 }

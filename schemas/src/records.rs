@@ -214,6 +214,77 @@ pub struct LoggedQuery {
     pub query_time: i64,
 }
 
+/// The arm of an [`Exposure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExposureArm {
+    /// The consumer's plan.
+    Control,
+    /// The canary's entries.
+    Canary,
+    /// An arm this reader does not know (a newer writer's).
+    Unknown,
+}
+
+/// Value of `exposures` (`exposure.avsc`), keyed by request id: one answer served under a
+/// request-level canary, with its arm and the items it showed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// The request's id (the caller's, or one the router made and returned).
+    pub request_id: String,
+    /// The unit the arm was drawn for (the caller's `unit_id`, else the request id).
+    pub unit_id: String,
+    /// The consumer that asked.
+    pub consumer: String,
+    /// Its arm.
+    pub arm: ExposureArm,
+    /// The canary's migration.
+    pub migration_id: String,
+    /// The canary's share when served.
+    pub share: f64,
+    /// The versions (`id@version`) that answered.
+    pub models: Vec<String>,
+    /// The item ids shown, best first.
+    pub items: Vec<String>,
+    /// When the router answered, ms since the epoch.
+    pub served_at: i64,
+}
+
+/// What a user did with a shown item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FeedbackKind {
+    /// A click.
+    Click,
+    /// A conversion (a purchase, a sign-up: the application's own).
+    Conversion,
+    /// Time spent on the item, in seconds (`value`).
+    Dwell,
+    /// A kind this reader does not know; not counted.
+    Unknown,
+}
+
+/// Value of `feedback` (`feedback_event.avsc`), keyed by request id: produced by the
+/// downstream application for an answer's items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackEvent {
+    /// The request id the answer carried.
+    pub request_id: String,
+    /// The item acted on.
+    pub item_id: String,
+    /// What the user did.
+    pub kind: FeedbackKind,
+    /// 1 for a click or conversion; seconds for a dwell.
+    #[serde(default = "one")]
+    pub value: f64,
+    /// When the user acted, ms since the epoch.
+    pub event_time: i64,
+}
+
+const fn one() -> f64 {
+    1.0
+}
+
 /// Value of `embedstream.instances` (`sink_instance.avsc`): a sink instance announcing itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkInstance {
@@ -384,6 +455,26 @@ pub struct ReadPlan {
     /// The plan before the migration that changed it: what rollback restores.
     #[serde(default)]
     pub previous: Vec<ReadPlanEntry>,
+    /// A request-level canary: a share of the consumer's units read `canary.entries`
+    /// instead of `entries`.
+    #[serde(default)]
+    pub canary: Option<CanarySplit>,
+}
+
+/// A request-level traffic split of one consumer (see [`crate::control::canary_arm`]): the
+/// units whose hash falls below `share` read `entries`; the others read the plan's own
+/// entries. The split is distinct from blending: each arm reads its own plan, which may
+/// itself be a blend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySplit {
+    /// Share of units in the canary arm, in (0, 1].
+    pub share: f64,
+    /// What the canary arm reads.
+    pub entries: Vec<ReadPlanEntry>,
+    /// Seed of the unit hash (the migration id): a new migration draws new arms.
+    pub salt: String,
+    /// When the split began, ms since the epoch (kept while the share changes).
+    pub started_at: i64,
 }
 
 /// Result of a gate for one consumer: a cutover gate (the new version against the old), or an
@@ -491,6 +582,12 @@ avro_record!(
     "io.embedstream.DriftReport"
 );
 avro_record!(LoggedQuery, "query_log.avsc", "io.embedstream.LoggedQuery");
+avro_record!(Exposure, "exposure.avsc", "io.embedstream.Exposure");
+avro_record!(
+    FeedbackEvent,
+    "feedback_event.avsc",
+    "io.embedstream.FeedbackEvent"
+);
 avro_record!(
     SinkInstance,
     "sink_instance.avsc",

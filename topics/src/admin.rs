@@ -128,6 +128,7 @@ pub fn named_platform_topics(
         query_log_topic(names),
         instances_topic(names),
     ];
+    topics.extend(canary_topics(names, partitions));
     topics.extend(
         models
             .iter()
@@ -140,6 +141,16 @@ pub fn named_platform_topics(
 /// shorten on the topic; `ensure` reports a difference rather than undoing it).
 pub fn query_log_topic(names: &names::TopicNames) -> TopicSpec {
     TopicSpec::retained(names.queries(), 1, WEEK)
+}
+
+/// A canary's exposures and their feedback: keyed by request id with the same partition
+/// count, so an exposure and its feedback land in partitions of the same number (a join can
+/// read them partition by partition). They name users (unit ids), so they are kept two weeks.
+pub fn canary_topics(names: &names::TopicNames, partitions: i32) -> [TopicSpec; 2] {
+    [
+        TopicSpec::retained(names.exposures(), partitions, 2 * WEEK),
+        TopicSpec::retained(names.feedback(), partitions, 2 * WEEK),
+    ]
 }
 
 /// Sink instances' announcements: one record per instance, the newest kept.

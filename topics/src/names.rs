@@ -14,6 +14,12 @@ pub const DRIFT_REPORTS: &str = "drift.reports";
 /// (retained for a week; consumers and requests can opt out).
 pub const QUERIES: &str = "queries";
 pub const INSTANCES: &str = "embedstream.instances";
+/// The answers the router served under a request-level canary, with their arm and items
+/// (keyed by request id).
+pub const EXPOSURES: &str = "exposures";
+/// What users did with served answers (clicks, conversions, dwell), produced by downstream
+/// applications (keyed by request id).
+pub const FEEDBACK: &str = "feedback";
 /// The schema registry's storage (compacted, one partition), named as Confluent's.
 pub const SCHEMAS: &str = "_schemas";
 
@@ -85,6 +91,16 @@ impl TopicNames {
         self.name(INSTANCES)
     }
 
+    /// Served answers under a canary.
+    pub fn exposures(&self) -> String {
+        self.name(EXPOSURES)
+    }
+
+    /// Downstream feedback on served answers.
+    pub fn feedback(&self) -> String {
+        self.name(FEEDBACK)
+    }
+
     /// The embedding topic of one model version.
     pub fn embeddings(&self, model: &ModelRef) -> String {
         self.name(&embeddings_topic(model))
@@ -140,6 +156,8 @@ mod tests {
         assert_eq!(t.items(), "staging.items");
         assert_eq!(t.items_dlq(), "staging.items.dlq");
         assert_eq!(t.control(), "staging.embedstream.control");
+        assert_eq!(t.exposures(), "staging.exposures");
+        assert_eq!(t.feedback(), "staging.feedback");
         assert_eq!(t.embeddings(&m), "staging.embeddings.minilm-l6-v2.v1");
         assert_eq!(TopicNames::new("staging"), t);
     }

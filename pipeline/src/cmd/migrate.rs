@@ -101,6 +101,16 @@ pub enum MigrateCommand {
         #[arg(long, requires = "adapter")]
         force: bool,
     },
+    /// Send a share of a consumer's users (or sessions) to the new version alone: a
+    /// request-level canary, sticky by the unit id callers give (`unit_id`). 0 ends it.
+    Canary {
+        /// Consumer.
+        #[arg(long)]
+        consumer: String,
+        /// Share of units in the canary, 0 <= share <= 1 (0 ends the canary).
+        #[arg(long)]
+        share: f64,
+    },
     /// Evaluate old vs new on every consumer's golden set and record the gate results.
     Gate {
         /// Golden sets (`golden.json`); default: each consumer's `golden_set` in the consumers
@@ -260,6 +270,7 @@ async fn local(target: &Target, m: &Migrator, command: MigrateCommand) -> anyhow
             m.weight(&consumer, new_weight, adapter.as_ref(), force)
                 .await?
         }
+        MigrateCommand::Canary { consumer, share } => m.canary(&consumer, share).await?,
         MigrateCommand::Cutover { consumer, force } => {
             m.cutover(consumer.as_deref(), force).await?
         }
@@ -554,7 +565,23 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
             },
         );
         let forced = if c.forced { " (forced)" } else { "" };
-        println!("  {:<8} {}{forced}  {gate}", c.consumer, plan.join(" "));
+        let canary = c.canary.as_ref().map_or_else(String::new, |s| {
+            let arm: Vec<String> = s
+                .entries
+                .iter()
+                .map(|e| format!("{}={:.2}", e.model, e.weight))
+                .collect();
+            format!(
+                "  canary {:.1}% of units: {}",
+                s.share * 100.0,
+                arm.join(" ")
+            )
+        });
+        println!(
+            "  {:<8} {}{forced}{canary}  {gate}",
+            c.consumer,
+            plan.join(" ")
+        );
     }
     Ok(())
 }
@@ -613,6 +640,11 @@ async fn remote(url: &str, token: Option<&str>, command: &MigrateCommand) -> any
             false,
             "weight",
             serde_json::json!({"consumer": consumer, "new": new_weight, "adapter": adapter, "fuse": fuse, "force": force}),
+        ),
+        MigrateCommand::Canary { consumer, share } => (
+            false,
+            "canary",
+            serde_json::json!({"consumer": consumer, "share": share}),
         ),
         MigrateCommand::Cutover { consumer, force } => (
             false,

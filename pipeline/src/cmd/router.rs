@@ -181,6 +181,16 @@ impl Assembly {
         } else {
             None
         };
+        // Answers under a canary: always written, the canary's gate depends on them.
+        let (exposure_log, exposures) =
+            embedstream_router::ExposureLog::channel(embedstream_pipeline::canary::QUEUE);
+        embedstream_pipeline::canary::spawn_exposures(
+            self.platform.kafka()?,
+            &self.platform.registry_url,
+            &self.platform.names(),
+            exposures,
+            shutdown.clone(),
+        );
         let config = RouterConfig {
             listen: self.listen,
             backends: self.backends,
@@ -192,6 +202,7 @@ impl Assembly {
             tls: self.platform.http.tls()?,
             trust_pem: self.platform.http.trusted_pem()?,
             query_log,
+            exposure_log: Some(exposure_log),
         };
         feed_drift(&self.platform, &config.status, shutdown.clone())?;
         feed_stage(

@@ -25,6 +25,7 @@ impl Migrations for Migrator {
                     let adapter = adapter.map(|name| super::plan::AdapterRead { name, fuse });
                     self.weight(&consumer, new, adapter.as_ref(), force).await
                 }
+                Command::Canary { consumer, share } => self.canary(&consumer, share).await,
                 Command::Cutover { consumer, force } => {
                     self.cutover(consumer.as_deref(), force).await
                 }

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod plan;
 
 use embedstream_schemas::control::ControlState;
-use embedstream_schemas::records::{ControlRecord, GateResult};
+use embedstream_schemas::records::{CanarySplit, ControlRecord, GateResult};
 use embedstream_topics::ModelRef;
 use serde::Serialize;
 
@@ -111,6 +111,13 @@ impl Migrator {
         let records = self.decided(|s, known, by, now| {
             plan::weight(s, consumer, new_weight, adapter, force, known, by, now)
         })?;
+        self.write(records).await
+    }
+
+    /// `migrate canary`.
+    pub async fn canary(&self, consumer: &str, share: f64) -> Result<Applied> {
+        let records =
+            self.decided(|s, known, by, now| plan::canary(s, consumer, share, known, by, now))?;
         self.write(records).await
     }
 
@@ -249,6 +256,8 @@ pub struct ConsumerStatus {
     pub forced: bool,
     /// The gate result, if evaluated.
     pub gate: Option<GateResult>,
+    /// Its request-level canary, when one runs.
+    pub canary: Option<CanarySplit>,
 }
 
 impl Status {
@@ -295,6 +304,7 @@ impl Status {
                     .current_migration()
                     .and_then(|m| state.gate(&m.migration_id, c))
                     .cloned(),
+                canary: state.canary(c).cloned(),
             })
             .collect();
         Self {

@@ -10,8 +10,8 @@
 
 use embedstream_schemas::control::ControlState;
 use embedstream_schemas::records::{
-    ControlKind, ControlRecord, GateResult, MigrationPhase, MigrationRecord, ModelState,
-    ModelVersionRecord, ReadPlan, ReadPlanEntry,
+    CanarySplit, ControlKind, ControlRecord, GateResult, MigrationPhase, MigrationRecord,
+    ModelState, ModelVersionRecord, ReadPlan, ReadPlanEntry,
 };
 use embedstream_topics::ModelRef;
 
@@ -47,6 +47,9 @@ pub enum Refused {
     /// A weight outside [0, 1).
     #[error("weight {0} is out of range: use 0 <= w < 1 (w = 1 is a cutover: `migrate cutover`)")]
     Weight(f64),
+    /// A canary share outside [0, 1], or a canary that cannot run.
+    #[error("canary: {0}")]
+    Canary(String),
     /// The consumer is not known.
     #[error("unknown consumer {consumer:?}; known: {known}")]
     UnknownConsumer {
@@ -77,9 +80,17 @@ pub enum Refused {
     },
 }
 
-/// The read plan a consumer follows now.
+/// The read plan a consumer follows now (its control arm when a canary runs).
 pub fn effective_plan(state: &ControlState, consumer: &str) -> Vec<ReadPlanEntry> {
     state.read_plan_for(consumer)
+}
+
+/// Whether any request of `consumer` reads `model` now: through its plan or its canary.
+fn reads_model(state: &ControlState, consumer: &str, model: &str) -> bool {
+    effective_plan(state, consumer)
+        .iter()
+        .chain(state.canary(consumer).map_or(&[][..], |c| &c.entries[..]))
+        .any(|e| e.model == model && e.weight > 0.0)
 }
 
 /// A plan entry reading `model` with its own queries.
@@ -233,12 +244,18 @@ fn plan_change(
         }
         _ => effective_plan(state, consumer),
     };
+    // A canary of this migration keeps running while the control arm's blend changes.
+    let canary = state
+        .canary(consumer)
+        .filter(|c| c.salt == migration.migration_id)
+        .cloned();
     ControlRecord {
         read_plan: Some(ReadPlan {
             consumer: consumer.to_owned(),
             entries,
             forced,
             previous,
+            canary,
         }),
         ..record(ControlKind::ReadPlan, by, now)
     }
@@ -356,6 +373,58 @@ pub fn weight(
     Ok(records)
 }
 
+/// `migrate canary --consumer C --share S`: a share `S` of the consumer's units (users or
+/// sessions, by a sticky hash salted with the migration id) read the new version alone; the
+/// others keep the consumer's plan (which may itself be a blend). Raising the share keeps the
+/// units already in the canary; `S = 0` ends the canary in one record, as a rollback does.
+pub fn canary(
+    state: &ControlState,
+    consumer: &str,
+    share: f64,
+    known: &[String],
+    by: &str,
+    now: i64,
+) -> Result<Vec<ControlRecord>, Refused> {
+    let m = current(state)?.clone();
+    check_consumer(consumer, known)?;
+    if !(0.0..=1.0).contains(&share) || !share.is_finite() {
+        return Err(Refused::Canary(format!(
+            "share {share} is out of range: use 0 <= share <= 1 (0 ends the canary)"
+        )));
+    }
+    let control = effective_plan(state, consumer);
+    if share > 0.0 && reads_only(&control, &m.to_model) {
+        return Err(Refused::Canary(format!(
+            "{consumer} already reads {} only; a canary needs a control arm",
+            m.to_model
+        )));
+    }
+    let forced = state.plan(consumer).is_some_and(|p| p.forced);
+    let mut change = plan_change(state, &m, consumer, control, forced, by, now);
+    let started_at = state
+        .canary(consumer)
+        .filter(|c| c.salt == m.migration_id)
+        .map_or(now, |c| c.started_at);
+    if let Some(p) = change.read_plan.as_mut() {
+        p.canary = (share > 0.0).then(|| CanarySplit {
+            share,
+            entries: vec![entry(&m.to_model, 1.0)],
+            salt: m.migration_id.clone(),
+            started_at,
+        });
+    }
+    let mut records = vec![change];
+    if share > 0.0
+        && matches!(
+            m.phase,
+            MigrationPhase::DualWrite | MigrationPhase::Backfill | MigrationPhase::RolledBack
+        )
+    {
+        records.extend(phase_change(&m, MigrationPhase::Blended, by, now));
+    }
+    Ok(records)
+}
+
 /// Why the gate refuses `consumer`, or `None` when it lets it through.
 pub fn gate_refusal(gate: Option<&GateResult>, consumer: &str) -> Option<String> {
     let Some(g) = gate else {
@@ -455,11 +524,19 @@ pub fn cutover(
         .iter()
         .map(|c| {
             let forced = refusals.iter().any(|(r, _)| r == c);
-            plan_change(state, &m, c, vec![entry(&m.to_model, 1.0)], forced, by, now)
+            let mut change =
+                plan_change(state, &m, c, vec![entry(&m.to_model, 1.0)], forced, by, now);
+            // Every request reads the new version: the canary is over.
+            if let Some(p) = change.read_plan.as_mut() {
+                p.canary = None;
+            }
+            change
         })
         .collect();
     let all_new = known.iter().all(|c| {
-        targets.contains(&c.as_str()) || reads_only(&effective_plan(state, c), &m.to_model)
+        targets.contains(&c.as_str())
+            || (reads_only(&effective_plan(state, c), &m.to_model)
+                && !reads_model(state, c, &m.from_model))
     });
     if all_new {
         records.extend(phase_change(&m, MigrationPhase::Cutover, by, now));
@@ -502,16 +579,14 @@ pub fn rollback(
                 entries: restore.clone(),
                 forced: false,
                 previous: restore,
+                canary: None,
             }),
             ..record(ControlKind::ReadPlan, by, now)
         });
     }
-    let all_old = known.iter().all(|c| {
-        targets.contains(&c.as_str())
-            || !effective_plan(state, c)
-                .iter()
-                .any(|e| e.model == m.to_model && e.weight > 0.0)
-    });
+    let all_old = known
+        .iter()
+        .all(|c| targets.contains(&c.as_str()) || !reads_model(state, c, &m.to_model));
     if all_old {
         records.extend(phase_change(&m, MigrationPhase::RolledBack, by, now));
     }
@@ -530,11 +605,7 @@ pub fn decommission(
     let reads = |model: &str| {
         known
             .iter()
-            .filter(|c| {
-                effective_plan(state, c)
-                    .iter()
-                    .any(|e| e.model == model && e.weight > 0.0)
-            })
+            .filter(|c| reads_model(state, c, model))
             .cloned()
             .collect::<Vec<_>>()
     };

@@ -3,6 +3,7 @@
 //! version whose sink is not there. A version that fails is left out and named; when every
 //! version fails the query fails with 503; a sink's 400 is the client's error.
 
+mod canary;
 mod properties;
 
 use std::collections::BTreeMap;
@@ -251,17 +252,31 @@ async fn router_with(
         tls: tls.map(|t| t.tls.clone()),
         trust_pem: tls.map(|t| t.pem.clone()),
         query_log: None,
+        exposure_log: None,
     };
-    let (_tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
+    let (tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
+    serve(config, plans, tx, shutdown, tls.map(|t| &t.client)).await
+}
+
+/// Runs the router of `config` following `plans` (kept open by `keep`); its base URL once it
+/// answers.
+async fn serve<K: Send + 'static>(
+    config: RouterConfig,
+    plans: tokio::sync::watch::Receiver<Arc<ControlState>>,
+    keep: K,
+    shutdown: &CancellationToken,
+    tls_client: Option<&reqwest::Client>,
+) -> String {
+    let listen = config.listen;
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let _tx = _tx;
+        let _keep = keep;
         embedstream_router::run(config, plans, axum::Router::new(), stop)
             .await
             .unwrap();
     });
-    let (url, client) = match tls {
-        Some(t) => (format!("https://{listen}"), t.client.clone()),
+    let (url, client) = match tls_client {
+        Some(c) => (format!("https://{listen}"), c.clone()),
         None => (format!("http://{listen}"), reqwest::Client::new()),
     };
     let deadline = Instant::now() + Duration::from_secs(10);

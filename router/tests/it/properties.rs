@@ -45,6 +45,7 @@ static APP: LazyLock<Router> = LazyLock::new(|| {
         tls: None,
         trust_pem: None,
         query_log: None,
+        exposure_log: None,
     };
     let (tx, plans) = tokio::sync::watch::channel(Arc::new(ControlState::default()));
     std::mem::forget(tx);

@@ -47,8 +47,38 @@ fn every_schema_parses_with_its_declared_name() {
     check::<DeadLetter>();
     check::<DriftReport>();
     check::<LoggedQuery>();
+    check::<Exposure>();
+    check::<FeedbackEvent>();
     check::<SinkInstance>();
     check::<ControlRecord>();
+}
+
+#[test]
+fn exposures_and_feedback_round_trip() {
+    round_trip(&Exposure {
+        request_id: "r1".into(),
+        unit_id: "user-7".into(),
+        consumer: "ads".into(),
+        arm: ExposureArm::Canary,
+        migration_id: "m1".into(),
+        share: 0.05,
+        models: vec!["mpnet-base-v2@1".into()],
+        items: vec!["a".into(), "b".into()],
+        served_at: 1_700_000_000_000,
+    });
+    for kind in [
+        FeedbackKind::Click,
+        FeedbackKind::Conversion,
+        FeedbackKind::Dwell,
+    ] {
+        round_trip(&FeedbackEvent {
+            request_id: "r1".into(),
+            item_id: "b".into(),
+            kind,
+            value: 1.0,
+            event_time: 1_700_000_001_000,
+        });
+    }
 }
 
 #[test]
@@ -290,6 +320,17 @@ fn control_records_round_trip() {
                 adapter: None,
                 fuse: None,
             }],
+            canary: Some(CanarySplit {
+                share: 0.05,
+                entries: vec![ReadPlanEntry {
+                    model: "mpnet-base-v2@1".into(),
+                    weight: 1.0,
+                    adapter: None,
+                    fuse: None,
+                }],
+                salt: "m1".into(),
+                started_at: 1_700_000_000_000,
+            }),
         }),
         ..base.clone()
     });

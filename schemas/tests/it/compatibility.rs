@@ -159,6 +159,8 @@ async fn each_schema_is_backward_compatible_with_all_its_earlier_versions() {
         "dead_letter",
         "drift_report",
         "query_log",
+        "exposure",
+        "feedback_event",
         "sink_instance",
         "control_record",
     ] {

@@ -396,3 +396,82 @@ fn the_adapter_gate_refuses_reads_it_did_not_pass_and_force_is_recorded() {
             .is_none()
     );
 }
+
+#[test]
+fn a_canary_splits_requests_keeps_its_units_and_ends_in_one_record() {
+    let mut s = started();
+    let k = known();
+    assert!(matches!(
+        canary(&s, "ads", 1.5, &k, "t", 5),
+        Err(Refused::Canary(_))
+    ));
+    assert!(matches!(
+        canary(&s, "nobody", 0.1, &k, "t", 5),
+        Err(Refused::UnknownConsumer { .. })
+    ));
+    let records = canary(&s, "ads", 0.01, &k, "t", 5).unwrap();
+    assert_eq!(records.len(), 2, "the plan and the phase (BLENDED)");
+    apply(&mut s, records);
+    let split = s.canary("ads").unwrap().clone();
+    assert_eq!(split.share, 0.01);
+    assert_eq!(models(&split.entries), vec![(NEW.to_owned(), 1.0)]);
+    assert_eq!(
+        models(&effective_plan(&s, "ads")),
+        vec![(OLD.to_owned(), 1.0)]
+    );
+    assert!(s.canary("search").is_none());
+    assert_eq!(current(&s).unwrap().phase, MigrationPhase::Blended);
+
+    // Raising the share keeps when it began; a blend of the control arm keeps the canary.
+    let r = canary(&s, "ads", 0.05, &k, "t", 9).unwrap();
+    apply(&mut s, r);
+    assert_eq!(s.canary("ads").unwrap().started_at, 5);
+    let r = weight(&s, "ads", 0.2, None, false, &k, "t", 10).unwrap();
+    apply(&mut s, r);
+    assert_eq!(s.canary("ads").unwrap().share, 0.05);
+    assert_eq!(
+        models(&effective_plan(&s, "ads")),
+        vec![(OLD.to_owned(), 0.8), (NEW.to_owned(), 0.2)]
+    );
+
+    // While a canary reads the new version, neither version can be decommissioned.
+    assert!(matches!(
+        decommission(&s, &k, "t", 11),
+        Err(Refused::Decommission(_))
+    ));
+
+    // Share 0 ends it in one record, leaving the control arm as it was.
+    let end = canary(&s, "ads", 0.0, &k, "t", 12).unwrap();
+    assert_eq!(end.len(), 1);
+    apply(&mut s, end);
+    assert!(s.canary("ads").is_none());
+    assert_eq!(
+        models(&effective_plan(&s, "ads")),
+        vec![(OLD.to_owned(), 0.8), (NEW.to_owned(), 0.2)]
+    );
+
+    // Rollback ends a canary in the same one record that restores the plan.
+    let r = canary(&s, "ads", 0.05, &k, "t", 13).unwrap();
+    apply(&mut s, r);
+    let back = rollback(&s, Some("ads"), &k, "t", 14).unwrap();
+    let plans: Vec<_> = back.iter().filter_map(|r| r.read_plan.as_ref()).collect();
+    assert_eq!(plans.len(), 1);
+    apply(&mut s, back);
+    assert!(s.canary("ads").is_none());
+    assert_eq!(
+        models(&effective_plan(&s, "ads")),
+        vec![(OLD.to_owned(), 1.0)]
+    );
+
+    // A cut-over consumer has no control arm left; a cutover ends a running canary.
+    let r = canary(&s, "search", 0.05, &k, "t", 15).unwrap();
+    apply(&mut s, r);
+    gate(&mut s, "search", 0.01, 1.0);
+    let r = cutover(&s, Some("search"), false, &k, "t", 16).unwrap();
+    apply(&mut s, r);
+    assert!(s.canary("search").is_none());
+    assert!(matches!(
+        canary(&s, "search", 0.05, &k, "t", 17),
+        Err(Refused::Canary(_))
+    ));
+}

@@ -3,6 +3,7 @@
 //! them; the admin API's token; the consistency checker re-queueing what the new version misses.
 
 mod backfill;
+mod canary;
 mod check;
 mod commands;
 
