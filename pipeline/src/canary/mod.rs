@@ -1,6 +1,10 @@
 //! The request-level canary's data path: the router's exposures to the `exposures` topic
 //! (keyed by request id; `exposure.avsc`), beside the `feedback` topic downstream applications
-//! write (`feedback_event.avsc`), co-partitioned with it.
+//! write (`feedback_event.avsc`), co-partitioned with it; the [`join`] of the two, and the
+//! [`stats`] its gate reads.
+
+pub mod join;
+pub mod stats;
 
 use embedstream_schemas::Codec;
 use embedstream_schemas::records::Exposure;

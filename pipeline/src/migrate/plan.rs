@@ -363,14 +363,21 @@ pub fn weight(
         vec![old, entry(&m.to_model, new_weight)]
     };
     let mut records = vec![plan_change(state, &m, consumer, entries, forced, by, now)];
-    if matches!(
-        m.phase,
-        MigrationPhase::DualWrite | MigrationPhase::Backfill | MigrationPhase::RolledBack
-    ) && new_weight > 0.0
-    {
-        records.extend(phase_change(&m, MigrationPhase::Blended, by, now));
+    if new_weight > 0.0 {
+        records.extend(reads_begin(&m, by, now));
     }
     Ok(records)
+}
+
+/// The phase change when a consumer starts reading the new version: BLENDED, unless the
+/// migration is there or further already.
+fn reads_begin(m: &MigrationRecord, by: &str, now: i64) -> Option<ControlRecord> {
+    matches!(
+        m.phase,
+        MigrationPhase::DualWrite | MigrationPhase::Backfill | MigrationPhase::RolledBack
+    )
+    .then(|| phase_change(m, MigrationPhase::Blended, by, now))
+    .flatten()
 }
 
 /// `migrate canary --consumer C --share S`: a share `S` of the consumer's units (users or
@@ -414,13 +421,8 @@ pub fn canary(
         });
     }
     let mut records = vec![change];
-    if share > 0.0
-        && matches!(
-            m.phase,
-            MigrationPhase::DualWrite | MigrationPhase::Backfill | MigrationPhase::RolledBack
-        )
-    {
-        records.extend(phase_change(&m, MigrationPhase::Blended, by, now));
+    if share > 0.0 {
+        records.extend(reads_begin(&m, by, now));
     }
     Ok(records)
 }

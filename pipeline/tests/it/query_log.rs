@@ -144,7 +144,13 @@ async fn the_router_logs_text_queries_unless_opted_out_and_adapter_train_learns_
         assert!(q.query_time > 0);
     }
     assert_eq!(records[12].request_id.as_deref(), Some("req-7"));
-    assert!(records[..12].iter().all(|q| q.request_id.is_none()));
+    // Without one, the router's own id (returned in the answer), one per request.
+    let made: std::collections::HashSet<&str> = records[..12]
+        .iter()
+        .map(|q| q.request_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(made.len(), 12);
+    assert!(made.iter().all(|id| id.len() == 32), "{made:?}");
     // The writer counts a query once the broker acknowledged it, which may come just after
     // the record is readable.
     let deadline = Instant::now() + Duration::from_secs(20);
