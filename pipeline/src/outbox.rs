@@ -61,13 +61,21 @@ pub fn spawn<T: AvroRecord + Send + Sync + 'static>(
         let mut backoff = Duration::from_millis(200);
         let producer: FutureProducer = loop {
             let ready = async {
-                let admin = Admin::new(&kafka, Duration::from_secs(30))?;
-                if let Some(like) = &partitions_like
-                    && let Some(n) = admin.partitions(like)?
-                {
-                    spec.partitions = n;
+                if let Some(like) = partitions_like.clone() {
+                    // A metadata request, which blocks: off the runtime's threads.
+                    let k = kafka.clone();
+                    let counted = tokio::task::spawn_blocking(move || {
+                        Admin::new(&k, Duration::from_secs(30))?.partitions(&like)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))??;
+                    if let Some(n) = counted {
+                        spec.partitions = n;
+                    }
                 }
-                admin.ensure(std::slice::from_ref(&spec)).await?;
+                Admin::new(&kafka, Duration::from_secs(30))?
+                    .ensure(std::slice::from_ref(&spec))
+                    .await?;
                 kafka
                     .client()
                     .set("message.timeout.ms", "30000")
