@@ -98,9 +98,12 @@ impl ControlLog {
             .map_err(Error::kafka(kafka))?;
         let consumer = follower(kafka, topic, Offset::Beginning)?;
         let probe: BaseConsumer = kafka.client().create().map_err(Error::kafka(kafka))?;
-        let (_, high) = probe
-            .fetch_watermarks(topic, 0, timeout)
-            .map_err(Error::kafka(kafka))?;
+        // A broker that just started (or moved the partition's leader) answers with a
+        // retryable error: asked again until it answers.
+        let (_, high) = crate::range::until_answered("watermark", topic, kafka, &shutdown, || {
+            probe.fetch_watermarks(topic, 0, timeout)
+        })
+        .await?;
         let (tx, view) = watch::channel(ControlView::default());
         let follow = Follow {
             kafka: kafka.clone(),

@@ -47,7 +47,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// partition between leaders after a broker pause, a broker away) waits and asks again, with a
 /// warning and a backoff up to 5 s; an error no retry mends ([`embedstream_topics::kafka::is_fatal`])
 /// is returned; shutdown while waiting is [`Error::Interrupted`].
-async fn until_answered<T>(
+pub(crate) async fn until_answered<T>(
     what: &str,
     topic: &str,
     kafka: &KafkaConfig,

@@ -78,6 +78,29 @@ async fn a_canary_keeps_units_in_their_arm_logs_exposures_and_ends_in_one_record
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Each version's first text query loads its model in the sink: done before the canary,
+    // so that its answers are timed like any other.
+    for model in [MINILM, MPNET] {
+        let body = json!({"consumer": "search", "text": "warming up", "k": 1,
+                          "plan": [{"model": model, "weight": 1.0}]});
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+            != 200
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{model} never answered a text query:\n{}",
+                up.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     let wrote = ok(&migrate(
         &p,
         &["canary", "--consumer", "search", "--share", "0.5"],
