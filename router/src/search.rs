@@ -480,6 +480,10 @@ async fn route(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let unit = request
+        .unit_id
+        .clone()
+        .unwrap_or_else(|| request_id.clone());
     // The arm: drawn per unit when the consumer runs a canary; none with a plan of its own.
     let mut arm = None;
     let mut canary = None;
@@ -517,8 +521,7 @@ async fn route(
         }
         None => {
             let state = shared.plans.borrow();
-            let unit = request.unit_id.as_deref().unwrap_or(&request_id);
-            let (drawn, entries) = state.read_plan_for_unit(&request.consumer, unit);
+            let (drawn, entries) = state.read_plan_for_unit(&request.consumer, &unit);
             arm = Some(drawn);
             canary = state
                 .canary(&request.consumer)
@@ -705,10 +708,7 @@ async fn route(
             log.offer(
                 Exposure {
                     request_id: request_id.clone(),
-                    unit_id: request
-                        .unit_id
-                        .clone()
-                        .unwrap_or_else(|| request_id.clone()),
+                    unit_id: unit,
                     consumer: request.consumer.clone(),
                     arm: match drawn {
                         Arm::Control => ExposureArm::Control,
