@@ -510,6 +510,7 @@ pub fn adapter_gate_results(
                 queries: i32::try_from(c.queries).unwrap_or(i32::MAX),
                 adapter: Some(adapter.to_owned()),
                 fuse,
+                online: None,
             })
         })
         .collect()
@@ -538,6 +539,7 @@ pub fn gate_results(
                 queries: i32::try_from(c.queries).unwrap_or(i32::MAX),
                 adapter: None,
                 fuse: None,
+                online: None,
             })
         })
         .collect()

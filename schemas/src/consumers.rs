@@ -23,7 +23,7 @@ pub const CONSUMER_SLO_SECONDS: &str = "embedstream_consumer_slo_seconds";
 
 /// How one consumer of the index queries it: each consumer has its own `ef_search`, result
 /// bounds and latency budget.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerProfile {
     /// HNSW search width in main parts; raised to `k` when smaller.
@@ -49,6 +49,77 @@ pub struct ConsumerProfile {
     /// the `shared` pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// How this consumer's request-level canary is judged (a `[consumers.<name>.canary]`
+    /// table); absent: [`CanaryPolicy::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPolicy>,
+}
+
+/// The engagement a consumer's request-level canary is judged by, and how strictly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryPolicy {
+    /// `click` (click-through: exposures with a click), `conversion`, or `dwell` (seconds per
+    /// exposure: session depth).
+    pub metric: String,
+    /// Largest drop of the metric the consumer accepts, in its units: 0.005 is half a point of
+    /// click-through.
+    pub margin: f64,
+    /// Error rate of the always-valid interval (two-sided).
+    pub alpha: f64,
+    /// Probability that a canary no worse than control passes once each arm has the required
+    /// exposures: what the required exposures are computed for.
+    pub power: f64,
+    /// Offline gains (new − old of the cutover gate) at least this large are checked online.
+    pub parity_gain: f64,
+    /// The online gain predicted per unit of offline gain: the parity check halts the migration
+    /// when the interval lies below `parity_lift × offline gain`.
+    pub parity_lift: f64,
+    /// Whether the join job ends the canary (share 0) when it shows a regression.
+    pub abort_on_regression: bool,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        Self {
+            metric: "click".to_owned(),
+            margin: 0.005,
+            alpha: 0.05,
+            power: 0.8,
+            parity_gain: 0.03,
+            parity_lift: 0.1,
+            abort_on_regression: true,
+        }
+    }
+}
+
+impl CanaryPolicy {
+    /// Why the policy is unusable, if it is.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.metric.as_str(), "click" | "conversion" | "dwell") {
+            return Err(format!(
+                "canary.metric {:?}: one of click, conversion, dwell",
+                self.metric
+            ));
+        }
+        let open_unit = |v: f64| v > 0.0 && v < 1.0;
+        if !(self.margin > 0.0 && self.margin.is_finite()) {
+            return Err(format!("canary.margin {}: a positive number", self.margin));
+        }
+        if !open_unit(self.alpha) || !open_unit(self.power) {
+            return Err(format!(
+                "canary.alpha {} and canary.power {}: each in (0, 1)",
+                self.alpha, self.power
+            ));
+        }
+        if !(self.parity_gain.is_finite()
+            && self.parity_lift.is_finite()
+            && self.parity_lift >= 0.0)
+        {
+            return Err("canary.parity_gain and canary.parity_lift: finite, lift ≥ 0".to_owned());
+        }
+        Ok(())
+    }
 }
 
 const fn yes() -> bool {
@@ -71,6 +142,7 @@ pub fn default_consumers() -> BTreeMap<String, ConsumerProfile> {
         golden_set: None,
         log_queries: true,
         pool: None,
+        canary: None,
     };
     BTreeMap::from([
         ("search".to_owned(), p(100, 10, 100, 50)),
@@ -189,6 +261,9 @@ pub fn check(profiles: &Profiles) -> Result<(), String> {
         }
         if p.ef_search == 0 {
             return bad("ef_search must be at least 1".to_owned());
+        }
+        if let Some(Err(reason)) = p.canary.as_ref().map(CanaryPolicy::check) {
+            return bad(reason);
         }
         if p.max_k == 0 {
             return bad("max_k must be at least 1".to_owned());

@@ -40,6 +40,12 @@ pub fn adapter_gate_key(migration_id: &str, consumer: &str) -> String {
     format!("gate/{migration_id}/{consumer}/adapter")
 }
 
+/// Key of an online gate result: the request-level canary's latest verdict for a consumer in a
+/// migration.
+pub fn online_gate_key(migration_id: &str, consumer: &str) -> String {
+    format!("gate/{migration_id}/{consumer}/online")
+}
+
 /// Key of a backfill checkpoint.
 pub fn backfill_key(migration_id: &str, partition: i32) -> String {
     format!("backfill/{migration_id}/{partition}")
@@ -57,9 +63,14 @@ pub fn key_of(record: &ControlRecord) -> Option<String> {
             .as_ref()
             .map(|m| migration_key(&m.migration_id)),
         ControlKind::ReadPlan => record.read_plan.as_ref().map(|p| plan_key(&p.consumer)),
-        ControlKind::GateResult => record.gate.as_ref().map(|g| match g.adapter {
-            None => gate_key(&g.migration_id, &g.consumer),
-            Some(_) => adapter_gate_key(&g.migration_id, &g.consumer),
+        ControlKind::GateResult => record.gate.as_ref().map(|g| {
+            if g.online.is_some() {
+                online_gate_key(&g.migration_id, &g.consumer)
+            } else if g.adapter.is_some() {
+                adapter_gate_key(&g.migration_id, &g.consumer)
+            } else {
+                gate_key(&g.migration_id, &g.consumer)
+            }
         }),
         ControlKind::Backfill => record
             .backfill
@@ -199,6 +210,12 @@ impl ControlState {
     /// The latest adapter gate result of a consumer in a migration.
     pub fn adapter_gate(&self, migration_id: &str, consumer: &str) -> Option<&GateResult> {
         self.gates.get(&adapter_gate_key(migration_id, consumer))
+    }
+
+    /// The latest online gate result (the request-level canary's) of a consumer in a
+    /// migration.
+    pub fn online_gate(&self, migration_id: &str, consumer: &str) -> Option<&GateResult> {
+        self.gates.get(&online_gate_key(migration_id, consumer))
     }
 
     /// A migration's backfill checkpoints, by partition.

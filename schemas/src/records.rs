@@ -509,6 +509,57 @@ pub struct GateResult {
     /// The adapter gate's fuse weight (see [`ReadPlanEntry::fuse`]).
     #[serde(default)]
     pub fuse: Option<f64>,
+    /// Set on an online gate: the request-level canary's verdict (`metric` is
+    /// `online:<kind>`, `old_value` the control arm's mean, `new_value` the canary arm's, the
+    /// interval always-valid).
+    #[serde(default)]
+    pub online: Option<OnlineGate>,
+}
+
+/// What the request-level canary has shown, as the online gate judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OnlineVerdict {
+    /// Not enough exposures yet, and no regression shown.
+    Pending,
+    /// Enough exposures for the power, and the interval above −margin.
+    Passed,
+    /// The interval below −margin: the canary is worse than the consumer accepts.
+    Regression,
+    /// The offline gate predicted a gain the interval excludes: the golden set needs an audit.
+    Parity,
+    /// A verdict this reader does not know (a newer writer's); read as not passed.
+    Unknown,
+}
+
+/// The online part of a [`GateResult`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineGate {
+    /// The verdict.
+    pub verdict: OnlineVerdict,
+    /// Final exposures of the control arm.
+    pub control_exposures: i64,
+    /// Final exposures of the canary arm.
+    pub canary_exposures: i64,
+    /// Exposures per arm for the configured power, when the variance is known.
+    #[serde(default)]
+    pub required_exposures: Option<i64>,
+    /// Largest drop of the metric the consumer accepts, in its units.
+    pub margin: f64,
+    /// Error rate of the always-valid interval.
+    pub alpha: f64,
+    /// Power the required exposures are for.
+    pub power: f64,
+    /// new − old of the cutover gate, when one was recorded.
+    #[serde(default)]
+    pub offline_gain: Option<f64>,
+    /// The online gain the offline gain predicts, when it is large enough to check parity.
+    #[serde(default)]
+    pub predicted_gain: Option<f64>,
+    /// Exposures final by this time (ms since the epoch) are counted.
+    pub watermark: i64,
+    /// The verdict in words.
+    pub reason: String,
 }
 
 /// Checkpoint of one partition of a backfill: offsets `[next_end, end)` of `items` are done

@@ -1,8 +1,10 @@
 //! The request-level canary's data path: the router's exposures to the `exposures` topic
 //! (keyed by request id; `exposure.avsc`), beside the `feedback` topic downstream applications
 //! write (`feedback_event.avsc`), co-partitioned with it; the [`join`] of the two, and the
-//! [`stats`] its gate reads.
+//! [`stats`] its [`gate`] reads, and the [`job`] that runs them on the topics.
 
+pub mod gate;
+pub mod job;
 pub mod join;
 pub mod stats;
 

@@ -79,14 +79,124 @@ pub fn compare(control: &Tally, canary: &Tally, alpha: f64, tau: f64) -> Option<
     if !usable {
         return None;
     }
-    let t2 = tau * tau;
-    let half = (2.0 * v * (v + t2) / t2 * ((1.0 / alpha).ln() + 0.5 * ((v + t2) / v).ln())).sqrt();
+    let half = half_width(v, alpha, tau);
     let difference = canary.mean() - control.mean();
     Some(Comparison {
         difference,
         low: difference - half,
         high: difference + half,
     })
+}
+
+/// Half the width of the always-valid `1 − alpha` interval when the difference's variance is
+/// `v` (`v`, `tau` > 0).
+pub fn half_width(v: f64, alpha: f64, tau: f64) -> f64 {
+    let t2 = tau * tau;
+    (2.0 * v * (v + t2) / t2 * ((1.0 / alpha).ln() + 0.5 * ((v + t2) / v).ln())).sqrt()
+}
+
+/// Exposures per arm after which a canary **no worse than control** has its always-valid
+/// interval above `−margin` with probability `power` — the sample size the gate waits for
+/// before it may pass (it may fail at any size: the interval stays valid). `var_control` and
+/// `var_canary` are the per-exposure variances; the mixing scale is the margin. `None` when a
+/// variance is not positive or the inputs are out of range.
+pub fn required_exposures(
+    var_control: f64,
+    var_canary: f64,
+    margin: f64,
+    alpha: f64,
+    power: f64,
+) -> Option<u64> {
+    let total = var_control + var_canary;
+    let usable = total > 0.0
+        && total.is_finite()
+        && margin > 0.0
+        && alpha > 0.0
+        && alpha < 1.0
+        && power > 0.0
+        && power < 1.0;
+    if !usable {
+        return None;
+    }
+    let z = normal_quantile(power);
+    // Under no difference the estimate is N(0, V): it clears −margin + half width with
+    // probability Φ((margin − h(V)) / √V).
+    let enough = |n: u64| {
+        let v = total / n as f64;
+        margin - half_width(v, alpha, margin) >= z * v.sqrt()
+    };
+    let (mut lo, mut hi) = (1u64, 2u64);
+    while !enough(hi) {
+        lo = hi;
+        hi = hi.checked_mul(2)?;
+        if hi > 1 << 50 {
+            return None;
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if enough(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// The standard normal quantile Φ⁻¹(p) for p in (0, 1): Acklam's rational approximation
+/// (relative error below 1.2e-9), which needs no special functions.
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    const LOW: f64 = 0.024_25;
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f64::INFINITY;
+    }
+    if p < LOW {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - LOW {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +231,56 @@ mod tests {
         assert!(large.high - large.low < small.high - small.low);
         assert!(large.high < 0.005, "{large:?}");
         assert!(compare(&arm(1, 0.1), &arm(1000, 0.1), 0.05, 0.005).is_none());
+    }
+
+    #[test]
+    fn the_normal_quantile_matches_known_values() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.8, 0.841_621_233_6),
+            (0.975, 1.959_963_985),
+            (0.01, -2.326_347_874),
+            (0.999, 3.090_232_306),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-6,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    /// At the required exposures a canary equal to control passes (interval above −margin)
+    /// in about `power` of the runs; a quarter of them passes in far fewer.
+    #[test]
+    fn the_required_exposures_give_the_configured_power() {
+        let (p, margin, alpha, power) = (0.1, 0.02, 0.05, 0.8);
+        let n = required_exposures(p * (1.0 - p), p * (1.0 - p), margin, alpha, power).unwrap();
+        assert!((2_000..20_000).contains(&n), "{n}");
+        let wider = required_exposures(p * (1.0 - p), p * (1.0 - p), margin * 2.0, alpha, power);
+        assert!(wider.unwrap() < n / 2);
+        let runs = 300;
+        let passed_at = |n: u64, seed: u64| {
+            let mut passed = 0;
+            for run in 0..runs {
+                let mut coin = Coin(seed + run);
+                let (mut c, mut t) = (Tally::default(), Tally::default());
+                for _ in 0..n {
+                    c.add(coin.flip(p));
+                    t.add(coin.flip(p));
+                }
+                let cmp = compare(&c, &t, alpha, margin).unwrap();
+                passed += usize::from(cmp.low > -margin);
+            }
+            passed as f64 / runs as f64
+        };
+        let at_n = passed_at(n, 1_000);
+        assert!(
+            (0.72..=0.90).contains(&at_n),
+            "passed in {at_n} of the runs"
+        );
+        assert!(passed_at(n / 4, 5_000) < 0.5);
+        assert!(required_exposures(0.0, 0.0, margin, alpha, power).is_none());
     }
 
     /// Looked at after every 100 exposures per arm, up to 20,000: with no difference the

@@ -497,7 +497,8 @@ fn consumers_of<'a>(consumer: Option<&'a str>, known: &'a [String]) -> Vec<&'a s
 }
 
 /// `migrate cutover [--consumer C] [--force]`: the consumer(s) read the new version only —
-/// refused unless each one's gate passed (with `force`, written with `forced` set).
+/// refused unless each one's gate passed and, for a consumer whose request-level canary ran
+/// in this migration, its online gate passed too (with `force`, written with `forced` set).
 pub fn cutover(
     state: &ControlState,
     consumer: Option<&str>,
@@ -513,8 +514,21 @@ pub fn cutover(
     let targets = consumers_of(consumer, known);
     let refusals: Vec<(String, String)> = targets
         .iter()
-        .filter_map(|c| {
-            gate_refusal(state.gate(&m.migration_id, c), c).map(|r| ((*c).to_owned(), r))
+        .flat_map(|c| {
+            let canary_ran = state
+                .canary(c)
+                .is_some_and(|split| split.salt == m.migration_id);
+            [
+                gate_refusal(state.gate(&m.migration_id, c), c),
+                crate::canary::gate::online_refusal(
+                    state.online_gate(&m.migration_id, c),
+                    c,
+                    canary_ran,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|r| ((*c).to_owned(), r))
         })
         .collect();
     if !refusals.is_empty() && !force {

@@ -1,4 +1,5 @@
 use embedstream_schemas::control::key_of;
+use embedstream_schemas::records::OnlineVerdict;
 
 use super::*;
 
@@ -72,7 +73,24 @@ fn gate_result(s: &ControlState, consumer: &str, ci_high: f64, coverage: f64) ->
         queries: 500,
         adapter: None,
         fuse: None,
+        online: None,
     }
+}
+
+/// An online gate result of `consumer` in the current migration with `verdict`.
+fn online_gate(s: &mut ControlState, consumer: &str, verdict: OnlineVerdict) {
+    let policy = embedstream_schemas::consumers::CanaryPolicy::default();
+    let arm = |rate: f64| crate::canary::stats::Tally {
+        n: 100_000,
+        sum: rate * 100_000.0,
+        sum_sq: rate * 100_000.0,
+    };
+    let (c, t) = (arm(0.1), arm(0.1));
+    let mut judged = crate::canary::gate::judge(&policy, &c, &t, None);
+    judged.verdict = verdict;
+    let id = current(s).unwrap().migration_id.clone();
+    let g = crate::canary::gate::gate_result(&id, consumer, &policy, &c, &t, None, &judged, 7);
+    apply(s, vec![gate_record(g, "t", 3)]);
 }
 
 fn gate(s: &mut ControlState, consumer: &str, ci_high: f64, coverage: f64) {
@@ -463,10 +481,29 @@ fn a_canary_splits_requests_keeps_its_units_and_ends_in_one_record() {
         vec![(OLD.to_owned(), 1.0)]
     );
 
-    // A cut-over consumer has no control arm left; a cutover ends a running canary.
+    // A cut-over consumer has no control arm left; a cutover ends a running canary. While
+    // the canary runs, the cutover also needs its online gate to pass.
     let r = canary(&s, "search", 0.05, &k, "t", 15).unwrap();
     apply(&mut s, r);
     gate(&mut s, "search", 0.01, 1.0);
+    let refused = |s: &ControlState| match cutover(s, Some("search"), false, &k, "t", 16) {
+        Err(Refused::Gate(reasons)) => reasons.join("; "),
+        other => panic!("{other:?}"),
+    };
+    assert!(refused(&s).contains("no online verdict"), "{}", refused(&s));
+    for verdict in [
+        OnlineVerdict::Pending,
+        OnlineVerdict::Regression,
+        OnlineVerdict::Parity,
+    ] {
+        online_gate(&mut s, "search", verdict);
+        assert!(
+            refused(&s).contains(&format!("{verdict:?}")),
+            "{}",
+            refused(&s)
+        );
+    }
+    online_gate(&mut s, "search", OnlineVerdict::Passed);
     let r = cutover(&s, Some("search"), false, &k, "t", 16).unwrap();
     apply(&mut s, r);
     assert!(s.canary("search").is_none());
@@ -474,4 +511,27 @@ fn a_canary_splits_requests_keeps_its_units_and_ends_in_one_record() {
         canary(&s, "search", 0.05, &k, "t", 17),
         Err(Refused::Canary(_))
     ));
+}
+
+#[test]
+fn a_failed_online_gate_is_overridden_only_by_force_and_stays_after_the_canary_ends() {
+    let mut s = started();
+    let k = known();
+    let r = canary(&s, "ads", 0.05, &k, "t", 5).unwrap();
+    apply(&mut s, r);
+    gate(&mut s, "ads", 0.01, 1.0);
+    online_gate(&mut s, "ads", OnlineVerdict::Regression);
+    // Ending the canary does not clear its verdict: the cutover stays refused.
+    let r = canary(&s, "ads", 0.0, &k, "t", 6).unwrap();
+    apply(&mut s, r);
+    assert!(matches!(
+        cutover(&s, Some("ads"), false, &k, "t", 7),
+        Err(Refused::Gate(_))
+    ));
+    let r = cutover(&s, Some("ads"), true, &k, "t", 7).unwrap();
+    apply(&mut s, r);
+    assert!(s.plan("ads").unwrap().forced);
+    // A consumer whose canary never ran needs no online gate.
+    gate(&mut s, "search", 0.01, 1.0);
+    assert!(cutover(&s, Some("search"), false, &k, "t", 8).is_ok());
 }
