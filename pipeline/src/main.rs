@@ -68,6 +68,9 @@ enum Command {
     /// The drift consumer: scores a canary set against saved references (and old vs new
     /// during a migration), reports to `drift.reports` and metrics.
     Drift(cmd::drift::DriftArgs),
+    /// The canary join job: joins `exposures` with `feedback`, judges each consumer's
+    /// request-level canary and records its online gate in the control log.
+    CanaryJoin(cmd::canary::CanaryJoinArgs),
     /// Drift-Adapters: train a map from a new model's space into an old one's, apply it,
     /// list and evaluate them.
     Adapter {
@@ -240,6 +243,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Drift(args) => {
             let routes = telemetry::service_router(args.platform.kafka()?)?;
             cmd::drift::run(args, routes, shutdown_on_signal()).await?;
+        }
+        Command::CanaryJoin(args) => {
+            let routes = telemetry::service_router(args.platform.kafka()?)?;
+            cmd::canary::run(args, routes, shutdown_on_signal()).await?;
         }
         Command::Adapter { command } => cmd::adapter::run(command, shutdown_on_signal()).await?,
         Command::Router(args) => {

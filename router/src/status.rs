@@ -39,6 +39,8 @@ struct ConsumerStatus {
     p95_slo_ms: u64,
     plan: Vec<embedstream_schemas::records::ReadPlanEntry>,
     forced: bool,
+    /// The consumer's request-level canary, when one runs.
+    canary: Option<embedstream_schemas::records::CanarySplit>,
     latency: LatencySummary,
 }
 
@@ -124,6 +126,7 @@ pub(crate) async fn status_json(State(shared): State<Arc<Shared>>) -> Response {
                 p95_slo_ms: profile.p95_slo_ms,
                 plan: state.read_plan_for(name),
                 forced: plan.is_some_and(|p| p.forced),
+                canary: state.canary(name).cloned(),
                 latency: shared.config.status.latency(name),
             }
         })

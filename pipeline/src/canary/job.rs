@@ -7,9 +7,12 @@
 //!   job reads from makes it read again from there. Nothing is committed: a restarted job
 //!   replays the same records into the same tallies, so its verdicts do not depend on when it
 //!   restarted. Exposures served before their consumer's canary began are not counted.
-//! - **Watermark.** The least, over every partition of both topics, of the latest event time
-//!   read from it; a partition read to its end counts as now (an idle topic does not hold the
-//!   others back). A partition not read yet holds it at the start.
+//! - **Watermark.** The least, over every partition of both topics, of the latest record
+//!   timestamp read from it; a partition read to its end counts as now (an idle topic does not
+//!   hold the others back). A partition not read yet holds it at the start. Record timestamps
+//!   (when the record reached Kafka), not event times, so that what is *late* — feedback whose
+//!   record is newer than its exposure's window plus lateness — is the same whether the job
+//!   reads live or replays after a restart (up to producers' clock skew).
 //! - **Records.** The online gate of a consumer is written when its verdict changes, and again
 //!   every `record_every` while its counts change. REGRESSION and PARITY are final for the
 //!   migration; on REGRESSION the job also ends the canary (share 0, one record) unless the
@@ -31,8 +34,9 @@ use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::{Admin, Layout, canary_topics};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::time::now_ms;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -93,10 +97,10 @@ pub struct JobConfig {
 enum Event {
     /// The partitions of a topic, before its first record.
     Partitions(Side, Vec<i32>),
-    /// An exposure read from a partition.
-    Exposure(i32, Exposure),
-    /// A feedback event read from a partition.
-    Feedback(i32, FeedbackEvent),
+    /// An exposure read from a partition, with its record's timestamp.
+    Exposure(i32, i64, Exposure),
+    /// A feedback event read from a partition, with its record's timestamp.
+    Feedback(i32, i64, FeedbackEvent),
     /// A partition was read to its end.
     End(Side, i32),
 }
@@ -108,7 +112,8 @@ enum Side {
     Feedback,
 }
 
-/// The latest event time read from a partition, and whether it was read to its end since.
+/// The latest record timestamp read from a partition, and whether it was read to its end
+/// since.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
     latest: i64,
@@ -334,9 +339,9 @@ impl JoinJob {
                     g.at_end = true;
                 }
             }
-            Event::Exposure(part, e) => {
+            Event::Exposure(part, ts, e) => {
                 if let Some(g) = p.progress.get_mut(&(Side::Exposures, part)) {
-                    g.latest = g.latest.max(e.served_at);
+                    g.latest = g.latest.max(ts);
                     g.at_end = false;
                 }
                 let state = control.state();
@@ -348,12 +353,12 @@ impl JoinJob {
                     p.join.exposure(e);
                 }
             }
-            Event::Feedback(part, f) => {
+            Event::Feedback(part, ts, f) => {
                 if let Some(g) = p.progress.get_mut(&(Side::Feedback, part)) {
-                    g.latest = g.latest.max(f.event_time);
+                    g.latest = g.latest.max(ts);
                     g.at_end = false;
                 }
-                p.join.feedback(f);
+                p.join.feedback(f, ts);
             }
         }
     }
@@ -561,8 +566,33 @@ async fn read(
     tx: &mpsc::Sender<Event>,
     stop: &CancellationToken,
 ) -> Result<()> {
-    let consumer = crate::range::new_reader(kafka, "canary-join")?;
-    let parts = crate::range::partitions(&consumer, topic, kafka, stop).await?;
+    let consumer: StreamConsumer<QuietEnd> = kafka
+        .client()
+        .set(
+            "group.id",
+            format!("embedstream-canary-join-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create_with_context(QuietEnd)
+        .map_err(Error::kafka(kafka))?;
+    let metadata = crate::range::until_answered("metadata", topic, kafka, stop, || {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .await?;
+    let mut parts: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    parts.sort_unstable();
+    if parts.is_empty() {
+        return Err(Error::MissingTopic {
+            topic: topic.to_owned(),
+        });
+    }
     let mut at = TopicPartitionList::new();
     for p in &parts {
         at.add_partition_offset(topic, *p, Offset::Offset(from))
@@ -584,6 +614,7 @@ async fn read(
         let event = match message {
             Ok(m) => {
                 let partition = m.partition();
+                let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
                 let Some(bytes) = m.payload() else {
                     ::metrics::counter!(POISON, "topic" => topic.to_owned()).increment(1);
                     continue;
@@ -591,10 +622,10 @@ async fn read(
                 match side {
                     Side::Exposures => decoded(codec, topic, bytes, stop)
                         .await?
-                        .map(|e| Event::Exposure(partition, e)),
+                        .map(|e| Event::Exposure(partition, ts, e)),
                     Side::Feedback => decoded(codec, topic, bytes, stop)
                         .await?
-                        .map(|f| Event::Feedback(partition, f)),
+                        .map(|f| Event::Feedback(partition, ts, f)),
                 }
             }
             Err(KafkaError::PartitionEOF(p)) => Some(Event::End(side, p)),
@@ -614,6 +645,23 @@ async fn read(
         }
     }
 }
+
+/// The client context of the readers: reaching a partition's end is how they tell that they
+/// caught up, not an error to log (every other error is logged as the default context does).
+struct QuietEnd;
+
+impl ClientContext for QuietEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+        ) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEnd {}
 
 /// Decodes one record: registry trouble is waited out; a record that cannot be decoded for
 /// good is counted as poison and `None`.

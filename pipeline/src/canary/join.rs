@@ -9,8 +9,10 @@
 //! - **Out of order.** Feedback read before its exposure waits for it (the two topics are read
 //!   side by side, not in one order).
 //! - **Late.** An exposure is final once the watermark passes `served_at + window + lateness`:
-//!   it is then added to its arm's tallies and forgotten. Feedback for a final exposure is
-//!   *late*: counted (`late`), not attributed, so a tally never changes after it was reported.
+//!   it is then added to its arm's tallies and forgotten. Feedback that *arrived* (reached
+//!   Kafka) after that time is *late*: counted (`late`), not attributed, so a tally never
+//!   changes after it was reported — and, since arrival is a property of the record and not of
+//!   when it was read, a replay counts the same feedback late as the live run did.
 //!   Feedback whose exposure never comes (dropped by a full queue, or outside any canary) is
 //!   *unmatched* once the watermark passes its time plus `window + lateness`.
 
@@ -75,8 +77,8 @@ pub struct Join {
     closing: BTreeSet<(i64, String)>,
     /// Request ids of final exposures, until `final at + window` (to tell late feedback).
     closed: HashMap<String, i64>,
-    /// Feedback read before its exposure, by request id.
-    waiting: HashMap<String, Vec<FeedbackEvent>>,
+    /// Feedback read before its exposure (with when it arrived), by request id.
+    waiting: HashMap<String, Vec<(FeedbackEvent, i64)>>,
     watermark: i64,
     outcomes: BTreeMap<ArmKey, ArmOutcomes>,
     /// Feedback for exposures already final.
@@ -132,15 +134,15 @@ impl Join {
             },
         );
         self.closing.insert((closes, id.clone()));
-        for f in self.waiting.remove(&id).unwrap_or_default() {
-            self.feedback(f);
+        for (f, arrived_at) in self.waiting.remove(&id).unwrap_or_default() {
+            self.feedback(f, arrived_at);
         }
         // Already final by the watermark (read after it passed): close it now.
         self.advance(self.watermark);
     }
 
-    /// Reads a feedback event.
-    pub fn feedback(&mut self, f: FeedbackEvent) {
+    /// Reads a feedback event that reached Kafka at `arrived_at` (its record's timestamp).
+    pub fn feedback(&mut self, f: FeedbackEvent, arrived_at: i64) {
         if matches!(f.kind, FeedbackKind::Unknown) {
             return;
         }
@@ -149,15 +151,21 @@ impl Join {
             return;
         }
         let JoinConfig {
-            window_ms, skew_ms, ..
+            window_ms,
+            skew_ms,
+            lateness_ms,
         } = self.config;
         let Some(open) = self.open.get_mut(&f.request_id) else {
             self.waiting
                 .entry(f.request_id.clone())
                 .or_default()
-                .push(f);
+                .push((f, arrived_at));
             return;
         };
+        if arrived_at > open.served_at.saturating_add(window_ms + lateness_ms) {
+            self.late += 1;
+            return;
+        }
         let in_window =
             f.event_time >= open.served_at - skew_ms && f.event_time <= open.served_at + window_ms;
         if !in_window || !open.items.contains(&f.item_id) {
@@ -197,7 +205,7 @@ impl Join {
         let mut expired = 0;
         self.waiting.retain(|_, events| {
             let before = events.len();
-            events.retain(|f| f.event_time.saturating_add(horizon) > w);
+            events.retain(|(f, _)| f.event_time.saturating_add(horizon) > w);
             expired += (before - events.len()) as u64;
             !events.is_empty()
         });

@@ -1,6 +1,7 @@
 //! Subcommands with enough code to want a file of their own.
 
 pub mod adapter;
+pub mod canary;
 pub mod dlq;
 pub mod drift;
 pub mod embed;

@@ -1,7 +1,8 @@
 //! `embedstream up`: the platform's services in one process — the embed stage, one index sink
 //! per model version the control log has not retired (each with its compaction; started when
 //! a version appears, stopped when it is retired), the query router in front of them
-//! (`/v1/search`, the status page at `/status`, the admin API), and the drift consumer.
+//! (`/v1/search`, the status page at `/status`, the admin API), the drift consumer and the
+//! canary join job.
 //!
 //! The stage or the router stopping stops the others. A sink that fails is logged and left
 //! down (the status page shows it not answering) so that the other versions keep serving; the
@@ -148,6 +149,15 @@ pub async fn run(
             }
         })
     });
+    let canary_join = {
+        let join = super::canary::CanaryJoinArgs::for_platform(platform.clone());
+        let token = token.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::canary::consume(&join, &token).await {
+                tracing::error!(error = format!("{e:#}"), "The canary join job stopped.");
+            }
+        })
+    };
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     {
         let (stage, metrics, token) = (args.stage.clone(), metrics.clone(), token.clone());
@@ -233,6 +243,7 @@ pub async fn run(
     if let Some(drift) = drift {
         let _ = drift.await;
     }
+    let _ = canary_join.await;
     failure.map_or(Ok(()), Err)
 }
 

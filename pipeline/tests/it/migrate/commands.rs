@@ -38,6 +38,7 @@ fn failing_gate(migration: &str, consumer: &str) -> GateResult {
         queries: 500,
         adapter: None,
         fuse: None,
+        online: None,
     }
 }
 

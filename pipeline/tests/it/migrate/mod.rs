@@ -4,6 +4,7 @@
 
 mod backfill;
 mod canary;
+mod canary_join;
 mod check;
 mod commands;
 
