@@ -14,17 +14,19 @@ answers):
 
 - `old`: the old model (control in every scenario).
 - `new`: the new model.
-- `damaged`: the old model after a bad push that drops L2 normalization on the write path: each
-  item vector comes out scaled by a factor that depends on its text (log-normal, sigma
-  `--damage-sigma`), queries stay normalized — seed 003's "silent normalization bug". Its
+- `damaged-<sigma>`: the old model after a bad push that drops L2 normalization on the write
+  path: each item vector comes out scaled by a factor that depends on its text (log-normal,
+  sigma from `--damage-sigma`), queries stay normalized — a silent normalization bug. The
   vectors point the same way; only the inner products are skewed.
 
 Scenarios, each `--runs` independent runs of `canary-sim` (the product's join and online gate,
 judged every 100 exposures; users click by the position-based model):
 
 - A/A (old vs old): every REGRESSION or PARITY is a false alarm.
-- bad push (old vs damaged): exposures until REGRESSION.
+- bad push (old vs damaged-<sigma>): exposures until REGRESSION.
 - better model (old vs new), with the offline gate's gain for the parity check.
+- stale golden set (old vs old, but with the better model's offline gain): the gain the
+  golden set promised does not show online, so the parity check should halt it.
 
 Writes OUT/canary.md, OUT/canary.json and OUT/canary-*.png.
 """
@@ -69,7 +71,7 @@ def recall(rankings, relevant, k=10):
                           for r, rel in zip(rankings, relevant)]))
 
 
-def rankings_for(data, consumer, sigma, seed):
+def rankings_for(data, consumer, sigmas, seed):
     golden = json.load(open(os.path.join(data, "golden.json")))[consumer]
     queries = golden["queries"]
     relevant = [q["relevant"] for q in queries]
@@ -81,16 +83,18 @@ def rankings_for(data, consumer, sigma, seed):
         qv = q_vecs[[by_id[q["id"]] for q in queries]]
         arms[name] = top_k(qv, items, item_ids)
         if name == "old":
-            rng = np.random.default_rng(seed)
-            scale = np.exp(rng.normal(0.0, sigma, size=(len(items), 1))).astype(np.float32)
-            arms["damaged"] = top_k(qv, items * scale, item_ids)
+            noise = np.random.default_rng(seed).normal(0.0, 1.0, size=(len(items), 1))
+            for sigma in sigmas:
+                scale = np.exp(sigma * noise).astype(np.float32)
+                arms[f"damaged-{sigma}"] = top_k(qv, items * scale, item_ids)
     return {"relevant": relevant, "arms": arms}
 
 
-def simulate(path, control, canary, runs, offline_gain=None, extra=()):
-    cmd = [SIM, "--rankings", path, "--control", control, "--canary", canary, "--runs", str(runs), *extra]
+def simulate(path, control, canary, runs, max_exposures, offline_gain=None):
+    cmd = [SIM, "--rankings", path, "--control", control, "--canary", canary, "--runs", str(runs),
+           "--max-exposures", str(max_exposures)]
     if offline_gain is not None:
-        cmd += ["--offline-gain", str(offline_gain)]
+        cmd.append(f"--offline-gain={offline_gain}")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -122,7 +126,7 @@ def plot(out, scenarios):
     except ImportError:
         print("matplotlib is missing: no plots", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), sharey=False)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.6), sharey=False)
     for ax, (name, s) in zip(axes, scenarios.items()):
         t = s["results"][0]["trajectory"] or []
         if t:
@@ -139,16 +143,20 @@ def plot(out, scenarios):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "canary-interval.png"), dpi=110)
     plt.close(fig)
-    bad = sorted(r["decided_at_exposures"] for r in scenarios["bad push"]["results"] if r["decided_at_exposures"])
-    if bad:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.step(bad, np.arange(1, len(bad) + 1) / len(scenarios["bad push"]["results"]), where="post")
-        ax.set_xlabel("exposures when the gate said REGRESSION")
-        ax.set_ylabel("share of runs stopped")
-        ax.set_title("bad push: time to detection")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "canary-detection.png"), dpi=110)
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, s in scenarios.items():
+        decided = sorted(r["decided_at_exposures"] for r in s["results"]
+                         if r["verdict"] in ("Regression", "Parity"))
+        if decided:
+            ax.step([0] + decided, np.arange(0, len(decided) + 1) / len(s["results"]), where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("final exposures (both arms) when the gate stopped the canary")
+    ax.set_ylabel("share of runs stopped")
+    ax.set_title("time to REGRESSION or PARITY")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "canary-detection.png"), dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -156,24 +164,29 @@ def main():
     ap.add_argument("--data", default=os.path.join(ROOT, ".dev", "golden-wordnet"))
     ap.add_argument("--consumer", default="search")
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--damage-sigma", type=float, default=0.5)
+    ap.add_argument("--max-exposures", type=int, default=500_000)
+    ap.add_argument("--damage-sigma", default="0.5,0.1", help="comma-separated: one bad push per value")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "reports", "drill"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    rankings = rankings_for(args.data, args.consumer, args.damage_sigma, args.seed)
+    sigmas = [float(x) for x in args.damage_sigma.split(",")]
+    rankings = rankings_for(args.data, args.consumer, sigmas, args.seed)
     path = os.path.join(args.out, "canary-rankings.json")
     with open(path, "w") as f:
         json.dump(rankings, f)
     rec = {arm: recall(r, rankings["relevant"]) for arm, r in rankings["arms"].items()}
     margin = 0.005
-    scenarios = {
-        "A/A": dict(control="old", canary="old", gain=None),
-        "bad push": dict(control="old", canary="damaged", gain=rec["damaged"] - rec["old"]),
-        "better model": dict(control="old", canary="new", gain=rec["new"] - rec["old"]),
-    }
+    scenarios = {"A/A": dict(control="old", canary="old", gain=None)}
+    for sigma in sigmas:
+        arm = f"damaged-{sigma}"
+        scenarios[f"bad push σ={sigma}"] = dict(control="old", canary=arm, gain=rec[arm] - rec["old"])
+    scenarios["better model"] = dict(control="old", canary="new", gain=rec["new"] - rec["old"])
+    # The golden set promised the better model's gain; production serves the old model's
+    # answers in both arms, so no gain shows online.
+    scenarios["stale golden set"] = dict(control="old", canary="old", gain=rec["new"] - rec["old"])
     for name, s in scenarios.items():
-        s["results"] = simulate(path, s["control"], s["canary"], args.runs, s["gain"])
+        s["results"] = simulate(path, s["control"], s["canary"], args.runs, args.max_exposures, s["gain"])
         s["summary"] = summary(s["results"])
         s["margin"] = margin
         print(name, json.dumps(s["summary"]), file=sys.stderr)
@@ -181,7 +194,7 @@ def main():
     plot(args.out, scenarios)
     report = {
         "consumer": args.consumer, "queries": len(rankings["relevant"]), "runs": args.runs,
-        "damage_sigma": args.damage_sigma, "recall@10": rec,
+        "max_exposures": args.max_exposures, "damage_sigmas": sigmas, "recall@10": rec,
         "scenarios": {n: {"control": s["control"], "canary": s["canary"], "offline_gain": s["gain"], **s["summary"]}
                       for n, s in scenarios.items()},
     }

@@ -300,9 +300,12 @@ pub fn model_ref(m: &ModelVersionRecord) -> Option<embedstream_topics::ModelRef>
     embedstream_topics::ModelRef::new(&m.model_id, version).ok()
 }
 
+/// The control log's consumer.
+type Follower = StreamConsumer<crate::range::QuietEnd>;
+
 /// A consumer of the control log's one partition from `offset`, in no group.
-fn follower(kafka: &KafkaConfig, topic: &str, offset: Offset) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = kafka
+fn follower(kafka: &KafkaConfig, topic: &str, offset: Offset) -> Result<Follower> {
+    let consumer: Follower = kafka
         .client()
         .set(
             "group.id",
@@ -312,7 +315,7 @@ fn follower(kafka: &KafkaConfig, topic: &str, offset: Offset) -> Result<StreamCo
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(crate::range::QuietEnd)
         .map_err(Error::kafka(kafka))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, offset)
@@ -339,7 +342,7 @@ struct Follow {
 }
 
 impl Follow {
-    async fn run(self, mut consumer: StreamConsumer) {
+    async fn run(self, mut consumer: Follower) {
         let mut state = ControlState::default();
         loop {
             if !self.read(&consumer, &mut state).await {
@@ -374,7 +377,7 @@ impl Follow {
     }
 
     /// Applies records until shutdown (`false`) or until `consumer` is stalled (`true`).
-    async fn read(&self, consumer: &StreamConsumer, state: &mut ControlState) -> bool {
+    async fn read(&self, consumer: &Follower, state: &mut ControlState) -> bool {
         let (codec, tx, shutdown) = (&self.codec, &self.tx, &self.shutdown);
         let mut stream = consumer.stream();
         let mut quiet_checks = 0;

@@ -22,6 +22,25 @@ use crate::error::{Error, Result};
 /// How long a read waits for a record before it logs that it is still waiting.
 const STALL_WARNING: Duration = Duration::from_secs(30);
 
+/// The client context of a consumer that reads with `enable.partition.eof`: reaching a
+/// partition's end is how it tells that it caught up, not an error to log (every other error
+/// is logged as the default context does).
+pub(crate) struct QuietEnd;
+
+impl rdkafka::ClientContext for QuietEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)
+                | KafkaError::PartitionEOF(_)
+        ) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEnd {}
+
 /// A consumer with no group membership, for metadata and range reads.
 pub(crate) fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsumer> {
     kafka

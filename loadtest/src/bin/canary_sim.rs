@@ -114,7 +114,10 @@ fn main() -> Result<()> {
         skew_ms: 0,
     };
     for run in 0..cli.runs {
-        let mut rng = Rng(cli.seed.wrapping_add(run).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut rng = Rng(cli
+            .seed
+            .wrapping_add(run)
+            .wrapping_mul(0x2545_f491_4f6c_dd1d));
         let mut join = Join::new(config);
         let mut decided: Option<(OnlineVerdict, u64)> = None;
         let mut first_pass: Option<u64> = None;

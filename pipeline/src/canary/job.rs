@@ -34,9 +34,8 @@ use embedstream_topics::KafkaConfig;
 use embedstream_topics::admin::{Admin, Layout, canary_topics};
 use embedstream_topics::names::TopicNames;
 use embedstream_topics::time::now_ms;
-use rdkafka::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +45,7 @@ use super::join::{ArmOutcomes, Join, JoinConfig};
 use crate::control::ControlLog;
 use crate::error::{Error, Result};
 use crate::migrate::plan;
+use crate::range::QuietEnd;
 
 /// Gauge, by `consumer` and `arm`: final exposures joined.
 pub const EXPOSURES: &str = "embedstream_canary_exposures";
@@ -645,23 +645,6 @@ async fn read(
         }
     }
 }
-
-/// The client context of the readers: reaching a partition's end is how they tell that they
-/// caught up, not an error to log (every other error is logged as the default context does).
-struct QuietEnd;
-
-impl ClientContext for QuietEnd {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
-        ) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEnd {}
 
 /// Decodes one record: registry trouble is waited out; a record that cannot be decoded for
 /// good is counted as poison and `None`.
