@@ -39,20 +39,11 @@ import sys
 
 import numpy as np
 
+from exact_recall import load_vectors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM = os.path.join(ROOT, "target", "release", "canary-sim")
 OLD, NEW = "minilm-l6-v2@1", "mpnet-base-v2@1"
-
-
-def load_vectors(path):
-    ids, rows = [], []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                v = json.loads(line)
-                ids.append(str(v["id"]))
-                rows.append(v["vector"])
-    return ids, np.asarray(rows, dtype=np.float32)
 
 
 def top_k(queries, items, ids, k=10):

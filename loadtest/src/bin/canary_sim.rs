@@ -165,7 +165,7 @@ fn main() -> Result<()> {
                 }
             }
             served += 1;
-            if served % cli.look != 0 {
+            if !served.is_multiple_of(cli.look.max(1)) {
                 continue;
             }
             join.advance(at);

@@ -84,13 +84,9 @@ pub async fn run(
     metrics: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let http = &args.platform.http;
-    let listen = http.metrics_listen.unwrap_or(args.listen);
-    let server = super::platform::serve(listen, metrics, http.tls()?, shutdown.clone()).await?;
-    let result = consume(&args, &shutdown).await;
-    shutdown.cancel();
-    let _ = server.await;
-    result
+    let work = consume(&args, &shutdown);
+    super::platform::serving_metrics(&args.platform.http, args.listen, metrics, &shutdown, work)
+        .await
 }
 
 /// Runs the join job until `shutdown` (without a `/metrics` server: `up` serves the process's

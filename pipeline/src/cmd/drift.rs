@@ -117,13 +117,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if !args.once {
-        let http = &args.platform.http;
-        let listen = http.metrics_listen.unwrap_or(args.listen);
-        let server = super::platform::serve(listen, metrics, http.tls()?, shutdown.clone()).await?;
-        let result = consume(&args, &shutdown).await;
-        shutdown.cancel();
-        let _ = server.await;
-        return result;
+        let work = consume(&args, &shutdown);
+        return super::platform::serving_metrics(
+            &args.platform.http,
+            args.listen,
+            metrics,
+            &shutdown,
+            work,
+        )
+        .await;
     }
     let control = args.platform.control_log(shutdown.clone()).await?;
     let drift = Drift::open(args.config()?).await?;

@@ -277,3 +277,20 @@ pub async fn serve(
         }
     }))
 }
+
+/// Runs `work` while serving `router` (the process's `/metrics`) on the `--metrics-listen`
+/// address, else `listen`; when `work` ends, the server is shut down and its result returned.
+pub async fn serving_metrics(
+    http: &HttpArgs,
+    listen: SocketAddr,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let listen = http.metrics_listen.unwrap_or(listen);
+    let server = serve(listen, router, http.tls()?, shutdown.clone()).await?;
+    let result = work.await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}

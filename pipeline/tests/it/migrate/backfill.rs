@@ -96,12 +96,7 @@ async fn a_killed_backfill_resumes_and_the_newest_event_of_every_item_wins() {
 
     let token = CancellationToken::new();
     let log = control(&p, &token).await;
-    let migration = log
-        .state()
-        .current_migration()
-        .unwrap()
-        .migration_id
-        .clone();
+    let migration = current_migration_id(&log);
     let mut first = Killed(
         backfill_command(&p, &["--max-rate", "6"])
             .stdout(Stdio::null())
@@ -319,12 +314,7 @@ async fn a_broker_frozen_for_10s_mid_backfill_skips_nothing() {
 
     let token = CancellationToken::new();
     let log = control(&p, &token).await;
-    let migration = log
-        .state()
-        .current_migration()
-        .unwrap()
-        .migration_id
-        .clone();
+    let migration = current_migration_id(&log);
     let backfill_log = std::env::temp_dir()
         .join("embedstream-tests")
         .join(format!("{}-backfill.log", p.prefix));

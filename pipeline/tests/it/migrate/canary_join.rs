@@ -200,12 +200,7 @@ async fn the_join_counts_feedback_once_and_the_online_gate_passes_a_good_canary_
     std::fs::write(&consumers, CONSUMERS).unwrap();
     let token = CancellationToken::new();
     let log = control(&p, &token).await;
-    let migration = log
-        .state()
-        .current_migration()
-        .unwrap()
-        .migration_id
-        .clone();
+    let migration = current_migration_id(&log);
     let mut job = start_job(&p, &consumers);
     let (exposures, feedback) = (p.names.exposures(), p.names.feedback());
     let arms = [

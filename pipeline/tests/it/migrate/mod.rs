@@ -99,6 +99,15 @@ pub async fn control(p: &Platform, token: &CancellationToken) -> ControlLog {
     .unwrap()
 }
 
+/// The id of the migration in progress, as `log` has it.
+pub fn current_migration_id(log: &ControlLog) -> String {
+    log.state()
+        .current_migration()
+        .expect("a migration in progress")
+        .migration_id
+        .clone()
+}
+
 /// Registers MiniLM as the active version (what `up` does on a new platform).
 pub async fn activate_minilm(p: &Platform) {
     set_minilm_state(p, embedstream_schemas::records::ModelState::Active).await;
