@@ -41,10 +41,14 @@ impl rdkafka::ClientContext for QuietEnd {
 
 impl rdkafka::consumer::ConsumerContext for QuietEnd {}
 
-/// A consumer with no group membership, for metadata and range reads.
-pub(crate) fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsumer> {
-    kafka
-        .client()
+/// The client settings of a consumer with no group membership that commits nothing, starts
+/// below the log start at the log start and reports each partition's end.
+pub(crate) fn reader_client<'a>(
+    kafka: &'a KafkaConfig,
+    name: &str,
+) -> embedstream_topics::kafka::ClientBuilder<'a> {
+    let mut client = kafka.client();
+    client
         .set(
             "group.id",
             format!("embedstream-{name}-{}", uuid::Uuid::new_v4()),
@@ -53,7 +57,13 @@ pub(crate) fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsum
         .set("enable.auto.offset.store", "false")
         // A range below the log start (retention removed it) reads from the log start.
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
+        .set("enable.partition.eof", "true");
+    client
+}
+
+/// A consumer with no group membership, for metadata and range reads.
+pub(crate) fn new_reader(kafka: &KafkaConfig, name: &str) -> Result<StreamConsumer> {
+    reader_client(kafka, name)
         .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(Error::kafka(kafka))
@@ -97,8 +107,8 @@ pub(crate) async fn until_answered<T>(
 
 /// The partitions of `topic`, sorted; an error when it has none. Waits out broker trouble
 /// (see [`until_answered`]).
-pub(crate) async fn partitions(
-    reader: &StreamConsumer,
+pub(crate) async fn partitions<C: rdkafka::consumer::ConsumerContext + 'static>(
+    reader: &StreamConsumer<C>,
     topic: &str,
     kafka: &KafkaConfig,
     shutdown: &CancellationToken,

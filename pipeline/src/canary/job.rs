@@ -566,33 +566,10 @@ async fn read(
     tx: &mpsc::Sender<Event>,
     stop: &CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer<QuietEnd> = kafka
-        .client()
-        .set(
-            "group.id",
-            format!("embedstream-canary-join-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
+    let consumer: StreamConsumer<QuietEnd> = crate::range::reader_client(kafka, "canary-join")
         .create_with_context(QuietEnd)
         .map_err(Error::kafka(kafka))?;
-    let metadata = crate::range::until_answered("metadata", topic, kafka, stop, || {
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-    })
-    .await?;
-    let mut parts: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    parts.sort_unstable();
-    if parts.is_empty() {
-        return Err(Error::MissingTopic {
-            topic: topic.to_owned(),
-        });
-    }
+    let parts = crate::range::partitions(&consumer, topic, kafka, stop).await?;
     let mut at = TopicPartitionList::new();
     for p in &parts {
         at.add_partition_offset(topic, *p, Offset::Offset(from))
